@@ -1,0 +1,21 @@
+"""Number formats: the only place in mpsearch that knows bits.
+
+``get_format(name)`` returns the registered instance; ``available_formats()`` lists the names in preference
+order (fp, int8, nvfp4, int4). See ``base.Format`` for the contract every format follows.
+"""
+
+from .base import Format, Packed, check_finite, matrix_shape
+from .registry import available_formats, get_format, register_format
+
+# Importing the modules registers the formats (order = registration order).
+from . import fp, int8, nvfp4, int4  # noqa: E402,F401  isort: skip
+
+__all__ = [
+    "Format",
+    "Packed",
+    "matrix_shape",
+    "check_finite",
+    "register_format",
+    "get_format",
+    "available_formats",
+]

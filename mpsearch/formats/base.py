@@ -1,0 +1,102 @@
+"""The contract every number format follows. Formats are the only place in mpsearch that knows bits."""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import FormatError
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A weight in a format's storage: named tensors, every byte of which counts in ``weight_bytes``.
+
+    ``shape`` and ``dtype`` are those of the original weight (a conv weight keeps its 4-D shape; formats
+    treat it as a matrix ``(out, in*kh*kw)``).
+    """
+
+    format: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def matrix_shape(shape) -> tuple[int, int]:
+    """``(out, in)`` of a Linear or Conv weight; a conv's input dimension is in_channels*kh*kw."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2:
+        raise FormatError(f"expected a weight of 2 or more dimensions (Linear or Conv), got shape {shape}")
+    return shape[0], math.prod(shape[1:])
+
+
+def check_finite(w: torch.Tensor, what: str = "weight") -> None:
+    if not torch.isfinite(w).all():
+        bad = (~torch.isfinite(w)).sum().item()
+        raise FormatError(f"{what} has {bad} NaN/inf values; fix the model's weights before quantizing")
+
+
+class Format(abc.ABC):
+    """A number format for weights (and, where it says so, activations).
+
+    Subclasses set ``name`` and implement the abstract methods; ``register_format`` adds them to the
+    registry that ``get_format(name)`` reads.
+    """
+
+    name: str = ""
+    #: nominal bits per weight element (without scales), for display only
+    bits: float = 0.0
+    #: True when the format quantizes activations at run time (W8A8, W4A4)
+    quantizes_activations: bool = False
+
+    def eligible(self, shape) -> bool:
+        """Whether a weight of this shape can be stored in this format."""
+        return self.why_ineligible(shape) is None
+
+    def why_ineligible(self, shape) -> str | None:
+        """None if eligible, else a short reason (e.g. 'input dim 36 is not a multiple of 16')."""
+        matrix_shape(shape)
+        return None
+
+    def check_eligible(self, shape) -> None:
+        reason = self.why_ineligible(shape)
+        if reason is not None:
+            raise FormatError(f"format {self.name!r} cannot take shape {tuple(shape)}: {reason}")
+
+    @abc.abstractmethod
+    def weight_bytes(self, shape, dtype: torch.dtype = torch.float32) -> int:
+        """Exact bytes a weight of ``shape`` takes in this format, scales included."""
+
+    @abc.abstractmethod
+    def quantize(self, w: torch.Tensor) -> Packed:
+        """Pack ``w``; raises FormatError for NaN/inf or an ineligible shape."""
+
+    @abc.abstractmethod
+    def dequantize(self, packed: Packed) -> torch.Tensor:
+        """The weight ``packed`` stands for, in its original shape and dtype."""
+
+    def fake_quantize(self, w: torch.Tensor) -> torch.Tensor:
+        """``dequantize(quantize(w))``: the weight as the format sees it."""
+        return self.dequantize(self.quantize(w))
+
+    def quantize_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """Activations as this format runs them (fake-quantized along the last dim); identity if A16."""
+        return x
+
+    def matmul(self, x: torch.Tensor, packed: Packed, *, quantize_activations: bool | None = None) -> torch.Tensor:
+        """``x @ W.T`` for a 2-D ``x`` of shape (tokens, in), computed the way this format runs.
+
+        The default dequantizes the weight transiently; formats with real low-bit kernels override it.
+        """
+        act = self.quantizes_activations if quantize_activations is None else quantize_activations
+        if act:
+            x = self.quantize_activation(x)
+        w = self.dequantize(packed)
+        return x @ w.reshape(w.shape[0], -1).to(x.dtype).t()

@@ -1,0 +1,133 @@
+"""``nvfp4``: E2M1 elements in blocks of 16 along the input dimension, an FP8 E4M3 scale per block and a
+float32 scale per tensor. Weights and (dynamically, emulated) activations: W4A4.
+
+Recipe (all float32 unless said):
+- tensor scale ``s_t = amax_tensor / (6 * 448)``;
+- block scale ``bs = e4m3(min(amax_block / (6 * s_t), 448))`` (``torch.float8_e4m3fn`` cast: nearest even);
+- effective scale ``eff = float(bs) * s_t``;
+- element ``y = x / eff`` rounded to the E2M1 grid {0, 0.5, 1, 1.5, 2, 3, 4, 6} with ties to the even 3-bit
+  magnitude code (0.25->0, 0.75->1, 1.25->1, 1.75->2, 2.5->2, 3.5->4, 5->4), saturating at 6;
+- code = sign << 3 | magnitude code, the sign bit taken from x (so -0.0 and negatives that round to 0 keep it
+  and dequantize to -0.0).
+A block whose effective scale is 0 (all-zero block, block scale underflowing to 0 in E4M3, or a tensor whose
+``s_t`` is 0, including one so small that ``s_t`` underflows in float32) gets magnitude codes 0.
+
+Storage: ``qweight`` uint8 (out, in // 2), element 2k in the low nibble, 2k+1 in the high nibble;
+``block_scale`` float8_e4m3fn (out, in // 16); ``tensor_scale`` float32 of shape (1,).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import FormatError
+from .base import Format, Packed, check_finite, matrix_shape
+from .packing import pack_nibbles, unpack_nibbles
+from .registry import register_format
+
+BLOCK = 16
+E2M1_MAX = 6.0
+E4M3_MAX = 448.0
+#: magnitude of each 3-bit code
+E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+# Midpoint between codes i and i+1. A tie goes to the even code: down after an even code (>), up after an
+# odd one (>=). bucketize(right=False) counts boundaries < a; bucketize(right=True) counts boundaries <= a.
+_MIDS_TIE_DOWN = (0.25, 1.25, 2.5, 5.0)  # between codes (0,1), (2,3), (4,5), (6,7)
+_MIDS_TIE_UP = (0.75, 1.75, 3.5)  # between codes (1,2), (3,4), (5,6)
+
+_cache: dict = {}
+
+
+def _const(key: str, values, device) -> torch.Tensor:
+    k = (key, str(device))
+    t = _cache.get(k)
+    if t is None:
+        t = _cache[k] = torch.tensor(values, dtype=torch.float32, device=device)
+    return t
+
+
+def e2m1_codes(a: torch.Tensor) -> torch.Tensor:
+    """Magnitude codes (uint8 0..7) of non-negative float32 ``a``: nearest E2M1 value, ties to even, saturating."""
+    down = torch.bucketize(a, _const("down", _MIDS_TIE_DOWN, a.device), right=False)
+    up = torch.bucketize(a, _const("up", _MIDS_TIE_UP, a.device), right=True)
+    return (down + up).to(torch.uint8)
+
+
+def nvfp4_encode(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantize a 2-D (rows, cols) tensor, cols % 16 == 0.
+
+    Returns (codes uint8 (rows, cols) with sign in bit 3, block scales float8_e4m3fn (rows, cols // 16),
+    tensor scale float32 of shape (1,)).
+    """
+    rows, cols = x2.shape
+    x = x2.to(torch.float32).reshape(rows, cols // BLOCK, BLOCK)
+    ax = x.abs()
+    amax_b = ax.amax(dim=-1) if x.numel() else torch.zeros(rows, cols // BLOCK, device=x.device)
+    amax_t = amax_b.max() if amax_b.numel() else torch.zeros((), device=x.device)
+    s_t = (amax_t / (E2M1_MAX * E4M3_MAX)).reshape(1)
+    denom = E2M1_MAX * s_t
+    live_t = denom > 0
+    bs32 = amax_b / torch.where(live_t, denom, torch.ones_like(denom))
+    bs32 = torch.where(live_t, bs32, torch.zeros_like(bs32)).clamp_(max=E4M3_MAX)
+    bs8 = bs32.to(torch.float8_e4m3fn)
+    eff = bs8.to(torch.float32) * s_t
+    live = eff > 0
+    y = ax / torch.where(live, eff, torch.ones_like(eff))[..., None]
+    mag = e2m1_codes(y)
+    mag = torch.where(live[..., None], mag, torch.zeros_like(mag))
+    codes = mag | (torch.signbit(x).to(torch.uint8) << 3)
+    return codes.reshape(rows, cols), bs8, s_t
+
+
+def nvfp4_decode(codes: torch.Tensor, bs8: torch.Tensor, s_t: torch.Tensor) -> torch.Tensor:
+    """float32 (rows, cols) from codes (rows, cols), block scales (rows, cols // 16) and tensor scale (1,)."""
+    rows, cols = codes.shape
+    lut = _const("lut", E2M1_GRID + tuple(-v for v in E2M1_GRID), codes.device)  # -0.0 for code 8
+    vals = lut[codes.to(torch.int64)].reshape(rows, cols // BLOCK, BLOCK)
+    eff = bs8.to(torch.float32) * s_t.to(torch.float32)
+    return (vals * eff[..., None]).reshape(rows, cols)
+
+
+@register_format
+class NVFP4(Format):
+    name = "nvfp4"
+    bits = 4.0
+    quantizes_activations = True
+
+    def why_ineligible(self, shape) -> str | None:
+        _, inp = matrix_shape(shape)
+        if inp % BLOCK:
+            return f"input dim {inp} is not a multiple of the block size {BLOCK}"
+        return None
+
+    def weight_bytes(self, shape, dtype: torch.dtype = torch.float32) -> int:
+        self.check_eligible(shape)
+        out, inp = matrix_shape(shape)
+        return out * inp // 2 + out * inp // BLOCK + 4
+
+    def quantize(self, w: torch.Tensor) -> Packed:
+        self.check_eligible(w.shape)
+        check_finite(w)
+        out, inp = matrix_shape(w.shape)
+        codes, bs8, s_t = nvfp4_encode(w.detach().reshape(out, inp))
+        tensors = {"qweight": pack_nibbles(codes), "block_scale": bs8, "tensor_scale": s_t}
+        return Packed(self.name, tuple(w.shape), w.dtype, tensors)
+
+    def dequantize(self, packed: Packed) -> torch.Tensor:
+        if packed.format != self.name:
+            raise FormatError(f"format 'nvfp4' was given a weight packed as {packed.format!r}; use that format")
+        codes = unpack_nibbles(packed.tensors["qweight"])
+        x = nvfp4_decode(codes, packed.tensors["block_scale"], packed.tensors["tensor_scale"])
+        return x.reshape(packed.shape).to(packed.dtype)
+
+    def quantize_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize a (tokens, in) activation (leading dims flattened): tensor scale from its amax,
+        blocks of 16 along the last dim. Returned in x's dtype."""
+        if x.dim() < 1 or x.shape[-1] % BLOCK:
+            raise FormatError(
+                f"nvfp4 activations need a last dim that is a multiple of {BLOCK}, got shape {tuple(x.shape)}; "
+                f"keep this layer's activations in 16 bits"
+            )
+        x2 = x.reshape(-1, x.shape[-1])
+        codes, bs8, s_t = nvfp4_encode(x2)
+        return nvfp4_decode(codes, bs8, s_t).reshape(x.shape).to(x.dtype)
