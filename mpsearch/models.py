@@ -1,0 +1,248 @@
+"""Find the quantizable layers of a diffusers denoiser: exact names, kinds, shapes, roles, tie groups.
+
+Everything here is recorded by exact module name (FQN relative to the denoiser), so the profile and
+the plan never guess names at apply time.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+from .formats import available_formats, get_format
+
+
+class Role(str, enum.Enum):
+    """What a layer does in the network."""
+
+    SELF_ATTN = "self_attn"
+    CROSS_ATTN = "cross_attn"
+    FFN = "ffn"
+    CONV = "conv"
+    TIME_EMBED = "time_embed"
+    COND_EMBED = "cond_embed"
+    MODULATION = "modulation"
+    IN_PROJ = "in_proj"
+    OUT_PROJ = "out_proj"
+    OTHER = "other"
+
+
+# first match wins; patterns are searched in the full module name
+_ROLE_RULES: tuple[tuple[str, Role], ...] = (
+    (r"(^|\.)(time_embedding|timestep_embedder|time_proj|time_emb_proj|time_text_embed\.timestep)", Role.TIME_EMBED),
+    (r"(^|\.)(class_embedding|class_embedder|text_embedder|context_embedder|add_embedding|guidance_embedder|"
+     r"caption_projection|time_text_embed\.text|adaln_single\.emb)", Role.COND_EMBED),
+    (r"(^|\.)(norm1|norm1_context|norm_out|norm|adaln_single)\.(linear|emb|proj)", Role.MODULATION),
+    (r"^(adaln_single\.linear|scale_shift_table)", Role.MODULATION),
+    (r"^(conv_in|pos_embed\.proj|x_embedder|proj_in|patch_embed\.proj)$", Role.IN_PROJ),
+    (r"^(conv_out|proj_out(_\d+)?|norm_out\.linear)$", Role.OUT_PROJ),
+    (r"(^|\.)attn2\.", Role.CROSS_ATTN),
+    (r"(^|\.)(attn\d?|attention|attentions\.\d+)\.", Role.SELF_ATTN),
+    (r"(^|\.)(ff|ff_context|mlp|proj_mlp)(\.|$)", Role.FFN),
+)
+
+
+def classify_role(name: str, module: nn.Module) -> Role:
+    """The role of a layer from its exact name and type (diffusers naming conventions)."""
+    for pattern, role in _ROLE_RULES:
+        if re.search(pattern, name):
+            return role
+    return Role.CONV if isinstance(module, nn.Conv2d) else Role.OTHER
+
+
+def get_denoiser(pipe_or_model) -> nn.Module:
+    """The UNet or transformer of a pipeline, or the module itself."""
+    for attr in ("transformer", "unet", "denoiser"):
+        mod = getattr(pipe_or_model, attr, None)
+        if isinstance(mod, nn.Module):
+            return mod
+    if isinstance(pipe_or_model, nn.Module):
+        return pipe_or_model
+    raise ModelError(
+        f"expected a diffusers pipeline with a 'transformer' or 'unet', or a torch module; got {type(pipe_or_model).__name__}"
+    )
+
+
+def _kind(module: nn.Module) -> str | None:
+    if type(module) is nn.Linear or (isinstance(module, nn.Linear) and hasattr(module, "weight")):
+        return "linear"
+    if isinstance(module, nn.Conv2d):
+        return "conv2d"
+    return None
+
+
+def _conv_unsupported(module: nn.Conv2d) -> str | None:
+    if module.groups != 1:
+        return f"grouped conv (groups={module.groups})"
+    if module.padding_mode != "zeros":
+        return f"padding_mode={module.padding_mode!r}"
+    if isinstance(module.padding, str):
+        return f"padding={module.padding!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One candidate layer: exact name, kind, weight shape and dtype, role, which formats it can take."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    role: Role
+    eligible: tuple[str, ...]
+    ineligible: dict = field(default_factory=dict)  # format -> reason
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    def nbytes(self, fmt: str) -> int:
+        """Exact bytes of this layer's weight in ``fmt`` (scales included)."""
+        return get_format(fmt).weight_bytes(self.shape, getattr(torch, self.dtype))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "dtype": self.dtype,
+                "role": self.role.value, "eligible": list(self.eligible), "ineligible": dict(self.ineligible)}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The quantizable layers of a denoiser and the bytes that never change."""
+
+    denoiser_class: str
+    layers: tuple[LayerInfo, ...]
+    fixed_bytes: int
+    tie_groups: tuple[tuple[str, ...], ...]
+    blocks: tuple[str, ...]  # cacheable blocks, in execution order
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(layer.name for layer in self.layers)
+
+    def layer(self, name: str) -> LayerInfo:
+        return self._by_name()[name]
+
+    def _by_name(self) -> dict:
+        cache = self.__dict__.get("_by_name_cache")
+        if cache is None:
+            cache = {layer.name: layer for layer in self.layers}
+            object.__setattr__(self, "_by_name_cache", cache)
+        return cache
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the denoiser class and every candidate layer's name, kind and shape."""
+        payload = json.dumps([self.denoiser_class, [(l.name, l.kind, list(l.shape)) for l in self.layers]])
+        return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+    @property
+    def quantizable_numel(self) -> int:
+        return sum(layer.numel for layer in self.layers)
+
+    @property
+    def fp_bytes(self) -> int:
+        """The denoiser's size at full precision."""
+        return self.bytes_for({})
+
+    def bytes_for(self, assignment: dict) -> int:
+        """Exact denoiser bytes when each layer takes ``assignment.get(name, 'fp')``."""
+        return self.fixed_bytes + sum(l.nbytes(assignment.get(l.name, "fp")) for l in self.layers)
+
+    def size_range(self) -> tuple[int, int]:
+        """(smallest, largest) possible denoiser bytes over all eligible assignments."""
+        lo = self.fixed_bytes + sum(min(l.nbytes(f) for f in l.eligible) for l in self.layers)
+        hi = self.fixed_bytes + sum(max(l.nbytes(f) for f in l.eligible) for l in self.layers)
+        return lo, hi
+
+
+_TIE_SETS = (("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj"))
+
+
+def _tie_groups(names: list[str]) -> list[tuple[str, ...]]:
+    """Layers that read one input: q/k/v of a self-attention; k/v of a cross-attention."""
+    present = set(names)
+    groups = []
+    parents = sorted({n.rsplit(".", 1)[0] for n in names if "." in n})
+    for parent in parents:
+        for members in _TIE_SETS:
+            if re.search(r"(^|\.)attn2$", parent) and members[0] == "to_q":
+                members = members[1:]  # cross-attn: k and v read the text, q reads the image
+            group = tuple(f"{parent}.{m}" for m in members if f"{parent}.{m}" in present)
+            if len(group) > 1:
+                groups.append(group)
+    return groups
+
+
+def cacheable_blocks(denoiser: nn.Module) -> list[str]:
+    """Blocks whose outputs a cache can reuse, in execution order (exact module names)."""
+    out = []
+    for attr in ("down_blocks", "mid_block", "up_blocks", "transformer_blocks", "single_transformer_blocks"):
+        mod = getattr(denoiser, attr, None)
+        if isinstance(mod, nn.ModuleList):
+            out.extend(f"{attr}.{i}" for i in range(len(mod)))
+        elif isinstance(mod, nn.Module):
+            out.append(attr)
+    return out
+
+
+def describe(pipe_or_model, formats=None) -> ModelInfo:
+    """Discover the candidate layers of a pipeline's denoiser (or of a module)."""
+    denoiser = get_denoiser(pipe_or_model)
+    fmts = [get_format(f) for f in (formats or available_formats())]
+    layers: list[LayerInfo] = []
+    weight_ids = set()
+    for name, module in denoiser.named_modules():
+        kind = _kind(module)
+        if kind is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
+            continue
+        shape = tuple(module.weight.shape)
+        reasons: dict[str, str] = {}
+        blocked = _conv_unsupported(module) if kind == "conv2d" else None
+        if not module.weight.dtype.is_floating_point:
+            blocked = f"weight dtype {module.weight.dtype}"
+        eligible = ["fp"]
+        for f in fmts:
+            if f.name == "fp":
+                continue
+            reason = blocked or f.why_ineligible(shape)
+            if reason is None:
+                eligible.append(f.name)
+            else:
+                reasons[f.name] = reason
+        dtype = str(module.weight.dtype).removeprefix("torch.")
+        layers.append(LayerInfo(name, kind, shape, dtype, classify_role(name, module), tuple(eligible), reasons))
+        weight_ids.add(id(module.weight))
+    if not layers:
+        raise ModelError(f"{type(denoiser).__name__} has no Linear or Conv2d layers to quantize")
+    fixed = 0
+    seen = set()
+    for t in list(denoiser.parameters()) + list(denoiser.buffers()):
+        if id(t) in seen or id(t) in weight_ids:
+            continue
+        seen.add(id(t))
+        fixed += t.numel() * t.element_size()
+    names = [l.name for l in layers]
+    return ModelInfo(type(denoiser).__name__, tuple(layers), fixed, tuple(_tie_groups(names)),
+                     tuple(cacheable_blocks(denoiser)))
+
+
+def measured_bytes(pipe_or_model) -> int:
+    """Bytes the denoiser's parameters and buffers take right now (each tensor counted once)."""
+    denoiser = get_denoiser(pipe_or_model)
+    seen, total = set(), 0
+    for t in list(denoiser.parameters()) + list(denoiser.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total

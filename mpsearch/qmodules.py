@@ -1,0 +1,118 @@
+"""Quantized modules that hold packed weights, shared by the profiler and the executor.
+
+The profiler measures a layer's error with the very modules the executor later installs, so a profile
+describes what the plan will run.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .formats import Packed, get_format
+
+
+class StepTracker:
+    """Counts denoising steps from the ``timestep`` the denoiser receives.
+
+    A timestep higher than the last one starts a new generation (step 0); a lower one is the next step;
+    the same one (e.g. an unbatched classifier-free-guidance half) stays on the same step.
+    """
+
+    def __init__(self):
+        self.step = -1
+        self._last = None
+
+    def __call__(self, module, args, kwargs):
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if t is None:
+            return None
+        t = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
+        if self._last is None or t > self._last:
+            self.step = 0
+        elif t < self._last:
+            self.step += 1
+        self._last = t
+        return None
+
+
+class _QuantMixin:
+    """Shared logic of quantized modules: packed buffers and the activation schedule."""
+
+    def _init_packed(self, packed: Packed, act_windows):
+        self.fmt = get_format(packed.format)
+        self.weight_shape = packed.shape
+        self.weight_dtype = packed.dtype
+        self._keys = tuple(packed.tensors)
+        for key, t in packed.tensors.items():
+            self.register_buffer(f"packed_{key}", t)
+        self.act_windows = act_windows  # list of (start, stop, bool) overrides
+        self.tracker: StepTracker | None = None
+
+    def packed(self) -> Packed:
+        return Packed(self.fmt.name, self.weight_shape, self.weight_dtype,
+                      {k: getattr(self, f"packed_{k}") for k in self._keys})
+
+    def quantize_activations(self) -> bool:
+        if self.tracker is not None:
+            step = self.tracker.step
+            for start, stop, quant in self.act_windows:
+                if start <= step < stop:
+                    return quant and self.fmt.quantizes_activations
+        return self.fmt.quantizes_activations
+
+    def extra_repr(self) -> str:
+        return f"format={self.fmt.name}, shape={tuple(self.weight_shape)}"
+
+
+class QuantLinear(_QuantMixin, nn.Module):
+    """A Linear whose weight lives in a packed low-bit format."""
+
+    def __init__(self, packed: Packed, bias: nn.Parameter | None, act_windows=()):
+        super().__init__()
+        self._init_packed(packed, list(act_windows))
+        self.in_features = packed.shape[1]
+        self.out_features = packed.shape[0]
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = self.fmt.matmul(x.reshape(-1, x.shape[-1]), self.packed(),
+                            quantize_activations=self.quantize_activations())
+        y = y.reshape(*lead, self.out_features).to(x.dtype)
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
+
+
+class QuantConv2d(_QuantMixin, nn.Module):
+    """A Conv2d whose weight lives in a packed low-bit format (activations quantized per pixel via im2col)."""
+
+    def __init__(self, conv: nn.Conv2d, packed: Packed, bias: nn.Parameter | None, act_windows=()):
+        super().__init__()
+        self._init_packed(packed, list(act_windows))
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.out_channels = conv.out_channels
+        self.kernel_size = conv.kernel_size
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quantize_activations():
+            w = self.fmt.dequantize(self.packed()).to(x.dtype)
+            return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation)
+        n, _, h, w_in = x.shape
+        kh, kw = self.kernel_size
+        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        ow = (w_in + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (n, C*kh*kw, L)
+        cols = cols.transpose(1, 2).reshape(n * oh * ow, -1)
+        y = self.fmt.matmul(cols, self.packed(), quantize_activations=True).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(n, oh * ow, self.out_channels).transpose(1, 2).reshape(n, self.out_channels, oh, ow)
+
+
+def quantized_module(module: nn.Module, packed: Packed, act_windows=()) -> nn.Module:
+    """The quantized replacement of a Linear or Conv2d, sharing its bias."""
+    if isinstance(module, nn.Conv2d):
+        return QuantConv2d(module, packed, module.bias, act_windows)
+    return QuantLinear(packed, module.bias, act_windows)
