@@ -1,0 +1,183 @@
+"""Local-tier sensitivity profiling: one full-precision run, every (layer, format, step) measured.
+
+A forward hook on each candidate layer takes the layer's real input at that step, runs it through the
+quantized modules the executor would install (one per candidate format) and records the error against the
+full-precision output. The model itself keeps running in full precision, so one pass over the conditions
+fills the whole table. Hooks on the cacheable blocks record how much each block's output changed since
+the previous step. Results go to the profile file one unit of work (one seed's batch) at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import UsageError
+from .formats import available_formats, get_format
+from .generation import generate
+from .models import describe, get_denoiser
+from .plan import versions
+from .profile_store import Profile, ProfileWriter
+from .qmodules import StepTracker, quantized_module
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """What a profile measures: conditions (labels x seeds), steps, guidance, candidate formats."""
+
+    labels: tuple[int, ...] = tuple(range(10))
+    seeds: tuple[int, ...] = (0, 1)
+    steps: int = 20
+    guidance_scale: float | None = None
+    formats: tuple[str, ...] = ("int8", "nvfp4", "int4")
+
+    def __post_init__(self):
+        object.__setattr__(self, "labels", tuple(int(l) for l in self.labels))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "formats", tuple(self.formats))
+        if not self.labels:
+            raise UsageError("labels is empty: profile needs at least one condition (e.g. --labels 0,1,2)")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise UsageError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise UsageError(f"steps must be a positive integer, got {self.steps!r}")
+        known = [f for f in available_formats() if f != "fp"]
+        bad = [f for f in self.formats if f not in known]
+        if bad or not self.formats:
+            raise UsageError(f"formats {list(self.formats)} must be a non-empty subset of {', '.join(known)}")
+        if len(set(self.formats)) != len(self.formats):
+            raise UsageError(f"formats {list(self.formats)} repeat a format; list each once")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _first_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    return getattr(out, "sample", None)
+
+
+@dataclass
+class _Accumulator:
+    """Per-unit sums: (L, F, S, 4) layer statistics and (B, S, 2) block changes."""
+
+    stats: np.ndarray
+    blocks: np.ndarray
+    prev: dict = field(default_factory=dict)
+
+
+class _LayerProbe:
+    def __init__(self, index, module, candidates, tracker, acc_ref):
+        self.index = index
+        self.tracker = tracker
+        self.acc_ref = acc_ref
+        w = module.weight.detach()
+        self.qmods = [(fi, quantized_module(module, get_format(f).quantize(w))) for fi, f in candidates]
+
+    @torch.no_grad()
+    def __call__(self, module, inputs, output):
+        x = inputs[0]
+        y = output.detach().double()
+        ref2 = float((y * y).sum())
+        stats = self.acc_ref[0].stats
+        s = self.tracker.step
+        for fi, q in self.qmods:
+            yq = q(x).double()
+            d = yq - y
+            stats[self.index, fi, s] += (float((d * d).sum()), ref2, float((yq * yq).sum()), float((y * yq).sum()))
+
+
+class _BlockProbe:
+    def __init__(self, index, tracker, acc_ref):
+        self.index, self.tracker, self.acc_ref = index, tracker, acc_ref
+
+    @torch.no_grad()
+    def __call__(self, module, inputs, output):
+        o = _first_tensor(output)
+        if o is None:
+            return
+        acc = self.acc_ref[0]
+        o = o.detach().double()
+        prev = acc.prev.get(self.index)
+        s = self.tracker.step
+        if prev is not None and prev.shape == o.shape and s > 0:
+            acc.blocks[self.index, s] += (float(((o - prev) ** 2).sum()), float((o * o).sum()))
+        acc.prev[self.index] = o
+
+
+def default_profile_path(model: str = "default") -> Path:
+    slug = Path(str(model)).name or "model"
+    return Path("profiles") / f"{slug}.sqlite"
+
+
+def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple[int, int] = (0, 1),
+            progress: bool = True, **options) -> Profile:
+    """Profile ``pipe``'s denoiser (local tier) into the SQLite file ``out`` and return the loaded Profile.
+
+    ``options`` override fields of the default ProfileConfig (labels, seeds, steps, guidance_scale, formats).
+    Running again with the same file and configuration resumes: finished units are skipped.
+    ``shard=(i, n)`` measures only the units u with u % n == i.
+    """
+    if config is None:
+        config = ProfileConfig(**options)
+    elif options:
+        config = ProfileConfig(**{**asdict(config), **options})
+    i, n = shard
+    if not (isinstance(n, int) and isinstance(i, int) and n >= 1 and 0 <= i < n):
+        raise UsageError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
+    out = Path(out) if out is not None else default_profile_path()
+    denoiser = get_denoiser(pipe)
+    info = describe(denoiser, ("fp", *config.formats))
+    writer = ProfileWriter(out, info, config.to_dict(), versions())
+    try:
+        done = writer.done_units()
+        todo = [u for u in range(len(config.seeds)) if u % n == i and u not in done]
+        if todo:
+            _run_units(pipe, denoiser, info, config, writer, todo, progress)
+    finally:
+        writer.close()
+    return Profile.load(out)
+
+
+def _run_units(pipe, denoiser, info, config, writer, todo, progress):
+    formats = ("fp", *config.formats)
+    modules = dict(denoiser.named_modules())
+    tracker = StepTracker()
+    acc_ref: list[_Accumulator] = [None]  # the current unit's accumulator, swapped per unit
+    handles = [denoiser.register_forward_pre_hook(tracker, with_kwargs=True)]
+    try:
+        for li, layer in enumerate(info.layers):
+            cands = [(fi, f) for fi, f in enumerate(formats) if fi > 0 and f in layer.eligible]
+            if cands:
+                probe = _LayerProbe(li, modules[layer.name], cands, tracker, acc_ref)
+                handles.append(modules[layer.name].register_forward_hook(probe))
+        for bi, block in enumerate(info.blocks):
+            handles.append(modules[block].register_forward_hook(_BlockProbe(bi, tracker, acc_ref)))
+        L, F, S, B = len(info.layers), len(formats), config.steps, len(info.blocks)
+        bar = tqdm(total=len(todo) * S, desc="profile", unit="step", disable=not progress)
+        step_hook = denoiser.register_forward_hook(lambda *a: bar.update(1))
+        handles.append(step_hook)
+        for unit in todo:
+            acc_ref[0] = _Accumulator(np.zeros((L, F, S, 4)), np.zeros((B, S, 2)))
+            tracker.__init__()
+            t0 = time.perf_counter()
+            generate(pipe, config.labels, config.seeds[unit], config.steps, config.guidance_scale)
+            acc = acc_ref[0]
+            rows = [(li, fi, s, *map(float, acc.stats[li, fi, s]))
+                    for li, layer in enumerate(info.layers) for fi, f in enumerate(formats)
+                    if fi > 0 and f in layer.eligible for s in range(S)]
+            brows = [(bi, s, *map(float, acc.blocks[bi, s])) for bi in range(B) for s in range(1, S)]
+            writer.write_unit(unit, time.perf_counter() - t0, rows, brows)
+        bar.close()
+    finally:
+        for h in handles:
+            h.remove()

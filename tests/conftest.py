@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny random-weight pipelines built from configs (fast, offline)."""
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DiTTransformer2DModel, UNet2DModel
+
+from mpsearch.pipeline import DigitsPipeline
+
+
+def tiny_dit(seed: int = 0) -> DiTTransformer2DModel:
+    torch.manual_seed(seed)
+    return DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=1, out_channels=1,
+                                 num_layers=2, sample_size=16, patch_size=4, num_embeds_ada_norm=10).eval()
+
+
+def tiny_unet(seed: int = 0) -> UNet2DModel:
+    torch.manual_seed(seed)
+    return UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(16, 32),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
+                       norm_num_groups=8, num_class_embeds=11, attention_head_dim=8).eval()
+
+
+def _scheduler():
+    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+
+
+@pytest.fixture
+def dit_pipe():
+    pipe = DigitsPipeline(scheduler=_scheduler(), transformer=tiny_dit())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def unet_pipe():
+    pipe = DigitsPipeline(scheduler=_scheduler(), unet=tiny_unet())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(params=["dit", "unet"])
+def any_pipe(request):
+    build = tiny_dit if request.param == "dit" else tiny_unet
+    kw = {"transformer": build()} if request.param == "dit" else {"unet": build()}
+    pipe = DigitsPipeline(scheduler=_scheduler(), **kw)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
