@@ -1,0 +1,54 @@
+"""Solvers: turn a :class:`Problem` (cost and bytes per layer and format, a budget) into a :class:`Solution`.
+
+Array-level only; building a Problem from a profile is the caller's job. Solvers by name
+(``get_solver(name, **options)``):
+
+* ``"ilp"`` (alias ``"cbc"``): exact, CBC through PuLP.
+* ``"highs"``: exact, HiGHS through scipy.optimize.milp (same formulation; a cross-check).
+* ``"greedy"``: fast heuristic, status "feasible".
+* ``"bruteforce"``: exact enumeration for small problems (the test oracle).
+
+Every solver keeps the contract documented on :class:`BaseSolver`.
+"""
+
+from mpsearch.solver.base import (
+    BaseSolver,
+    Constraint,
+    Decisions,
+    NoSolutionFoundError,
+    Problem,
+    Solution,
+    SolverError,
+    available_solvers,
+    check_assignment,
+    format_bytes,
+    get_solver,
+    min_feasible_bytes,
+    register_solver,
+)
+
+# Importing the solver modules registers them.
+from mpsearch.solver.bruteforce import BruteForceSolver
+from mpsearch.solver.greedy import GreedySolver
+from mpsearch.solver.ilp_highs import HighsSolver
+from mpsearch.solver.ilp_pulp import PulpCbcSolver
+
+__all__ = [
+    "BaseSolver",
+    "BruteForceSolver",
+    "Constraint",
+    "Decisions",
+    "GreedySolver",
+    "HighsSolver",
+    "NoSolutionFoundError",
+    "Problem",
+    "PulpCbcSolver",
+    "Solution",
+    "SolverError",
+    "available_solvers",
+    "check_assignment",
+    "format_bytes",
+    "get_solver",
+    "min_feasible_bytes",
+    "register_solver",
+]
