@@ -593,7 +593,7 @@ def _int8_matmul_reference(x: torch.Tensor, w: torch.Tensor) -> np.ndarray:
     return acc.astype(np.float32) * (sx[:, None] * sw[None, :])
 
 
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 17, 5), (33, 64, 9), (16, 96, 24)])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (4, 1, 3), (1, 5, 1), (3, 17, 5), (33, 64, 9), (16, 96, 24)])
 def test_int8_matmul_exact(m, k, n):
     f = get_format("int8")
     g = torch.Generator().manual_seed(m * k * n)
@@ -624,6 +624,8 @@ def test_int8_matmul_fallback_and_dtype(monkeypatch):
 
     monkeypatch.setattr(torch, "_int_mm", broken)
     assert torch.equal(f.matmul(x, p), expected)
+    p1 = f.quantize(w[:, :1])  # k == 1 through the fallback too
+    assert torch.equal(f.matmul(x[:, :1], p1), torch.from_numpy(_int8_matmul_reference(x[:, :1], w[:, :1])))
     monkeypatch.undo()
     xb = x.to(torch.bfloat16)
     assert f.matmul(xb, p).dtype == torch.bfloat16

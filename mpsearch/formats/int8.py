@@ -37,13 +37,16 @@ def int8_matmul(qx: torch.Tensor, qw: torch.Tensor) -> torch.Tensor:
     k = qx.shape[1]
     if k > _INT32_SAFE_K:
         return qx.to(torch.int64) @ qw.t().to(torch.int64)
+    # qw.t() of a (n, 1) weight has strides (1, 1), which torch 2.13's CPU _int_mm misreads (garbage for
+    # n > 1); the row-major (1, n) view holds the same values with unambiguous strides.
+    b = qw.reshape(1, qw.shape[0]) if k == 1 else qw.t()
     try:
-        return torch._int_mm(qx, qw.t())
+        return torch._int_mm(qx, b)
     except (RuntimeError, NotImplementedError):
         if qx.device.type == "cpu":
-            return qx.to(torch.int32) @ qw.t().to(torch.int32)
+            return qx.to(torch.int32) @ b.to(torch.int32)
         # integer matmul is not implemented on every accelerator; float64 sums of int8 products are exact
-        return (qx.to(torch.float64) @ qw.t().to(torch.float64)).to(torch.int32)
+        return (qx.to(torch.float64) @ b.to(torch.float64)).to(torch.int32)
 
 
 @register_format
