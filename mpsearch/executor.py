@@ -13,7 +13,6 @@ import tempfile
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from .errors import PlanError
 from .formats import get_format

@@ -44,19 +44,19 @@ def dump_yaml(data) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=120)
 
 
-def load_yaml(path, what: str = "file"):
+def load_yaml(path, what: str = "file", error=MpsearchError):
     """Read YAML with safe loading only; errors name the file and the line."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise MpsearchError(f"{what} {path} does not exist; check the path") from None
+        raise error(f"{what} {path} does not exist; check the path") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise MpsearchError(f"cannot read {what} {path}: {e}; check the path and permissions") from None
+        raise error(f"cannot read {what} {path}: {e}; check the path and permissions") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise MpsearchError(f"{what} {path} is not valid YAML{where} ({problem}); fix or regenerate it") from None
+        raise error(f"{what} {path} is not valid YAML{where} ({problem}); fix or regenerate it") from None

@@ -29,7 +29,7 @@ def versions() -> dict:
 
     from . import __version__
 
-    return {"mpsearch": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+    return {"mpsearch": str(__version__), "torch": str(torch.__version__), "diffusers": str(diffusers.__version__),
             "python": platform.python_version()}
 
 
@@ -179,7 +179,7 @@ class Plan:
     @classmethod
     def load(cls, path) -> "Plan":
         """Read a plan strictly (safe YAML; unknown keys, formats and versions are errors)."""
-        data = load_yaml(path, what="plan")
+        data = load_yaml(path, what="plan", error=PlanError)
         try:
             return cls.from_dict(data, source=f"plan {path}")
         except PlanError as e:

@@ -15,10 +15,10 @@ def tiny_dit(seed: int = 0) -> DiTTransformer2DModel:
 
 def tiny_unet(seed: int = 0) -> UNet2DModel:
     torch.manual_seed(seed)
-    return UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(16, 32),
+    return UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(16, 128),
                        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                        up_block_types=("AttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
-                       norm_num_groups=8, num_class_embeds=11, attention_head_dim=8).eval()
+                       norm_num_groups=8, num_class_embeds=11, attention_head_dim=32).eval()
 
 
 def _scheduler():
