@@ -1,0 +1,264 @@
+"""`mpsearch` command line: a thin argparse layer over library functions that return data.
+
+Every command that produces a result takes ``--json`` and then prints one JSON object on stdout.
+Errors print one line on stderr: exit code 2 for usage errors, 1 for failures; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import MpsearchError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return vals
+
+
+def _str_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected i/n (e.g. 0/2), got {text!r}") from None
+    return i, n
+
+
+def _emit(args, data: dict, lines: list[str]) -> int:
+    if args.json:
+        print(json.dumps(data, default=str))
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def _table(rows: list[list], header: list[str]) -> list[str]:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return [fmt(cells[0]), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells[1:]]
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_inspect(args) -> int:
+    from .budget import format_bytes
+    from .formats import available_formats
+    from .models import describe
+    from .pipeline import load_pipeline
+
+    info = describe(load_pipeline(args.model))
+    lo, hi = info.size_range()
+    uniform = {f: info.bytes_for({l.name: f for l in info.layers if f in l.eligible}) for f in available_formats()}
+    data = {"model": args.model, "class": info.denoiser_class, "fingerprint": info.fingerprint,
+            "layers": [l.to_dict() | {"numel": l.numel} for l in info.layers], "fixed_bytes": info.fixed_bytes,
+            "fp_bytes": info.fp_bytes, "uniform_bytes": uniform, "min_bytes": lo, "max_bytes": hi,
+            "tie_groups": [list(g) for g in info.tie_groups], "cacheable_blocks": list(info.blocks)}
+    rows = [[l.name, l.kind, "x".join(map(str, l.shape)), l.role.value, ",".join(l.eligible)] for l in info.layers]
+    lines = [f"{info.denoiser_class} ({args.model}), {len(info.layers)} candidate layers, fingerprint {info.fingerprint}"]
+    lines += _table(rows, ["layer", "kind", "shape", "role", "eligible"])
+    lines += ["", f"fixed (never quantized): {format_bytes(info.fixed_bytes)}"]
+    lines += [f"uniform {f:6s}: {format_bytes(b)} ({b:,} B)" for f, b in uniform.items()]
+    lines += [f"smallest possible: {format_bytes(lo)} ({lo:,} B); largest: {format_bytes(hi)} ({hi:,} B)"]
+    return _emit(args, data, lines)
+
+
+def cmd_generate(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .executor import apply_plan
+    from .generation import generate
+    from .io import atomic_write_bytes
+    from .models import measured_bytes
+    from .pipeline import load_pipeline
+    from .plan import Plan
+
+    plan = Plan.load(args.plan) if args.plan else None
+    pipe = load_pipeline(args.model)
+    handle = apply_plan(pipe, plan) if plan else None
+    try:
+        t0 = time.perf_counter()
+        images = generate(pipe, args.labels, args.seed, args.steps, args.guidance)
+        seconds = time.perf_counter() - t0
+        nbytes = measured_bytes(pipe)
+    finally:
+        if handle:
+            handle.remove()
+    out = Path(args.out)
+    paths = []
+    import io as _io
+
+    for i, (label, img) in enumerate(zip(args.labels, images)):
+        arr = (np.clip(img[..., 0], 0, 1) * 255).round().astype("uint8")
+        buf = _io.BytesIO()
+        Image.fromarray(arr, mode="L").resize((64, 64), Image.NEAREST).save(buf, format="PNG")
+        paths.append(str(atomic_write_bytes(out / f"{i:03d}_label{label}.png", buf.getvalue())))
+    data = {"images": paths, "plan": args.plan, "denoiser_bytes": nbytes, "seconds": seconds}
+    return _emit(args, data, [f"wrote {len(paths)} images to {out} ({seconds:.2f} s, denoiser {nbytes:,} B)"])
+
+
+def cmd_profile(args) -> int:
+    from .pipeline import load_pipeline
+    from .profiler import ProfileConfig, default_profile_path, profile
+
+    config = ProfileConfig(labels=tuple(args.labels), seeds=tuple(args.seeds), steps=args.steps,
+                           guidance_scale=args.guidance, formats=tuple(args.formats))
+    out = Path(args.out) if args.out else default_profile_path(args.model)
+    pipe = load_pipeline(args.model)
+    t0 = time.perf_counter()
+    prof = profile(pipe, config, out=out, shard=args.shard, progress=not args.json)
+    seconds = time.perf_counter() - t0
+    data = {"profile": str(out), "model": args.model, "class": prof.info.denoiser_class, "layers": len(prof.info.layers),
+            "formats": list(prof.formats), "steps": prof.steps, "units_done": len(prof.units),
+            "units_total": len(config.seeds), "seconds": seconds, "digest": prof.digest}
+    return _emit(args, data, [f"profile {out}: {len(prof.info.layers)} layers x {len(prof.formats)} formats x "
+                              f"{prof.steps} steps, {len(prof.units)}/{len(config.seeds)} units ({seconds:.1f} s)"])
+
+
+def _budget_slug(spec: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in spec.replace("%", "pct"))
+
+
+def cmd_solve(args) -> int:
+    from .budget import format_bytes
+    from .profile_store import Profile
+    from .profiler import default_profile_path
+    from .solve import solve
+
+    prof_path = Path(args.profile) if args.profile else default_profile_path()
+    prof = Profile.load(prof_path)
+    plan = solve(prof, args.budget, metric=args.metric, solver=args.solver, pins=args.pin, tie=args.tie)
+    out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{_budget_slug(args.budget)}.yaml"
+    plan.save(out)
+    counts = plan.format_counts()
+    data = {"plan": str(out), "budget": plan.budget, "bytes": plan.predicted_bytes, "formats": counts,
+            "objective": plan.predictions.get("objective"), "solver": plan.provenance.get("solver"),
+            "status": plan.provenance.get("status"), "seconds": plan.provenance.get("seconds")}
+    return _emit(args, data, [f"plan {out}: {format_bytes(plan.predicted_bytes)} ({plan.predicted_bytes:,} B) "
+                              f"<= budget {args.budget} ({plan.budget['bytes']:,} B); "
+                              + ", ".join(f"{k}: {v}" for k, v in counts.items())
+                              + f"; objective {plan.predictions.get('objective'):.4g} ({plan.provenance.get('status')})"])
+
+
+def cmd_eval(args) -> int:
+    from .classifier import load_classifier
+    from .evaluate import evaluate_plan
+    from .pipeline import load_pipeline
+    from .plan import Plan
+
+    pipe = load_pipeline(args.model)
+    plan = Plan.load(args.plan) if args.plan else None
+    scores = evaluate_plan(pipe, plan, labels=tuple(args.labels), seeds=tuple(args.seeds), steps=args.steps,
+                           classifier=load_classifier())
+    data = {"plan": args.plan, **scores}
+    return _emit(args, data, [f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in data.items()])
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    result = run_demo(model=args.model, progress=not args.json)
+    return _emit(args, result, result.pop("lines") if not args.json else [])
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mpsearch", description="Mixed-precision bit allocation and cache scheduling for diffusers models.")
+    p.add_argument("--version", action="version", version=f"mpsearch {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    def add(name, fn, help_):
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        sp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        return sp
+
+    model_help = "'default' (DiT), 'default-unet', or a local diffusers pipeline folder"
+    sp = add("inspect", cmd_inspect, "list a denoiser's quantizable layers, roles and sizes per format")
+    sp.add_argument("--model", default="default", help=model_help)
+
+    sp = add("generate", cmd_generate, "generate images, optionally with a plan applied")
+    sp.add_argument("--model", default="default", help=model_help)
+    sp.add_argument("--plan", help="plan YAML to apply")
+    sp.add_argument("--labels", type=_int_list, default=list(range(10)), help="comma-separated class labels")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--steps", type=int, default=20)
+    sp.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    sp.add_argument("--out", default="out", help="folder for the PNGs")
+
+    sp = add("profile", cmd_profile, "measure per-layer, per-format, per-step sensitivity (local tier)")
+    sp.add_argument("--model", default="default", help=model_help)
+    sp.add_argument("--out", help="profile file (default profiles/<model>.sqlite); an existing one is resumed")
+    sp.add_argument("--formats", type=_str_list, default=["int8", "nvfp4", "int4"])
+    sp.add_argument("--steps", type=int, default=20)
+    sp.add_argument("--labels", type=_int_list, default=list(range(10)))
+    sp.add_argument("--seeds", type=_int_list, default=[0, 1])
+    sp.add_argument("--guidance", type=float, default=None)
+    sp.add_argument("--shard", type=_shard, default=(0, 1), help="measure only shard i of n (i/n)")
+
+    sp = add("solve", cmd_solve, "allocate a format per layer under a memory budget; writes a plan")
+    sp.add_argument("--budget", required=True, help="e.g. 600KB, 4GB, 4GiB, 60%%, 4.5bits")
+    sp.add_argument("--profile", help="profile file (default profiles/default.sqlite)")
+    sp.add_argument("--metric", default="rel_mse", help="rel_mse, sqnr or cosine")
+    sp.add_argument("--solver", default="ilp", help="ilp (CBC), highs, greedy")
+    sp.add_argument("--pin", action="append", default=None, metavar="REGEX=FORMAT", help="keep matching layers in a format")
+    sp.add_argument("--tie", action="store_true", help="layers that read one input (q/k/v) share a format")
+    sp.add_argument("--out", help="plan path (default plans/<profile>-<budget>.yaml)")
+
+    sp = add("eval", cmd_eval, "score a plan against full precision on held-out seeds")
+    sp.add_argument("--model", default="default", help=model_help)
+    sp.add_argument("--plan", help="plan YAML (omit for full precision)")
+    sp.add_argument("--labels", type=_int_list, default=list(range(10)))
+    sp.add_argument("--seeds", type=_int_list, default=[1000, 1001])
+    sp.add_argument("--steps", type=int, default=20)
+
+    sp = add("demo", cmd_demo, "the whole flow on the embedded default: profile, solve, compare with uniform formats")
+    sp.add_argument("--model", default="default", help="default or default-unet")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if not getattr(args, "fn", None):
+            build_parser().print_help()
+            return 2
+        return args.fn(args)
+    except MpsearchError as e:
+        if debug:
+            raise
+        print(f"mpsearch: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("mpsearch: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI never shows a traceback unless asked
+        if debug:
+            raise
+        print(f"mpsearch: error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1

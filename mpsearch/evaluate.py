@@ -1,0 +1,57 @@
+"""Score a plan: generate with held-out seeds, compare with full precision (image and content metrics)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .generation import generate_many
+from .metrics import class_agreement, frechet_distance, mse, psnr, ssim
+from .models import measured_bytes
+
+#: seeds never used for profiling by default (profiling uses 0, 1, ...)
+HELD_OUT_SEEDS = (1000, 1001)
+
+
+def image_scores(ref: np.ndarray, out: np.ndarray, labels=None, classifier=None) -> dict:
+    """MSE, PSNR, SSIM of ``out`` against ``ref``; class agreement and Frechet distance with a classifier."""
+    scores = {"mse": mse(ref, out), "psnr": psnr(ref, out), "ssim": ssim(ref, out)}
+    if classifier is not None and labels is not None:
+        from .classifier import to_tensor
+
+        with torch.no_grad():
+            x_out, x_ref = to_tensor(out), to_tensor(ref)
+            pred = classifier(x_out).argmax(-1).numpy()
+            scores["class_agreement"] = class_agreement(labels, pred)
+            if len(out) > 2:
+                f_ref = classifier.features(x_ref).numpy()
+                f_out = classifier.features(x_out).numpy()
+                scores["frechet"] = frechet_distance(f_ref, f_out)
+    return scores
+
+
+def evaluate_plan(pipe, plan, *, labels=tuple(range(10)), seeds=HELD_OUT_SEEDS, steps: int = 20,
+                  guidance_scale=None, reference: np.ndarray | None = None, classifier=None) -> dict:
+    """Generate with ``plan`` applied (None: full precision) and score against full precision.
+
+    Returns scores plus ``bytes`` (measured) and ``seconds`` (generation wall time).
+    """
+    from .executor import apply_plan
+
+    if reference is None:
+        reference = generate_many(pipe, labels, seeds, steps, guidance_scale)
+    handle = apply_plan(pipe, plan) if plan is not None else None
+    try:
+        nbytes = measured_bytes(pipe)
+        t0 = time.perf_counter()
+        images = generate_many(pipe, labels, seeds, steps, guidance_scale)
+        seconds = time.perf_counter() - t0
+    finally:
+        if handle is not None:
+            handle.remove()
+    all_labels = np.tile(np.asarray(labels), len(seeds))
+    scores = image_scores(reference, images, all_labels, classifier)
+    scores.update(bytes=int(nbytes), seconds=seconds)
+    return scores

@@ -1,0 +1,129 @@
+"""From a profile and a budget to a plan: builds the solver's Problem, runs a solver, writes the Plan."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .budget import parse_budget
+from .errors import UsageError
+from .plan import Plan
+from .profile_store import LOCAL_METRICS, Profile
+
+
+def layer_costs(profile: Profile, metric: str = "rel_mse", step_weights=None) -> np.ndarray:
+    """(layers, formats) sensitivity: the metric turned into an error (lower is better), averaged over steps
+    with ``step_weights`` (default uniform), normalized so the largest entry is 1. NaN -> ineligible (inf)."""
+    if metric not in LOCAL_METRICS:
+        raise UsageError(f"unknown metric {metric!r}; expected one of {', '.join(LOCAL_METRICS)}")
+    values = profile.metric(metric)
+    if metric == "sqnr":
+        err = 10.0 ** (-values / 10.0)
+    elif metric == "cosine":
+        err = 1.0 - values
+    else:
+        err = values
+    S = err.shape[-1]
+    if step_weights is None:
+        w = np.full(S, 1.0 / S)
+    else:
+        w = np.asarray(step_weights, dtype=float)
+        if w.shape != (S,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise UsageError(f"step_weights must be {S} non-negative numbers with a positive sum; got {w.tolist()}")
+        w = w / w.sum()
+    cost = np.einsum("lfs,s->lf", np.nan_to_num(err, nan=0.0), w)
+    cost = np.where(np.isnan(err).any(-1), np.inf, np.maximum(cost, 0.0))
+    cost[:, 0] = 0.0  # fp
+    finite = cost[np.isfinite(cost)]
+    top = finite.max() if finite.size else 0.0
+    return cost / top if top > 0 else cost
+
+
+def parse_pins(pins) -> dict[str, str]:
+    """Pins as {regex: format}; accepts a dict, a list of 'regex=format' strings, or one such string."""
+    if pins is None:
+        return {}
+    if isinstance(pins, str):
+        pins = [pins]
+    if isinstance(pins, dict):
+        items = list(pins.items())
+    else:
+        items = []
+        for p in pins:
+            if "=" not in p:
+                raise UsageError(f"pin {p!r} must look like REGEX=FORMAT, e.g. 'conv_out=fp'")
+            pattern, fmt = p.rsplit("=", 1)
+            items.append((pattern, fmt))
+    out = {}
+    for pattern, fmt in items:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise UsageError(f"pin pattern {pattern!r} is not a valid regex ({e})") from None
+        out[pattern] = fmt
+    return out
+
+
+def build_problem(profile: Profile, budget_bytes: int | None, *, metric="rel_mse", step_weights=None,
+                  pins=None, tie: bool = False):
+    """The solver Problem for a profile (costs, exact bytes, pins, tie groups)."""
+    from .solver import Problem
+
+    info = profile.info
+    formats = profile.formats
+    cost = layer_costs(profile, metric, step_weights)
+    nbytes = np.zeros(cost.shape, dtype=np.int64)
+    for li, layer in enumerate(info.layers):
+        for fi, f in enumerate(formats):
+            if f in layer.eligible:
+                nbytes[li, fi] = layer.nbytes(f)
+    names = list(info.names)
+    pinned: dict[int, int] = {}
+    for pattern, fmt in parse_pins(pins).items():
+        if fmt not in formats:
+            raise UsageError(f"pin {pattern}={fmt}: format {fmt!r} is not in the profile ({', '.join(formats)})")
+        hits = [i for i, n in enumerate(names) if re.search(pattern, n)]
+        if not hits:
+            raise UsageError(f"pin pattern {pattern!r} matches no layer; see `mpsearch inspect` for layer names")
+        for i in hits:
+            if not np.isfinite(cost[i, formats.index(fmt)]):
+                raise UsageError(f"pin {pattern}={fmt}: layer {names[i]} cannot take {fmt} "
+                                 f"({info.layers[i].ineligible.get(fmt, 'not eligible')})")
+            pinned[i] = formats.index(fmt)
+    groups = ()
+    if tie:
+        index = {n: i for i, n in enumerate(names)}
+        groups = tuple(tuple(index[n] for n in g) for g in info.tie_groups)
+    return Problem(layer_names=tuple(names), formats=tuple(formats), cost=cost, nbytes=nbytes,
+                   fixed_bytes=info.fixed_bytes, budget_bytes=budget_bytes, groups=groups, pins=pinned)
+
+
+def solve(profile, budget="60%", *, metric: str = "rel_mse", solver: str = "ilp", pins=None, tie: bool = False,
+          step_weights=None) -> Plan:
+    """Allocate a format per layer under ``budget`` (any DESIGN.md budget form) and return the Plan.
+
+    Raises InfeasibleError naming the smallest feasible budget when ``budget`` cannot be met.
+    """
+    from .solver import get_solver
+
+    if not isinstance(profile, Profile):
+        profile = Profile.load(profile)
+    info = profile.info
+    b = parse_budget(budget, fp_bytes=info.fp_bytes, fixed_bytes=info.fixed_bytes,
+                     quantizable_numel=info.quantizable_numel)
+    problem = build_problem(profile, b.bytes, metric=metric, step_weights=step_weights, pins=pins, tie=tie)
+    sol = get_solver(solver).solve(problem)
+    assignment = {name: problem.formats[int(c)] for name, c in zip(problem.layer_names, sol.choice)}
+    plan = Plan.from_assignment(
+        info, assignment, budget=b.to_dict(),
+        predictions={"objective": float(sol.objective), "metric": metric,
+                     "formats": {f: int((sol.choice == i).sum()) for i, f in enumerate(problem.formats)}},
+        provenance={"solver": sol.solver, "status": sol.status, "seconds": round(float(sol.seconds), 4),
+                    "metric": metric, "tie": bool(tie), "pins": parse_pins(pins),
+                    "step_weights": None if step_weights is None else [float(x) for x in step_weights],
+                    "profile_digest": profile.digest, "profile_config": profile.config},
+    )
+    if plan.predicted_bytes != sol.total_bytes:
+        raise AssertionError(f"plan bytes {plan.predicted_bytes} != solver bytes {sol.total_bytes}")
+    return plan
