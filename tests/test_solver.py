@@ -631,3 +631,23 @@ def test_large_byte_counts_stay_exact():
         a, b = get_solver("ilp").solve(p), get_solver("highs").solve(p)
         assert a.total_bytes <= budget and b.total_bytes <= budget
         assert a.objective == pytest.approx(b.objective, rel=1e-7, abs=1e-9)
+
+
+def test_solvers_print_nothing_and_leave_stdout_working(capfd):
+    problem = random_problem(4, max_layers=8)
+    for name in available_solvers():
+        try:
+            get_solver(name).solve(problem)
+        except InfeasibleError:
+            pass
+    print("still here")
+    out, err = capfd.readouterr()
+    assert out == "still here\n" and err == ""
+
+
+@pytest.mark.parametrize("name", ["ilp", "highs"])
+def test_time_limit(name):
+    problem = random_problem(13, budget="tight")  # the budget binds: the backend runs
+    assert get_solver(name, time_limit=60).solve(problem).status == "optimal"
+    with pytest.raises(SolverError, match="time_limit of 1e-09 s ran out before an answer"):
+        get_solver(name, time_limit=1e-9).solve(problem)

@@ -8,7 +8,7 @@ allowed format (pinned, or only one eligible format) are constants, not variable
                 sum a_r[d, f] x[d, f] <= b_r              for the byte budget and each extra constraint r
 
 Every row is shifted by its per-decision minimum (``c[d, f] = cost[d, f] - min_f cost[d, f]``, likewise for
-bytes and extra coefficients), so coefficients are >= 0 and small, and the objective is scaled to [0, 1];
+bytes and extra coefficients), so coefficients are >= 0 and small, and the objective is scaled so that its median positive coefficient is 1;
 neither changes which assignments are optimal. A backend only turns a :class:`LinearModel` into 0/1 values.
 
 Backends round binaries that sit within their integrality tolerance of 0 or 1; with byte coefficients in the
@@ -111,9 +111,9 @@ def build_model(problem: Problem, *, objective: str = "cost", margins: np.ndarra
         rhs.append(max(con.rhs - low, 0.0))  # >= -tolerance is guaranteed by BaseSolver.solve
         names.append(f"extra {con.name!r}")
 
-    top = float(c.max()) if c.size else 0.0
-    if top > 0:
-        c = c / top
+    positive = c[c > 0]
+    if positive.size:  # typical coefficient 1: solver tolerances are absolute, costs can be tiny or huge
+        c = c / float(np.median(positive))
     a_ub = np.array(rows, dtype=np.float64).reshape(len(rows), len(c))
     b_ub = np.array(rhs, dtype=np.float64)
     if objective == "bytes":

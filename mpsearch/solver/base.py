@@ -312,7 +312,7 @@ class Problem:
         if not isinstance(value, Mapping):
             raise UsageError(f"Problem.pins must be a mapping layer index -> format index, got {value!r}")
         pins: dict[int, int] = {}
-        for l, f in sorted(value.items(), key=lambda kv: repr(kv[0])):
+        for l, f in value.items():
             if not _is_int(l) or not 0 <= l < len(names):
                 raise UsageError(f"Problem.pins has key {l!r}, not a layer index in [0, {len(names)})")
             if not _is_int(f) or not 0 <= f < len(formats):
@@ -684,9 +684,11 @@ def available_solvers() -> tuple[str, ...]:
 
 def get_solver(name: str, **options: object) -> BaseSolver:
     """A new solver instance by name or alias, e.g. ``get_solver("ilp", time_limit=60)``."""
-    key = name.strip().lower() if isinstance(name, str) else name
-    key = _ALIASES.get(key, key)  # type: ignore[arg-type]
-    cls: Callable[..., BaseSolver] | None = _REGISTRY.get(key)  # type: ignore[arg-type]
+    if not isinstance(name, str):
+        raise UsageError(f"a solver name must be a string, got {name!r}; valid names: {', '.join(available_solvers())}")
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    cls: Callable[..., BaseSolver] | None = _REGISTRY.get(key)
     if cls is None:
         aliases = ", ".join(f"{a} = {t}" for a, t in sorted(_ALIASES.items()))
         raise UsageError(

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -14,6 +17,32 @@ from mpsearch.solver.base import SolverError, register_solver
 # HiGHS options that scipy.optimize.milp does not list but passes through verbatim (with a warning):
 # without mip_abs_gap=0, HiGHS stops 1e-6 short of proven optimality in absolute objective terms.
 _VERBATIM = {"mip_abs_gap": 0.0}
+
+
+@contextlib.contextmanager
+def _native_stdout_silenced():
+    """Send file descriptor 1 to /dev/null for the duration.
+
+    The HiGHS inside some SciPy builds prints debug lines (``HighsMipSolverData::...``) with printf even with
+    ``disp=False``; on stdout they would corrupt ``--json`` output. Python-level writes from other threads
+    during the solve are lost too, so the window is kept to the ``milp`` call.
+    """
+    try:
+        fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+        saved = os.dup(fd)
+    except (OSError, ValueError, AttributeError):  # no real stdout (embedded interpreter): nothing to guard
+        yield
+        return
+    try:
+        for stream in (sys.stdout, sys.__stdout__):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 @register_solver
@@ -37,7 +66,7 @@ class HighsSolver(IlpSolver):
         options: dict = {"disp": False, "presolve": True, "mip_rel_gap": 0.0, **_VERBATIM}
         if time_limit is not None:
             options["time_limit"] = float(time_limit)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _native_stdout_silenced():
             warnings.filterwarnings("ignore", message="Unrecognized options detected", category=RuntimeWarning)
             res = milp(model.c, integrality=np.ones(n), bounds=Bounds(0.0, 1.0), constraints=constraints, options=options)
         raw = f"scipy.optimize.milp status {res.status}: {res.message}"
