@@ -140,11 +140,12 @@ def _budget_slug(spec: str) -> str:
 
 
 def cmd_solve(args) -> int:
-    from .budget import format_bytes
+    from .budget import format_bytes, parse_budget
     from .profile_store import Profile
     from .profiler import default_profile_path
     from .solve import solve
 
+    parse_budget(args.budget, fp_bytes=1, quantizable_numel=1)  # a malformed budget fails before any work
     prof_path = Path(args.profile) if args.profile else default_profile_path()
     prof = Profile.load(prof_path)
     plan = solve(prof, args.budget, metric=args.metric, solver=args.solver, pins=args.pin, tie=args.tie)

@@ -44,8 +44,8 @@ def test_uniform_plans_bytes_and_bit_exact_restore(any_pipe, fmt, stash):
 
 def test_quantized_modules_compute_what_formats_say():
     torch.manual_seed(0)
-    lin = nn.Linear(32, 8)
-    x = torch.randn(5, 32)
+    lin = nn.Linear(128, 8)
+    x = torch.randn(5, 128)
     for fmt in ("int8", "int4", "nvfp4"):
         f = get_format(fmt)
         packed = f.quantize(lin.weight.detach())
