@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,8 @@ class _Stash:
 
             fd, self.path = tempfile.mkstemp(prefix="mpsearch-stash-", suffix=".safetensors")
             os.close(fd)
+            # never leave the file behind: deleted on remove(), or when the stash is collected or Python exits
+            self._finalizer = weakref.finalize(self, _unlink, self.path)
             save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, self.path)
         else:
             self.memory = {k: t.detach().to("cpu", copy=True) if t.device.type != "cpu" else t.detach()
@@ -63,9 +66,16 @@ class _Stash:
         return {k: t.to(self.devices[k]) for k, t in out.items()}
 
     def discard(self) -> None:
-        if self.path and os.path.exists(self.path):
-            os.unlink(self.path)
+        if self.path:
+            _unlink(self.path)
         self.path = None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class PlanHandle:

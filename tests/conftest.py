@@ -46,3 +46,13 @@ def any_pipe(request):
     pipe = DigitsPipeline(scheduler=_scheduler(), **kw)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def pytest_collection_modifyitems(config, items):
+    """gpu-marked tests need CUDA: without it they are skipped with a visible reason, never silently."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run `pytest -m gpu` on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
