@@ -136,6 +136,13 @@ def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto") -> PlanHandle:
         raise PlanError("a plan is already applied to this model; call handle.remove() before applying another")
     info = describe(denoiser)
     plan.check_model(info)
+    cache_config = None
+    if plan.cache is not None:  # checked before any change: the unit's modules must exist
+        from .cache.hooks import FeatureCacheConfig
+        from .cache.units import CacheUnit
+
+        cache_config = FeatureCacheConfig(CacheUnit.from_dict(plan.cache["unit"]), tuple(plan.cache["compute"]))
+        cache_config.unit.check(denoiser)
     if stash not in ("auto", "disk", "memory"):
         raise PlanError(f"stash must be auto, disk or memory; got {stash!r}")
     modules = dict(denoiser.named_modules())
@@ -176,7 +183,14 @@ def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto") -> PlanHandle:
             hooks.append(denoiser.register_forward_pre_hook(tracker, with_kwargs=True))
             for _, _, qmod in built:
                 qmod.tracker = tracker
+        cache = None
+        if cache_config is not None:  # feature-cache hooks (diffusers hook registry); removed with the rest
+            from .cache.hooks import apply_feature_cache
+
+            cache = apply_feature_cache(denoiser, cache_config)
+            hooks.append(cache)
         handle = PlanHandle(denoiser, swaps, store, report, hooks, tracker)
+        handle.cache = cache
         for _, module, _ in built:
             module.weight.data = torch.empty(0, dtype=module.weight.dtype, device=module.weight.device)
     except BaseException:

@@ -64,8 +64,9 @@ class Plan:
         for i, ov in enumerate(self.overrides):
             _check_override(i, ov, self.layers)
         if self.cache is not None:
-            raise PlanError("plan has a 'cache' section, which this version of mpsearch cannot run; "
-                            "remove it or upgrade mpsearch")
+            from .cache.section import validate_cache_section
+
+            validate_cache_section(self.cache)  # schema: mpsearch/cache/section.py
         if "bytes" in self.predictions and not isinstance(self.predictions["bytes"], int):
             raise PlanError(f"plan predictions.bytes must be an integer, got {self.predictions['bytes']!r}")
 
