@@ -49,6 +49,18 @@ class _QuantMixin:
             self.register_buffer(f"packed_{key}", t)
         self.act_windows = act_windows  # list of (start, stop, bool) overrides
         self.tracker: StepTracker | None = None
+        #: keep the dequantized weight between calls (the profiler's speed-up; the executor leaves it off
+        #: so that only packed weights are held)
+        self.cache_dequantized = False
+        self._dequantized = None
+
+    def dequantized(self) -> torch.Tensor | None:
+        """The dequantized weight if caching is on (computed once), else None (dequantize per call)."""
+        if not self.cache_dequantized:
+            return None
+        if self._dequantized is None:
+            self._dequantized = self.fmt.dequantize(self.packed())
+        return self._dequantized
 
     def packed(self) -> Packed:
         return Packed(self.fmt.name, self.weight_shape, self.weight_dtype,
@@ -78,8 +90,10 @@ class QuantLinear(_QuantMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
+        w = self.dequantized()
         y = self.fmt.matmul(x.reshape(-1, x.shape[-1]), self.packed(),
-                            quantize_activations=self.quantize_activations())
+                            quantize_activations=self.quantize_activations(),
+                            dequantized=None if w is None else w.reshape(w.shape[0], -1))
         y = y.reshape(*lead, self.out_features).to(x.dtype)
         return y + self.bias.to(y.dtype) if self.bias is not None else y
 
@@ -96,8 +110,9 @@ class QuantConv2d(_QuantMixin, nn.Module):
         self.bias = bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.dequantized()
         if not self.quantize_activations():
-            w = self.fmt.dequantize(self.packed()).to(x.dtype)
+            w = (self.fmt.dequantize(self.packed()) if w is None else w).to(x.dtype)
             return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation)
         n, _, h, w_in = x.shape
         kh, kw = self.kernel_size
@@ -105,7 +120,8 @@ class QuantConv2d(_QuantMixin, nn.Module):
         ow = (w_in + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (n, C*kh*kw, L)
         cols = cols.transpose(1, 2).reshape(n * oh * ow, -1)
-        y = self.fmt.matmul(cols, self.packed(), quantize_activations=True).to(x.dtype)
+        y = self.fmt.matmul(cols, self.packed(), quantize_activations=True,
+                            dequantized=None if w is None else w.reshape(w.shape[0], -1)).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(n, oh * ow, self.out_channels).transpose(1, 2).reshape(n, self.out_channels, oh, ow)

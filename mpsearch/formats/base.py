@@ -90,13 +90,15 @@ class Format(abc.ABC):
         """Activations as this format runs them (fake-quantized along the last dim); identity if A16."""
         return x
 
-    def matmul(self, x: torch.Tensor, packed: Packed, *, quantize_activations: bool | None = None) -> torch.Tensor:
+    def matmul(self, x: torch.Tensor, packed: Packed, *, quantize_activations: bool | None = None,
+               dequantized: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ W.T`` for a 2-D ``x`` of shape (tokens, in), computed the way this format runs.
 
-        The default dequantizes the weight transiently; formats with real low-bit kernels override it.
+        The default dequantizes the weight transiently (or uses ``dequantized``, the same weight already
+        dequantized, e.g. cached by the profiler); formats with real low-bit kernels override it.
         """
         act = self.quantizes_activations if quantize_activations is None else quantize_activations
         if act:
             x = self.quantize_activation(x)
-        w = self.dequantize(packed)
+        w = self.dequantize(packed) if dequantized is None else dequantized
         return x @ w.reshape(w.shape[0], -1).to(x.dtype).t()

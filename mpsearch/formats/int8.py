@@ -80,10 +80,11 @@ class Int8(Format):
         q, s = quantize_rows(x2)
         return (q.to(torch.float32) * s[:, None]).reshape(x.shape).to(x.dtype)
 
-    def matmul(self, x: torch.Tensor, packed: Packed, *, quantize_activations: bool | None = None) -> torch.Tensor:
+    def matmul(self, x: torch.Tensor, packed: Packed, *, quantize_activations: bool | None = None,
+               dequantized: torch.Tensor | None = None) -> torch.Tensor:
         act = self.quantizes_activations if quantize_activations is None else quantize_activations
         if not act:
-            return super().matmul(x, packed, quantize_activations=False)
+            return super().matmul(x, packed, quantize_activations=False, dequantized=dequantized)
         if packed.format != self.name:
             raise FormatError(f"format 'int8' was given a weight packed as {packed.format!r}; use that format")
         qw, scale = packed.tensors["qweight"], packed.tensors["scale"]
