@@ -43,6 +43,24 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def read_prompts(path) -> list[str]:
+    """Prompts from a text file: one per line; blank lines and lines starting with '#' are skipped."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read the prompts file {p} ({e.strerror or e}); give a text file, one prompt per line") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise UsageError(f"the prompts file {p} has no prompts; write one prompt per line")
+    return prompts
+
+
+def _conditions(args) -> list:
+    """The prompts (--prompts FILE) if given, else the class labels."""
+    return read_prompts(args.prompts) if getattr(args, "prompts", None) else list(args.labels)
+
+
 def _emit(args, data: dict, lines: list[str]) -> int:
     if args.json:
         print(json.dumps(data, default=str))
@@ -66,6 +84,8 @@ def cmd_inspect(args) -> int:
     from .models import describe
     from .pipeline import load_pipeline
 
+    if args.arch:
+        return _inspect_arch(args)
     info = describe(load_pipeline(args.model))
     lo, hi = info.size_range()
     uniform = {f: info.bytes_for({l.name: f for l in info.layers if f in l.eligible}) for f in available_formats()}
@@ -80,6 +100,26 @@ def cmd_inspect(args) -> int:
     lines += [f"uniform {f:6s}: {format_bytes(b)} ({b:,} B)" for f, b in uniform.items()]
     lines += [f"smallest possible: {format_bytes(lo)} ({lo:,} B); largest: {format_bytes(hi)} ({hi:,} B)"]
     return _emit(args, data, lines)
+
+
+def _inspect_arch(args) -> int:
+    from .archs import arch_report
+    from .budget import format_bytes
+
+    r = arch_report(args.arch, dtype=args.dtype)
+    lines = [f"{r['title']} ({r['arch']}): {r['class']}, {r['params']:,} parameters, {r['dtype']}, "
+             f"{r['layers']} candidate layers; built on the meta device from {r['source']}", ""]
+    lines += _table([[f, format_bytes(b), f"{b:,}"] for f, b in r["uniform_bytes"].items()],
+                    ["uniform", "size", "bytes"])
+    lines += ["", f"smallest possible: {format_bytes(r['min_bytes'])}; with the default pins: "
+              f"{format_bytes(r['min_bytes_default_pins'])}; largest: {format_bytes(r['max_bytes'])}", ""]
+    lines += _table([[b["budget"], "yes" if b["feasible"] else "no", "yes" if b["feasible_default_pins"] else "no",
+                      "yes" if b["fits_fp"] else "no"] for b in r["budgets"]],
+                    ["budget", "feasible", "with default pins", "fits unquantized"])
+    lines += [""] + _table([[role, v["layers"], f"{v['params']:,}", format_bytes(v["fp_bytes"])]
+                            for role, v in sorted(r["roles"].items(), key=lambda kv: -kv[1]["params"])],
+                           ["role", "layers", "params", "size"])
+    return _emit(args, r, lines)
 
 
 def cmd_generate(args) -> int:
@@ -98,7 +138,8 @@ def cmd_generate(args) -> int:
     handle = apply_plan(pipe, plan) if plan else None
     try:
         t0 = time.perf_counter()
-        images = generate(pipe, args.labels, args.seed, args.steps, args.guidance)
+        conditions = _conditions(args)
+        images = generate(pipe, conditions, args.seed, args.steps, args.guidance, args.size)
         seconds = time.perf_counter() - t0
         nbytes = measured_bytes(pipe)
     finally:
@@ -108,11 +149,16 @@ def cmd_generate(args) -> int:
     paths = []
     import io as _io
 
-    for i, (label, img) in enumerate(zip(args.labels, images)):
-        arr = (np.clip(img[..., 0], 0, 1) * 255).round().astype("uint8")
+    for i, (label, img) in enumerate(zip(conditions, images)):
+        rgb = img.shape[-1] == 3
+        arr = (np.clip(img if rgb else img[..., 0], 0, 1) * 255).round().astype("uint8")
         buf = _io.BytesIO()
-        Image.fromarray(arr, mode="L").resize((64, 64), Image.NEAREST).save(buf, format="PNG")
-        paths.append(str(atomic_write_bytes(out / f"{i:03d}_label{label}.png", buf.getvalue())))
+        picture = Image.fromarray(arr, mode="RGB" if rgb else "L")
+        if max(picture.size) < 64:  # tiny images are enlarged to be seen; real ones are kept as they are
+            picture = picture.resize((64, 64), Image.NEAREST)
+        picture.save(buf, format="PNG")
+        name = f"{i:03d}_prompt.png" if isinstance(label, str) else f"{i:03d}_label{label}.png"
+        paths.append(str(atomic_write_bytes(out / name, buf.getvalue())))
     data = {"images": paths, "plan": args.plan, "denoiser_bytes": nbytes, "seconds": seconds}
     return _emit(args, data, [f"wrote {len(paths)} images to {out} ({seconds:.2f} s, denoiser {nbytes:,} B)"])
 
@@ -122,7 +168,8 @@ def cmd_profile(args) -> int:
     from .profiler import ProfileConfig, default_profile_path, profile
 
     config = ProfileConfig(labels=tuple(args.labels), seeds=tuple(args.seeds), steps=args.steps,
-                           guidance_scale=args.guidance, formats=tuple(args.formats))
+                           guidance_scale=args.guidance, formats=tuple(args.formats),
+                           prompts=tuple(read_prompts(args.prompts)) if args.prompts else (), size=args.size)
     out = Path(args.out) if args.out else default_profile_path(args.model)
     pipe = load_pipeline(args.model)
     t0 = time.perf_counter()
@@ -146,9 +193,12 @@ def cmd_solve(args) -> int:
     from .solve import solve
 
     parse_budget(args.budget, fp_bytes=1, quantizable_numel=1)  # a malformed budget fails before any work
+    if args.arch:
+        return _solve_arch(args)
     prof_path = Path(args.profile) if args.profile else default_profile_path()
     prof = Profile.load(prof_path)
-    plan = solve(prof, args.budget, metric=args.metric, solver=args.solver, pins=args.pin, tie=args.tie)
+    plan = solve(prof, args.budget, metric=args.metric, solver=args.solver, pins=args.pin, tie=args.tie,
+                 role_pins={} if args.no_default_pins else None)
     out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{_budget_slug(args.budget)}.yaml"
     plan.save(out)
     counts = plan.format_counts()
@@ -161,6 +211,40 @@ def cmd_solve(args) -> int:
                               + f"; objective {plan.predictions.get('objective'):.4g} ({plan.provenance.get('status')})"])
 
 
+def _solve_arch(args) -> int:
+    """solve --arch: what can be planned without weights (feasibility, uniform and role-based plans)."""
+    from .archs import plan_without_weights
+    from .budget import format_bytes
+    from .plan import Plan
+
+    if args.profile:
+        raise UsageError("give either --arch (plan without weights) or --profile (plan from measurements), not both")
+    r = plan_without_weights(args.arch, args.budget, dtype=args.dtype, role_pins={} if args.no_default_pins else None)
+    info, assignment = r.pop("info"), r.pop("assignment")
+    lines = [f"{args.arch} ({r['class']}) under {args.budget} ({r['budget']['bytes']:,} B), without weights:",
+             f"feasible: {'yes' if r['feasible'] else 'no'} (smallest possible {format_bytes(r['min_bytes'])}, "
+             f"unquantized {format_bytes(r['fp_bytes'])})", ""]
+    lines += _table([[f, format_bytes(u["bytes"]), "fits" if u["fits"] else "-"] for f, u in r["uniform"].items()],
+                    ["uniform plan", "size", ""])
+    lines += [""] + _table([[s["step"], format_bytes(s["bytes"]), "fits" if s["fits"] else "-"] for s in r["role_ladder"]],
+                           ["role-based plan", "size", ""])
+    r["plan"] = None
+    if assignment is not None:
+        plan = Plan.from_assignment(info, assignment, budget=r["budget"],
+                                    provenance={"solver": "role-ladder", "arch": args.arch, "status": "no profile",
+                                                "role_pins": r["role_pins"], "step": r["role_plan"]["step"]})
+        out = Path(args.out) if args.out else Path("plans") / f"{args.arch}-roles-{_budget_slug(args.budget)}.yaml"
+        plan.save(out)
+        r["plan"] = str(out)
+        lines += ["", f"role-based plan: {r['role_plan']['step']} -> {format_bytes(r['role_plan']['bytes'])}, "
+                      f"written to {out}"]
+    else:
+        lines += ["", "no role-based plan fits this budget" + (" with the default pins (try --no-default-pins)"
+                                                              if r["feasible"] and not args.no_default_pins else "")]
+    lines += [f"needs a profile: {r['needs_profile']}"]
+    return _emit(args, r, lines)
+
+
 def cmd_eval(args) -> int:
     from .classifier import load_classifier
     from .evaluate import evaluate_plan
@@ -169,8 +253,10 @@ def cmd_eval(args) -> int:
 
     pipe = load_pipeline(args.model)
     plan = Plan.load(args.plan) if args.plan else None
-    scores = evaluate_plan(pipe, plan, labels=tuple(args.labels), seeds=tuple(args.seeds), steps=args.steps,
-                           classifier=load_classifier())
+    conditions = _conditions(args)
+    text = bool(args.prompts)  # the bundled classifier knows the digits only
+    scores = evaluate_plan(pipe, plan, labels=tuple(conditions), seeds=tuple(args.seeds), steps=args.steps,
+                           classifier=None if text else load_classifier())
     data = {"plan": args.plan, **scores}
     return _emit(args, data, [f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in data.items()])
 
@@ -200,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_help = "'default' (DiT), 'default-unet', or a local diffusers pipeline folder"
     sp = add("inspect", cmd_inspect, "list a denoiser's quantizable layers, roles and sizes per format")
     sp.add_argument("--model", default="default", help=model_help)
+    arch_help = "a real architecture, built without weights: sd15, sdxl, pixart-sigma, sd3-medium, flux-dev, ..."
+    sp.add_argument("--arch", help=arch_help)
+    sp.add_argument("--dtype", help="with --arch: float16, bfloat16 or float32 (default: the model's own)")
 
     sp = add("generate", cmd_generate, "generate images, optionally with a plan applied")
     sp.add_argument("--model", default="default", help=model_help)
@@ -208,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--steps", type=int, default=20)
     sp.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    sp.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (text-to-image pipelines)")
+    sp.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the pipeline's)")
     sp.add_argument("--out", default="out", help="folder for the PNGs")
 
     sp = add("profile", cmd_profile, "measure per-layer, per-format, per-step sensitivity (local tier)")
@@ -218,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--labels", type=_int_list, default=list(range(10)))
     sp.add_argument("--seeds", type=_int_list, default=[0, 1])
     sp.add_argument("--guidance", type=float, default=None)
+    sp.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (replaces --labels)")
+    sp.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the pipeline's)")
     sp.add_argument("--shard", type=_shard, default=(0, 1), help="measure only shard i of n (i/n)")
 
     sp = add("solve", cmd_solve, "allocate a format per layer under a memory budget; writes a plan")
@@ -227,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--solver", default="ilp", help="ilp (CBC), highs, greedy")
     sp.add_argument("--pin", action="append", default=None, metavar="REGEX=FORMAT", help="keep matching layers in a format")
     sp.add_argument("--tie", action="store_true", help="layers that read one input (q/k/v) share a format")
+    sp.add_argument("--no-default-pins", action="store_true",
+                    help="do not pin fragile layers by role (embedders, first/last projections: fp; AdaLN: int8)")
+    sp.add_argument("--arch", help="plan without weights for a real architecture (" + arch_help.split(": ")[1] + ")")
+    sp.add_argument("--dtype", help="with --arch: float16, bfloat16 or float32 (default: the model's own)")
     sp.add_argument("--out", help="plan path (default plans/<profile>-<budget>.yaml)")
 
     sp = add("eval", cmd_eval, "score a plan against full precision on held-out seeds")
@@ -234,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--plan", help="plan YAML (omit for full precision)")
     sp.add_argument("--labels", type=_int_list, default=list(range(10)))
     sp.add_argument("--seeds", type=_int_list, default=[1000, 1001])
+    sp.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (replaces --labels)")
     sp.add_argument("--steps", type=int, default=20)
 
     sp = add("demo", cmd_demo, "the whole flow on the embedded default: profile, solve, compare with uniform formats")

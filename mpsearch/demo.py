@@ -41,7 +41,7 @@ def run_demo(model: str = "default", *, progress: bool = True, steps: int = 20, 
     for fmt in ("int8", "nvfp4", "int4"):
         score(f"uniform-{fmt}", Plan.uniform(info, fmt), "-")
     for bname, nbytes in comparison_budgets(info).items():
-        plan = solve(prof, nbytes)
+        plan = solve(prof, nbytes, role_pins={})  # equal bytes to a uniform plan: no role pins
         plan.save(f"plans/{model}-demo-{bname.replace('=', '').replace('..', '-')}.yaml")
         score("mpsearch", plan, f"{bname} ({format_bytes(nbytes)})")
     lines = [f"{model}: {info.denoiser_class}, full precision {format_bytes(info.fp_bytes)}; "

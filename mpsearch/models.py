@@ -40,17 +40,30 @@ _ROLE_RULES: tuple[tuple[str, Role], ...] = (
     (r"(^|\.)(class_embedding|class_embedder|text_embedder|context_embedder|add_embedding|guidance_embedder|"
      r"caption_projection|time_text_embed\.text|adaln_single\.emb)", Role.COND_EMBED),
     (r"(^|\.)(norm1|norm1_context|norm_out|norm|adaln_single)\.(linear|emb|proj)", Role.MODULATION),
-    (r"^(adaln_single\.linear|scale_shift_table)", Role.MODULATION),
+    # DiT's final AdaLN: proj_out_1 maps the condition to the last shift/scale (proj_out_2 is the output)
+    (r"^(adaln_single\.linear|scale_shift_table|proj_out_1$)", Role.MODULATION),
     (r"^(conv_in|pos_embed\.proj|x_embedder|proj_in|patch_embed\.proj)$", Role.IN_PROJ),
     (r"^(conv_out|proj_out(_\d+)?|norm_out\.linear)$", Role.OUT_PROJ),
     (r"(^|\.)attn2\.", Role.CROSS_ATTN),
-    (r"(^|\.)(attn\d?|attention|attentions\.\d+)\.", Role.SELF_ATTN),
+    # joint attention (SD3, FLUX): the text stream's own q/k/v and output projections
+    (r"(^|\.)attn\.(add_[qkv]_proj|to_add_out)$", Role.CROSS_ATTN),
     (r"(^|\.)(ff|ff_context|mlp|proj_mlp)(\.|$)", Role.FFN),
+    # FLUX single block: one projection for the attention output and the MLP down-projection together
+    (r"(^|\.)single_transformer_blocks\.\d+\.proj_out$", Role.FFN),
+    # a UNet spatial transformer's pointwise in/out projections (1x1 conv, or Linear in SDXL)
+    (r"(^|\.)attentions\.\d+\.(proj_in|proj_out)$", Role.CONV),
+    (r"(^|\.)(attn\d?|attention|attentions\.\d+)\.", Role.SELF_ATTN),
 )
 
 
-def classify_role(name: str, module: nn.Module) -> Role:
-    """The role of a layer from its exact name and type (diffusers naming conventions)."""
+def classify_role(name: str, module: nn.Module, parent: nn.Module | None = None) -> Role:
+    """The role of a layer from its exact name and type (diffusers naming conventions).
+
+    ``parent`` (the module that holds the layer, e.g. a diffusers ``Attention``) refines the name: an ``attn2``
+    that is not a cross-attention (SD3.5's second image self-attention) is ``self_attn``.
+    """
+    if getattr(parent, "is_cross_attention", None) is False and re.search(r"(^|\.)attn2\.", name):
+        return Role.SELF_ATTN
     for pattern, role in _ROLE_RULES:
         if re.search(pattern, name):
             return role
@@ -166,6 +179,34 @@ class ModelInfo:
         return lo, hi
 
 
+# Layers known to be fragile, kept at higher precision unless the user pins otherwise (README, "Default pins").
+# The time/condition embedders and the first and last projections are small and sit on every path: SVDQuant,
+# TensorRT-ModelOpt's diffusers recipes and MixDQ keep them in 16 bits. AdaLN modulation is large in DiT-style
+# models (a sixth of FLUX) and its errors shift every token of a block at once; INT8 keeps it near-lossless.
+DEFAULT_ROLE_PINS: dict[Role, str] = {
+    Role.TIME_EMBED: "fp",
+    Role.COND_EMBED: "fp",
+    Role.IN_PROJ: "fp",
+    Role.OUT_PROJ: "fp",
+    Role.MODULATION: "int8",
+}
+
+
+def resolve_role_pins(info: ModelInfo, formats, role_pins=None) -> dict[str, str]:
+    """Per-layer pins from role pins: {layer name: format}. ``role_pins=None`` means ``DEFAULT_ROLE_PINS``.
+
+    A role pinned to a format that is not among ``formats`` or that the layer cannot take falls back to ``fp``
+    (the conservative choice), so a role pin never makes a layer less precise than asked.
+    """
+    pins = DEFAULT_ROLE_PINS if role_pins is None else {Role(r): f for r, f in role_pins.items()}
+    out = {}
+    for layer in info.layers:
+        fmt = pins.get(layer.role)
+        if fmt is not None:
+            out[layer.name] = fmt if fmt in formats and fmt in layer.eligible else "fp"
+    return out
+
+
 _TIE_SETS = (("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj"))
 
 
@@ -179,6 +220,9 @@ def _tie_groups(names: list[str]) -> list[tuple[str, ...]]:
             if re.search(r"(^|\.)attn2$", parent) and members[0] == "to_q":
                 members = members[1:]  # cross-attn: k and v read the text, q reads the image
             group = tuple(f"{parent}.{m}" for m in members if f"{parent}.{m}" in present)
+            block = parent.rsplit(".", 1)[0] if parent.endswith(".attn") else None
+            if members[0] == "to_q" and block and f"{block}.proj_mlp" in present:
+                group += (f"{block}.proj_mlp",)  # FLUX single block: q/k/v and the MLP read one normed input
             if len(group) > 1:
                 groups.append(group)
     return groups
@@ -202,7 +246,8 @@ def describe(pipe_or_model, formats=None) -> ModelInfo:
     fmts = [get_format(f) for f in (formats or available_formats())]
     layers: list[LayerInfo] = []
     weight_ids = set()
-    for name, module in denoiser.named_modules():
+    modules = dict(denoiser.named_modules())
+    for name, module in modules.items():
         kind = _kind(module)
         if kind is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
             continue
@@ -221,7 +266,10 @@ def describe(pipe_or_model, formats=None) -> ModelInfo:
             else:
                 reasons[f.name] = reason
         dtype = str(module.weight.dtype).removeprefix("torch.")
-        layers.append(LayerInfo(name, kind, shape, dtype, classify_role(name, module), tuple(eligible), reasons))
+        parts = name.split(".")
+        parent = modules.get(".".join(parts[:parts.index("attn2") + 1])) if "attn2" in parts else None
+        role = classify_role(name, module, parent)
+        layers.append(LayerInfo(name, kind, shape, dtype, role, tuple(eligible), reasons))
         weight_ids.add(id(module.weight))
     if not layers:
         raise ModelError(f"{type(denoiser).__name__} has no Linear or Conv2d layers to quantize")

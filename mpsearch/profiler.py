@@ -28,20 +28,32 @@ from .qmodules import StepTracker, quantized_module
 
 @dataclass(frozen=True)
 class ProfileConfig:
-    """What a profile measures: conditions (labels x seeds), steps, guidance, candidate formats."""
+    """What a profile measures: conditions (labels or prompts, x seeds), steps, guidance, candidate formats.
+
+    ``prompts`` (text-to-image pipelines) replace ``labels``: when prompts are given, labels are not used.
+    ``size`` sets the image height = width in pixels (None: the pipeline's default).
+    """
 
     labels: tuple[int, ...] = tuple(range(10))
     seeds: tuple[int, ...] = (0, 1)
     steps: int = 20
     guidance_scale: float | None = None
     formats: tuple[str, ...] = ("int8", "nvfp4", "int4")
+    prompts: tuple[str, ...] = ()
+    size: int | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "labels", tuple(int(l) for l in self.labels))
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        if any(not isinstance(p, str) or not p.strip() for p in self.prompts):
+            raise UsageError(f"prompts must be non-empty strings, got {list(self.prompts)[:5]}")
+        object.__setattr__(self, "labels", () if self.prompts else tuple(int(l) for l in self.labels))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "formats", tuple(self.formats))
-        if not self.labels:
-            raise UsageError("labels is empty: profile needs at least one condition (e.g. --labels 0,1,2)")
+        if not self.labels and not self.prompts:
+            raise UsageError("labels is empty: profile needs at least one condition (e.g. --labels 0,1,2, "
+                             "or --prompts FILE for a text-to-image pipeline)")
+        if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
+            raise UsageError(f"size must be a positive number of pixels, got {self.size!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UsageError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -53,8 +65,17 @@ class ProfileConfig:
         if len(set(self.formats)) != len(self.formats):
             raise UsageError(f"formats {list(self.formats)} repeat a format; list each once")
 
+    @property
+    def conditions(self) -> tuple:
+        """What each unit generates: the prompts if given, else the class labels."""
+        return self.prompts or self.labels
+
     def to_dict(self) -> dict:
         d = asdict(self)
+        if not self.prompts:  # label-conditioned profiles keep the keys they always had (resume stays valid)
+            d.pop("prompts")
+        if self.size is None:
+            d.pop("size")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
@@ -170,7 +191,7 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress):
             acc_ref[0] = _Accumulator(np.zeros((L, F, S, 4)), np.zeros((B, S, 2)))
             tracker.__init__()
             t0 = time.perf_counter()
-            generate(pipe, config.labels, config.seeds[unit], config.steps, config.guidance_scale)
+            generate(pipe, config.conditions, config.seeds[unit], config.steps, config.guidance_scale, config.size)
             acc = acc_ref[0]
             rows = [(li, fi, s, *map(float, acc.stats[li, fi, s]))
                     for li, layer in enumerate(info.layers) for fi, f in enumerate(formats)

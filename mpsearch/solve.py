@@ -7,6 +7,7 @@ import re
 import numpy as np
 
 from .budget import parse_budget
+from .models import DEFAULT_ROLE_PINS
 from .errors import UsageError
 from .plan import Plan
 from .profile_store import LOCAL_METRICS, Profile
@@ -66,8 +67,13 @@ def parse_pins(pins) -> dict[str, str]:
 
 
 def build_problem(profile: Profile, budget_bytes: int | None, *, metric="rel_mse", step_weights=None,
-                  pins=None, tie: bool = False):
-    """The solver Problem for a profile (costs, exact bytes, pins, tie groups)."""
+                  pins=None, tie: bool = False, role_pins=None):
+    """The solver Problem for a profile (costs, exact bytes, pins, tie groups).
+
+    ``role_pins`` ({role: format}; None: ``models.DEFAULT_ROLE_PINS``, {}: none) pin layers by role first;
+    ``pins`` (regexes) then override them.
+    """
+    from .models import resolve_role_pins
     from .solver import Problem
 
     info = profile.info
@@ -79,7 +85,9 @@ def build_problem(profile: Profile, budget_bytes: int | None, *, metric="rel_mse
             if f in layer.eligible:
                 nbytes[li, fi] = layer.nbytes(f)
     names = list(info.names)
-    pinned: dict[int, int] = {}
+    index_of = {n: i for i, n in enumerate(names)}
+    pinned: dict[int, int] = {index_of[n]: formats.index(f)
+                              for n, f in resolve_role_pins(info, formats, role_pins).items()}
     for pattern, fmt in parse_pins(pins).items():
         if fmt not in formats:
             raise UsageError(f"pin {pattern}={fmt}: format {fmt!r} is not in the profile ({', '.join(formats)})")
@@ -100,8 +108,11 @@ def build_problem(profile: Profile, budget_bytes: int | None, *, metric="rel_mse
 
 
 def solve(profile, budget="60%", *, metric: str = "rel_mse", solver: str = "ilp", pins=None, tie: bool = False,
-          step_weights=None) -> Plan:
+          step_weights=None, role_pins=None) -> Plan:
     """Allocate a format per layer under ``budget`` (any DESIGN.md budget form) and return the Plan.
+
+    Fragile layers are pinned by role (``role_pins``, default ``models.DEFAULT_ROLE_PINS``; ``{}`` for none);
+    ``pins`` ({regex: format} or 'regex=format' strings) override them.
 
     Raises InfeasibleError naming the smallest feasible budget when ``budget`` cannot be met.
     """
@@ -112,7 +123,8 @@ def solve(profile, budget="60%", *, metric: str = "rel_mse", solver: str = "ilp"
     info = profile.info
     b = parse_budget(budget, fp_bytes=info.fp_bytes, fixed_bytes=info.fixed_bytes,
                      quantizable_numel=info.quantizable_numel)
-    problem = build_problem(profile, b.bytes, metric=metric, step_weights=step_weights, pins=pins, tie=tie)
+    problem = build_problem(profile, b.bytes, metric=metric, step_weights=step_weights, pins=pins, tie=tie,
+                            role_pins=role_pins)
     sol = get_solver(solver).solve(problem)
     assignment = {name: problem.formats[int(c)] for name, c in zip(problem.layer_names, sol.choice)}
     plan = Plan.from_assignment(
@@ -121,6 +133,8 @@ def solve(profile, budget="60%", *, metric: str = "rel_mse", solver: str = "ilp"
                      "formats": {f: int((sol.choice == i).sum()) for i, f in enumerate(problem.formats)}},
         provenance={"solver": sol.solver, "status": sol.status, "seconds": round(float(sol.seconds), 4),
                     "metric": metric, "tie": bool(tie), "pins": parse_pins(pins),
+                    "role_pins": {getattr(r, "value", r): f for r, f in
+                                  (DEFAULT_ROLE_PINS if role_pins is None else role_pins).items()},
                     "step_weights": None if step_weights is None else [float(x) for x in step_weights],
                     "profile_digest": profile.digest, "profile_config": profile.config},
     )

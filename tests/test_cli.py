@@ -47,7 +47,9 @@ def test_profile_solve_generate_flow(capsys, tmp_path, monkeypatch):
     assert sol["plan"] == "plans/default-60pct.yaml" and sol["status"] == "optimal"
     assert sol["bytes"] <= 0.6 * info["fp_bytes"]
     mid = (info["uniform_bytes"]["int8"] + info["uniform_bytes"]["int4"]) // 2
-    sol2 = run_json(capsys, "solve", "--budget", f"{mid}B", "--solver", "highs", "--out", "plans/mid.yaml")
+    # between uniform int8 and int4: only reachable without the default role pins
+    sol2 = run_json(capsys, "solve", "--budget", f"{mid}B", "--solver", "highs", "--out", "plans/mid.yaml",
+                    "--no-default-pins")
     assert sol2["bytes"] <= mid
     gen = run_json(capsys, "generate", "--plan", "plans/mid.yaml", "--labels", "3,4", "--steps", "3", "--out", "imgs")
     assert len(gen["images"]) == 2 and gen["denoiser_bytes"] == sol2["bytes"]
