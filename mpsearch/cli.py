@@ -93,12 +93,16 @@ def cmd_inspect(args) -> int:
             "layers": [l.to_dict() | {"numel": l.numel} for l in info.layers], "fixed_bytes": info.fixed_bytes,
             "fp_bytes": info.fp_bytes, "uniform_bytes": uniform, "min_bytes": lo, "max_bytes": hi,
             "tie_groups": [list(g) for g in info.tie_groups], "cacheable_blocks": list(info.blocks)}
+    data["cache_units"] = _cache_units(load_pipeline(args.model))
     rows = [[l.name, l.kind, "x".join(map(str, l.shape)), l.role.value, ",".join(l.eligible)] for l in info.layers]
     lines = [f"{info.denoiser_class} ({args.model}), {len(info.layers)} candidate layers, fingerprint {info.fingerprint}"]
     lines += _table(rows, ["layer", "kind", "shape", "role", "eligible"])
     lines += ["", f"fixed (never quantized): {format_bytes(info.fixed_bytes)}"]
     lines += [f"uniform {f:6s}: {format_bytes(b)} ({b:,} B)" for f, b in uniform.items()]
     lines += [f"smallest possible: {format_bytes(lo)} ({lo:,} B); largest: {format_bytes(hi)} ({hi:,} B)"]
+    lines += [f"cache unit {u['name']} ({u['kind']}: {', '.join(u['modules'])}): "
+              + (f"{u['share']:.0%} of a step's FLOPs" if u["share"] is not None else "share of compute unknown")
+              for u in data["cache_units"]]
     return _emit(args, data, lines)
 
 
@@ -197,6 +201,8 @@ def cmd_solve(args) -> int:
         return _solve_arch(args)
     prof_path = Path(args.profile) if args.profile else default_profile_path()
     prof = Profile.load(prof_path)
+    if args.cache_steps is not None or args.speedup is not None:
+        return _solve_with_cache(args, prof, prof_path)
     plan = solve(prof, args.budget, metric=args.metric, solver=args.solver, pins=args.pin, tie=args.tie,
                  role_pins={} if args.no_default_pins else None)
     out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{_budget_slug(args.budget)}.yaml"
@@ -243,6 +249,46 @@ def _solve_arch(args) -> int:
                                                               if r["feasible"] and not args.no_default_pins else "")]
     lines += [f"needs a profile: {r['needs_profile']}"]
     return _emit(args, r, lines)
+
+
+def _cache_units(pipe) -> list[dict]:
+    """inspect: the cacheable units (mpsearch.cache.units) with the share of a step's FLOPs each one skips."""
+    from .cache import cache_units, compute_shares
+    from .models import get_denoiser
+
+    den = get_denoiser(pipe)
+    units = cache_units(den)
+    shares = compute_shares(den, units)
+    return [u.to_dict() | {"share": shares[u.name]} for u in units]
+
+
+def _solve_with_cache(args, prof, prof_path) -> int:
+    """solve --cache-steps K | --speedup X: formats and cache schedule in one plan (mpsearch.cache.joint)."""
+    from .budget import format_bytes
+    from .cache.joint import solve_joint
+    from .pipeline import load_pipeline
+
+    options = {"role_pins": {}} if getattr(args, "no_default_pins", False) else {}
+    pipe = load_pipeline(args.model)
+    plan = solve_joint(prof, pipe, args.budget, full_computations=args.cache_steps, speedup=args.speedup,
+                       method=args.cache_method, unit=args.cache_unit, warmup=args.warmup,
+                       max_reuse=args.max_reuse, rounds=args.rounds, metric=args.metric, solver=args.solver,
+                       pins=args.pin, tie=args.tie, **options)
+    slug = f"{_budget_slug(args.budget)}-{args.cache_method}{sum(plan.cache['compute'])}"
+    out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{slug}.yaml"
+    plan.save(out)
+    counts, c = plan.format_counts(), plan.predictions["cache"]
+    data = {"plan": str(out), "budget": plan.budget, "bytes": plan.predicted_bytes, "formats": counts,
+            "objective": plan.predictions.get("objective"), "solver": plan.provenance.get("solver"),
+            "status": plan.provenance.get("status"), "cache": plan.cache, "cache_predictions": c,
+            "rounds": plan.provenance.get("cache_rounds")}
+    pattern = "".join("C" if x else "." for x in plan.cache["compute"])
+    return _emit(args, data, [
+        f"plan {out}: {format_bytes(plan.predicted_bytes)} ({plan.predicted_bytes:,} B) <= budget {args.budget}; "
+        + ", ".join(f"{k}: {v}" for k, v in counts.items()),
+        f"cache ({plan.cache['method']}, unit {plan.cache['unit']['name']}): {c['full_computations']}/{c['steps']} "
+        f"steps computed {pattern}; predicted error {c['predicted_error']:.4g}; ideal speedup "
+        f"{c['ideal_speedup'] if c['ideal_speedup'] is not None else '?'}x"])
 
 
 def cmd_eval(args) -> int:
@@ -320,6 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--solver", default="ilp", help="ilp (CBC), highs, greedy")
     sp.add_argument("--pin", action="append", default=None, metavar="REGEX=FORMAT", help="keep matching layers in a format")
     sp.add_argument("--tie", action="store_true", help="layers that read one input (q/k/v) share a format")
+    cache = sp.add_mutually_exclusive_group()
+    cache.add_argument("--cache-steps", type=int, metavar="K", help="also schedule a feature cache: K full computations")
+    cache.add_argument("--speedup", type=float, metavar="X", help="also schedule a feature cache for an ideal speedup X")
+    sp.add_argument("--cache-method", default="dp", choices=("dp", "uniform", "threshold"), help="cache scheduler")
+    sp.add_argument("--cache-unit", help="cacheable unit (default: the largest; see `mpsearch inspect`)")
+    sp.add_argument("--model", default="default", help="with a cache: the pipeline the reuse costs are measured on")
+    sp.add_argument("--warmup", type=int, default=2, help="with a cache: first steps always computed")
+    sp.add_argument("--max-reuse", type=int, default=None, help="with a cache: at most this many reuses in a row")
+    sp.add_argument("--rounds", type=int, default=2, help="with a cache: solve/schedule rounds")
     sp.add_argument("--no-default-pins", action="store_true",
                     help="do not pin fragile layers by role (embedders, first/last projections: fp; AdaLN: int8)")
     sp.add_argument("--arch", help="plan without weights for a real architecture (" + arch_help.split(": ")[1] + ")")

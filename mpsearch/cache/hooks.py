@@ -51,6 +51,7 @@ class FeatureCacheState:
     def __init__(self):
         self.reset()
         self.record = None  # optional callable(step, slot, feature tensor) for measuring runs
+        self.probe = False  # measuring runs: the step hook leaves step and reuse as they are
         self.stats = {"computed": 0, "reused": 0, "fallback": 0, "generations": 0}
 
     def reset(self):
@@ -75,6 +76,8 @@ class _StepHook(ModelHook):
 
     def pre_forward(self, module, *args, **kwargs):
         st = self.state
+        if st.probe:  # a measuring run re-evaluates this step with chosen cached features; st.reuse is set
+            return args, kwargs
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         if t is not None:
             t = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)

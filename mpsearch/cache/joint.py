@@ -92,10 +92,15 @@ def usage_weights(info, unit: CacheUnit, schedule: Schedule) -> np.ndarray:
 
 def solve_joint(profile, pipe, budget="60%", *, full_computations=None, speedup=None, method: str = "dp",
                 unit: str | None = None, warmup: int = 2, max_reuse=None, rounds: int = 3, metric: str = "rel_mse",
-                solver: str = "ilp", pins=None, tie: bool = False, guidance_scale=None, **measure_options):
-    """One plan with layer formats and a cache section, solved and scheduled together (see module docstring)."""
+                solver: str = "ilp", pins=None, tie: bool = False, guidance_scale=None, measure_options=None,
+                **solve_options):
+    """One plan with layer formats and a cache section, solved and scheduled together (see module docstring).
+
+    ``solve_options`` go to :func:`mpsearch.solve.solve` and ``build_problem`` (e.g. ``step_weights`` is not
+    allowed: the schedule sets the weights); ``measure_options`` to :func:`~mpsearch.cache.measure.measure_costs`.
+    """
+    measure_options = dict(measure_options or {})
     from ..budget import parse_budget
-    from ..plan import Plan
     from ..profile_store import Profile
     from ..solve import build_problem, solve
     from ..solver import get_solver
@@ -105,7 +110,7 @@ def solve_joint(profile, pipe, budget="60%", *, full_computations=None, speedup=
     if not isinstance(rounds, int) or rounds < 1:
         raise UsageError(f"rounds must be an integer >= 1, got {rounds!r}")
     steps = profile.steps
-    plan = solve(profile, budget, metric=metric, solver=solver, pins=pins, tie=tie)
+    plan = solve(profile, budget, metric=metric, solver=solver, pins=pins, tie=tie, **solve_options)
     info = profile.info
     history = []
     section = sched = None
@@ -129,18 +134,18 @@ def solve_joint(profile, pipe, budget="60%", *, full_computations=None, speedup=
         cost = cost / finite.max() if finite.size and finite.max() > 0 else cost
         b = parse_budget(budget, fp_bytes=info.fp_bytes, fixed_bytes=info.fixed_bytes,
                          quantizable_numel=info.quantizable_numel)
-        problem = build_problem(profile, b.bytes, metric=metric, pins=pins, tie=tie)
+        problem = build_problem(profile, b.bytes, metric=metric, pins=pins, tie=tie, **solve_options)
         problem = dataclasses.replace(problem, cost=cost)
         sol = get_solver(solver).solve(problem)
         assignment = {n: problem.formats[int(c)] for n, c in zip(problem.layer_names, sol.choice)}
         if assignment == plan.layers:
             break
-        plan = Plan.from_assignment(
-            info, assignment, budget=b.to_dict(),
-            predictions={"objective": float(sol.objective), "metric": metric,
-                         "formats": {f: int((sol.choice == i).sum()) for i, f in enumerate(problem.formats)}},
-            provenance={**{k: v for k, v in plan.provenance.items() if k not in ("created",)},
-                        "solver": sol.solver, "status": sol.status, "seconds": round(float(sol.seconds), 4)})
+        # keep everything else the first solve recorded (budget, provenance, weights); update formats and bytes
+        plan.layers = {n: assignment[n] for n in plan.layers}
+        plan.predictions.update(bytes=info.bytes_for(plan.layers), objective=float(sol.objective),
+                                formats={f: int((sol.choice == i).sum()) for i, f in enumerate(problem.formats)})
+        plan.provenance.update(solver=sol.solver, status=sol.status, seconds=round(float(sol.seconds), 4),
+                               step_weights="cache schedule usage (see cache_rounds)")
     share = section["share"]
     k = sum(section["compute"])
     plan.cache = section
