@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -33,6 +35,20 @@ _SUBMODULES = ("formats", "models", "plan", "executor", "metrics", "solver", "bu
                "profile_store", "pipeline", "classifier", "cli")
 
 __all__ = sorted(_LAZY) + ["formats", "__version__"]
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule ``mpsearch.solve`` sets the package attribute ``solve`` to that module, which
+    would hide the public function ``mpsearch.solve``; the function is kept instead (the module stays in
+    ``sys.modules``, so ``from mpsearch.solve import ...`` works as usual)."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and name in _LAZY and name == _LAZY[name]:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name):

@@ -7,6 +7,7 @@ Errors print one line on stderr: exit code 2 for usage errors, 1 for failures; `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -139,7 +140,7 @@ def cmd_generate(args) -> int:
 
     plan = Plan.load(args.plan) if args.plan else None
     pipe = load_pipeline(args.model)
-    handle = apply_plan(pipe, plan) if plan else None
+    handle = apply_plan(pipe, plan, check_weights=not args.ignore_weights) if plan else None
     try:
         t0 = time.perf_counter()
         conditions = _conditions(args)
@@ -184,6 +185,17 @@ def cmd_profile(args) -> int:
             "units_total": len(config.seeds), "seconds": seconds, "digest": prof.digest}
     return _emit(args, data, [f"profile {out}: {len(prof.info.layers)} layers x {len(prof.formats)} formats x "
                               f"{prof.steps} steps, {len(prof.units)}/{len(config.seeds)} units ({seconds:.1f} s)"])
+
+
+def cmd_profile_merge(args) -> int:
+    from .profile_store import merge_profiles
+
+    prof = merge_profiles(args.shards, args.out)
+    total = len(prof.config.get("seeds", ()))
+    data = {"profile": str(args.out), "inputs": list(args.shards), "units_done": len(prof.units),
+            "units_total": total, "digest": prof.digest}
+    return _emit(args, data, [f"profile {args.out}: merged {len(args.shards)} files, {len(prof.units)}/{total} "
+                              f"units, digest {prof.digest}"])
 
 
 def _budget_slug(spec: str) -> str:
@@ -339,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("generate", cmd_generate, "generate images, optionally with a plan applied")
     sp.add_argument("--model", default="default", help=model_help)
     sp.add_argument("--plan", help="plan YAML to apply")
+    sp.add_argument("--ignore-weights", action="store_true",
+                    help="apply the plan even if the model's weights differ from those it was made from")
     sp.add_argument("--labels", type=_int_list, default=list(range(10)), help="comma-separated class labels")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--steps", type=int, default=20)
@@ -358,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (replaces --labels)")
     sp.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the pipeline's)")
     sp.add_argument("--shard", type=_shard, default=(0, 1), help="measure only shard i of n (i/n)")
+    merge = sp.add_subparsers(dest="profile_command", parser_class=_Parser, metavar="merge")
+    help_ = "merge shard files (--shard i/n) of one profile into one file, atomically"
+    mp = merge.add_parser("merge", help=help_, description=help_)
+    mp.set_defaults(fn=cmd_profile_merge)
+    mp.add_argument("shards", nargs="+", metavar="FILE", help="profile files made with --shard i/n")
+    mp.add_argument("--out", required=True, help="the merged profile file")
+    mp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    mp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     sp = add("solve", cmd_solve, "allocate a format per layer under a memory budget; writes a plan")
     sp.add_argument("--budget", required=True, help="e.g. 600KB, 4GB, 4GiB, 60%%, 4.5bits")
@@ -394,6 +416,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _quiet_libraries():
+    """diffusers' own progress bars and warnings ("Loading pipeline components...") would break the
+    one-line error and clutter --json runs; mpsearch reports its own progress. Restored afterwards."""
+    from diffusers.utils import logging as dlogging
+
+    bars, level = dlogging.is_progress_bar_enabled(), dlogging.get_verbosity()
+    dlogging.disable_progress_bar()
+    dlogging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlogging.set_verbosity(level)
+        if bars:
+            dlogging.enable_progress_bar()
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -402,7 +441,8 @@ def main(argv=None) -> int:
         if not getattr(args, "fn", None):
             build_parser().print_help()
             return 2
-        return args.fn(args)
+        with _quiet_libraries():
+            return args.fn(args)
     except MpsearchError as e:
         if debug:
             raise

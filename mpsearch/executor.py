@@ -122,12 +122,13 @@ def _windows(plan: Plan) -> dict[str, list]:
     return out
 
 
-def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto") -> PlanHandle:
+def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto", check_weights: bool = True) -> PlanHandle:
     """Apply ``plan`` to a pipeline's denoiser (or to the module itself) and return a removable handle.
 
     ``stash`` says where the full-precision weights wait until ``remove()``: ``"disk"`` (a temporary
     safetensors file), ``"memory"`` (host RAM), or ``"auto"`` (disk for a CPU model, host RAM otherwise).
-    The model is either fully planned or, if anything fails, left untouched.
+    A plan that records the weights it was made from (``plan.weights``) is refused for other weights unless
+    ``check_weights=False``. The model is either fully planned or, if anything fails, left untouched.
     """
     if not isinstance(plan, Plan):
         raise PlanError(f"apply_plan expects a mpsearch.Plan, got {type(plan).__name__}; use Plan.load(path)")
@@ -136,6 +137,8 @@ def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto") -> PlanHandle:
         raise PlanError("a plan is already applied to this model; call handle.remove() before applying another")
     info = describe(denoiser)
     plan.check_model(info)
+    if check_weights:
+        plan.check_weights(denoiser, info)
     cache_config = None
     if plan.cache is not None:  # checked before any change: the unit's modules must exist
         from .cache.hooks import FeatureCacheConfig
@@ -144,7 +147,7 @@ def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto") -> PlanHandle:
         cache_config = FeatureCacheConfig(CacheUnit.from_dict(plan.cache["unit"]), tuple(plan.cache["compute"]))
         cache_config.unit.check(denoiser)
     if stash not in ("auto", "disk", "memory"):
-        raise PlanError(f"stash must be auto, disk or memory; got {stash!r}")
+        raise PlanError(f"stash must be auto, disk or memory; got {stash!r}; pass one of those")
     modules = dict(denoiser.named_modules())
     windows = _windows(plan)
 

@@ -294,3 +294,30 @@ def measured_bytes(pipe_or_model) -> int:
             seen.add(id(t))
             total += t.numel() * t.element_size()
     return total
+
+
+def weights_digest(pipe_or_model, names=None) -> str:
+    """A digest of the candidate layers' weights (name, dtype, shape and every byte), in layer order.
+
+    The fingerprint says which layers a model has; this says whether their weights are the ones a profile
+    measured, so a plan is not applied to a fine-tuned or re-trained model by mistake. One pass of sha256
+    over the weights (about a second per GB on a CPU); ``names`` (default: ``describe``'s layers) chooses them.
+    """
+    denoiser = get_denoiser(pipe_or_model)
+    modules = dict(denoiser.named_modules())
+    names = describe(denoiser).names if names is None else names
+    h = hashlib.sha256()
+    for name in names:
+        w = modules[name].weight.detach()
+        h.update(json.dumps([name, str(w.dtype), list(w.shape)]).encode())
+        h.update(w.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return "sha256:" + h.hexdigest()[:24]
+
+
+def check_finite_weights(pipe_or_model) -> None:
+    """Raise ModelError naming the first parameter of the denoiser that holds NaN or inf."""
+    for name, p in get_denoiser(pipe_or_model).named_parameters():
+        if not torch.isfinite(p).all():
+            bad = int((~torch.isfinite(p)).sum())
+            raise ModelError(f"{name} has {bad} NaN/inf value(s), so the model is broken; fix or reload its weights "
+                             "before profiling or quantizing it")

@@ -14,11 +14,13 @@ from pathlib import Path
 from .errors import PlanError
 from .formats import available_formats
 from .io import atomic_write_text, dump_yaml, load_yaml
-from .models import ModelInfo, describe
+from .models import ModelInfo, describe, weights_digest
 
 SCHEMA_VERSION = 1
 _TOP_KEYS = ("schema_version", "model", "budget", "layers", "overrides", "cache", "predictions", "provenance")
 _MODEL_KEYS = ("class", "fingerprint")
+_MODEL_OPTIONAL_KEYS = ("weights",)  # added within schema 1: plans without it still load
+_REGEN = "fix the file or regenerate it with `mpsearch solve`"
 _OVERRIDE_KEYS = ("steps", "activations")
 
 
@@ -46,17 +48,20 @@ class Plan:
     predictions: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    #: digest of the weights the plan was made from (``models.weights_digest``); None: not recorded
+    weights: str | None = None
 
     def __post_init__(self):
         if self.schema_version != SCHEMA_VERSION:
             raise PlanError(f"plan schema_version is {self.schema_version!r}, this mpsearch reads {SCHEMA_VERSION}; "
                             "regenerate the plan with `mpsearch solve`")
         if not isinstance(self.layers, dict) or not self.layers:
-            raise PlanError("plan 'layers' must be a non-empty mapping of module name to format")
+            raise PlanError(f"plan 'layers' must be a non-empty mapping of module name to format; {_REGEN}")
         known = set(available_formats())
         for name, fmt in self.layers.items():
             if not isinstance(name, str) or not isinstance(fmt, str):
-                raise PlanError(f"plan layer entry {name!r}: {fmt!r} must map a module name to a format name")
+                raise PlanError(f"plan layer entry {name!r}: {fmt!r} must map a module name to a format name; "
+                                f"{_REGEN}")
             if fmt not in known:
                 raise PlanError(f"plan layer {name!r} has unknown format {fmt!r}; expected one of {', '.join(sorted(known))}")
         if not isinstance(self.overrides, list):
@@ -68,7 +73,9 @@ class Plan:
 
             validate_cache_section(self.cache)  # schema: mpsearch/cache/section.py
         if "bytes" in self.predictions and not isinstance(self.predictions["bytes"], int):
-            raise PlanError(f"plan predictions.bytes must be an integer, got {self.predictions['bytes']!r}")
+            raise PlanError(f"plan predictions.bytes must be an integer, got {self.predictions['bytes']!r}; {_REGEN}")
+        if self.weights is not None and not isinstance(self.weights, str):
+            raise PlanError(f"plan model.weights must be a digest string, got {self.weights!r}; {_REGEN}")
 
     # ---- what a plan says
 
@@ -90,8 +97,10 @@ class Plan:
     @classmethod
     def from_assignment(cls, info: ModelInfo, assignment: dict[str, str], *, budget: dict | None = None,
                         predictions: dict | None = None, provenance: dict | None = None,
-                        overrides: list | None = None) -> "Plan":
-        """A plan for ``info`` with every candidate layer named (unlisted layers stay ``fp``)."""
+                        overrides: list | None = None, weights: str | None = None) -> "Plan":
+        """A plan for ``info`` with every candidate layer named (unlisted layers stay ``fp``).
+
+        ``weights`` is the digest of the weights the plan was made from; ``apply_plan`` checks it."""
         unknown = sorted(set(assignment) - set(info.names))
         if unknown:
             raise PlanError(f"assignment names layers the model does not have: {', '.join(unknown[:5])}")
@@ -104,7 +113,7 @@ class Plan:
         prov = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **versions()}
         prov.update(provenance or {})
         return cls(model_class=info.denoiser_class, fingerprint=info.fingerprint, layers=layers, budget=budget,
-                   overrides=list(overrides or []), predictions=preds, provenance=prov)
+                   overrides=list(overrides or []), predictions=preds, provenance=prov, weights=weights)
 
     @classmethod
     def uniform(cls, pipe_or_model, fmt: str) -> "Plan":
@@ -112,8 +121,9 @@ class Plan:
         if fmt not in available_formats():
             raise PlanError(f"unknown format {fmt!r}; expected one of {', '.join(available_formats())}")
         info = pipe_or_model if isinstance(pipe_or_model, ModelInfo) else describe(pipe_or_model)
+        weights = None if isinstance(pipe_or_model, ModelInfo) else weights_digest(pipe_or_model, info.names)
         assignment = {l.name: (fmt if fmt in l.eligible else "fp") for l in info.layers}
-        return cls.from_assignment(info, assignment, provenance={"solver": f"uniform-{fmt}"})
+        return cls.from_assignment(info, assignment, provenance={"solver": f"uniform-{fmt}"}, weights=weights)
 
     # ---- checks against a model
 
@@ -129,18 +139,35 @@ class Plan:
         if self.fingerprint != info.fingerprint:
             raise PlanError(f"plan fingerprint {self.fingerprint} does not match the model's {info.fingerprint}; "
                             "the plan was made for another model: solve again for this one")
+        unlisted = [n for n in info.names if n not in self.layers]
+        if unlisted:  # a plan names every candidate layer; a shorter one is truncated or hand-cut
+            raise PlanError(f"plan does not list {len(unlisted)} of the model's {len(info.names)} layers (e.g. "
+                            f"{unlisted[0]!r}), so the file is truncated or edited; {_REGEN} (list fp layers too)")
         for name, fmt in self.layers.items():
             layer = info.layer(name)
             if fmt not in layer.eligible:
                 raise PlanError(f"plan puts layer {name!r} in {fmt!r}, which cannot take shape "
-                                f"{layer.shape}: {layer.ineligible.get(fmt, 'not eligible')}")
+                                f"{layer.shape}: {layer.ineligible.get(fmt, 'not eligible')}; {_REGEN}")
+
+    def check_weights(self, pipe_or_model, info: ModelInfo | None = None) -> None:
+        """Raise PlanError if the model's weights are not those the plan was made from (when it records them)."""
+        if self.weights is None:
+            return
+        names = (info or describe(pipe_or_model)).names
+        now = weights_digest(pipe_or_model, names)
+        if now != self.weights:
+            raise PlanError(f"the model's weights ({now}) are not those the plan was made from ({self.weights}): "
+                            "they changed since profiling (fine-tuned, re-trained or another checkpoint); profile "
+                            "and solve again for these weights, or pass check_weights=False (CLI: "
+                            "--ignore-weights) to apply it anyway")
 
     # ---- files
 
     def to_dict(self) -> dict:
         return {
             "schema_version": self.schema_version,
-            "model": {"class": self.model_class, "fingerprint": self.fingerprint},
+            "model": {"class": self.model_class, "fingerprint": self.fingerprint,
+                      **({"weights": self.weights} if self.weights is not None else {})},
             "budget": self.budget,
             "layers": dict(self.layers),
             "overrides": list(self.overrides),
@@ -152,7 +179,8 @@ class Plan:
     @classmethod
     def from_dict(cls, data, source: str = "plan") -> "Plan":
         if not isinstance(data, dict):
-            raise PlanError(f"{source} must be a YAML mapping with keys {', '.join(_TOP_KEYS)}; got {type(data).__name__}")
+            raise PlanError(f"{source} must be a YAML mapping with keys {', '.join(_TOP_KEYS)}; got "
+                            f"{type(data).__name__}; {_REGEN}")
         unknown = [k for k in data if k not in _TOP_KEYS]
         if unknown:
             raise PlanError(f"{source} has unknown key {unknown[0]!r}; allowed keys: {', '.join(_TOP_KEYS)}")
@@ -163,15 +191,17 @@ class Plan:
             raise PlanError(f"{source} has schema_version {data['schema_version']!r}, this mpsearch reads "
                             f"{SCHEMA_VERSION}; regenerate the plan with `mpsearch solve`")
         model = data["model"]
-        if not isinstance(model, dict) or set(model) != set(_MODEL_KEYS):
-            raise PlanError(f"{source} 'model' must have exactly the keys class and fingerprint; got {model!r}")
+        if (not isinstance(model, dict) or not set(_MODEL_KEYS) <= set(model)
+                or not set(model) <= set(_MODEL_KEYS + _MODEL_OPTIONAL_KEYS)):
+            raise PlanError(f"{source} 'model' must have exactly the keys class and fingerprint (and optionally "
+                            f"weights); got {model!r}; {_REGEN}")
         for key in ("budget", "predictions", "provenance"):
             if data.get(key) is not None and not isinstance(data[key], dict):
                 raise PlanError(f"{source} {key!r} must be a mapping, got {type(data[key]).__name__}")
         return cls(model_class=model["class"], fingerprint=model["fingerprint"], layers=data["layers"],
                    budget=data.get("budget"), overrides=data.get("overrides") or [], cache=data.get("cache"),
                    predictions=data.get("predictions") or {}, provenance=data.get("provenance") or {},
-                   schema_version=data["schema_version"])
+                   schema_version=data["schema_version"], weights=model.get("weights"))
 
     def save(self, path) -> Path:
         """Write the plan as YAML, atomically."""
@@ -191,16 +221,17 @@ class Plan:
 def _check_override(i: int, ov, layers: dict) -> None:
     where = f"plan overrides[{i}]"
     if not isinstance(ov, dict) or set(ov) != set(_OVERRIDE_KEYS):
-        raise PlanError(f"{where} must have exactly the keys steps and activations; got {ov!r}")
+        raise PlanError(f"{where} must have exactly the keys steps and activations; got {ov!r}; {_REGEN}")
     steps = ov["steps"]
     if (not isinstance(steps, list) or len(steps) != 2 or not all(isinstance(s, int) for s in steps)
             or not 0 <= steps[0] < steps[1]):
-        raise PlanError(f"{where}.steps must be [start, stop) step indices with 0 <= start < stop; got {steps!r}")
+        raise PlanError(f"{where}.steps must be [start, stop) step indices with 0 <= start < stop; got {steps!r}; "
+                        f"{_REGEN}")
     acts = ov["activations"]
     if not isinstance(acts, dict):
-        raise PlanError(f"{where}.activations must map layer names to fp or quant; got {acts!r}")
+        raise PlanError(f"{where}.activations must map layer names to fp or quant; got {acts!r}; {_REGEN}")
     for name, mode in acts.items():
         if name not in layers:
-            raise PlanError(f"{where} names layer {name!r}, which the plan does not list")
+            raise PlanError(f"{where} names layer {name!r}, which the plan does not list; {_REGEN}")
         if mode not in ("fp", "quant"):
             raise PlanError(f"{where} sets layer {name!r} activations to {mode!r}; expected fp or quant")

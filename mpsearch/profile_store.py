@@ -15,15 +15,18 @@ sharded-and-merged profile gives exactly the numbers of a single run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import sqlite3
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ProfileError
+from .errors import ProfileError, UsageError
 from .models import LayerInfo, ModelInfo, Role
 
 SCHEMA = 1
@@ -51,29 +54,76 @@ def info_from_dict(d: dict) -> ModelInfo:
                      tuple(d["blocks"]))
 
 
-class ProfileWriter:
-    """Opens (or creates) a profile file for one model and configuration, and records units of work."""
+def _connect(path, readonly: bool = False) -> sqlite3.Connection:
+    """Open a profile file; SQL stored in the file (triggers, views) is refused, and schema functions are
+    untrusted, so a profile is data only: it cannot make mpsearch run anything."""
+    path = Path(path)
+    if readonly:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    else:
+        conn = sqlite3.connect(path, timeout=30)
+    try:
+        conn.execute("PRAGMA trusted_schema = OFF")
+        odd = conn.execute("SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view')").fetchone()
+    except BaseException:
+        conn.close()
+        raise
+    if odd:
+        conn.close()
+        raise ProfileError(f"{path} contains a {odd[0]} ({odd[1]!r}), which no mpsearch profile has, so mpsearch "
+                           "will not use it; delete it and profile again")
+    return conn
 
-    def __init__(self, path, info: ModelInfo, config: dict, versions: dict):
+
+class ProfileWriter:
+    """Opens (or creates) a profile file for one model and configuration, and records units of work.
+
+    ``weights`` (a digest of the candidate layers' weights, see ``models.weights_digest``) is recorded; resuming
+    with other weights is refused, since the measurements would mix two models.
+    """
+
+    def __init__(self, path, info: ModelInfo, config: dict, versions: dict, weights: str | None = None):
         self.path = Path(path)
         self.info = info
         self.config = config
+        existed = self.path.exists()
         try:
+            if existed and self.path.is_file() and self.path.stat().st_size > 0:
+                with contextlib.closing(_connect(self.path, readonly=True)) as probe:
+                    tables = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                if "meta" not in tables:
+                    raise ProfileError(f"{self.path} exists and is not an mpsearch profile; choose another --out "
+                                       "(or delete it)")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(self.path, timeout=30)
+            self.conn = _connect(self.path)
             self.conn.executescript(_TABLES)
         except sqlite3.DatabaseError as e:
+            self._discard(existed)
             raise ProfileError(f"{self.path} is not a usable profile file ({e}); delete it or choose another --out") from None
         except OSError as e:
+            self._discard(existed)
             raise ProfileError(f"cannot create profile {self.path}: {e}; choose a writable --out") from None
+        except BaseException:
+            self._discard(existed)
+            raise
         meta = self._meta()
         expected = {"schema": SCHEMA, "model": info_to_dict(info), "config": config}
         if meta:
             _check_compatible(self.path, meta, expected)
+            if weights is not None and meta.get("weights") not in (None, weights):
+                raise ProfileError(f"{self.path} was measured on other weights ({meta['weights']}, the model now has "
+                                   f"{weights}); profile these weights into another --out")
         else:
             with self.conn:
-                for key, value in {**expected, "versions": versions}.items():
+                for key, value in {**expected, "versions": versions, "weights": weights}.items():
                     self.conn.execute("INSERT INTO meta VALUES (?, ?)", (key, json.dumps(value, sort_keys=True)))
+
+    def _discard(self, existed: bool) -> None:
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            conn.close()
+        if not existed:
+            remove_profile_file(self.path)
 
     def _meta(self) -> dict:
         try:
@@ -95,6 +145,16 @@ class ProfileWriter:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def remove_profile_file(path) -> None:
+    """Delete a profile file and its SQLite journal, if there (used when a fresh profile fails to start)."""
+    for p in (Path(path), Path(f"{path}-journal"), Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if p.is_file():
+                p.unlink()
+        except OSError:
+            pass
 
 
 def _check_compatible(path, meta: dict, expected: dict) -> None:
@@ -124,6 +184,7 @@ class Profile:
     stats: np.ndarray  # (L, F, S, 4): err2, ref2, out2, dot; NaN where the format is ineligible
     block_stats: np.ndarray  # (B, S, 2): diff2, ref2; NaN at step 0
     digest: str
+    weights: str | None = None  # digest of the candidate layers' weights when profiled (None: older profile)
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -157,16 +218,14 @@ class Profile:
         if not path.is_file():
             raise ProfileError(f"profile {path} does not exist; run `mpsearch profile` first (or pass --profile)")
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            try:
+            with contextlib.closing(_connect(path, readonly=True)) as conn:
                 return _read(conn, path)
-            finally:
-                conn.close()
         except sqlite3.DatabaseError as e:
             raise ProfileError(f"{path} is not a readable mpsearch profile ({e}); profile again") from None
 
 
-def _read(conn, path) -> Profile:
+def _read_meta(conn, path) -> tuple[dict, ModelInfo, dict]:
+    """The meta table of an mpsearch profile, checked: (meta, model info, configuration)."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if not {"meta", "units", "local", "block_change"} <= tables:
         raise ProfileError(f"{path} is an SQLite file but not an mpsearch profile; profile again")
@@ -174,10 +233,27 @@ def _read(conn, path) -> Profile:
         meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
         info = info_from_dict(meta["model"])
         config = meta["config"]
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
-        raise ProfileError(f"{path} has a corrupt meta table ({e}); profile again") from None
+        int(config["steps"]), tuple(config["formats"])
+    except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as e:
+        raise ProfileError(f"{path} has a corrupt meta table ({type(e).__name__}: {e}); profile again") from None
     if meta.get("schema") != SCHEMA:
         raise ProfileError(f"{path} has profile schema {meta.get('schema')!r}, expected {SCHEMA}; profile again")
+    return meta, info, config
+
+
+def _unit_rows(conn, path, table: str, unit: int, ncols: int) -> np.ndarray:
+    """One unit's rows of ``table`` in key order, as floats; text or NULL where a number belongs is corruption."""
+    cols = {"local": "layer, format, step, err2, ref2, out2, dot", "block_change": "block, step, diff2, ref2"}[table]
+    rows = conn.execute(f"SELECT {cols} FROM {table} WHERE unit = ? ORDER BY {cols.rsplit(',', ncols)[0]}",
+                        (unit,)).fetchall()
+    if any(not isinstance(v, (int, float)) for r in rows for v in r):
+        raise ProfileError(f"{path} has a measurement that is not finite (text or NULL in {table}); it is corrupt: "
+                           "delete it and profile again")
+    return np.asarray(rows, dtype=float).reshape(len(rows), -1)
+
+
+def _read(conn, path) -> Profile:
+    meta, info, config = _read_meta(conn, path)
     units = tuple(sorted(u for (u,) in conn.execute("SELECT unit FROM units")))
     if not units:
         raise ProfileError(f"{path} holds no finished unit of work; run `mpsearch profile` to fill it")
@@ -185,13 +261,15 @@ def _read(conn, path) -> Profile:
     steps = int(config["steps"])
     L, F, S, B = len(info.layers), len(formats), steps, len(info.blocks)
     stats = np.zeros((L, F, S, 4))
-    q = ("SELECT layer, format, step, SUM(err2), SUM(ref2), SUM(out2), SUM(dot) FROM local "
-         "WHERE unit IN (SELECT unit FROM units) GROUP BY layer, format, step")
     seen = np.zeros((L, F, S), dtype=bool)
-    for layer, fmt, step, *vals in conn.execute(q):
-        if not (0 <= layer < L and 0 < fmt < F and 0 <= step < S):
+    # summed unit by unit in unit order, so a resumed or merged file gives the same bits as a single run
+    for unit in units:
+        rows = _unit_rows(conn, path, "local", unit, 4)
+        idx = rows[:, :3].astype(np.int64)
+        layer, fmt, step = idx.T
+        if not ((0 <= layer) & (layer < L) & (0 < fmt) & (fmt < F) & (0 <= step) & (step < S)).all():
             raise ProfileError(f"{path} has a measurement outside its layers/formats/steps; profile again")
-        stats[layer, fmt, step] = vals
+        stats[layer, fmt, step] += rows[:, 3:]
         seen[layer, fmt, step] = True
     # fp: no error by definition; ineligible formats: NaN
     stats[:, 0, :, 0] = 0.0
@@ -204,11 +282,111 @@ def _read(conn, path) -> Profile:
                 stats[li, fi] = np.nan
             elif not seen[li, fi].all():
                 raise ProfileError(f"{path} lacks measurements for layer {layer.name} in {fmt}; profile again")
+            elif not np.isfinite(stats[li, fi]).all():
+                raise ProfileError(f"{path} has a measurement that is not finite for layer {layer.name} in {fmt}; "
+                                   "it is corrupt: delete it and profile again")
     block_stats = np.full((B, S, 2), np.nan)
-    q = ("SELECT block, step, SUM(diff2), SUM(ref2) FROM block_change WHERE unit IN (SELECT unit FROM units) "
-         "GROUP BY block, step")
-    for block, step, d2, r2 in conn.execute(q):
-        if 0 <= block < B and 0 <= step < S:
-            block_stats[block, step] = (d2, r2)
+    block_seen = np.zeros((B, S), dtype=bool)
+    for unit in units:
+        rows = _unit_rows(conn, path, "block_change", unit, 2)
+        idx = rows[:, :2].astype(np.int64)
+        keep = (0 <= idx[:, 0]) & (idx[:, 0] < B) & (0 <= idx[:, 1]) & (idx[:, 1] < S)
+        block, step = idx[keep].T
+        fresh = ~block_seen[block, step]
+        block_stats[block[fresh], step[fresh]] = 0.0
+        block_stats[block, step] += rows[keep, 2:]
+        block_seen[block, step] = True
     digest = "sha256:" + hashlib.sha256(stats.tobytes() + json.dumps(meta, sort_keys=True).encode()).hexdigest()[:24]
-    return Profile(path, info, config, meta.get("versions", {}), formats, steps, units, stats, block_stats, digest)
+    return Profile(path, info, config, meta.get("versions", {}), formats, steps, units, stats, block_stats, digest,
+                   meta.get("weights"))
+
+
+def merge_profiles(inputs, out) -> Profile:
+    """Merge the shard files of one profile (``mpsearch profile --shard i/n``) into ``out``, atomically.
+
+    The shards must share the model, its weights, the configuration and the versions that measured them;
+    otherwise nothing is written and the error names what differs. Every finished unit of every shard is
+    copied (a unit found in two shards must hold identical measurements), so the merged file equals, in
+    content, the file one process would have written (only the per-unit wall times in ``units`` differ).
+    """
+    paths = [Path(p) for p in inputs]
+    out = Path(out)
+    if not paths:
+        raise UsageError("merge needs at least one profile file; pass the shard files to merge")
+    first: tuple[Path, dict] | None = None
+    for p in paths:  # every input is checked before anything is written
+        if not p.is_file():
+            raise ProfileError(f"profile {p} does not exist; check the shard paths")
+        if out.exists() and out.resolve() == p.resolve():
+            raise UsageError(f"--out {out} is also an input; write the merge to a new file")
+        try:
+            with contextlib.closing(_connect(p, readonly=True)) as conn:
+                meta = _read_meta(conn, p)[0]
+        except sqlite3.DatabaseError as e:
+            raise ProfileError(f"{p} is not a readable mpsearch profile ({e}); profile that shard again") from None
+        if first is None:
+            first = (p, meta)
+            continue
+        for key, what in (("schema", "profile schema"), ("model", "model"), ("weights", "model weights"),
+                          ("config", "configuration"), ("versions", "versions")):
+            if meta.get(key) != first[1].get(key):
+                detail = ""
+                if key == "config":
+                    a, b = first[1].get("config", {}), meta.get("config", {})
+                    detail = f" (differs in: {', '.join(sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)))})"
+                elif key == "versions":
+                    a, b = first[1].get("versions", {}), meta.get("versions", {})
+                    detail = " (" + ", ".join(f"{k} {a.get(k)} vs {b.get(k)}" for k in sorted(set(a) | set(b))
+                                              if a.get(k) != b.get(k)) + ")"
+                raise ProfileError(f"cannot merge {first[0]} and {p}: they were made with another {what}{detail}; "
+                                   "merge only shards of one `mpsearch profile` configuration and model")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+    except OSError as e:
+        raise ProfileError(f"cannot write {out}: {e.strerror or e}; choose a writable --out") from None
+    try:
+        with contextlib.closing(sqlite3.connect(tmp, uri=True)) as conn:
+            conn.executescript(_TABLES)
+            for n, p in enumerate(paths):
+                conn.execute("ATTACH DATABASE ? AS src", (p.resolve().as_uri() + "?mode=ro",))
+                try:
+                    _merge_one(conn, p, copy_meta=(n == 0))
+                finally:
+                    conn.execute("DETACH DATABASE src")
+        merged = Profile.load(tmp)
+        os.replace(tmp, out)
+    except BaseException as e:
+        remove_profile_file(tmp)
+        if isinstance(e, sqlite3.DatabaseError):
+            raise ProfileError(f"cannot merge into {out} ({e}); check the shard files and the --out folder") from None
+        if isinstance(e, OSError):
+            raise ProfileError(f"cannot write {out}: {e.strerror or e}; choose a writable --out") from None
+        raise
+    merged.path = out
+    return merged
+
+
+_MERGE_KEYS = {"local": "layer, format, step, err2, ref2, out2, dot", "block_change": "block, step, diff2, ref2"}
+
+
+def _merge_one(conn, path, copy_meta: bool) -> None:
+    """Copy the attached shard ``src``'s finished units into main; a unit already there must match exactly."""
+    for (unit,) in conn.execute("SELECT unit FROM src.units WHERE unit IN (SELECT unit FROM main.units)").fetchall():
+        for table, cols in _MERGE_KEYS.items():
+            a = f"SELECT {cols} FROM main.{table} WHERE unit = ?"
+            b = f"SELECT {cols} FROM src.{table} WHERE unit = ?"
+            differs = conn.execute(f"SELECT 1 FROM ({a} EXCEPT {b}) UNION ALL SELECT 1 FROM ({b} EXCEPT {a}) LIMIT 1",
+                                   (unit, unit, unit, unit)).fetchone()
+            if differs:
+                raise ProfileError(f"unit {unit} is in two of the files with different measurements ({path} and an "
+                                   "earlier one); merge shards of one run, or delete one and profile it again")
+    with conn:
+        if copy_meta:
+            conn.execute("INSERT INTO main.meta SELECT key, value FROM src.meta")
+        new = "unit IN (SELECT unit FROM src.units) AND unit NOT IN (SELECT unit FROM main.units)"
+        for table, cols in _MERGE_KEYS.items():
+            conn.execute(f"INSERT INTO main.{table} (unit, {cols}) SELECT unit, {cols} FROM src.{table} WHERE {new}")
+        conn.execute("INSERT INTO main.units (unit, seconds) SELECT unit, seconds FROM src.units "
+                     "WHERE unit NOT IN (SELECT unit FROM main.units)")

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import UsageError
+from .errors import ProfileError, UsageError
 from .formats import available_formats, get_format
 from .generation import generate
-from .models import describe, get_denoiser
+from .models import check_finite_weights, describe, get_denoiser, weights_digest
 from .plan import versions
-from .profile_store import Profile, ProfileWriter
+from .profile_store import Profile, ProfileWriter, remove_profile_file
 from .qmodules import StepTracker, quantized_module
 
 
@@ -55,13 +55,18 @@ class ProfileConfig:
         if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
             raise UsageError(f"size must be a positive number of pixels, got {self.size!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise UsageError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
+            raise UsageError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}; "
+                             "pass e.g. --seeds 0,1")
         if not isinstance(self.steps, int) or self.steps < 1:
-            raise UsageError(f"steps must be a positive integer, got {self.steps!r}")
+            raise UsageError(f"steps must be a positive integer, got {self.steps!r}; pass e.g. --steps 20")
+        g = self.guidance_scale
+        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 0 or g == float("inf")):
+            raise UsageError(f"guidance_scale must be a finite number >= 0, got {g!r}; pass e.g. --guidance 2.0")
         known = [f for f in available_formats() if f != "fp"]
         bad = [f for f in self.formats if f not in known]
         if bad or not self.formats:
-            raise UsageError(f"formats {list(self.formats)} must be a non-empty subset of {', '.join(known)}")
+            raise UsageError(f"formats {list(self.formats)} must be a non-empty subset of {', '.join(known)}; "
+                             f"pass e.g. --formats {','.join(known)}")
         if len(set(self.formats)) != len(self.formats):
             raise UsageError(f"formats {list(self.formats)} repeat a format; list each once")
 
@@ -97,8 +102,9 @@ class _Accumulator:
 
 
 class _LayerProbe:
-    def __init__(self, index, module, candidates, tracker, acc_ref):
+    def __init__(self, index, module, candidates, tracker, acc_ref, name=""):
         self.index = index
+        self.name = name
         self.tracker = tracker
         self.acc_ref = acc_ref
         w = module.weight.detach()
@@ -107,6 +113,10 @@ class _LayerProbe:
     @torch.no_grad()
     def __call__(self, module, inputs, output):
         x = inputs[0]
+        if not torch.isfinite(output).all():
+            raise ProfileError(f"layer {self.name} gave a full-precision output that is not finite (NaN/inf) at step "
+                               f"{self.tracker.step}, so its errors cannot be measured; check the model in full "
+                               "precision (weights, dtype, conditions) before profiling")
         y = output.detach().double()
         ref2 = float((y * y).sum())
         stats = self.acc_ref[0].stats
@@ -154,16 +164,29 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
         config = ProfileConfig(**{**asdict(config), **options})
     i, n = shard
     if not (isinstance(n, int) and isinstance(i, int) and n >= 1 and 0 <= i < n):
-        raise UsageError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
+        raise UsageError(f"shard must be i/n with 0 <= i < n, got {i}/{n}; pass e.g. --shard 0/2 and --shard 1/2")
     out = Path(out) if out is not None else default_profile_path()
     denoiser = get_denoiser(pipe)
     info = describe(denoiser, ("fp", *config.formats))
-    writer = ProfileWriter(out, info, config.to_dict(), versions())
+    check_finite_weights(denoiser)  # before any file is made
+    created, folder_created = not out.exists(), not out.parent.exists()
+    writer = ProfileWriter(out, info, config.to_dict(), versions(), weights=weights_digest(denoiser, info.names))
     try:
         done = writer.done_units()
         todo = [u for u in range(len(config.seeds)) if u % n == i and u not in done]
         if todo:
             _run_units(pipe, denoiser, info, config, writer, todo, progress)
+    except BaseException:
+        # a profile that failed before finishing any unit leaves no file behind; finished units are kept
+        if created and not writer.done_units():
+            writer.close()
+            remove_profile_file(out)
+            if folder_created:
+                try:
+                    out.parent.rmdir()
+                except OSError:
+                    pass
+        raise
     finally:
         writer.close()
     return Profile.load(out)
@@ -179,7 +202,7 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress):
         for li, layer in enumerate(info.layers):
             cands = [(fi, f) for fi, f in enumerate(formats) if fi > 0 and f in layer.eligible]
             if cands:
-                probe = _LayerProbe(li, modules[layer.name], cands, tracker, acc_ref)
+                probe = _LayerProbe(li, modules[layer.name], cands, tracker, acc_ref, layer.name)
                 handles.append(modules[layer.name].register_forward_hook(probe))
         for bi, block in enumerate(info.blocks):
             handles.append(modules[block].register_forward_hook(_BlockProbe(bi, tracker, acc_ref)))
@@ -198,7 +221,8 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress):
                     if fi > 0 and f in layer.eligible for s in range(S)]
             brows = [(bi, s, *map(float, acc.blocks[bi, s])) for bi in range(B) for s in range(1, S)]
             writer.write_unit(unit, time.perf_counter() - t0, rows, brows)
-        bar.close()
     finally:
+        if "bar" in locals():
+            bar.close()  # also on error, so an error message starts on a line of its own
         for h in handles:
             h.remove()

@@ -31,7 +31,8 @@ def layer_costs(profile: Profile, metric: str = "rel_mse", step_weights=None) ->
     else:
         w = np.asarray(step_weights, dtype=float)
         if w.shape != (S,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-            raise UsageError(f"step_weights must be {S} non-negative numbers with a positive sum; got {w.tolist()}")
+            raise UsageError(f"step_weights must be {S} non-negative numbers with a positive sum (one per profiled "
+                             f"step); got {w.tolist()}; pass {S} weights")
         w = w / w.sum()
     cost = np.einsum("lfs,s->lf", np.nan_to_num(err, nan=0.0), w)
     cost = np.where(np.isnan(err).any(-1), np.inf, np.maximum(cost, 0.0))
@@ -53,7 +54,7 @@ def parse_pins(pins) -> dict[str, str]:
         items = []
         for p in pins:
             if "=" not in p:
-                raise UsageError(f"pin {p!r} must look like REGEX=FORMAT, e.g. 'conv_out=fp'")
+                raise UsageError(f"pin {p!r} must look like REGEX=FORMAT; write it as e.g. 'conv_out=fp'")
             pattern, fmt = p.rsplit("=", 1)
             items.append((pattern, fmt))
     out = {}
@@ -61,7 +62,8 @@ def parse_pins(pins) -> dict[str, str]:
         try:
             re.compile(pattern)
         except re.error as e:
-            raise UsageError(f"pin pattern {pattern!r} is not a valid regex ({e})") from None
+            raise UsageError(f"pin pattern {pattern!r} is not a valid regex ({e}); fix the pattern "
+                             "(quote it in the shell)") from None
         out[pattern] = fmt
     return out
 
@@ -90,7 +92,8 @@ def build_problem(profile: Profile, budget_bytes: int | None, *, metric="rel_mse
                               for n, f in resolve_role_pins(info, formats, role_pins).items()}
     for pattern, fmt in parse_pins(pins).items():
         if fmt not in formats:
-            raise UsageError(f"pin {pattern}={fmt}: format {fmt!r} is not in the profile ({', '.join(formats)})")
+            raise UsageError(f"pin {pattern}={fmt}: format {fmt!r} is not in the profile; use one of "
+                             f"{', '.join(formats)}")
         hits = [i for i, n in enumerate(names) if re.search(pattern, n)]
         if not hits:
             raise UsageError(f"pin pattern {pattern!r} matches no layer; see `mpsearch inspect` for layer names")
@@ -128,7 +131,7 @@ def solve(profile, budget="60%", *, metric: str = "rel_mse", solver: str = "ilp"
     sol = get_solver(solver).solve(problem)
     assignment = {name: problem.formats[int(c)] for name, c in zip(problem.layer_names, sol.choice)}
     plan = Plan.from_assignment(
-        info, assignment, budget=b.to_dict(),
+        info, assignment, budget=b.to_dict(), weights=profile.weights,
         predictions={"objective": float(sol.objective), "metric": metric,
                      "formats": {f: int((sol.choice == i).sum()) for i, f in enumerate(problem.formats)}},
         provenance={"solver": sol.solver, "status": sol.status, "seconds": round(float(sol.seconds), 4),
