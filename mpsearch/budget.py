@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 from dataclasses import dataclass
 
 from .errors import BudgetError
@@ -45,30 +46,33 @@ def parse_budget(spec, *, fp_bytes: int | None = None, fixed_bytes: int = 0,
         raise BudgetError(f"budget {spec!r} is not a size; {_HELP}")
     if isinstance(spec, (int, float)):
         value, unit, text = float(spec), "b", str(spec)
+        number = repr(spec)
     else:
         text = str(spec).strip()
         m = _RE.match(text)
         if not m:
             raise BudgetError(f"budget {text!r} does not parse; {_HELP}")
         value, unit = float(m.group(1)), m.group(2).lower()
+        number = m.group(1)
     if not math.isfinite(value) or value <= 0:
         raise BudgetError(f"budget {text!r} must be a positive size; {_HELP}")
+    exact = Fraction(number)  # exact decimal arithmetic: 2048.001TiB must not round up by a byte
     if unit in ("", "b") or unit in _UNITS:
-        nbytes = value * _UNITS.get(unit or "b")
+        nbytes = exact * _UNITS.get(unit or "b")
     elif unit == "%":
         if fp_bytes is None:
             raise BudgetError(f"budget {text!r} is relative, but the model's full-precision size is unknown; give bytes")
-        nbytes = value / 100.0 * fp_bytes
+        nbytes = exact / 100 * fp_bytes
     elif unit in ("bit", "bits"):
         if quantizable_numel is None:
             raise BudgetError(f"budget {text!r} is in bits per weight, but the model is unknown; give bytes")
         if value > 64:
             raise BudgetError(f"budget {text!r}: {value:g} bits per weight is more than any format stores; {_HELP}")
-        nbytes = fixed_bytes + value * quantizable_numel / 8.0
+        nbytes = fixed_bytes + exact * quantizable_numel / 8
     else:
         raise BudgetError(f"budget {text!r} has an unknown unit {unit!r}; {_HELP}")
     # floor: a budget is a ceiling, never rounded up past what the user allowed
-    return Budget(spec=text, bytes=int(math.floor(nbytes + 1e-9)))
+    return Budget(spec=text, bytes=math.floor(nbytes))
 
 
 def format_bytes(n: int | float) -> str:

@@ -41,7 +41,11 @@ def atomic_write_text(path, text: str) -> Path:
 
 
 def dump_yaml(data) -> str:
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=120)
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=120)
+    if yaml.safe_load(text) != data:
+        # some characters (U+0085, U+2028, ...) are written raw but read back as line breaks: escape them all
+        text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=False, width=120)
+    return text
 
 
 def load_yaml(path, what: str = "file", error=MpsearchError):

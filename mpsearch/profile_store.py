@@ -249,7 +249,7 @@ def _unit_rows(conn, path, table: str, unit: int, ncols: int) -> np.ndarray:
     if any(not isinstance(v, (int, float)) for r in rows for v in r):
         raise ProfileError(f"{path} has a measurement that is not finite (text or NULL in {table}); it is corrupt: "
                            "delete it and profile again")
-    return np.asarray(rows, dtype=float).reshape(len(rows), -1)
+    return np.asarray(rows, dtype=float).reshape(len(rows), len(cols.split(",")))  # (0, k) when empty
 
 
 def _read(conn, path) -> Profile:
