@@ -202,8 +202,17 @@ def train_diffusion(kind: str, data: torch.Tensor, labels: torch.Tensor, steps: 
     return ema
 
 
+def make_inference_scheduler() -> DDIMScheduler:
+    # Built from explicit arguments: DDIMScheduler.from_config(ddpm.config, ...) would silently keep the DDPM
+    # config's default-valued keys (its `_use_default_values`), timestep_spacing among them.
+    scheduler = DDIMScheduler(**{**DDPM_CONFIG, **DDIM_OVERRIDES})
+    for key, value in DDIM_OVERRIDES.items():
+        assert scheduler.config[key] == value, (key, scheduler.config[key])
+    return scheduler
+
+
 def save_pipeline(kind: str, model) -> Path:
-    scheduler = DDIMScheduler.from_config({**DDPMScheduler(**DDPM_CONFIG).config, **DDIM_OVERRIDES})
+    scheduler = make_inference_scheduler()
     pipe = DigitsPipeline(scheduler=scheduler, **({"transformer": model} if kind == "dit" else {"unet": model}))
     out = ASSETS / f"default-{kind}"
     pipe.save_pretrained(out, safe_serialization=True)
@@ -409,7 +418,7 @@ def write_docs(log: dict, results: dict, best: float, command: str) -> None:
         "  planner offline, not image generators; their numbers say nothing about large models.",
         "- The recognition rate is measured by a classifier trained on the same data, so it checks that the",
         "  requested digit is recognisable, not sample diversity or fidelity.",
-        "- Guidance above 2 hurts: at 3 and more the samples come out smeared with leftover noise and whole",
+        "- Guidance above 2 hurts at 20 steps: at 3 and more the samples come out smeared with leftover noise and whole",
         "  classes stop being recognised (see the sweep). Keep guidance in 1.5-2 with these models.",
         "- The DiT's label embedders drop labels on their own in train mode (independently per block); code that",
         "  fine-tunes the shipped DiT should switch that off as `train_default.py` does and drop labels itself.",
