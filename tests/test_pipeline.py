@@ -43,6 +43,7 @@ def test_loads_the_right_class_and_denoiser(pipe):
         assert type(pipe.denoiser).__name__ == "UNet2DModel"
         assert pipe.transformer is None and pipe.unet is pipe.denoiser
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert pipe.scheduler.config.timestep_spacing == "trailing"  # the first step starts from t=999
     assert not pipe.denoiser.training
 
 
