@@ -422,15 +422,24 @@ def _quiet_libraries():
     one-line error and clutter --json runs; mpsearch reports its own progress. Restored afterwards."""
     from diffusers.utils import logging as dlogging
 
-    bars, level = dlogging.is_progress_bar_enabled(), dlogging.get_verbosity()
-    dlogging.disable_progress_bar()
-    dlogging.set_verbosity_error()
+    loggers = [dlogging]
+    try:  # text pipelines: transformers prints "Loading weights" bars for the text encoders
+        from transformers.utils import logging as tlogging
+
+        loggers.append(tlogging)
+    except ImportError:
+        pass
+    saved = [(lg, lg.is_progress_bar_enabled(), lg.get_verbosity()) for lg in loggers]
+    for lg in loggers:
+        lg.disable_progress_bar()
+        lg.set_verbosity_error()
     try:
         yield
     finally:
-        dlogging.set_verbosity(level)
-        if bars:
-            dlogging.enable_progress_bar()
+        for lg, bars, level in saved:
+            lg.set_verbosity(level)
+            if bars:
+                lg.enable_progress_bar()
 
 
 def main(argv=None) -> int:
