@@ -139,8 +139,11 @@ def compute_shares(denoiser: nn.Module, units=None, inputs: dict | None = None) 
         return {u.name: None for u in units}
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        denoiser(**inputs)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            denoiser(**inputs)
+    except Exception:  # noqa: BLE001 - a model needing inputs we cannot build (e.g. SDXL's added conditions)
+        return {u.name: None for u in units}
     counts = {k: sum(v.values()) for k, v in fc.get_flop_counts().items()}
     root = type(denoiser).__name__
     total = counts.get("Global") or counts.get(root) or 0
