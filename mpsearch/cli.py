@@ -178,25 +178,13 @@ def cmd_profile(args) -> int:
     out = Path(args.out) if args.out else default_profile_path(args.model)
     pipe = load_pipeline(args.model)
     t0 = time.perf_counter()
-    if args.end_to_end and args.shard != (0, 1):
-        raise UsageError("--end-to-end needs the whole local profile: merge the shards first, then run "
-                         "`mpsearch profile --end-to-end --out MERGED` with the same options")
-    prof = profile(pipe, config, out=out, shard=args.shard, progress=not args.json, end_to_end=args.end_to_end,
-                   shortlist=args.shortlist, windows=args.windows)
+    prof = profile(pipe, config, out=out, shard=args.shard, progress=not args.json)
     seconds = time.perf_counter() - t0
     data = {"profile": str(out), "model": args.model, "class": prof.info.denoiser_class, "layers": len(prof.info.layers),
             "formats": list(prof.formats), "steps": prof.steps, "units_done": len(prof.units),
             "units_total": len(config.seeds), "seconds": seconds, "digest": prof.digest}
-    lines = [f"profile {out}: {len(prof.info.layers)} layers x {len(prof.formats)} formats x "
-             f"{prof.steps} steps, {len(prof.units)}/{len(config.seeds)} units ({seconds:.1f} s)"]
-    if prof.end_to_end is not None:
-        e = prof.end_to_end
-        data.update(end_to_end=e, cost_ratio=e["cost_ratio"], spearman=e["spearman"])
-        lines += [f"end to end: {e['units']} units ({len(e['shortlist'])} layer/format pairs, {len(e['windows'])} "
-                  f"step windows) = {e['cost_ratio']:.1%} of the exhaustive {e['exhaustive_units']}",
-                  "spearman (local vs end to end): " + ", ".join(
-                      f"{m} {v['rho']:+.2f}" if v["rho"] is not None else f"{m} n/a" for m, v in e["spearman"].items())]
-    return _emit(args, data, lines)
+    return _emit(args, data, [f"profile {out}: {len(prof.info.layers)} layers x {len(prof.formats)} formats x "
+                              f"{prof.steps} steps, {len(prof.units)}/{len(config.seeds)} units ({seconds:.1f} s)"])
 
 
 def cmd_profile_merge(args) -> int:
@@ -220,6 +208,10 @@ def cmd_solve(args) -> int:
     from .profiler import default_profile_path
     from .solve import solve
 
+    if args.budget is None and args.pareto is None:
+        raise UsageError("solve needs --budget (e.g. 60%, 600KB, or a sweep 400KB:900KB:50KB) or --pareto N")
+    if args.pareto is not None or ":" in args.budget or args.search != "ilp" or args.compute:
+        return _solve_search_modes(args)
     parse_budget(args.budget, fp_bytes=1, quantizable_numel=1)  # a malformed budget fails before any work
     if args.arch:
         return _solve_arch(args)
@@ -228,8 +220,7 @@ def cmd_solve(args) -> int:
     if args.cache_steps is not None or args.speedup is not None:
         return _solve_with_cache(args, prof, prof_path)
     plan = solve(prof, args.budget, metric=args.metric, solver=args.solver, pins=args.pin, tie=args.tie,
-                 role_pins={} if args.no_default_pins else None, weights=args.weights,
-                 max_damage=args.max_damage, fp_act_windows=args.fp_act_windows)
+                 role_pins={} if args.no_default_pins else None)
     out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{_budget_slug(args.budget)}.yaml"
     plan.save(out)
     counts = plan.format_counts()
@@ -240,6 +231,99 @@ def cmd_solve(args) -> int:
                               f"<= budget {args.budget} ({plan.budget['bytes']:,} B); "
                               + ", ".join(f"{k}: {v}" for k, v in counts.items())
                               + f"; objective {plan.predictions.get('objective'):.4g} ({plan.provenance.get('status')})"])
+
+
+def _solve_search_modes(args) -> int:
+    """solve --budget START:STOP:STEP | --pareto N | --compute C | --search optuna (mpsearch.pareto, .compute,
+    .refine)."""
+    from .budget import format_bytes
+    from .profile_store import Profile
+    from .profiler import default_profile_path
+    from .solve import build_problem
+
+    if args.arch or args.cache_steps is not None or args.speedup is not None:
+        raise UsageError("--pareto, budget ranges, --compute and --search optuna do not combine with --arch or a "
+                         "cache schedule; run them separately")
+    sweeping = args.pareto is not None or (args.budget is not None and ":" in args.budget)
+    if sweeping and args.search != "ilp":
+        raise UsageError("--search optuna refines one budget; give a single --budget, not a sweep")
+    prof_path = Path(args.profile) if args.profile else default_profile_path()
+    prof = Profile.load(prof_path)
+    role_pins = {} if args.no_default_pins else None
+    base = build_problem(prof, None, metric=args.metric, pins=args.pin, tie=args.tie, role_pins=role_pins)
+    problem, decode, pipe, compute_info = base, None, None, None
+    if args.compute:
+        from .compute import compute_problem, record_layer_calls
+        from .pipeline import load_pipeline
+
+        pipe = load_pipeline(args.model)
+        calls = record_layer_calls(pipe, prof.info, steps=prof.steps, windows=args.act_windows,
+                                   formats=prof.formats[1:])
+        cm = compute_problem(prof, base, calls, args.compute, metric=args.metric)
+        problem, decode = cm.problem, cm.decode
+        compute_info = {"limit_bops": cm.limit_bops, "full_bops": cm.full_bops, "windows": cm.windows}
+    slug = _budget_slug(args.budget or f"pareto{args.pareto}") + (f"-c{_budget_slug(args.compute)}" if args.compute else "")
+    if sweeping:
+        from .pareto import pareto
+
+        out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{slug}"
+        r = pareto(prof, None if args.pareto is not None else args.budget, n=args.pareto, metric=args.metric,
+                   solver=args.solver, pins=args.pin, tie=args.tie, role_pins=role_pins, out=out,
+                   progress=not args.json, problem=problem, decode=decode)
+        points = [p.to_dict() for p in r["points"]]
+        data = {"folder": str(out), "files": r["files"], "points": points, "uniform": r["uniform"],
+                "compute": compute_info}
+        lines = _table([[format_bytes(p["budget_bytes"]), p["status"],
+                         "-" if p["total_bytes"] is None else format_bytes(p["total_bytes"]),
+                         "-" if p["objective"] is None else f"{p['objective']:.4g}", "*" if p["on_frontier"] else ""]
+                        for p in points], ["budget", "status", "bytes", "objective", "frontier"])
+        return _emit(args, data, lines + [f"wrote {', '.join(r['files'].values())} and {sum(1 for p in points if p['plan'])} "
+                                          f"plans under {out}/plans"])
+    if args.search == "optuna":
+        from .pipeline import load_pipeline
+        from .refine import default_storage, refine
+
+        pipe = pipe or load_pipeline(args.model)
+        storage = args.storage or default_storage(prof_path)
+        plan, report = refine(prof, pipe, args.budget, trials=args.trials, metric=args.metric, pins=args.pin,
+                              tie=args.tie, role_pins=role_pins, storage=storage, sampler=args.sampler,
+                              seeds=tuple(args.search_seeds), steps=args.search_steps, progress=not args.json,
+                              problem=problem, decode=decode)
+        slug += "-optuna"
+    else:
+        from .budget import parse_budget
+        from .plan import Plan
+        from .solve import parse_pins
+        from .solver import get_solver
+
+        b = parse_budget(args.budget, fp_bytes=prof.info.fp_bytes, fixed_bytes=prof.info.fixed_bytes,
+                         quantizable_numel=prof.info.quantizable_numel)
+        sol = get_solver(args.solver).solve(problem.with_budget(b.bytes))
+        assignment, overrides = decode(sol.choice)
+        plan = Plan.from_assignment(
+            prof.info, assignment, budget=b.to_dict(), weights=prof.weights, overrides=overrides,
+            predictions={"objective": float(sol.objective), "metric": args.metric,
+                         "compute_bops": float(problem.extra[-1].value(sol.choice) * compute_info["full_bops"]),
+                         "compute_limit_bops": compute_info["limit_bops"]},
+            provenance={"solver": sol.solver, "status": sol.status, "seconds": round(float(sol.seconds), 4),
+                        "metric": args.metric, "tie": bool(args.tie), "pins": parse_pins(args.pin),
+                        "compute": args.compute, "profile_digest": prof.digest})
+        report = None
+    out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{slug}.yaml"
+    plan.save(out)
+    counts = plan.format_counts()
+    data = {"plan": str(out), "budget": plan.budget, "bytes": plan.predicted_bytes, "formats": counts,
+            "objective": plan.predictions.get("objective"), "solver": plan.provenance.get("solver"),
+            "status": plan.provenance.get("status"), "overrides": len(plan.overrides), "compute": compute_info,
+            "search": report}
+    lines = [f"plan {out}: {format_bytes(plan.predicted_bytes)} ({plan.predicted_bytes:,} B); "
+             + ", ".join(f"{k}: {v}" for k, v in counts.items())
+             + (f"; {len(plan.overrides)} fp-activation windows" if plan.overrides else "")]
+    if report and report.get("chosen"):
+        lines.append(f"optuna: {report['trials']} trials in study {report['study_name']}; chosen trial "
+                     f"{report['chosen']['trial']} ({report['chosen']['source']}) scores "
+                     f"{report['chosen']['score_vs_reference']:.3f} x the ILP's plan on the search seeds")
+    return _emit(args, data, lines)
 
 
 def _solve_arch(args) -> int:
@@ -385,10 +469,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (replaces --labels)")
     sp.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the pipeline's)")
     sp.add_argument("--shard", type=_shard, default=(0, 1), help="measure only shard i of n (i/n)")
-    sp.add_argument("--end-to-end", action="store_true",
-                    help="then measure a shortlist of layers and step windows end to end (content/quality metrics)")
-    sp.add_argument("--shortlist", type=int, default=8, metavar="N", help="with --end-to-end: layers measured alone")
-    sp.add_argument("--windows", type=int, default=4, metavar="K", help="with --end-to-end: step windows measured")
     merge = sp.add_subparsers(dest="profile_command", parser_class=_Parser, metavar="merge")
     help_ = "merge shard files (--shard i/n) of one profile into one file, atomically"
     mp = merge.add_parser("merge", help=help_, description=help_)
@@ -399,18 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     sp = add("solve", cmd_solve, "allocate a format per layer under a memory budget; writes a plan")
-    sp.add_argument("--budget", required=True, help="e.g. 600KB, 4GB, 4GiB, 60%%, 4.5bits")
+    sp.add_argument("--budget", help="e.g. 600KB, 4GB, 4GiB, 60%%, 4.5bits; START:STOP:STEP sweeps a Pareto frontier")
     sp.add_argument("--profile", help="profile file (default profiles/default.sqlite)")
     sp.add_argument("--metric", default="rel_mse", help="rel_mse, sqnr or cosine")
     sp.add_argument("--solver", default="ilp", help="ilp (CBC), highs, greedy")
     sp.add_argument("--pin", action="append", default=None, metavar="REGEX=FORMAT", help="keep matching layers in a format")
     sp.add_argument("--tie", action="store_true", help="layers that read one input (q/k/v) share a format")
-    sp.add_argument("--weights", metavar="content=1,quality=1",
-                    help="decoupled end-to-end objective (needs `profile --end-to-end`): weights per kind or metric")
-    sp.add_argument("--max-damage", type=float, metavar="F",
-                    help="minimax: rule out any layer/format whose end-to-end damage exceeds F x the largest")
-    sp.add_argument("--fp-act-windows", type=int, default=0, metavar="K",
-                    help="keep activations fp in the K most damaging measured step windows (W4A4/W8A8 layers)")
     cache = sp.add_mutually_exclusive_group()
     cache.add_argument("--cache-steps", type=int, metavar="K", help="also schedule a feature cache: K full computations")
     cache.add_argument("--speedup", type=float, metavar="X", help="also schedule a feature cache for an ideal speedup X")
@@ -424,7 +498,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not pin fragile layers by role (embedders, first/last projections: fp; AdaLN: int8)")
     sp.add_argument("--arch", help="plan without weights for a real architecture (" + arch_help.split(": ")[1] + ")")
     sp.add_argument("--dtype", help="with --arch: float16, bfloat16 or float32 (default: the model's own)")
-    sp.add_argument("--out", help="plan path (default plans/<profile>-<budget>.yaml)")
+    sp.add_argument("--out", help="plan path (default plans/<profile>-<budget>.yaml); a folder for a sweep")
+    sp.add_argument("--pareto", type=int, metavar="N", help="sweep N budgets from the smallest feasible to full "
+                    "precision; writes frontier.csv/.json/.png and one plan per point into --out")
+    sp.add_argument("--compute", metavar="C", help="bit-operation budget beside memory: 50%% of full precision, or "
+                    "BOPs per step; activation precision per step window becomes a choice (--act-windows)")
+    sp.add_argument("--act-windows", type=int, default=2, metavar="W", help="with --compute: step windows (default 2)")
+    sp.add_argument("--search", default="ilp", choices=("ilp", "optuna"),
+                    help="optuna: refine the ILP's plans with real generations (--trials)")
+    sp.add_argument("--trials", type=int, default=30, help="with --search optuna: finished trials to reach")
+    sp.add_argument("--storage", help="with --search optuna: SQLAlchemy URL of the study (default "
+                    "sqlite:///studies/<profile>.db); share it to run workers on several machines")
+    sp.add_argument("--sampler", default="nsga2", choices=("nsga2", "tpe"), help="with --search optuna")
+    sp.add_argument("--search-steps", type=int, default=8, help="with --search optuna: denoising steps per trial")
+    sp.add_argument("--search-seeds", type=_int_list, default=[500], help="with --search optuna: seeds per trial")
 
     sp = add("eval", cmd_eval, "score a plan against full precision on held-out seeds")
     sp.add_argument("--model", default="default", help=model_help)

@@ -197,9 +197,11 @@ class SolverConformance:
 
     solver_name: str = ""
     exact: bool = True
+    #: options for ``get_solver`` (e.g. a small trial count for a search solver)
+    solver_options: dict = {}
 
     def solver(self) -> BaseSolver:
-        return get_solver(self.solver_name)
+        return get_solver(self.solver_name, **self.solver_options)
 
     @pytest.mark.parametrize(
         "seed, budget, extra",
@@ -387,6 +389,19 @@ class TestGreedyConformance(SolverConformance):
     exact = False
 
 
+class TestRandomConformance(SolverConformance):
+    solver_name = "random"
+    exact = False
+
+
+class TestOptunaConformance(SolverConformance):
+    """The search solver with its default objective (the problem's own, cheap); the ILP seeds it."""
+
+    solver_name = "optuna"
+    exact = False
+    solver_options = {"trials": 6}
+
+
 def test_every_registered_solver_has_a_conformance_class():
     def leaves(cls):
         subs = cls.__subclasses__()
@@ -547,11 +562,11 @@ def test_format_bytes_uses_decimal_units():
 
 
 def test_registry_names_aliases_and_options():
-    assert set(available_solvers()) == {"ilp", "highs", "greedy", "bruteforce"}
+    assert set(available_solvers()) == {"ilp", "highs", "greedy", "bruteforce", "optuna", "random"}
     assert get_solver("cbc").name == "ilp"
     assert get_solver(" ILP ").name == "ilp"
     assert get_solver("ilp", time_limit=30).time_limit == 30.0
-    with pytest.raises(UsageError, match=r"unknown solver 'simplex'; valid names: bruteforce, greedy, highs, ilp"):
+    with pytest.raises(UsageError, match=r"unknown solver 'simplex'; valid names: bruteforce, greedy, highs, ilp, optuna, random"):
         get_solver("simplex")
     with pytest.raises(UsageError, match=r"solver 'greedy' does not take option\(s\) 'threads'; it takes: no options"):
         get_solver("greedy", threads=4)

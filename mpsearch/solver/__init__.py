@@ -7,6 +7,9 @@ Array-level only; building a Problem from a profile is the caller's job. Solvers
 * ``"highs"``: exact, HiGHS through scipy.optimize.milp (same formulation; a cross-check).
 * ``"greedy"``: fast heuristic, status "feasible".
 * ``"bruteforce"``: exact enumeration for small problems (the test oracle).
+* ``"optuna"``: Optuna search seeded by the ILP's answers, for objectives that are not additive (e.g. real
+  generations scored end to end); status "feasible".
+* ``"random"``: a random feasible allocation that fills the budget (the baseline of the benchmarks).
 
 Every solver keeps the contract documented on :class:`BaseSolver`.
 """
@@ -32,6 +35,8 @@ from mpsearch.solver.bruteforce import BruteForceSolver
 from mpsearch.solver.greedy import GreedySolver
 from mpsearch.solver.ilp_highs import HighsSolver
 from mpsearch.solver.ilp_pulp import PulpCbcSolver
+from mpsearch.solver.optuna_search import OptunaSolver
+from mpsearch.solver.randomized import RandomSolver
 
 __all__ = [
     "BaseSolver",
@@ -41,8 +46,10 @@ __all__ = [
     "GreedySolver",
     "HighsSolver",
     "NoSolutionFoundError",
+    "OptunaSolver",
     "Problem",
     "PulpCbcSolver",
+    "RandomSolver",
     "Solution",
     "SolverError",
     "available_solvers",

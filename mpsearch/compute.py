@@ -1,0 +1,264 @@
+"""Compute budgets: bit operations per layer and format, and activation precision per window of steps.
+
+A compute budget is a second constraint beside memory (``Problem.extra``). Its cost per layer and format is,
+by default, bit operations per denoising step: ``MACs x weight bits x activation bits``, where a layer's
+MACs per step come from one shape-recording forward (the tokens or pixels each layer processes) and the bits
+from the format (``fp``: the model's dtype; a weight-only format keeps activations at the dtype's bits).
+
+Under a compute budget, activation precision is a choice too: a W8A8 or W4A4 layer may keep its
+activations in full precision during some windows of steps (the plan's ``overrides``). That costs no bytes
+(memory-neutral) but more bit operations, and lowers the error. Each such choice becomes a column of the
+problem, a *variant* of the format: ``int8[a16:0-10]`` is int8 weights with full-precision activations
+in steps 0 to 9. A variant's predicted error is the profile's error of the format with each fp-activation
+window's share scaled by the ratio (weight-only error) / (weight-and-activation error), measured for that
+layer, format and window in the same recording forward.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import UsageError
+
+__all__ = ["LayerCalls", "ComputeModel", "record_layer_calls", "bit_ops", "compute_problem", "parse_compute",
+           "step_windows"]
+
+
+def _dtype_bits(dtype: str) -> int:
+    return int(torch.finfo(getattr(torch, dtype)).bits)
+
+
+def step_windows(steps: int, n: int) -> list[tuple[int, int]]:
+    """``n`` contiguous windows [start, stop) covering ``steps`` steps as evenly as possible."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= steps:
+        raise UsageError(f"--act-windows must be an integer from 1 to the {steps} profiled steps, got {n!r}")
+    edges = np.linspace(0, steps, n + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+@dataclass
+class LayerCalls:
+    """What one recording forward saw: MACs per denoiser call of each layer, and error ratios per window."""
+
+    names: tuple[str, ...]
+    macs: np.ndarray  # (L,) multiply-accumulates per denoiser call
+    calls: int  # denoiser calls seen
+    windows: list[tuple[int, int]]
+    formats: tuple[str, ...]  # formats that quantize activations, in the order of `ratio`
+    ratio: np.ndarray  # (L, A, W): weight-only error / weight-and-activation error; NaN where not measured
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"layers": list(self.names), "macs": [int(m) for m in self.macs], "calls": self.calls,
+                "windows": [list(w) for w in self.windows], "formats": list(self.formats),
+                "ratio": np.where(np.isnan(self.ratio), None, self.ratio).tolist()}
+
+
+def record_layer_calls(pipe, info=None, *, steps: int = 20, windows: int = 2, conditions=None, seed: int = 0,
+                       guidance_scale=None, formats=None) -> LayerCalls:
+    """One generation with hooks: each candidate layer's MACs per denoiser call and, for every format that
+    quantizes activations (``formats``: default all such formats the layer may take), the ratio of the
+    weight-only error to the weight-and-activation error in each of ``windows`` windows of ``steps`` steps.
+    """
+    import time
+
+    from .formats import available_formats, get_format
+    from .generation import generate, takes_prompts
+    from .models import describe, get_denoiser
+    from .qmodules import StepTracker, quantized_module
+
+    den = get_denoiser(pipe)
+    info = info or describe(den)
+    wins = step_windows(steps, windows)
+    act_formats = tuple(f for f in (formats or available_formats()) if get_format(f).quantizes_activations)
+    if conditions is None:
+        conditions = ["a photo of a cat"] if takes_prompts(pipe) else [0, 1]
+    modules = dict(den.named_modules())
+    tracker = StepTracker()
+    L, A, W = len(info.layers), len(act_formats), len(wins)
+    macs = np.zeros(L)
+    sums = np.zeros((L, A, W, 2))  # err2 weight-only, err2 with activations
+    counter = {"calls": 0}
+    window_of = np.zeros(steps, dtype=int)
+    for w, (a, b) in enumerate(wins):
+        window_of[a:b] = w
+
+    class _Off:  # a tracker that says "a step outside every window" -> format default unless overridden
+        step = 0
+
+    hooks = [den.register_forward_pre_hook(tracker, with_kwargs=True),
+             den.register_forward_hook(lambda *_: counter.__setitem__("calls", counter["calls"] + 1))]
+
+    def probe(li, module, pairs):
+        @torch.no_grad()
+        def hook(mod, inputs, output):
+            x = inputs[0]
+            if isinstance(mod, torch.nn.Conv2d):
+                k = mod.weight.shape[1] * mod.weight.shape[2] * mod.weight.shape[3]
+                macs[li] += output.numel() * k
+            else:
+                macs[li] += x.numel() // mod.weight.shape[1] * mod.weight.numel()
+            s = min(max(tracker.step, 0), steps - 1)
+            y = output.float()
+            for ai, (wo, act) in pairs:
+                sums[li, ai, window_of[s], 0] += float((wo(x).float() - y).square().sum(dtype=torch.float64))
+                sums[li, ai, window_of[s], 1] += float((act(x).float() - y).square().sum(dtype=torch.float64))
+        return hook
+
+    try:
+        for li, layer in enumerate(info.layers):
+            module = modules[layer.name]
+            pairs = []
+            for ai, f in enumerate(act_formats):
+                if f not in layer.eligible:
+                    sums[li, ai] = np.nan
+                    continue
+                packed = get_format(f).quantize(module.weight.detach())
+                wo = quantized_module(module, packed, act_windows=[(0, 1, False)])
+                wo.tracker = _Off()
+                act = quantized_module(module, packed)
+                for q in (wo, act):
+                    q.cache_dequantized = True
+                pairs.append((ai, (wo, act)))
+            hooks.append(module.register_forward_hook(probe(li, module, pairs)))
+        t0 = time.perf_counter()
+        generate(pipe, conditions, seed, steps, guidance_scale)
+        seconds = time.perf_counter() - t0
+    finally:
+        for h in hooks:
+            h.remove()
+    calls = max(counter["calls"], 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(sums[..., 1] > 0, sums[..., 0] / sums[..., 1], 1.0)
+    ratio = np.where(np.isnan(sums[..., 0]), np.nan, ratio)
+    return LayerCalls(info.names, macs / calls, calls, wins, act_formats, ratio, seconds)
+
+
+def bit_ops(info, macs, fmt: str, act_quant: bool = True) -> np.ndarray:
+    """(L,) bit operations per denoiser call of every layer in ``fmt`` (NaN where it may not take it);
+    ``act_quant=False``: the format's weights with the dtype's activations."""
+    from .formats import get_format
+
+    F = get_format(fmt)
+    out = np.full(len(info.layers), np.nan)
+    for li, layer in enumerate(info.layers):
+        if fmt not in layer.eligible:
+            continue
+        full = _dtype_bits(layer.dtype)
+        wbits = full if fmt == info_fp_name() else F.bits
+        abits = F.bits if (F.quantizes_activations and act_quant) else full
+        out[li] = macs[li] * wbits * abits
+    return out
+
+
+def info_fp_name() -> str:
+    """The full-precision format's name (the one whose weights keep the model's dtype)."""
+    return "fp"
+
+
+def parse_compute(spec, full: float) -> float:
+    """``"50%"`` of ``full`` (the full-precision bit operations), or an absolute number (``3.2e9``)."""
+    text = str(spec).strip()
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(%|bops)?", text, re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise UsageError(f"--compute {text!r} does not parse; use a share of full precision (50%) or bit "
+                         "operations per step (3.2e9)")
+    value = float(m.group(1))
+    return value / 100 * full if m.group(2) == "%" else value
+
+
+@dataclass
+class ComputeModel:
+    """The problem with activation-window variants and the compute constraint, and how to read its answers."""
+
+    problem: object  # mpsearch.solver.Problem
+    variants: list[tuple[str, frozenset]]  # per column: (format, windows with fp activations)
+    windows: list[tuple[int, int]]
+    full_bops: float
+    limit_bops: float
+    info: dict = field(default_factory=dict)
+
+    def decode(self, choice) -> tuple[dict, list]:
+        """A per-layer choice -> (layer -> format, plan overrides for the fp-activation windows)."""
+        names = self.problem.layer_names
+        assignment, per_window = {}, {w: {} for w in range(len(self.windows))}
+        for name, c in zip(names, np.asarray(choice)):
+            fmt, a16 = self.variants[int(c)]
+            assignment[name] = fmt
+            for w in sorted(a16):
+                per_window[w][name] = "fp"
+        overrides = [{"steps": list(self.windows[w]), "activations": acts} for w, acts in per_window.items() if acts]
+        return assignment, overrides
+
+    def bops(self, choice) -> float:
+        return float(self.problem.extra[-1].value(np.asarray(choice))) * self.full_bops
+
+
+def compute_problem(profile, base, calls: LayerCalls, compute, *, metric: str = "rel_mse",
+                    variants: bool = True) -> ComputeModel:
+    """``base`` (from ``solve.build_problem``) with a bit-operation budget ``compute`` (``"50%"`` or a number)
+    and, with ``variants``, a column per (format, set of windows whose activations stay fp)."""
+    from .formats import get_format
+    from .solver import Constraint, Problem
+
+    info = profile.info
+    if tuple(calls.names) != tuple(info.names):
+        raise UsageError("the recorded layer calls belong to another model; record them on the profiled model")
+    W = len(calls.windows)
+    share = _window_shares(profile, metric, calls.windows)  # (L, F, W)
+    columns: list[tuple[str, frozenset]] = []
+    for f in base.formats:
+        columns.append((f, frozenset()))
+        if variants and get_format(f).quantizes_activations and f in calls.formats:
+            for r in range(1, W + 1):
+                columns.extend((f, frozenset(c)) for c in itertools.combinations(range(W), r))
+    L = base.n_layers
+    steps = calls.windows[-1][1]
+    frac = np.array([(b - a) / steps for a, b in calls.windows])
+    cost = np.full((L, len(columns)), np.inf)
+    nbytes = np.zeros((L, len(columns)), dtype=np.int64)
+    bops = np.zeros((L, len(columns)))
+    for j, (f, a16) in enumerate(columns):
+        fi = base.formats.index(f)
+        nbytes[:, j] = base.nbytes[:, fi]
+        quant, wo = bit_ops(info, calls.macs, f, True), bit_ops(info, calls.macs, f, False)
+        mix = np.array([frac[w] * (1.0 if w in a16 else 0.0) for w in range(W)]).sum()
+        bops[:, j] = np.nan_to_num(quant * (1 - mix) + wo * mix)
+        scale = np.ones((L, W))
+        if a16:
+            ai = calls.formats.index(f)
+            for w in a16:
+                scale[:, w] = np.nan_to_num(calls.ratio[:, ai, w], nan=1.0)
+        c = base.cost[:, fi] * (share[:, fi, :] * scale).sum(axis=1)
+        cost[:, j] = np.where(np.isfinite(base.cost[:, fi]), np.maximum(c, 0.0), np.inf)
+    full = float(bops[:, 0].sum()) if columns[0][0] == info_fp_name() else float(np.nanmax(bops, axis=1).sum())
+    limit = parse_compute(compute, full)
+    pins = {l: columns.index((base.formats[f], frozenset())) for l, f in base.pins.items()}
+    problem = Problem(base.layer_names, tuple(_column_name(f, s, calls.windows) for f, s in columns), cost, nbytes,
+                      fixed_bytes=base.fixed_bytes, budget_bytes=base.budget_bytes, groups=base.groups, pins=pins,
+                      extra=(*base.extra, Constraint("compute", bops / full, limit / full)))
+    return ComputeModel(problem, columns, list(calls.windows), full, limit,
+                        {"macs_per_call": float(calls.macs.sum()), "windows": [list(w) for w in calls.windows]})
+
+
+def _column_name(fmt: str, a16: frozenset, windows) -> str:
+    if not a16:
+        return fmt
+    return f"{fmt}[a16:" + ",".join(f"{windows[w][0]}-{windows[w][1]}" for w in sorted(a16)) + "]"
+
+
+def _window_shares(profile, metric: str, windows) -> np.ndarray:
+    """(L, F, W): each window's share of a layer's error over the steps (uniform where the error is 0)."""
+    values = profile.metric(metric)
+    err = 10.0 ** (-values / 10.0) if metric == "sqnr" else (1.0 - values if metric == "cosine" else values)
+    err = np.clip(np.nan_to_num(err, nan=0.0), 0.0, None)
+    parts = np.stack([err[..., a:b].sum(-1) for a, b in windows], axis=-1)
+    total = parts.sum(-1, keepdims=True)
+    even = np.broadcast_to(np.array([(b - a) for a, b in windows], float) / windows[-1][1], parts.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, parts / np.where(total > 0, total, 1.0), even)

@@ -1,0 +1,108 @@
+"""Refine the ILP's plan with real generations: the "optuna" solver with an end-to-end objective.
+
+``evaluation_objective`` turns a per-layer choice into a plan, applies it, generates a few images on
+search seeds (never the held-out evaluation seeds) with few steps, and scores them against the full-precision
+images: ``content`` = 1 - SSIM (structure), ``quality`` = relative MSE (pixel error). ``refine`` runs the
+search (seeded with the ILP's answers) and returns the chosen Plan with the search's report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+#: seeds the search generates with: disjoint from profiling (0, 1, ...) and evaluation (1000, ...)
+SEARCH_SEEDS = (500,)
+
+
+def evaluation_objective(pipe, info, problem, *, decode=None, labels=tuple(range(10)), seeds=SEARCH_SEEDS,
+                         steps: int = 8, guidance_scale=None):
+    """A callable ``choice -> {"content": 1 - SSIM, "quality": relative MSE}`` against full precision."""
+    from .executor import apply_plan
+    from .generation import generate_many
+    from .metrics import ssim
+    from .plan import Plan
+
+    reference = generate_many(pipe, labels, seeds, steps, guidance_scale)
+    power = float(np.mean(np.square(reference))) or 1.0
+    names = problem.layer_names
+
+    def evaluate(choice) -> dict:
+        if decode is None:
+            assignment, overrides = {n: problem.formats[int(c)] for n, c in zip(names, choice)}, []
+        else:
+            assignment, overrides = decode(choice)
+        plan = Plan.from_assignment(info, assignment, overrides=overrides)
+        handle = apply_plan(pipe, plan, stash="memory", check_weights=False)
+        try:
+            images = generate_many(pipe, labels, seeds, steps, guidance_scale)
+        finally:
+            handle.remove()
+        return {"content": max(0.0, 1.0 - float(ssim(reference, images))),
+                "quality": float(np.mean(np.square(images - reference))) / power}
+
+    return evaluate
+
+
+def refine(profile, pipe, budget="60%", *, trials: int = 30, metric: str = "rel_mse", pins=None, tie: bool = False,
+           role_pins=None, storage: str | None = None, study_name: str | None = None, sampler: str = "nsga2",
+           seed: int = 0, labels=tuple(range(10)), seeds=SEARCH_SEEDS, steps: int = 8, progress: bool = False,
+           problem=None, decode=None):
+    """Search from the ILP's plans with real generations; returns ``(plan, report)``.
+
+    ``storage`` (an SQLAlchemy URL; None: in memory) keeps the study; the same profile, budget and search
+    settings load it again and continue up to ``trials`` finished trials.
+    """
+    from tqdm.auto import tqdm
+
+    from .budget import parse_budget
+    from .plan import Plan
+    from .profile_store import Profile
+    from .solve import build_problem, parse_pins
+    from .solver import get_solver
+    from .solver.optuna_search import problem_digest
+
+    if not isinstance(profile, Profile):
+        profile = Profile.load(profile)
+    info = profile.info
+    b = parse_budget(budget, fp_bytes=info.fp_bytes, fixed_bytes=info.fixed_bytes,
+                     quantizable_numel=info.quantizable_numel)
+    problem = (build_problem(profile, b.bytes, metric=metric, pins=pins, tie=tie, role_pins=role_pins)
+               if problem is None else problem.with_budget(b.bytes))
+    settings = {"labels": list(labels), "seeds": list(seeds), "steps": int(steps), "sampler": sampler, "seed": seed}
+    if study_name is None:
+        tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+        study_name = f"mpsearch-{problem_digest(problem, ('content', 'quality'))}-{tag}"
+    evaluate = evaluation_objective(pipe, info, problem, decode=decode, labels=labels, seeds=seeds, steps=steps)
+    bar = tqdm(total=trials, desc="optuna", unit="trial", disable=not progress)
+    solver = get_solver("optuna", trials=trials, evaluate=evaluate, objectives=("content", "quality"),
+                        sampler=sampler, seed=seed, storage=storage, study_name=study_name,
+                        callback=lambda t: bar.update(1))
+    try:
+        sol = solver.solve(problem)
+    finally:
+        bar.close()
+    if decode is None:
+        assignment, overrides = sol.assignment(problem), []
+    else:
+        assignment, overrides = decode(sol.choice)
+    report = dict(solver.report) if solver.report else {"trials": 0, "note": "the budget does not bind"}
+    report.update(settings=settings, storage=storage)
+    plan = Plan.from_assignment(
+        info, assignment, budget=b.to_dict(), weights=profile.weights, overrides=overrides,
+        predictions={"objective": float(sol.objective), "metric": metric,
+                     "search": {k: report.get(k) for k in ("reference", "chosen", "trials", "feasible_trials")}},
+        provenance={"solver": "optuna", "status": sol.status, "seconds": round(float(sol.seconds), 3),
+                    "metric": metric, "tie": bool(tie), "pins": parse_pins(pins), "seeded_by": "ilp",
+                    "study": study_name, "search": settings, "profile_digest": profile.digest})
+    return plan, report
+
+
+def default_storage(profile_path) -> str:
+    """``sqlite:///studies/<profile>.db``: the local study file when no ``--storage`` is given."""
+    path = Path("studies") / f"{Path(profile_path).stem}.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"

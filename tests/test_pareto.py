@@ -1,0 +1,83 @@
+"""Pareto sweeps (array level and from a profile) and compute budgets with activation windows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mpsearch.errors import UsageError
+from mpsearch.pareto import budget_range, pareto_budgets, sweep, uniform_points
+from mpsearch.solver import Problem, get_solver, min_feasible_bytes
+
+
+def _problem():
+    rng = np.random.default_rng(0)
+    nbytes = (rng.integers(10, 40, size=(8, 1)) * np.array([16, 8, 4])).astype(np.int64)
+    cost = rng.random((8, 3)) * np.array([0.0, 1.0, 4.0])
+    return Problem(tuple(f"l{i}" for i in range(8)), ("fp", "int8", "int4"), cost, nbytes, fixed_bytes=50)
+
+
+def test_budget_range_and_even_budgets():
+    assert budget_range("400KB:500KB:50KB", fp_bytes=10**6) == [400_000, 450_000, 500_000]
+    assert budget_range("60%", fp_bytes=10**6) is None
+    with pytest.raises(UsageError, match="START:STOP:STEP"):
+        budget_range("1KB:2KB", fp_bytes=1)
+    with pytest.raises(UsageError, match="ends below its start"):
+        budget_range("2KB:1KB:1B", fp_bytes=1)
+    p = _problem()
+    b = pareto_budgets(p, 5)
+    assert b[0] == min_feasible_bytes(p) and b[-1] == p.fixed_bytes + int(p.nbytes[:, 0].sum()) and len(b) == 5
+
+
+def test_sweep_matches_solving_each_budget_and_marks_the_frontier():
+    p = _problem()
+    budgets = [min_feasible_bytes(p) - 1, *pareto_budgets(p, 8)]
+    points = sweep(p, budgets)
+    assert points[0].status == "infeasible" and points[0].total_bytes is None
+    for pt in points[1:]:
+        alone = get_solver("bruteforce").solve(p.with_budget(pt.budget_bytes))
+        assert pt.objective == pytest.approx(alone.objective, abs=1e-12)
+        assert pt.total_bytes <= pt.budget_bytes
+    objectives = [pt.objective for pt in points[1:]]
+    assert objectives == sorted(objectives, reverse=True)  # a larger budget is never worse
+    assert any(pt.on_frontier for pt in points)
+    assert uniform_points(p)["fp"]["objective"] == 0.0
+
+
+def test_cli_sweep_and_compute_on_a_tiny_profile(dit_pipe, tmp_path, monkeypatch, capsys):
+    from mpsearch import cli
+    from mpsearch.compute import compute_problem, record_layer_calls
+    from mpsearch.executor import apply_plan
+    from mpsearch.plan import Plan
+    from mpsearch.profiler import profile
+    from mpsearch.solve import build_problem
+
+    prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=4, seeds=(0,), labels=(1, 2), progress=False)
+    calls = record_layer_calls(dit_pipe, prof.info, steps=4, windows=2, formats=prof.formats[1:])
+    assert (calls.macs > 0).all() and calls.windows == [(0, 2), (2, 4)]
+    # Linear MACs per call = tokens x in x out: 16 tokens per image, 2 labels x 2 (CFG batch), 32 x 32 weights
+    name = next(i for i, n in enumerate(prof.info.names) if n.endswith("attn1.to_q"))
+    assert calls.macs[name] == 2 * 2 * 16 * 32 * 32
+    base = build_problem(prof, None, role_pins={})
+    cm = compute_problem(prof, base, calls, "30%")
+    assert "int8[a16:0-2]" in cm.problem.formats and cm.limit_bops == pytest.approx(0.3 * cm.full_bops)
+    sol = get_solver("ilp").solve(cm.problem)
+    assert cm.bops(sol.choice) <= cm.limit_bops * (1 + 1e-9)
+    assignment, overrides = cm.decode(sol.choice)
+    plan = Plan.from_assignment(prof.info, assignment, overrides=overrides)
+    apply_plan(dit_pipe, plan, stash="memory").remove()  # the executor takes the overrides
+
+    monkeypatch.setattr("mpsearch.pipeline.load_pipeline", lambda *a, **k: dit_pipe)
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["solve", "--profile", "p.sqlite", "--pareto", "4", "--no-default-pins", "--out", "sweep",
+                     "--compute", "50%", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    data = json.loads(out)
+    assert len(data["points"]) == 4 and all(p["plan"] for p in data["points"])
+    for ext in ("csv", "json", "png"):
+        assert (tmp_path / "sweep" / f"frontier.{ext}").stat().st_size > 0
+    assert set(data["uniform"]) == {"fp", "int8", "nvfp4", "int4"} & set(data["uniform"])
+    assert all(p["extra"]["compute"] <= 0.5 + 1e-9 for p in data["points"])
