@@ -106,7 +106,7 @@ def default_dit(lines: list[str], trials: int, budget: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=10)
-    ap.add_argument("--budget", default="30%")
+    ap.add_argument("--budget", default="35%")
     ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
