@@ -186,6 +186,6 @@ def test_cache_unit_missing_from_model_is_refused_before_any_change(dit_pipe):
 
 def test_measured_costs_grow_with_distance(unet_pipe):
     den = get_denoiser(unet_pipe)
-    cost = measure_costs(unet_pipe, get_unit(den), 4, labels=(1,))
+    cost = measure_costs(unet_pipe, get_unit(den), 4, labels=(1,), target="output")
     assert np.allclose(np.tril(cost), 0) and (cost[np.triu_indices(4, 1)] > 0).all()
     assert cost[0, 3] > cost[2, 3]  # the feature changes more over four steps than over one

@@ -52,6 +52,9 @@ class FeatureCacheState:
         self.reset()
         self.record = None  # optional callable(step, slot, feature tensor) for measuring runs
         self.probe = False  # measuring runs: the step hook leaves step and reuse as they are
+        #: measuring runs: callable(state, forward, args, kwargs) -> output, called instead of the denoiser's
+        #: forward once the step and the reuse decision are set (to record outputs or replay recorded ones)
+        self.intercept = None
         self.stats = {"computed": 0, "reused": 0, "fallback": 0, "generations": 0}
 
     def reset(self):
@@ -102,6 +105,12 @@ class _StepHook(ModelHook):
             st.reuse = not self.config.compute[step]
         st.stats["reused" if st.reuse else "computed"] += 1
         return args, kwargs
+
+    def new_forward(self, module, *args, **kwargs):
+        st = self.state
+        if st.intercept is not None and not st.probe:
+            return st.intercept(st, self.fn_ref.original_forward, args, kwargs)
+        return self.fn_ref.original_forward(*args, **kwargs)
 
     def reset_state(self, module):
         self.state.reset()

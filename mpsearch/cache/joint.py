@@ -58,6 +58,7 @@ def schedule_cache(pipe, *, steps: int = 20, full_computations=None, speedup=Non
     share = compute_shares(denoiser, [u])[u.name]
     k = resolve_full_computations(steps, full_computations, speedup, share)
     if cost is None:
+        measure_options.setdefault("warmup", warmup)
         cost = measure_costs(pipe, u, steps, plan=plan, guidance_scale=guidance_scale, **measure_options)
         source = "measured-quantized" if plan is not None and plan.format_counts().keys() - {"fp"} else "measured"
     else:

@@ -14,8 +14,9 @@ and the total error ``sum over reuse steps u of C[last computed step before u, u
   ``D[k][t] = min_p D[k-1][p] + sum_{p<u<t} C[p, u]`` over the previous computed step ``p`` with
   ``t - p - 1 <= max_reuse``. O(K * S^2).
 * ``"uniform"``: the computed steps evenly spaced after the warm-up (DeepCache's fixed interval).
-* ``"threshold"``: reuse while the accumulated change since the last computation stays under a threshold
-  (first-block cache / TeaCache), with the threshold calibrated on the costs so that exactly ``K`` steps compute.
+* ``"threshold"``: reuse while the accumulated cost since the last computation (``sum C[last, u]`` over the
+  reuses so far, this step included) stays under a threshold (first-block cache / TeaCache accumulate the
+  change the same way), with the threshold calibrated on the costs so that exactly ``K`` steps compute.
 * ``"bruteforce"``: enumerates every feasible schedule; the test oracle (small ``S`` only).
 """
 
@@ -209,26 +210,29 @@ def schedule_uniform(problem: ScheduleProblem) -> Schedule:
 def _threshold_steps(problem: ScheduleProblem, tau: float) -> list[int]:
     C, S, W = problem.cost, problem.steps, min(problem.warmup, problem.steps)
     M = S if problem.max_reuse is None else problem.max_reuse
-    steps, last, run = list(range(W)), W - 1, 0
+    steps, last, run, acc = list(range(W)), W - 1, 0, 0.0
     for t in range(W, S):
-        if t == S - 1 or C[last, t] > tau or run >= M:
+        acc += C[last, t]
+        if t == S - 1 or acc > tau or run >= M:
             steps.append(t)
-            last, run = t, 0
+            last, run, acc = t, 0, 0.0
         else:
             run += 1
     return steps
 
 
 def schedule_threshold(problem: ScheduleProblem) -> Schedule:
-    """Reuse while the change since the last computation ``C[last, t]`` stays <= tau; tau calibrated to hit K.
+    """Reuse while the accumulated cost since the last computation, ``sum C[last, u]`` for ``last < u <= t``,
+    stays <= tau; tau calibrated to hit K.
 
     The number of computations falls as tau rises; the smallest tau giving at most K computations is found
-    among the cost values, and if that overshoots below K, the missing computations are taken at the steps
+    among the candidate values (every run's accumulated cost), and if that overshoots below K, the missing computations are taken at the steps
     where the change is largest (the rule's next candidates).
     """
     S, K = problem.steps, problem.full_computations
+    runs = np.cumsum(np.triu(problem.cost, 1), axis=1)  # runs[p, t] = sum_{p<u<=t} C[p, u]
     iu = np.triu_indices(S, 1)
-    taus = np.unique(np.concatenate([[-1.0], problem.cost[iu]]))
+    taus = np.unique(np.concatenate([[-1.0], runs[iu]]))
     lo, hi = 0, len(taus) - 1  # count(taus[i]) is non-increasing in i
     if len(_threshold_steps(problem, taus[hi])) > K:
         raise InfeasibleError(f"the threshold rule cannot go down to {K} computations under max_reuse="
