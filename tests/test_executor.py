@@ -133,3 +133,17 @@ def test_cfg_batch_runs_under_a_plan(dit_pipe):
     finally:
         handle.remove()
     assert a.shape == b.shape == (2, 16, 16, 1) and not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("kernel,padding,stride,dilation", [
+    ((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 3), (1, 1), (2, 2), (1, 1)), ((1, 1), (0, 0), (1, 1), (1, 1)),
+    ((3, 2), (2, 0), (1, 2), (2, 1)),
+])
+def test_im2col_matches_unfold(kernel, padding, stride, dilation):
+    from mpsearch.qmodules import im2col
+
+    x = torch.randn(2, 5, 9, 8)
+    ref = torch.nn.functional.unfold(x, kernel, dilation, padding, stride)
+    got, oh, ow = im2col(x, kernel, dilation, padding, stride)
+    assert torch.equal(got, ref.transpose(1, 2).reshape(-1, ref.shape[1]))
+    assert oh * ow == ref.shape[2]
