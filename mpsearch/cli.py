@@ -178,13 +178,25 @@ def cmd_profile(args) -> int:
     out = Path(args.out) if args.out else default_profile_path(args.model)
     pipe = load_pipeline(args.model)
     t0 = time.perf_counter()
-    prof = profile(pipe, config, out=out, shard=args.shard, progress=not args.json)
+    if args.end_to_end and args.shard != (0, 1):
+        raise UsageError("--end-to-end needs the whole local profile: merge the shards first, then run "
+                         "`mpsearch profile --end-to-end --out MERGED` with the same options")
+    prof = profile(pipe, config, out=out, shard=args.shard, progress=not args.json, end_to_end=args.end_to_end,
+                   shortlist=args.shortlist, windows=args.windows)
     seconds = time.perf_counter() - t0
     data = {"profile": str(out), "model": args.model, "class": prof.info.denoiser_class, "layers": len(prof.info.layers),
             "formats": list(prof.formats), "steps": prof.steps, "units_done": len(prof.units),
             "units_total": len(config.seeds), "seconds": seconds, "digest": prof.digest}
-    return _emit(args, data, [f"profile {out}: {len(prof.info.layers)} layers x {len(prof.formats)} formats x "
-                              f"{prof.steps} steps, {len(prof.units)}/{len(config.seeds)} units ({seconds:.1f} s)"])
+    lines = [f"profile {out}: {len(prof.info.layers)} layers x {len(prof.formats)} formats x "
+             f"{prof.steps} steps, {len(prof.units)}/{len(config.seeds)} units ({seconds:.1f} s)"]
+    if prof.end_to_end is not None:
+        e = prof.end_to_end
+        data.update(end_to_end=e, cost_ratio=e["cost_ratio"], spearman=e["spearman"])
+        lines += [f"end to end: {e['units']} units ({len(e['shortlist'])} layer/format pairs, {len(e['windows'])} "
+                  f"step windows) = {e['cost_ratio']:.1%} of the exhaustive {e['exhaustive_units']}",
+                  "spearman (local vs end to end): " + ", ".join(
+                      f"{m} {v['rho']:+.2f}" if v["rho"] is not None else f"{m} n/a" for m, v in e["spearman"].items())]
+    return _emit(args, data, lines)
 
 
 def cmd_profile_merge(args) -> int:
@@ -220,7 +232,8 @@ def cmd_solve(args) -> int:
     if args.cache_steps is not None or args.speedup is not None:
         return _solve_with_cache(args, prof, prof_path)
     plan = solve(prof, args.budget, metric=args.metric, solver=args.solver, pins=args.pin, tie=args.tie,
-                 role_pins={} if args.no_default_pins else None)
+                 role_pins={} if args.no_default_pins else None, weights=args.weights,
+                 max_damage=args.max_damage, fp_act_windows=args.fp_act_windows)
     out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{_budget_slug(args.budget)}.yaml"
     plan.save(out)
     counts = plan.format_counts()
@@ -469,6 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (replaces --labels)")
     sp.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the pipeline's)")
     sp.add_argument("--shard", type=_shard, default=(0, 1), help="measure only shard i of n (i/n)")
+    sp.add_argument("--end-to-end", action="store_true",
+                    help="then measure a shortlist of layers and step windows end to end (content/quality metrics)")
+    sp.add_argument("--shortlist", type=int, default=8, metavar="N", help="with --end-to-end: layers measured alone")
+    sp.add_argument("--windows", type=int, default=4, metavar="K", help="with --end-to-end: step windows measured")
     merge = sp.add_subparsers(dest="profile_command", parser_class=_Parser, metavar="merge")
     help_ = "merge shard files (--shard i/n) of one profile into one file, atomically"
     mp = merge.add_parser("merge", help=help_, description=help_)
@@ -485,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--solver", default="ilp", help="ilp (CBC), highs, greedy")
     sp.add_argument("--pin", action="append", default=None, metavar="REGEX=FORMAT", help="keep matching layers in a format")
     sp.add_argument("--tie", action="store_true", help="layers that read one input (q/k/v) share a format")
+    sp.add_argument("--weights", metavar="content=1,quality=1",
+                    help="decoupled end-to-end objective (needs `profile --end-to-end`): weights per kind or metric")
+    sp.add_argument("--max-damage", type=float, metavar="F",
+                    help="minimax: rule out any layer/format whose end-to-end damage exceeds F x the largest")
+    sp.add_argument("--fp-act-windows", type=int, default=0, metavar="K",
+                    help="keep activations fp in the K most damaging measured step windows (W4A4/W8A8 layers)")
     cache = sp.add_mutually_exclusive_group()
     cache.add_argument("--cache-steps", type=int, metavar="K", help="also schedule a feature cache: K full computations")
     cache.add_argument("--speedup", type=float, metavar="X", help="also schedule a feature cache for an ideal speedup X")

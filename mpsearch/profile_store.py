@@ -185,6 +185,7 @@ class Profile:
     block_stats: np.ndarray  # (B, S, 2): diff2, ref2; NaN at step 0
     digest: str
     weights: str | None = None  # digest of the candidate layers' weights when profiled (None: older profile)
+    end_to_end: dict | None = None  # summary of the end-to-end run made with it (mpsearch.endtoend), if any
 
     @property
     def layer_names(self) -> tuple[str, ...]:

@@ -156,12 +156,19 @@ def default_profile_path(model: str = "default") -> Path:
 
 
 def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple[int, int] = (0, 1),
-            progress: bool = True, **options) -> Profile:
+            progress: bool = True, end_to_end: bool | None = None, shortlist: int = 8, windows: int = 4,
+            content_scorer=None, features=None, **options) -> Profile:
     """Profile ``pipe``'s denoiser (local tier) into the SQLite file ``out`` and return the loaded Profile.
 
     ``options`` override fields of the default ProfileConfig (labels, seeds, steps, guidance_scale, formats).
     Running again with the same file and configuration resumes: finished units are skipped.
     ``shard=(i, n)`` measures only the units u with u % n == i.
+
+    ``end_to_end`` (on by default when ``content_scorer`` or ``features`` is given) then runs the cheap
+    end-to-end tier (``mpsearch.endtoend.run_end_to_end``: ``shortlist`` layers, ``windows`` step windows)
+    into the same file; its summary (cost_ratio, spearman) is ``profile.end_to_end``.
+    ``content_scorer(images, conditions) -> (N,)`` and ``features(images) -> (N, D)`` replace the default
+    digit classifier's condition score and feature space (e.g. a local CLIP or Inception model).
     """
     if config is None:
         config = ProfileConfig(**options)
@@ -194,7 +201,13 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
         raise
     finally:
         writer.close()
-    return Profile.load(out)
+    loaded = Profile.load(out)
+    if end_to_end or (end_to_end is None and (content_scorer is not None or features is not None)):
+        from .endtoend import run_end_to_end
+
+        loaded.end_to_end = run_end_to_end(pipe, loaded, shortlist_n=shortlist, windows=windows,
+                                           content_scorer=content_scorer, features=features, progress=progress)
+    return loaded
 
 
 def _run_units(pipe, denoiser, info, config, writer, todo, progress):

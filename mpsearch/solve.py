@@ -69,18 +69,19 @@ def parse_pins(pins) -> dict[str, str]:
 
 
 def build_problem(profile: Profile, budget_bytes: int | None, *, metric="rel_mse", step_weights=None,
-                  pins=None, tie: bool = False, role_pins=None):
+                  pins=None, tie: bool = False, role_pins=None, cost=None):
     """The solver Problem for a profile (costs, exact bytes, pins, tie groups).
 
     ``role_pins`` ({role: format}; None: ``models.DEFAULT_ROLE_PINS``, {}: none) pin layers by role first;
-    ``pins`` (regexes) then override them.
+    ``pins`` (regexes) then override them. ``cost`` ((layers, formats), e.g. ``endtoend.e2e_costs``) replaces
+    the local metric's costs.
     """
     from .models import resolve_role_pins
     from .solver import Problem
 
     info = profile.info
     formats = profile.formats
-    cost = layer_costs(profile, metric, step_weights)
+    cost = layer_costs(profile, metric, step_weights) if cost is None else np.asarray(cost, dtype=float)
     nbytes = np.zeros(cost.shape, dtype=np.int64)
     for li, layer in enumerate(info.layers):
         for fi, f in enumerate(formats):
@@ -111,11 +112,17 @@ def build_problem(profile: Profile, budget_bytes: int | None, *, metric="rel_mse
 
 
 def solve(profile, budget="60%", *, metric: str = "rel_mse", solver: str = "ilp", pins=None, tie: bool = False,
-          step_weights=None, role_pins=None) -> Plan:
+          step_weights=None, role_pins=None, weights=None, max_damage: float | None = None,
+          fp_act_windows: int = 0) -> Plan:
     """Allocate a format per layer under ``budget`` (any DESIGN.md budget form) and return the Plan.
 
     Fragile layers are pinned by role (``role_pins``, default ``models.DEFAULT_ROLE_PINS``; ``{}`` for none);
     ``pins`` ({regex: format} or 'regex=format' strings) override them.
+
+    ``weights`` ('content=1,quality=1' or a dict) solves the decoupled end-to-end objective
+    (``endtoend.e2e_costs``: needs ``mpsearch profile --end-to-end``); ``max_damage`` rules out any
+    (layer, format) whose damage exceeds that fraction of the largest (minimax); ``fp_act_windows`` keeps
+    activations in fp in that many of the most damaging measured step windows.
 
     Raises InfeasibleError naming the smallest feasible budget when ``budget`` cannot be met.
     """
@@ -126,12 +133,25 @@ def solve(profile, budget="60%", *, metric: str = "rel_mse", solver: str = "ilp"
     info = profile.info
     b = parse_budget(budget, fp_bytes=info.fp_bytes, fixed_bytes=info.fixed_bytes,
                      quantizable_numel=info.quantizable_numel)
-    problem = build_problem(profile, b.bytes, metric=metric, step_weights=step_weights, pins=pins, tie=tie,
-                            role_pins=role_pins)
+    cost, e2e = None, None
+    if weights is not None or max_damage is not None or fp_act_windows:
+        from .endtoend import e2e_costs
+        from .models import resolve_role_pins
+
+        keep = resolve_role_pins(info, profile.formats, role_pins)  # minimax never rules out a role pin
+        cost, e2e = e2e_costs(profile, weights, step_weights=step_weights, max_damage=max_damage, keep=keep)
+        metric, step_weights = "e2e", e2e["step_weights"]
+    problem = build_problem(profile, b.bytes, metric="rel_mse" if cost is not None else metric,
+                            step_weights=step_weights, pins=pins, tie=tie, role_pins=role_pins, cost=cost)
     sol = get_solver(solver).solve(problem)
     assignment = {name: problem.formats[int(c)] for name, c in zip(problem.layer_names, sol.choice)}
+    overrides = []
+    if fp_act_windows:
+        from .endtoend import activation_overrides
+
+        overrides = activation_overrides(profile, assignment, fp_act_windows, weights=weights)
     plan = Plan.from_assignment(
-        info, assignment, budget=b.to_dict(), weights=profile.weights,
+        info, assignment, budget=b.to_dict(), weights=profile.weights, overrides=overrides,
         predictions={"objective": float(sol.objective), "metric": metric,
                      "formats": {f: int((sol.choice == i).sum()) for i, f in enumerate(problem.formats)}},
         provenance={"solver": sol.solver, "status": sol.status, "seconds": round(float(sol.seconds), 4),
@@ -139,7 +159,8 @@ def solve(profile, budget="60%", *, metric: str = "rel_mse", solver: str = "ilp"
                     "role_pins": {getattr(r, "value", r): f for r, f in
                                   (DEFAULT_ROLE_PINS if role_pins is None else role_pins).items()},
                     "step_weights": None if step_weights is None else [float(x) for x in step_weights],
-                    "profile_digest": profile.digest, "profile_config": profile.config},
+                    "profile_digest": profile.digest, "profile_config": profile.config,
+                    **({"end_to_end": e2e} if e2e is not None else {})},
     )
     if plan.predicted_bytes != sol.total_bytes:
         raise AssertionError(f"plan bytes {plan.predicted_bytes} != solver bytes {sol.total_bytes}")
