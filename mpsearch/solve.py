@@ -6,9 +6,9 @@ import re
 
 import numpy as np
 
-from .budget import parse_budget
+from .budget import format_bytes, parse_budget
 from .models import DEFAULT_ROLE_PINS
-from .errors import UsageError
+from .errors import InfeasibleError, UsageError
 from .plan import Plan
 from .profile_store import LOCAL_METRICS, Profile
 
@@ -143,7 +143,10 @@ def solve(profile, budget="60%", *, metric: str = "rel_mse", solver: str = "ilp"
         metric, step_weights = "e2e", e2e["step_weights"]
     problem = build_problem(profile, b.bytes, metric="rel_mse" if cost is not None else metric,
                             step_weights=step_weights, pins=pins, tie=tie, role_pins=role_pins, cost=cost)
-    sol = get_solver(solver).solve(problem)
+    try:
+        sol = get_solver(solver).solve(problem)
+    except InfeasibleError as e:
+        raise _without_role_pins_hint(e, profile, problem, role_pins, pins, tie) from None
     assignment = {name: problem.formats[int(c)] for name, c in zip(problem.layer_names, sol.choice)}
     overrides = []
     if fp_act_windows:
@@ -165,3 +168,18 @@ def solve(profile, budget="60%", *, metric: str = "rel_mse", solver: str = "ilp"
     if plan.predicted_bytes != sol.total_bytes:
         raise AssertionError(f"plan bytes {plan.predicted_bytes} != solver bytes {sol.total_bytes}")
     return plan
+
+
+def _without_role_pins_hint(err: InfeasibleError, profile, problem, role_pins, pins, tie) -> InfeasibleError:
+    """Add to an infeasible-budget error how small the model gets without the default role pins."""
+    if role_pins is not None or err.min_bytes is None:
+        return err
+    from .solver import min_feasible_bytes
+
+    unpinned = build_problem(profile, None, pins=pins, tie=tie, role_pins={})
+    lowest = min_feasible_bytes(unpinned)
+    if lowest >= err.min_bytes:
+        return err
+    return InfeasibleError(f"{err} (the default role pins keep fragile layers at higher precision; without "
+                           f"them, --no-default-pins, the smallest feasible size is {lowest:,} B "
+                           f"({format_bytes(lowest)}))", min_bytes=err.min_bytes)

@@ -56,6 +56,9 @@ def test_profile_solve_generate_flow(capsys, tmp_path, monkeypatch):
     assert (tmp_path / gen["images"][0]).read_bytes()[:4] == b"\x89PNG"
     code, _, err = run(capsys, "solve", "--budget", "1KB")
     assert code == 1 and "smallest feasible" in err and err.count("\n") == 1
+    assert "--no-default-pins" in err  # the default role pins cost bytes: the error says how small it gets without
+    code, _, err = run(capsys, "solve", "--budget", "1KB", "--no-default-pins")
+    assert code == 1 and "--no-default-pins" not in err
 
 
 @pytest.mark.parametrize("argv,code,needle", [
