@@ -436,6 +436,23 @@ def cmd_demo(args) -> int:
     return _emit(args, result, result.pop("lines") if not args.json else [])
 
 
+def cmd_report(args) -> int:
+    from .profiler import default_profile_path
+    from .report import report
+
+    profile = args.profile
+    if profile is None and default_profile_path(args.model).is_file():
+        profile = default_profile_path(args.model)
+    log = None if args.json else (lambda msg: print(f"report: {msg}", file=sys.stderr))
+    r = report(profile, args.plan or [], None if args.no_images else args.model, out=args.out,
+               labels=_conditions(args), seed=args.seed, steps=args.steps, metric=args.metric, points=args.points,
+               log=log)
+    data = {"folder": r["folder"], "index": r["index"], "files": r["files"],
+            "profile": str(profile) if profile else None, "variants": [v.to_dict() for v in r["data"].variants]}
+    lines = [f"report {r['index']}: {len(r['files'])} files"] + [f"note: {n}" for n in r["data"].notes]
+    return _emit(args, data, lines)
+
+
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -546,6 +563,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("demo", cmd_demo, "the whole flow on the embedded default: profile, solve, compare with uniform formats")
     sp.add_argument("--model", default="default", help="default or default-unet")
+
+    sp = add("report", cmd_report, "write an HTML page with figures: sensitivity, Pareto frontier, plans, cache, images")
+    sp.add_argument("--profile", help="profile file (default profiles/<model>.sqlite if it exists)")
+    sp.add_argument("--plan", action="extend", nargs="+", metavar="PLAN", help="plan YAML files to show")
+    sp.add_argument("--model", default="default", help=model_help + "; images are generated with it")
+    sp.add_argument("--out", default="report", help="folder for index.html and its PNGs (an older report there "
+                    "is replaced)")
+    sp.add_argument("--labels", type=_int_list, default=list(range(10)), help="class labels of the image grid")
+    sp.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (replaces --labels)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--steps", type=int, default=None, help="denoising steps (default: the plans' cache schedule, "
+                    "else 20)")
+    sp.add_argument("--metric", default="rel_mse", help="rel_mse, sqnr or cosine: the frontier's objective")
+    sp.add_argument("--points", type=int, default=12, help="budgets on the Pareto frontier (0: no frontier)")
+    sp.add_argument("--no-images", action="store_true", help="skip the image grid (no generation)")
     return p
 
 
