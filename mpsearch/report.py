@@ -72,7 +72,7 @@ class ReportData:
     formats: list[str] = field(default_factory=list)  # the profile's formats (fp first)
     steps: int | None = None  # profiled steps
     heatmaps: dict = field(default_factory=dict)  # metric -> (layers, formats, steps) array, NaN = ineligible
-    frontier: dict | None = None  # {"metric", "points": [{total_bytes, objective, on_frontier}], "uniform": {...}}
+    frontier: dict | None = None  # {"metric", "uniform": {fmt: {...}}, "curves": {label: [{total_bytes, ...}]}}
     variants: list[Variant] = field(default_factory=list)  # fp, the plans, the uniform baselines
     images: dict = field(default_factory=dict)  # variant name -> (N, H, W, C) in [0, 1]
     image_conditions: list = field(default_factory=list)
@@ -182,31 +182,37 @@ def gather_report(profile=None, plans=(), model=None, *, labels=tuple(range(10))
         if points >= 2:
             from .pareto import pareto
 
-            say(f"solving {points} budgets for the Pareto frontier")
-            r = pareto(prof, n=points, metric=metric, problem=problem)
-            data.frontier = {"metric": metric, "uniform": r["uniform"],
-                             "points": [{"budget_bytes": p.budget_bytes, "total_bytes": p.total_bytes,
-                                         "objective": p.objective, "on_frontier": p.on_frontier}
-                                        for p in r["points"] if p.total_bytes is not None]}
+            say(f"solving {points} budgets for the Pareto frontier, with and without the default role pins")
+            curves, uniform = {}, {}
+            for label, role_pins in (("default role pins", None), ("no pins", {})):
+                r = pareto(prof, n=points, metric=metric, role_pins=role_pins)
+                uniform = r["uniform"]
+                curves[label] = [{"budget_bytes": p.budget_bytes, "total_bytes": p.total_bytes,
+                                  "objective": p.objective, "on_frontier": p.on_frontier}
+                                 for p in r["points"] if p.total_bytes is not None]
+            data.frontier = {"metric": metric, "uniform": uniform, "curves": curves}
 
     # variants: full precision, the plans, the uniform baselines
-    base_info = info if info is not None else None
-    fp_bytes = base_info.fp_bytes if base_info is not None else None
     full = available_formats()[0]  # the registry lists full precision first
-    variants = [Variant("full precision", "fp", layers=[full] * len(data.layer_names), formats={full: len(data.layer_names)},
-                        bytes=fp_bytes, objective=0.0 if problem is not None else None)]
+    n_layers = len(data.layer_names)
+    variants = [Variant("full precision", "fp", layers=[full] * n_layers, formats={full: n_layers},
+                        bytes=info.fp_bytes if info is not None else None,
+                        objective=0.0 if problem is not None else None)]
     plan_objects = {"full precision": None}
     for name, source, plan in loaded:
+        base, k = name, 2
+        while name in plan_objects:  # two plans with one file name (in different folders)
+            name, k = f"{base} ({k})", k + 1
         v = _variant_from_plan(name, "plan", plan, source)
         if problem is not None:
             v.objective = _plan_objective(problem, v.layers)
         variants.append(v)
         plan_objects[name] = plan
-    if base_info is not None:
+    if info is not None:
         fmts = list(uniform_formats) if uniform_formats is not None else \
             [f for f in (prof.formats if prof is not None else available_formats()) if f != full]
         for fmt in fmts:
-            plan = Plan.uniform(pipe if pipe is not None else base_info, fmt)
+            plan = Plan.uniform(pipe if pipe is not None else info, fmt)
             v = _variant_from_plan(f"uniform {fmt}", "uniform", plan)
             if problem is not None:
                 v.objective = _plan_objective(problem, v.layers)
@@ -367,16 +373,15 @@ def _scale(nbytes):
 
 def _frontier_png(data: ReportData) -> bytes:
     fr = data.frontier
-    pts = fr["points"]
+    pts = [p for curve in fr["curves"].values() for p in curve]
     plans = [v for v in data.variants if v.kind == "plan" and v.bytes is not None and v.objective is not None]
     unit, size = _scale([p["total_bytes"] for p in pts] + [u["total_bytes"] for u in fr["uniform"].values()])
-    fig = _figure(7.0, 4.4)
+    fig = _figure(7.4, 4.6)
     ax = fig.add_subplot()
-    ax.plot([p["total_bytes"] / size for p in pts], [p["objective"] for p in pts], "o", color="0.7", ms=4,
-            label="solved budgets")
-    front = sorted((p for p in pts if p["on_frontier"]), key=lambda p: p["total_bytes"])
-    ax.plot([p["total_bytes"] / size for p in front], [p["objective"] for p in front], "-o", color="C0", ms=4,
-            label="Pareto frontier (mpsearch)")
+    for (label, curve), style, color in zip(fr["curves"].items(), ("-o", "--o"), ("C0", "C9")):
+        front = sorted((p for p in curve if p["on_frontier"]), key=lambda p: p["total_bytes"])
+        ax.plot([p["total_bytes"] / size for p in front], [p["objective"] for p in front], style, color=color,
+                ms=4, label=f"mpsearch frontier ({label})")
     colors = _format_colors(fr["uniform"])
     for name, u in fr["uniform"].items():
         ax.plot(u["total_bytes"] / size, u["objective"], marker="s", ms=8, ls="none", color=colors[name],
@@ -559,11 +564,14 @@ def _page(data: ReportData, figures: dict) -> str:
         parts.append(f'<p class="note">{html.escape(note)}</p>')
     if "frontier" in figures:
         fr = data.frontier
+        n = max(len(c) for c in fr["curves"].values())
         parts.append('<h2 id="frontier">Pareto frontier</h2>' + _figure_html(
             figures["frontier"], "Pareto frontier",
-            f"{len(fr['points'])} budgets solved from the smallest feasible size to full precision (with the "
-            "default role pins); squares: every layer in one format; stars: the given plans. The error is the "
-            f"solver's prediction from the profile ({html.escape(fr['metric'])} summed over layers)."))
+            f"Up to {n} budgets solved from the smallest feasible size to full precision, once with the default "
+            "role pins of <code>mpsearch solve</code> (fragile layers kept at higher precision) and once without "
+            "pins, as the uniform plans have none; squares: every layer in one format; stars: the given plans. "
+            f"The error is the solver's prediction from the profile ({html.escape(fr['metric'])} summed over "
+            "layers), not a measurement; the table and the images measure."))
     if "network" in figures:
         parts.append('<h2 id="network">Plan along the network</h2>' + _figure_html(
             figures["network"], "format per layer", "Each column is one candidate layer, in execution order."))
@@ -617,7 +625,7 @@ def render_report(data: ReportData, out) -> dict:
             return name
 
         plans = [v for v in data.variants if v.kind == "plan"]
-        if data.frontier is not None and data.frontier["points"]:
+        if data.frontier is not None and any(data.frontier["curves"].values()):
             figures["frontier"] = write("frontier.png", _frontier_png(data))
         if plans and data.layer_names:
             figures["network"] = write("plan_layers.png", _network_png(data, plans))

@@ -77,7 +77,10 @@ def test_report_page_references_existing_pngs_only(tiny, rendered):
     assert half["scores"]["bytes"] < fp["bytes"] and 0 <= half["scores"]["mse"] and half["scores"]["ssim"] <= 1
     assert half["objective"] == pytest.approx(json.loads(json.dumps(r["data"].variants[1].objective)))
     assert summary["variants"][2]["cache"] == [True, False, True]
-    assert summary["frontier"]["points"] and set(summary["frontier"]["uniform"]) >= {"fp", "int8"}
+    curves = summary["frontier"]["curves"]
+    assert set(summary["frontier"]["uniform"]) >= {"fp", "int8"} and curves["default role pins"]
+    smallest = {k: min(p["total_bytes"] for p in c) for k, c in curves.items()}
+    assert smallest["no pins"] <= smallest["default role pins"]  # pins only take choices away
     for name in ("full precision", "uniform int8", "half", "cached"):  # every variant is named on the page
         assert name in page
 
