@@ -220,6 +220,9 @@ def gather_report(profile=None, plans=(), model=None, *, labels=tuple(range(10))
             plan_objects[v.name] = plan
     data.variants = variants
 
+    if prof is None:
+        data.notes.append("no profile given (--profile, or run `mpsearch profile`): the sensitivity heatmaps and the "
+                          "Pareto frontier are left out")
     if not loaded:
         data.notes.append("no plan given (--plan): the plan-along-the-network and cache sections are left out")
     if pipe is not None:
@@ -411,7 +414,7 @@ def _network_png(data: ReportData, plans: list[Variant]) -> bytes:
     roles = list(dict.fromkeys(data.roles))
     role_colors = _palette(roles, "tab20")
     width = min(max(7.0, 2.5 + 0.14 * n), 28.0)
-    fig = _figure(width, 1.2 + 0.45 * len(rows) + (2.4 if n <= 120 else 0.6))
+    fig = _figure(width, 1.0 + 0.32 * len(rows) + (2.4 if n <= 120 else 0.6))
     ax = fig.add_subplot()
     for r, (label, v) in enumerate(rows):
         if v is None:
@@ -467,7 +470,16 @@ def _rect(x, y, w, h, color):
 
 
 def _grid_png(data: ReportData) -> bytes:
+    from .budget import format_bytes
+
     names = [v.name for v in data.variants if v.name in data.images]
+    labels = {}
+    for v in data.variants:
+        nbytes = v.scores.get("bytes", v.bytes)
+        extra = [format_bytes(nbytes)] if nbytes is not None else []
+        if "ssim" in v.scores:
+            extra.append(f"SSIM {v.scores['ssim']:.4f}")
+        labels[v.name] = v.name + ("\n" + ", ".join(extra) if extra else "")
     cols = len(data.image_conditions)
     fig = _figure(1.6 + 0.95 * cols, 0.3 + 1.0 * len(names))
     axes = fig.subplots(len(names), cols, squeeze=False)
@@ -486,7 +498,7 @@ def _grid_png(data: ReportData) -> bytes:
                 cond = data.image_conditions[c]
                 ax.set_title(str(cond)[:14], fontsize=8)
             if c == 0:
-                ax.set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+                ax.set_ylabel(labels[name], fontsize=8, rotation=0, ha="right", va="center")
     fig.subplots_adjust(wspace=0.05, hspace=0.08)
     return _png(fig)
 
