@@ -271,13 +271,6 @@ def _gather_images(data: ReportData, pipe, plan_objects: dict, conditions: list,
 
 # ---------------------------------------------------------------- rendering
 
-def _palette(names, cmap="tab10") -> dict:
-    from matplotlib import colormaps
-
-    colors = colormaps[cmap]
-    return {n: colors(i % colors.N) for i, n in enumerate(names)}
-
-
 def _format_colors(extra=()) -> dict:
     from matplotlib import colormaps
 
@@ -412,7 +405,10 @@ def _network_png(data: ReportData, plans: list[Variant]) -> bytes:
     fmt_colors = _format_colors([f for v in plans for f in v.layers])
     fmt_names = list(fmt_colors)
     roles = list(dict.fromkeys(data.roles))
-    role_colors = _palette(roles, "tab20")
+    from matplotlib import colormaps
+
+    cool = colormaps["tab20c"]  # blues, greens, purples: never mistaken for the formats' yellow-to-red ramp
+    role_colors = {r: cool([0, 8, 12, 2, 10, 14, 1, 9, 13, 3][i % 10]) for i, r in enumerate(roles)}
     width = min(max(7.0, 2.5 + 0.14 * n), 28.0)
     fig = _figure(width, 1.0 + 0.32 * len(rows) + (2.4 if n <= 120 else 0.6))
     ax = fig.add_subplot()
@@ -433,10 +429,9 @@ def _network_png(data: ReportData, plans: list[Variant]) -> bytes:
         ax.set_xlabel("layer (execution order)")
     used = [f for f in fmt_names if any(f in v.layers for v in plans)]
     handles = [Patch(color=fmt_colors[f], label=f) for f in used]
-    if roles:
-        handles += [Patch(color=role_colors[x], label=x) for x in roles]
-    ax.legend(handles=handles, fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(1.005, 1.0),
-              title="format / role", title_fontsize=8)
+    handles += [Patch(color=role_colors[x], label=f"role: {x}") for x in roles]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0), title="format / role",
+              title_fontsize=8)
     ax.set_title("format per layer, in layer order (top row: the layer's role)", fontsize=10)
     return _png(fig)
 
