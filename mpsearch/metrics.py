@@ -147,7 +147,8 @@ def frechet_distance(feats_a, feats_b) -> float:
         off = np.eye(len(cov_a)) * 1e-6
         covmean = linalg.sqrtm((cov_a + off) @ (cov_b + off))
     covmean = covmean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    d = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    return max(d, 0.0)  # a distance: the matrix square root's rounding can leave a tiny negative for equal sets
 
 
 def class_agreement(labels, predicted) -> float:
