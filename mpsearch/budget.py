@@ -76,9 +76,9 @@ def parse_budget(spec, *, fp_bytes: int | None = None, fixed_bytes: int = 0,
 
 
 def format_bytes(n: int | float) -> str:
-    """Human-readable decimal size, e.g. 612.3 KB."""
+    """``612345 -> '612.3 KB'``: decimal units (1 KB = 1000 B), as budgets are written."""
     n = float(n)
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if abs(n) >= size:
-            return f"{n / size:.4g} {unit}"
-    return f"{int(n)} B"
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"

@@ -28,6 +28,7 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
+from mpsearch.budget import format_bytes  # one formatter for every size message
 from mpsearch.errors import InfeasibleError, MpsearchError, UsageError
 
 __all__ = [
@@ -53,15 +54,6 @@ class SolverError(MpsearchError):
 
 class NoSolutionFoundError(SolverError):
     """A heuristic found no feasible assignment although one may exist; an exact solver can tell for sure."""
-
-
-def format_bytes(n: float) -> str:
-    """``612345 -> '612.3 KB'``: decimal units (1 KB = 1000 B), as budgets are written."""
-    n = float(n)
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"
 
 
 def _extra_tolerance(rhs: float, coef_scale: float) -> float:
