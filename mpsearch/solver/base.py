@@ -61,6 +61,23 @@ def _extra_tolerance(rhs: float, coef_scale: float) -> float:
     return 1e-9 * max(1.0, abs(rhs), coef_scale)
 
 
+def resource_tables(problem) -> tuple[np.ndarray, np.ndarray]:
+    """Per-decision resource use and limits for heuristics: ``(use (R, D, F), caps (R,))``, one row for the
+    byte budget (net of fixed bytes, if any) and one per extra constraint (with half its round-off tolerance)."""
+    dec = problem.decisions
+    tables, caps = [], []
+    if problem.budget_bytes is not None:
+        tables.append(dec.nbytes.astype(np.float64))
+        caps.append(float(problem.budget_bytes - problem.fixed_bytes))
+    for k, con in enumerate(problem.extra):
+        scale = float(np.abs(con.coef).max(axis=1).sum()) if con.coef.size else 0.0
+        tables.append(dec.extra[k])
+        caps.append(con.rhs + _extra_tolerance(con.rhs, scale) / 2)
+    if not tables:
+        return np.zeros((0,) + dec.allowed.shape), np.zeros(0)
+    return np.stack(tables), np.array(caps)
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 

@@ -22,7 +22,7 @@ from mpsearch.solver.base import (
     NoSolutionFoundError,
     Problem,
     SolverError,
-    _extra_tolerance,
+    resource_tables,
     register_solver,
 )
 
@@ -39,16 +39,8 @@ class GreedySolver(BaseSolver):
         allowed = dec.allowed
         rows = np.arange(n_dec)
 
-        usage_tables, caps = [], []
-        if problem.budget_bytes is not None:
-            usage_tables.append(dec.nbytes.astype(np.float64))
-            caps.append(float(problem.budget_bytes - problem.fixed_bytes))
-        for k, con in enumerate(problem.extra):
-            scale = float(np.abs(con.coef).max(axis=1).sum()) if con.coef.size else 0.0
-            usage_tables.append(dec.extra[k])
-            caps.append(con.rhs + _extra_tolerance(con.rhs, scale) / 2)
-        use = np.stack(usage_tables)  # (R, D, F)
-        cap = np.array(caps)[:, None, None]
+        use, caps = resource_tables(problem)  # (R, D, F), (R,)
+        cap = caps[:, None, None]
         cost = np.where(allowed, dec.cost, 0.0)
 
         cur = dec.best()

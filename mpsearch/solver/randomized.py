@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from mpsearch.errors import UsageError
-from mpsearch.solver.base import BaseSolver, NoSolutionFoundError, Problem, _extra_tolerance, register_solver
+from mpsearch.solver.base import BaseSolver, NoSolutionFoundError, Problem, register_solver, resource_tables
 
 
 @register_solver
@@ -33,16 +33,8 @@ class RandomSolver(BaseSolver):
         rng = np.random.default_rng(self.seed)
         dec = problem.decisions
         allowed = dec.allowed
-        tables, caps = [], []
-        if problem.budget_bytes is not None:
-            tables.append(dec.nbytes.astype(np.float64))
-            caps.append(float(problem.budget_bytes - problem.fixed_bytes))
-        for k, con in enumerate(problem.extra):
-            scale = float(np.abs(con.coef).max(axis=1).sum()) if con.coef.size else 0.0
-            tables.append(dec.extra[k])
-            caps.append(con.rhs + _extra_tolerance(con.rhs, scale) / 2)
-        use = np.where(allowed[None], np.stack(tables), 0.0)  # (R, D, F)
-        cap = np.array(caps)
+        tables, cap = resource_tables(problem)
+        use = np.where(allowed[None], tables, 0.0)  # (R, D, F)
         span = (np.where(allowed, use, -np.inf).max(axis=2) - np.where(allowed, use, np.inf).min(axis=2)).sum(axis=1)
         norm = np.where(span > 0, span, 1.0)
         rows = np.arange(dec.count)
