@@ -12,23 +12,19 @@ Array-level only; building a Problem from a profile is the caller's job. Solvers
 * ``"random"``: a random feasible allocation that fills the budget (the baseline of the benchmarks).
 
 Every solver keeps the contract documented on :class:`BaseSolver`.
+
+Layout: ``problem`` (Problem, Constraint, Decisions), ``feasibility`` (min_feasible_bytes, check_assignment,
+resource_tables), ``solution`` (Solution), ``base`` (BaseSolver and the solver errors), ``registry``
+(register_solver, get_solver, available_solvers), then one module per solver (``_ilp`` holds the formulation
+the two ILP backends share).
 """
 
-from mpsearch.solver.base import (
-    BaseSolver,
-    Constraint,
-    Decisions,
-    NoSolutionFoundError,
-    Problem,
-    Solution,
-    SolverError,
-    available_solvers,
-    check_assignment,
-    format_bytes,
-    get_solver,
-    min_feasible_bytes,
-    register_solver,
-)
+from mpsearch.budget import format_bytes
+from mpsearch.solver.base import BaseSolver, NoSolutionFoundError, SolverError
+from mpsearch.solver.feasibility import check_assignment, min_feasible_bytes
+from mpsearch.solver.problem import Constraint, Decisions, Problem
+from mpsearch.solver.registry import available_solvers, get_solver, register_solver
+from mpsearch.solver.solution import Solution
 
 # Importing the solver modules registers them.
 from mpsearch.solver.bruteforce import BruteForceSolver

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpsearch.errors import UsageError
-from mpsearch.solver.base import BaseSolver, Problem, SolverError, _extra_tolerance, min_feasible_bytes
+from mpsearch.solver.base import BaseSolver, SolverError
+from mpsearch.solver.feasibility import _extra_tolerance, min_feasible_bytes
+from mpsearch.solver.problem import Problem
 
 _MAX_TIGHTENINGS = 4
 

@@ -12,7 +12,10 @@ import math
 import numpy as np
 
 from mpsearch.errors import UsageError
-from mpsearch.solver.base import BaseSolver, Problem, SolverError, _extra_tolerance, register_solver
+from mpsearch.solver.base import BaseSolver, SolverError
+from mpsearch.solver.feasibility import _extra_tolerance
+from mpsearch.solver.problem import Problem
+from mpsearch.solver.registry import register_solver
 
 _CHUNK = 1 << 16
 

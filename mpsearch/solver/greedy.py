@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpsearch.solver.base import (
-    BaseSolver,
-    NoSolutionFoundError,
-    Problem,
-    SolverError,
-    resource_tables,
-    register_solver,
-)
+from mpsearch.solver.base import BaseSolver, NoSolutionFoundError, SolverError
+from mpsearch.solver.feasibility import resource_tables
+from mpsearch.solver.problem import Problem
+from mpsearch.solver.registry import register_solver
 
 
 @register_solver

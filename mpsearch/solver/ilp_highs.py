@@ -12,7 +12,8 @@ import numpy as np
 
 from mpsearch.errors import OptionalDependencyError
 from mpsearch.solver._ilp import IlpSolver, LinearModel, RunResult
-from mpsearch.solver.base import SolverError, register_solver
+from mpsearch.solver.base import SolverError
+from mpsearch.solver.registry import register_solver
 
 # HiGHS options that scipy.optimize.milp does not list but passes through verbatim (with a warning):
 # without mip_abs_gap=0, HiGHS stops 1e-6 short of proven optimality in absolute objective terms.

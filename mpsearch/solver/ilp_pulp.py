@@ -13,7 +13,8 @@ import numpy as np
 
 from mpsearch.errors import OptionalDependencyError
 from mpsearch.solver._ilp import IlpSolver, LinearModel, RunResult
-from mpsearch.solver.base import SolverError, register_solver
+from mpsearch.solver.base import SolverError
+from mpsearch.solver.registry import register_solver
 
 
 def _import_pulp():

@@ -39,15 +39,10 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from mpsearch.errors import InfeasibleError, OptionalDependencyError, UsageError
-from mpsearch.solver.base import (
-    BaseSolver,
-    NoSolutionFoundError,
-    Problem,
-    _extra_tolerance,
-    get_solver,
-    min_feasible_bytes,
-    register_solver,
-)
+from mpsearch.solver.base import BaseSolver, NoSolutionFoundError
+from mpsearch.solver.feasibility import _extra_tolerance, min_feasible_bytes
+from mpsearch.solver.problem import Problem
+from mpsearch.solver.registry import get_solver, register_solver
 
 SAMPLERS = ("nsga2", "tpe")
 

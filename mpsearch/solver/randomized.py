@@ -15,7 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 from mpsearch.errors import UsageError
-from mpsearch.solver.base import BaseSolver, NoSolutionFoundError, Problem, register_solver, resource_tables
+from mpsearch.solver.base import BaseSolver, NoSolutionFoundError
+from mpsearch.solver.feasibility import resource_tables
+from mpsearch.solver.problem import Problem
+from mpsearch.solver.registry import register_solver
 
 
 @register_solver
