@@ -37,6 +37,7 @@ import torch
 
 from .errors import ProfileError, UsageError
 from .formats import get_format
+from .formulate import build_problem, layer_costs
 from .generation import generate
 from .metrics import frechet_distance, psnr, sqnr, ssim
 from .models import get_denoiser
@@ -371,8 +372,6 @@ def load_results(path, run: str | None = None) -> E2EResults | None:
 
 
 def _local_problem(profile: Profile, role_pins=None, step_weights=None):
-    from .solve import build_problem
-
     return build_problem(profile, None, metric="rel_mse", step_weights=step_weights, role_pins=role_pins)
 
 
@@ -438,8 +437,6 @@ def spearman(profile: Profile, res: E2EResults) -> dict:
     """Rank agreement (scipy.stats.spearmanr) between the local tier's sensitivity (rel_mse over steps) and
     the end-to-end damage of the measured single-layer units, per metric: {metric: {rho, p, n}}."""
     from scipy.stats import spearmanr
-
-    from .solve import layer_costs
 
     local = layer_costs(profile, "rel_mse")
     index = {n: i for i, n in enumerate(profile.info.names)}
@@ -582,8 +579,6 @@ def e2e_costs(profile: Profile, weights=None, *, res: E2EResults | None = None, 
     combined damage, as a fraction of the largest, exceeds it is ruled out (fp, and the pairs in ``keep``
     ({layer: format}, e.g. role pins), always stay allowed).
     """
-    from .solve import layer_costs
-
     weights = parse_weights(weights)
     if res is None:
         res = load_results(profile.path) if profile.path is not None else None

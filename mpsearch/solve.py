@@ -1,114 +1,20 @@
-"""From a profile and a budget to a plan: builds the solver's Problem, runs a solver, writes the Plan."""
+"""From a profile and a budget to a plan: builds the solver's Problem, runs a solver, writes the Plan.
+
+The Problem is built by :mod:`mpsearch.formulate` (``build_problem``, ``layer_costs`` and ``parse_pins`` are
+importable from here too); the decoupled objective comes from :mod:`mpsearch.endtoend`.
+"""
 
 from __future__ import annotations
 
-import re
-
-import numpy as np
-
 from .budget import format_bytes, parse_budget
+from .endtoend import activation_overrides, e2e_costs
+from .errors import InfeasibleError
+from .formulate import build_problem, layer_costs, parse_pins
 from .models import DEFAULT_ROLE_PINS
-from .errors import InfeasibleError, UsageError
 from .plan import Plan
-from .profile_store import LOCAL_METRICS, Profile
+from .profile_store import Profile
 
-
-def layer_costs(profile: Profile, metric: str = "rel_mse", step_weights=None) -> np.ndarray:
-    """(layers, formats) sensitivity: the metric turned into an error (lower is better), averaged over steps
-    with ``step_weights`` (default uniform), normalized so the largest entry is 1. NaN -> ineligible (inf)."""
-    if metric not in LOCAL_METRICS:
-        raise UsageError(f"unknown metric {metric!r}; expected one of {', '.join(LOCAL_METRICS)}")
-    values = profile.metric(metric)
-    if metric == "sqnr":
-        err = 10.0 ** (-values / 10.0)
-    elif metric == "cosine":
-        err = 1.0 - values
-    else:
-        err = values
-    S = err.shape[-1]
-    if step_weights is None:
-        w = np.full(S, 1.0 / S)
-    else:
-        w = np.asarray(step_weights, dtype=float)
-        if w.shape != (S,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-            raise UsageError(f"step_weights must be {S} non-negative numbers with a positive sum (one per profiled "
-                             f"step); got {w.tolist()}; pass {S} weights")
-        w = w / w.sum()
-    cost = np.einsum("lfs,s->lf", np.nan_to_num(err, nan=0.0), w)
-    cost = np.where(np.isnan(err).any(-1), np.inf, np.maximum(cost, 0.0))
-    cost[:, 0] = 0.0  # fp
-    finite = cost[np.isfinite(cost)]
-    top = finite.max() if finite.size else 0.0
-    return cost / top if top > 0 else cost
-
-
-def parse_pins(pins) -> dict[str, str]:
-    """Pins as {regex: format}; accepts a dict, a list of 'regex=format' strings, or one such string."""
-    if pins is None:
-        return {}
-    if isinstance(pins, str):
-        pins = [pins]
-    if isinstance(pins, dict):
-        items = list(pins.items())
-    else:
-        items = []
-        for p in pins:
-            if "=" not in p:
-                raise UsageError(f"pin {p!r} must look like REGEX=FORMAT; write it as e.g. 'conv_out=fp'")
-            pattern, fmt = p.rsplit("=", 1)
-            items.append((pattern, fmt))
-    out = {}
-    for pattern, fmt in items:
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise UsageError(f"pin pattern {pattern!r} is not a valid regex ({e}); fix the pattern "
-                             "(quote it in the shell)") from None
-        out[pattern] = fmt
-    return out
-
-
-def build_problem(profile: Profile, budget_bytes: int | None, *, metric="rel_mse", step_weights=None,
-                  pins=None, tie: bool = False, role_pins=None, cost=None):
-    """The solver Problem for a profile (costs, exact bytes, pins, tie groups).
-
-    ``role_pins`` ({role: format}; None: ``models.DEFAULT_ROLE_PINS``, {}: none) pin layers by role first;
-    ``pins`` (regexes) then override them. ``cost`` ((layers, formats), e.g. ``endtoend.e2e_costs``) replaces
-    the local metric's costs.
-    """
-    from .models import resolve_role_pins
-    from .solver import Problem
-
-    info = profile.info
-    formats = profile.formats
-    cost = layer_costs(profile, metric, step_weights) if cost is None else np.asarray(cost, dtype=float)
-    nbytes = np.zeros(cost.shape, dtype=np.int64)
-    for li, layer in enumerate(info.layers):
-        for fi, f in enumerate(formats):
-            if f in layer.eligible:
-                nbytes[li, fi] = layer.nbytes(f)
-    names = list(info.names)
-    index_of = {n: i for i, n in enumerate(names)}
-    pinned: dict[int, int] = {index_of[n]: formats.index(f)
-                              for n, f in resolve_role_pins(info, formats, role_pins).items()}
-    for pattern, fmt in parse_pins(pins).items():
-        if fmt not in formats:
-            raise UsageError(f"pin {pattern}={fmt}: format {fmt!r} is not in the profile; use one of "
-                             f"{', '.join(formats)}")
-        hits = [i for i, n in enumerate(names) if re.search(pattern, n)]
-        if not hits:
-            raise UsageError(f"pin pattern {pattern!r} matches no layer; see `mpsearch inspect` for layer names")
-        for i in hits:
-            if not np.isfinite(cost[i, formats.index(fmt)]):
-                raise UsageError(f"pin {pattern}={fmt}: layer {names[i]} cannot take {fmt} "
-                                 f"({info.layers[i].ineligible.get(fmt, 'not eligible')})")
-            pinned[i] = formats.index(fmt)
-    groups = ()
-    if tie:
-        index = {n: i for i, n in enumerate(names)}
-        groups = tuple(tuple(index[n] for n in g) for g in info.tie_groups)
-    return Problem(layer_names=tuple(names), formats=tuple(formats), cost=cost, nbytes=nbytes,
-                   fixed_bytes=info.fixed_bytes, budget_bytes=budget_bytes, groups=groups, pins=pinned)
+__all__ = ["build_problem", "layer_costs", "parse_pins", "solve"]
 
 
 def solve(profile, budget="60%", *, metric: str = "rel_mse", solver: str = "ilp", pins=None, tie: bool = False,
@@ -135,7 +41,6 @@ def solve(profile, budget="60%", *, metric: str = "rel_mse", solver: str = "ilp"
                      quantizable_numel=info.quantizable_numel)
     cost, e2e = None, None
     if weights is not None or max_damage is not None or fp_act_windows:
-        from .endtoend import e2e_costs
         from .models import resolve_role_pins
 
         keep = resolve_role_pins(info, profile.formats, role_pins)  # minimax never rules out a role pin
@@ -150,8 +55,6 @@ def solve(profile, budget="60%", *, metric: str = "rel_mse", solver: str = "ilp"
     assignment = {name: problem.formats[int(c)] for name, c in zip(problem.layer_names, sol.choice)}
     overrides = []
     if fp_act_windows:
-        from .endtoend import activation_overrides
-
         overrides = activation_overrides(profile, assignment, fp_act_windows, weights=weights)
     plan = Plan.from_assignment(
         info, assignment, budget=b.to_dict(), weights=profile.weights, overrides=overrides,
