@@ -168,21 +168,61 @@ def cmd_generate(args) -> int:
     return _emit(args, data, [f"wrote {len(paths)} images to {out} ({seconds:.2f} s, denoiser {nbytes:,} B)"])
 
 
+_PROFILE_DEFAULTS = {"formats": ["int8", "nvfp4", "int4"], "steps": 20, "labels": list(range(10)), "seeds": [0, 1]}
+_PROFILE_CONFIG_FLAGS = ("formats", "steps", "labels", "seeds", "guidance", "prompts", "size")
+
+
+def _profile_config(args, out):
+    """The profile's configuration: from the options; with ``--latency`` and no configuration option on an
+    existing profile file, the file's own (so a latency table is added without repeating its options)."""
+    from .profile_store import stored_config
+    from .profiler import ProfileConfig
+
+    given = [f for f in _PROFILE_CONFIG_FLAGS if getattr(args, f) is not None]
+    if args.latency and not given:
+        stored = stored_config(out)
+        if stored is not None:
+            return ProfileConfig(**stored)
+    value = lambda name: getattr(args, name) if getattr(args, name) is not None else _PROFILE_DEFAULTS[name]  # noqa: E731
+    return ProfileConfig(labels=tuple(value("labels")), seeds=tuple(value("seeds")), steps=value("steps"),
+                         guidance_scale=args.guidance, formats=tuple(value("formats")),
+                         prompts=tuple(read_prompts(args.prompts)) if args.prompts else (), size=args.size)
+
+
+def _latency_lines(summary: dict) -> list[str]:
+    totals = summary["totals"]
+    shares = ", ".join(f"{name} {t['vs_fp']:.2f}x" for name, t in totals.items()
+                       if name != "fp" and t["vs_fp"] is not None)
+    return [f"latency on {summary['device']} (torch {summary['torch']}, {summary['threads']} threads, measured "
+            f"{summary['measured_at']}): fp {summary['fp_seconds'] * 1e3:.3f} ms per denoiser call over "
+            f"{summary['layers']} layers; vs fp on the layers that take them: {shares}"]
+
+
 def cmd_profile(args) -> int:
     from .pipeline import load_pipeline
-    from .profiler import ProfileConfig, default_profile_path, profile
+    from .profiler import default_profile_path, profile
 
-    config = ProfileConfig(labels=tuple(args.labels), seeds=tuple(args.seeds), steps=args.steps,
-                           guidance_scale=args.guidance, formats=tuple(args.formats),
-                           prompts=tuple(read_prompts(args.prompts)) if args.prompts else (), size=args.size)
     out = Path(args.out) if args.out else default_profile_path(args.model)
-    pipe = load_pipeline(args.model)
-    t0 = time.perf_counter()
     if args.end_to_end and args.shard != (0, 1):
         raise UsageError("--end-to-end needs the whole local profile: merge the shards first, then run "
                          "`mpsearch profile --end-to-end --out MERGED` with the same options")
+    if args.latency and args.shard != (0, 1):
+        raise UsageError("--latency measures the whole model on this machine: merge the shards first, then run "
+                         "`mpsearch profile --latency --out MERGED`")
+    config = _profile_config(args, out)
+    pipe = load_pipeline(args.model)
+    t0 = time.perf_counter()
     prof = profile(pipe, config, out=out, shard=args.shard, progress=not args.json, end_to_end=args.end_to_end,
                    shortlist=args.shortlist, windows=args.windows)
+    if args.latency:
+        from .latency import measure_latency
+        from .profile_store import write_latency
+
+        table = measure_latency(pipe, prof.info, formats=prof.formats, steps=config.steps,
+                                conditions=list(config.conditions), seed=config.seeds[0],
+                                guidance_scale=config.guidance_scale, size=config.size,
+                                min_time=args.latency_min_time, progress=not args.json)
+        write_latency(out, table)
     seconds = time.perf_counter() - t0
     data = {"profile": str(out), "model": args.model, "class": prof.info.denoiser_class, "layers": len(prof.info.layers),
             "formats": list(prof.formats), "steps": prof.steps, "units_done": len(prof.units),
@@ -196,6 +236,11 @@ def cmd_profile(args) -> int:
                   f"step windows) = {e['cost_ratio']:.1%} of the exhaustive {e['exhaustive_units']}",
                   "spearman (local vs end to end): " + ", ".join(
                       f"{m} {v['rho']:+.2f}" if v["rho"] is not None else f"{m} n/a" for m, v in e["spearman"].items())]
+    table = prof.latency()
+    data["latency"] = table.summary() if table is not None else None
+    if table is not None:
+        lines += _latency_lines(data["latency"]) + ([] if args.latency else [
+            "(the latency table was measured earlier; --latency measures it again on this machine)"])
     return _emit(args, data, lines)
 
 
@@ -204,10 +249,14 @@ def cmd_profile_merge(args) -> int:
 
     prof = merge_profiles(args.shards, args.out)
     total = len(prof.config.get("seeds", ()))
+    table = prof.latency()
     data = {"profile": str(args.out), "inputs": list(args.shards), "units_done": len(prof.units),
-            "units_total": total, "digest": prof.digest}
-    return _emit(args, data, [f"profile {args.out}: merged {len(args.shards)} files, {len(prof.units)}/{total} "
-                              f"units, digest {prof.digest}"])
+            "units_total": total, "digest": prof.digest, "latency": table.summary() if table is not None else None}
+    lines = [f"profile {args.out}: merged {len(args.shards)} files, {len(prof.units)}/{total} units, digest {prof.digest}"]
+    if table is not None:
+        lines += [f"latency table carried over: measured on {table.device} at {table.meta.get('measured_at')} (the "
+                  "latest of the inputs')"]
+    return _emit(args, data, lines)
 
 
 def _budget_slug(spec: str) -> str:
@@ -222,6 +271,8 @@ def cmd_solve(args) -> int:
 
     if args.budget is None and args.pareto is None:
         raise UsageError("solve needs --budget (e.g. 60%, 600KB, or a sweep 400KB:900KB:50KB) or --pareto N")
+    if args.compute_cost is not None and not args.compute:
+        raise UsageError(f"--compute-cost {args.compute_cost} prices a compute budget: give one too, e.g. --compute 50%")
     if args.pareto is not None or ":" in args.budget or args.search != "ilp" or args.compute:
         return _solve_search_modes(args)
     parse_budget(args.budget, fp_bytes=1, quantizable_numel=1)  # a malformed budget fails before any work
@@ -264,17 +315,29 @@ def _solve_search_modes(args) -> int:
     prof = Profile.load(prof_path)
     role_pins = {} if args.no_default_pins else None
     base = build_problem(prof, None, metric=args.metric, pins=args.pin, tie=args.tie, role_pins=role_pins)
-    problem, decode, pipe, compute_info = base, None, None, None
+    problem, decode, pipe, compute_info, cm, latency = base, None, None, None, None, None
     if args.compute:
-        from .compute import compute_problem, record_layer_calls
+        from .compute import compute_problem, parse_compute, record_layer_calls
         from .pipeline import load_pipeline
 
+        if args.compute_cost == "latency":
+            latency = prof.latency()
+            if latency is None:
+                raise UsageError(f"profile {prof_path} has no latency table for --compute-cost latency; measure one on "
+                                 f"this machine with `mpsearch profile --latency --out {prof_path}` (it keeps the "
+                                 "profile's measurements)")
+        parse_compute(args.compute, 1.0, "s" if latency is not None else "bops")  # malformed: fail before any work
         pipe = load_pipeline(args.model)
         calls = record_layer_calls(pipe, prof.info, steps=prof.steps, windows=args.act_windows,
                                    formats=prof.formats[1:])
-        cm = compute_problem(prof, base, calls, args.compute, metric=args.metric)
+        cm = compute_problem(prof, base, calls, args.compute, metric=args.metric,
+                             cost=latency if latency is not None else "bops")
         problem, decode = cm.problem, cm.decode
-        compute_info = {"limit_bops": cm.limit_bops, "full_bops": cm.full_bops, "windows": cm.windows}
+        compute_info = {"cost": cm.kind, "unit": cm.unit, "limit": cm.limit, "full": cm.full, "windows": cm.windows}
+        if cm.kind == "bops":
+            compute_info.update(limit_bops=cm.limit, full_bops=cm.full)
+        else:
+            compute_info.update({k: cm.info.get(k) for k in ("device", "torch", "threads", "measured_at")})
     slug = _budget_slug(args.budget or f"pareto{args.pareto}") + (f"-c{_budget_slug(args.compute)}" if args.compute else "")
     if sweeping:
         from .pareto import pareto
@@ -315,13 +378,19 @@ def _solve_search_modes(args) -> int:
         assignment, overrides = decode(sol.choice)
         plan = Plan.from_assignment(
             prof.info, assignment, budget=b.to_dict(), weights=prof.weights, overrides=overrides,
-            predictions={"objective": float(sol.objective), "metric": args.metric,
-                         "compute_bops": float(problem.extra[-1].value(sol.choice) * compute_info["full_bops"]),
-                         "compute_limit_bops": compute_info["limit_bops"]},
+            predictions={"objective": float(sol.objective), "metric": args.metric},
             provenance={"solver": sol.solver, "status": sol.status, "seconds": round(float(sol.seconds), 4),
                         "metric": args.metric, "tie": bool(args.tie), "pins": parse_pins(args.pin),
-                        "compute": args.compute, "profile_digest": prof.digest})
+                        "profile_digest": prof.digest})
         report = None
+    if cm is not None:  # which compute cost priced the plan, and what it predicts
+        choice = cm.encode(plan.layers, plan.overrides)
+        plan.predictions.update(cm.predictions(choice))
+        plan.provenance.update(compute=args.compute, compute_cost=cm.kind)
+        if latency is not None:
+            plan.provenance["latency"] = {"device": latency.device, **{k: latency.meta.get(k) for k in
+                                                                       ("torch", "threads", "measured_at")}}
+        compute_info["predicted"] = cm.value(choice)
     out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{slug}.yaml"
     plan.save(out)
     counts = plan.format_counts()
@@ -332,6 +401,12 @@ def _solve_search_modes(args) -> int:
     lines = [f"plan {out}: {format_bytes(plan.predicted_bytes)} ({plan.predicted_bytes:,} B); "
              + ", ".join(f"{k}: {v}" for k, v in counts.items())
              + (f"; {len(plan.overrides)} fp-activation windows" if plan.overrides else "")]
+    if cm is not None:
+        p = compute_info["predicted"]
+        shown = (lambda v: f"{v * 1e3:.4g} ms") if cm.kind == "latency" else (lambda v: f"{v:.4g} bit operations")
+        priced = f"measured latency on {cm.info.get('device')}" if cm.kind == "latency" else "bit operations"
+        lines.append(f"compute ({priced}): predicted {shown(p)} per denoiser call = {p / cm.full:.1%} of full "
+                     f"precision's {shown(cm.full)}; limit {shown(cm.limit)} ({args.compute})")
     if report and report.get("chosen"):
         lines.append(f"optuna: {report['trials']} trials in study {report['study_name']}; chosen trial "
                      f"{report['chosen']['trial']} ({report['chosen']['source']}) scores "
@@ -491,10 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("profile", cmd_profile, "measure per-layer, per-format, per-step sensitivity (local tier)")
     sp.add_argument("--model", default="default", help=model_help)
     sp.add_argument("--out", help="profile file (default profiles/<model>.sqlite); an existing one is resumed")
-    sp.add_argument("--formats", type=_str_list, default=["int8", "nvfp4", "int4"])
-    sp.add_argument("--steps", type=int, default=20)
-    sp.add_argument("--labels", type=_int_list, default=list(range(10)))
-    sp.add_argument("--seeds", type=_int_list, default=[0, 1])
+    sp.add_argument("--formats", type=_str_list, default=None, help="default int8,nvfp4,int4")
+    sp.add_argument("--steps", type=int, default=None, help="default 20")
+    sp.add_argument("--labels", type=_int_list, default=None, help="default 0,...,9")
+    sp.add_argument("--seeds", type=_int_list, default=None, help="default 0,1")
     sp.add_argument("--guidance", type=float, default=None)
     sp.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (replaces --labels)")
     sp.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the pipeline's)")
@@ -503,6 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="then measure a shortlist of layers and step windows end to end (content/quality metrics)")
     sp.add_argument("--shortlist", type=int, default=8, metavar="N", help="with --end-to-end: layers measured alone")
     sp.add_argument("--windows", type=int, default=4, metavar="K", help="with --end-to-end: step windows measured")
+    sp.add_argument("--latency", action="store_true",
+                    help="then time every layer in every format on this machine (a latency table for solve "
+                    "--compute-cost latency), stored in the profile, replacing any there; on an existing profile "
+                    "file without configuration options, the file's configuration is used")
+    sp.add_argument("--latency-min-time", type=float, default=0.05, metavar="S",
+                    help="with --latency: least run time of each timing, seconds (default 0.05)")
     merge = sp.add_subparsers(dest="profile_command", parser_class=_Parser, metavar="merge")
     help_ = "merge shard files (--shard i/n) of one profile into one file, atomically"
     mp = merge.add_parser("merge", help=help_, description=help_)
@@ -541,9 +622,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="plan path (default plans/<profile>-<budget>.yaml); a folder for a sweep")
     sp.add_argument("--pareto", type=int, metavar="N", help="sweep N budgets from the smallest feasible to full "
                     "precision; writes frontier.csv/.json/.png and one plan per point into --out")
-    sp.add_argument("--compute", metavar="C", help="bit-operation budget beside memory: 50%% of full precision, or "
-                    "BOPs per step; activation precision per step window becomes a choice (--act-windows)")
+    sp.add_argument("--compute", metavar="C", help="compute budget beside memory: 50%% of full precision, or bit "
+                    "operations (or, with --compute-cost latency, seconds: 12ms) per denoiser call; activation "
+                    "precision per step window becomes a choice (--act-windows)")
     sp.add_argument("--act-windows", type=int, default=2, metavar="W", help="with --compute: step windows (default 2)")
+    sp.add_argument("--compute-cost", choices=("bops", "latency"), default=None,
+                    help="with --compute: price compute in bit operations (bops, the default) or in the seconds of "
+                    "the profile's latency table (`mpsearch profile --latency`); --compute then also takes 12ms")
     sp.add_argument("--search", default="ilp", choices=("ilp", "optuna"),
                     help="optuna: refine the ILP's plans with real generations (--trials)")
     sp.add_argument("--trials", type=int, default=30, help="with --search optuna: finished trials to reach")

@@ -8,9 +8,17 @@ Tables:
                                          unit's batch: ||y_q - y||^2, ||y||^2, ||y_q||^2, <y, y_q>
   block_change(unit, block, step, diff2, ref2)
                                          ||o_t - o_{t-1}||^2 and ||o_t||^2 of each cacheable block's output
+  latency(layer, format, act, seconds)   optional (``mpsearch profile --latency``): seconds per denoiser call of
+                                         each layer in each format, measured on one machine; ``act`` says what
+                                         the activations were: 'quant' (quantized, as a W8A8/W4A4 format runs)
+                                         or 'fp' (full precision: fp, weight-only formats, and the weight-only
+                                         variant of W8A8/W4A4). Its device, torch version, threads and time are
+                                         the meta key 'latency'. Written in one transaction, replaced whole.
 
 Metrics (relative MSE, SQNR, cosine) are computed from the statistics summed over units, so a resumed or
-sharded-and-merged profile gives exactly the numbers of a single run.
+sharded-and-merged profile gives exactly the numbers of a single run. The profile's digest covers the
+sensitivity measurements and meta, not the latency table (a property of the machine that measured it, which
+can be added or replaced later without changing what the profile says about the model).
 """
 
 from __future__ import annotations
@@ -38,6 +46,11 @@ CREATE TABLE IF NOT EXISTS local (unit INTEGER, layer INTEGER, format INTEGER, s
 CREATE TABLE IF NOT EXISTS block_change (unit INTEGER, block INTEGER, step INTEGER, diff2 REAL, ref2 REAL,
     PRIMARY KEY (unit, block, step));
 """
+_LATENCY_TABLE = """
+CREATE TABLE IF NOT EXISTS latency (layer INTEGER, format TEXT, act TEXT, seconds REAL,
+    PRIMARY KEY (layer, format, act));
+"""
+_LATENCY_KEY = "latency"  # meta key: device, torch, threads, measured_at, formats, and how it was measured
 LOCAL_METRICS = ("rel_mse", "sqnr", "cosine")
 
 
@@ -157,6 +170,19 @@ def remove_profile_file(path) -> None:
             pass
 
 
+def stored_config(path) -> dict | None:
+    """The configuration recorded in an existing profile file (even one with no finished unit), or None if
+    there is no such file or it is not a readable profile (the writer then says what is wrong)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        with contextlib.closing(_connect(path, readonly=True)) as conn:
+            return _read_meta(conn, path)[2]
+    except (sqlite3.DatabaseError, ProfileError):
+        return None
+
+
 def _check_compatible(path, meta: dict, expected: dict) -> None:
     if meta.get("schema") != SCHEMA:
         raise ProfileError(f"{path} has profile schema {meta.get('schema')!r}, expected {SCHEMA}; profile again")
@@ -206,6 +232,17 @@ class Profile:
             if name == "cosine":
                 return dot / np.maximum(np.sqrt(ref2 * out2), 1e-30)
         raise ProfileError(f"unknown local metric {name!r}; expected one of {', '.join(LOCAL_METRICS)}")
+
+    def latency(self):
+        """The latency table stored in the profile file (``mpsearch profile --latency``), or None if it has
+        none (profiles written before latency tables existed, or never measured)."""
+        if self.path is None or not Path(self.path).is_file():
+            return None
+        try:
+            with contextlib.closing(_connect(self.path, readonly=True)) as conn:
+                return _read_latency(conn, self.path, self.info)
+        except sqlite3.DatabaseError as e:
+            raise ProfileError(f"{self.path} is not a readable mpsearch profile ({e}); profile again") from None
 
     def block_change(self) -> np.ndarray:
         """(blocks, steps) relative change ||o_t - o_{t-1}||^2 / ||o_t||^2 of each cacheable block; NaN at step 0."""
@@ -297,9 +334,100 @@ def _read(conn, path) -> Profile:
         block_stats[block[fresh], step[fresh]] = 0.0
         block_stats[block, step] += rows[keep, 2:]
         block_seen[block, step] = True
-    digest = "sha256:" + hashlib.sha256(stats.tobytes() + json.dumps(meta, sort_keys=True).encode()).hexdigest()[:24]
+    sensitivity_meta = {k: v for k, v in meta.items() if k != _LATENCY_KEY}  # a latency table leaves it alone
+    digest = "sha256:" + hashlib.sha256(stats.tobytes() + json.dumps(sensitivity_meta, sort_keys=True).encode()
+                                        ).hexdigest()[:24]
     return Profile(path, info, config, meta.get("versions", {}), formats, steps, units, stats, block_stats, digest,
                    meta.get("weights"))
+
+
+def _latency_rows(table, info: ModelInfo, path) -> list[tuple]:
+    """The rows of ``table`` for the ``latency`` table, checked against the profile's layers."""
+    from .errors import FormatError
+    from .formats import get_format
+
+    if tuple(table.names) != tuple(info.names):
+        raise ProfileError(f"the latency table was measured on another model than {path} was profiled on (other "
+                           "layers); measure it on the profiled model with `mpsearch profile --latency`")
+    rows = []
+    for fi, f in enumerate(table.formats):
+        try:
+            quantizes = get_format(f).quantizes_activations
+        except FormatError as e:
+            raise ProfileError(f"the latency table has a format this mpsearch does not know ({e})") from None
+        for li, layer in enumerate(info.layers):
+            sec, wo = table.seconds[li, fi], table.seconds_weight_only[li, fi]
+            if f in layer.eligible and not np.isfinite(sec):
+                raise ProfileError(f"the latency table lacks layer {layer.name} in {f}; measure it again")
+            if np.isfinite(wo) and not quantizes:
+                raise ProfileError(f"the latency table has a weight-only time for {f}, which keeps activations in "
+                                   "full precision anyway; measure it again")
+            if np.isfinite(sec):
+                rows.append((li, f, "quant" if quantizes else "fp", float(sec)))
+            if np.isfinite(wo):
+                rows.append((li, f, "fp", float(wo)))
+    return rows
+
+
+def _write_latency(conn, table, info: ModelInfo, path) -> None:
+    """Replace the file's latency table with ``table``, in one transaction (all of it, or nothing)."""
+    rows = _latency_rows(table, info, path)
+    meta = {**table.meta, "device": table.device, "formats": list(table.formats)}
+    conn.executescript(_LATENCY_TABLE)
+    with conn:
+        conn.execute("DELETE FROM latency")
+        conn.executemany("INSERT INTO latency VALUES (?, ?, ?, ?)", rows)
+        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_LATENCY_KEY, json.dumps(meta, sort_keys=True)))
+
+
+def write_latency(path, table) -> None:
+    """Store ``table`` (a ``latency.LatencyTable`` of the profiled model) in the profile file ``path``, replacing
+    any table there, atomically. The profile's digest does not change."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProfileError(f"profile {path} does not exist; run `mpsearch profile` first")
+    try:
+        with contextlib.closing(_connect(path)) as conn:
+            info = _read_meta(conn, path)[1]
+            _write_latency(conn, table, info, path)
+    except sqlite3.DatabaseError as e:
+        raise ProfileError(f"cannot store the latency table in {path} ({e}); check the file") from None
+
+
+def _read_latency(conn, path, info: ModelInfo):
+    """The latency table in an open profile file, or None if it has none."""
+    from .errors import FormatError
+    from .formats import get_format
+    from .latency import LatencyTable
+
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    meta_row = conn.execute("SELECT value FROM meta WHERE key = ?", (_LATENCY_KEY,)).fetchone()
+    rows = conn.execute("SELECT layer, format, act, seconds FROM latency").fetchall() if "latency" in tables else []
+    if not rows and meta_row is None:
+        return None
+    fix = "measure it again with `mpsearch profile --latency`"
+    if not rows or meta_row is None:
+        raise ProfileError(f"{path} has latency {'times without their meta' if rows else 'meta without times'}; it "
+                           f"is corrupt: {fix}")
+    try:
+        meta = json.loads(meta_row[0])
+        formats, device = tuple(meta["formats"]), meta["device"]
+        L, F = len(info.layers), len(formats)
+        seconds, weight_only = np.full((L, F), np.nan), np.full((L, F), np.nan)
+        for layer, fmt, act, sec in rows:
+            if not (isinstance(layer, int) and 0 <= layer < L and fmt in formats and act in ("quant", "fp")
+                    and isinstance(sec, (int, float)) and np.isfinite(sec) and sec >= 0):
+                raise ValueError(f"row {(layer, fmt, act, sec)!r}")
+            quantizes = get_format(fmt).quantizes_activations
+            if act == "quant" and not quantizes:
+                raise ValueError(f"{fmt} does not quantize activations, yet a row says it did")
+            target = weight_only if (act == "fp" and quantizes) else seconds
+            target[layer, formats.index(fmt)] = float(sec)
+        table = LatencyTable(info.names, formats, seconds, weight_only, device,
+                             {k: v for k, v in meta.items() if k not in ("formats", "device")})
+    except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError, FormatError, UsageError) as e:
+        raise ProfileError(f"{path} has a corrupt latency table ({type(e).__name__}: {e}); {fix}") from None
+    return table
 
 
 def merge_profiles(inputs, out) -> Profile:
@@ -309,12 +437,17 @@ def merge_profiles(inputs, out) -> Profile:
     otherwise nothing is written and the error names what differs. Every finished unit of every shard is
     copied (a unit found in two shards must hold identical measurements), so the merged file equals, in
     content, the file one process would have written (only the per-unit wall times in ``units`` differ).
+
+    A latency table (``mpsearch profile --latency``) belongs to the machine that measured it, not to a shard's
+    units, so it is carried whole, never mixed: the most recently measured one among the inputs that have one
+    (``Profile.latency()`` of the result says its device and time).
     """
     paths = [Path(p) for p in inputs]
     out = Path(out)
     if not paths:
         raise UsageError("merge needs at least one profile file; pass the shard files to merge")
     first: tuple[Path, dict] | None = None
+    latest = None  # the most recently measured latency table of the inputs
     for p in paths:  # every input is checked before anything is written
         if not p.is_file():
             raise ProfileError(f"profile {p} does not exist; check the shard paths")
@@ -322,9 +455,13 @@ def merge_profiles(inputs, out) -> Profile:
             raise UsageError(f"--out {out} is also an input; write the merge to a new file")
         try:
             with contextlib.closing(_connect(p, readonly=True)) as conn:
-                meta = _read_meta(conn, p)[0]
+                meta, info = _read_meta(conn, p)[:2]
+                table = _read_latency(conn, p, info)
         except sqlite3.DatabaseError as e:
             raise ProfileError(f"{p} is not a readable mpsearch profile ({e}); profile that shard again") from None
+        if table is not None and (latest is None or str(table.meta.get("measured_at", "")) >
+                                  str(latest.meta.get("measured_at", ""))):
+            latest = table
         if first is None:
             first = (p, meta)
             continue
@@ -356,6 +493,10 @@ def merge_profiles(inputs, out) -> Profile:
                     _merge_one(conn, p, copy_meta=(n == 0))
                 finally:
                     conn.execute("DETACH DATABASE src")
+            with conn:  # the first input's meta came with its latency key: the chosen table replaces it
+                conn.execute("DELETE FROM meta WHERE key = ?", (_LATENCY_KEY,))
+            if latest is not None:
+                _write_latency(conn, latest, info_from_dict(first[1]["model"]), out)
         merged = Profile.load(tmp)
         os.replace(tmp, out)
     except BaseException as e:
