@@ -1,0 +1,98 @@
+"""Writing a report folder: :func:`render_report` draws the figures, the page and ``report.json`` into a
+temporary folder beside ``out`` and renames it into place at the end.
+
+An error never leaves a half-written report behind; an older report in ``out`` is replaced, but a folder that
+holds anything other than a report's files (:data:`_REPORT_SUFFIXES`) is refused, never replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from ..errors import MpsearchError, UsageError
+from .data import ReportData
+from .figures import _cache_png, _frontier_png, _grid_png, _heatmap_png, _network_png
+from .page import _page
+
+__all__ = ["render_report"]
+
+#: files a report folder holds; a non-empty --out folder with anything else is refused, never replaced
+_REPORT_SUFFIXES = (".png", ".html", ".json")
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder for the report")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.is_dir() or p.suffix not in _REPORT_SUFFIXES)
+        if foreign:
+            raise UsageError(f"--out {out} holds files that are not part of a report ({', '.join(foreign[:3])}); "
+                             "give a new or empty folder")
+
+
+def render_report(data: ReportData, out) -> dict:
+    """Draw ``data`` and write ``out/index.html``, the PNGs and ``report.json``; returns the paths written.
+
+    Everything is written into a temporary folder beside ``out`` first and renamed into place at the end."""
+    from ..io import atomic_write_bytes
+
+    out = Path(out)
+    _check_out(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as e:
+        raise MpsearchError(f"cannot write the report to {out}: {e.strerror or e}; choose a writable --out") from None
+    try:
+        figures: dict = {}
+        names: list[str] = []
+
+        def write(name: str, payload: bytes) -> str:
+            os.chmod(atomic_write_bytes(tmp / name, payload), 0o644)
+            names.append(name)
+            return name
+
+        plans = [v for v in data.variants if v.kind == "plan"]
+        if data.frontier is not None and any(data.frontier["curves"].values()):
+            figures["frontier"] = write("frontier.png", _frontier_png(data))
+        if plans and data.layer_names:
+            figures["network"] = write("plan_layers.png", _network_png(data, plans))
+        cached = [v for v in plans if v.cache is not None]
+        if cached:
+            figures["cache"] = write("cache_timeline.png", _cache_png(data, cached))
+        if data.images:
+            figures["images"] = write("images.png", _grid_png(data))
+        if data.heatmaps:
+            figures["heatmaps"] = {m: write(f"sensitivity_{m}.png", _heatmap_png(data, m)) for m in data.heatmaps}
+        write("report.json", json.dumps(data.summary(), indent=1, default=str).encode())
+        write("index.html", _page(data, figures).encode("utf-8"))
+        os.chmod(tmp, 0o755)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"folder": str(out), "index": str(out / "index.html"), "files": [str(out / n) for n in names]}
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``out``, replacing an older report there."""
+    _check_out(out)
+    try:
+        if not out.exists():
+            os.replace(tmp, out)
+            return
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise MpsearchError(f"cannot write the report to {out}: {e.strerror or e}; choose a writable --out") from None
