@@ -17,7 +17,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +26,13 @@ from benchdoc import write_section  # noqa: E402
 
 import mpsearch  # noqa: E402
 from mpsearch import endtoend as e2e  # noqa: E402
+from mpsearch.baselines import mixdq_plans  # noqa: E402
 from mpsearch.generation import generate  # noqa: E402
-from mpsearch.plan import Plan  # noqa: E402
 from mpsearch.profile_store import Profile  # noqa: E402
+from mpsearch.models import DEFAULT_ROLE_PINS  # noqa: E402
 from mpsearch.solve import build_problem  # noqa: E402
-from mpsearch.solver import get_solver, min_feasible_bytes  # noqa: E402
+from mpsearch.solver import min_feasible_bytes  # noqa: E402
 
-CONTENT_ROLES = {"self_attn", "cross_attn", "time_embed", "modulation"}  # MixDQ-style grouping by name/role
 HELD_OUT = (1000,)
 METRICS = ("ssim", "condition", "class_agreement", "psnr", "frechet")
 
@@ -50,31 +49,6 @@ def images(pipe, labels, seeds, steps, plan=None):
 def scores(pipe, ref, labels, seeds, steps, plan, scorer, feats):
     out = images(pipe, labels, seeds, steps, plan)
     return e2e.score_images(ref, out, [l for _ in seeds for l in labels], scorer, feats)
-
-
-def mixdq_plans(prof, budget_bytes, splits):
-    """Two separate ILPs (content group, quality group) on local costs, one per budget split."""
-    base = build_problem(prof, None)
-    content = [i for i, l in enumerate(prof.info.layers) if l.role.value in CONTENT_ROLES]
-    quality = [i for i in range(len(prof.info.layers)) if i not in content]
-    free = budget_bytes - base.fixed_bytes
-    plans = {}
-    for a in splits:
-        choice = np.zeros(len(prof.info.layers), dtype=int)
-        ok = True
-        for idx, share in ((content, a), (quality, 1 - a)):
-            pos = {li: k for k, li in enumerate(idx)}
-            sub = replace(base, layer_names=tuple(base.layer_names[i] for i in idx), cost=base.cost[idx],
-                          nbytes=base.nbytes[idx], fixed_bytes=0, budget_bytes=int(free * share), groups=(),
-                          pins={pos[i]: f for i, f in base.pins.items() if i in pos})
-            if min_feasible_bytes(sub) > sub.budget_bytes:
-                ok = False
-                break
-            choice[idx] = get_solver("ilp").solve(sub).choice
-        if ok:
-            plans[a] = Plan.from_assignment(prof.info, {n: base.formats[c] for n, c in zip(base.layer_names, choice)},
-                                            weights=prof.weights, provenance={"solver": f"mixdq-split-{a}"})
-    return plans
 
 
 def combined(rows: dict) -> dict:
@@ -128,7 +102,7 @@ def run_model(model, args, tmp):
     scorer, feats = e2e.default_scorers(pipe, labels)
     fp_prof = images(pipe, labels, (0,), args.steps)
     fp = e2e.score_images(fp_prof, fp_prof, list(labels), scorer, feats)
-    mix = mixdq_plans(local, budget, args.splits)
+    mix = mixdq_plans(local, budget, args.splits, role_pins=DEFAULT_ROLE_PINS)  # like the solve() plans here
     picked = {a: scores(pipe, fp_prof, labels, (0,), args.steps, p, scorer, feats) for a, p in mix.items()}
     best = min(combined(picked).items(), key=lambda kv: kv[1])[0] if picked else None
     if best is not None:

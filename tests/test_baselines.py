@@ -1,0 +1,173 @@
+"""The anchors' allocation methods (mpsearch.baselines): checked against quantities computed another way."""
+
+import numpy as np
+import pytest
+import torch
+
+from mpsearch.baselines import (CONTENT_ROLES, autoquantize_problem, choose_split, hawq_problem, hawq_traces,
+                                mixdq_plans, nominal_bytes, output_jacobian_traces, record_denoiser_calls)
+from mpsearch.errors import UsageError
+from mpsearch.formats import get_format
+from mpsearch.profiler import profile
+from mpsearch.solver import get_solver
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self, out=1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Linear(3, 4)
+        self.b = torch.nn.Linear(4, out)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def _exact_traces(model, x):
+    """||J_p||_F^2 for every weight, from the full Jacobian of the output."""
+    out = {}
+    for name in ("a", "b"):
+        w = getattr(model, name).weight
+
+        def f(wv, name=name):
+            saved = getattr(model, name).weight
+            del getattr(model, name)._parameters["weight"]
+            getattr(model, name).weight = wv
+            try:
+                return model(x)
+            finally:
+                getattr(model, name)._parameters["weight"] = saved
+
+        J = torch.autograd.functional.jacobian(f, w.detach().clone())
+        out[name] = float(J.double().square().sum())
+    return out
+
+
+def test_trace_exact_for_scalar_output():
+    # one output element: u = +-1, so ||J^T u||^2 = ||J||^2 for every sample (no estimation error)
+    model, x = Tiny(out=1), torch.randn(1, 3, generator=torch.Generator().manual_seed(1))
+    est = output_jacobian_traces(model, [((x,), {})], {"a": model.a.weight, "b": model.b.weight}, samples=3)
+    exact = _exact_traces(model, x)
+    for k in exact:
+        assert est[k] == pytest.approx(exact[k], rel=1e-9)
+
+
+def test_trace_unbiased_for_vector_output():
+    model, x = Tiny(out=6), torch.randn(5, 3, generator=torch.Generator().manual_seed(2))
+    est = output_jacobian_traces(model, [((x,), {})], {"a": model.a.weight, "b": model.b.weight}, samples=400)
+    exact = _exact_traces(model, x)
+    for k in exact:
+        assert est[k] == pytest.approx(exact[k], rel=0.1)
+    # the last layer's block is known in closed form: J_b = I (x) h, so Tr = out_dim * ||h||^2
+    with torch.no_grad():
+        h = torch.tanh(model.a(x))
+    assert exact["b"] == pytest.approx(6 * float(h.double().square().sum()), rel=1e-9)
+
+
+def test_trace_leaves_model_untouched():
+    model, x = Tiny(out=2), torch.randn(2, 3)
+    model.a.weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    output_jacobian_traces(model, [((x,), {})], {"a": model.a.weight, "b": model.b.weight}, samples=2)
+    assert model.a.weight.requires_grad is False and model.b.weight.requires_grad is True
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(UsageError, match="no recorded calls"):
+        output_jacobian_traces(model, [], {"a": model.a.weight})
+
+
+@pytest.fixture
+def small_profile(dit_pipe, tmp_path):
+    return profile(dit_pipe, out=tmp_path / "p.sqlite", labels=(0, 1), seeds=(0,), steps=3, progress=False)
+
+
+def test_record_calls_every(dit_pipe):
+    assert len(record_denoiser_calls(dit_pipe, (0, 1), 0, 6, every=2)) == 3
+    assert len(record_denoiser_calls(dit_pipe, (0,), 0, 4)) == 4
+
+
+def test_nominal_bytes_leave_scales_out(small_profile):
+    info, formats = small_profile.info, small_profile.formats
+    nom = nominal_bytes(info, formats)
+    for li, layer in enumerate(info.layers):
+        for fi, f in enumerate(formats):
+            if f not in layer.eligible:
+                continue
+            expected = {"fp": layer.nbytes("fp"), "int8": layer.numel, "nvfp4": layer.numel // 2,
+                        "int4": layer.numel // 2}[f]
+            assert nom[li, fi] == expected
+            assert nom[li, fi] <= layer.nbytes(f)  # the real size includes the scales
+            if f != "fp":
+                assert nom[li, fi] < layer.nbytes(f)
+
+
+def test_autoquantize_problem_scores_absolute_error(small_profile):
+    info = small_profile.info
+    p = autoquantize_problem(small_profile, info.fp_bytes // 2)
+    err2 = np.nansum(small_profile.stats[..., 0], axis=-1)
+    q = [i for i, f in enumerate(p.formats) if f != "fp"]
+    finite = np.isfinite(p.cost[:, q])
+    ratio = p.cost[:, q][finite] / err2[:, q][finite]
+    assert np.allclose(ratio, ratio[0])  # one common scale: the raw summed error, not per-layer normalized
+    assert np.array_equal(p.nbytes, nominal_bytes(info, small_profile.formats))
+    assert not p.pins  # like every compared method: no role pins
+    sol = get_solver("ilp").solve(p)
+    assert sol.status == "optimal" and sol.total_bytes <= p.budget_bytes
+
+
+def test_hawq_problem_is_trace_times_weight_error(dit_pipe, small_profile):
+    traces = hawq_traces(dit_pipe, small_profile.info, labels=(0, 1), steps=3, every=1, samples=1)
+    assert traces.shape == (len(small_profile.info.layers),) and (traces > 0).all()
+    p = hawq_problem(small_profile, dit_pipe, traces, small_profile.info.fp_bytes // 2)
+    modules = dict(dit_pipe.transformer.named_modules())
+    li, layer = next((i, l) for i, l in enumerate(small_profile.info.layers) if "nvfp4" in l.eligible)
+    fi = small_profile.formats.index("nvfp4")
+    w = modules[layer.name].weight.detach()
+    raw = p.cost.copy()
+    delta = float((get_format("nvfp4").fake_quantize(w).double() - w.double()).square().sum())
+    # costs are normalized by their largest entry: compare ratios between two entries
+    li2 = next(i for i, l in enumerate(small_profile.info.layers) if "nvfp4" in l.eligible and i != li)
+    w2 = modules[small_profile.info.layers[li2].name].weight.detach()
+    delta2 = float((get_format("nvfp4").fake_quantize(w2).double() - w2.double()).square().sum())
+    expected = (traces[li] / layer.numel * delta) / (traces[li2] / small_profile.info.layers[li2].numel * delta2)
+    assert raw[li, fi] / raw[li2, fi] == pytest.approx(expected, rel=1e-9)
+    assert (p.cost[:, 0] == 0).all()
+
+
+def test_mixdq_plans_split_the_budget(small_profile):
+    info = small_profile.info
+    content_layers = [l for l in info.layers if l.role.value in CONTENT_ROLES]
+    quality_layers = [l for l in info.layers if l.role.value not in CONTENT_ROLES]
+    assert content_layers and quality_layers
+    low_c = sum(min(l.nbytes(f) for f in l.eligible) for l in content_layers)
+    low_q = sum(min(l.nbytes(f) for f in l.eligible) for l in quality_layers)
+    budget = int(0.5 * info.fp_bytes)
+    spare = budget - info.fixed_bytes - low_c - low_q
+    plans = mixdq_plans(small_profile, budget, (0.0, 0.5, 1.0))
+    assert sorted(plans) == [0.0, 0.5, 1.0]
+    for a, plan in plans.items():
+        content = sum(l.nbytes(plan.layers[l.name]) for l in content_layers)
+        quality = sum(l.nbytes(plan.layers[l.name]) for l in quality_layers)
+        assert content <= low_c + int(spare * a) and quality <= low_q + int(spare * (1 - a))
+        assert plan.predicted_bytes <= budget
+    # all spare bytes to one group: the other is at its smallest size
+    assert sum(l.nbytes(plans[0.0].layers[l.name]) for l in content_layers) == low_c
+    assert sum(l.nbytes(plans[1.0].layers[l.name]) for l in quality_layers) == low_q
+    # at the smallest feasible size exactly, every split is the same all-smallest plan; below it, none
+    lowest = info.fixed_bytes + low_c + low_q
+    assert len(mixdq_plans(small_profile, lowest, (0.3, 0.7))) == 2
+    assert mixdq_plans(small_profile, lowest - 1, (0.3, 0.7)) == {}
+    with pytest.raises(UsageError, match="share, from 0 to 1"):
+        mixdq_plans(small_profile, budget, (1.5,))
+
+
+def test_choose_split_picks_the_best_normalized_sum(dit_pipe, small_profile):
+    info = small_profile.info
+    plans = mixdq_plans(small_profile, int(0.5 * info.fp_bytes), (0.3, 0.7))
+    best, scores = choose_split(dit_pipe, plans, labels=(0, 1), seeds=(500,), steps=2)
+    lo = {m: min(s[m] for s in scores.values()) for m in ("content", "quality")}
+    total = {a: s["content"] / max(lo["content"], 1e-12) + s["quality"] / max(lo["quality"], 1e-12)
+             for a, s in scores.items()}
+    assert best == min(total, key=total.get)
+    with pytest.raises(UsageError, match="no MixDQ-style split"):
+        choose_split(dit_pipe, {})
