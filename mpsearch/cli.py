@@ -596,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("solve", cmd_solve, "allocate a format per layer under a memory budget; writes a plan")
     sp.add_argument("--budget", help="e.g. 600KB, 4GB, 4GiB, 60%%, 4.5bits; START:STOP:STEP sweeps a Pareto frontier")
     sp.add_argument("--profile", help="profile file (default profiles/default.sqlite)")
-    sp.add_argument("--metric", default="rel_mse", help="rel_mse, sqnr or cosine")
+    sp.add_argument("--metric", default="auto", help="auto (gn where the profile has it, else rel_mse), gn, rel_mse, sqnr or cosine")
     sp.add_argument("--solver", default="ilp", help="ilp (CBC), highs, greedy")
     sp.add_argument("--pin", action="append", default=None, metavar="REGEX=FORMAT", help="keep matching layers in a format")
     sp.add_argument("--tie", action="store_true", help="layers that read one input (q/k/v) share a format")
@@ -660,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--steps", type=int, default=None, help="denoising steps (default: the plans' cache schedule, "
                     "else 20)")
-    sp.add_argument("--metric", default="rel_mse", help="rel_mse, sqnr or cosine: the frontier's objective")
+    sp.add_argument("--metric", default="auto", help="auto, gn, rel_mse, sqnr or cosine: the frontier's objective")
     sp.add_argument("--points", type=int, default=12, help="budgets on the Pareto frontier (0: no frontier)")
     sp.add_argument("--no-images", action="store_true", help="skip the image grid (no generation)")
     return p

@@ -292,7 +292,7 @@ def _cost_columns(info, calls: LayerCalls, formats, cost) -> dict[str, tuple[np.
     return out
 
 
-def compute_problem(profile, base, calls: LayerCalls, compute, *, metric: str = "rel_mse",
+def compute_problem(profile, base, calls: LayerCalls, compute, *, metric: str = "auto",
                     variants: bool = True, cost="bops") -> ComputeModel:
     """``base`` (from ``solve.build_problem``) with a compute budget ``compute`` (``"50%"`` of full precision,
     or an absolute figure) and, with ``variants``, a column per (format, set of windows whose activations stay
@@ -302,7 +302,10 @@ def compute_problem(profile, base, calls: LayerCalls, compute, *, metric: str = 
     from .formats import get_format
     from .solver import Constraint, Problem
 
+    from .formulate import resolve_metric
+
     info = profile.info
+    metric = resolve_metric(profile, metric)
     if tuple(calls.names) != tuple(info.names):
         raise UsageError("the recorded layer calls belong to another model; record them on the profiled model")
     kind = "bops" if isinstance(cost, str) and cost == "bops" else "latency"

@@ -15,14 +15,24 @@ import numpy as np
 from .errors import UsageError
 from .profile_store import LOCAL_METRICS, Profile
 
-__all__ = ["build_problem", "layer_costs", "parse_pins"]
+__all__ = ["build_problem", "layer_costs", "parse_pins", "resolve_metric"]
 
 
-def layer_costs(profile: Profile, metric: str = "rel_mse", step_weights=None) -> np.ndarray:
-    """(layers, formats) sensitivity: the metric turned into an error (lower is better), averaged over steps
-    with ``step_weights`` (default uniform), normalized so the largest entry is 1. NaN -> ineligible (inf)."""
+def resolve_metric(profile: Profile, metric: str = "auto") -> str:
+    """``"auto"``: ``gn`` (each layer's output error carried to the denoiser's output) where the profile has
+    the output-sensitivity measurements, else ``rel_mse``; any other name is checked and returned."""
+    if metric == "auto":
+        return "gn" if "gn" in profile.metrics else "rel_mse"
     if metric not in LOCAL_METRICS:
-        raise UsageError(f"unknown metric {metric!r}; expected one of {', '.join(LOCAL_METRICS)}")
+        raise UsageError(f"unknown metric {metric!r}; use --metric auto or one of {', '.join(LOCAL_METRICS)}")
+    return metric
+
+
+def layer_costs(profile: Profile, metric: str = "auto", step_weights=None) -> np.ndarray:
+    """(layers, formats) sensitivity: the metric (see :func:`resolve_metric`) turned into an error (lower is
+    better), averaged over steps with ``step_weights`` (default uniform), normalized so the largest entry is 1.
+    NaN -> ineligible (inf)."""
+    metric = resolve_metric(profile, metric)
     values = profile.metric(metric)
     if metric == "sqnr":
         err = 10.0 ** (-values / 10.0)
@@ -73,7 +83,7 @@ def parse_pins(pins) -> dict[str, str]:
     return out
 
 
-def build_problem(profile: Profile, budget_bytes: int | None, *, metric="rel_mse", step_weights=None,
+def build_problem(profile: Profile, budget_bytes: int | None, *, metric="auto", step_weights=None,
                   pins=None, tie: bool = False, role_pins=None, cost=None):
     """The solver Problem for a profile (costs, exact bytes, pins, tie groups).
 

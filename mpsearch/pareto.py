@@ -208,7 +208,7 @@ def _plot(points, uniform, title) -> bytes:
     return out.getvalue()
 
 
-def pareto(profile, budgets=None, *, n: int | None = None, metric: str = "rel_mse", solver: str = "ilp",
+def pareto(profile, budgets=None, *, n: int | None = None, metric: str = "auto", solver: str = "ilp",
            pins=None, tie: bool = False, role_pins=None, out=None, progress: bool = False,
            problem=None, decode: Callable | None = None, provenance: dict | None = None) -> dict:
     """Sweep a profile over budgets (a list of budget specs or bytes, a ``start:stop:step`` string, or ``n``
@@ -221,10 +221,11 @@ def pareto(profile, budgets=None, *, n: int | None = None, metric: str = "rel_ms
     from .budget import format_bytes, parse_budget
     from .plan import Plan
     from .profile_store import Profile
-    from .solve import build_problem, parse_pins
+    from .formulate import build_problem, parse_pins, resolve_metric
 
     if not isinstance(profile, Profile):
         profile = Profile.load(profile)
+    metric = resolve_metric(profile, metric)
     info = profile.info
     if problem is None:
         problem = build_problem(profile, None, metric=metric, pins=pins, tie=tie, role_pins=role_pins)

@@ -8,6 +8,9 @@ Tables:
                                          unit's batch: ||y_q - y||^2, ||y||^2, ||y_q||^2, <y, y_q>
   block_change(unit, block, step, diff2, ref2)
                                          ||o_t - o_{t-1}||^2 and ||o_t||^2 of each cacheable block's output
+  sensitivity(unit, layer, step, g2, n)  sum of ||J^T u||^2 (J: the denoiser output's Jacobian with respect to
+                                         the layer's output; u Rademacher) and the output's element count
+                                         (mpsearch.sensitivity); absent in profiles made before it existed
   latency(layer, format, act, seconds)   optional (``mpsearch profile --latency``): seconds per denoiser call of
                                          each layer in each format, measured on one machine; ``act`` says what
                                          the activations were: 'quant' (quantized, as a W8A8/W4A4 format runs)
@@ -15,7 +18,7 @@ Tables:
                                          variant of W8A8/W4A4). Its device, torch version, threads and time are
                                          the meta key 'latency'. Written in one transaction, replaced whole.
 
-Metrics (relative MSE, SQNR, cosine) are computed from the statistics summed over units, so a resumed or
+Metrics (relative MSE, SQNR, cosine; ``gn``: the output error times g2 / n) are computed from the statistics summed over units, so a resumed or
 sharded-and-merged profile gives exactly the numbers of a single run. The profile's digest covers the
 sensitivity measurements and meta, not the latency table (a property of the machine that measured it, which
 can be added or replaced later without changing what the profile says about the model).
@@ -45,13 +48,15 @@ CREATE TABLE IF NOT EXISTS local (unit INTEGER, layer INTEGER, format INTEGER, s
     err2 REAL, ref2 REAL, out2 REAL, dot REAL, PRIMARY KEY (unit, layer, format, step));
 CREATE TABLE IF NOT EXISTS block_change (unit INTEGER, block INTEGER, step INTEGER, diff2 REAL, ref2 REAL,
     PRIMARY KEY (unit, block, step));
+CREATE TABLE IF NOT EXISTS sensitivity (unit INTEGER, layer INTEGER, step INTEGER, g2 REAL, n REAL,
+    PRIMARY KEY (unit, layer, step));
 """
 _LATENCY_TABLE = """
 CREATE TABLE IF NOT EXISTS latency (layer INTEGER, format TEXT, act TEXT, seconds REAL,
     PRIMARY KEY (layer, format, act));
 """
 _LATENCY_KEY = "latency"  # meta key: device, torch, threads, measured_at, formats, and how it was measured
-LOCAL_METRICS = ("rel_mse", "sqnr", "cosine")
+LOCAL_METRICS = ("rel_mse", "sqnr", "cosine", "gn")
 
 
 def info_to_dict(info: ModelInfo) -> dict:
@@ -147,9 +152,11 @@ class ProfileWriter:
     def done_units(self) -> set[int]:
         return {u for (u,) in self.conn.execute("SELECT unit FROM units")}
 
-    def write_unit(self, unit: int, seconds: float, local_rows, block_rows) -> None:
+    def write_unit(self, unit: int, seconds: float, local_rows, block_rows, sensitivity_rows=()) -> None:
         """Record one unit's measurements in one transaction: all of it, or nothing."""
         with self.conn:
+            self.conn.executemany("INSERT OR REPLACE INTO sensitivity VALUES (?, ?, ?, ?, ?)",
+                                  [(unit, *r) for r in sensitivity_rows])
             self.conn.executemany("INSERT OR REPLACE INTO local VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                   [(unit, *r) for r in local_rows])
             self.conn.executemany("INSERT OR REPLACE INTO block_change VALUES (?, ?, ?, ?, ?)",
@@ -212,6 +219,12 @@ class Profile:
     digest: str
     weights: str | None = None  # digest of the candidate layers' weights when profiled (None: older profile)
     end_to_end: dict | None = None  # summary of the end-to-end run made with it (mpsearch.endtoend), if any
+    sensitivity: np.ndarray | None = None  # (L, S, 2): g2, n of the output sensitivity; None: not measured
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The local metrics this profile can give (``gn`` needs the output-sensitivity measurements)."""
+        return tuple(m for m in LOCAL_METRICS if m != "gn" or self.sensitivity is not None)
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -231,6 +244,13 @@ class Profile:
                 return np.minimum(200.0, 10 * np.log10(np.maximum(ref2, 1e-30) / np.maximum(err2, 1e-30)))
             if name == "cosine":
                 return dot / np.maximum(np.sqrt(ref2 * out2), 1e-30)
+            if name == "gn":
+                if self.sensitivity is None:
+                    raise ProfileError(f"{self.path} has no output-sensitivity measurements (it was made before "
+                                       "mpsearch measured them), so the 'gn' metric is unavailable; profile again "
+                                       "into a new file, or use --metric rel_mse")
+                g2, n = self.sensitivity[..., 0], self.sensitivity[..., 1]
+                return err2 * (g2 / np.maximum(n, 1.0))[:, None, :]
         raise ProfileError(f"unknown local metric {name!r}; expected one of {', '.join(LOCAL_METRICS)}")
 
     def latency(self):
@@ -334,11 +354,32 @@ def _read(conn, path) -> Profile:
         block_stats[block[fresh], step[fresh]] = 0.0
         block_stats[block, step] += rows[keep, 2:]
         block_seen[block, step] = True
+    sens = _read_sensitivity(conn, path, units, L, S)
     sensitivity_meta = {k: v for k, v in meta.items() if k != _LATENCY_KEY}  # a latency table leaves it alone
-    digest = "sha256:" + hashlib.sha256(stats.tobytes() + json.dumps(sensitivity_meta, sort_keys=True).encode()
-                                        ).hexdigest()[:24]
+    digest = "sha256:" + hashlib.sha256(stats.tobytes() + (b"" if sens is None else sens.tobytes())
+                                        + json.dumps(sensitivity_meta, sort_keys=True).encode()).hexdigest()[:24]
     return Profile(path, info, config, meta.get("versions", {}), formats, steps, units, stats, block_stats, digest,
-                   meta.get("weights"))
+                   meta.get("weights"), sensitivity=sens)
+
+
+def _read_sensitivity(conn, path, units, L: int, S: int) -> np.ndarray | None:
+    """(L, S, 2) output-sensitivity sums over ``units``, in unit order; None unless every unit has them."""
+    has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='sensitivity'").fetchone()
+    if not has_table:
+        return None
+    sens = np.zeros((L, S, 2))
+    for unit in units:
+        rows = np.array(conn.execute("SELECT layer, step, g2, n FROM sensitivity WHERE unit = ? ORDER BY layer, step",
+                                     (unit,)).fetchall(), dtype=float).reshape(-1, 4)
+        if len(rows) != L * S:
+            return None  # a unit profiled before sensitivity was measured (or by an older version)
+        idx = rows[:, :2].astype(np.int64)
+        if not ((0 <= idx[:, 0]) & (idx[:, 0] < L) & (0 <= idx[:, 1]) & (idx[:, 1] < S)).all() \
+                or not np.isfinite(rows[:, 2:]).all() or (rows[:, 2:] < 0).any():
+            raise ProfileError(f"{path} has an output-sensitivity measurement outside its layers/steps or not a "
+                               "finite non-negative number; it is corrupt: delete it and profile again")
+        sens[idx[:, 0], idx[:, 1]] += rows[:, 2:]
+    return sens
 
 
 def _latency_rows(table, info: ModelInfo, path) -> list[tuple]:
@@ -510,13 +551,16 @@ def merge_profiles(inputs, out) -> Profile:
     return merged
 
 
-_MERGE_KEYS = {"local": "layer, format, step, err2, ref2, out2, dot", "block_change": "block, step, diff2, ref2"}
+_MERGE_KEYS = {"local": "layer, format, step, err2, ref2, out2, dot", "block_change": "block, step, diff2, ref2",
+               "sensitivity": "layer, step, g2, n"}
 
 
 def _merge_one(conn, path, copy_meta: bool) -> None:
     """Copy the attached shard ``src``'s finished units into main; a unit already there must match exactly."""
+    present = {r[0] for r in conn.execute("SELECT name FROM src.sqlite_master WHERE type='table'")}
+    keys = {t: c for t, c in _MERGE_KEYS.items() if t in present}  # older shards have no sensitivity table
     for (unit,) in conn.execute("SELECT unit FROM src.units WHERE unit IN (SELECT unit FROM main.units)").fetchall():
-        for table, cols in _MERGE_KEYS.items():
+        for table, cols in keys.items():
             a = f"SELECT {cols} FROM main.{table} WHERE unit = ?"
             b = f"SELECT {cols} FROM src.{table} WHERE unit = ?"
             differs = conn.execute(f"SELECT 1 FROM ({a} EXCEPT {b}) UNION ALL SELECT 1 FROM ({b} EXCEPT {a}) LIMIT 1",
@@ -528,7 +572,7 @@ def _merge_one(conn, path, copy_meta: bool) -> None:
         if copy_meta:
             conn.execute("INSERT INTO main.meta SELECT key, value FROM src.meta")
         new = "unit IN (SELECT unit FROM src.units) AND unit NOT IN (SELECT unit FROM main.units)"
-        for table, cols in _MERGE_KEYS.items():
+        for table, cols in keys.items():
             conn.execute(f"INSERT INTO main.{table} (unit, {cols}) SELECT unit, {cols} FROM src.{table} WHERE {new}")
         conn.execute("INSERT INTO main.units (unit, seconds) SELECT unit, seconds FROM src.units "
                      "WHERE unit NOT IN (SELECT unit FROM main.units)")

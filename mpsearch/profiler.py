@@ -4,7 +4,9 @@ A forward hook on each candidate layer takes the layer's real input at that step
 quantized modules the executor would install (one per candidate format) and records the error against the
 full-precision output. The model itself keeps running in full precision, so one pass over the conditions
 fills the whole table. Hooks on the cacheable blocks record how much each block's output changed since
-the previous step. Results go to the profile file one unit of work (one seed's batch) at a time.
+the previous step. After each run, the denoiser's calls are replayed once with gradients to measure how
+strongly its output responds to each layer's output (:mod:`mpsearch.sensitivity`; the ``gn`` metric).
+Results go to the profile file one unit of work (one seed's batch) at a time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .models import check_finite_weights, describe, get_denoiser, weights_digest
 from .plan import versions
 from .profile_store import Profile, ProfileWriter, remove_profile_file
 from .qmodules import StepTracker, quantized_module
+from .sensitivity import CallRecorder, output_sensitivity
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,8 @@ class _LayerProbe:
             raise ProfileError(f"layer {self.name} gave a full-precision output that is not finite (NaN/inf) at step "
                                f"{self.tracker.step}, so its errors cannot be measured; check the model in full "
                                "precision (weights, dtype, conditions) before profiling")
+        if self.acc_ref[0] is None:  # paused: the output-sensitivity replay runs the model again
+            return
         y = output.detach().float().flatten()
         ref2 = float(y.square().sum(dtype=torch.float64))
         stats = self.acc_ref[0].stats
@@ -138,9 +143,9 @@ class _BlockProbe:
     @torch.no_grad()
     def __call__(self, module, inputs, output):
         o = _first_tensor(output)
-        if o is None:
-            return
         acc = self.acc_ref[0]
+        if o is None or acc is None:
+            return
         o = o.detach().float()
         prev = acc.prev.get(self.index)
         s = self.tracker.step
@@ -215,7 +220,10 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress):
     modules = dict(denoiser.named_modules())
     tracker = StepTracker()
     acc_ref: list[_Accumulator] = [None]  # the current unit's accumulator, swapped per unit
-    handles = [denoiser.register_forward_pre_hook(tracker, with_kwargs=True)]
+    recorder = CallRecorder(tracker)  # after the tracker, so it sees each call's step
+    handles = [denoiser.register_forward_pre_hook(tracker, with_kwargs=True),
+               denoiser.register_forward_pre_hook(recorder, with_kwargs=True)]
+    candidates = [modules[layer.name] for layer in info.layers]
     try:
         for li, layer in enumerate(info.layers):
             cands = [(fi, f) for fi, f in enumerate(formats) if fi > 0 and f in layer.eligible]
@@ -227,20 +235,29 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress):
         L, F, S, B = len(info.layers), len(formats), config.steps, len(info.blocks)
         bar = tqdm(total=len(todo) * S, desc="profile", unit="step", disable=not progress)
         def tick(*_):
-            bar.update(1)  # returns None: a forward hook that returns a value would replace the output
+            if acc_ref[0] is not None:
+                bar.update(1)  # returns None: a forward hook that returns a value would replace the output
 
         handles.append(denoiser.register_forward_hook(tick))
         for unit in todo:
             acc_ref[0] = _Accumulator(np.zeros((L, F, S, 4)), np.zeros((B, S, 2)))
             tracker.__init__()
+            recorder.calls.clear()
             t0 = time.perf_counter()
             generate(pipe, config.conditions, config.seeds[unit], config.steps, config.guidance_scale, config.size)
-            acc = acc_ref[0]
+            acc, acc_ref[0] = acc_ref[0], None  # pause the probes while the calls are replayed with gradients
+            recorder.paused = True
+            try:
+                sens = output_sensitivity(denoiser, recorder.calls, candidates, S, seed=config.seeds[unit])
+            finally:
+                recorder.paused = False
+                recorder.calls.clear()
             rows = [(li, fi, s, *map(float, acc.stats[li, fi, s]))
                     for li, layer in enumerate(info.layers) for fi, f in enumerate(formats)
                     if fi > 0 and f in layer.eligible for s in range(S)]
             brows = [(bi, s, *map(float, acc.blocks[bi, s])) for bi in range(B) for s in range(1, S)]
-            writer.write_unit(unit, time.perf_counter() - t0, rows, brows)
+            srows = [(li, s, float(sens[li, s, 0]), float(sens[li, s, 1])) for li in range(L) for s in range(S)]
+            writer.write_unit(unit, time.perf_counter() - t0, rows, brows, srows)
     finally:
         if "bar" in locals():
             bar.close()  # also on error, so an error message starts on a line of its own

@@ -47,7 +47,7 @@ def evaluation_objective(pipe, info, problem, *, decode=None, labels=tuple(range
     return evaluate
 
 
-def refine(profile, pipe, budget="60%", *, trials: int = 30, metric: str = "rel_mse", pins=None, tie: bool = False,
+def refine(profile, pipe, budget="60%", *, trials: int = 30, metric: str = "auto", pins=None, tie: bool = False,
            role_pins=None, storage: str | None = None, study_name: str | None = None, sampler: str = "nsga2",
            seed: int = 0, labels=tuple(range(10)), seeds=SEARCH_SEEDS, steps: int = 8, progress: bool = False,
            problem=None, decode=None):
@@ -61,12 +61,13 @@ def refine(profile, pipe, budget="60%", *, trials: int = 30, metric: str = "rel_
     from .budget import parse_budget
     from .plan import Plan
     from .profile_store import Profile
-    from .solve import build_problem, parse_pins
+    from .formulate import build_problem, parse_pins, resolve_metric
     from .solver import get_solver
     from .solver.optuna_search import problem_digest
 
     if not isinstance(profile, Profile):
         profile = Profile.load(profile)
+    metric = resolve_metric(profile, metric)
     info = profile.info
     b = parse_budget(budget, fp_bytes=info.fp_bytes, fixed_bytes=info.fixed_bytes,
                      quantizable_numel=info.quantizable_numel)

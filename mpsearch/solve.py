@@ -9,7 +9,7 @@ from __future__ import annotations
 from .budget import format_bytes, parse_budget
 from .endtoend import activation_overrides, e2e_costs
 from .errors import InfeasibleError
-from .formulate import build_problem, layer_costs, parse_pins
+from .formulate import build_problem, layer_costs, parse_pins, resolve_metric
 from .models import DEFAULT_ROLE_PINS
 from .plan import Plan
 from .profile_store import Profile
@@ -17,7 +17,7 @@ from .profile_store import Profile
 __all__ = ["build_problem", "layer_costs", "parse_pins", "solve"]
 
 
-def solve(profile, budget="60%", *, metric: str = "rel_mse", solver: str = "ilp", pins=None, tie: bool = False,
+def solve(profile, budget="60%", *, metric: str = "auto", solver: str = "ilp", pins=None, tie: bool = False,
           step_weights=None, role_pins=None, weights=None, max_damage: float | None = None,
           fp_act_windows: int = 0) -> Plan:
     """Allocate a format per layer under ``budget`` (any DESIGN.md budget form) and return the Plan.
@@ -37,6 +37,7 @@ def solve(profile, budget="60%", *, metric: str = "rel_mse", solver: str = "ilp"
     if not isinstance(profile, Profile):
         profile = Profile.load(profile)
     info = profile.info
+    metric = resolve_metric(profile, metric)
     b = parse_budget(budget, fp_bytes=info.fp_bytes, fixed_bytes=info.fixed_bytes,
                      quantizable_numel=info.quantizable_numel)
     cost, e2e = None, None

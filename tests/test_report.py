@@ -57,7 +57,7 @@ def test_report_page_references_existing_pngs_only(tiny, rendered):
     page = (out / "index.html").read_text(encoding="utf-8")
     sources = _img_sources(page)
     expected = {"frontier.png", "plan_layers.png", "cache_timeline.png", "images.png", "sensitivity_rel_mse.png",
-                "sensitivity_sqnr.png", "sensitivity_cosine.png"}
+                "sensitivity_sqnr.png", "sensitivity_cosine.png", "sensitivity_gn.png"}
     assert set(sources) == expected
     for src in sources:  # relative, in the same folder, real PNG files
         assert "/" not in src and ":" not in src

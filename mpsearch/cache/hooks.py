@@ -14,7 +14,7 @@ A batched CFG call (one batch of 2N) simply caches features of batch 2N.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook

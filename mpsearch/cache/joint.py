@@ -92,7 +92,7 @@ def usage_weights(info, unit: CacheUnit, schedule: Schedule) -> np.ndarray:
 
 
 def solve_joint(profile, pipe, budget="60%", *, full_computations=None, speedup=None, method: str = "dp",
-                unit: str | None = None, warmup: int = 2, max_reuse=None, rounds: int = 3, metric: str = "rel_mse",
+                unit: str | None = None, warmup: int = 2, max_reuse=None, rounds: int = 3, metric: str = "auto",
                 solver: str = "ilp", pins=None, tie: bool = False, guidance_scale=None, measure_options=None,
                 **solve_options):
     """One plan with layer formats and a cache section, solved and scheduled together (see module docstring).
@@ -103,11 +103,13 @@ def solve_joint(profile, pipe, budget="60%", *, full_computations=None, speedup=
     measure_options = dict(measure_options or {})
     from ..budget import parse_budget
     from ..profile_store import Profile
+    from ..formulate import resolve_metric
     from ..solve import build_problem, solve
     from ..solver import get_solver
 
     if not isinstance(profile, Profile):
         profile = Profile.load(profile)
+    metric = resolve_metric(profile, metric)
     if not isinstance(rounds, int) or rounds < 1:
         raise UsageError(f"rounds must be an integer >= 1, got {rounds!r}")
     steps = profile.steps

@@ -62,6 +62,7 @@ _METRIC_TEXT = {  # how each local metric reads; every colour map makes the sens
     "rel_mse": ("relative MSE of the layer output (log scale)", "magma_r", True),
     "sqnr": ("SQNR of the layer output (dB)", "magma", False),
     "cosine": ("cosine similarity to the full-precision output", "magma", False),
+    "gn": ("output error carried to the denoiser's output (gn, log scale)", "magma_r", True),
 }
 
 

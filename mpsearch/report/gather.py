@@ -44,7 +44,7 @@ def _variant_from_plan(name: str, kind: str, plan, source=None) -> Variant:
 
 
 def gather_report(profile=None, plans=(), model=None, *, labels=tuple(range(10)), seed: int = 0,
-                  steps: int | None = None, metric: str = "rel_mse", points: int = 12, images: bool = True,
+                  steps: int | None = None, metric: str = "auto", points: int = 12, images: bool = True,
                   uniform_formats=None, log: Callable[[str], None] | None = None) -> ReportData:
     """Collect a report's data.
 
@@ -57,6 +57,7 @@ def gather_report(profile=None, plans=(), model=None, *, labels=tuple(range(10))
     from ..formats import available_formats
     from ..models import describe
     from ..plan import Plan
+    from ..formulate import resolve_metric
     from ..profile_store import Profile
 
     say = log or (lambda _msg: None)
@@ -65,6 +66,7 @@ def gather_report(profile=None, plans=(), model=None, *, labels=tuple(range(10))
     prof = None
     if profile is not None:
         prof = profile if isinstance(profile, Profile) else Profile.load(profile)
+        metric = resolve_metric(prof, metric)
     loaded = []
     for p in plans:
         plan = p if isinstance(p, Plan) else Plan.load(p)
@@ -106,7 +108,7 @@ def gather_report(profile=None, plans=(), model=None, *, labels=tuple(range(10))
         from ..profile_store import LOCAL_METRICS
 
         data.formats, data.steps = list(prof.formats), prof.steps
-        data.heatmaps = {m: prof.metric(m) for m in LOCAL_METRICS}
+        data.heatmaps = {m: prof.metric(m) for m in LOCAL_METRICS if m in prof.metrics}
         problem = build_problem(prof, None, metric=metric)
         if points >= 2:
             from ..pareto import pareto

@@ -1,0 +1,143 @@
+"""Output sensitivity (mpsearch.sensitivity) and the `gn` metric it gives the profile."""
+
+import shutil
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+
+import mpsearch
+from mpsearch.errors import ProfileError
+from mpsearch.formulate import layer_costs, resolve_metric
+from mpsearch.profile_store import Profile, merge_profiles
+from mpsearch.profiler import profile
+from mpsearch.sensitivity import CallRecorder, output_sensitivity
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self, out=1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Linear(3, 4)
+        self.b = torch.nn.Linear(4, out)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def test_scalar_output_is_exact():
+    # one output element: u = +-1, so ||J^T u||^2 is the Jacobian's squared norm exactly
+    m = Tiny(out=1)
+    x = torch.randn(1, 3, generator=torch.Generator().manual_seed(1))
+    got = output_sensitivity(m, [(0, (x,), {})], [m.a, m.b], 1, samples=3)
+    with torch.no_grad():
+        ya = m.a(x)
+        ja = m.b.weight[0] * (1 - torch.tanh(ya[0]) ** 2)  # d f / d y_a
+    assert got[0, 0, 0] == pytest.approx(float(ja.double().square().sum()), rel=1e-6)  # float32 gradients
+    assert got[1, 0, 0] == pytest.approx(1.0, rel=1e-12)  # f = y_b
+    assert got[0, 0, 1] == 4 and got[1, 0, 1] == 1  # output elements
+
+
+def test_vector_output_is_unbiased_and_steps_are_kept_apart():
+    m = Tiny(out=5)
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(2))
+    got = output_sensitivity(m, [(1, (x,), {})], [m.a, m.b], 3, samples=500)
+    assert (got[:, [0, 2]] == 0).all()
+    J = torch.autograd.functional.jacobian(lambda ya: m.b(torch.tanh(ya)), m.a(x).detach())
+    assert got[0, 1, 0] == pytest.approx(float(J.double().square().sum()), rel=0.1)
+    assert got[1, 1, 0] == pytest.approx(30.0, rel=1e-9)  # J = I on 6 x 5 outputs, exactly for any u
+    assert got[0, 1, 1] == 24 and got[1, 1, 1] == 30
+
+
+def test_model_left_as_it_was():
+    m = Tiny(out=2)
+    m.a.weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    output_sensitivity(m, [(0, (torch.randn(2, 3),), {})], [m.a, m.b], 1)
+    assert m.a.weight.requires_grad is False and m.b.weight.requires_grad is True
+    assert all(p.grad is None for p in m.parameters())
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert not m._forward_hooks
+    assert (output_sensitivity(m, [], [m.a], 2) == 0).all()
+
+
+def test_recorder_keeps_inputs_and_steps(dit_pipe):
+    from mpsearch.generation import generate
+    from mpsearch.qmodules import StepTracker
+
+    den = dit_pipe.transformer
+    tracker = StepTracker()
+    rec = CallRecorder(tracker)
+    hs = [den.register_forward_pre_hook(tracker, with_kwargs=True), den.register_forward_pre_hook(rec, with_kwargs=True)]
+    try:
+        generate(dit_pipe, (0, 1), 0, 3)
+    finally:
+        for h in hs:
+            h.remove()
+    assert [s for s, _, _ in rec.calls] == [0, 1, 2]
+    x = rec.calls[0][2].get("hidden_states", rec.calls[0][1][0] if rec.calls[0][1] else None)
+    assert isinstance(x, torch.Tensor) and not x.requires_grad
+
+
+@pytest.fixture
+def prof(dit_pipe, tmp_path):
+    return profile(dit_pipe, out=tmp_path / "p.sqlite", labels=(0, 1), seeds=(0, 1), steps=3, progress=False)
+
+
+def test_profile_has_gn(prof):
+    assert prof.sensitivity.shape == (len(prof.info.layers), 3, 2)
+    assert (prof.sensitivity[..., 1] > 0).all() and (prof.sensitivity[..., 0] > 0).all()
+    gn = prof.metric("gn")
+    err2 = prof.stats[..., 0]
+    expected = err2 * (prof.sensitivity[..., 0] / prof.sensitivity[..., 1])[:, None, :]
+    np.testing.assert_array_equal(np.isnan(gn), np.isnan(err2))
+    np.testing.assert_allclose(gn[~np.isnan(gn)], expected[~np.isnan(expected)], rtol=1e-12)
+    assert resolve_metric(prof) == "gn" and "gn" in prof.metrics
+    plan = mpsearch.solve(prof, "50%", role_pins={})
+    assert plan.provenance["metric"] == "gn"
+
+
+def test_replay_does_not_touch_the_local_measurements(dit_pipe, tmp_path, monkeypatch):
+    a = profile(dit_pipe, out=tmp_path / "a.sqlite", labels=(0, 1), seeds=(0,), steps=3, progress=False)
+    import mpsearch.profiler as profiler
+
+    monkeypatch.setattr(profiler, "output_sensitivity", lambda den, calls, mods, steps, **k: np.zeros((len(mods), steps, 2)))
+    b = profile(dit_pipe, out=tmp_path / "b.sqlite", labels=(0, 1), seeds=(0,), steps=3, progress=False)
+    np.testing.assert_array_equal(a.stats, b.stats)
+    np.testing.assert_array_equal(a.block_stats, b.block_stats)
+    assert a.digest != b.digest  # the sensitivity is part of what the digest covers
+
+
+def test_shards_merge_to_the_same_sensitivity(dit_pipe, tmp_path, prof):
+    parts = [profile(dit_pipe, out=tmp_path / f"s{i}.sqlite", labels=(0, 1), seeds=(0, 1), steps=3, shard=(i, 2),
+                     progress=False) for i in range(2)]
+    merged = merge_profiles([p.path for p in parts], tmp_path / "m.sqlite")
+    np.testing.assert_array_equal(merged.sensitivity, prof.sensitivity)
+    assert merged.digest == prof.digest
+
+
+def test_older_profile_without_sensitivity(prof, tmp_path):
+    old = tmp_path / "old.sqlite"
+    shutil.copy(prof.path, old)
+    with sqlite3.connect(old) as conn:
+        conn.execute("DROP TABLE sensitivity")
+    p = Profile.load(old)
+    assert p.sensitivity is None and "gn" not in p.metrics
+    with pytest.raises(ProfileError, match="no output-sensitivity measurements"):
+        p.metric("gn")
+    assert resolve_metric(p) == "rel_mse"
+    np.testing.assert_array_equal(layer_costs(p), layer_costs(prof, "rel_mse"))
+    assert mpsearch.solve(p, "50%", role_pins={}).provenance["metric"] == "rel_mse"
+    # one unit without its rows (profiled by an older version, then resumed): not all units -> unavailable
+    part = tmp_path / "part.sqlite"
+    shutil.copy(prof.path, part)
+    with sqlite3.connect(part) as conn:
+        conn.execute("DELETE FROM sensitivity WHERE unit = 1")
+    assert Profile.load(part).sensitivity is None
+    bad = tmp_path / "bad.sqlite"
+    shutil.copy(prof.path, bad)
+    with sqlite3.connect(bad) as conn:
+        conn.execute("UPDATE sensitivity SET g2 = -1 WHERE unit = 0 AND layer = 0 AND step = 0")
+    with pytest.raises(ProfileError, match="corrupt"):
+        Profile.load(bad)
