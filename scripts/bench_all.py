@@ -27,6 +27,7 @@ docs/img/bench_all.png.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -196,8 +197,12 @@ def render(results, args, seconds) -> str:
         f"`torch._int_mm`, NVFP4 emulated, INT4 dequantized on the fly). Optuna: {args.trials} trials per budget "
         f"on search seed 500 ({args.search_steps} steps). Whole run: "
         f"{seconds / 60:.1f} min.", ""]
-    wins = {m: [0, 0, 0] for m in METHODS if m != "mpsearch local"}  # local better MSE, better SSIM, cells
+    from scipy.stats import rankdata
+
+    others = [m for m in METHODS if m != "mpsearch local"]
+    versus = {m: np.zeros((2, 3), dtype=int) for m in others}  # (MSE, SSIM) x (local better, equal, worse)
     ranks = {m: [] for m in METHODS}
+    gn_gain = []
     for r in results:
         lines += [f"### {r['model']} ({r['layers']} layers, full precision {format_bytes(r['fp_bytes'])})", "",
                   f"Cost: one full-precision generation of the profile's conditions {r['t_gen']:.1f} s; local profile "
@@ -212,19 +217,19 @@ def render(results, args, seconds) -> str:
                          f"{s['time_ratio']:.2f} | {f} |")
         for bname, b in r["budgets"].items():
             rows = b["rows"]
-            order = sorted(METHODS, key=lambda m: rows[m]["scores"]["mse"])
-            for m in METHODS:
-                ranks[m].append(order.index(m) + 1)
+            mses = np.array([rows[m]["scores"]["mse"] for m in METHODS])
+            for m, rank in zip(METHODS, rankdata(mses, method="average")):  # ties share their mean rank
+                ranks[m].append(rank)
             loc = rows["mpsearch local"]["scores"]
-            for m in wins:
-                wins[m][0] += loc["mse"] < rows[m]["scores"]["mse"]
-                wins[m][1] += loc["ssim"] > rows[m]["scores"]["ssim"]
-                wins[m][2] += 1
-            best = order[0]
+            for m in others:
+                for i, (key, sign) in enumerate((("mse", 1), ("ssim", -1))):
+                    d = sign * (rows[m]["scores"][key] - loc[key])
+                    versus[m][i, 0 if d > 0 else (1 if d == 0 else 2)] += 1
+            gn_gain.append(rows["mpsearch local (rel_mse)"]["scores"]["mse"] / loc["mse"])
             for m in METHODS:
                 s, row = rows[m]["scores"], rows[m]
                 over = " **over**" if s["bytes"] > b["bytes"] else ""
-                name = f"**{m}**" if m == best else m
+                name = f"**{m}**" if s["mse"] == mses.min() else m
                 counts = ", ".join(f"{k} {v}" for k, v in sorted(row["counts"].items()))
                 note = f" ({row['note']})" if row["note"] else ""
                 lines.append(f"| {bname} ({format_bytes(b['bytes'])}) | {name}{note} | {s['bytes']:,}{over} | "
@@ -244,12 +249,16 @@ def render(results, args, seconds) -> str:
         lines.append("")
     cells = len(results) * 3
     lines += ["### Summary", "",
-              f"Mean rank by MSE over the {cells} (model, budget) cells (1 = lowest error of the "
-              f"{len(METHODS)} methods): " + "; ".join(f"{m} {np.mean(ranks[m]):.1f}" for m in
-                                                       sorted(METHODS, key=lambda m: np.mean(ranks[m]))) + ".", "",
-              "mpsearch local against each method, cells where it has the lower MSE / the higher SSIM:", "",
-              "| method | MSE | SSIM |", "| --- | ---: | ---: |"]
-    lines += [f"| {m} | {w[0]}/{w[2]} | {w[1]}/{w[2]} |" for m, w in wins.items()]
+              f"Mean rank by MSE over the {cells} (model, budget) cells (1 = lowest error of the {len(METHODS)} "
+              "methods; equal errors share their mean rank): " + "; ".join(
+                  f"{m} {np.mean(ranks[m]):.2f}" for m in sorted(METHODS, key=lambda m: np.mean(ranks[m]))) + ".", "",
+              f"The `gn` objective (the default) against the former `rel_mse` one, same ILP and bytes: held-out MSE "
+              f"{np.exp(np.mean(np.log(gn_gain))):.1f}x lower in geometric mean over the cells (from "
+              f"{min(gn_gain):.1f}x to {max(gn_gain):.1f}x).", "",
+              "mpsearch local (gn) against each method over the cells: where its held-out MSE (SSIM) is better / "
+              "equal (mostly the same plan) / worse:", "",
+              "| method | MSE better / equal / worse | SSIM better / equal / worse |", "| --- | ---: | ---: |"]
+    lines += [f"| {m} | {' / '.join(map(str, v[0]))} | {' / '.join(map(str, v[1]))} |" for m, v in versus.items()]
     lines += ["", f"![every method at every budget](img/{IMG.name})"]
     return "\n".join(lines)
 
@@ -290,6 +299,8 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--ks", default="6,10")
     ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    ap.add_argument("--save-results", metavar="JSON", help="also keep every measured figure in this file")
+    ap.add_argument("--from-results", metavar="JSON", help="render the section and plot from a saved run")
     ap.add_argument("--quick", action="store_true", help="a smoke run in about a minute (3 labels, 4 steps, 1 seed, "
                     "2 trials, K=3; implies --no-doc): checks that the suite runs, measures nothing worth keeping")
     args = ap.parse_args(argv)
@@ -300,9 +311,20 @@ def main(argv=None) -> int:
     args.seeds = tuple(int(s) for s in args.seeds.split(","))
     args.ks = [int(k) for k in args.ks.split(",")]
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        results = [run_model(m, args, Path(tmp)) for m in args.models.split(",")]
-    body = render(results, args, time.perf_counter() - t0)
+    if args.from_results:  # render again from a saved run (no measuring)
+        saved = json.loads(Path(args.from_results).read_text())
+        results, seconds = saved["results"], saved["seconds"]
+        for k in ("labels", "seeds", "steps", "search_steps", "trials", "ks"):
+            setattr(args, k, saved["args"][k])
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            results = [run_model(m, args, Path(tmp)) for m in args.models.split(",")]
+        seconds = time.perf_counter() - t0
+        if args.save_results:
+            keep = {k: getattr(args, k) for k in ("labels", "seeds", "steps", "search_steps", "trials", "ks")}
+            Path(args.save_results).write_text(json.dumps({"results": results, "seconds": seconds, "args": keep},
+                                                          default=float, indent=1))
+    body = render(results, args, seconds)
     print(body)
     if not args.no_doc:
         from benchdoc import write_section
