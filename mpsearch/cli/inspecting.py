@@ -1,0 +1,98 @@
+"""`mpsearch inspect` (layers, roles, bytes; real architectures by name) and `mpsearch generate`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .common import _conditions, _emit, _table
+from .solving import _cache_units
+
+
+def cmd_inspect(args) -> int:
+    from ..budget import format_bytes
+    from ..formats import available_formats
+    from ..models import describe
+    from ..pipeline import load_pipeline
+
+    if args.arch:
+        return _inspect_arch(args)
+    info = describe(load_pipeline(args.model))
+    lo, hi = info.size_range()
+    uniform = {f: info.bytes_for({l.name: f for l in info.layers if f in l.eligible}) for f in available_formats()}
+    data = {"model": args.model, "class": info.denoiser_class, "fingerprint": info.fingerprint,
+            "layers": [l.to_dict() | {"numel": l.numel} for l in info.layers], "fixed_bytes": info.fixed_bytes,
+            "fp_bytes": info.fp_bytes, "uniform_bytes": uniform, "min_bytes": lo, "max_bytes": hi,
+            "tie_groups": [list(g) for g in info.tie_groups], "cacheable_blocks": list(info.blocks)}
+    data["cache_units"] = _cache_units(load_pipeline(args.model))
+    rows = [[l.name, l.kind, "x".join(map(str, l.shape)), l.role.value, ",".join(l.eligible)] for l in info.layers]
+    lines = [f"{info.denoiser_class} ({args.model}), {len(info.layers)} candidate layers, fingerprint {info.fingerprint}"]
+    lines += _table(rows, ["layer", "kind", "shape", "role", "eligible"])
+    lines += ["", f"fixed (never quantized): {format_bytes(info.fixed_bytes)}"]
+    lines += [f"uniform {f:6s}: {format_bytes(b)} ({b:,} B)" for f, b in uniform.items()]
+    lines += [f"smallest possible: {format_bytes(lo)} ({lo:,} B); largest: {format_bytes(hi)} ({hi:,} B)"]
+    lines += [f"cache unit {u['name']} ({u['kind']}: {', '.join(u['modules'])}): "
+              + (f"{u['share']:.0%} of a step's FLOPs" if u["share"] is not None else "share of compute unknown")
+              for u in data["cache_units"]]
+    return _emit(args, data, lines)
+
+
+def _inspect_arch(args) -> int:
+    from ..archs import arch_report
+    from ..budget import format_bytes
+
+    r = arch_report(args.arch, dtype=args.dtype)
+    lines = [f"{r['title']} ({r['arch']}): {r['class']}, {r['params']:,} parameters, {r['dtype']}, "
+             f"{r['layers']} candidate layers; built on the meta device from {r['source']}", ""]
+    lines += _table([[f, format_bytes(b), f"{b:,}"] for f, b in r["uniform_bytes"].items()],
+                    ["uniform", "size", "bytes"])
+    lines += ["", f"smallest possible: {format_bytes(r['min_bytes'])}; with the default pins: "
+              f"{format_bytes(r['min_bytes_default_pins'])}; largest: {format_bytes(r['max_bytes'])}", ""]
+    lines += _table([[b["budget"], "yes" if b["feasible"] else "no", "yes" if b["feasible_default_pins"] else "no",
+                      "yes" if b["fits_fp"] else "no"] for b in r["budgets"]],
+                    ["budget", "feasible", "with default pins", "fits unquantized"])
+    lines += [""] + _table([[role, v["layers"], f"{v['params']:,}", format_bytes(v["fp_bytes"])]
+                            for role, v in sorted(r["roles"].items(), key=lambda kv: -kv[1]["params"])],
+                           ["role", "layers", "params", "size"])
+    return _emit(args, r, lines)
+
+
+def cmd_generate(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from ..executor import apply_plan
+    from ..generation import generate
+    from ..io import atomic_write_bytes
+    from ..models import measured_bytes
+    from ..pipeline import load_pipeline
+    from ..plan import Plan
+
+    plan = Plan.load(args.plan) if args.plan else None
+    pipe = load_pipeline(args.model)
+    handle = apply_plan(pipe, plan, check_weights=not args.ignore_weights) if plan else None
+    try:
+        t0 = time.perf_counter()
+        conditions = _conditions(args)
+        images = generate(pipe, conditions, args.seed, args.steps, args.guidance, args.size)
+        seconds = time.perf_counter() - t0
+        nbytes = measured_bytes(pipe)
+    finally:
+        if handle:
+            handle.remove()
+    out = Path(args.out)
+    paths = []
+    import io as _io
+
+    for i, (label, img) in enumerate(zip(conditions, images)):
+        rgb = img.shape[-1] == 3
+        arr = (np.clip(img if rgb else img[..., 0], 0, 1) * 255).round().astype("uint8")
+        buf = _io.BytesIO()
+        picture = Image.fromarray(arr, mode="RGB" if rgb else "L")
+        if max(picture.size) < 64:  # tiny images are enlarged to be seen; real ones are kept as they are
+            picture = picture.resize((64, 64), Image.NEAREST)
+        picture.save(buf, format="PNG")
+        name = f"{i:03d}_prompt.png" if isinstance(label, str) else f"{i:03d}_label{label}.png"
+        paths.append(str(atomic_write_bytes(out / name, buf.getvalue())))
+    data = {"images": paths, "plan": args.plan, "denoiser_bytes": nbytes, "seconds": seconds}
+    return _emit(args, data, [f"wrote {len(paths)} images to {out} ({seconds:.2f} s, denoiser {nbytes:,} B)"])

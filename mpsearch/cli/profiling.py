@@ -1,0 +1,102 @@
+"""`mpsearch profile` (local tier, end-to-end tier, latency table) and `mpsearch profile merge`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..errors import UsageError
+from .common import _emit, read_prompts
+
+
+_PROFILE_DEFAULTS = {"formats": ["int8", "nvfp4", "int4"], "steps": 20, "labels": list(range(10)), "seeds": [0, 1]}
+
+
+_PROFILE_CONFIG_FLAGS = ("formats", "steps", "labels", "seeds", "guidance", "prompts", "size")
+
+
+def _profile_config(args, out):
+    """The profile's configuration: from the options; with ``--latency`` and no configuration option on an
+    existing profile file, the file's own (so a latency table is added without repeating its options)."""
+    from ..profile_store import stored_config
+    from ..profiler import ProfileConfig
+
+    given = [f for f in _PROFILE_CONFIG_FLAGS if getattr(args, f) is not None]
+    if args.latency and not given:
+        stored = stored_config(out)
+        if stored is not None:
+            return ProfileConfig(**stored)
+    value = lambda name: getattr(args, name) if getattr(args, name) is not None else _PROFILE_DEFAULTS[name]  # noqa: E731
+    return ProfileConfig(labels=tuple(value("labels")), seeds=tuple(value("seeds")), steps=value("steps"),
+                         guidance_scale=args.guidance, formats=tuple(value("formats")),
+                         prompts=tuple(read_prompts(args.prompts)) if args.prompts else (), size=args.size)
+
+
+def _latency_lines(summary: dict) -> list[str]:
+    totals = summary["totals"]
+    shares = ", ".join(f"{name} {t['vs_fp']:.2f}x" for name, t in totals.items()
+                       if name != "fp" and t["vs_fp"] is not None)
+    return [f"latency on {summary['device']} (torch {summary['torch']}, {summary['threads']} threads, measured "
+            f"{summary['measured_at']}): fp {summary['fp_seconds'] * 1e3:.3f} ms per denoiser call over "
+            f"{summary['layers']} layers; vs fp on the layers that take them: {shares}"]
+
+
+def cmd_profile(args) -> int:
+    from ..pipeline import load_pipeline
+    from ..profiler import default_profile_path, profile
+
+    out = Path(args.out) if args.out else default_profile_path(args.model)
+    if args.end_to_end and args.shard != (0, 1):
+        raise UsageError("--end-to-end needs the whole local profile: merge the shards first, then run "
+                         "`mpsearch profile --end-to-end --out MERGED` with the same options")
+    if args.latency and args.shard != (0, 1):
+        raise UsageError("--latency measures the whole model on this machine: merge the shards first, then run "
+                         "`mpsearch profile --latency --out MERGED`")
+    config = _profile_config(args, out)
+    pipe = load_pipeline(args.model)
+    t0 = time.perf_counter()
+    prof = profile(pipe, config, out=out, shard=args.shard, progress=not args.json, end_to_end=args.end_to_end,
+                   shortlist=args.shortlist, windows=args.windows)
+    if args.latency:
+        from ..latency import measure_latency
+        from ..profile_store import write_latency
+
+        table = measure_latency(pipe, prof.info, formats=prof.formats, steps=config.steps,
+                                conditions=list(config.conditions), seed=config.seeds[0],
+                                guidance_scale=config.guidance_scale, size=config.size,
+                                min_time=args.latency_min_time, progress=not args.json)
+        write_latency(out, table)
+    seconds = time.perf_counter() - t0
+    data = {"profile": str(out), "model": args.model, "class": prof.info.denoiser_class, "layers": len(prof.info.layers),
+            "formats": list(prof.formats), "steps": prof.steps, "units_done": len(prof.units),
+            "units_total": len(config.seeds), "seconds": seconds, "digest": prof.digest}
+    lines = [f"profile {out}: {len(prof.info.layers)} layers x {len(prof.formats)} formats x "
+             f"{prof.steps} steps, {len(prof.units)}/{len(config.seeds)} units ({seconds:.1f} s)"]
+    if prof.end_to_end is not None:
+        e = prof.end_to_end
+        data.update(end_to_end=e, cost_ratio=e["cost_ratio"], spearman=e["spearman"])
+        lines += [f"end to end: {e['units']} units ({len(e['shortlist'])} layer/format pairs, {len(e['windows'])} "
+                  f"step windows) = {e['cost_ratio']:.1%} of the exhaustive {e['exhaustive_units']}",
+                  "spearman (local vs end to end): " + ", ".join(
+                      f"{m} {v['rho']:+.2f}" if v["rho"] is not None else f"{m} n/a" for m, v in e["spearman"].items())]
+    table = prof.latency()
+    data["latency"] = table.summary() if table is not None else None
+    if table is not None:
+        lines += _latency_lines(data["latency"]) + ([] if args.latency else [
+            "(the latency table was measured earlier; --latency measures it again on this machine)"])
+    return _emit(args, data, lines)
+
+
+def cmd_profile_merge(args) -> int:
+    from ..profile_store import merge_profiles
+
+    prof = merge_profiles(args.shards, args.out)
+    total = len(prof.config.get("seeds", ()))
+    table = prof.latency()
+    data = {"profile": str(args.out), "inputs": list(args.shards), "units_done": len(prof.units),
+            "units_total": total, "digest": prof.digest, "latency": table.summary() if table is not None else None}
+    lines = [f"profile {args.out}: merged {len(args.shards)} files, {len(prof.units)}/{total} units, digest {prof.digest}"]
+    if table is not None:
+        lines += [f"latency table carried over: measured on {table.device} at {table.meta.get('measured_at')} (the "
+                  "latest of the inputs')"]
+    return _emit(args, data, lines)

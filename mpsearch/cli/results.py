@@ -1,0 +1,47 @@
+"""`mpsearch eval`, `mpsearch demo` and `mpsearch report`: scoring a plan, the whole flow, the HTML report."""
+
+from __future__ import annotations
+
+import sys
+
+from .common import _conditions, _emit
+
+
+def cmd_eval(args) -> int:
+    from ..classifier import load_classifier
+    from ..evaluate import evaluate_plan
+    from ..pipeline import load_pipeline
+    from ..plan import Plan
+
+    pipe = load_pipeline(args.model)
+    plan = Plan.load(args.plan) if args.plan else None
+    conditions = _conditions(args)
+    text = bool(args.prompts)  # the bundled classifier knows the digits only
+    scores = evaluate_plan(pipe, plan, labels=tuple(conditions), seeds=tuple(args.seeds), steps=args.steps,
+                           classifier=None if text else load_classifier())
+    data = {"plan": args.plan, **scores}
+    return _emit(args, data, [f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in data.items()])
+
+
+def cmd_demo(args) -> int:
+    from ..demo import run_demo
+
+    result = run_demo(model=args.model, progress=not args.json)
+    return _emit(args, result, result.pop("lines") if not args.json else [])
+
+
+def cmd_report(args) -> int:
+    from ..profiler import default_profile_path
+    from ..report import report
+
+    profile = args.profile
+    if profile is None and default_profile_path(args.model).is_file():
+        profile = default_profile_path(args.model)
+    log = None if args.json else (lambda msg: print(f"report: {msg}", file=sys.stderr))
+    r = report(profile, args.plan or [], None if args.no_images else args.model, out=args.out,
+               labels=_conditions(args), seed=args.seed, steps=args.steps, metric=args.metric, points=args.points,
+               log=log)
+    data = {"folder": r["folder"], "index": r["index"], "files": r["files"],
+            "profile": str(profile) if profile else None, "variants": [v.to_dict() for v in r["data"].variants]}
+    lines = [f"report {r['index']}: {len(r['files'])} files"] + [f"note: {n}" for n in r["data"].notes]
+    return _emit(args, data, lines)
