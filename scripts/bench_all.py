@@ -276,8 +276,8 @@ def plot(results) -> None:
             ax.scatter(s["bytes"], s["mse"], marker="*", s=160, c="k")
             ax.annotate(f"uniform {f}", (s["bytes"], s["mse"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
         for m in METHODS:
-            xs = [b["rows"][m]["scores"]["bytes"] for b in r["budgets"].values()]
-            ys = [b["rows"][m]["scores"]["mse"] for b in r["budgets"].values()]
+            pts = sorted((b["rows"][m]["scores"]["bytes"], b["rows"][m]["scores"]["mse"]) for b in r["budgets"].values())
+            xs, ys = [x for x, _ in pts], [y for _, y in pts]
             ax.plot(xs, ys, marker=markers[m], linestyle="-" if m.startswith("mpsearch") else ":", label=m)
         for b in r["budgets"].values():
             ax.axvline(b["bytes"], color="0.85", linewidth=0.8, zorder=0)
@@ -311,9 +311,13 @@ def main(argv=None) -> int:
     args.seeds = tuple(int(s) for s in args.seeds.split(","))
     args.ks = [int(k) for k in args.ks.split(",")]
     t0 = time.perf_counter()
+    command = "python scripts/bench_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.from_results:  # render again from a saved run (no measuring)
         saved = json.loads(Path(args.from_results).read_text())
         results, seconds = saved["results"], saved["seconds"]
+        command = (saved.get("command", "python scripts/bench_all.py --save-results FILE")
+                   + "`; figures re-rendered from its saved results with `python scripts/bench_all.py --from-results "
+                   + args.from_results)
         for k in ("labels", "seeds", "steps", "search_steps", "trials", "ks"):
             setattr(args, k, saved["args"][k])
     else:
@@ -322,7 +326,8 @@ def main(argv=None) -> int:
         seconds = time.perf_counter() - t0
         if args.save_results:
             keep = {k: getattr(args, k) for k in ("labels", "seeds", "steps", "search_steps", "trials", "ks")}
-            Path(args.save_results).write_text(json.dumps({"results": results, "seconds": seconds, "args": keep},
+            Path(args.save_results).write_text(json.dumps({"results": results, "seconds": seconds, "args": keep,
+                                                           "command": command},
                                                           default=float, indent=1))
     body = render(results, args, seconds)
     print(body)
@@ -330,8 +335,7 @@ def main(argv=None) -> int:
         from benchdoc import write_section
 
         plot(results)
-        write_section("bench_all", "Every method side by side (the evidence suite)", body,
-                      "python scripts/bench_all.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+        write_section("bench_all", "Every method side by side (the evidence suite)", body, command)
     return 0
 
 
