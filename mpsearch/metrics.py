@@ -6,6 +6,8 @@ metrics compare batches of images in [0, 1] shaped (N, H, W, C) or (N, C, H, W).
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -142,10 +144,14 @@ def frechet_distance(feats_a, feats_b) -> float:
         raise UsageError(f"frechet_distance needs two (N>=2, D) feature arrays, got {a.shape} and {b.shape}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(covmean).all():
-        off = np.eye(len(cov_a)) * 1e-6
-        covmean = linalg.sqrtm((cov_a + off) @ (cov_b + off))
+    with warnings.catch_warnings():
+        # fewer samples than feature dimensions (small evaluations) make the covariances singular: expected,
+        # and the square root of their product is still well defined
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(cov_a @ cov_b)
+        if not np.isfinite(covmean).all():
+            off = np.eye(len(cov_a)) * 1e-6
+            covmean = linalg.sqrtm((cov_a + off) @ (cov_b + off))
     covmean = covmean.real
     d = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
     return max(d, 0.0)  # a distance: the matrix square root's rounding can leave a tiny negative for equal sets
