@@ -16,8 +16,12 @@ error carried to the denoiser's output. The model is left exactly as it was (no 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+
+from .errors import ProfileError
 
 __all__ = ["CallRecorder", "output_sensitivity"]
 
@@ -78,12 +82,19 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
                 if y is None or not y.requires_grad or not 0 <= step < steps:
                     continue
                 flat = [(i, t) for i, c in enumerate(captured) for t in c]
+                # float16 backward passes overflow easily: scale u down (gradients are linear in u), undo after
+                scale = 2.0 ** -10 if y.dtype == torch.float16 else 1.0
                 for k in range(samples):
                     u = (torch.randint(0, 2, y.shape, generator=gen) * 2 - 1).to(device=y.device, dtype=y.dtype)
-                    grads = torch.autograd.grad(y, [t for _, t in flat], grad_outputs=u,
+                    grads = torch.autograd.grad(y, [t for _, t in flat], grad_outputs=u * scale,
                                                 retain_graph=k < samples - 1, allow_unused=True)
                     for (i, t), g in zip(flat, grads):
-                        out[i, step, 0] += 0.0 if g is None else float(g.double().square().sum())
+                        g2 = 0.0 if g is None else float(g.double().square().sum()) / scale ** 2
+                        if not math.isfinite(g2):
+                            raise ProfileError(
+                                f"the output-sensitivity pass got a gradient that is not finite at step {step} "
+                                f"(layer {i}, {y.dtype}); profile the model in float32 or bfloat16")
+                        out[i, step, 0] += g2
                         out[i, step, 1] += t.numel()
                 for c in captured:
                     c.clear()

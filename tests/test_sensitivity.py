@@ -141,3 +141,12 @@ def test_older_profile_without_sensitivity(prof, tmp_path):
         conn.execute("UPDATE sensitivity SET g2 = -1 WHERE unit = 0 AND layer = 0 AND step = 0")
     with pytest.raises(ProfileError, match="corrupt"):
         Profile.load(bad)
+
+
+def test_float16_matches_float32():
+    m = Tiny(out=3)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(3))
+    ref = output_sensitivity(m, [(0, (x,), {})], [m.a, m.b], 1, samples=4)
+    h = Tiny(out=3).half()
+    got = output_sensitivity(h, [(0, (x.half(),), {})], [h.a, h.b], 1, samples=4)
+    np.testing.assert_allclose(got, ref, rtol=2e-2)
