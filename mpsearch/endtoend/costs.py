@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ProfileError, UsageError
 from ..formats import get_format
-from ..formulate import layer_costs
+from ..formulate import layer_costs, resolve_metric
 from ..profile_store import Profile
 from .results import E2EResults, load_results
 from .scores import METRIC_KIND, OBJECTIVE_METRICS
@@ -77,7 +77,7 @@ def window_step_weights(profile: Profile, res: E2EResults, weights: dict) -> np.
     if not wins:
         return None
     combined = _combine({u["key"]: res.damages(u) for u in wins}, weights)
-    err = np.nan_to_num(profile.metric("rel_mse"))
+    err = np.nan_to_num(profile.metric(resolve_metric(profile)))
     index = {n: i for i, n in enumerate(profile.info.names)}
     per_window: dict[tuple[int, int], list[float]] = {}
     for u in wins:
@@ -131,7 +131,7 @@ def e2e_costs(profile: Profile, weights=None, *, res: E2EResults | None = None, 
                            "`mpsearch profile --end-to-end` first (or solve without --weights)")
     if step_weights is None:
         step_weights = window_step_weights(profile, res, weights)
-    local = layer_costs(profile, "rel_mse", step_weights)
+    local = layer_costs(profile, "auto", step_weights)
     L, F = local.shape
     index = {n: i for i, n in enumerate(profile.info.names)}
     measured = {}
@@ -174,7 +174,8 @@ def e2e_costs(profile: Profile, weights=None, *, res: E2EResults | None = None, 
         cost = np.where(over, np.inf, cost)
     report = {"run": res.run, "weights": weights, "metrics": used, "measured_pairs": len(measured),
               "estimated_pairs": int(np.isfinite(local[:, 1:]).sum()) - len(measured),
-              "calibration": "log-log least squares of damage on local rel_mse, per metric (median ratio fallback)",
+              "calibration": f"log-log least squares of damage on the local {resolve_metric(profile)}, per metric "
+                             "(median ratio fallback)",
               "step_weights": None if step_weights is None else [round(float(x), 6) for x in step_weights],
               "max_damage": max_damage, "ruled_out": ruled_out}
     return cost, report

@@ -22,11 +22,11 @@ __all__ = ["run_end_to_end", "spearman"]
 
 
 def spearman(profile: Profile, res: E2EResults) -> dict:
-    """Rank agreement (scipy.stats.spearmanr) between the local tier's sensitivity (rel_mse over steps) and
+    """Rank agreement (scipy.stats.spearmanr) between the local tier's sensitivity (the default local metric, ``gn`` where measured, over steps) and
     the end-to-end damage of the measured single-layer units, per metric: {metric: {rho, p, n}}."""
     from scipy.stats import spearmanr
 
-    local = layer_costs(profile, "rel_mse")
+    local = layer_costs(profile, "auto")
     index = {n: i for i, n in enumerate(profile.info.names)}
     pairs = [(u, local[index[u["layers"][0]], profile.formats.index(u["format"])])
              for u in res.of_kind("layer") if u["start"] == 0 and u["stop"] == profile.steps]

@@ -18,7 +18,7 @@ __all__ = ["budget_sweep", "shortlist", "window_units"]
 
 
 def _local_problem(profile: Profile, role_pins=None, step_weights=None):
-    return build_problem(profile, None, metric="rel_mse", step_weights=step_weights, role_pins=role_pins)
+    return build_problem(profile, None, metric="auto", step_weights=step_weights, role_pins=role_pins)
 
 
 def budget_sweep(profile: Profile, count: int = 5, role_pins=None) -> list[tuple[int, np.ndarray]]:
