@@ -16,6 +16,8 @@ import numpy as np
 
 #: seeds the search generates with: disjoint from profiling (0, 1, ...) and evaluation (1000, ...)
 SEARCH_SEEDS = (500,)
+#: seeds that check the search's pick against the ILP's plan before it is kept (disjoint from all of the above)
+VALIDATION_SEEDS = (501,)
 
 
 def evaluation_objective(pipe, info, problem, *, decode=None, labels=tuple(range(10)), seeds=SEARCH_SEEDS,
@@ -50,8 +52,12 @@ def evaluation_objective(pipe, info, problem, *, decode=None, labels=tuple(range
 def refine(profile, pipe, budget="60%", *, trials: int = 30, metric: str = "auto", pins=None, tie: bool = False,
            role_pins=None, storage: str | None = None, study_name: str | None = None, sampler: str = "nsga2",
            seed: int = 0, labels=tuple(range(10)), seeds=SEARCH_SEEDS, steps: int = 8, progress: bool = False,
-           problem=None, decode=None):
+           problem=None, decode=None, validation_seeds=VALIDATION_SEEDS):
     """Search from the ILP's plans with real generations; returns ``(plan, report)``.
+
+    A search on a few seeds can fit them rather than the model: when it picks a plan other than the ILP's, both
+    are scored again on ``validation_seeds`` (mean of content and quality, each relative to the ILP's) and the
+    ILP's plan is kept unless the pick is better there too (``report["validation"]``; ``()`` skips the check).
 
     ``storage`` (an SQLAlchemy URL; None: in memory) keeps the study; the same profile, budget and search
     settings load it again and continue up to ``trials`` finished trials.
@@ -86,17 +92,30 @@ def refine(profile, pipe, budget="60%", *, trials: int = 30, metric: str = "auto
         sol = solver.solve(problem)
     finally:
         bar.close()
+    seconds = sol.seconds
+    report = dict(solver.report) if solver.report else {"trials": 0, "note": "the budget does not bind"}
+    report.update(settings=settings, storage=storage)
+    chosen, reference = report.get("chosen"), report.get("reference")
+    if validation_seeds and chosen and reference and chosen["trial"] != reference["trial"]:
+        ilp = get_solver("ilp").solve(problem)
+        check = evaluation_objective(pipe, info, problem, decode=decode, labels=labels, seeds=validation_seeds,
+                                     steps=steps)
+        pick, base = check(sol.choice), check(ilp.choice)
+        ratio = 0.5 * sum(pick[k] / max(base[k], 1e-30) for k in ("content", "quality"))
+        report["validation"] = {"seeds": list(validation_seeds), "score_vs_ilp": ratio,
+                                "kept": "search" if ratio < 1.0 else "ilp"}
+        if ratio >= 1.0:
+            sol = ilp
     if decode is None:
         assignment, overrides = sol.assignment(problem), []
     else:
         assignment, overrides = decode(sol.choice)
-    report = dict(solver.report) if solver.report else {"trials": 0, "note": "the budget does not bind"}
-    report.update(settings=settings, storage=storage)
     plan = Plan.from_assignment(
         info, assignment, budget=b.to_dict(), weights=profile.weights, overrides=overrides,
         predictions={"objective": float(sol.objective), "metric": metric,
-                     "search": {k: report.get(k) for k in ("reference", "chosen", "trials", "feasible_trials")}},
-        provenance={"solver": "optuna", "status": sol.status, "seconds": round(float(sol.seconds), 3),
+                     "search": {k: report.get(k) for k in ("reference", "chosen", "trials", "feasible_trials",
+                                                               "validation")}},
+        provenance={"solver": "optuna", "status": sol.status, "seconds": round(float(seconds), 3),
                     "metric": metric, "tie": bool(tie), "pins": parse_pins(pins), "seeded_by": "ilp",
                     "study": study_name, "search": settings, "profile_digest": profile.digest})
     return plan, report

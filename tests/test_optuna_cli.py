@@ -25,3 +25,46 @@ def test_search_optuna_refines_and_resumes(dit_pipe, tmp_path, monkeypatch, caps
     assert again["search"]["trials"] == 5 and again["search"]["study_name"] == first["search"]["study_name"]
     plan = Plan.load(again["plan"])
     assert plan.provenance["solver"] == "optuna" and plan.predicted_bytes <= plan.budget["bytes"]
+
+
+def _refine_with_scores(dit_pipe, tmp_path, monkeypatch, validation_favours_pick: bool):
+    """refine() with stand-in scores: the search seed favours plans with more int4 layers than the ILP's
+    (so the pick is not the ILP's), the validation seed favours the pick or the ILP's plan as asked."""
+    import numpy as np
+
+    import mpsearch.refine as refine_mod
+    from mpsearch.formulate import build_problem
+    from mpsearch.profiler import profile
+    from mpsearch.solver import get_solver
+
+    prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=2, seeds=(0,), labels=(1,), progress=False)
+    problem = build_problem(prof, int(0.45 * prof.info.fp_bytes), role_pins={})
+    ilp = get_solver("ilp").solve(problem).choice
+    int4 = problem.formats.index("int4")
+
+    def fake(pipe, info, prob, *, seeds, **kw):
+        def evaluate(choice):
+            far = float(np.sum(np.asarray(choice) == int4) - np.sum(ilp == int4))  # > 0: more int4 than the ILP
+            if seeds == refine_mod.SEARCH_SEEDS:
+                return {"content": 1.0 / (2.0 + far), "quality": 1.0 / (2.0 + far)}
+            good = far > 0 if validation_favours_pick else far == 0 and np.array_equal(choice, ilp)
+            return {"content": 0.5 if good else 1.0, "quality": 0.5 if good else 1.0}
+        return evaluate
+
+    monkeypatch.setattr(refine_mod, "evaluation_objective", fake)
+    plan, report = refine_mod.refine(prof, dit_pipe, "45%", trials=12, role_pins={}, labels=(1,), steps=2)
+    return plan, report, problem, ilp
+
+
+def test_refine_keeps_the_ilp_plan_when_the_pick_fails_validation(dit_pipe, tmp_path, monkeypatch):
+    plan, report, problem, ilp = _refine_with_scores(dit_pipe, tmp_path, monkeypatch, validation_favours_pick=False)
+    assert report["chosen"]["trial"] != report["reference"]["trial"]
+    assert report["validation"]["kept"] == "ilp" and report["validation"]["score_vs_ilp"] >= 1.0
+    assert [plan.layers[n] for n in problem.layer_names] == [problem.formats[c] for c in ilp]
+    assert plan.predictions["search"]["validation"]["kept"] == "ilp"
+
+
+def test_refine_keeps_a_pick_that_passes_validation(dit_pipe, tmp_path, monkeypatch):
+    plan, report, problem, ilp = _refine_with_scores(dit_pipe, tmp_path, monkeypatch, validation_favours_pick=True)
+    assert report["validation"]["kept"] == "search" and report["validation"]["score_vs_ilp"] < 1.0
+    assert [plan.layers[n] for n in problem.layer_names] != [problem.formats[c] for c in ilp]
