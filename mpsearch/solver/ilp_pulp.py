@@ -37,7 +37,10 @@ class PulpCbcSolver(IlpSolver):
         # CBC prunes nodes that cannot beat the incumbent by its cutoff "increment", by default a guess
         # from the objective's scale; in practice that stopped ~1e-6 short of optimal. The objective's
         # typical coefficient is 1 (see _ilp), so 1e-9 is negligible yet still prunes exact ties.
-        options = dict(msg=False, threads=1, gapRel=0.0, gapAbs=0.0, timeLimit=time_limit, options=["increment 1e-9"])
+        # No ``threads``: any value, even 1, switches CBC 2.10 into its threaded branch-and-bound, which
+        # gains nothing on these small models and is the mode with known lock stalls (coin-or/Cbc#640,
+        # coin-or/pulp#737); bench_all saw three ILP solves of ~0.02 s take exactly ~10 s with it on.
+        options = dict(msg=False, gapRel=0.0, gapAbs=0.0, timeLimit=time_limit, options=["increment 1e-9"])
         with warnings.catch_warnings():
             # PuLP >= 3.3 announces that its bundled CBC goes away in 4.0; it is still the one we have.
             warnings.simplefilter("ignore", DeprecationWarning)
