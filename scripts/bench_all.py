@@ -100,9 +100,10 @@ def allocation_plans(pipe, prof, e2e_prof, traces, budget, args):
     out["mpsearch decoupled"] = (plan, plan.provenance["seconds"], "")
     (plan, report), t = _timed(refine, prof, pipe, f"{budget}B", trials=args.trials, role_pins={}, labels=args.labels,
                                steps=args.search_steps)
-    chosen = report.get("chosen") or {}
+    chosen, check = report.get("chosen") or {}, report.get("validation") or {}
+    verdict = {"search": ", kept after validation", "ilp": ", failed validation: the ILP's plan"}.get(check.get("kept"), "")
     out["mpsearch Optuna-refined"] = (plan, t, f"{report.get('trials', 0)} trials, chose "
-                                              f"{chosen.get('source', 'the ILP')}")
+                                              f"{chosen.get('source', 'the ILP')}{verdict}")
     return out
 
 

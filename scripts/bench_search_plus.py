@@ -95,7 +95,8 @@ def default_dit(lines: list[str], trials: int, budget: str) -> None:
               f"({report.get('feasible_trials')} feasible) on search seed 500, NSGA-II, seeded with the ILP's answers "
               f"at 100/99/98/96/93/90% of the budget; chosen trial {report.get('chosen', {}).get('trial')} "
               f"({report.get('chosen', {}).get('source')}), search score "
-              f"{report.get('chosen', {}).get('score_vs_reference', float('nan')):.3f} x the ILP's.", "",
+              f"{report.get('chosen', {}).get('score_vs_reference', float('nan')):.3f} x the ILP's; "
+              f"{_validation_text(report)}.", "",
               "| plan | bytes | predicted (ILP objective) | 1 - SSIM | rel. MSE | class agreement | solve seconds |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     power = float(np.mean(np.square(reference)))
@@ -104,6 +105,16 @@ def default_dit(lines: list[str], trials: int, budget: str) -> None:
                           classifier=classifier)
         lines.append(f"| {name} | {format_bytes(p.predicted_bytes)} | {objective:.4g} | {1 - s['ssim']:.4f} | "
                      f"{s['mse'] / power:.5f} | {s.get('class_agreement', float('nan')):.2f} | {seconds:.1f} |")
+
+
+def _validation_text(report: dict) -> str:
+    """What refine()'s validation seed said about the search's pick, in words."""
+    v = report.get("validation")
+    if not v:
+        return "the pick is the ILP's own plan, so no validation was needed"
+    kept = "the pick is kept" if v["kept"] == "search" else "the ILP's plan is kept"
+    return (f"validation seeds {v['seeds']} ({v['images']} images): the pick scored {v['score_vs_ilp']:.3f} x the "
+            f"ILP's plan, one-sided Wilcoxon p = {v['p_value']:.3g}, so {kept}")
 
 
 def latency(lines: list[str], *, threads: int | None = 1, **options) -> None:

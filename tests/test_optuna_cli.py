@@ -47,8 +47,11 @@ def _refine_with_scores(dit_pipe, tmp_path, monkeypatch, validation_favours_pick
             far = float(np.sum(np.asarray(choice) == int4) - np.sum(ilp == int4))  # > 0: more int4 than the ILP
             if seeds == refine_mod.SEARCH_SEEDS:
                 return {"content": 1.0 / (2.0 + far), "quality": 1.0 / (2.0 + far)}
+            assert kw.get("per_image"), "validation must score each image"
             good = far > 0 if validation_favours_pick else far == 0 and np.array_equal(choice, ilp)
-            return {"content": 0.5 if good else 1.0, "quality": 0.5 if good else 1.0}
+            value = 0.5 if good else 1.0
+            per = np.full(8, value) + np.linspace(0.0, 0.01, 8)  # 8 images; the pair differs on every one
+            return {"content": value, "quality": value, "per_image": {"content": per, "quality": per}}
         return evaluate
 
     monkeypatch.setattr(refine_mod, "evaluation_objective", fake)
@@ -67,4 +70,47 @@ def test_refine_keeps_the_ilp_plan_when_the_pick_fails_validation(dit_pipe, tmp_
 def test_refine_keeps_a_pick_that_passes_validation(dit_pipe, tmp_path, monkeypatch):
     plan, report, problem, ilp = _refine_with_scores(dit_pipe, tmp_path, monkeypatch, validation_favours_pick=True)
     assert report["validation"]["kept"] == "search" and report["validation"]["score_vs_ilp"] < 1.0
+    assert report["validation"]["p_value"] < 0.05 and report["validation"]["images"] == 8
     assert [plan.layers[n] for n in problem.layer_names] != [problem.formats[c] for c in ilp]
+
+
+def test_validate_pick_needs_a_paired_advantage_not_just_a_lower_mean():
+    import numpy as np
+
+    from mpsearch.refine import validate_pick
+
+    def scores(content, quality=None):
+        quality = content if quality is None else quality
+        return {"per_image": {"content": np.asarray(content, float), "quality": np.asarray(quality, float)}}
+
+    base = scores(np.linspace(1.0, 2.0, 12))
+    better = validate_pick(scores(np.linspace(1.0, 2.0, 12) * 0.9), base)  # 10% better on every image
+    assert better["kept"] == "search" and better["p_value"] < 0.05 and np.isclose(better["score_vs_ilp"], 0.9)
+    # one image much better, the other 11 slightly worse: a lower mean, but no consistent advantage
+    one_off = np.linspace(1.0, 2.0, 12) * 1.02
+    one_off[0] = 0.0
+    lucky = validate_pick(scores(one_off), base)
+    assert lucky["score_vs_ilp"] < 1.0 and lucky["kept"] == "ilp" and lucky["p_value"] > 0.05
+    same = validate_pick(base, base)
+    assert same == {"score_vs_ilp": 1.0, "p_value": 1.0, "images": 12, "kept": "ilp"}
+    worse = validate_pick(scores(np.linspace(1.0, 2.0, 12) * 1.1), base)
+    assert worse["kept"] == "ilp" and worse["score_vs_ilp"] > 1.0
+
+
+def test_evaluation_objective_per_image_scores_average_to_the_totals(dit_pipe, tmp_path):
+    import numpy as np
+
+    from mpsearch.formulate import build_problem
+    from mpsearch.profiler import profile
+    from mpsearch.refine import evaluation_objective
+    from mpsearch.solver import get_solver
+
+    prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=2, seeds=(0,), labels=(1,), progress=False)
+    problem = build_problem(prof, int(0.45 * prof.info.fp_bytes), role_pins={})
+    evaluate = evaluation_objective(dit_pipe, prof.info, problem, labels=(1, 2), seeds=(7, 8), steps=2,
+                                    per_image=True)
+    out = evaluate(get_solver("ilp").solve(problem).choice)
+    assert out["per_image"]["quality"].shape == (4,) and out["per_image"]["content"].shape == (4,)
+    assert np.isclose(out["per_image"]["quality"].mean(), out["quality"])
+    assert np.isclose(out["per_image"]["content"].mean(), out["content"])
+    assert out["quality"] > 0  # a 45% budget quantizes something

@@ -157,6 +157,11 @@ def _solve_search_modes(args) -> int:
         lines.append(f"optuna: {report['trials']} trials in study {report['study_name']}; chosen trial "
                      f"{report['chosen']['trial']} ({report['chosen']['source']}) scores "
                      f"{report['chosen']['score_vs_reference']:.3f} x the ILP's plan on the search seeds")
+        v = report.get("validation")
+        if v:
+            kept = "kept" if v["kept"] == "search" else "not significant, the ILP's plan is kept"
+            lines.append(f"validation on seeds {v['seeds']} ({v['images']} images): the pick scores "
+                         f"{v['score_vs_ilp']:.3f} x the ILP's plan, one-sided Wilcoxon p = {v['p_value']:.3g}: {kept}")
     return _emit(args, data, lines)
 
 
