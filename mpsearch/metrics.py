@@ -117,8 +117,9 @@ def _gaussian(size: int, sigma: float) -> torch.Tensor:
 
 
 @register_metric("ssim", higher_is_better=True, kind="content")
-def ssim(ref, out, window: int = 7, sigma: float = 1.5) -> float:
-    """Structural similarity (Wang et al. 2004), Gaussian window, data range 1, averaged over images."""
+def ssim(ref, out, window: int = 7, sigma: float = 1.5, per_image: bool = False):
+    """Structural similarity (Wang et al. 2004), Gaussian window, data range 1, averaged over images
+    (``per_image``: an (N,) array, one value per image, whose mean is the average)."""
     a, b = _nchw(ref), _nchw(out)
     c = a.shape[1]
     window = min(window, a.shape[-1], a.shape[-2])
@@ -131,6 +132,8 @@ def ssim(ref, out, window: int = 7, sigma: float = 1.5) -> float:
     s_ab = filt(a * b) - mu_a * mu_b
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     m = ((2 * mu_a * mu_b + c1) * (2 * s_ab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (s_aa + s_bb + c2))
+    if per_image:
+        return m.mean(dim=(1, 2, 3)).numpy()
     return float(m.mean())
 
 

@@ -53,14 +53,13 @@ def evaluation_objective(pipe, info, problem, *, decode=None, labels=tuple(range
             images = generate_many(pipe, labels, seeds, steps, guidance_scale)
         finally:
             handle.remove()
-        out = {"content": max(0.0, 1.0 - float(ssim(reference, images))),
-               "quality": float(np.mean(np.square(images - reference))) / power}
-        if per_image:
-            flat = np.square(np.asarray(images, np.float64) - reference).reshape(len(images), -1)
-            out["per_image"] = {
-                "content": np.array([1.0 - ssim(reference[i : i + 1], images[i : i + 1]) for i in range(len(images))]),
-                "quality": flat.mean(axis=1) / power}
-        return out
+        if not per_image:
+            return {"content": max(0.0, 1.0 - float(ssim(reference, images))),
+                    "quality": float(np.mean(np.square(images - reference))) / power}
+        content = 1.0 - ssim(reference, images, per_image=True)
+        quality = np.square(np.asarray(images, np.float64) - reference).reshape(len(images), -1).mean(axis=1) / power
+        return {"content": max(0.0, float(content.mean())), "quality": float(quality.mean()),
+                "per_image": {"content": content, "quality": quality}}
 
     return evaluate
 

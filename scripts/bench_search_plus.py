@@ -108,7 +108,7 @@ def default_dit(lines: list[str], trials: int, budget: str) -> None:
 
 
 def _validation_text(report: dict) -> str:
-    """What refine()'s validation seed said about the search's pick, in words."""
+    """What refine()'s validation seeds said about the search's pick, in words."""
     v = report.get("validation")
     if not v:
         return "the pick is the ILP's own plan, so no validation was needed"
