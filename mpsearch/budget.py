@@ -11,7 +11,7 @@ import re
 from fractions import Fraction
 from dataclasses import dataclass
 
-from .errors import BudgetError
+from mpsearch.errors import BudgetError
 
 _UNITS = {
     "b": 1,

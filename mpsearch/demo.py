@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 
-from .budget import format_bytes
-from .evaluate import HELD_OUT_SEEDS, evaluate_plan
-from .generation import generate_many
-from .plan import Plan
-from .profiler import ProfileConfig, default_profile_path, profile
-from .solve import solve
+from mpsearch.budget import format_bytes
+from mpsearch.evaluate import HELD_OUT_SEEDS, evaluate_plan
+from mpsearch.runtime.generation import generate_many
+from mpsearch.plan import Plan
+from mpsearch.workflow import ProfileConfig, default_profile_path, profile
+from mpsearch.allocation.solving import solve
+from mpsearch.classifier import load_classifier
+from mpsearch.models import describe
+from mpsearch.pipeline import load_pipeline
 
 
 def comparison_budgets(info) -> dict[str, int]:
@@ -20,9 +23,6 @@ def comparison_budgets(info) -> dict[str, int]:
 
 def run_demo(model: str = "default", *, progress: bool = True, steps: int = 20, seeds=HELD_OUT_SEEDS) -> dict:
     """Profile (or resume), solve at three budgets, score solved and uniform plans on held-out seeds."""
-    from .classifier import load_classifier
-    from .models import describe
-    from .pipeline import load_pipeline
 
     pipe = load_pipeline(model)
     info = describe(pipe)

@@ -7,9 +7,11 @@ import time
 import numpy as np
 import torch
 
-from .generation import generate_many
-from .metrics import class_agreement, frechet_distance, mse, psnr, ssim
-from .models import measured_bytes
+from mpsearch.runtime.generation import generate_many
+from mpsearch.metrics import class_agreement, frechet_distance, mse, psnr, ssim
+from mpsearch.models import measured_bytes
+from mpsearch.classifier import to_tensor
+from mpsearch.runtime.executor import apply_plan
 
 #: seeds never used for profiling by default (profiling uses 0, 1, ...)
 HELD_OUT_SEEDS = (1000, 1001)
@@ -19,7 +21,6 @@ def image_scores(ref: np.ndarray, out: np.ndarray, labels=None, classifier=None)
     """MSE, PSNR, SSIM of ``out`` against ``ref``; class agreement and Frechet distance with a classifier."""
     scores = {"mse": mse(ref, out), "psnr": psnr(ref, out), "ssim": ssim(ref, out)}
     if classifier is not None and labels is not None:
-        from .classifier import to_tensor
 
         with torch.no_grad():
             x_out, x_ref = to_tensor(out), to_tensor(ref)
@@ -38,7 +39,6 @@ def evaluate_plan(pipe, plan, *, labels=tuple(range(10)), seeds=HELD_OUT_SEEDS, 
 
     Returns scores plus ``bytes`` (measured) and ``seconds`` (generation wall time).
     """
-    from .executor import apply_plan
 
     if reference is None:
         reference = generate_many(pipe, labels, seeds, steps, guidance_scale)

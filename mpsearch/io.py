@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import MpsearchError
+from mpsearch.errors import MpsearchError
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import UsageError
+from mpsearch.errors import UsageError
 
 _EPS = 1e-20
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import ModelError
-from .formats import available_formats, get_format
+from mpsearch.errors import ModelError
+from mpsearch.formats import available_formats, get_format
 
 
 class Role(str, enum.Enum):

@@ -11,10 +11,12 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PlanError
-from .formats import available_formats
-from .io import atomic_write_text, dump_yaml, load_yaml
-from .models import ModelInfo, describe, weights_digest
+from mpsearch.errors import PlanError
+from mpsearch.formats import available_formats
+from mpsearch.io import atomic_write_text, dump_yaml, load_yaml
+from mpsearch.models import ModelInfo, describe, weights_digest
+from mpsearch.cache_section import validate_cache_section
+from mpsearch.version import __version__
 
 SCHEMA_VERSION = 1
 _TOP_KEYS = ("schema_version", "model", "budget", "layers", "overrides", "cache", "predictions", "provenance")
@@ -29,7 +31,6 @@ def versions() -> dict:
     import diffusers
     import torch
 
-    from . import __version__
 
     return {"mpsearch": str(__version__), "torch": str(torch.__version__), "diffusers": str(diffusers.__version__),
             "python": platform.python_version()}
@@ -69,9 +70,8 @@ class Plan:
         for i, ov in enumerate(self.overrides):
             _check_override(i, ov, self.layers)
         if self.cache is not None:
-            from .cache.section import validate_cache_section
 
-            validate_cache_section(self.cache)  # schema: mpsearch/cache/section.py
+            validate_cache_section(self.cache)  # schema: mpsearch/cache_section.py
         if "bytes" in self.predictions and not isinstance(self.predictions["bytes"], int):
             raise PlanError(f"plan predictions.bytes must be an integer, got {self.predictions['bytes']!r}; {_REGEN}")
         if self.weights is not None and not isinstance(self.weights, str):

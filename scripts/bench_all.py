@@ -42,21 +42,22 @@ import mpsearch  # noqa: E402
 from mpsearch import baselines  # noqa: E402
 from mpsearch import endtoend as e2e  # noqa: E402
 from mpsearch.budget import format_bytes  # noqa: E402
-from mpsearch.cache import get_unit, make_schedule  # noqa: E402
-from mpsearch.cache.joint import cache_section  # noqa: E402
-from mpsearch.cache.measure import costs_from_profile, measure_costs  # noqa: E402
-from mpsearch.cache.units import compute_shares  # noqa: E402
+from mpsearch.allocation.cache_scheduler import make_schedule  # noqa: E402
+from mpsearch.cache_units import get_unit  # noqa: E402
+from mpsearch.allocation.joint import cache_section  # noqa: E402
+from mpsearch.profiling.cache_costs import costs_from_profile, measure_costs  # noqa: E402
+from mpsearch.cache_units import compute_shares  # noqa: E402
 from mpsearch.classifier import load_classifier  # noqa: E402
 from mpsearch.demo import comparison_budgets  # noqa: E402
 from mpsearch.evaluate import evaluate_plan  # noqa: E402
-from mpsearch.generation import generate_many  # noqa: E402
+from mpsearch.runtime.generation import generate_many  # noqa: E402
 from mpsearch.models import describe, get_denoiser  # noqa: E402
 from mpsearch.plan import Plan  # noqa: E402
-from mpsearch.profile_store import Profile  # noqa: E402
-from mpsearch.profiler import ProfileConfig, profile  # noqa: E402
-from mpsearch.refine import refine  # noqa: E402
-from mpsearch.solve import build_problem, solve  # noqa: E402
-from mpsearch.solver import get_solver  # noqa: E402
+from mpsearch.profiling.store import Profile  # noqa: E402
+from mpsearch.workflow import ProfileConfig, profile  # noqa: E402
+from mpsearch.allocation.refine import refine  # noqa: E402
+from mpsearch.allocation.solving import build_problem, solve  # noqa: E402
+from mpsearch.allocation.solvers import get_solver  # noqa: E402
 
 WARMUP = 2
 SPLITS = (0.2, 0.35, 0.5, 0.65, 0.8)

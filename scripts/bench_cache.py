@@ -20,13 +20,14 @@ import numpy as np
 import torch
 
 from benchdoc import write_section
-from mpsearch.cache import get_unit, ideal_speedup, make_schedule
-from mpsearch.cache.joint import cache_section
-from mpsearch.cache.measure import measure_costs
+from mpsearch.allocation.cache_scheduler import ideal_speedup, make_schedule
+from mpsearch.cache_units import get_unit
+from mpsearch.allocation.joint import cache_section
+from mpsearch.profiling.cache_costs import measure_costs
 from mpsearch.evaluate import image_scores
-from mpsearch.executor import apply_plan
-from mpsearch.generation import generate_many
-from mpsearch.cache.units import compute_shares
+from mpsearch.runtime.executor import apply_plan
+from mpsearch.runtime.generation import generate_many
+from mpsearch.cache_units import compute_shares
 from mpsearch.models import get_denoiser
 from mpsearch.pipeline import load_pipeline
 from mpsearch.plan import Plan

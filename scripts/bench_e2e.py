@@ -1,4 +1,4 @@
-"""Benchmark the end-to-end tier (mpsearch.endtoend) on both embedded defaults; writes a section of
+"""Benchmark the end-to-end tier (mpsearch.allocation.endtoend) on both embedded defaults; writes a section of
 docs/benchmarks.md.
 
 For each model: a local profile; the exhaustive end-to-end run (every layer x eligible format: the reference)
@@ -26,12 +26,12 @@ from benchdoc import write_section  # noqa: E402
 
 import mpsearch  # noqa: E402
 from mpsearch import endtoend as e2e  # noqa: E402
-from mpsearch.baselines import mixdq_plans  # noqa: E402
-from mpsearch.generation import generate  # noqa: E402
-from mpsearch.profile_store import Profile  # noqa: E402
+from mpsearch.allocation.baselines import mixdq_plans  # noqa: E402
+from mpsearch.runtime.generation import generate  # noqa: E402
+from mpsearch.profiling.store import Profile  # noqa: E402
 from mpsearch.models import DEFAULT_ROLE_PINS  # noqa: E402
-from mpsearch.solve import build_problem  # noqa: E402
-from mpsearch.solver import min_feasible_bytes  # noqa: E402
+from mpsearch.allocation.solving import build_problem  # noqa: E402
+from mpsearch.allocation.solvers import min_feasible_bytes  # noqa: E402
 
 HELD_OUT = (1000,)
 METRICS = ("ssim", "condition", "class_agreement", "psnr", "frechet")
@@ -81,7 +81,7 @@ def run_model(model, args, tmp):
              for res in [ref.damages(u)]]
     from scipy.stats import spearmanr
 
-    from mpsearch.solve import layer_costs
+    from mpsearch.allocation.solving import layer_costs
 
     loc = layer_costs(local, "rel_mse")
     rho_local, rho_cheap = {}, {}

@@ -22,13 +22,13 @@ from mpsearch.budget import format_bytes
 from mpsearch.classifier import load_classifier
 from mpsearch.demo import comparison_budgets
 from mpsearch.evaluate import evaluate_plan
-from mpsearch.generation import generate_many
+from mpsearch.runtime.generation import generate_many
 from mpsearch.models import describe
 from mpsearch.pipeline import load_pipeline
 from mpsearch.plan import Plan
-from mpsearch.profiler import ProfileConfig, profile
-from mpsearch.solve import solve
-from mpsearch.solver import get_solver
+from mpsearch.workflow import ProfileConfig, profile
+from mpsearch.allocation.solving import solve
+from mpsearch.allocation.solvers import get_solver
 
 LABELS = tuple(range(10))
 

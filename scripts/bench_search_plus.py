@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_solver import synthetic_problem  # noqa: E402
 
-from mpsearch.solver import Problem, format_bytes, get_solver  # noqa: E402
+from mpsearch.allocation.solvers import Problem, format_bytes, get_solver  # noqa: E402
 
 
 def synthetic(lines: list[str]) -> None:
@@ -46,7 +46,7 @@ def synthetic(lines: list[str]) -> None:
         best = sol.objective if best is None else best
         lines.append(f"| {name} | {sol.seconds:.2f} | {sol.objective:.6g} | {sol.objective / best - 1:+.2%} | "
                      f"{format_bytes(sol.total_bytes)} | {compute.value(sol.choice) / compute.rhs:.4f} | {sol.status} |")
-    from mpsearch.pareto import pareto_budgets, sweep
+    from mpsearch.allocation.pareto import pareto_budgets, sweep
 
     budgets = pareto_budgets(problem, 20)
     t0 = time.perf_counter()
@@ -62,11 +62,11 @@ def default_dit(lines: list[str], trials: int, budget: str) -> None:
     import mpsearch
     from mpsearch.classifier import load_classifier
     from mpsearch.evaluate import evaluate_plan
-    from mpsearch.generation import generate_many
+    from mpsearch.runtime.generation import generate_many
     from mpsearch.plan import Plan
-    from mpsearch.profiler import profile
-    from mpsearch.refine import refine
-    from mpsearch.solve import build_problem
+    from mpsearch.workflow import profile
+    from mpsearch.allocation.refine import refine
+    from mpsearch.allocation.solving import build_problem
 
     steps, labels, held_out = 8, tuple(range(10)), (1000, 1001)
     pipe = mpsearch.load_pipeline("default")
@@ -143,14 +143,14 @@ def _latency(lines: list[str], *, budget: str = "60%", bops: str = "50%", steps:
     import torch
 
     import mpsearch
-    from mpsearch.compute import compute_problem, record_layer_calls
+    from mpsearch.allocation.compute import compute_problem, record_layer_calls
     from mpsearch.errors import InfeasibleError
-    from mpsearch.executor import apply_plan
-    from mpsearch.generation import generate
-    from mpsearch.latency import measure_latency
+    from mpsearch.runtime.executor import apply_plan
+    from mpsearch.runtime.generation import generate
+    from mpsearch.profiling.latency import measure_latency
     from mpsearch.plan import Plan
-    from mpsearch.profiler import profile
-    from mpsearch.solve import build_problem
+    from mpsearch.workflow import profile
+    from mpsearch.allocation.solving import build_problem
 
     labels = tuple(labels)
     pipe = mpsearch.load_pipeline("default")

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from mpsearch.solver import Constraint, Problem, format_bytes, get_solver, min_feasible_bytes
+from mpsearch.allocation.solvers import Constraint, Problem, format_bytes, get_solver, min_feasible_bytes
 
 FORMATS = ("fp", "int8", "nvfp4", "int4")
 SOLVERS = ("ilp", "highs", "greedy")

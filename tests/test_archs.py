@@ -11,7 +11,7 @@ from mpsearch.models import DEFAULT_ROLE_PINS, Role, describe, resolve_role_pins
 
 pytest.importorskip("transformers")
 
-from mpsearch.archs.tiny import TINY_BUILDERS, build_tiny_pipeline  # noqa: E402
+from mpsearch.testing import TINY_BUILDERS, build_tiny_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from mpsearch.cli import main
 
 pytest.importorskip("transformers")
 
-from mpsearch.archs.tiny import TINY_BUILDERS, save_tiny_pipeline  # noqa: E402
+from mpsearch.testing import TINY_BUILDERS, save_tiny_pipeline  # noqa: E402
 
 TEXT = [n for n in TINY_BUILDERS if n != "dit"]
 SLOW = {"sd15", "sdxl"}  # the UNets take a few seconds per step on two CPU cores
@@ -71,7 +71,7 @@ def test_profile_solve_generate(arch, tiny_dirs, capsys, tmp_path, monkeypatch):
 
 def test_apply_and_remove_bit_for_bit_on_flux(tiny_dirs):
     from mpsearch import apply_plan
-    from mpsearch.generation import generate
+    from mpsearch.runtime.generation import generate
     from mpsearch.models import describe
     from mpsearch.pipeline import load_pipeline
     from mpsearch.plan import Plan
@@ -91,7 +91,7 @@ def test_apply_and_remove_bit_for_bit_on_flux(tiny_dirs):
 @pytest.mark.parametrize("guidance,batch", [(1.0, 2), (2.0, 4)])
 def test_classifier_free_guidance_reaches_the_denoiser(tiny_dirs, guidance, batch):
     """With guidance > 1 the denoiser sees one batch [uncond, cond]: the profiler's hooks measure both halves."""
-    from mpsearch.generation import generate
+    from mpsearch.runtime.generation import generate
     from mpsearch.pipeline import load_pipeline
 
     pipe = load_pipeline(tiny_dirs["pixart-sigma"])

@@ -19,12 +19,12 @@ import yaml
 import mpsearch
 from mpsearch.cli import main
 from mpsearch.errors import MpsearchError, UsageError
-from mpsearch.executor import apply_plan
+from mpsearch.runtime.executor import apply_plan
 from mpsearch.models import describe, get_denoiser
 from mpsearch.pipeline import load_pipeline
 from mpsearch.plan import Plan
-from mpsearch.profile_store import Profile
-from mpsearch.profiler import ProfileConfig, profile
+from mpsearch.profiling.store import Profile
+from mpsearch.workflow import ProfileConfig, profile
 
 from conftest import tiny_dit, _scheduler
 

@@ -1,15 +1,15 @@
-"""The anchors' allocation methods (mpsearch.baselines): checked against quantities computed another way."""
+"""The anchors' allocation methods (mpsearch.allocation.baselines): checked against quantities computed another way."""
 
 import numpy as np
 import pytest
 import torch
 
-from mpsearch.baselines import (CONTENT_ROLES, autoquantize_problem, choose_split, hawq_problem, hawq_traces,
+from mpsearch.allocation.baselines import (CONTENT_ROLES, autoquantize_problem, choose_split, hawq_problem, hawq_traces,
                                 mixdq_plans, nominal_bytes, output_jacobian_traces, record_denoiser_calls)
 from mpsearch.errors import UsageError
 from mpsearch.formats import get_format
-from mpsearch.profiler import profile
-from mpsearch.solver import get_solver
+from mpsearch.workflow import profile
+from mpsearch.allocation.solvers import get_solver
 
 
 class Tiny(torch.nn.Module):

@@ -5,11 +5,12 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from mpsearch.cache import get_unit, make_schedule, schedule_error
-from mpsearch.cache.hooks import FeatureCacheConfig, apply_feature_cache
-from mpsearch.cache.measure import measure_costs, measure_segment_errors, segment_increments
+from mpsearch.allocation.cache_scheduler import make_schedule, schedule_error
+from mpsearch.cache_units import get_unit
+from mpsearch.runtime.cache_hooks import FeatureCacheConfig, apply_feature_cache
+from mpsearch.profiling.cache_costs import measure_costs, measure_segment_errors, segment_increments
 from mpsearch.errors import UsageError
-from mpsearch.generation import generate
+from mpsearch.runtime.generation import generate
 from mpsearch.models import get_denoiser
 
 S = 8

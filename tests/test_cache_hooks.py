@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from mpsearch.cache import cache_units, compute_shares, get_unit
-from mpsearch.cache.hooks import HOOK_STEP, FeatureCacheConfig, apply_feature_cache
-from mpsearch.cache.joint import schedule_cache
-from mpsearch.cache.measure import measure_costs
+from mpsearch.cache_units import cache_units, compute_shares, get_unit
+from mpsearch.runtime.cache_hooks import HOOK_STEP, FeatureCacheConfig, apply_feature_cache
+from mpsearch.allocation.joint import schedule_cache
+from mpsearch.profiling.cache_costs import measure_costs
 from mpsearch.errors import PlanError
-from mpsearch.executor import apply_plan
-from mpsearch.generation import generate
+from mpsearch.runtime.executor import apply_plan
+from mpsearch.runtime.generation import generate
 from mpsearch.models import get_denoiser
 from mpsearch.plan import Plan
 

@@ -11,7 +11,7 @@ import mpsearch
 from mpsearch import endtoend as e2e
 from mpsearch.cli import main
 from mpsearch.errors import ProfileError, UsageError
-from mpsearch.profile_store import Profile
+from mpsearch.profiling.store import Profile
 
 SMALL = dict(labels=(0, 1, 2), seeds=(0,), steps=4, progress=False)
 
@@ -84,7 +84,7 @@ def test_resume_measures_nothing_twice(e2e_profile, tmp_path):
 
 
 def test_window_unit_quantizes_only_inside_its_window(dit_pipe, tmp_path):
-    from mpsearch.generation import generate
+    from mpsearch.runtime.generation import generate
 
     name = "transformer_blocks.0.ff.net.0.proj"
     ref = generate(dit_pipe, [1, 2], 0, 4)

@@ -4,12 +4,12 @@ import torch
 from torch import nn
 
 from mpsearch.errors import PlanError
-from mpsearch.executor import apply_plan
+from mpsearch.runtime.executor import apply_plan
 from mpsearch.formats import get_format
-from mpsearch.generation import generate
+from mpsearch.runtime.generation import generate
 from mpsearch.models import describe, get_denoiser, measured_bytes
 from mpsearch.plan import Plan
-from mpsearch.qmodules import QuantConv2d, QuantLinear
+from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 
 
 def _snapshot(module):
@@ -67,7 +67,7 @@ def test_quantized_modules_compute_what_formats_say():
     f = get_format("int8")
     packed = f.quantize(conv.weight.detach())
     q = QuantConv2d(conv, packed, conv.bias, act_windows=[(0, 10**9, False)])
-    from mpsearch.qmodules import StepTracker
+    from mpsearch.runtime.qmodules import StepTracker
 
     q.tracker = StepTracker()
     q.tracker.step = 0
@@ -140,7 +140,7 @@ def test_cfg_batch_runs_under_a_plan(dit_pipe):
     ((3, 2), (2, 0), (1, 2), (2, 1)),
 ])
 def test_im2col_matches_unfold(kernel, padding, stride, dilation):
-    from mpsearch.qmodules import im2col
+    from mpsearch.runtime.qmodules import im2col
 
     x = torch.randn(2, 5, 9, 8)
     ref = torch.nn.functional.unfold(x, kernel, dilation, padding, stride)

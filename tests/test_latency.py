@@ -18,10 +18,10 @@ import torch
 from conftest import _scheduler, tiny_dit
 from mpsearch.errors import InfeasibleError, ProfileError, UsageError
 from mpsearch.formats import get_format
-from mpsearch.latency import LatencyTable, measure_latency
+from mpsearch.profiling.latency import LatencyTable, measure_latency
 from mpsearch.pipeline import DigitsPipeline
-from mpsearch.profile_store import Profile, merge_profiles, write_latency
-from mpsearch.profiler import profile
+from mpsearch.profiling.store import Profile, merge_profiles, write_latency
+from mpsearch.workflow import profile
 
 MIN_TIME = 1e-4  # seconds per timing: the structure is under test, not the numbers
 
@@ -96,7 +96,7 @@ def test_table_shape_eligibility_and_weight_only(table, prof_path):
 
 def test_calls_per_denoiser_call_scale_the_seconds(pipe, prof_path, monkeypatch):
     """seconds = median of one call x calls per denoiser call: a layer run twice per call costs twice."""
-    import mpsearch.latency as lat
+    import mpsearch.profiling.latency as lat
 
     info = Profile.load(prof_path).info
     monkeypatch.setattr(lat, "_median_seconds", lambda fn, min_time, label: 1.0)
@@ -134,7 +134,7 @@ def test_stored_and_reloaded_identically_and_replaced_whole(table, prof_path, tm
 
 
 def test_a_failed_write_leaves_the_old_table(table, prof_path, tmp_path, monkeypatch):
-    import mpsearch.profile_store as ps
+    import mpsearch.profiling.store as ps
 
     path = tmp_path / "p.sqlite"
     shutil.copy(prof_path, path)
@@ -190,8 +190,8 @@ def test_merge_carries_the_latest_table_whole(pipe, tmp_path):
 # ------------------------------------------------------------------------------------------- solving
 
 def _compute_setup(pipe, prof_path, pins=None):
-    from mpsearch.compute import record_layer_calls
-    from mpsearch.solve import build_problem
+    from mpsearch.allocation.compute import record_layer_calls
+    from mpsearch.allocation.solving import build_problem
 
     prof = Profile.load(prof_path)
     calls = record_layer_calls(pipe, prof.info, steps=prof.steps, windows=2, formats=prof.formats[1:])
@@ -213,8 +213,8 @@ def _table_cost(cm, table, choice) -> float:
 
 
 def test_latency_priced_compute_respects_the_table_and_matches_brute_force(pipe, prof_path):
-    from mpsearch.compute import compute_problem
-    from mpsearch.solver import get_solver
+    from mpsearch.allocation.compute import compute_problem
+    from mpsearch.allocation.solvers import get_solver
 
     # five free layers (the rest pinned to fp): 10 columns each (fp, int8 and nvfp4 with 3 window variants, int4)
     free = r"^(?!transformer_blocks\.0\.attn1\.|transformer_blocks\.0\.ff\.net\.0).*=fp"
@@ -241,7 +241,7 @@ def test_latency_priced_compute_respects_the_table_and_matches_brute_force(pipe,
 
 
 def test_latency_priced_compute_errors(pipe, prof_path, table):
-    from mpsearch.compute import compute_problem, parse_compute
+    from mpsearch.allocation.compute import compute_problem, parse_compute
 
     prof, calls, base = _compute_setup(pipe, prof_path)
     assert parse_compute("12ms", 1.0, "s") == pytest.approx(0.012)

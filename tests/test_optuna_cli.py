@@ -9,7 +9,7 @@ from mpsearch.plan import Plan
 
 
 def test_search_optuna_refines_and_resumes(dit_pipe, tmp_path, monkeypatch, capsys):
-    from mpsearch.profiler import profile
+    from mpsearch.workflow import profile
 
     profile(dit_pipe, out=tmp_path / "p.sqlite", steps=3, seeds=(0,), labels=(1, 2), progress=False)
     monkeypatch.setattr("mpsearch.pipeline.load_pipeline", lambda *a, **k: dit_pipe)
@@ -32,10 +32,10 @@ def _refine_with_scores(dit_pipe, tmp_path, monkeypatch, validation_favours_pick
     (so the pick is not the ILP's), the validation seed favours the pick or the ILP's plan as asked."""
     import numpy as np
 
-    import mpsearch.refine as refine_mod
-    from mpsearch.formulate import build_problem
-    from mpsearch.profiler import profile
-    from mpsearch.solver import get_solver
+    import mpsearch.allocation.refine as refine_mod
+    from mpsearch.allocation.formulation import build_problem
+    from mpsearch.workflow import profile
+    from mpsearch.allocation.solvers import get_solver
 
     prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=2, seeds=(0,), labels=(1,), progress=False)
     problem = build_problem(prof, int(0.45 * prof.info.fp_bytes), role_pins={})
@@ -77,7 +77,7 @@ def test_refine_keeps_a_pick_that_passes_validation(dit_pipe, tmp_path, monkeypa
 def test_validate_pick_needs_a_paired_advantage_not_just_a_lower_mean():
     import numpy as np
 
-    from mpsearch.refine import validate_pick
+    from mpsearch.allocation.refine import validate_pick
 
     def scores(content, quality=None):
         quality = content if quality is None else quality
@@ -100,10 +100,10 @@ def test_validate_pick_needs_a_paired_advantage_not_just_a_lower_mean():
 def test_evaluation_objective_per_image_scores_average_to_the_totals(dit_pipe, tmp_path):
     import numpy as np
 
-    from mpsearch.formulate import build_problem
-    from mpsearch.profiler import profile
-    from mpsearch.refine import evaluation_objective
-    from mpsearch.solver import get_solver
+    from mpsearch.allocation.formulation import build_problem
+    from mpsearch.workflow import profile
+    from mpsearch.allocation.refine import evaluation_objective
+    from mpsearch.allocation.solvers import get_solver
 
     prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=2, seeds=(0,), labels=(1,), progress=False)
     problem = build_problem(prof, int(0.45 * prof.info.fp_bytes), role_pins={})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mpsearch.errors import UsageError
-from mpsearch.solver import NoSolutionFoundError, Problem, get_solver, min_feasible_bytes
+from mpsearch.allocation.solvers import NoSolutionFoundError, Problem, get_solver, min_feasible_bytes
 
 
 def _problem(n=6, budget_share=0.5):

@@ -7,8 +7,8 @@ from torch import nn
 
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.formats import get_format
-from mpsearch.profile_store import Profile
-from mpsearch.profiler import ProfileConfig, profile
+from mpsearch.profiling.store import Profile
+from mpsearch.workflow import ProfileConfig, profile
 
 
 class HandDenoiser(nn.Module):

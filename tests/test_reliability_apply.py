@@ -14,11 +14,11 @@ import mpsearch
 from mpsearch import executor
 from mpsearch.cli import main
 from mpsearch.errors import PlanError
-from mpsearch.executor import apply_plan
+from mpsearch.runtime.executor import apply_plan
 from mpsearch.models import describe, get_denoiser, weights_digest
 from mpsearch.pipeline import DigitsPipeline
 from mpsearch.plan import Plan
-from mpsearch.profiler import profile
+from mpsearch.workflow import profile
 
 from conftest import _scheduler, tiny_dit
 

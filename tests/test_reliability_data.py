@@ -19,8 +19,8 @@ import yaml
 from mpsearch.errors import MpsearchError, PlanError, ProfileError
 from mpsearch.pipeline import DigitsPipeline, load_pipeline
 from mpsearch.plan import Plan
-from mpsearch.profile_store import Profile, ProfileWriter
-from mpsearch.profiler import profile
+from mpsearch.profiling.store import Profile, ProfileWriter
+from mpsearch.workflow import profile
 
 from conftest import _scheduler, tiny_dit
 

@@ -20,8 +20,8 @@ import pytest
 
 from mpsearch.cli import main
 from mpsearch.pipeline import DigitsPipeline
-from mpsearch.profile_store import Profile, merge_profiles
-from mpsearch.profiler import profile
+from mpsearch.profiling.store import Profile, merge_profiles
+from mpsearch.workflow import profile
 
 from conftest import _scheduler, tiny_dit, tiny_unet
 

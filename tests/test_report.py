@@ -20,11 +20,11 @@ def tiny(tmp_path_factory):
     from conftest import _scheduler, tiny_dit
 
     import mpsearch
-    from mpsearch.cache import cache_units
+    from mpsearch.cache_units import cache_units
     from mpsearch.models import get_denoiser
     from mpsearch.pipeline import DigitsPipeline
     from mpsearch.plan import Plan
-    from mpsearch.profiler import profile
+    from mpsearch.workflow import profile
 
     root = tmp_path_factory.mktemp("report")
     pipe = DigitsPipeline(scheduler=_scheduler(), transformer=tiny_dit())

@@ -1,4 +1,4 @@
-"""Output sensitivity (mpsearch.sensitivity) and the `gn` metric it gives the profile."""
+"""Output sensitivity (mpsearch.profiling.sensitivity) and the `gn` metric it gives the profile."""
 
 import shutil
 import sqlite3
@@ -9,10 +9,10 @@ import torch
 
 import mpsearch
 from mpsearch.errors import ProfileError
-from mpsearch.formulate import layer_costs, resolve_metric
-from mpsearch.profile_store import Profile, merge_profiles
-from mpsearch.profiler import profile
-from mpsearch.sensitivity import CallRecorder, output_sensitivity
+from mpsearch.allocation.formulation import layer_costs, resolve_metric
+from mpsearch.profiling.store import Profile, merge_profiles
+from mpsearch.workflow import profile
+from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
 
 
 class Tiny(torch.nn.Module):
@@ -63,8 +63,8 @@ def test_model_left_as_it_was():
 
 
 def test_recorder_keeps_inputs_and_steps(dit_pipe):
-    from mpsearch.generation import generate
-    from mpsearch.qmodules import StepTracker
+    from mpsearch.runtime.generation import generate
+    from mpsearch.runtime.qmodules import StepTracker
 
     den = dit_pipe.transformer
     tracker = StepTracker()
@@ -100,7 +100,7 @@ def test_profile_has_gn(prof):
 
 def test_replay_does_not_touch_the_local_measurements(dit_pipe, tmp_path, monkeypatch):
     a = profile(dit_pipe, out=tmp_path / "a.sqlite", labels=(0, 1), seeds=(0,), steps=3, progress=False)
-    import mpsearch.profiler as profiler
+    import mpsearch.profiling.profiler as profiler
 
     monkeypatch.setattr(profiler, "output_sensitivity", lambda den, calls, mods, steps, **k: np.zeros((len(mods), steps, 2)))
     b = profile(dit_pipe, out=tmp_path / "b.sqlite", labels=(0, 1), seeds=(0,), steps=3, progress=False)

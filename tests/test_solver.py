@@ -1,4 +1,4 @@
-"""The solver contract (mpsearch.solver.BaseSolver), checked the same way for every solver.
+"""The solver contract (mpsearch.allocation.solvers.BaseSolver), checked the same way for every solver.
 
 ``SolverConformance`` is the shared suite: each solver's test class subclasses it and sets ``solver_name``
 (and ``exact``). The brute-force solver is the oracle; the constraint checks below are written out here,
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mpsearch.errors import InfeasibleError, UsageError
-from mpsearch.solver import (
+from mpsearch.allocation.solvers import (
     BaseSolver,
     Constraint,
     NoSolutionFoundError,
@@ -577,7 +577,7 @@ def test_registry_names_aliases_and_options():
 
 
 def test_register_solver_refuses_a_taken_name():
-    from mpsearch.solver import register_solver
+    from mpsearch.allocation.solvers import register_solver
 
     class Impostor(BaseSolver):
         name = "ilp"

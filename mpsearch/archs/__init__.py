@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from ..budget import format_bytes, parse_budget
-from ..errors import UsageError
-from ..formats import available_formats
-from ..models import DEFAULT_ROLE_PINS, ModelInfo, Role, describe, resolve_role_pins
+from mpsearch.budget import format_bytes, parse_budget
+from mpsearch.errors import UsageError
+from mpsearch.formats import available_formats
+from mpsearch.models import DEFAULT_ROLE_PINS, ModelInfo, Role, describe, resolve_role_pins
 
 ARCHS_DIR = Path(__file__).resolve().parent
 DEFAULT_BUDGETS = ("4GB", "8GB", "12GB")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from ..errors import MpsearchError
-from .parser import build_parser
+from mpsearch.errors import MpsearchError
+from mpsearch.cli.parser import build_parser
 
 
 @contextlib.contextmanager

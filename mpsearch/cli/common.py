@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import UsageError
+from mpsearch.errors import UsageError
 
 
 class _Parser(argparse.ArgumentParser):

@@ -5,26 +5,32 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .common import _conditions, _emit, _table
-from .solving import _cache_units
+from mpsearch.cli.common import _conditions, _emit, _table
+from mpsearch.cli.solving import _cache_units
+from mpsearch.archs import arch_report
+from mpsearch.budget import format_bytes
+from mpsearch.formats import available_formats
+from mpsearch.io import atomic_write_bytes
+from mpsearch.models import describe, measured_bytes
+from mpsearch import pipeline
+
+from mpsearch.plan import Plan
+from mpsearch.runtime.executor import apply_plan
+from mpsearch.runtime.generation import generate
 
 
 def cmd_inspect(args) -> int:
-    from ..budget import format_bytes
-    from ..formats import available_formats
-    from ..models import describe
-    from ..pipeline import load_pipeline
 
     if args.arch:
         return _inspect_arch(args)
-    info = describe(load_pipeline(args.model))
+    info = describe(pipeline.load_pipeline(args.model))
     lo, hi = info.size_range()
     uniform = {f: info.bytes_for({l.name: f for l in info.layers if f in l.eligible}) for f in available_formats()}
     data = {"model": args.model, "class": info.denoiser_class, "fingerprint": info.fingerprint,
             "layers": [l.to_dict() | {"numel": l.numel} for l in info.layers], "fixed_bytes": info.fixed_bytes,
             "fp_bytes": info.fp_bytes, "uniform_bytes": uniform, "min_bytes": lo, "max_bytes": hi,
             "tie_groups": [list(g) for g in info.tie_groups], "cacheable_blocks": list(info.blocks)}
-    data["cache_units"] = _cache_units(load_pipeline(args.model))
+    data["cache_units"] = _cache_units(pipeline.load_pipeline(args.model))
     rows = [[l.name, l.kind, "x".join(map(str, l.shape)), l.role.value, ",".join(l.eligible)] for l in info.layers]
     lines = [f"{info.denoiser_class} ({args.model}), {len(info.layers)} candidate layers, fingerprint {info.fingerprint}"]
     lines += _table(rows, ["layer", "kind", "shape", "role", "eligible"])
@@ -38,8 +44,6 @@ def cmd_inspect(args) -> int:
 
 
 def _inspect_arch(args) -> int:
-    from ..archs import arch_report
-    from ..budget import format_bytes
 
     r = arch_report(args.arch, dtype=args.dtype)
     lines = [f"{r['title']} ({r['arch']}): {r['class']}, {r['params']:,} parameters, {r['dtype']}, "
@@ -61,15 +65,9 @@ def cmd_generate(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from ..executor import apply_plan
-    from ..generation import generate
-    from ..io import atomic_write_bytes
-    from ..models import measured_bytes
-    from ..pipeline import load_pipeline
-    from ..plan import Plan
 
     plan = Plan.load(args.plan) if args.plan else None
-    pipe = load_pipeline(args.model)
+    pipe = pipeline.load_pipeline(args.model)
     handle = apply_plan(pipe, plan, check_weights=not args.ignore_weights) if plan else None
     try:
         t0 = time.perf_counter()

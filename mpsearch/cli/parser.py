@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from .. import __version__
-from .common import _Parser, _int_list, _shard, _str_list
-from .inspecting import cmd_generate, cmd_inspect
-from .profiling import cmd_profile, cmd_profile_merge
-from .results import cmd_demo, cmd_eval, cmd_report
-from .solving import cmd_solve
+from mpsearch.version import __version__
+from mpsearch.cli.common import _Parser, _int_list, _shard, _str_list
+from mpsearch.cli.inspecting import cmd_generate, cmd_inspect
+from mpsearch.cli.profiling import cmd_profile, cmd_profile_merge
+from mpsearch.cli.results import cmd_demo, cmd_eval, cmd_report
+from mpsearch.cli.solving import cmd_solve
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,8 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..errors import UsageError
-from .common import _emit, read_prompts
+from mpsearch.errors import UsageError
+from mpsearch.cli.common import _emit, read_prompts
+from mpsearch import pipeline
+
+from mpsearch.profiling.latency import measure_latency
+from mpsearch.profiling.profiler import ProfileConfig
+from mpsearch.profiling.store import merge_profiles, stored_config, write_latency
+from mpsearch.workflow import default_profile_path, profile
 
 
 _PROFILE_DEFAULTS = {"formats": ["int8", "nvfp4", "int4"], "steps": 20, "labels": list(range(10)), "seeds": [0, 1]}
@@ -18,8 +24,6 @@ _PROFILE_CONFIG_FLAGS = ("formats", "steps", "labels", "seeds", "guidance", "pro
 def _profile_config(args, out):
     """The profile's configuration: from the options; with ``--latency`` and no configuration option on an
     existing profile file, the file's own (so a latency table is added without repeating its options)."""
-    from ..profile_store import stored_config
-    from ..profiler import ProfileConfig
 
     given = [f for f in _PROFILE_CONFIG_FLAGS if getattr(args, f) is not None]
     if args.latency and not given:
@@ -42,8 +46,6 @@ def _latency_lines(summary: dict) -> list[str]:
 
 
 def cmd_profile(args) -> int:
-    from ..pipeline import load_pipeline
-    from ..profiler import default_profile_path, profile
 
     out = Path(args.out) if args.out else default_profile_path(args.model)
     if args.end_to_end and args.shard != (0, 1):
@@ -53,13 +55,11 @@ def cmd_profile(args) -> int:
         raise UsageError("--latency measures the whole model on this machine: merge the shards first, then run "
                          "`mpsearch profile --latency --out MERGED`")
     config = _profile_config(args, out)
-    pipe = load_pipeline(args.model)
+    pipe = pipeline.load_pipeline(args.model)
     t0 = time.perf_counter()
     prof = profile(pipe, config, out=out, shard=args.shard, progress=not args.json, end_to_end=args.end_to_end,
                    shortlist=args.shortlist, windows=args.windows)
     if args.latency:
-        from ..latency import measure_latency
-        from ..profile_store import write_latency
 
         table = measure_latency(pipe, prof.info, formats=prof.formats, steps=config.steps,
                                 conditions=list(config.conditions), seed=config.seeds[0],
@@ -88,7 +88,6 @@ def cmd_profile(args) -> int:
 
 
 def cmd_profile_merge(args) -> int:
-    from ..profile_store import merge_profiles
 
     prof = merge_profiles(args.shards, args.out)
     total = len(prof.config.get("seeds", ()))

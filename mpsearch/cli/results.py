@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import sys
 
-from .common import _conditions, _emit
+from mpsearch.cli.common import _conditions, _emit
+from mpsearch.classifier import load_classifier
+from mpsearch.demo import run_demo
+from mpsearch.evaluate import evaluate_plan
+from mpsearch import pipeline
+
+from mpsearch.plan import Plan
+from mpsearch.profiling.profiler import default_profile_path
+from mpsearch.report import report
 
 
 def cmd_eval(args) -> int:
-    from ..classifier import load_classifier
-    from ..evaluate import evaluate_plan
-    from ..pipeline import load_pipeline
-    from ..plan import Plan
 
-    pipe = load_pipeline(args.model)
+    pipe = pipeline.load_pipeline(args.model)
     plan = Plan.load(args.plan) if args.plan else None
     conditions = _conditions(args)
     text = bool(args.prompts)  # the bundled classifier knows the digits only
@@ -24,15 +28,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ..demo import run_demo
 
     result = run_demo(model=args.model, progress=not args.json)
     return _emit(args, result, result.pop("lines") if not args.json else [])
 
 
 def cmd_report(args) -> int:
-    from ..profiler import default_profile_path
-    from ..report import report
 
     profile = args.profile
     if profile is None and default_profile_path(args.model).is_file():

@@ -5,15 +5,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UsageError
-from .common import _budget_slug, _emit, _table
+from mpsearch.errors import UsageError
+from mpsearch.cli.common import _budget_slug, _emit, _table
+from mpsearch.allocation.compute import compute_problem, parse_compute, record_layer_calls
+from mpsearch.allocation.joint import solve_joint
+from mpsearch.allocation.pareto import pareto
+from mpsearch.allocation.refine import default_storage, refine
+from mpsearch.allocation.solvers import get_solver
+from mpsearch.allocation.solving import build_problem, parse_pins, solve
+from mpsearch.archs import plan_without_weights
+from mpsearch.budget import format_bytes, parse_budget
+from mpsearch.cache_units import cache_units, compute_shares
+from mpsearch.models import get_denoiser
+from mpsearch import pipeline
+
+from mpsearch.plan import Plan
+from mpsearch.profiling.profiler import default_profile_path
+from mpsearch.profiling.store import Profile
 
 
 def cmd_solve(args) -> int:
-    from ..budget import format_bytes, parse_budget
-    from ..profile_store import Profile
-    from ..profiler import default_profile_path
-    from ..solve import solve
 
     if args.budget is None and args.pareto is None:
         raise UsageError("solve needs --budget (e.g. 60%, 600KB, or a sweep 400KB:900KB:50KB) or --pareto N")
@@ -44,12 +55,8 @@ def cmd_solve(args) -> int:
 
 
 def _solve_search_modes(args) -> int:
-    """solve --budget START:STOP:STEP | --pareto N | --compute C | --search optuna (mpsearch.pareto, .compute,
+    """solve --budget START:STOP:STEP | --pareto N | --compute C | --search optuna (mpsearch.allocation.pareto, .compute,
     .refine)."""
-    from ..budget import format_bytes
-    from ..profile_store import Profile
-    from ..profiler import default_profile_path
-    from ..solve import build_problem
 
     if args.arch or args.cache_steps is not None or args.speedup is not None:
         raise UsageError("--pareto, budget ranges, --compute and --search optuna do not combine with --arch or a "
@@ -63,8 +70,6 @@ def _solve_search_modes(args) -> int:
     base = build_problem(prof, None, metric=args.metric, pins=args.pin, tie=args.tie, role_pins=role_pins)
     problem, decode, pipe, compute_info, cm, latency = base, None, None, None, None, None
     if args.compute:
-        from ..compute import compute_problem, parse_compute, record_layer_calls
-        from ..pipeline import load_pipeline
 
         if args.compute_cost == "latency":
             latency = prof.latency()
@@ -73,7 +78,7 @@ def _solve_search_modes(args) -> int:
                                  f"this machine with `mpsearch profile --latency --out {prof_path}` (it keeps the "
                                  "profile's measurements)")
         parse_compute(args.compute, 1.0, "s" if latency is not None else "bops")  # malformed: fail before any work
-        pipe = load_pipeline(args.model)
+        pipe = pipeline.load_pipeline(args.model)
         calls = record_layer_calls(pipe, prof.info, steps=prof.steps, windows=args.act_windows,
                                    formats=prof.formats[1:])
         cm = compute_problem(prof, base, calls, args.compute, metric=args.metric,
@@ -86,7 +91,6 @@ def _solve_search_modes(args) -> int:
             compute_info.update({k: cm.info.get(k) for k in ("device", "torch", "threads", "measured_at")})
     slug = _budget_slug(args.budget or f"pareto{args.pareto}") + (f"-c{_budget_slug(args.compute)}" if args.compute else "")
     if sweeping:
-        from ..pareto import pareto
 
         out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{slug}"
         r = pareto(prof, None if args.pareto is not None else args.budget, n=args.pareto, metric=args.metric,
@@ -102,10 +106,8 @@ def _solve_search_modes(args) -> int:
         return _emit(args, data, lines + [f"wrote {', '.join(r['files'].values())} and {sum(1 for p in points if p['plan'])} "
                                           f"plans under {out}/plans"])
     if args.search == "optuna":
-        from ..pipeline import load_pipeline
-        from ..refine import default_storage, refine
 
-        pipe = pipe or load_pipeline(args.model)
+        pipe = pipe or pipeline.load_pipeline(args.model)
         storage = args.storage or default_storage(prof_path)
         plan, report = refine(prof, pipe, args.budget, trials=args.trials, metric=args.metric, pins=args.pin,
                               tie=args.tie, role_pins=role_pins, storage=storage, sampler=args.sampler,
@@ -113,10 +115,6 @@ def _solve_search_modes(args) -> int:
                               problem=problem, decode=decode)
         slug += "-optuna"
     else:
-        from ..budget import parse_budget
-        from ..plan import Plan
-        from ..solve import parse_pins
-        from ..solver import get_solver
 
         b = parse_budget(args.budget, fp_bytes=prof.info.fp_bytes, fixed_bytes=prof.info.fixed_bytes,
                          quantizable_numel=prof.info.quantizable_numel)
@@ -167,9 +165,6 @@ def _solve_search_modes(args) -> int:
 
 def _solve_arch(args) -> int:
     """solve --arch: what can be planned without weights (feasibility, uniform and role-based plans)."""
-    from ..archs import plan_without_weights
-    from ..budget import format_bytes
-    from ..plan import Plan
 
     if args.profile:
         raise UsageError("give either --arch (plan without weights) or --profile (plan from measurements), not both")
@@ -200,9 +195,7 @@ def _solve_arch(args) -> int:
 
 
 def _cache_units(pipe) -> list[dict]:
-    """inspect: the cacheable units (mpsearch.cache.units) with the share of a step's FLOPs each one skips."""
-    from ..cache import cache_units, compute_shares
-    from ..models import get_denoiser
+    """inspect: the cacheable units (mpsearch.cache_units) with the share of a step's FLOPs each one skips."""
 
     den = get_denoiser(pipe)
     units = cache_units(den)
@@ -211,13 +204,10 @@ def _cache_units(pipe) -> list[dict]:
 
 
 def _solve_with_cache(args, prof, prof_path) -> int:
-    """solve --cache-steps K | --speedup X: formats and cache schedule in one plan (mpsearch.cache.joint)."""
-    from ..budget import format_bytes
-    from ..cache.joint import solve_joint
-    from ..pipeline import load_pipeline
+    """solve --cache-steps K | --speedup X: formats and cache schedule in one plan (mpsearch.allocation.joint)."""
 
     options = {"role_pins": {}} if getattr(args, "no_default_pins", False) else {}
-    pipe = load_pipeline(args.model)
+    pipe = pipeline.load_pipeline(args.model)
     plan = solve_joint(prof, pipe, args.budget, full_computations=args.cache_steps, speedup=args.speedup,
                        method=args.cache_method, unit=args.cache_unit, warmup=args.warmup,
                        max_reuse=args.max_reuse, rounds=args.rounds, metric=args.metric, solver=args.solver,

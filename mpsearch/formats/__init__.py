@@ -4,11 +4,11 @@
 order (fp, int8, nvfp4, int4). See ``base.Format`` for the contract every format follows.
 """
 
-from .base import Format, Packed, check_finite, matrix_shape
-from .registry import available_formats, get_format, register_format
+from mpsearch.formats.base import Format, Packed, check_finite, matrix_shape
+from mpsearch.formats.registry import available_formats, get_format, register_format
 
 # Importing the modules registers the formats (order = registration order).
-from . import fp, int8, nvfp4, int4  # noqa: E402,F401  isort: skip
+from mpsearch.formats import fp, int8, nvfp4, int4  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Format",

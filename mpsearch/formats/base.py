@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import FormatError
+from mpsearch.errors import FormatError
 
 
 @dataclass(frozen=True)

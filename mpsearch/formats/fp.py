@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from ..errors import FormatError
-from .base import Format, Packed, check_finite
-from .registry import register_format
+from mpsearch.errors import FormatError
+from mpsearch.formats.base import Format, Packed, check_finite
+from mpsearch.formats.registry import register_format
 
 
 @register_format

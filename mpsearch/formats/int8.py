@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import FormatError
-from .base import Format, Packed, check_finite, matrix_shape
-from .registry import register_format
+from mpsearch.errors import FormatError
+from mpsearch.formats.base import Format, Packed, check_finite, matrix_shape
+from mpsearch.formats.registry import register_format
 
 _QMAX = 127
 _INT32_SAFE_K = (2**31 - 1) // (_QMAX * _QMAX)

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import FormatError
-from .base import Format, Packed, check_finite, matrix_shape
-from .packing import pack_nibbles, unpack_nibbles
-from .registry import register_format
+from mpsearch.errors import FormatError
+from mpsearch.formats.base import Format, Packed, check_finite, matrix_shape
+from mpsearch.formats.packing import pack_nibbles, unpack_nibbles
+from mpsearch.formats.registry import register_format
 
 BLOCK = 16
 E2M1_MAX = 6.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import FormatError
+from mpsearch.errors import FormatError
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,8 @@ int4 variants ``int4-g64`` and ``int4-g32``.
 
 from __future__ import annotations
 
-from ..errors import FormatError
-from .base import Format
+from mpsearch.errors import FormatError
+from mpsearch.formats.base import Format
 
 _REGISTRY: dict[str, Format] = {}
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .data import ReportData, Variant
-from .gather import gather_report
-from .render import _check_out, render_report
+from mpsearch.report.data import ReportData, Variant
+from mpsearch.report.gather import gather_report
+from mpsearch.report.render import _check_out, render_report
 
 __all__ = ["ReportData", "Variant", "gather_report", "render_report", "report"]
 

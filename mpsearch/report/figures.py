@@ -13,13 +13,14 @@ import math
 
 import numpy as np
 
-from .data import ReportData, Variant
+from mpsearch.report.data import ReportData, Variant
+from mpsearch.budget import format_bytes
+from mpsearch.formats import available_formats
 
 
 def _format_colors(extra=()) -> dict:
     from matplotlib import colormaps
 
-    from ..formats import available_formats
 
     names = list(dict.fromkeys([*available_formats(variants=True), *extra]))
     # full precision in grey, then light to dark: fewer bits read darker
@@ -211,7 +212,6 @@ def _rect(x, y, w, h, color):
 
 
 def _grid_png(data: ReportData) -> bytes:
-    from ..budget import format_bytes
 
     names = [v.name for v in data.variants if v.name in data.images]
     labels = {}

@@ -16,8 +16,18 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import PlanError, ProfileError, UsageError
-from .data import ReportData, Variant
+from mpsearch.errors import PlanError, ProfileError, UsageError
+from mpsearch.report.data import ReportData, Variant
+from mpsearch.allocation.formulation import build_problem, resolve_metric
+from mpsearch.allocation.pareto import pareto
+from mpsearch.evaluate import image_scores
+from mpsearch.formats import available_formats
+from mpsearch.models import describe, measured_bytes
+from mpsearch.pipeline import load_pipeline
+from mpsearch.plan import Plan
+from mpsearch.profiling.store import LOCAL_METRICS, Profile
+from mpsearch.runtime.executor import apply_plan
+from mpsearch.runtime.generation import generate
 
 __all__ = ["gather_report"]
 
@@ -54,11 +64,6 @@ def gather_report(profile=None, plans=(), model=None, *, labels=tuple(range(10))
     length, else 20). ``points``: budgets of the Pareto sweep. ``uniform_formats``: the uniform baselines
     (default: the profile's formats, or every primary format).
     """
-    from ..formats import available_formats
-    from ..models import describe
-    from ..plan import Plan
-    from ..formulate import resolve_metric
-    from ..profile_store import Profile
 
     say = log or (lambda _msg: None)
     if profile is None and not plans and model is None:
@@ -75,7 +80,6 @@ def gather_report(profile=None, plans=(), model=None, *, labels=tuple(range(10))
     pipe = None
     if model is not None and images:
         if isinstance(model, (str, os.PathLike)):
-            from ..pipeline import load_pipeline
 
             say(f"loading {model}")
             pipe = load_pipeline(model)
@@ -104,14 +108,11 @@ def gather_report(profile=None, plans=(), model=None, *, labels=tuple(range(10))
 
     problem = None
     if prof is not None:
-        from ..formulate import build_problem
-        from ..profile_store import LOCAL_METRICS
 
         data.formats, data.steps = list(prof.formats), prof.steps
         data.heatmaps = {m: prof.metric(m) for m in LOCAL_METRICS if m in prof.metrics}
         problem = build_problem(prof, None, metric=metric)
         if points >= 2:
-            from ..pareto import pareto
 
             say(f"solving {points} budgets for the Pareto frontier, with and without the default role pins")
             curves, uniform = {}, {}
@@ -170,10 +171,6 @@ def _model_name(model) -> str | None:
 
 
 def _gather_images(data: ReportData, pipe, plan_objects: dict, conditions: list, seed: int, steps, say) -> None:
-    from ..evaluate import image_scores
-    from ..executor import apply_plan
-    from ..generation import generate
-    from ..models import measured_bytes
 
     lengths = {len(v.cache) for v in data.variants if v.cache is not None}
     if len(lengths) > 1:

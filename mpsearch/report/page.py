@@ -7,8 +7,9 @@ from __future__ import annotations
 import html
 import math
 
-from .data import ReportData
-from .figures import _METRIC_TEXT
+from mpsearch.report.data import ReportData
+from mpsearch.report.figures import _METRIC_TEXT
+from mpsearch.budget import format_bytes
 
 
 def _fmt_num(x, spec=".4g") -> str:
@@ -18,7 +19,6 @@ def _fmt_num(x, spec=".4g") -> str:
 
 
 def _variants_table(data: ReportData) -> str:
-    from ..budget import format_bytes
 
     has_scores = any(v.scores for v in data.variants)
     head = ["variant", "predicted bytes", "of full precision", f"predicted error ({data.frontier['metric']})"
@@ -59,7 +59,6 @@ def _figure_html(src: str, alt: str, caption: str) -> str:
 
 
 def _page(data: ReportData, figures: dict) -> str:
-    from ..budget import format_bytes
 
     parts = [f"<h1>{html.escape(data.title)}</h1>"]
     meta = [f"created {html.escape(data.created)}"]

@@ -14,10 +14,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from ..errors import MpsearchError, UsageError
-from .data import ReportData
-from .figures import _cache_png, _frontier_png, _grid_png, _heatmap_png, _network_png
-from .page import _page
+from mpsearch.errors import MpsearchError, UsageError
+from mpsearch.report.data import ReportData
+from mpsearch.report.figures import _cache_png, _frontier_png, _grid_png, _heatmap_png, _network_png
+from mpsearch.report.page import _page
+from mpsearch.io import atomic_write_bytes
 
 __all__ = ["render_report"]
 
@@ -39,7 +40,6 @@ def render_report(data: ReportData, out) -> dict:
     """Draw ``data`` and write ``out/index.html``, the PNGs and ``report.json``; returns the paths written.
 
     Everything is written into a temporary folder beside ``out`` first and renamed into place at the end."""
-    from ..io import atomic_write_bytes
 
     out = Path(out)
     _check_out(out)

@@ -1,0 +1,13 @@
+"""Allocation: what decides, from a profile and a budget, which format each layer gets and which steps reuse
+cached features.
+
+* :mod:`~mpsearch.allocation.formulation`: the one path profile + budget + objective -> problem -> Plan.
+* :mod:`~mpsearch.allocation.solving`: ``solve()``, what ``mpsearch.solve`` is.
+* :mod:`~mpsearch.allocation.solvers`: the solver engines, one file each, behind one ``BaseSolver`` contract.
+* :mod:`~mpsearch.allocation.pareto`, :mod:`~mpsearch.allocation.compute`, :mod:`~mpsearch.allocation.refine`:
+  budget sweeps, compute budgets, Optuna refinement with real generations.
+* :mod:`~mpsearch.allocation.cache_scheduler`, :mod:`~mpsearch.allocation.joint`: the DP cache scheduler, and
+  quantization and caching solved together.
+* :mod:`~mpsearch.allocation.endtoend`: the end-to-end tier's shortlist and its decoupled objective.
+* :mod:`~mpsearch.allocation.baselines`: the anchors' allocation methods, for the evidence suite.
+"""

@@ -1,0 +1,230 @@
+"""The anchors' allocation methods, rebuilt on mpsearch's measurements so they can be compared at equal bytes.
+
+Each returns either a solver :class:`~mpsearch.allocation.solvers.Problem` (solved by the same exact ILP as mpsearch) or
+plans; what differs is what each method measures and how it counts bytes:
+
+- **AutoQuantize-style** (NVIDIA ModelOpt): one output-error score per layer and format, the squared error of
+  the layer's output summed over every profiled step and condition (not normalized per layer or per step, no
+  decoupled metrics), and bytes counted at nominal bits per element (NVFP4 and INT4 at 4.0, INT8 at 8.0,
+  scales left out) as ModelOpt's effective-bits constraint does. Its plans can therefore exceed a real byte
+  budget; benchmarks report their real bytes.
+- **HAWQ-style** (HAWQ-V2/V3): ``Tr(H_i) / n_i * ||Q(W_i) - W_i||^2`` with the trace of each layer's block of
+  the Gauss-Newton Hessian of the output-matching loss ``0.5 ||f(x; W) - f(x; W_fp)||^2`` at inputs from real
+  sampling trajectories, estimated by Hutchinson's method on the output side:
+  ``Tr(J_i^T J_i) = E_u ||J_i^T u||^2`` for Rademacher ``u`` (one backward pass per sample, exact in
+  expectation). Real bytes.
+- **MixDQ-style**: layers split by name/role into a content group (attention, time embedding, modulation)
+  and a quality group (the rest), one ILP per group on the local costs, the bytes above the groups' smallest
+  sizes split between them by a small sweep chosen with real generations on search seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from mpsearch.errors import UsageError
+from mpsearch.allocation.formulation import build_problem
+from mpsearch.allocation.solvers import get_solver, min_feasible_bytes
+from mpsearch.formats import get_format
+from mpsearch.metrics import ssim
+from mpsearch.models import describe, get_denoiser
+from mpsearch.plan import Plan
+from mpsearch.runtime.executor import apply_plan
+from mpsearch.runtime.generation import generate, generate_many
+
+__all__ = ["NOMINAL_BITS", "autoquantize_problem", "nominal_bytes", "output_jacobian_traces", "hawq_traces",
+           "hawq_problem", "CONTENT_ROLES", "mixdq_plans", "choose_split"]
+
+#: bits per weight element as ModelOpt's AutoQuantize counts them (no scales); fp keeps the dtype's bits
+NOMINAL_BITS = {"int8": 8.0, "nvfp4": 4.0, "int4": 4.0, "int4-g64": 4.0, "int4-g32": 4.0}
+
+#: roles MixDQ-style grouping treats as "content" (the rest is "quality")
+CONTENT_ROLES = frozenset({"self_attn", "cross_attn", "time_embed", "modulation"})
+
+
+def _normalized(cost: np.ndarray) -> np.ndarray:
+    finite = cost[np.isfinite(cost)]
+    top = finite.max() if finite.size else 0.0
+    return cost / top if top > 0 else cost
+
+
+def nominal_bytes(info, formats) -> np.ndarray:
+    """(L, F) bytes at nominal bits per element (AutoQuantize's accounting): fp at the dtype's size."""
+    out = np.zeros((len(info.layers), len(formats)), dtype=np.int64)
+    for li, layer in enumerate(info.layers):
+        for fi, f in enumerate(formats):
+            if f not in layer.eligible:
+                continue
+            if f == "fp":
+                out[li, fi] = layer.nbytes("fp")
+            elif f in NOMINAL_BITS:
+                out[li, fi] = int(np.ceil(layer.numel * NOMINAL_BITS[f] / 8))
+            else:
+                raise UsageError(f"AutoQuantize-style costing has no nominal bits for format {f!r}; add it to "
+                                 "mpsearch.allocation.baselines.NOMINAL_BITS")
+    return out
+
+
+def autoquantize_problem(profile, budget_bytes: int | None):
+    """AutoQuantize-style problem: absolute output squared error summed over steps, nominal bytes."""
+
+    base = build_problem(profile, budget_bytes, role_pins={})
+    err2 = np.nansum(profile.stats[..., 0], axis=-1)  # (L, F): ||y_q - y||^2 over every step and condition
+    cost = np.where(np.isfinite(base.cost), err2, np.inf)
+    cost[:, 0] = 0.0
+    return replace(base, cost=_normalized(cost), nbytes=nominal_bytes(profile.info, profile.formats))
+
+
+def _first_tensor(out) -> torch.Tensor:
+    out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
+    if not isinstance(out, torch.Tensor):
+        raise UsageError(f"the denoiser returned {type(out).__name__}, not a tensor; HAWQ traces need its output")
+    return out
+
+
+def output_jacobian_traces(model: torch.nn.Module, calls, params: dict[str, torch.Tensor], *, samples: int = 4,
+                           seed: int = 0) -> dict[str, float]:
+    """Per parameter: Hutchinson estimate of ``Tr(J^T J)`` (the Gauss-Newton Hessian block of the loss
+    ``0.5 ||f - f_fp||^2``), averaged over ``calls`` (a list of ``(args, kwargs)`` for ``model``).
+
+    For each call and each of ``samples`` Rademacher vectors ``u`` over the output, one backward pass gives
+    ``J^T u`` for every parameter at once and ``||J_i^T u||^2`` is an unbiased estimate of ``Tr(J_i^T J_i)``.
+    The model is left as it was (``requires_grad`` flags restored, no gradients kept).
+    """
+    if samples < 1:
+        raise UsageError(f"samples must be at least 1, got {samples}")
+    if not calls:
+        raise UsageError("no recorded calls: record at least one denoiser call (run a generation first)")
+    names = list(params)
+    tensors = [params[n] for n in names]
+    flags = [t.requires_grad for t in tensors]
+    gen = torch.Generator().manual_seed(int(seed))
+    sums = np.zeros(len(names))
+    try:
+        for t in tensors:
+            t.requires_grad_(True)
+        with torch.enable_grad():
+            for args, kwargs in calls:
+                y = _first_tensor(model(*args, **kwargs))
+                for k in range(samples):
+                    u = (torch.randint(0, 2, y.shape, generator=gen) * 2 - 1).to(y.dtype)
+                    grads = torch.autograd.grad(y, tensors, grad_outputs=u, retain_graph=k < samples - 1,
+                                                allow_unused=True)
+                    for i, g in enumerate(grads):
+                        if g is not None:
+                            sums[i] += float(g.double().square().sum())
+    finally:
+        for t, f in zip(tensors, flags):
+            t.requires_grad_(f)
+    return {n: s / (len(calls) * samples) for n, s in zip(names, sums)}
+
+
+def record_denoiser_calls(pipe, labels, seed: int, steps: int, *, every: int = 1, guidance_scale=None) -> list:
+    """The ``(args, kwargs)`` of the denoiser's calls in one generation (every ``every``-th step), cloned."""
+
+    den = get_denoiser(pipe)
+    calls, counter = [], [0]
+
+    def clone(v):
+        return v.detach().clone() if isinstance(v, torch.Tensor) else v
+
+    def hook(module, args, kwargs):
+        if counter[0] % every == 0:
+            calls.append((tuple(clone(a) for a in args), {k: clone(v) for k, v in kwargs.items()}))
+        counter[0] += 1
+
+    handle = den.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        generate(pipe, labels, seed, steps, guidance_scale)
+    finally:
+        handle.remove()
+    return calls
+
+
+def hawq_traces(pipe, info=None, *, labels=tuple(range(10)), seed: int = 0, steps: int = 20, every: int = 4,
+                samples: int = 4) -> np.ndarray:
+    """(L,) Hessian trace of every candidate layer's weight (see :func:`output_jacobian_traces`), from the
+    denoiser's calls at every ``every``-th of ``steps`` steps of one generation of ``labels``."""
+
+    den = get_denoiser(pipe)
+    info = info or describe(den)
+    modules = dict(den.named_modules())
+    calls = record_denoiser_calls(pipe, labels, seed, steps, every=every)
+    params = {layer.name: modules[layer.name].weight for layer in info.layers}
+    traces = output_jacobian_traces(den, calls, params, samples=samples, seed=seed)
+    return np.array([traces[layer.name] for layer in info.layers])
+
+
+def hawq_problem(profile, pipe, traces: np.ndarray, budget_bytes: int | None):
+    """HAWQ-style problem: ``Tr(H_i) / n_i * ||Q_f(W_i) - W_i||^2`` per layer and format, real bytes."""
+
+    base = build_problem(profile, budget_bytes, role_pins={})
+    modules = dict(get_denoiser(pipe).named_modules())
+    cost = np.array(base.cost, dtype=float)
+    for li, layer in enumerate(profile.info.layers):
+        w = modules[layer.name].weight.detach()
+        for fi, f in enumerate(profile.formats):
+            if f == "fp" or not np.isfinite(cost[li, fi]):
+                continue
+            delta = float((get_format(f).fake_quantize(w).double() - w.double()).square().sum())
+            cost[li, fi] = traces[li] / layer.numel * delta
+    return replace(base, cost=_normalized(cost))
+
+
+def mixdq_plans(profile, budget_bytes: int, splits, *, solver: str = "ilp", role_pins=None) -> dict:
+    """MixDQ-style plans, one per budget split ``a``: two separate ILPs on the local costs, the content group
+    given its smallest size plus the share ``a`` of the bytes left above both groups' smallest sizes, the
+    quality group the rest. Returns ``{a: Plan}``; empty when the budget is below the smallest size.
+    ``role_pins`` as in :func:`mpsearch.solve.build_problem` (default here: none, like the compared methods)."""
+
+    base = build_problem(profile, None, role_pins={} if role_pins is None else role_pins)
+    layers = profile.info.layers
+    content = [i for i, l in enumerate(layers) if l.role.value in CONTENT_ROLES]
+    quality = [i for i in range(len(layers)) if i not in content]
+    subs = []
+    for idx in (content, quality):
+        pos = {li: k for k, li in enumerate(idx)}
+        subs.append((idx, replace(base, layer_names=tuple(base.layer_names[i] for i in idx), cost=base.cost[idx],
+                                  nbytes=base.nbytes[idx], fixed_bytes=0, groups=(),
+                                  pins={pos[i]: f for i, f in base.pins.items() if i in pos})))
+    lows = [min_feasible_bytes(sub) if idx else 0 for idx, sub in subs]
+    spare = budget_bytes - base.fixed_bytes - sum(lows)
+    plans = {}
+    if spare < 0:
+        return plans
+    for a in splits:
+        if not 0.0 <= a <= 1.0:
+            raise UsageError(f"a MixDQ-style split is the content group's share, from 0 to 1; got {a}")
+        choice = np.zeros(len(layers), dtype=int)
+        for (idx, sub), low, share in zip(subs, lows, (a, 1.0 - a)):
+            if idx:
+                choice[idx] = get_solver(solver).solve(sub.with_budget(low + int(spare * share))).choice
+        assignment = {n: base.formats[c] for n, c in zip(base.layer_names, choice)}
+        plans[a] = Plan.from_assignment(profile.info, assignment, weights=profile.weights,
+                                        provenance={"solver": f"mixdq-split-{a}"})
+    return plans
+
+
+def choose_split(pipe, plans: dict, *, labels=tuple(range(10)), seeds=(500,), steps: int = 8):
+    """The split whose plan scores best on search seeds: ``content`` (1 - SSIM) plus ``quality`` (relative
+    MSE), each divided by its smallest value over the splits. Returns ``(split, {split: scores})``."""
+
+    if not plans:
+        raise UsageError("no MixDQ-style split fits the budget; try a larger budget or other splits")
+    reference = generate_many(pipe, labels, seeds, steps)
+    power = float(np.mean(np.square(reference))) or 1.0
+    scores = {}
+    for a, plan in plans.items():
+        handle = apply_plan(pipe, plan, stash="memory", check_weights=False)
+        try:
+            images = generate_many(pipe, labels, seeds, steps)
+        finally:
+            handle.remove()
+        scores[a] = {"content": max(0.0, 1.0 - float(ssim(reference, images))),
+                     "quality": float(np.mean(np.square(images - reference))) / power}
+    lo = {m: max(min(s[m] for s in scores.values()), 1e-12) for m in ("content", "quality")}
+    best = min(scores, key=lambda a: scores[a]["content"] / lo["content"] + scores[a]["quality"] / lo["quality"])
+    return best, scores

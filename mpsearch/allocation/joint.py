@@ -1,0 +1,162 @@
+"""Schedule the cache for a pipeline, and plan quantization and caching together.
+
+:func:`schedule_cache` measures the reuse costs of a unit (on the quantized model when a plan is given) and
+returns a plan ``cache`` section. :func:`solve_joint` alternates: solve the formats, schedule the cache on the
+model those formats make, then solve again with each layer's error weighted by how its output is used under
+the schedule (a layer of the cached unit runs only at computed steps, and its error there is carried into
+every step that reuses those features), until the formats stop changing or ``rounds`` is reached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from mpsearch.errors import UsageError
+from mpsearch.models import get_denoiser
+from mpsearch.allocation.cache_scheduler import Schedule, full_computations_for_speedup, ideal_speedup, make_schedule
+from mpsearch.cache_units import CacheUnit, compute_shares, get_unit
+from mpsearch.allocation.formulation import resolve_metric
+from mpsearch.allocation.solvers import get_solver
+from mpsearch.allocation.solving import build_problem, solve
+from mpsearch.budget import parse_budget
+from mpsearch.cache_section import validate_cache_section
+from mpsearch.profiling.cache_costs import measure_costs
+from mpsearch.profiling.store import Profile
+
+
+def resolve_full_computations(steps: int, full_computations=None, speedup=None, share=None) -> int:
+    """K from either a number of full computations or a target (ideal) speedup."""
+    if (full_computations is None) == (speedup is None):
+        raise UsageError("give exactly one cache budget: a number of full computations (--cache-steps K) "
+                         "or a target speedup (--speedup X)")
+    if full_computations is not None:
+        if isinstance(full_computations, bool) or not isinstance(full_computations, (int, np.integer)) \
+                or not 1 <= full_computations <= steps:
+            raise UsageError(f"cache steps must be an integer in 1..{steps} (the number of steps), "
+                             f"got {full_computations!r}")
+        return int(full_computations)
+    if share is None:
+        raise UsageError("the unit's share of compute is unknown for this model, so a --speedup cannot be turned "
+                         "into a number of full computations; pass --cache-steps K instead")
+    return full_computations_for_speedup(speedup, steps, share)
+
+
+def cache_section(unit: CacheUnit, schedule: Schedule, *, warmup: int, max_reuse, costs: str, share) -> dict:
+    """The plan ``cache`` section for ``schedule`` of ``unit``."""
+    return {"method": schedule.method, "unit": unit.to_dict(), "compute": [bool(c) for c in schedule.compute],
+            "warmup": int(warmup), "max_reuse": None if max_reuse is None else int(max_reuse), "costs": costs,
+            "predicted_error": float(schedule.error), "share": None if share is None else round(float(share), 6)}
+
+
+def schedule_cache(pipe, *, steps: int = 20, full_computations=None, speedup=None, method: str = "dp",
+                   unit: str | None = None, plan=None, warmup: int = 2, max_reuse=None, cost=None,
+                   guidance_scale=None, **measure_options):
+    """Choose the steps that compute ``unit`` (default: the largest) for ``pipe``.
+
+    ``cost`` (an (S, S) matrix) skips the measuring run. Returns ``(section, schedule, cost)``: the plan
+    ``cache`` section, the :class:`Schedule` and the cost matrix it was chosen on.
+    """
+
+    denoiser = get_denoiser(pipe)
+    u = get_unit(denoiser, unit)
+    share = compute_shares(denoiser, [u])[u.name]
+    k = resolve_full_computations(steps, full_computations, speedup, share)
+    if cost is None:
+        measure_options.setdefault("warmup", warmup)
+        cost = measure_costs(pipe, u, steps, plan=plan, guidance_scale=guidance_scale, **measure_options)
+        source = "measured-quantized" if plan is not None and plan.format_counts().keys() - {"fp"} else "measured"
+    else:
+        source = "measured"
+    sched = make_schedule(method, cost, k, warmup=warmup, max_reuse=max_reuse)
+    section = cache_section(u, sched, warmup=warmup, max_reuse=max_reuse, costs=source, share=share)
+    return section, sched, np.asarray(cost)
+
+
+def _step_errors(profile, metric: str) -> np.ndarray:
+    """(layers, formats, steps) error (lower is better) of the local metric, as in solve.layer_costs."""
+    values = profile.metric(metric)
+    if metric == "sqnr":
+        return 10.0 ** (-values / 10.0)
+    if metric == "cosine":
+        return 1.0 - values
+    return values
+
+
+def usage_weights(info, unit: CacheUnit, schedule: Schedule) -> np.ndarray:
+    """(layers, steps) weight of each layer's error at each step under ``schedule``: 1 everywhere outside the
+    unit; inside it, the number of steps that use the features computed at that step (0 where it is reused)."""
+    S = schedule.steps
+    uses = np.bincount(schedule.source(), minlength=S).astype(float)
+    prefixes = tuple(m + "." for m in unit.modules)
+    w = np.ones((len(info.layers), S))
+    for li, layer in enumerate(info.layers):
+        if layer.name.startswith(prefixes):
+            w[li] = uses
+    return w
+
+
+def solve_joint(profile, pipe, budget="60%", *, full_computations=None, speedup=None, method: str = "dp",
+                unit: str | None = None, warmup: int = 2, max_reuse=None, rounds: int = 3, metric: str = "auto",
+                solver: str = "ilp", pins=None, tie: bool = False, guidance_scale=None, measure_options=None,
+                **solve_options):
+    """One plan with layer formats and a cache section, solved and scheduled together (see module docstring).
+
+    ``solve_options`` go to :func:`mpsearch.solve.solve` and ``build_problem`` (e.g. ``step_weights`` is not
+    allowed: the schedule sets the weights); ``measure_options`` to :func:`~mpsearch.profiling.cache_costs.measure_costs`.
+    """
+    measure_options = dict(measure_options or {})
+
+    if not isinstance(profile, Profile):
+        profile = Profile.load(profile)
+    metric = resolve_metric(profile, metric)
+    if not isinstance(rounds, int) or rounds < 1:
+        raise UsageError(f"rounds must be an integer >= 1, got {rounds!r}")
+    steps = profile.steps
+    plan = solve(profile, budget, metric=metric, solver=solver, pins=pins, tie=tie, **solve_options)
+    info = profile.info
+    history = []
+    section = sched = None
+    for r in range(rounds):
+        section, sched, _ = schedule_cache(pipe, steps=steps, full_computations=full_computations, speedup=speedup,
+                                           method=method, unit=unit, plan=plan, warmup=warmup, max_reuse=max_reuse,
+                                           guidance_scale=guidance_scale, **measure_options)
+        history.append({"round": r, "objective": float(plan.predictions.get("objective", 0.0)),
+                        "cache_error": float(sched.error), "compute": "".join("C" if c else "." for c in sched.compute),
+                        "formats": plan.format_counts()})
+        if r == rounds - 1:
+            break
+        # re-solve with each layer's error weighted by how the schedule uses it
+        u = CacheUnit.from_dict(section["unit"])
+        w = usage_weights(info, u, sched) / steps
+        err = _step_errors(profile, metric)
+        cost = np.einsum("lfs,ls->lf", np.nan_to_num(err, nan=0.0), w)
+        cost = np.where(np.isnan(err).any(-1), np.inf, np.maximum(cost, 0.0))
+        cost[:, 0] = 0.0
+        finite = cost[np.isfinite(cost)]
+        cost = cost / finite.max() if finite.size and finite.max() > 0 else cost
+        b = parse_budget(budget, fp_bytes=info.fp_bytes, fixed_bytes=info.fixed_bytes,
+                         quantizable_numel=info.quantizable_numel)
+        problem = build_problem(profile, b.bytes, metric=metric, pins=pins, tie=tie, **solve_options)
+        problem = dataclasses.replace(problem, cost=cost)
+        sol = get_solver(solver).solve(problem)
+        assignment = {n: problem.formats[int(c)] for n, c in zip(problem.layer_names, sol.choice)}
+        if assignment == plan.layers:
+            break
+        # keep everything else the first solve recorded (budget, provenance, weights); update formats and bytes
+        plan.layers = {n: assignment[n] for n in plan.layers}
+        plan.predictions.update(bytes=info.bytes_for(plan.layers), objective=float(sol.objective),
+                                formats={f: int((sol.choice == i).sum()) for i, f in enumerate(problem.formats)})
+        plan.provenance.update(solver=sol.solver, status=sol.status, seconds=round(float(sol.seconds), 4),
+                               step_weights="cache schedule usage (see cache_rounds)")
+    share = section["share"]
+    k = sum(section["compute"])
+    plan.cache = section
+    plan.predictions["cache"] = {"full_computations": k, "steps": steps, "predicted_error": float(sched.error),
+                                 "ideal_speedup": None if share is None else round(ideal_speedup(k, steps, share), 4),
+                                 "ideal_speedup_all_skipped": round(steps / k, 4)}
+    plan.provenance["cache_rounds"] = history
+
+    validate_cache_section(plan.cache)
+    return plan

@@ -1,0 +1,253 @@
+"""Local-tier sensitivity profiling: one full-precision run, every (layer, format, step) measured.
+
+A forward hook on each candidate layer takes the layer's real input at that step, runs it through the
+quantized modules the executor would install (one per candidate format) and records the error against the
+full-precision output. The model itself keeps running in full precision, so one pass over the conditions
+fills the whole table. Hooks on the cacheable blocks record how much each block's output changed since
+the previous step. After each run, the denoiser's calls are replayed once with gradients to measure how
+strongly its output responds to each layer's output (:mod:`mpsearch.profiling.sensitivity`; the ``gn`` metric).
+Results go to the profile file one unit of work (one seed's batch) at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mpsearch.errors import ProfileError, UsageError
+from mpsearch.formats import available_formats, get_format
+from mpsearch.runtime.generation import generate
+from mpsearch.models import check_finite_weights, describe, get_denoiser, weights_digest
+from mpsearch.plan import versions
+from mpsearch.profiling.store import Profile, ProfileWriter, remove_profile_file
+from mpsearch.runtime.qmodules import StepTracker, quantized_module
+from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """What a profile measures: conditions (labels or prompts, x seeds), steps, guidance, candidate formats.
+
+    ``prompts`` (text-to-image pipelines) replace ``labels``: when prompts are given, labels are not used.
+    ``size`` sets the image height = width in pixels (None: the pipeline's default).
+    """
+
+    labels: tuple[int, ...] = tuple(range(10))
+    seeds: tuple[int, ...] = (0, 1)
+    steps: int = 20
+    guidance_scale: float | None = None
+    formats: tuple[str, ...] = ("int8", "nvfp4", "int4")
+    prompts: tuple[str, ...] = ()
+    size: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        if any(not isinstance(p, str) or not p.strip() for p in self.prompts):
+            raise UsageError(f"prompts must be non-empty strings, got {list(self.prompts)[:5]}")
+        object.__setattr__(self, "labels", () if self.prompts else tuple(int(l) for l in self.labels))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "formats", tuple(self.formats))
+        if not self.labels and not self.prompts:
+            raise UsageError("labels is empty: profile needs at least one condition (e.g. --labels 0,1,2, "
+                             "or --prompts FILE for a text-to-image pipeline)")
+        if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
+            raise UsageError(f"size must be a positive number of pixels, got {self.size!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise UsageError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}; "
+                             "pass e.g. --seeds 0,1")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise UsageError(f"steps must be a positive integer, got {self.steps!r}; pass e.g. --steps 20")
+        g = self.guidance_scale
+        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 0 or g == float("inf")):
+            raise UsageError(f"guidance_scale must be a finite number >= 0, got {g!r}; pass e.g. --guidance 2.0")
+        known = [f for f in available_formats() if f != "fp"]
+        bad = [f for f in self.formats if f not in known]
+        if bad or not self.formats:
+            raise UsageError(f"formats {list(self.formats)} must be a non-empty subset of {', '.join(known)}; "
+                             f"pass e.g. --formats {','.join(known)}")
+        if len(set(self.formats)) != len(self.formats):
+            raise UsageError(f"formats {list(self.formats)} repeat a format; list each once")
+
+    @property
+    def conditions(self) -> tuple:
+        """What each unit generates: the prompts if given, else the class labels."""
+        return self.prompts or self.labels
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if not self.prompts:  # label-conditioned profiles keep the keys they always had (resume stays valid)
+            d.pop("prompts")
+        if self.size is None:
+            d.pop("size")
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _first_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    return getattr(out, "sample", None)
+
+
+@dataclass
+class _Accumulator:
+    """Per-unit sums: (L, F, S, 4) layer statistics and (B, S, 2) block changes."""
+
+    stats: np.ndarray
+    blocks: np.ndarray
+    prev: dict = field(default_factory=dict)
+
+
+class _LayerProbe:
+    def __init__(self, index, module, candidates, tracker, acc_ref, name=""):
+        self.index = index
+        self.name = name
+        self.tracker = tracker
+        self.acc_ref = acc_ref
+        w = module.weight.detach()
+        self.qmods = [(fi, quantized_module(module, get_format(f).quantize(w))) for fi, f in candidates]
+        for _, q in self.qmods:
+            q.cache_dequantized = True  # same numbers, without dequantizing the weight at every call
+
+    @torch.no_grad()
+    def __call__(self, module, inputs, output):
+        x = inputs[0]
+        if not torch.isfinite(output).all():
+            raise ProfileError(f"layer {self.name} gave a full-precision output that is not finite (NaN/inf) at step "
+                               f"{self.tracker.step}, so its errors cannot be measured; check the model in full "
+                               "precision (weights, dtype, conditions) before profiling")
+        if self.acc_ref[0] is None:  # paused: the output-sensitivity replay runs the model again
+            return
+        y = output.detach().float().flatten()
+        ref2 = float(y.square().sum(dtype=torch.float64))
+        stats = self.acc_ref[0].stats
+        s = self.tracker.step
+        for fi, q in self.qmods:
+            yq = q(x).float().flatten()
+            # float32 elementwise, float64 accumulation: a fraction of the cost of float64 throughout
+            sums = torch.stack([(yq - y).square().sum(dtype=torch.float64), yq.square().sum(dtype=torch.float64),
+                                (y * yq).sum(dtype=torch.float64)]).tolist()
+            stats[self.index, fi, s] += (sums[0], ref2, sums[1], sums[2])
+
+
+class _BlockProbe:
+    def __init__(self, index, tracker, acc_ref):
+        self.index, self.tracker, self.acc_ref = index, tracker, acc_ref
+
+    @torch.no_grad()
+    def __call__(self, module, inputs, output):
+        o = _first_tensor(output)
+        acc = self.acc_ref[0]
+        if o is None or acc is None:
+            return
+        o = o.detach().float()
+        prev = acc.prev.get(self.index)
+        s = self.tracker.step
+        if prev is not None and prev.shape == o.shape and s > 0:
+            acc.blocks[self.index, s] += (float((o - prev).square().sum(dtype=torch.float64)),
+                                          float(o.square().sum(dtype=torch.float64)))
+        acc.prev[self.index] = o
+
+
+def default_profile_path(model: str = "default") -> Path:
+    slug = Path(str(model)).name or "model"
+    return Path("profiles") / f"{slug}.sqlite"
+
+
+def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple[int, int] = (0, 1),
+                  progress: bool = True, **options) -> Profile:
+    """Profile ``pipe``'s denoiser (local tier) into the SQLite file ``out`` and return the loaded Profile.
+
+    ``options`` override fields of the default ProfileConfig (labels, seeds, steps, guidance_scale, formats).
+    Running again with the same file and configuration resumes: finished units are skipped.
+    ``shard=(i, n)`` measures only the units u with u % n == i.
+
+    """
+    if config is None:
+        config = ProfileConfig(**options)
+    elif options:
+        config = ProfileConfig(**{**asdict(config), **options})
+    i, n = shard
+    if not (isinstance(n, int) and isinstance(i, int) and n >= 1 and 0 <= i < n):
+        raise UsageError(f"shard must be i/n with 0 <= i < n, got {i}/{n}; pass e.g. --shard 0/2 and --shard 1/2")
+    out = Path(out) if out is not None else default_profile_path()
+    denoiser = get_denoiser(pipe)
+    info = describe(denoiser, ("fp", *config.formats))
+    check_finite_weights(denoiser)  # before any file is made
+    created, folder_created = not out.exists(), not out.parent.exists()
+    writer = ProfileWriter(out, info, config.to_dict(), versions(), weights=weights_digest(denoiser, info.names))
+    try:
+        done = writer.done_units()
+        todo = [u for u in range(len(config.seeds)) if u % n == i and u not in done]
+        if todo:
+            _run_units(pipe, denoiser, info, config, writer, todo, progress)
+    except BaseException:
+        # a profile that failed before finishing any unit leaves no file behind; finished units are kept
+        if created and not writer.done_units():
+            writer.close()
+            remove_profile_file(out)
+            if folder_created:
+                try:
+                    out.parent.rmdir()
+                except OSError:
+                    pass
+        raise
+    finally:
+        writer.close()
+    return Profile.load(out)
+
+
+def _run_units(pipe, denoiser, info, config, writer, todo, progress):
+    formats = ("fp", *config.formats)
+    modules = dict(denoiser.named_modules())
+    tracker = StepTracker()
+    acc_ref: list[_Accumulator] = [None]  # the current unit's accumulator, swapped per unit
+    recorder = CallRecorder(tracker)  # after the tracker, so it sees each call's step
+    handles = [denoiser.register_forward_pre_hook(tracker, with_kwargs=True),
+               denoiser.register_forward_pre_hook(recorder, with_kwargs=True)]
+    candidates = [modules[layer.name] for layer in info.layers]
+    try:
+        for li, layer in enumerate(info.layers):
+            cands = [(fi, f) for fi, f in enumerate(formats) if fi > 0 and f in layer.eligible]
+            if cands:
+                probe = _LayerProbe(li, modules[layer.name], cands, tracker, acc_ref, layer.name)
+                handles.append(modules[layer.name].register_forward_hook(probe))
+        for bi, block in enumerate(info.blocks):
+            handles.append(modules[block].register_forward_hook(_BlockProbe(bi, tracker, acc_ref)))
+        L, F, S, B = len(info.layers), len(formats), config.steps, len(info.blocks)
+        bar = tqdm(total=len(todo) * S, desc="profile", unit="step", disable=not progress)
+        def tick(*_):
+            if acc_ref[0] is not None:
+                bar.update(1)  # returns None: a forward hook that returns a value would replace the output
+
+        handles.append(denoiser.register_forward_hook(tick))
+        for unit in todo:
+            acc_ref[0] = _Accumulator(np.zeros((L, F, S, 4)), np.zeros((B, S, 2)))
+            tracker.__init__()
+            recorder.calls.clear()
+            t0 = time.perf_counter()
+            generate(pipe, config.conditions, config.seeds[unit], config.steps, config.guidance_scale, config.size)
+            acc, acc_ref[0] = acc_ref[0], None  # pause the probes while the calls are replayed with gradients
+            recorder.paused = True
+            try:
+                sens = output_sensitivity(denoiser, recorder.calls, candidates, S, seed=config.seeds[unit])
+            finally:
+                recorder.paused = False
+                recorder.calls.clear()
+            rows = [(li, fi, s, *map(float, acc.stats[li, fi, s]))
+                    for li, layer in enumerate(info.layers) for fi, f in enumerate(formats)
+                    if fi > 0 and f in layer.eligible for s in range(S)]
+            brows = [(bi, s, *map(float, acc.blocks[bi, s])) for bi in range(B) for s in range(1, S)]
+            srows = [(li, s, float(sens[li, s, 0]), float(sens[li, s, 1])) for li in range(L) for s in range(S)]
+            writer.write_unit(unit, time.perf_counter() - t0, rows, brows, srows)
+    finally:
+        if "bar" in locals():
+            bar.close()  # also on error, so an error message starts on a line of its own
+        for h in handles:
+            h.remove()

@@ -1,0 +1,234 @@
+"""Feature-cache hooks, installed through diffusers' hook registry (named, removable, stateful).
+
+One technique, in the shape of diffusers' own cache hooks: :class:`FeatureCacheConfig` (the unit and the
+per-step schedule), :class:`FeatureCacheState` (the cached features of the current generation),
+hooks, and :func:`apply_feature_cache`, which returns a handle whose ``remove()`` takes every hook off and
+leaves the modules as they were (no registry, no ``forward`` attribute left behind).
+
+Steps are counted from the ``timestep`` the denoiser receives: a timestep higher than the previous one starts
+a new generation (the cache is cleared); a lower one is the next step; the same one again is another call of
+the same step (a pipeline that runs classifier-free guidance as two calls), which gets its own cache slot.
+A batched CFG call (one batch of 2N) simply caches features of batch 2N.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from torch import nn
+
+from mpsearch.errors import PlanError
+from mpsearch.cache_units import CacheUnit
+
+HOOK_STEP = "mpsearch_cache_step"
+HOOK_BLOCK = "mpsearch_cache_block"
+
+
+@dataclass(frozen=True)
+class FeatureCacheConfig:
+    """The unit whose features are reused and, per step, whether it is computed (True) or reused (False)."""
+
+    unit: CacheUnit
+    compute: tuple[bool, ...]
+
+    def __post_init__(self):
+        if not isinstance(self.unit, CacheUnit):
+            raise PlanError(f"FeatureCacheConfig.unit must be a CacheUnit, got {type(self.unit).__name__}")
+        compute = tuple(self.compute)
+        if not compute or not all(isinstance(c, bool) for c in compute):
+            raise PlanError(f"cache compute must be a non-empty list of booleans (one per step), got {list(compute)!r}")
+        if not compute[0]:
+            raise PlanError("cache compute[0] is false, but step 0 has nothing to reuse; compute step 0")
+        object.__setattr__(self, "compute", compute)
+
+
+class FeatureCacheState:
+    """Per generation: the step, the call within the step, and the cached outputs per call slot."""
+
+    def __init__(self):
+        self.reset()
+        self.record = None  # optional callable(step, slot, feature tensor) for measuring runs
+        self.probe = False  # measuring runs: the step hook leaves step and reuse as they are
+        #: measuring runs: callable(state, forward, args, kwargs) -> output, called instead of the denoiser's
+        #: forward once the step and the reuse decision are set (to record outputs or replay recorded ones)
+        self.intercept = None
+        self.stats = {"computed": 0, "reused": 0, "fallback": 0, "generations": 0}
+
+    def reset(self):
+        self.step = -1
+        self.slot = 0
+        self.last_t = None
+        self.reuse = False
+        self.outputs: dict = {}  # (slot, module name) -> output at the last full computation
+        self.inputs: dict = {}  # slot -> input of the range (transformer-residual)
+        self.residual: dict = {}  # slot -> residual of the range
+
+
+class _StepHook(ModelHook):
+    """On the denoiser: tracks the step from the timestep and decides compute/reuse for this call."""
+
+    _is_stateful = True
+
+    def __init__(self, state: FeatureCacheState, config: FeatureCacheConfig):
+        super().__init__()
+        self.state, self.config = state, config
+        self._warned = False
+
+    def pre_forward(self, module, *args, **kwargs):
+        st = self.state
+        if st.probe:  # a measuring run re-evaluates this step with chosen cached features; st.reuse is set
+            return args, kwargs
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if t is not None:
+            t = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
+            if st.last_t is None or t > st.last_t:
+                st.reset()
+                st.step, st.slot = 0, 0
+                st.stats["generations"] += 1
+            elif t < st.last_t:
+                st.step, st.slot = st.step + 1, 0
+            else:
+                st.slot += 1
+            st.last_t = t
+        step = max(st.step, 0)
+        if step >= len(self.config.compute):
+            if not self._warned:
+                warnings.warn(f"the cache schedule covers {len(self.config.compute)} steps but the pipeline runs "
+                              f"more; steps from {step} on are computed in full (schedule for this step count)",
+                              stacklevel=2)
+                self._warned = True
+            st.reuse = False
+        else:
+            st.reuse = not self.config.compute[step]
+        st.stats["reused" if st.reuse else "computed"] += 1
+        return args, kwargs
+
+    def new_forward(self, module, *args, **kwargs):
+        st = self.state
+        if st.intercept is not None and not st.probe:
+            return st.intercept(st, self.fn_ref.original_forward, args, kwargs)
+        return self.fn_ref.original_forward(*args, **kwargs)
+
+    def reset_state(self, module):
+        self.state.reset()
+        return module
+
+
+def _hidden(args, kwargs):
+    return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+
+class _DeepHook(ModelHook):
+    """unet-deep: each module of the deep path returns its output from the last full computation."""
+
+    def __init__(self, state: FeatureCacheState, name: str, is_feature: bool):
+        super().__init__()
+        self.state, self.name, self.is_feature = state, name, is_feature
+
+    def new_forward(self, module, *args, **kwargs):
+        st = self.state
+        key = (st.slot, self.name)
+        if st.reuse:
+            if key in st.outputs:
+                return st.outputs[key]
+            st.stats["fallback"] += 1
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        st.outputs[key] = out
+        if self.is_feature and st.record is not None:
+            st.record(st.step, st.slot, out)
+        return out
+
+
+class _ResidualHook(ModelHook):
+    """transformer-residual: the range is skipped and input + cached residual comes out of its last block."""
+
+    def __init__(self, state: FeatureCacheState, first: bool, last: bool):
+        super().__init__()
+        self.state, self.first, self.last = state, first, last
+
+    def new_forward(self, module, *args, **kwargs):
+        st = self.state
+        hidden = _hidden(args, kwargs)
+        res = st.residual.get(st.slot)
+        if st.reuse and res is not None and res.shape == hidden.shape:
+            return hidden + res if self.last else hidden
+        if st.reuse and self.first:
+            st.stats["fallback"] += 1
+            st.reuse = False  # no usable cache for this call: compute the whole range
+        if self.first:
+            st.inputs[st.slot] = hidden
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        if not isinstance(out, torch.Tensor):
+            raise PlanError("a transformer-residual cache needs blocks that return one tensor; "
+                            f"{type(module).__name__} returned {type(out).__name__}")
+        if self.last:
+            st.residual[st.slot] = out - st.inputs[st.slot]
+            if st.record is not None:
+                st.record(st.step, st.slot, st.residual[st.slot])
+        return out
+
+
+class FeatureCacheHandle:
+    """What :func:`apply_feature_cache` returns: ``state`` (counters, for reports) and ``remove()``."""
+
+    def __init__(self, denoiser, modules, had_forward, had_registry, state):
+        self._denoiser = denoiser
+        self._modules = modules  # [(module, hook name)]
+        self._had_forward = had_forward
+        self._had_registry = had_registry
+        self.state = state
+        self.removed = False
+
+    def remove(self) -> None:
+        """Take every cache hook off; modules get back their own forward. Safe to call twice."""
+        if self.removed:
+            return
+        for module, name in reversed(self._modules):
+            registry = module._diffusers_hook
+            registry.remove_hook(name, recurse=False)
+            if not registry.hooks and id(module) not in self._had_registry:
+                del module._diffusers_hook
+            if id(module) not in self._had_forward and "forward" in module.__dict__:
+                del module.forward
+        if hasattr(self._denoiser, "_diffusers_hook"):
+            self._denoiser._diffusers_hook.invalidate_child_registries_cache()
+        self.state.reset()
+        self.removed = True
+
+
+def apply_feature_cache(denoiser: nn.Module, config: FeatureCacheConfig) -> FeatureCacheHandle:
+    """Install the feature cache described by ``config`` on ``denoiser``; returns a removable handle."""
+    unit = config.unit
+    unit.check(denoiser)
+    named = dict(denoiser.named_modules())
+    state = FeatureCacheState()
+    targets = [(denoiser, HOOK_STEP, _StepHook(state, config))]
+    for i, name in enumerate(unit.modules):
+        if unit.kind == "unet-deep":
+            hook = _DeepHook(state, name, i == len(unit.modules) - 1)
+        else:
+            hook = _ResidualHook(state, i == 0, i == len(unit.modules) - 1)
+        targets.append((named[name], f"{HOOK_BLOCK}:{name}", hook))
+    for module, name, _ in targets:
+        reg = getattr(module, "_diffusers_hook", None)
+        if reg is not None and name in reg.hooks:
+            raise PlanError(f"a feature cache is already installed on {type(module).__name__}; remove it first")
+    had_forward = {id(m) for m, _, _ in targets if "forward" in m.__dict__}
+    had_registry = {id(m) for m, _, _ in targets if hasattr(m, "_diffusers_hook")}
+    handle = FeatureCacheHandle(denoiser, [], had_forward, had_registry, state)
+    try:
+        for module, name, hook in targets:
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+            handle._modules.append((module, name))
+    except BaseException:
+        handle.remove()
+        raise
+    denoiser._diffusers_hook.invalidate_child_registries_cache()
+    return handle
+
+
+__all__ = ["FeatureCacheConfig", "FeatureCacheState", "FeatureCacheHandle", "apply_feature_cache",
+           "HOOK_STEP", "HOOK_BLOCK"]

@@ -1,0 +1,145 @@
+"""Quantized modules that hold packed weights, shared by the profiler and the executor.
+
+The profiler measures a layer's error with the very modules the executor later installs, so a profile
+describes what the plan will run.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mpsearch.formats import Packed, get_format
+
+
+class StepTracker:
+    """Counts denoising steps from the ``timestep`` the denoiser receives.
+
+    A timestep higher than the last one starts a new generation (step 0); a lower one is the next step;
+    the same one (e.g. an unbatched classifier-free-guidance half) stays on the same step.
+    """
+
+    def __init__(self):
+        self.step = -1
+        self._last = None
+
+    def __call__(self, module, args, kwargs):
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if t is None:
+            return None
+        t = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
+        if self._last is None or t > self._last:
+            self.step = 0
+        elif t < self._last:
+            self.step += 1
+        self._last = t
+        return None
+
+
+class _QuantMixin:
+    """Shared logic of quantized modules: packed buffers and the activation schedule."""
+
+    def _init_packed(self, packed: Packed, act_windows):
+        self.fmt = get_format(packed.format)
+        self.weight_shape = packed.shape
+        self.weight_dtype = packed.dtype
+        self._keys = tuple(packed.tensors)
+        for key, t in packed.tensors.items():
+            self.register_buffer(f"packed_{key}", t)
+        self.act_windows = act_windows  # list of (start, stop, bool) overrides
+        self.tracker: StepTracker | None = None
+        #: keep the dequantized weight between calls (the profiler's speed-up; the executor leaves it off
+        #: so that only packed weights are held)
+        self.cache_dequantized = False
+        self._dequantized = None
+
+    def dequantized(self) -> torch.Tensor | None:
+        """The dequantized weight if caching is on (computed once), else None (dequantize per call)."""
+        if not self.cache_dequantized:
+            return None
+        if self._dequantized is None:
+            self._dequantized = self.fmt.dequantize(self.packed())
+        return self._dequantized
+
+    def packed(self) -> Packed:
+        return Packed(self.fmt.name, self.weight_shape, self.weight_dtype,
+                      {k: getattr(self, f"packed_{k}") for k in self._keys})
+
+    def quantize_activations(self) -> bool:
+        if self.tracker is not None:
+            step = self.tracker.step
+            for start, stop, quant in self.act_windows:
+                if start <= step < stop:
+                    return quant and self.fmt.quantizes_activations
+        return self.fmt.quantizes_activations
+
+    def extra_repr(self) -> str:
+        return f"format={self.fmt.name}, shape={tuple(self.weight_shape)}"
+
+
+class QuantLinear(_QuantMixin, nn.Module):
+    """A Linear whose weight lives in a packed low-bit format."""
+
+    def __init__(self, packed: Packed, bias: nn.Parameter | None, act_windows=()):
+        super().__init__()
+        self._init_packed(packed, list(act_windows))
+        self.in_features = packed.shape[1]
+        self.out_features = packed.shape[0]
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        w = self.dequantized()
+        y = self.fmt.matmul(x.reshape(-1, x.shape[-1]), self.packed(),
+                            quantize_activations=self.quantize_activations(),
+                            dequantized=None if w is None else w.reshape(w.shape[0], -1))
+        y = y.reshape(*lead, self.out_features).to(x.dtype)
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
+
+
+class QuantConv2d(_QuantMixin, nn.Module):
+    """A Conv2d whose weight lives in a packed low-bit format (activations quantized per pixel via im2col)."""
+
+    def __init__(self, conv: nn.Conv2d, packed: Packed, bias: nn.Parameter | None, act_windows=()):
+        super().__init__()
+        self._init_packed(packed, list(act_windows))
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.out_channels = conv.out_channels
+        self.kernel_size = conv.kernel_size
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.dequantized()
+        if not self.quantize_activations():
+            w = (self.fmt.dequantize(self.packed()) if w is None else w).to(x.dtype)
+            return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation)
+        n = x.shape[0]
+        cols, oh, ow = im2col(x, self.kernel_size, self.dilation, self.padding, self.stride)
+        y = self.fmt.matmul(cols, self.packed(), quantize_activations=True,
+                            dequantized=None if w is None else w.reshape(w.shape[0], -1)).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(n, oh * ow, self.out_channels).transpose(1, 2).reshape(n, self.out_channels, oh, ow)
+
+
+def im2col(x: torch.Tensor, kernel, dilation, padding, stride):
+    """(N*oh*ow, C*kh*kw) patches of an NCHW tensor, rows in (n, oh, ow) order, columns ordered like a conv
+    weight's (C, kh, kw): one strided view and one copy, much faster than F.unfold + transpose on the CPU."""
+    kh, kw = kernel
+    if padding[0] or padding[1]:
+        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    n, c, h, w = x.shape
+    sn, sc, sh, sw = x.stride()
+    oh = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    patches = x.as_strided((n, oh, ow, c, kh, kw),
+                           (sn, sh * stride[0], sw * stride[1], sc, sh * dilation[0], sw * dilation[1]))
+    return patches.reshape(n * oh * ow, c * kh * kw), oh, ow
+
+
+def quantized_module(module: nn.Module, packed: Packed, act_windows=()) -> nn.Module:
+    """The quantized replacement of a Linear or Conv2d, sharing its bias."""
+    if isinstance(module, nn.Conv2d):
+        return QuantConv2d(module, packed, module.bias, act_windows)
+    return QuantLinear(packed, module.bias, act_windows)
