@@ -20,19 +20,19 @@ from mpsearch import _compat
 
 from mpsearch.version import __version__  # noqa: E402,F401
 
-# public name -> module that defines it (imported on first use, so `import mpsearch` stays cheap)
+# public name -> module (below mpsearch.) that defines it (imported on first use, so `import mpsearch` stays cheap)
 _LAZY = {
-    "load_pipeline": "mpsearch.pipeline",
-    "DigitsPipeline": "mpsearch.pipeline",
-    "profile": "mpsearch.workflow",
-    "Profile": "mpsearch.profiling.store",
-    "solve": "mpsearch.allocation.solving",
-    "Plan": "mpsearch.plan",
-    "apply_plan": "mpsearch.runtime.executor",
-    "PlanHandle": "mpsearch.runtime.executor",
-    "describe": "mpsearch.models",
-    "parse_budget": "mpsearch.budget",
-    "MpsearchError": "mpsearch.errors",
+    "load_pipeline": "pipeline",
+    "DigitsPipeline": "pipeline",
+    "profile": "workflow",
+    "Profile": "profiling.store",
+    "solve": "allocation.solving",
+    "Plan": "plan",
+    "apply_plan": "runtime.executor",
+    "PlanHandle": "runtime.executor",
+    "describe": "models",
+    "parse_budget": "budget",
+    "MpsearchError": "errors",
 }
 _SUBMODULES = ("formats", "models", "plan", "budget", "metrics", "errors", "io", "cache_units", "runtime",
                "profiling", "allocation", "pipeline", "classifier", "cli", "report", "archs", "testing",
@@ -45,7 +45,7 @@ _compat.install()
 
 def __getattr__(name):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(importlib.import_module(f"mpsearch.{_LAZY[name]}"), name)
     if name in _SUBMODULES:
         return importlib.import_module(f"mpsearch.{name}")
     raise AttributeError(f"module 'mpsearch' has no attribute {name!r}")

@@ -45,15 +45,15 @@ MOVED = {
 }
 # the old package mpsearch.cache re-exported names from modules that now live in three stages
 CACHE_NAMES = {
-    "mpsearch.allocation.cache_scheduler": (
+    "allocation.cache_scheduler": (
         "METHODS", "Schedule", "ScheduleProblem", "full_computations_for_speedup", "ideal_speedup", "is_feasible",
         "make_schedule", "schedule_bruteforce", "schedule_dp", "schedule_error", "schedule_threshold",
         "schedule_uniform"),
-    "mpsearch.cache_section": ("validate_cache_section",),
-    "mpsearch.cache_units": ("CacheUnit", "cache_units", "compute_shares", "get_unit"),
-    "mpsearch.runtime.cache_hooks": ("FeatureCacheConfig", "apply_feature_cache", "FeatureCacheHandle"),
-    "mpsearch.profiling.cache_costs": ("measure_costs", "costs_from_profile"),
-    "mpsearch.allocation.joint": ("schedule_cache", "solve_joint", "cache_section"),
+    "cache_section": ("validate_cache_section",),
+    "cache_units": ("CacheUnit", "cache_units", "compute_shares", "get_unit"),
+    "runtime.cache_hooks": ("FeatureCacheConfig", "apply_feature_cache", "FeatureCacheHandle"),
+    "profiling.cache_costs": ("measure_costs", "costs_from_profile"),
+    "allocation.joint": ("schedule_cache", "solve_joint", "cache_section"),
 }
 
 
@@ -70,7 +70,7 @@ def _cache_package() -> types.ModuleType:
 
     def __getattr__(name):
         if name in where:
-            return getattr(importlib.import_module(where[name]), name)
+            return getattr(importlib.import_module(f"mpsearch.{where[name]}"), name)
         raise AttributeError(f"module 'mpsearch.cache' has no attribute {name!r}")
 
     mod.__getattr__ = __getattr__
@@ -90,7 +90,7 @@ class _AliasLoader(importlib.abc.Loader):
             return _cache_package()
         new = MOVED[self.old]
         _warn(self.old, new)
-        module = importlib.import_module(new)
+        module = importlib.import_module(f"mpsearch.{new.removeprefix('mpsearch.')}")
         self.saved = {k: getattr(module, k) for k in ("__name__", "__spec__", "__loader__", "__package__")}
         return module
 

@@ -235,3 +235,48 @@ def save_tiny_pipeline(name: str, path, seed: int = 0) -> Path:
     path = Path(path)
     build_tiny_pipeline(name, seed).save_pretrained(path, safe_serialization=True)
     return path
+
+
+# ------------------------------------------------------------------ real-size denoisers in small pipelines
+
+REAL_SIZE = ("sd15", "sdxl", "pixart-sigma", "dit-xl")
+
+
+def real_size_pipeline(name: str, dtype=torch.float32, seed: int = 0):
+    """A pipeline whose denoiser is the published architecture ``name`` (``mpsearch/archs/<name>.json``) at
+    its real size with random weights, around small random text encoders and a small VAE (downsampling 2x,
+    so ``size`` px images have ``size/2`` px latents). For benchmarks of what grows with the denoiser:
+    profiling, applying, exporting and running plans at the size users run."""
+    import diffusers
+
+    from mpsearch.archs import load_arch
+
+    if name not in REAL_SIZE:
+        raise UsageError(f"no real-size pipeline for {name!r}; expected one of {', '.join(REAL_SIZE)}")
+    arch = load_arch(name)
+    cfg = arch["config"]
+    torch.manual_seed(seed)
+    denoiser = getattr(diffusers, arch["denoiser_class"]).from_config(cfg).to(dtype).eval()
+    if name == "sd15":
+        pipe = diffusers.StableDiffusionPipeline(
+            vae=_vae(), text_encoder=_clip_text(False, hidden=cfg["cross_attention_dim"]),
+            tokenizer=clip_tokenizer(), unet=denoiser, scheduler=_ddim(), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False)
+    elif name == "sdxl":
+        # the two encoders' hidden states side by side make cross_attention_dim; the pooled projection and six
+        # time ids (addition_time_embed_dim each) make projection_class_embeddings_input_dim
+        pooled = cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"]
+        enc2 = _clip_text(True, hidden=cfg["cross_attention_dim"] - 768, seed=2)
+        enc2.config.projection_dim = pooled
+        enc2.text_projection = torch.nn.Linear(enc2.config.hidden_size, pooled, bias=False)
+        pipe = diffusers.StableDiffusionXLPipeline(
+            vae=_vae(), text_encoder=_clip_text(False, hidden=768, seed=1), text_encoder_2=enc2.eval(),
+            tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), unet=denoiser, scheduler=_ddim(),
+            force_zeros_for_empty_prompt=True, add_watermarker=False)
+    elif name == "pixart-sigma":
+        pipe = diffusers.PixArtSigmaPipeline(tokenizer=t5_tokenizer(), text_encoder=_t5(cfg["caption_channels"]),
+                                             vae=_vae(), transformer=denoiser, scheduler=_ddim())
+    else:
+        pipe = diffusers.DiTPipeline(transformer=denoiser, vae=_vae(), scheduler=_ddim())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
