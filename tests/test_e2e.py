@@ -16,6 +16,13 @@ from mpsearch.profiling.store import Profile
 SMALL = dict(labels=(0, 1, 2), seeds=(0,), steps=4, progress=False)
 
 
+
+def _ranks(values) -> np.ndarray:
+    """1-based ranks, tied values sharing the mean of their ranks (as Spearman's rho needs)."""
+    values = list(values)
+    return np.array([sum(w < v for w in values) + (sum(w == v for w in values) + 1) / 2 for v in values])
+
+
 @pytest.fixture(scope="module")
 def e2e_profile(tmp_path_factory):
     """A tiny DiT profiled locally and end to end (shortlist 4, 2 windows), with plugins that record calls."""
@@ -48,8 +55,23 @@ def test_plugins_are_called_and_summary_reported(e2e_profile):
     assert calls["scorer"] == units and calls["features"] >= units
     assert 0 < s["cost_ratio"] < 0.5 and s["exhaustive_units"] == 1 + len(e2e.exhaustive_units(prof.info, prof.formats))
     assert set(s["spearman"]) == {"ssim", "condition", "psnr", "sqnr", "frechet"}  # no class_agreement: user scorer
-    for v in s["spearman"].values():
-        assert v["n"] == len(s["shortlist"]) and (v["rho"] is None or -1 <= v["rho"] <= 1)
+    # rho recomputed from first principles: ranks (ties averaged) of the local tier's gn summed over steps
+    # and of the stored end-to-end damage, and Pearson's correlation of the ranks
+    res = e2e.load_results(path)
+    units = [u for u in res.of_kind("layer") if u["start"] == 0 and u["stop"] == prof.steps]
+    gn = prof.metric("gn").sum(axis=-1)
+    local = [gn[prof.info.names.index(u["layers"][0]), prof.formats.index(u["format"])] for u in units]
+    assert len(units) == len(s["shortlist"]) and np.ptp(local) > 0
+    checked = 0
+    for m, v in s["spearman"].items():
+        damage = [res.damages(u)[m] for u in units]
+        assert v["n"] == len(units)
+        if np.ptp(damage) == 0:
+            assert v["rho"] is None
+            continue
+        assert v["rho"] == pytest.approx(np.corrcoef(_ranks(local), _ranks(damage))[0, 1], abs=1e-4)
+        checked += 1
+    assert checked >= 3
 
 
 def test_results_stored_per_metric_and_old_readers_unaffected(e2e_profile):
