@@ -149,13 +149,35 @@ def test_minimax_rules_out_damaging_pairs(e2e_profile):
 
 
 def test_activation_overrides_from_windows(e2e_profile, dit_pipe):
+    """One override: in the window whose measured SSIM damage (summed over its units) is the larger of the two,
+    every layer of the plan whose format quantizes activations (int8, nvfp4; not weight-only int4) keeps them
+    in fp; installed, it changes the images against the same plan without it, and only through those steps."""
+    from mpsearch.runtime.generation import generate
+
     _, prof, path, _ = e2e_profile
-    plan = mpsearch.solve(path, "60%", weights="content=1,quality=1", fp_act_windows=1)
-    assert len(plan.overrides) <= 1
-    for ov in plan.overrides:
-        assert all(plan.layers[n] in ("int8", "nvfp4") for n in ov["activations"])
-    handle = mpsearch.apply_plan(dit_pipe, plan, check_weights=False)  # the plan's overrides install
-    handle.remove()
+    plan = mpsearch.solve(path, "60%", weights="ssim=1", fp_act_windows=1)
+    per_window = {}
+    for u in e2e.load_results(path).of_kind("window"):
+        d = max(e2e.load_results(path).damages(u)["ssim"], 0.0)
+        per_window[(u["start"], u["stop"])] = per_window.get((u["start"], u["stop"]), 0.0) + d
+    assert sorted(per_window) == [(0, 2), (2, 4)] and len(set(per_window.values())) == 2
+    worst = max(per_window, key=per_window.get)
+    act_layers = {n for n, f in plan.layers.items() if f in ("int8", "nvfp4")}
+    assert act_layers, "the 60% plan should run some layer with quantized activations"
+    assert plan.overrides == [{"steps": list(worst), "activations": {n: "fp" for n in act_layers}}]
+
+    def images(p):
+        handle = mpsearch.apply_plan(dit_pipe, p, check_weights=False)
+        try:
+            return generate(dit_pipe, [1, 2], 0, 4)
+        finally:
+            handle.remove()
+
+    bare = mpsearch.Plan.from_assignment(prof.info, dict(plan.layers))
+    assert not np.array_equal(images(plan), images(bare))  # the override installed and took effect
+    all_fp = mpsearch.Plan.from_assignment(prof.info, dict(plan.layers), overrides=[
+        {"steps": [0, 4], "activations": {n: "fp" for n in act_layers}}])
+    assert not np.array_equal(images(plan), images(all_fp))  # ... only inside its window
 
 
 def test_calibration_is_monotone_and_exact_on_a_power_law():
