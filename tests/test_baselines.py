@@ -161,13 +161,43 @@ def test_mixdq_plans_split_the_budget(small_profile):
         mixdq_plans(small_profile, budget, (1.5,))
 
 
-def test_choose_split_picks_the_best_normalized_sum(dit_pipe, small_profile):
+def test_choose_split_picks_the_best_normalized_sum(dit_pipe, small_profile, monkeypatch):
+    """Stand-in images with hand-set scores where the normalized sum picks a split that neither metric alone
+    nor their raw sum would: content (1 - SSIM) 0.10, 0.30, 0.05 and quality (MSE / power) 2e-4, 1e-4, 1e-3
+    give 0.10/0.05 + 2e-4/1e-4 = 4, 6 + 1 = 7 and 1 + 10 = 11: split 0.2."""
+    import mpsearch.allocation.baselines as baselines
+
     info = small_profile.info
-    plans = mixdq_plans(small_profile, int(0.5 * info.fp_bytes), (0.3, 0.7))
+    plans = mixdq_plans(small_profile, int(0.5 * info.fp_bytes), (0.2, 0.5, 0.8))
+    content = {0.2: 0.10, 0.5: 0.30, 0.8: 0.05}
+    quality = {0.2: 2e-4, 0.5: 1e-4, 0.8: 1e-3}
+    ref = np.full((2, 8, 8, 1), 0.5)  # power 0.25
+    images = [ref] + [ref + np.sqrt(quality[a] * 0.25) for a in plans]  # the reference first, then each plan
+    monkeypatch.setattr(baselines, "generate_many", lambda *a, **k: images.pop(0))
+    monkeypatch.setattr(baselines, "ssim", lambda r, x: 1.0 - content[min(quality, key=lambda a: abs(
+        np.mean((x - r) ** 2) / 0.25 - quality[a]))])
     best, scores = choose_split(dit_pipe, plans, labels=(0, 1), seeds=(500,), steps=2)
-    lo = {m: min(s[m] for s in scores.values()) for m in ("content", "quality")}
-    total = {a: s["content"] / max(lo["content"], 1e-12) + s["quality"] / max(lo["quality"], 1e-12)
-             for a, s in scores.items()}
-    assert best == min(total, key=total.get)
+    assert best == 0.2 and not images
+    assert {a: pytest.approx(s["content"]) for a, s in scores.items()} == content
+    assert {a: pytest.approx(s["quality"]) for a, s in scores.items()} == quality
+
+
+def test_choose_split_scores_real_generations(dit_pipe, small_profile):
+    from mpsearch.metrics import ssim
+    from mpsearch.runtime.executor import apply_plan
+    from mpsearch.runtime.generation import generate
+
+    info = small_profile.info
+    plans = mixdq_plans(small_profile, int(0.5 * info.fp_bytes), (0.3,))
+    best, scores = choose_split(dit_pipe, plans, labels=(0, 1), seeds=(500,), steps=2)
+    ref = generate(dit_pipe, [0, 1], 500, 2).astype(np.float64)
+    handle = apply_plan(dit_pipe, plans[0.3], stash="memory", check_weights=False)
+    try:
+        img = generate(dit_pipe, [0, 1], 500, 2).astype(np.float64)
+    finally:
+        handle.remove()
+    assert best == 0.3
+    assert scores[0.3]["quality"] == pytest.approx(np.mean((img - ref) ** 2) / np.mean(ref ** 2), rel=1e-5)
+    assert scores[0.3]["content"] == pytest.approx(1.0 - ssim(ref, img), rel=1e-5, abs=1e-7)
     with pytest.raises(UsageError, match="no MixDQ-style split"):
         choose_split(dit_pipe, {})

@@ -82,16 +82,33 @@ def test_reuse_changes_output_and_state_resets_per_call(dit_pipe, unet_pipe, gui
 
 
 def test_reused_features_are_the_cached_ones(unet_pipe):
-    """On a reuse step the deep path is not run at all: its modules return their last computed outputs."""
+    """On a reuse step the deep path is not run at all: its modules return their last computed outputs, which
+    on the computed steps are the uncached model's own."""
     den = get_denoiser(unet_pipe)
     unit = get_unit(den)
-    calls = []
-    h = den.get_submodule("mid_block.resnets.0").register_forward_hook(lambda *a: calls.append(1))
-    handle = apply_feature_cache(den, FeatureCacheConfig(unit, (True, False, False, True)))
-    generate(unet_pipe, [1], seed=0, steps=4)
-    handle.remove()
-    h.remove()
-    assert len(calls) == 2
+
+    def run(cached: bool):
+        features, inner = [], []
+        hs = [den.get_submodule(unit.feature).register_forward_hook(lambda m, a, out: features.append(out.clone())),
+              den.get_submodule("mid_block.resnets.0").register_forward_hook(lambda *a: inner.append(1))]
+        handle = apply_feature_cache(den, FeatureCacheConfig(unit, (True, False, False, True))) if cached else None
+        try:
+            generate(unet_pipe, [1], seed=0, steps=STEPS)
+        finally:
+            if handle is not None:
+                handle.remove()
+            for h in hs:
+                h.remove()
+        return features, len(inner)
+
+    plain, plain_calls = run(cached=False)
+    cached, cached_calls = run(cached=True)
+    assert len(plain) == len(cached) == plain_calls == STEPS  # one denoiser call per step here
+    assert cached_calls == 2  # the deep path ran on the two computed steps only
+    assert torch.equal(cached[0], plain[0])  # computed: what the uncached model gives
+    assert torch.equal(cached[1], cached[0]) and torch.equal(cached[2], cached[0])  # reused: the step-0 features
+    assert not torch.equal(plain[1], plain[0])  # which the uncached model would not have given
+    assert not torch.equal(cached[3], cached[0])  # computed again at step 3
 
 
 def test_unbatched_cfg_calls_get_their_own_slots(dit_pipe):

@@ -16,6 +16,13 @@ from mpsearch.profiling.store import Profile
 SMALL = dict(labels=(0, 1, 2), seeds=(0,), steps=4, progress=False)
 
 
+
+def _ranks(values) -> np.ndarray:
+    """1-based ranks, tied values sharing the mean of their ranks (as Spearman's rho needs)."""
+    values = list(values)
+    return np.array([sum(w < v for w in values) + (sum(w == v for w in values) + 1) / 2 for v in values])
+
+
 @pytest.fixture(scope="module")
 def e2e_profile(tmp_path_factory):
     """A tiny DiT profiled locally and end to end (shortlist 4, 2 windows), with plugins that record calls."""
@@ -48,8 +55,23 @@ def test_plugins_are_called_and_summary_reported(e2e_profile):
     assert calls["scorer"] == units and calls["features"] >= units
     assert 0 < s["cost_ratio"] < 0.5 and s["exhaustive_units"] == 1 + len(e2e.exhaustive_units(prof.info, prof.formats))
     assert set(s["spearman"]) == {"ssim", "condition", "psnr", "sqnr", "frechet"}  # no class_agreement: user scorer
-    for v in s["spearman"].values():
-        assert v["n"] == len(s["shortlist"]) and (v["rho"] is None or -1 <= v["rho"] <= 1)
+    # rho recomputed from first principles: ranks (ties averaged) of the local tier's gn summed over steps
+    # and of the stored end-to-end damage, and Pearson's correlation of the ranks
+    res = e2e.load_results(path)
+    units = [u for u in res.of_kind("layer") if u["start"] == 0 and u["stop"] == prof.steps]
+    gn = prof.metric("gn").sum(axis=-1)
+    local = [gn[prof.info.names.index(u["layers"][0]), prof.formats.index(u["format"])] for u in units]
+    assert len(units) == len(s["shortlist"]) and np.ptp(local) > 0
+    checked = 0
+    for m, v in s["spearman"].items():
+        damage = [res.damages(u)[m] for u in units]
+        assert v["n"] == len(units)
+        if np.ptp(damage) == 0:
+            assert v["rho"] is None
+            continue
+        assert v["rho"] == pytest.approx(np.corrcoef(_ranks(local), _ranks(damage))[0, 1], abs=1e-4)
+        checked += 1
+    assert checked >= 3
 
 
 def test_results_stored_per_metric_and_old_readers_unaffected(e2e_profile):
@@ -127,13 +149,35 @@ def test_minimax_rules_out_damaging_pairs(e2e_profile):
 
 
 def test_activation_overrides_from_windows(e2e_profile, dit_pipe):
+    """One override: in the window whose measured SSIM damage (summed over its units) is the larger of the two,
+    every layer of the plan whose format quantizes activations (int8, nvfp4; not weight-only int4) keeps them
+    in fp; installed, it changes the images against the same plan without it, and only through those steps."""
+    from mpsearch.runtime.generation import generate
+
     _, prof, path, _ = e2e_profile
-    plan = mpsearch.solve(path, "60%", weights="content=1,quality=1", fp_act_windows=1)
-    assert len(plan.overrides) <= 1
-    for ov in plan.overrides:
-        assert all(plan.layers[n] in ("int8", "nvfp4") for n in ov["activations"])
-    handle = mpsearch.apply_plan(dit_pipe, plan, check_weights=False)  # the plan's overrides install
-    handle.remove()
+    plan = mpsearch.solve(path, "60%", weights="ssim=1", fp_act_windows=1)
+    per_window = {}
+    for u in e2e.load_results(path).of_kind("window"):
+        d = max(e2e.load_results(path).damages(u)["ssim"], 0.0)
+        per_window[(u["start"], u["stop"])] = per_window.get((u["start"], u["stop"]), 0.0) + d
+    assert sorted(per_window) == [(0, 2), (2, 4)] and len(set(per_window.values())) == 2
+    worst = max(per_window, key=per_window.get)
+    act_layers = {n for n, f in plan.layers.items() if f in ("int8", "nvfp4")}
+    assert act_layers, "the 60% plan should run some layer with quantized activations"
+    assert plan.overrides == [{"steps": list(worst), "activations": {n: "fp" for n in act_layers}}]
+
+    def images(p):
+        handle = mpsearch.apply_plan(dit_pipe, p, check_weights=False)
+        try:
+            return generate(dit_pipe, [1, 2], 0, 4)
+        finally:
+            handle.remove()
+
+    bare = mpsearch.Plan.from_assignment(prof.info, dict(plan.layers))
+    assert not np.array_equal(images(plan), images(bare))  # the override installed and took effect
+    all_fp = mpsearch.Plan.from_assignment(prof.info, dict(plan.layers), overrides=[
+        {"steps": [0, 4], "activations": {n: "fp" for n in act_layers}}])
+    assert not np.array_equal(images(plan), images(all_fp))  # ... only inside its window
 
 
 def test_calibration_is_monotone_and_exact_on_a_power_law():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mpsearch import cli
 from mpsearch.plan import Plan
 
@@ -98,19 +100,37 @@ def test_validate_pick_needs_a_paired_advantage_not_just_a_lower_mean():
 
 
 def test_evaluation_objective_per_image_scores_average_to_the_totals(dit_pipe, tmp_path):
+    """Each per-image score is that image's own 1 - SSIM and MSE / reference power, recomputed here from images
+    generated apart from the objective; their means are the totals the whole-batch objective reports."""
     import numpy as np
 
     from mpsearch.allocation.formulation import build_problem
-    from mpsearch.workflow import profile
     from mpsearch.allocation.refine import evaluation_objective
     from mpsearch.allocation.solvers import get_solver
+    from mpsearch.metrics import ssim
+    from mpsearch.runtime.executor import apply_plan
+    from mpsearch.runtime.generation import generate
+    from mpsearch.workflow import profile
 
     prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=2, seeds=(0,), labels=(1,), progress=False)
     problem = build_problem(prof, int(0.45 * prof.info.fp_bytes), role_pins={})
-    evaluate = evaluation_objective(dit_pipe, prof.info, problem, labels=(1, 2), seeds=(7, 8), steps=2,
-                                    per_image=True)
-    out = evaluate(get_solver("ilp").solve(problem).choice)
-    assert out["per_image"]["quality"].shape == (4,) and out["per_image"]["content"].shape == (4,)
-    assert np.isclose(out["per_image"]["quality"].mean(), out["quality"])
-    assert np.isclose(out["per_image"]["content"].mean(), out["content"])
-    assert out["quality"] > 0  # a 45% budget quantizes something
+    choice = get_solver("ilp").solve(problem).choice
+    kw = dict(labels=(1, 2), seeds=(7, 8), steps=2)
+    out = evaluation_objective(dit_pipe, prof.info, problem, per_image=True, **kw)(choice)
+    whole = evaluation_objective(dit_pipe, prof.info, problem, **kw)(choice)
+
+    ref = np.concatenate([generate(dit_pipe, [1, 2], s, 2) for s in (7, 8)]).astype(np.float64)
+    plan = Plan.from_assignment(prof.info, {n: problem.formats[c] for n, c in zip(problem.layer_names, choice)})
+    handle = apply_plan(dit_pipe, plan, stash="memory", check_weights=False)
+    try:
+        img = np.concatenate([generate(dit_pipe, [1, 2], s, 2) for s in (7, 8)]).astype(np.float64)
+    finally:
+        handle.remove()
+    power = np.mean(ref ** 2)
+    quality = [np.mean((img[i] - ref[i]) ** 2) / power for i in range(4)]
+    content = [1.0 - ssim(ref[i : i + 1], img[i : i + 1]) for i in range(4)]
+    np.testing.assert_allclose(out["per_image"]["quality"], quality, rtol=1e-5)
+    np.testing.assert_allclose(out["per_image"]["content"], content, rtol=1e-5, atol=1e-7)
+    assert np.ptp(quality) > 0  # the images differ, so a mix-up of their order would show
+    assert out["quality"] == pytest.approx(whole["quality"], rel=1e-5) and whole["quality"] > 0
+    assert out["content"] == pytest.approx(whole["content"], rel=1e-5, abs=1e-7)

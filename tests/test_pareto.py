@@ -50,6 +50,7 @@ def test_cli_sweep_and_compute_on_a_tiny_profile(dit_pipe, tmp_path, monkeypatch
     from mpsearch import cli
     from mpsearch.allocation.compute import compute_problem, record_layer_calls
     from mpsearch.runtime.executor import apply_plan
+    from mpsearch.runtime.generation import generate
     from mpsearch.plan import Plan
     from mpsearch.workflow import profile
     from mpsearch.allocation.solving import build_problem
@@ -66,8 +67,28 @@ def test_cli_sweep_and_compute_on_a_tiny_profile(dit_pipe, tmp_path, monkeypatch
     sol = get_solver("ilp").solve(cm.problem)
     assert cm.bops(sol.choice) <= cm.limit_bops * (1 + 1e-9)
     assignment, overrides = cm.decode(sol.choice)
+    # decoding by hand: a choice "fmt[a16:a-b]" is fmt's weights, with fp activations in steps a..b
+    expected_fmt, expected_fp_acts = {}, {}
+    for layer, c in zip(cm.problem.layer_names, sol.choice):
+        fmt, _, windows = cm.problem.formats[c].partition("[a16:")
+        expected_fmt[layer] = fmt
+        for w in filter(None, windows.rstrip("]").split(",")):
+            a, b = (int(v) for v in w.split("-"))
+            expected_fp_acts.setdefault((a, b), set()).add(layer)
+    assert assignment == expected_fmt and expected_fp_acts, "the 30% compute budget needs fp-activation windows"
+    assert {tuple(o["steps"]): set(o["activations"]) for o in overrides} == expected_fp_acts
+    assert all(v == "fp" for o in overrides for v in o["activations"].values())
     plan = Plan.from_assignment(prof.info, assignment, overrides=overrides)
-    apply_plan(dit_pipe, plan, stash="memory").remove()  # the executor takes the overrides
+
+    def images(p):
+        handle = apply_plan(dit_pipe, p, stash="memory")
+        try:
+            return generate(dit_pipe, [1, 2], 0, 4)
+        finally:
+            handle.remove()
+
+    # the executor takes the overrides: the same formats without them give other images
+    assert not np.array_equal(images(plan), images(Plan.from_assignment(prof.info, assignment)))
 
     monkeypatch.setattr("mpsearch.pipeline.load_pipeline", lambda *a, **k: dit_pipe)
     monkeypatch.chdir(tmp_path)
@@ -79,5 +100,10 @@ def test_cli_sweep_and_compute_on_a_tiny_profile(dit_pipe, tmp_path, monkeypatch
     assert len(data["points"]) == 4 and all(p["plan"] for p in data["points"])
     for ext in ("csv", "json", "png"):
         assert (tmp_path / "sweep" / f"frontier.{ext}").stat().st_size > 0
-    assert set(data["uniform"]) == {"fp", "int8", "nvfp4", "int4"} & set(data["uniform"])
+    # uniform plans by hand: each layer in the format where eligible, else in fp; fp is the whole model
+    assert set(data["uniform"]) == {"fp", "int8", "nvfp4", "int4"}
+    for f, u in data["uniform"].items():
+        size = prof.info.fixed_bytes + sum(l.nbytes(f if f in l.eligible else "fp") for l in prof.info.layers)
+        assert u["total_bytes"] == size and (u["objective"] == 0) == (f == "fp")
+    assert data["uniform"]["fp"]["total_bytes"] == prof.info.fp_bytes
     assert all(p["extra"]["compute"] <= 0.5 + 1e-9 for p in data["points"])

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from mpsearch.budget import Budget, parse_budget
 from mpsearch.errors import BudgetError, PlanError
+from mpsearch.formats import available_formats
 from mpsearch.io import dump_yaml
 from mpsearch.models import describe
 from mpsearch.plan import Plan
@@ -159,7 +160,10 @@ def test_a_damaged_plan_loads_or_is_a_plan_error(base, path, value, delete):
     except PlanError as e:
         assert "\n" not in str(e)
         return
-    assert isinstance(plan, Plan)
+    # what loads is a valid plan: it says the same after another trip through its YAML form, and names only
+    # known formats
+    assert Plan.from_dict(yaml.safe_load(dump_yaml(plan.to_dict()))) == plan
+    assert set(plan.layers.values()) <= set(available_formats())
     try:
         plan.check_model(INFO)
     except PlanError as e:
