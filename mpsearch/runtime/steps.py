@@ -140,13 +140,32 @@ class _StepHook(ModelHook):
         return module
 
 
+def _remove(registry: HookRegistry, name: str) -> None:
+    """``registry.remove_hook(name)`` that also works when an outer hook replaces the forward (``new_forward``):
+    diffusers 0.42 would point that hook's ``forward`` (its ``new_forward``) at the removed hook's inner forward,
+    dropping it from the chain; here the outer hook's ``original_forward`` gets the inner forward instead."""
+    order = registry._hook_order
+    if name not in registry.hooks:
+        return
+    i = order.index(name)
+    outer = registry._fn_refs[i + 1] if i + 1 < len(order) else None
+    if outer is None or outer.original_forward is None:
+        registry.remove_hook(name, recurse=False)
+        return
+    ref = registry._fn_refs[i]
+    inner = ref.original_forward if ref.original_forward is not None else ref.forward
+    outer_forward = outer.forward
+    registry.remove_hook(name, recurse=False)
+    outer.forward, outer.original_forward = outer_forward, inner
+
+
 def unregister_hook(module: nn.Module, name: str) -> None:
-    """Remove the hook ``name`` from ``module``'s registry; a registry left empty is removed with the ``forward``
-    attribute it left on the module, so the module is as it was before any hook."""
+    """Remove the hook ``name`` from ``module``'s registry (wherever it is in the chain); a registry left empty
+    is removed with the ``forward`` attribute it left on the module, so the module is as before any hook."""
     registry = getattr(module, "_diffusers_hook", None)
     if registry is None:
         return
-    registry.remove_hook(name, recurse=False)
+    _remove(registry, name)
     if registry.hooks:
         return
     del module._diffusers_hook
@@ -171,8 +190,8 @@ def acquire_step_state(denoiser: nn.Module) -> StepState:
     if hook is None:
         hook = _StepHook()
         registry.register_hook(hook, HOOK_NAME)
-    else:
-        registry.remove_hook(HOOK_NAME, recurse=False)  # the same hook and state, re-registered outermost
+    elif registry._hook_order[-1] != HOOK_NAME:
+        _remove(registry, HOOK_NAME)  # the same hook and state, re-registered outermost
         registry.register_hook(hook, HOOK_NAME)
     hook.users += 1
     return hook.state
