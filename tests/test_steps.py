@@ -7,7 +7,8 @@ from torch import nn
 
 from mpsearch.cache_units import cache_units
 from mpsearch.formats import get_format
-from mpsearch.models import LayerType, describe, get_denoiser, register_layer_type, unregister_layer_type
+from mpsearch.layer_types import LayerType, register_layer_type, unregister_layer_type
+from mpsearch.models import describe, get_denoiser
 from mpsearch.plan import Plan
 from mpsearch.profiling.sensitivity import CallRecorder
 from mpsearch.runtime.cache_hooks import HOOK_STEP, FeatureCacheConfig, apply_feature_cache

@@ -14,7 +14,8 @@ import torch
 
 from mpsearch.errors import UsageError
 from mpsearch.formats import available_formats, get_format
-from mpsearch.models import describe, get_denoiser, layer_type_of
+from mpsearch.layer_types import layer_type_of
+from mpsearch.models import describe, get_denoiser
 from mpsearch.runtime.generation import generate, takes_prompts
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import FixedStep, acquire_step_state, release_step_state

@@ -13,7 +13,7 @@ from torch import nn
 
 from mpsearch.errors import PlanError
 from mpsearch.formats import Packed, get_format
-from mpsearch.models import layer_type_of
+from mpsearch.layer_types import layer_type_of
 from mpsearch.runtime.steps import StepState, StepTracker  # noqa: F401  (StepTracker: deprecated, old path)
 
 _QMODULES: dict[str, type] = {}
