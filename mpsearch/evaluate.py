@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -42,15 +43,11 @@ def evaluate_plan(pipe, plan, *, labels=tuple(range(10)), seeds=HELD_OUT_SEEDS, 
 
     if reference is None:
         reference = generate_many(pipe, labels, seeds, steps, guidance_scale)
-    handle = apply_plan(pipe, plan) if plan is not None else None
-    try:
+    with apply_plan(pipe, plan) if plan is not None else contextlib.nullcontext():
         nbytes = measured_bytes(pipe)
         t0 = time.perf_counter()
         images = generate_many(pipe, labels, seeds, steps, guidance_scale)
         seconds = time.perf_counter() - t0
-    finally:
-        if handle is not None:
-            handle.remove()
     all_labels = np.tile(np.asarray(labels), len(seeds))
     scores = image_scores(reference, images, all_labels, classifier)
     scores.update(bytes=int(nbytes), seconds=seconds)

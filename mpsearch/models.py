@@ -17,6 +17,8 @@ from torch import nn
 
 from mpsearch.errors import ModelError
 from mpsearch.formats import available_formats, get_format
+from mpsearch.layer_types import (_LAYER_TYPES, LayerType, layer_type, layer_type_of,  # noqa: F401 (also here)
+                                  register_layer_type, unregister_layer_type)
 
 
 class Role(str, enum.Enum):
@@ -81,24 +83,6 @@ def get_denoiser(pipe_or_model) -> nn.Module:
     raise ModelError(
         f"expected a diffusers pipeline with a 'transformer' or 'unet', or a torch module; got {type(pipe_or_model).__name__}"
     )
-
-
-def _kind(module: nn.Module) -> str | None:
-    if type(module) is nn.Linear or (isinstance(module, nn.Linear) and hasattr(module, "weight")):
-        return "linear"
-    if isinstance(module, nn.Conv2d):
-        return "conv2d"
-    return None
-
-
-def _conv_unsupported(module: nn.Conv2d) -> str | None:
-    if module.groups != 1:
-        return f"grouped conv (groups={module.groups})"
-    if module.padding_mode != "zeros":
-        return f"padding_mode={module.padding_mode!r}"
-    if isinstance(module.padding, str):
-        return f"padding={module.padding!r}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -248,12 +232,13 @@ def describe(pipe_or_model, formats=None) -> ModelInfo:
     weight_ids = set()
     modules = dict(denoiser.named_modules())
     for name, module in modules.items():
-        kind = _kind(module)
-        if kind is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
+        lt = layer_type_of(module)
+        if lt is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
             continue
+        kind = lt.kind
         shape = tuple(module.weight.shape)
         reasons: dict[str, str] = {}
-        blocked = _conv_unsupported(module) if kind == "conv2d" else None
+        blocked = lt.unsupported(module)
         if not module.weight.dtype.is_floating_point:
             blocked = f"weight dtype {module.weight.dtype}"
         eligible = ["fp"]
@@ -272,7 +257,8 @@ def describe(pipe_or_model, formats=None) -> ModelInfo:
         layers.append(LayerInfo(name, kind, shape, dtype, role, tuple(eligible), reasons))
         weight_ids.add(id(module.weight))
     if not layers:
-        raise ModelError(f"{type(denoiser).__name__} has no Linear or Conv2d layers to quantize")
+        raise ModelError(f"{type(denoiser).__name__} has no layers to quantize (known layer kinds: "
+                         f"{', '.join(_LAYER_TYPES)}; register others with mpsearch.layer_types.register_layer_type)")
     fixed = 0
     seen = set()
     for t in list(denoiser.parameters()) + list(denoiser.buffers()):

@@ -158,7 +158,7 @@ class Plan:
         if now != self.weights:
             raise PlanError(f"the model's weights ({now}) are not those the plan was made from ({self.weights}): "
                             "they changed since profiling (fine-tuned, re-trained or another checkpoint); profile "
-                            "and solve again for these weights, or pass check_weights=False (CLI: "
+                            "and solve again for these weights, or pass ignore_weights=True (CLI: "
                             "--ignore-weights) to apply it anyway")
 
     # ---- files

@@ -167,11 +167,8 @@ def test_activation_overrides_from_windows(e2e_profile, dit_pipe):
     assert plan.overrides == [{"steps": list(worst), "activations": {n: "fp" for n in act_layers}}]
 
     def images(p):
-        handle = mpsearch.apply_plan(dit_pipe, p, check_weights=False)
-        try:
+        with mpsearch.apply_plan(dit_pipe, p, ignore_weights=True):
             return generate(dit_pipe, [1, 2], 0, 4)
-        finally:
-            handle.remove()
 
     bare = mpsearch.Plan.from_assignment(prof.info, dict(plan.layers))
     assert not np.array_equal(images(plan), images(bare))  # the override installed and took effect

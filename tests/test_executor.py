@@ -67,10 +67,9 @@ def test_quantized_modules_compute_what_formats_say():
     f = get_format("int8")
     packed = f.quantize(conv.weight.detach())
     q = QuantConv2d(conv, packed, conv.bias, act_windows=[(0, 10**9, False)])
-    from mpsearch.runtime.qmodules import StepTracker
+    from mpsearch.runtime.steps import FixedStep
 
-    q.tracker = StepTracker()
-    q.tracker.step = 0
+    q.step_state = FixedStep(0)
     torch.testing.assert_close(q(img), torch.nn.functional.conv2d(img, f.dequantize(packed), conv.bias, 2, 1))
 
 
@@ -117,7 +116,7 @@ def test_activation_overrides_by_step(dit_pipe):
     handle = apply_plan(dit_pipe, plan)
     q = get_denoiser(dit_pipe).get_submodule(layer)
     seen = []
-    hook = q.register_forward_pre_hook(lambda m, a: seen.append((m.tracker.step, m.quantize_activations())))
+    hook = q.register_forward_pre_hook(lambda m, a: seen.append((m.step_state.step, m.quantize_activations())))
     generate(dit_pipe, [0], seed=0, steps=4)
     hook.remove()
     handle.remove()

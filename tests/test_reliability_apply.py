@@ -66,10 +66,13 @@ def test_changed_weights_are_refused_unless_asked(planned):
     snap = _snapshot(pipe)
     with pytest.raises(PlanError, match="weights") as e:
         apply_plan(pipe, plan)
-    assert "\n" not in str(e.value) and "check_weights=False" in str(e.value)
+    assert "\n" not in str(e.value) and "ignore_weights=True" in str(e.value)
     _assert_same(pipe, snap)
-    handle = apply_plan(pipe, plan, check_weights=False)  # the explicit override
+    handle = apply_plan(pipe, plan, ignore_weights=True)  # the explicit override
     handle.remove()
+    _assert_same(pipe, snap)
+    with pytest.warns(DeprecationWarning, match="ignore_weights=True"):  # the former spelling still works
+        apply_plan(pipe, plan, check_weights=False).remove()
     _assert_same(pipe, snap)
 
 

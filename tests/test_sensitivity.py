@@ -64,17 +64,10 @@ def test_model_left_as_it_was():
 
 def test_recorder_keeps_inputs_and_steps(dit_pipe):
     from mpsearch.runtime.generation import generate
-    from mpsearch.runtime.qmodules import StepTracker
-
     den = dit_pipe.transformer
-    tracker = StepTracker()
-    rec = CallRecorder(tracker)
-    hs = [den.register_forward_pre_hook(tracker, with_kwargs=True), den.register_forward_pre_hook(rec, with_kwargs=True)]
-    try:
+    with CallRecorder().install(den) as rec:
         generate(dit_pipe, (0, 1), 0, 3)
-    finally:
-        for h in hs:
-            h.remove()
+    assert not hasattr(den, "_diffusers_hook") and "forward" not in vars(den)  # both hooks are off again
     assert [s for s, _, _ in rec.calls] == [0, 1, 2]
     x = rec.calls[0][2].get("hidden_states", rec.calls[0][1][0] if rec.calls[0][1] else None)
     assert isinstance(x, torch.Tensor) and not x.requires_grad

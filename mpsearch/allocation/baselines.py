@@ -32,7 +32,9 @@ from mpsearch.formats import get_format
 from mpsearch.metrics import ssim
 from mpsearch.models import describe, get_denoiser
 from mpsearch.plan import Plan
+from mpsearch.profiling.sensitivity import CallRecorder, hutchinson
 from mpsearch.runtime.executor import apply_plan
+from mpsearch.runtime.steps import first_tensor
 from mpsearch.runtime.generation import generate, generate_many
 
 __all__ = ["NOMINAL_BITS", "autoquantize_problem", "nominal_bytes", "output_jacobian_traces", "hawq_traces",
@@ -78,13 +80,6 @@ def autoquantize_problem(profile, budget_bytes: int | None):
     return replace(base, cost=_normalized(cost), nbytes=nominal_bytes(profile.info, profile.formats))
 
 
-def _first_tensor(out) -> torch.Tensor:
-    out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
-    if not isinstance(out, torch.Tensor):
-        raise UsageError(f"the denoiser returned {type(out).__name__}, not a tensor; HAWQ traces need its output")
-    return out
-
-
 def output_jacobian_traces(model: torch.nn.Module, calls, params: dict[str, torch.Tensor], *, samples: int = 4,
                            seed: int = 0) -> dict[str, float]:
     """Per parameter: Hutchinson estimate of ``Tr(J^T J)`` (the Gauss-Newton Hessian block of the loss
@@ -108,14 +103,12 @@ def output_jacobian_traces(model: torch.nn.Module, calls, params: dict[str, torc
             t.requires_grad_(True)
         with torch.enable_grad():
             for args, kwargs in calls:
-                y = _first_tensor(model(*args, **kwargs))
-                for k in range(samples):
-                    u = (torch.randint(0, 2, y.shape, generator=gen) * 2 - 1).to(y.dtype)
-                    grads = torch.autograd.grad(y, tensors, grad_outputs=u, retain_graph=k < samples - 1,
-                                                allow_unused=True)
-                    for i, g in enumerate(grads):
-                        if g is not None:
-                            sums[i] += float(g.double().square().sum())
+                out = model(*args, **kwargs)
+                y = first_tensor(out)
+                if y is None:
+                    raise UsageError(f"the denoiser returned {type(out).__name__}, not a tensor; HAWQ traces need "
+                                     "its output")
+                sums += hutchinson(y, tensors, samples=samples, generator=gen)
     finally:
         for t, f in zip(tensors, flags):
             t.requires_grad_(f)
@@ -125,23 +118,9 @@ def output_jacobian_traces(model: torch.nn.Module, calls, params: dict[str, torc
 def record_denoiser_calls(pipe, labels, seed: int, steps: int, *, every: int = 1, guidance_scale=None) -> list:
     """The ``(args, kwargs)`` of the denoiser's calls in one generation (every ``every``-th step), cloned."""
 
-    den = get_denoiser(pipe)
-    calls, counter = [], [0]
-
-    def clone(v):
-        return v.detach().clone() if isinstance(v, torch.Tensor) else v
-
-    def hook(module, args, kwargs):
-        if counter[0] % every == 0:
-            calls.append((tuple(clone(a) for a in args), {k: clone(v) for k, v in kwargs.items()}))
-        counter[0] += 1
-
-    handle = den.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
+    with CallRecorder(every).install(get_denoiser(pipe)) as recorder:
         generate(pipe, labels, seed, steps, guidance_scale)
-    finally:
-        handle.remove()
-    return calls
+    return [(args, kwargs) for _, args, kwargs in recorder.calls]
 
 
 def hawq_traces(pipe, info=None, *, labels=tuple(range(10)), seed: int = 0, steps: int = 20, every: int = 4,
@@ -218,11 +197,8 @@ def choose_split(pipe, plans: dict, *, labels=tuple(range(10)), seeds=(500,), st
     power = float(np.mean(np.square(reference))) or 1.0
     scores = {}
     for a, plan in plans.items():
-        handle = apply_plan(pipe, plan, stash="memory", check_weights=False)
-        try:
+        with apply_plan(pipe, plan, stash="memory", ignore_weights=True):
             images = generate_many(pipe, labels, seeds, steps)
-        finally:
-            handle.remove()
         scores[a] = {"content": max(0.0, 1.0 - float(ssim(reference, images))),
                      "quality": float(np.mean(np.square(images - reference))) / power}
     lo = {m: max(min(s[m] for s in scores.values()), 1e-12) for m in ("content", "quality")}

@@ -53,7 +53,7 @@ def evaluation_objective(pipe, info, problem, *, decode=None, labels=tuple(range
         else:
             assignment, overrides = decode(choice)
         plan = Plan.from_assignment(info, assignment, overrides=overrides)
-        handle = apply_plan(pipe, plan, stash="memory", check_weights=False)
+        handle = apply_plan(pipe, plan, stash="memory", ignore_weights=True)
         try:
             images = generate_many(pipe, labels, seeds, steps, guidance_scale)
         finally:

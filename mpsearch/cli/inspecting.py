@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -68,16 +69,12 @@ def cmd_generate(args) -> int:
 
     plan = Plan.load(args.plan) if args.plan else None
     pipe = pipeline.load_pipeline(args.model)
-    handle = apply_plan(pipe, plan, check_weights=not args.ignore_weights) if plan else None
-    try:
+    with apply_plan(pipe, plan, ignore_weights=args.ignore_weights) if plan else contextlib.nullcontext():
         t0 = time.perf_counter()
         conditions = _conditions(args)
         images = generate(pipe, conditions, args.seed, args.steps, args.guidance, args.size)
         seconds = time.perf_counter() - t0
         nbytes = measured_bytes(pipe)
-    finally:
-        if handle:
-            handle.remove()
     out = Path(args.out)
     paths = []
     import io as _io

@@ -36,6 +36,8 @@ Without a pipeline, :func:`costs_from_profile` bounds the costs from the profile
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -46,6 +48,7 @@ from mpsearch.runtime.cache_hooks import FeatureCacheConfig, apply_feature_cache
 from mpsearch.cache_units import CacheUnit
 from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
+from mpsearch.runtime.steps import first_tensor
 
 #: a short measuring run: a few conditions, one seed (profiling seeds, never the held-out 1000+)
 MEASURE_LABELS = (0, 3, 5, 8)
@@ -54,8 +57,10 @@ TARGETS = ("image", "output", "feature")
 
 
 def _apply_layers(pipe, plan):
-
-    return None if plan is None else apply_plan(pipe, Plan.from_dict({**plan.to_dict(), "cache": None}))
+    """The plan's layer formats without its cache section, as a context (nothing without a plan)."""
+    if plan is None:
+        return contextlib.nullcontext()
+    return apply_plan(pipe, Plan.from_dict({**plan.to_dict(), "cache": None}))
 
 
 def measure_segment_errors(pipe, unit: CacheUnit, steps: int, *, plan=None, labels=MEASURE_LABELS,
@@ -64,9 +69,8 @@ def measure_segment_errors(pipe, unit: CacheUnit, steps: int, *, plan=None, labe
     reusing at ``p+1 .. t-1`` and computing everything else, for ``warmup - 1 <= p`` and ``p + 2 <= t < steps``
     (0 elsewhere). Steps up to ``p`` are replayed from a reference run, not recomputed."""
     denoiser = get_denoiser(pipe)
-    handle = _apply_layers(pipe, plan)
     E = np.zeros((steps, steps))
-    try:
+    with _apply_layers(pipe, plan):
         for seed in seeds:
             outs: dict[tuple[int, int], object] = {}
             snaps: dict[tuple[int, int], tuple[dict, dict]] = {}
@@ -96,19 +100,13 @@ def measure_segment_errors(pipe, unit: CacheUnit, steps: int, *, plan=None, labe
                     compute = tuple(not p < u < t for u in range(steps))
                     img = _generate_with(pipe, denoiser, unit, compute, replay, labels, seed, steps, guidance_scale)
                     E[p, t] += float(np.mean((img.astype(np.float64) - ref) ** 2))
-    finally:
-        if handle is not None:
-            handle.remove()
     return E / len(seeds)
 
 
 def _generate_with(pipe, denoiser, unit, compute, intercept, labels, seed, steps, guidance_scale) -> np.ndarray:
-    cache = apply_feature_cache(denoiser, FeatureCacheConfig(unit, tuple(compute)))
-    cache.state.intercept = intercept
-    try:
+    with apply_feature_cache(denoiser, FeatureCacheConfig(unit, tuple(compute))) as cache:
+        cache.state.intercept = intercept
         return generate(pipe, labels, seed, steps, guidance_scale).astype(np.float64)
-    finally:
-        cache.remove()
 
 
 def segment_increments(E: np.ndarray) -> np.ndarray:
@@ -139,13 +137,9 @@ def measure_costs(pipe, unit: CacheUnit, steps: int, *, plan=None, labels=MEASUR
         return _measure_output_costs(pipe, unit, steps, plan, labels, seeds, guidance_scale)
 
     denoiser = get_denoiser(pipe)
-    handle = None
-    if plan is not None:
-        layers_only = Plan.from_dict({**plan.to_dict(), "cache": None})
-        handle = apply_plan(pipe, layers_only)
     num = np.zeros((steps, steps))
     den = np.zeros(steps)
-    try:
+    with _apply_layers(pipe, plan):
         for seed in seeds:
             feats: dict[int, dict[int, torch.Tensor]] = {}
 
@@ -153,12 +147,9 @@ def measure_costs(pipe, unit: CacheUnit, steps: int, *, plan=None, labels=MEASUR
                 if 0 <= step < steps:
                     feats.setdefault(slot, {})[step] = feature.detach().double().flatten(1).cpu()
 
-            cache = apply_feature_cache(denoiser, FeatureCacheConfig(unit, (True,) * steps))
-            cache.state.record = record
-            try:
+            with apply_feature_cache(denoiser, FeatureCacheConfig(unit, (True,) * steps)) as cache:
+                cache.state.record = record
                 generate(pipe, labels, seed, steps, guidance_scale)
-            finally:
-                cache.remove()
             for per_step in feats.values():
                 if len(per_step) != steps:
                     raise ProfileError(f"the measuring run saw {len(per_step)} of {steps} steps of {unit.name}; "
@@ -169,26 +160,16 @@ def measure_costs(pipe, unit: CacheUnit, steps: int, *, plan=None, labels=MEASUR
                     d = ((F[s + 1:] - F[s]) ** 2).sum(-1).sum(-1)
                     num[s, s + 1:] += d.numpy()
                 den += sq.numpy()
-    finally:
-        if handle is not None:
-            handle.remove()
     cost = num / np.maximum(den, 1e-30)[None, :]
     return np.triu(cost, 1)
-
-
-def _first(out):
-    return out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, tuple) else out)
 
 
 def _measure_output_costs(pipe, unit, steps, plan, labels, seeds, guidance_scale) -> np.ndarray:
 
     denoiser = get_denoiser(pipe)
-    handle = None
-    if plan is not None:
-        handle = apply_plan(pipe, Plan.from_dict({**plan.to_dict(), "cache": None}))
     num = np.zeros((steps, steps))
     den = np.zeros(steps)
-    try:
+    with _apply_layers(pipe, plan):
         for seed in seeds:
             cache = apply_feature_cache(denoiser, FeatureCacheConfig(unit, (True,) * steps))
             st = cache.state
@@ -198,20 +179,21 @@ def _measure_output_costs(pipe, unit, steps, plan, labels, seeds, guidance_scale
                 if st.probe or not 0 <= st.step < steps:
                     return None
                 step, slot = st.step, st.slot
-                ref = _first(output).detach().double()
+                ref = first_tensor(output).detach().double()
                 den[step] += float((ref * ref).sum())
                 snapshots[(step, slot)] = (dict(st.outputs), dict(st.residual))
                 saved = (st.outputs, st.residual, st.inputs, st.reuse)
                 st.probe = True
                 try:
-                    for s in range(step):
-                        if (s, slot) not in snapshots:
-                            continue
-                        st.outputs, st.residual = (dict(x) for x in snapshots[(s, slot)])
-                        st.reuse = True
-                        with torch.no_grad():
-                            probe = _first(module(*args, **kwargs)).detach().double()
-                        num[s, step] += float(((probe - ref) ** 2).sum())
+                    with cache.steps.hold():  # the re-evaluations below are this step again, not new calls
+                        for s in range(step):
+                            if (s, slot) not in snapshots:
+                                continue
+                            st.outputs, st.residual = (dict(x) for x in snapshots[(s, slot)])
+                            st.reuse = True
+                            with torch.no_grad():
+                                probe = first_tensor(module(*args, **kwargs)).detach().double()
+                            num[s, step] += float(((probe - ref) ** 2).sum())
                 finally:
                     st.outputs, st.residual, st.inputs, st.reuse = saved
                     st.probe = False
@@ -223,9 +205,6 @@ def _measure_output_costs(pipe, unit, steps, plan, labels, seeds, guidance_scale
             finally:
                 h.remove()
                 cache.remove()
-    finally:
-        if handle is not None:
-            handle.remove()
     gain = step_gains(getattr(pipe, "scheduler", None), steps)
     return np.triu(num * (gain ** 2)[None, :] / max(den.mean(), 1e-30), 1)
 

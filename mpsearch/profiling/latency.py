@@ -31,9 +31,10 @@ import torch
 from mpsearch.errors import MpsearchError, UsageError
 from mpsearch.formats import available_formats, get_format
 from mpsearch.models import describe, get_denoiser
-from mpsearch.runtime.executor import _HANDLE_ATTR
+from mpsearch.runtime.executor import applied_plan
 from mpsearch.runtime.generation import generate, takes_prompts
 from mpsearch.runtime.qmodules import quantized_module
+from mpsearch.runtime.steps import FixedStep
 
 __all__ = ["LatencyTable", "measure_latency", "device_name"]
 
@@ -149,12 +150,6 @@ class _Captured(Exception):
     """Raised from the denoiser's forward hook once its first call is seen: the generation stops there."""
 
 
-class _FixedStep:
-    """A tracker that always says step 0, so an act_windows entry (0, 1, False) keeps activations fp."""
-
-    step = 0
-
-
 def _capture(pipe, den, modules, names, conditions, seed, steps, guidance_scale, size):
     """One denoiser call of a real generation: each layer's first input and its calls per denoiser call."""
 
@@ -217,7 +212,7 @@ def measure_latency(pipe, info=None, *, formats=None, steps: int = 20, condition
     if isinstance(min_time, bool) or not isinstance(min_time, (int, float)) or not 0 < min_time < math.inf:
         raise UsageError(f"min_time must be a positive number of seconds, got {min_time!r}")
     den = get_denoiser(pipe)
-    if getattr(den, _HANDLE_ATTR, None) is not None:
+    if applied_plan(den) is not None:
         raise UsageError("a plan is applied to this model; call handle.remove() before measuring its latency table")
     info = info or describe(den)
     modules = dict(den.named_modules())
@@ -259,7 +254,7 @@ def measure_latency(pipe, info=None, *, formats=None, steps: int = 20, condition
                     variants.append((fi, False, quantized_module(module, packed)))  # as the executor runs it
                     if get_format(f).quantizes_activations:
                         wo = quantized_module(module, packed, act_windows=[(0, 1, False)])
-                        wo.tracker = _FixedStep()
+                        wo.step_state = FixedStep(0)  # step 0, inside the window (0, 1): activations fp
                         variants.append((fi, True, wo))
                 for fi, wo_flag, m in variants:
                     if x is None or calls == 0:  # the layer does not run in a denoiser call: it costs nothing

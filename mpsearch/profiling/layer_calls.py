@@ -6,6 +6,7 @@ of steps, how much of its error its activation quantization causes (weight-only 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,9 +14,11 @@ import torch
 
 from mpsearch.errors import UsageError
 from mpsearch.formats import available_formats, get_format
+from mpsearch.layer_types import layer_type_of
 from mpsearch.models import describe, get_denoiser
 from mpsearch.runtime.generation import generate, takes_prompts
-from mpsearch.runtime.qmodules import StepTracker, quantized_module
+from mpsearch.runtime.qmodules import quantized_module
+from mpsearch.runtime.steps import FixedStep, acquire_step_state, release_step_state
 
 __all__ = ["LayerCalls", "record_layer_calls", "step_windows"]
 
@@ -52,9 +55,6 @@ def record_layer_calls(pipe, info=None, *, steps: int = 20, windows: int = 2, co
     quantizes activations (``formats``: default all such formats the layer may take), the ratio of the
     weight-only error to the weight-and-activation error in each of ``windows`` windows of ``steps`` steps.
     """
-    import time
-
-
     den = get_denoiser(pipe)
     info = info or describe(den)
     wins = step_windows(steps, windows)
@@ -62,7 +62,6 @@ def record_layer_calls(pipe, info=None, *, steps: int = 20, windows: int = 2, co
     if conditions is None:
         conditions = ["a photo of a cat"] if takes_prompts(pipe) else [0, 1]
     modules = dict(den.named_modules())
-    tracker = StepTracker()
     L, A, W = len(info.layers), len(act_formats), len(wins)
     macs = np.zeros(L)
     sums = np.zeros((L, A, W, 2))  # err2 weight-only, err2 with activations
@@ -71,22 +70,18 @@ def record_layer_calls(pipe, info=None, *, steps: int = 20, windows: int = 2, co
     for w, (a, b) in enumerate(wins):
         window_of[a:b] = w
 
-    class _Off:  # a tracker that says "a step outside every window" -> format default unless overridden
-        step = 0
-
-    hooks = [den.register_forward_pre_hook(tracker, with_kwargs=True),
-             den.register_forward_hook(lambda *_: counter.__setitem__("calls", counter["calls"] + 1))]
+    fixed = FixedStep(0)  # with act_windows (0, 1, False): the weight-only variant of a W+A format
+    state = acquire_step_state(den)
+    hooks = [den.register_forward_hook(lambda *_: counter.__setitem__("calls", counter["calls"] + 1))]
 
     def probe(li, module, pairs):
+        layer_type = layer_type_of(module)
+
         @torch.no_grad()
         def hook(mod, inputs, output):
             x = inputs[0]
-            if isinstance(mod, torch.nn.Conv2d):
-                k = mod.weight.shape[1] * mod.weight.shape[2] * mod.weight.shape[3]
-                macs[li] += output.numel() * k
-            else:
-                macs[li] += x.numel() // mod.weight.shape[1] * mod.weight.numel()
-            s = min(max(tracker.step, 0), steps - 1)
+            macs[li] += layer_type.macs(mod, x, output)
+            s = min(max(state.step, 0), steps - 1)
             y = output.float()
             for ai, (wo, act) in pairs:
                 sums[li, ai, window_of[s], 0] += float((wo(x).float() - y).square().sum(dtype=torch.float64))
@@ -103,7 +98,7 @@ def record_layer_calls(pipe, info=None, *, steps: int = 20, windows: int = 2, co
                     continue
                 packed = get_format(f).quantize(module.weight.detach())
                 wo = quantized_module(module, packed, act_windows=[(0, 1, False)])
-                wo.tracker = _Off()
+                wo.step_state = fixed
                 act = quantized_module(module, packed)
                 for q in (wo, act):
                     q.cache_dequantized = True
@@ -115,6 +110,7 @@ def record_layer_calls(pipe, info=None, *, steps: int = 20, windows: int = 2, co
     finally:
         for h in hooks:
             h.remove()
+        release_step_state(den)
     calls = max(counter["calls"], 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(sums[..., 1] > 0, sums[..., 0] / sums[..., 1], 1.0)

@@ -25,7 +25,8 @@ from mpsearch.runtime.generation import generate
 from mpsearch.models import check_finite_weights, describe, get_denoiser, weights_digest
 from mpsearch.plan import versions
 from mpsearch.profiling.store import Profile, ProfileWriter, remove_profile_file
-from mpsearch.runtime.qmodules import StepTracker, quantized_module
+from mpsearch.runtime.qmodules import quantized_module
+from mpsearch.runtime.steps import first_tensor
 from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
 
 
@@ -87,14 +88,6 @@ class ProfileConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def _first_tensor(out):
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    return getattr(out, "sample", None)
-
-
 @dataclass
 class _Accumulator:
     """Per-unit sums: (L, F, S, 4) layer statistics and (B, S, 2) block changes."""
@@ -105,10 +98,10 @@ class _Accumulator:
 
 
 class _LayerProbe:
-    def __init__(self, index, module, candidates, tracker, acc_ref, name=""):
+    def __init__(self, index, module, candidates, steps, acc_ref, name=""):
         self.index = index
         self.name = name
-        self.tracker = tracker
+        self.steps = steps
         self.acc_ref = acc_ref
         w = module.weight.detach()
         self.qmods = [(fi, quantized_module(module, get_format(f).quantize(w))) for fi, f in candidates]
@@ -120,14 +113,14 @@ class _LayerProbe:
         x = inputs[0]
         if not torch.isfinite(output).all():
             raise ProfileError(f"layer {self.name} gave a full-precision output that is not finite (NaN/inf) at step "
-                               f"{self.tracker.step}, so its errors cannot be measured; check the model in full "
+                               f"{self.steps.step}, so its errors cannot be measured; check the model in full "
                                "precision (weights, dtype, conditions) before profiling")
         if self.acc_ref[0] is None:  # paused: the output-sensitivity replay runs the model again
             return
         y = output.detach().float().flatten()
         ref2 = float(y.square().sum(dtype=torch.float64))
         stats = self.acc_ref[0].stats
-        s = self.tracker.step
+        s = self.steps.step
         for fi, q in self.qmods:
             yq = q(x).float().flatten()
             # float32 elementwise, float64 accumulation: a fraction of the cost of float64 throughout
@@ -137,18 +130,18 @@ class _LayerProbe:
 
 
 class _BlockProbe:
-    def __init__(self, index, tracker, acc_ref):
-        self.index, self.tracker, self.acc_ref = index, tracker, acc_ref
+    def __init__(self, index, steps, acc_ref):
+        self.index, self.steps, self.acc_ref = index, steps, acc_ref
 
     @torch.no_grad()
     def __call__(self, module, inputs, output):
-        o = _first_tensor(output)
+        o = first_tensor(output)
         acc = self.acc_ref[0]
         if o is None or acc is None:
             return
         o = o.detach().float()
         prev = acc.prev.get(self.index)
-        s = self.tracker.step
+        s = self.steps.step
         if prev is not None and prev.shape == o.shape and s > 0:
             acc.blocks[self.index, s] += (float((o - prev).square().sum(dtype=torch.float64)),
                                           float(o.square().sum(dtype=torch.float64)))
@@ -206,20 +199,19 @@ def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard:
 def _run_units(pipe, denoiser, info, config, writer, todo, progress):
     formats = ("fp", *config.formats)
     modules = dict(denoiser.named_modules())
-    tracker = StepTracker()
     acc_ref: list[_Accumulator] = [None]  # the current unit's accumulator, swapped per unit
-    recorder = CallRecorder(tracker)  # after the tracker, so it sees each call's step
-    handles = [denoiser.register_forward_pre_hook(tracker, with_kwargs=True),
-               denoiser.register_forward_pre_hook(recorder, with_kwargs=True)]
+    recorder = CallRecorder().install(denoiser)  # with the denoiser's step state, which the probes read
+    step_state = recorder.state
+    handles = []
     candidates = [modules[layer.name] for layer in info.layers]
     try:
         for li, layer in enumerate(info.layers):
             cands = [(fi, f) for fi, f in enumerate(formats) if fi > 0 and f in layer.eligible]
             if cands:
-                probe = _LayerProbe(li, modules[layer.name], cands, tracker, acc_ref, layer.name)
+                probe = _LayerProbe(li, modules[layer.name], cands, step_state, acc_ref, layer.name)
                 handles.append(modules[layer.name].register_forward_hook(probe))
         for bi, block in enumerate(info.blocks):
-            handles.append(modules[block].register_forward_hook(_BlockProbe(bi, tracker, acc_ref)))
+            handles.append(modules[block].register_forward_hook(_BlockProbe(bi, step_state, acc_ref)))
         L, F, S, B = len(info.layers), len(formats), config.steps, len(info.blocks)
         bar = tqdm(total=len(todo) * S, desc="profile", unit="step", disable=not progress)
         def tick(*_):
@@ -229,7 +221,7 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress):
         handles.append(denoiser.register_forward_hook(tick))
         for unit in todo:
             acc_ref[0] = _Accumulator(np.zeros((L, F, S, 4)), np.zeros((B, S, 2)))
-            tracker.__init__()
+            step_state.reset()
             recorder.calls.clear()
             t0 = time.perf_counter()
             generate(pipe, config.conditions, config.seeds[unit], config.steps, config.guidance_scale, config.size)
@@ -251,3 +243,4 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress):
             bar.close()  # also on error, so an error message starts on a line of its own
         for h in handles:
             h.remove()
+        recorder.remove()

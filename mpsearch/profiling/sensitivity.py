@@ -20,36 +20,88 @@ import math
 
 import numpy as np
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 
-from mpsearch.errors import ProfileError
+from mpsearch.errors import ProfileError, UsageError
+from mpsearch.runtime.steps import acquire_step_state, first_tensor, release_step_state, unregister_hook
 
-__all__ = ["CallRecorder", "output_sensitivity"]
+__all__ = ["CallRecorder", "hutchinson", "output_sensitivity"]
 
 
 def _clone(v):
     return v.detach().clone() if isinstance(v, torch.Tensor) else v
 
 
-def _first_tensor(out):
-    out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
-    return out if isinstance(out, torch.Tensor) else None
+class CallRecorder(ModelHook):
+    """Keeps a copy of every ``every``-th denoiser call's inputs and the step the denoiser's step state assigns
+    to it: ``calls`` is a list of ``(step, args, kwargs)``; ``paused`` stops recording.
 
+    ``with CallRecorder().install(denoiser) as rec:`` registers it as a named hook inside the step-state hook
+    (so each call's step is set before it records) and takes both off on exit.
+    """
 
-class CallRecorder:
-    """A forward pre-hook (``with_kwargs=True``) that keeps a copy of every denoiser call's inputs and the
-    step a :class:`~mpsearch.runtime.qmodules.StepTracker` (registered before it) assigns to that call."""
+    HOOK = "mpsearch_call_recorder"
 
-    def __init__(self, tracker=None):
-        self.tracker = tracker
+    def __init__(self, every: int = 1):
+        super().__init__()
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise UsageError(f"every must be a positive integer (record every n-th call), got {every!r}")
+        self.every = every
         self.calls: list[tuple[int, tuple, dict]] = []
         self.paused = False
+        self.state = None  # the denoiser's StepState while installed
+        self._seen = 0
+        self._denoiser = None
 
-    def __call__(self, module, args, kwargs):
+    def pre_forward(self, module, *args, **kwargs):
         if not self.paused:
-            step = self.tracker.step if self.tracker is not None else len(self.calls)
-            self.calls.append((int(step), tuple(_clone(a) for a in args), {k: _clone(v) for k, v in kwargs.items()}))
-        return None
+            if self._seen % self.every == 0:
+                step = self.state.step if self.state is not None else len(self.calls)
+                self.calls.append((int(step), tuple(_clone(a) for a in args),
+                                   {k: _clone(v) for k, v in kwargs.items()}))
+            self._seen += 1
+        return args, kwargs
 
+    def install(self, denoiser: torch.nn.Module) -> "CallRecorder":
+        """Register on ``denoiser`` (one recorder per denoiser at a time); ``remove()`` takes it off."""
+        registry = HookRegistry.check_if_exists_or_initialize(denoiser)
+        if registry.get_hook(self.HOOK) is not None:
+            raise UsageError(f"a call recorder is already installed on {type(denoiser).__name__}; remove it first")
+        registry.register_hook(self, self.HOOK)
+        self._denoiser = denoiser
+        self.state = acquire_step_state(denoiser)  # after registering: the step hook runs first
+        return self
+
+    def remove(self) -> None:
+        """Take the recorder (and its use of the step state) off the denoiser. Safe to call twice."""
+        if self._denoiser is None:
+            return
+        release_step_state(self._denoiser)
+        unregister_hook(self._denoiser, self.HOOK)
+        self._denoiser, self.state = None, None
+
+    def __enter__(self) -> "CallRecorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def hutchinson(y: torch.Tensor, tensors, *, samples: int, generator: torch.Generator) -> np.ndarray:
+    """(len(tensors),) float64: ``sum over samples of ||J_i^T u||^2`` for Rademacher ``u`` over ``y`` and
+    ``J_i = dy/d tensors[i]``, one backward pass per sample (``E ||J_i^T u||^2 = Tr(J_i^T J_i)``). ``u`` is
+    scaled down for float16 outputs (gradients are linear in ``u``) and the scale undone; NaN/inf are returned
+    as they come, for the caller to judge."""
+    out = np.zeros(len(tensors))
+    scale = 2.0 ** -10 if y.dtype == torch.float16 else 1.0
+    for k in range(samples):
+        u = (torch.randint(0, 2, y.shape, generator=generator) * 2 - 1).to(device=y.device, dtype=y.dtype)
+        grads = torch.autograd.grad(y, list(tensors), grad_outputs=u * scale, retain_graph=k < samples - 1,
+                                    allow_unused=True)
+        for i, g in enumerate(grads):
+            if g is not None:
+                out[i] += float(g.double().square().sum()) / scale ** 2
+    return out
 
 def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *, samples: int = 1,
                        seed: int = 0) -> np.ndarray:
@@ -78,24 +130,18 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
             for step, args, kwargs in calls:
                 for c in captured:
                     c.clear()
-                y = _first_tensor(denoiser(*args, **kwargs))
+                y = first_tensor(denoiser(*args, **kwargs))
                 if y is None or not y.requires_grad or not 0 <= step < steps:
                     continue
                 flat = [(i, t) for i, c in enumerate(captured) for t in c]
-                # float16 backward passes overflow easily: scale u down (gradients are linear in u), undo after
-                scale = 2.0 ** -10 if y.dtype == torch.float16 else 1.0
-                for k in range(samples):
-                    u = (torch.randint(0, 2, y.shape, generator=gen) * 2 - 1).to(device=y.device, dtype=y.dtype)
-                    grads = torch.autograd.grad(y, [t for _, t in flat], grad_outputs=u * scale,
-                                                retain_graph=k < samples - 1, allow_unused=True)
-                    for (i, t), g in zip(flat, grads):
-                        g2 = 0.0 if g is None else float(g.double().square().sum()) / scale ** 2
-                        if not math.isfinite(g2):
-                            raise ProfileError(
-                                f"the output-sensitivity pass got a gradient that is not finite at step {step} "
-                                f"(layer {i}, {y.dtype}); profile the model in float32 or bfloat16")
-                        out[i, step, 0] += g2
-                        out[i, step, 1] += t.numel()
+                g2 = hutchinson(y, [t for _, t in flat], samples=samples, generator=gen)
+                for (i, t), v in zip(flat, g2):
+                    if not math.isfinite(v):
+                        raise ProfileError(
+                            f"the output-sensitivity pass got a gradient that is not finite at step {step} "
+                            f"(layer {i}, {y.dtype}); profile the model in float32 or bfloat16")
+                    out[i, step, 0] += v
+                    out[i, step, 1] += t.numel() * samples
                 for c in captured:
                     c.clear()
     finally:

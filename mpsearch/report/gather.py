@@ -187,11 +187,8 @@ def _gather_images(data: ReportData, pipe, plan_objects: dict, conditions: list,
     data.variants[0].scores = {"bytes": int(measured_bytes(pipe))}
     for v in data.variants[1:]:
         say(f"generating {len(conditions)} images with {v.name}")
-        handle = apply_plan(pipe, plan_objects[v.name])
-        try:
+        with apply_plan(pipe, plan_objects[v.name]):
             out = generate(pipe, conditions, seed, steps)
             nbytes = measured_bytes(pipe)
-        finally:
-            handle.remove()
         data.images[v.name] = out
         v.scores = {k: float(x) for k, x in image_scores(reference, out).items()} | {"bytes": int(nbytes)}

@@ -5,10 +5,9 @@ per-step schedule), :class:`FeatureCacheState` (the cached features of the curre
 hooks, and :func:`apply_feature_cache`, which returns a handle whose ``remove()`` takes every hook off and
 leaves the modules as they were (no registry, no ``forward`` attribute left behind).
 
-Steps are counted from the ``timestep`` the denoiser receives: a timestep higher than the previous one starts
-a new generation (the cache is cleared); a lower one is the next step; the same one again is another call of
-the same step (a pipeline that runs classifier-free guidance as two calls), which gets its own cache slot.
-A batched CFG call (one batch of 2N) simply caches features of batch 2N.
+Steps come from the denoiser's one step state (:mod:`mpsearch.runtime.steps`): a new generation clears the
+cache; another call of the same step (a pipeline that runs classifier-free guidance as two calls) gets its own
+cache slot. A batched CFG call (one batch of 2N) simply caches features of batch 2N.
 """
 
 from __future__ import annotations
@@ -20,8 +19,9 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
-from mpsearch.errors import PlanError
 from mpsearch.cache_units import CacheUnit
+from mpsearch.errors import PlanError
+from mpsearch.runtime.steps import acquire_step_state, release_step_state, unregister_hook
 
 HOOK_STEP = "mpsearch_cache_step"
 HOOK_BLOCK = "mpsearch_cache_block"
@@ -60,7 +60,6 @@ class FeatureCacheState:
     def reset(self):
         self.step = -1
         self.slot = 0
-        self.last_t = None
         self.reuse = False
         self.outputs: dict = {}  # (slot, module name) -> output at the last full computation
         self.inputs: dict = {}  # slot -> input of the range (transformer-residual)
@@ -68,31 +67,27 @@ class FeatureCacheState:
 
 
 class _StepHook(ModelHook):
-    """On the denoiser: tracks the step from the timestep and decides compute/reuse for this call."""
+    """On the denoiser, inside its step-state hook: decides compute/reuse for this call from its step."""
 
     _is_stateful = True
 
     def __init__(self, state: FeatureCacheState, config: FeatureCacheConfig):
         super().__init__()
         self.state, self.config = state, config
+        self.steps = None  # the denoiser's StepState, set once installed
+        self._generation = None
         self._warned = False
 
     def pre_forward(self, module, *args, **kwargs):
         st = self.state
         if st.probe:  # a measuring run re-evaluates this step with chosen cached features; st.reuse is set
             return args, kwargs
-        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        if t is not None:
-            t = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
-            if st.last_t is None or t > st.last_t:
-                st.reset()
-                st.step, st.slot = 0, 0
-                st.stats["generations"] += 1
-            elif t < st.last_t:
-                st.step, st.slot = st.step + 1, 0
-            else:
-                st.slot += 1
-            st.last_t = t
+        steps = self.steps
+        if steps.generation != self._generation:  # a new generation: clear the cache
+            st.reset()
+            self._generation = steps.generation
+            st.stats["generations"] += 1
+        st.step, st.slot = steps.step, steps.slot
         step = max(st.step, 0)
         if step >= len(self.config.compute):
             if not self._warned:
@@ -114,6 +109,7 @@ class _StepHook(ModelHook):
 
     def reset_state(self, module):
         self.state.reset()
+        self._generation = None
         return module
 
 
@@ -172,14 +168,15 @@ class _ResidualHook(ModelHook):
 
 
 class FeatureCacheHandle:
-    """What :func:`apply_feature_cache` returns: ``state`` (counters, for reports) and ``remove()``."""
+    """What :func:`apply_feature_cache` returns: ``state`` (counters, for reports), ``steps`` (the denoiser's
+    step state; hold it while re-evaluating a step) and ``remove()``."""
 
-    def __init__(self, denoiser, modules, had_forward, had_registry, state):
+    def __init__(self, denoiser, state):
         self._denoiser = denoiser
-        self._modules = modules  # [(module, hook name)]
-        self._had_forward = had_forward
-        self._had_registry = had_registry
+        self._modules = []  # [(module, hook name)]
+        self._steps_acquired = False
         self.state = state
+        self.steps = None
         self.removed = False
 
     def remove(self) -> None:
@@ -187,16 +184,19 @@ class FeatureCacheHandle:
         if self.removed:
             return
         for module, name in reversed(self._modules):
-            registry = module._diffusers_hook
-            registry.remove_hook(name, recurse=False)
-            if not registry.hooks and id(module) not in self._had_registry:
-                del module._diffusers_hook
-            if id(module) not in self._had_forward and "forward" in module.__dict__:
-                del module.forward
+            unregister_hook(module, name)
+        if self._steps_acquired:
+            release_step_state(self._denoiser)
         if hasattr(self._denoiser, "_diffusers_hook"):
             self._denoiser._diffusers_hook.invalidate_child_registries_cache()
         self.state.reset()
         self.removed = True
+
+    def __enter__(self) -> "FeatureCacheHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
 
 
 def apply_feature_cache(denoiser: nn.Module, config: FeatureCacheConfig) -> FeatureCacheHandle:
@@ -205,7 +205,8 @@ def apply_feature_cache(denoiser: nn.Module, config: FeatureCacheConfig) -> Feat
     unit.check(denoiser)
     named = dict(denoiser.named_modules())
     state = FeatureCacheState()
-    targets = [(denoiser, HOOK_STEP, _StepHook(state, config))]
+    step_hook = _StepHook(state, config)
+    targets = [(denoiser, HOOK_STEP, step_hook)]
     for i, name in enumerate(unit.modules):
         if unit.kind == "unet-deep":
             hook = _DeepHook(state, name, i == len(unit.modules) - 1)
@@ -216,13 +217,14 @@ def apply_feature_cache(denoiser: nn.Module, config: FeatureCacheConfig) -> Feat
         reg = getattr(module, "_diffusers_hook", None)
         if reg is not None and name in reg.hooks:
             raise PlanError(f"a feature cache is already installed on {type(module).__name__}; remove it first")
-    had_forward = {id(m) for m, _, _ in targets if "forward" in m.__dict__}
-    had_registry = {id(m) for m, _, _ in targets if hasattr(m, "_diffusers_hook")}
-    handle = FeatureCacheHandle(denoiser, [], had_forward, had_registry, state)
+    handle = FeatureCacheHandle(denoiser, state)
     try:
         for module, name, hook in targets:
             HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
             handle._modules.append((module, name))
+        # after the cache's own hook: the step state moves outside it, so each call's step is set first
+        step_hook.steps = handle.steps = acquire_step_state(denoiser)
+        handle._steps_acquired = True
     except BaseException:
         handle.remove()
         raise

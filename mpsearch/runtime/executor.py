@@ -3,13 +3,15 @@
 ``apply_plan`` replaces each planned layer by a quantized module that holds only the packed weight (the
 full-precision weight is moved off the model to a stash: a temporary safetensors file for a model on the
 CPU, host memory for a model on an accelerator), so the denoiser's parameters and buffers take exactly
-``plan.predicted_bytes``. ``handle.remove()`` puts the original modules and weights back, bit for bit.
+``plan.predicted_bytes``. ``handle.remove()`` puts the original modules and weights back, bit for bit; the
+handle is also a context manager (``with apply_plan(pipe, plan): ...`` restores on leaving the block).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -19,9 +21,10 @@ from mpsearch.errors import PlanError
 from mpsearch.formats import get_format
 from mpsearch.models import describe, get_denoiser, measured_bytes
 from mpsearch.plan import Plan
-from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear, StepTracker, quantized_module
+from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear, quantized_module
 from mpsearch.cache_units import CacheUnit
 from mpsearch.runtime.cache_hooks import FeatureCacheConfig, apply_feature_cache
+from mpsearch.runtime.steps import acquire_step_state, release_step_state
 
 _HANDLE_ATTR = "_mpsearch_plan_handle"
 
@@ -90,16 +93,30 @@ def _unlink(path: str) -> None:
         pass
 
 
-class PlanHandle:
-    """What ``apply_plan`` returns: a per-layer ``report`` and ``remove()``, which restores the model."""
+def _restore(swaps, weights) -> None:
+    """Put the original modules back, with their full-precision weights (``weights``: name -> tensor)."""
+    for name, parent, attr, original in reversed(swaps):
+        original.weight.data = weights[name]
+        setattr(parent, attr, original)
 
-    def __init__(self, denoiser, swaps, stash, report, hooks, tracker):
+
+def applied_plan(pipe_or_model) -> "PlanHandle | None":
+    """The handle of the plan applied to the pipeline's denoiser (or module), or None if none is applied."""
+    return getattr(get_denoiser(pipe_or_model), _HANDLE_ATTR, None)
+
+
+class PlanHandle:
+    """What ``apply_plan`` returns: a per-layer ``report``, ``cache`` (the feature-cache handle, or None) and
+    ``remove()``, which restores the model. A context manager: leaving a ``with`` block calls ``remove()``, also
+    when the block raises."""
+
+    def __init__(self, denoiser, swaps, stash, report, step_state=None):
         self._denoiser = denoiser
         self._swaps = swaps  # list of (name, parent, attr, original module)
         self._stash = stash
         self.report: list[LayerReport] = report
-        self._hooks = hooks
-        self.tracker = tracker
+        self.step_state = step_state  # the denoiser's step state while activation windows need it
+        self.cache = None
         self.removed = False
 
     @property
@@ -115,14 +132,20 @@ class PlanHandle:
         if self.removed:
             return
         weights = self._stash.take() if self._swaps else {}
-        for hook in self._hooks:
-            hook.remove()
-        for name, parent, attr, original in reversed(self._swaps):
-            original.weight.data = weights[name]
-            setattr(parent, attr, original)
+        if self.cache is not None:
+            self.cache.remove()
+        if self.step_state is not None:
+            release_step_state(self._denoiser)
+        _restore(self._swaps, weights)
         if getattr(self._denoiser, _HANDLE_ATTR, None) is self:
             delattr(self._denoiser, _HANDLE_ATTR)
         self.removed = True
+
+    def __enter__(self) -> "PlanHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
 
 
 def _windows(plan: Plan) -> dict[str, list]:
@@ -134,14 +157,21 @@ def _windows(plan: Plan) -> dict[str, list]:
     return out
 
 
-def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto", check_weights: bool = True) -> PlanHandle:
-    """Apply ``plan`` to a pipeline's denoiser (or to the module itself) and return a removable handle.
+def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto", ignore_weights: bool = False,
+               check_weights: bool | None = None) -> PlanHandle:
+    """Apply ``plan`` to a pipeline's denoiser (or to the module itself) and return a removable handle, also a
+    context manager (``with apply_plan(pipe, plan): ...`` restores the model on leaving the block).
 
     ``stash`` says where the full-precision weights wait until ``remove()``: ``"disk"`` (a temporary
     safetensors file), ``"memory"`` (host RAM), or ``"auto"`` (disk for a CPU model, host RAM otherwise).
     A plan that records the weights it was made from (``plan.weights``) is refused for other weights unless
-    ``check_weights=False``. The model is either fully planned or, if anything fails, left untouched.
+    ``ignore_weights=True`` (CLI: ``--ignore-weights``; ``check_weights=False`` is its deprecated spelling).
+    The model is either fully planned or, if anything fails, left untouched.
     """
+    if check_weights is not None:
+        warnings.warn("apply_plan(check_weights=...) is deprecated; use ignore_weights=True (as the CLI's "
+                      "--ignore-weights) instead of check_weights=False", DeprecationWarning, stacklevel=2)
+        ignore_weights = ignore_weights or not check_weights
     if not isinstance(plan, Plan):
         raise PlanError(f"apply_plan expects a mpsearch.Plan, got {type(plan).__name__}; use Plan.load(path)")
     denoiser = get_denoiser(pipe_or_model)
@@ -149,7 +179,7 @@ def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto", check_weights:
         raise PlanError("a plan is already applied to this model; call handle.remove() before applying another")
     info = describe(denoiser)
     plan.check_model(info)
-    if check_weights:
+    if not ignore_weights:
         plan.check_weights(denoiser, info)
     cache_config = None
     if plan.cache is not None:  # checked before any change: the unit's modules must exist
@@ -184,36 +214,29 @@ def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto", check_weights:
 
     # 2. swap modules in; free the full-precision weights
     swaps = []
+    handle = PlanHandle(denoiser, swaps, store, report)
     try:
         for name, module, qmod in built:
             parent_name, _, attr = name.rpartition(".")
             parent = modules[parent_name] if parent_name else denoiser
             setattr(parent, attr, qmod)
             swaps.append((name, parent, attr, module))
-        tracker = StepTracker()
-        hooks = []
-        if windows:
-            hooks.append(denoiser.register_forward_pre_hook(tracker, with_kwargs=True))
+        if windows:  # activation windows read the denoiser's step
+            handle.step_state = acquire_step_state(denoiser)
             for _, _, qmod in built:
-                qmod.tracker = tracker
-        cache = None
+                qmod.step_state = handle.step_state
         if cache_config is not None:  # feature-cache hooks (diffusers hook registry); removed with the rest
-
-            cache = apply_feature_cache(denoiser, cache_config)
-            hooks.append(cache)
-        handle = PlanHandle(denoiser, swaps, store, report, hooks, tracker)
-        handle.cache = cache
+            handle.cache = apply_feature_cache(denoiser, cache_config)
         for _, module, _ in built:
             module.weight.data = torch.empty(0, dtype=module.weight.dtype, device=module.weight.device)
     except BaseException:
-        weights = store.take()
-        for name, parent, attr, original in reversed(swaps):
-            original.weight.data = weights[name]
-            setattr(parent, attr, original)
+        if handle.step_state is not None:
+            release_step_state(denoiser)
+        _restore(swaps, store.take())
         store.discard()
         raise
     setattr(denoiser, _HANDLE_ATTR, handle)
     return handle
 
 
-__all__ = ["apply_plan", "PlanHandle", "LayerReport", "QuantLinear", "QuantConv2d", "measured_bytes"]
+__all__ = ["apply_plan", "applied_plan", "PlanHandle", "LayerReport", "QuantLinear", "QuantConv2d", "measured_bytes"]

@@ -1,7 +1,8 @@
 """Quantized modules that hold packed weights, shared by the profiler and the executor.
 
 The profiler measures a layer's error with the very modules the executor later installs, so a profile
-describes what the plan will run.
+describes what the plan will run. One quantized module class per layer type (``mpsearch.models.LayerType``),
+registered with :func:`register_qmodule`; :func:`quantized_module` builds the one a module's type needs.
 """
 
 from __future__ import annotations
@@ -10,31 +11,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mpsearch.errors import PlanError
 from mpsearch.formats import Packed, get_format
+from mpsearch.layer_types import layer_type_of
+from mpsearch.runtime.steps import StepState, StepTracker  # noqa: F401  (StepTracker: deprecated, old path)
+
+_QMODULES: dict[str, type] = {}
 
 
-class StepTracker:
-    """Counts denoising steps from the ``timestep`` the denoiser receives.
+def register_qmodule(kind: str):
+    """Class decorator: the quantized module for layers of ``kind`` (a registered ``LayerType``). The class
+    provides ``from_module(module, packed, act_windows)``; ``_QuantMixin`` gives it packed buffers and the
+    activation schedule."""
 
-    A timestep higher than the last one starts a new generation (step 0); a lower one is the next step;
-    the same one (e.g. an unbatched classifier-free-guidance half) stays on the same step.
-    """
+    def register(cls):
+        if not callable(getattr(cls, "from_module", None)):
+            raise PlanError(f"{cls.__name__} needs a classmethod from_module(module, packed, act_windows) to be "
+                            "registered as a quantized module")
+        _QMODULES[kind] = cls
+        return cls
 
-    def __init__(self):
-        self.step = -1
-        self._last = None
+    return register
 
-    def __call__(self, module, args, kwargs):
-        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        if t is None:
-            return None
-        t = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
-        if self._last is None or t > self._last:
-            self.step = 0
-        elif t < self._last:
-            self.step += 1
-        self._last = t
-        return None
+
+def unregister_qmodule(kind: str) -> None:
+    """Forget the quantized module of ``kind`` (no error if there is none)."""
+    _QMODULES.pop(kind, None)
 
 
 class _QuantMixin:
@@ -48,7 +50,8 @@ class _QuantMixin:
         for key, t in packed.tensors.items():
             self.register_buffer(f"packed_{key}", t)
         self.act_windows = act_windows  # list of (start, stop, bool) overrides
-        self.tracker: StepTracker | None = None
+        #: the denoiser's step state (set when ``act_windows`` need the step); None: the format's default
+        self.step_state: StepState | None = None
         #: keep the dequantized weight between calls (the profiler's speed-up; the executor leaves it off
         #: so that only packed weights are held)
         self.cache_dequantized = False
@@ -67,8 +70,8 @@ class _QuantMixin:
                       {k: getattr(self, f"packed_{k}") for k in self._keys})
 
     def quantize_activations(self) -> bool:
-        if self.tracker is not None:
-            step = self.tracker.step
+        if self.step_state is not None:
+            step = self.step_state.step
             for start, stop, quant in self.act_windows:
                 if start <= step < stop:
                     return quant and self.fmt.quantizes_activations
@@ -78,8 +81,13 @@ class _QuantMixin:
         return f"format={self.fmt.name}, shape={tuple(self.weight_shape)}"
 
 
+@register_qmodule("linear")
 class QuantLinear(_QuantMixin, nn.Module):
     """A Linear whose weight lives in a packed low-bit format."""
+
+    @classmethod
+    def from_module(cls, module: nn.Linear, packed: Packed, act_windows=()) -> "QuantLinear":
+        return cls(packed, module.bias, act_windows)
 
     def __init__(self, packed: Packed, bias: nn.Parameter | None, act_windows=()):
         super().__init__()
@@ -98,8 +106,13 @@ class QuantLinear(_QuantMixin, nn.Module):
         return y + self.bias.to(y.dtype) if self.bias is not None else y
 
 
+@register_qmodule("conv2d")
 class QuantConv2d(_QuantMixin, nn.Module):
     """A Conv2d whose weight lives in a packed low-bit format (activations quantized per pixel via im2col)."""
+
+    @classmethod
+    def from_module(cls, module: nn.Conv2d, packed: Packed, act_windows=()) -> "QuantConv2d":
+        return cls(module, packed, module.bias, act_windows)
 
     def __init__(self, conv: nn.Conv2d, packed: Packed, bias: nn.Parameter | None, act_windows=()):
         super().__init__()
@@ -139,7 +152,15 @@ def im2col(x: torch.Tensor, kernel, dilation, padding, stride):
 
 
 def quantized_module(module: nn.Module, packed: Packed, act_windows=()) -> nn.Module:
-    """The quantized replacement of a Linear or Conv2d, sharing its bias."""
-    if isinstance(module, nn.Conv2d):
-        return QuantConv2d(module, packed, module.bias, act_windows)
-    return QuantLinear(packed, module.bias, act_windows)
+    """The quantized replacement of ``module`` (a layer of a registered layer type), sharing its bias.
+    ``act_windows``: ``(start, stop, quantize)`` step windows that override the format's activation default."""
+    lt = layer_type_of(module)
+    cls = _QMODULES.get(lt.kind) if lt is not None else None
+    if cls is None:
+        raise PlanError(f"no quantized module for {type(module).__name__} (layer kind "
+                        f"{lt.kind if lt else None!r}); register one with "
+                        "mpsearch.runtime.qmodules.register_qmodule(kind)")
+    return cls.from_module(module, packed, act_windows)
+
+
+__all__ = ["QuantLinear", "QuantConv2d", "quantized_module", "register_qmodule", "unregister_qmodule", "im2col"]

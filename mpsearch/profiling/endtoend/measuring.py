@@ -22,7 +22,8 @@ from mpsearch.formats import get_format
 from mpsearch.runtime.generation import generate
 from mpsearch.models import get_denoiser
 from mpsearch.profiling.store import Profile, _connect
-from mpsearch.runtime.qmodules import StepTracker, quantized_module
+from mpsearch.runtime.qmodules import quantized_module
+from mpsearch.runtime.steps import step_state
 from mpsearch.profiling.endtoend.results import _TABLES
 from mpsearch.profiling.endtoend.scores import default_scorers, score_images
 from mpsearch.profiling.endtoend.units import FP_UNIT
@@ -33,12 +34,12 @@ __all__ = ["measure", "quantized"]
 class _Swap:
     """Forward hook: inside the window, the layer's output is the quantized module's output."""
 
-    def __init__(self, qmod, tracker, window):
-        self.qmod, self.tracker, self.window = qmod, tracker, window
+    def __init__(self, qmod, steps, window):
+        self.qmod, self.steps, self.window = qmod, steps, window
 
     @torch.no_grad()
     def __call__(self, module, inputs, output):
-        if self.window is not None and not self.window[0] <= self.tracker.step < self.window[1]:
+        if self.window is not None and not self.window[0] <= self.steps.step < self.window[1]:
             return None
         return self.qmod(inputs[0]).to(output.dtype)
 
@@ -49,26 +50,26 @@ def quantized(pipe, layers, fmt: str, window=None):
     step window only; layers that cannot take ``fmt`` stay fp. Hooks are removed on exit."""
     den = get_denoiser(pipe)
     modules = dict(den.named_modules())
-    tracker = StepTracker()
-    handles = [den.register_forward_pre_hook(tracker, with_kwargs=True)]
-    try:
-        for name in layers:
-            if name not in modules:
-                raise UsageError(f"layer {name!r} is not in the model; see `mpsearch inspect` for layer names")
-            module = modules[name]
-            f = get_format(fmt)
-            if not f.eligible(tuple(module.weight.shape)):
-                continue
-            q = quantized_module(module, f.quantize(module.weight.detach()))
-            q.cache_dequantized = True
-            handles.append(module.register_forward_hook(_Swap(q, tracker, window)))
-        if layers and len(handles) == 1:
-            raise UsageError(f"none of {list(layers)[:3]} can take {fmt} (shape not eligible); measure an eligible "
-                             "format (see `mpsearch inspect`)")
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    handles = []
+    with step_state(den) as steps:
+        try:
+            for name in layers:
+                if name not in modules:
+                    raise UsageError(f"layer {name!r} is not in the model; see `mpsearch inspect` for layer names")
+                module = modules[name]
+                f = get_format(fmt)
+                if not f.eligible(tuple(module.weight.shape)):
+                    continue
+                q = quantized_module(module, f.quantize(module.weight.detach()))
+                q.cache_dequantized = True
+                handles.append(module.register_forward_hook(_Swap(q, steps, window)))
+            if layers and not handles:
+                raise UsageError(f"none of {list(layers)[:3]} can take {fmt} (shape not eligible); measure an "
+                                 "eligible format (see `mpsearch inspect`)")
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
 
 def _name(fn) -> str | None:
