@@ -30,6 +30,7 @@ _LAZY = {
     "Plan": "mpsearch.plan",
     "apply_plan": "mpsearch.runtime.executor",
     "PlanHandle": "mpsearch.runtime.executor",
+    "export": "mpsearch.runtime.checkpoint",
     "describe": "mpsearch.models",
     "parse_budget": "mpsearch.budget",
     "MpsearchError": "mpsearch.errors",
