@@ -19,16 +19,13 @@ packed tensors and assigns the rest. The denoiser's peak memory is the plan's by
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import struct
 import tempfile
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from mpsearch.cache_units import CacheUnit
 from mpsearch.errors import ModelError
@@ -39,6 +36,7 @@ from mpsearch.plan import Plan
 from mpsearch.runtime.cache_hooks import FeatureCacheConfig, apply_feature_cache
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.qmodules import StepTracker, quantized_module
+from mpsearch.runtime.tensorfile import dtype_name, read_tensors, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "mpsearch-checkpoint.json"
@@ -46,9 +44,6 @@ TENSORS = "mpsearch-packed.safetensors"
 PLAN = "mpsearch-plan.yaml"
 _KIND = "mpsearch-checkpoint"
 _SEP = ":"  # packed tensor keys are "<layer>:<key>"; module names never hold a colon
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 _REEXPORT = "re-export it with `mpsearch export --model M --plan P --out DIR`"
 
 
@@ -59,10 +54,6 @@ class CheckpointError(ModelError):
 def is_checkpoint(path) -> bool:
     """Whether ``path`` is a folder written by :func:`export` (it holds the manifest)."""
     return (Path(path) / MANIFEST).is_file()
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _component(pipe, denoiser) -> str:
@@ -86,7 +77,7 @@ def _collect(denoiser, plan: Plan):
             keys[key] = f"{name}{_SEP}{key}"
             tensors[keys[key]] = t
             packed_ids.add(id(t))
-        layers[name] = {"format": packed.format, "shape": list(packed.shape), "dtype": _dtype_name(packed.dtype),
+        layers[name] = {"format": packed.format, "shape": list(packed.shape), "dtype": dtype_name(packed.dtype),
                         "tensors": keys}
     canonical, aliases = {}, {}
     for kind, named in (("parameter", denoiser.named_parameters(remove_duplicate=False)),
@@ -119,14 +110,6 @@ def _save_components(pipe, component: str, denoiser, folder: Path) -> None:
     index = json.loads(index_file.read_text())
     index[component] = entry
     atomic_write_text(index_file, json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def _check_target(out: Path) -> None:
@@ -187,10 +170,10 @@ def export(pipe, plan: Plan, out, *, check_weights: bool = True) -> Path:
         manifest = {
             "format": _KIND, "format_version": FORMAT_VERSION, "component": component,
             "denoiser_class": type(denoiser).__name__, "fingerprint": plan.fingerprint, "bytes": nbytes,
-            "plan": f"{component}/{PLAN}", "plan_digest": _sha256(sub / PLAN),
+            "plan": f"{component}/{PLAN}", "plan_digest": sha256_file(sub / PLAN),
             "tensors_file": f"{component}/{TENSORS}", "file_bytes": (sub / TENSORS).stat().st_size,
-            "digest": _sha256(sub / TENSORS),
-            "tensors": {k: {"shape": list(t.shape), "dtype": _dtype_name(t.dtype)} for k, t in tensors.items()},
+            "digest": sha256_file(sub / TENSORS),
+            "tensors": {k: {"shape": list(t.shape), "dtype": dtype_name(t.dtype)} for k, t in tensors.items()},
             "layers": layers, "aliases": aliases,
         }
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
@@ -228,67 +211,6 @@ def read_manifest(folder) -> dict:
     if bad:
         raise CheckpointError(f"{path} lacks or mistypes {', '.join(bad)}; the checkpoint is damaged, {_REEXPORT}")
     return manifest
-
-
-def _read_exact(fh, buf, what: str) -> None:
-    view, done = memoryview(buf).cast("B"), 0
-    while done < len(view):
-        n = fh.readinto(view[done:])
-        if not n:
-            raise CheckpointError(f"{what} is truncated (ends inside its data); the copy is incomplete, copy the "
-                                  f"folder again or {_REEXPORT}")
-        done += n
-
-
-def _read_tensors(path: Path, manifest: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    """Every tensor of the safetensors file at ``path``, read in one sequential pass into fresh memory on
-    ``device`` (no mmap: at most one tensor at a time on the host for an accelerator), checking the digest."""
-    what = f"the tensor file {path}"
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise CheckpointError(f"{what} is missing; the checkpoint is incomplete, {_REEXPORT}") from None
-    if size != manifest["file_bytes"]:
-        raise CheckpointError(f"{what} has {size:,} bytes, the manifest says {manifest['file_bytes']:,}; it is "
-                              f"truncated or replaced: copy the folder again or {_REEXPORT}")
-    h, out = hashlib.sha256(), {}
-    with open(path, "rb", buffering=0) as fh:
-        head = bytearray(8)
-        _read_exact(fh, head, what)
-        header_bytes = bytearray(struct.unpack("<Q", head)[0])
-        if len(header_bytes) > size - 8:
-            raise CheckpointError(f"{what} is not a safetensors file (header length); {_REEXPORT}")
-        _read_exact(fh, header_bytes, what)
-        h.update(head)
-        h.update(header_bytes)
-        try:
-            header = json.loads(bytes(header_bytes))
-            entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
-                             key=lambda kv: kv[1]["data_offsets"][0])
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise CheckpointError(f"{what} has a damaged header; {_REEXPORT}") from None
-        expected = manifest["tensors"]
-        if {k for k, _ in entries} != set(expected):
-            raise CheckpointError(f"{what} does not hold the tensors its manifest lists; {_REEXPORT}")
-        pos = 0
-        for name, entry in tqdm(entries, desc="loading packed denoiser", unit="tensor", leave=False, disable=None):
-            dtype = _DTYPES.get(entry.get("dtype"))
-            if (dtype is None or entry["data_offsets"][0] != pos or list(entry.get("shape", ())) != expected[name]["shape"]
-                    or _dtype_name(dtype) != expected[name]["dtype"]):
-                raise CheckpointError(f"{what}: tensor {name!r} does not match the manifest; {_REEXPORT}")
-            t = torch.empty(entry["shape"], dtype=dtype)
-            if entry["data_offsets"][1] - pos != t.nbytes:
-                raise CheckpointError(f"{what}: tensor {name!r} has the wrong byte count; {_REEXPORT}")
-            if t.numel():
-                buf = t.reshape(-1).view(torch.uint8).numpy()
-                _read_exact(fh, buf, what)
-                h.update(buf)
-            out[name] = t if device.type == "cpu" else t.to(device)
-            pos = entry["data_offsets"][1]
-    if "sha256:" + h.hexdigest() != manifest["digest"]:
-        raise CheckpointError(f"{what} does not match the digest in {MANIFEST} (changed or damaged after export); "
-                              f"{_REEXPORT}")
-    return out
 
 
 def _windows(plan: Plan) -> dict[str, list]:
@@ -341,7 +263,7 @@ def load_denoiser(folder, device=None) -> tuple[torch.nn.Module, Plan]:
     plan_path = folder / manifest["plan"]
     if not plan_path.is_file():
         raise CheckpointError(f"the plan {plan_path} is missing; the checkpoint is incomplete, {_REEXPORT}")
-    if _sha256(plan_path) != manifest["plan_digest"]:
+    if sha256_file(plan_path) != manifest["plan_digest"]:
         raise CheckpointError(f"the plan {plan_path} does not match the digest in {MANIFEST} (changed after "
                               f"export); a checkpoint's plan cannot be swapped: {_REEXPORT}")
     plan = Plan.load(plan_path)
@@ -360,7 +282,9 @@ def load_denoiser(folder, device=None) -> tuple[torch.nn.Module, Plan]:
     if plan.fingerprint != fingerprint or manifest["fingerprint"] != fingerprint:
         raise CheckpointError(f"the plan's fingerprint {plan.fingerprint} does not match the denoiser its config "
                               f"describes ({fingerprint}); the folder mixes two models, {_REEXPORT}")
-    tensors = _read_tensors(folder / manifest["tensors_file"], manifest, device)
+    tensors = read_tensors(folder / manifest["tensors_file"], device, file_bytes=manifest["file_bytes"],
+                           digest=manifest["digest"], expected=manifest["tensors"], error=CheckpointError,
+                           fix=f"copy the folder again or {_REEXPORT}", desc="loading packed denoiser")
 
     modules, windows, qmods = dict(model.named_modules()), _windows(plan), []
     quantized = {n for n, f in plan.layers.items() if f != "fp"}
