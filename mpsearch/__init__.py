@@ -30,6 +30,7 @@ _LAZY = {
     "Plan": "plan",
     "apply_plan": "runtime.executor",
     "PlanHandle": "runtime.executor",
+    "export": "runtime.checkpoint",
     "describe": "models",
     "parse_budget": "budget",
     "MpsearchError": "errors",

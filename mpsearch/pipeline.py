@@ -26,6 +26,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 
 from mpsearch.errors import ModelError, UsageError
+from mpsearch.runtime.checkpoint import is_checkpoint, load_quantized
 
 NUM_CLASSES = 10
 NULL_CLASS = 10
@@ -195,10 +196,12 @@ def load_pipeline(name_or_path="default", device=None) -> DiffusionPipeline:
 
     Only safetensors weights are read and nothing is downloaded. A folder whose ``model_index.json`` names
     ``DigitsPipeline`` loads as :class:`DigitsPipeline`; any other loads through
-    ``diffusers.DiffusionPipeline.from_pretrained(path, local_files_only=True)``.
+    ``diffusers.DiffusionPipeline.from_pretrained(path, local_files_only=True)``. A folder written by
+    ``mpsearch.export`` loads its packed denoiser straight onto ``device``, never in full precision.
 
     Raises:
-        ModelError: the folder is missing, has no ``model_index.json``, or does not load.
+        ModelError: the folder is missing, has no ``model_index.json``, or does not load (CheckpointError, a
+            ModelError, for an exported folder that is incomplete, tampered with or mismatched).
     """
     path = _resolve(name_or_path)
     embedded = isinstance(name_or_path, str) and name_or_path in EMBEDDED
@@ -222,6 +225,9 @@ def load_pipeline(name_or_path="default", device=None) -> DiffusionPipeline:
         class_name = json.loads(index_file.read_text()).get("_class_name")
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read {index_file}: {exc}; fix or re-save the pipeline folder") from None
+    if is_checkpoint(path):  # an exported quantized checkpoint: the denoiser is built from its packed weights
+        digits = class_name == DigitsPipeline.__name__
+        return load_quantized(path, device, pipeline_class=DigitsPipeline if digits else None, **_LOAD_KWARGS)
     try:
         if class_name == DigitsPipeline.__name__:
             pipe = DigitsPipeline.from_pretrained(path, **_LOAD_KWARGS)

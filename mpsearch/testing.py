@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from mpsearch.archs import load_arch
 from mpsearch.errors import UsageError
 
 TINY_IMAGE_SIZE = 16  # pixels; the VAE downsamples by 2, so latents are 8x8
@@ -248,8 +249,6 @@ def real_size_pipeline(name: str, dtype=torch.float32, seed: int = 0):
     so ``size`` px images have ``size/2`` px latents). For benchmarks of what grows with the denoiser:
     profiling, applying, exporting and running plans at the size users run."""
     import diffusers
-
-    from mpsearch.archs import load_arch
 
     if name not in REAL_SIZE:
         raise UsageError(f"no real-size pipeline for {name!r}; expected one of {', '.join(REAL_SIZE)}")

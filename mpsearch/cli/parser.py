@@ -6,6 +6,7 @@ import argparse
 
 from mpsearch.version import __version__
 from mpsearch.cli.common import _Parser, _int_list, _shard, _str_list
+from mpsearch.cli.exporting import cmd_export
 from mpsearch.cli.inspecting import cmd_generate, cmd_inspect
 from mpsearch.cli.profiling import cmd_profile, cmd_profile_merge
 from mpsearch.cli.results import cmd_demo, cmd_eval, cmd_report
@@ -44,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (text-to-image pipelines)")
     sp.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the pipeline's)")
     sp.add_argument("--out", default="out", help="folder for the PNGs")
+
+    sp = add("export", cmd_export, "write a pipeline folder whose denoiser holds a plan's packed weights")
+    sp.add_argument("--model", default="default", help=model_help)
+    sp.add_argument("--plan", required=True, help="plan YAML to apply")
+    sp.add_argument("--out", required=True, help="the folder to write (an older checkpoint there is replaced)")
+    sp.add_argument("--ignore-weights", action="store_true",
+                    help="export even if the model's weights differ from those the plan was made from")
 
     sp = add("profile", cmd_profile, "measure per-layer, per-format, per-step sensitivity (local tier)")
     sp.add_argument("--model", default="default", help=model_help)

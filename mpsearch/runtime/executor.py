@@ -148,7 +148,8 @@ class PlanHandle:
         self.remove()
 
 
-def _windows(plan: Plan) -> dict[str, list]:
+def activation_windows(plan: Plan) -> dict[str, list]:
+    """Per layer, the plan's activation overrides as ``(start, stop, quantize)`` step windows."""
     out: dict[str, list] = {}
     for ov in plan.overrides:
         start, stop = ov["steps"]
@@ -189,7 +190,7 @@ def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto", ignore_weights
     if stash not in ("auto", "disk", "memory"):
         raise PlanError(f"stash must be auto, disk or memory; got {stash!r}; pass one of those")
     modules = dict(denoiser.named_modules())
-    windows = _windows(plan)
+    windows = activation_windows(plan)
 
     # 1. quantize everything first: a failure here leaves the model untouched
     built, report = [], []
