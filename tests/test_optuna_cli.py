@@ -14,7 +14,7 @@ def test_search_optuna_refines_and_resumes(dit_pipe, tmp_path, monkeypatch, caps
     profile(dit_pipe, out=tmp_path / "p.sqlite", steps=3, seeds=(0,), labels=(1, 2), progress=False)
     monkeypatch.setattr("mpsearch.pipeline.load_pipeline", lambda *a, **k: dit_pipe)
     monkeypatch.chdir(tmp_path)
-    argv = ["solve", "--profile", "p.sqlite", "--budget", "45%", "--no-default-pins", "--search", "optuna",
+    argv = ["solve", "--profile", "p.sqlite", "--budget", "45%", "--role-pins", "none", "--search", "optuna",
             "--search-steps", "2", "--json"]
     assert cli.main([*argv, "--trials", "3"]) == 0
     first = json.loads(capsys.readouterr().out)

@@ -100,7 +100,7 @@ class Formulation:
         """A per-layer choice -> (layer -> format, plan overrides)."""
         if self.compute is not None:
             return self.compute.decode(choice)
-        return {n: self.problem.formats[int(c)] for n, c in zip(self.problem.layer_names, choice)}, []
+        return self.problem.assignment(choice), []
 
     def provenance(self, solution: Solution) -> dict:
         """How a plan from ``solution`` was made: solver, objective, metric, pins, role pins, step weights,
