@@ -209,10 +209,10 @@ CLI_CASES = [
     # ---- solve options
     ("metric-unknown", _copy("prof.sqlite"), ["solve", "--profile", "{}", "--budget", "60%", "--metric", "ssim"], 2, "unknown metric 'ssim'"),
     ("solver-unknown", _copy("prof.sqlite"), ["solve", "--profile", "{}", "--budget", "60%", "--solver", "magic"], 2, "magic"),
-    ("pin-bad-regex", _copy("prof.sqlite"), ["solve", "--profile", "{}", "--budget", "60%", "--pin", "(=fp"], 2, "regex"),
-    ("pin-no-equals", _copy("prof.sqlite"), ["solve", "--profile", "{}", "--budget", "60%", "--pin", "proj_out"], 2, "REGEX=FORMAT"),
-    ("pin-matches-nothing", _copy("prof.sqlite"), ["solve", "--profile", "{}", "--budget", "60%", "--pin", "nothing_here=fp"], 2, "matches no layer"),
-    ("pin-unknown-format", _copy("prof.sqlite"), ["solve", "--profile", "{}", "--budget", "60%", "--pin", "proj_out=int3"], 2, "int3"),
+    ("pin-bad-regex", _copy("prof.sqlite"), ["solve", "--profile", "{}", "--budget", "60%", "--pins", "(=fp"], 2, "regex"),
+    ("pin-no-equals", _copy("prof.sqlite"), ["solve", "--profile", "{}", "--budget", "60%", "--pins", "proj_out"], 2, "REGEX=FORMAT"),
+    ("pin-matches-nothing", _copy("prof.sqlite"), ["solve", "--profile", "{}", "--budget", "60%", "--pins", "nothing_here=fp"], 2, "matches no layer"),
+    ("pin-unknown-format", _copy("prof.sqlite"), ["solve", "--profile", "{}", "--budget", "60%", "--pins", "proj_out=int3"], 2, "int3"),
     ("solve-out-unwritable", _with(_copy("prof.sqlite"), _blocker), ["solve", "--profile", "{}", "--budget", "60%", "--out", "blocker/p.yaml"], 1, "cannot write"),
     # ---- profiles given to solve
     ("profile-missing", None, ["solve", "--profile", "none.sqlite", "--budget", "60%"], 1, "does not exist"),

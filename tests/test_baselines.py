@@ -191,11 +191,8 @@ def test_choose_split_scores_real_generations(dit_pipe, small_profile):
     plans = mixdq_plans(small_profile, int(0.5 * info.fp_bytes), (0.3,))
     best, scores = choose_split(dit_pipe, plans, labels=(0, 1), seeds=(500,), steps=2)
     ref = generate(dit_pipe, [0, 1], 500, 2).astype(np.float64)
-    handle = apply_plan(dit_pipe, plans[0.3], stash="memory", check_weights=False)
-    try:
+    with apply_plan(dit_pipe, plans[0.3], stash="memory", ignore_weights=True):
         img = generate(dit_pipe, [0, 1], 500, 2).astype(np.float64)
-    finally:
-        handle.remove()
     assert best == 0.3
     assert scores[0.3]["quality"] == pytest.approx(np.mean((img - ref) ** 2) / np.mean(ref ** 2), rel=1e-5)
     assert scores[0.3]["content"] == pytest.approx(1.0 - ssim(ref, img), rel=1e-5, abs=1e-7)

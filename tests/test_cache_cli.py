@@ -1,4 +1,4 @@
-"""`mpsearch solve --cache-steps/--speedup` and `inspect`'s cache units, in-process."""
+"""`mpsearch solve --full-computations/--speedup` and `inspect`'s cache units, in-process."""
 
 import json
 
@@ -16,7 +16,7 @@ def run_json(capsys, *argv):
 def test_solve_with_cache_writes_one_joint_plan(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_json(capsys, "profile", "--steps", "4", "--seeds", "0", "--labels", "1")
-    sol = run_json(capsys, "solve", "--budget", "60%", "--cache-steps", "3", "--warmup", "1", "--rounds", "2")
+    sol = run_json(capsys, "solve", "--budget", "60%", "--full-computations", "3", "--warmup", "1", "--rounds", "2")
     assert sol["plan"] == "plans/default-60pct-dp3.yaml"
     plan = Plan.load(sol["plan"])
     assert plan.cache["method"] == "dp" and sum(plan.cache["compute"]) == 3 and len(plan.cache["compute"]) == 4

@@ -49,16 +49,16 @@ def test_profile_solve_generate_flow(capsys, tmp_path, monkeypatch):
     mid = (info["uniform_bytes"]["int8"] + info["uniform_bytes"]["int4"]) // 2
     # between uniform int8 and int4: only reachable without the default role pins
     sol2 = run_json(capsys, "solve", "--budget", f"{mid}B", "--solver", "highs", "--out", "plans/mid.yaml",
-                    "--no-default-pins")
+                    "--role-pins", "none")
     assert sol2["bytes"] <= mid
     gen = run_json(capsys, "generate", "--plan", "plans/mid.yaml", "--labels", "3,4", "--steps", "3", "--out", "imgs")
     assert len(gen["images"]) == 2 and gen["denoiser_bytes"] == sol2["bytes"]
     assert (tmp_path / gen["images"][0]).read_bytes()[:4] == b"\x89PNG"
     code, _, err = run(capsys, "solve", "--budget", "1KB")
     assert code == 1 and "smallest feasible" in err and err.count("\n") == 1
-    assert "--no-default-pins" in err  # the default role pins cost bytes: the error says how small it gets without
-    code, _, err = run(capsys, "solve", "--budget", "1KB", "--no-default-pins")
-    assert code == 1 and "--no-default-pins" not in err
+    assert "--role-pins none" in err  # the default role pins cost bytes: the error says how small it gets without
+    code, _, err = run(capsys, "solve", "--budget", "1KB", "--role-pins", "none")
+    assert code == 1 and "--role-pins none" not in err
 
 
 @pytest.mark.parametrize("argv,code,needle", [

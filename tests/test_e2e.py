@@ -124,7 +124,7 @@ def test_window_unit_quantizes_only_inside_its_window(dit_pipe, tmp_path):
 def test_decoupled_solve_respects_budget_and_weights_move_it(e2e_profile):
     _, prof, path, _ = e2e_profile
     for weights in ("content=1,quality=1", "content=1,quality=0", {"quality": 1}, "ssim=2,frechet=1"):
-        plan = mpsearch.solve(path, "55%", weights=weights)
+        plan = mpsearch.solve(path, "55%", objective_weights=weights)
         assert plan.predicted_bytes <= plan.budget["bytes"]
         assert plan.provenance["metric"] == "e2e" and plan.provenance["end_to_end"]["measured_pairs"] >= 1
     content, quality = e2e.e2e_costs(prof, "content=1")[0], e2e.e2e_costs(prof, "quality=1")[0]
@@ -155,7 +155,7 @@ def test_activation_overrides_from_windows(e2e_profile, dit_pipe):
     from mpsearch.runtime.generation import generate
 
     _, prof, path, _ = e2e_profile
-    plan = mpsearch.solve(path, "60%", weights="ssim=1", fp_act_windows=1)
+    plan = mpsearch.solve(path, "60%", objective_weights="ssim=1", fp_act_windows=1)
     per_window = {}
     for u in e2e.load_results(path).of_kind("window"):
         d = max(e2e.load_results(path).damages(u)["ssim"], 0.0)
@@ -197,7 +197,7 @@ def test_bad_input_is_refused(e2e_profile, tmp_path):
         dst.executescript("DROP TABLE e2e; DROP TABLE e2e_units; DROP TABLE e2e_runs;")
     assert e2e.load_results(local_only) is None
     with pytest.raises(ProfileError, match="--end-to-end"):
-        mpsearch.solve(local_only, "60%", weights="content=1")
+        mpsearch.solve(local_only, "60%", objective_weights="content=1")
 
 
 def test_cli_profile_end_to_end_and_solve_weights(tmp_path, capsys, monkeypatch):
@@ -207,8 +207,8 @@ def test_cli_profile_end_to_end_and_solve_weights(tmp_path, capsys, monkeypatch)
                "--formats", "int8,int4", "--end-to-end", "--shortlist", "2", "--windows", "2", "--json"])
     data = json.loads(capsys.readouterr().out)
     assert rc == 0 and 0 < data["cost_ratio"] < 1 and set(data["spearman"]) >= {"ssim", "psnr", "frechet"}
-    rc = main(["solve", "--profile", str(out), "--budget", "70%", "--weights", "content=1,quality=1",
+    rc = main(["solve", "--profile", str(out), "--budget", "70%", "--objective-weights", "content=1,quality=1",
                "--fp-act-windows", "1", "--json"])
     plan = json.loads(capsys.readouterr().out)
     assert rc == 0 and plan["bytes"] <= plan["budget"]["bytes"]
-    assert main(["solve", "--profile", str(out), "--budget", "70%", "--weights", "looks=1"]) == 2
+    assert main(["solve", "--profile", str(out), "--budget", "70%", "--objective-weights", "looks=1"]) == 2

@@ -306,7 +306,7 @@ def test_cli_profile_latency_then_solve_with_latency_cost(pipe, tmp_path, monkey
 
     # the measured table (whatever its numbers): all-fp fits 100% of fp's latency
     code, out, err = _run(capsys, "solve", "--profile", "p.sqlite", "--budget", "100%", "--compute", "100%",
-                          "--compute-cost", "latency", "--no-default-pins", "--out", "measured.yaml", "--json")
+                          "--compute-cost", "latency", "--role-pins", "none", "--out", "measured.yaml", "--json")
     assert code == 0, err
     d = json.loads(out)
     assert d["compute"]["cost"] == "latency" and d["compute"]["predicted"] <= d["compute"]["limit"] * (1 + 1e-9)
@@ -316,7 +316,7 @@ def test_cli_profile_latency_then_solve_with_latency_cost(pipe, tmp_path, monkey
     synthetic = _synthetic(prof.info, prof.formats)
     write_latency("p.sqlite", synthetic)
     code, out, err = _run(capsys, "solve", "--profile", "p.sqlite", "--budget", "100%", "--compute", "60%",
-                          "--compute-cost", "latency", "--no-default-pins", "--json")
+                          "--compute-cost", "latency", "--role-pins", "none", "--json")
     assert code == 0, err
     d = json.loads(out)
     plan = Plan.load(d["plan"])
@@ -327,7 +327,7 @@ def test_cli_profile_latency_then_solve_with_latency_cost(pipe, tmp_path, monkey
     assert plan.provenance["compute_cost"] == "latency" and plan.provenance["latency"]["device"] == "synthetic"
     assert plan.provenance["compute"] == "60%"
     code, out, err = _run(capsys, "solve", "--profile", "p.sqlite", "--budget", "100%", "--compute", "60%",
-                          "--no-default-pins", "--out", "bops.yaml", "--json")
+                          "--role-pins", "none", "--out", "bops.yaml", "--json")
     assert code == 0, err
     bops = Plan.load("bops.yaml")
     assert bops.predictions["compute_cost"] == "bops" and "compute_bops" in bops.predictions

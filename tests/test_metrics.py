@@ -64,3 +64,49 @@ def test_registry():
     assert get_metric("ssim").higher_is_better and not get_metric("mse").higher_is_better
     with pytest.raises(UsageError, match="unknown metric 'nope'"):
         get_metric("nope")
+
+
+def test_registry_knows_profile_statistics_errors_and_normalisation():
+    from mpsearch.metrics import end_to_end_metrics, normalize, profile_metrics
+
+    assert profile_metrics() == ("rel_mse", "sqnr", "cosine", "gn")
+    # one (layer, format, step) with sums err2=1, ref2=4, out2=9, dot=5; gn's sensitivity sums g2=6 over n=3
+    stats = np.array([1.0, 4.0, 9.0, 5.0]).reshape(1, 1, 1, 4)
+    sens = np.array([6.0, 3.0]).reshape(1, 1, 2)
+    by_hand = {"rel_mse": 0.25, "sqnr": 6.020599913279624, "cosine": 5 / 6, "gn": 2.0}
+    for name, want in by_hand.items():
+        assert get_metric(name).from_stats(stats, sens).item() == pytest.approx(want, rel=1e-12)
+    assert get_metric("gn").needs_sensitivity and not get_metric("sqnr").needs_sensitivity
+    # errors: 20 dB is a relative squared error of 0.01; similarities become 1 - value; drops need fp's score
+    assert get_metric("sqnr").error(20.0) == pytest.approx(0.01)
+    assert get_metric("psnr").error(30.0) == pytest.approx(0.001)
+    assert get_metric("cosine").error(0.9) == pytest.approx(0.1)
+    assert get_metric("ssim").error(0.75) == pytest.approx(0.25)
+    assert get_metric("rel_mse").error(0.3) == pytest.approx(0.3)
+    assert get_metric("condition").error(0.6, 0.8) == pytest.approx(0.2)
+    with pytest.raises(UsageError, match="reference"):
+        get_metric("class_agreement").error(0.5)
+    assert get_metric("frechet").error(7.5) == pytest.approx(7.5)
+    assert end_to_end_metrics() == {"sqnr": "quality", "psnr": "quality", "ssim": "content", "frechet": "quality",
+                                    "condition": "content", "class_agreement": "content"}
+    got = normalize(np.array([0.0, 2.0, np.inf, 4.0]))
+    assert got[0] == 0 and got[1] == 0.5 and np.isinf(got[2]) and got[3] == 1.0
+    assert (get_metric("sqnr").normalize(np.zeros(3)) == 0).all()
+
+
+def test_end_to_end_damage_reads_the_registry():
+    from mpsearch.profiling.endtoend.scores import METRIC_KIND, damage
+
+    assert damage("ssim", 0.9, 1.0) == pytest.approx(0.1)
+    assert damage("psnr", 20.0, 99.0) == pytest.approx(0.01)
+    assert damage("class_agreement", 0.7, 0.9) == pytest.approx(0.2)
+    assert damage("frechet", 3.0, 0.0) == pytest.approx(3.0)
+    assert set(METRIC_KIND) == {"ssim", "condition", "class_agreement", "psnr", "sqnr", "frechet"}
+    with pytest.raises(UsageError, match="end-to-end metric"):
+        damage("rel_mse", 0.1, 0.0)
+
+
+def test_nominal_bits_come_from_the_formats():
+    from mpsearch.allocation.baselines import NOMINAL_BITS
+
+    assert NOMINAL_BITS == {"int8": 8.0, "nvfp4": 4.0, "int4": 4.0, "int4-g64": 4.0, "int4-g32": 4.0}

@@ -16,7 +16,7 @@ def test_search_optuna_refines_and_resumes(dit_pipe, tmp_path, monkeypatch, caps
     profile(dit_pipe, out=tmp_path / "p.sqlite", steps=3, seeds=(0,), labels=(1, 2), progress=False)
     monkeypatch.setattr("mpsearch.pipeline.load_pipeline", lambda *a, **k: dit_pipe)
     monkeypatch.chdir(tmp_path)
-    argv = ["solve", "--profile", "p.sqlite", "--budget", "45%", "--no-default-pins", "--search", "optuna",
+    argv = ["solve", "--profile", "p.sqlite", "--budget", "45%", "--role-pins", "none", "--search", "optuna",
             "--search-steps", "2", "--json"]
     assert cli.main([*argv, "--trials", "3"]) == 0
     first = json.loads(capsys.readouterr().out)
@@ -121,11 +121,8 @@ def test_evaluation_objective_per_image_scores_average_to_the_totals(dit_pipe, t
 
     ref = np.concatenate([generate(dit_pipe, [1, 2], s, 2) for s in (7, 8)]).astype(np.float64)
     plan = Plan.from_assignment(prof.info, {n: problem.formats[c] for n, c in zip(problem.layer_names, choice)})
-    handle = apply_plan(dit_pipe, plan, stash="memory", check_weights=False)
-    try:
+    with apply_plan(dit_pipe, plan, stash="memory", ignore_weights=True):
         img = np.concatenate([generate(dit_pipe, [1, 2], s, 2) for s in (7, 8)]).astype(np.float64)
-    finally:
-        handle.remove()
     power = np.mean(ref ** 2)
     quality = [np.mean((img[i] - ref[i]) ** 2) / power for i in range(4)]
     content = [1.0 - ssim(ref[i : i + 1], img[i : i + 1]) for i in range(4)]

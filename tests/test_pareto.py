@@ -92,7 +92,7 @@ def test_cli_sweep_and_compute_on_a_tiny_profile(dit_pipe, tmp_path, monkeypatch
 
     monkeypatch.setattr("mpsearch.pipeline.load_pipeline", lambda *a, **k: dit_pipe)
     monkeypatch.chdir(tmp_path)
-    code = cli.main(["solve", "--profile", "p.sqlite", "--pareto", "4", "--no-default-pins", "--out", "sweep",
+    code = cli.main(["solve", "--profile", "p.sqlite", "--pareto", "4", "--role-pins", "none", "--out", "sweep",
                      "--compute", "50%", "--json"])
     out = capsys.readouterr().out
     assert code == 0, out

@@ -1,7 +1,9 @@
 """Allocation: what decides, from a profile and a budget, which format each layer gets and which steps reuse
 cached features.
 
-* :mod:`~mpsearch.allocation.formulation`: the one path profile + budget + objective -> problem -> Plan.
+* :mod:`~mpsearch.allocation.formulation`: the one path profile + budget + objective -> problem -> Plan
+  (``formulate()`` -> ``Formulation``; ``.solve(solver)``, ``.to_plan(solution)``), over the array-level
+  :mod:`~mpsearch.allocation.objective` (costs, pins, ``build_problem``).
 * :mod:`~mpsearch.allocation.solving`: ``solve()``, what ``mpsearch.solve`` is.
 * :mod:`~mpsearch.allocation.solvers`: the solver engines, one file each, behind one ``BaseSolver`` contract.
 * :mod:`~mpsearch.allocation.pareto`, :mod:`~mpsearch.allocation.compute`, :mod:`~mpsearch.allocation.refine`:

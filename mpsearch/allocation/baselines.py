@@ -40,8 +40,9 @@ from mpsearch.runtime.generation import generate, generate_many
 __all__ = ["NOMINAL_BITS", "autoquantize_problem", "nominal_bytes", "output_jacobian_traces", "hawq_traces",
            "hawq_problem", "CONTENT_ROLES", "mixdq_plans", "choose_split"]
 
-#: bits per weight element as ModelOpt's AutoQuantize counts them (no scales); fp keeps the dtype's bits
-NOMINAL_BITS = {"int8": 8.0, "nvfp4": 4.0, "int4": 4.0, "int4-g64": 4.0, "int4-g32": 4.0}
+#: bits per weight element as ModelOpt's AutoQuantize counts them: the format's element bits (``Format.bits``),
+#: scales and zeros left out (so NVFP4 and INT4 count 4.0, INT8 8.0); fp keeps the dtype's bits
+NOMINAL_BITS = {f: float(get_format(f).bits) for f in ("int8", "nvfp4", "int4", "int4-g64", "int4-g32")}
 
 #: roles MixDQ-style grouping treats as "content" (the rest is "quality")
 CONTENT_ROLES = frozenset({"self_attn", "cross_attn", "time_embed", "modulation"})

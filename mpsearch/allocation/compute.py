@@ -30,7 +30,7 @@ import torch
 from mpsearch.errors import UsageError
 # measured by the profiling stage; re-exported here, where compute budgets are decided
 from mpsearch.profiling.layer_calls import LayerCalls, record_layer_calls, step_windows
-from mpsearch.allocation.formulation import resolve_metric
+from mpsearch.allocation.objective import resolve_metric, step_errors
 from mpsearch.allocation.solvers import Constraint, Problem
 from mpsearch.errors import InfeasibleError
 from mpsearch.formats import get_format
@@ -192,7 +192,7 @@ def _cost_columns(info, calls: LayerCalls, formats, cost) -> dict[str, tuple[np.
 
 def compute_problem(profile, base, calls: LayerCalls, compute, *, metric: str = "auto",
                     variants: bool = True, cost="bops") -> ComputeModel:
-    """``base`` (from ``solve.build_problem``) with a compute budget ``compute`` (``"50%"`` of full precision,
+    """``base`` (from ``formulation.build_problem``) with a compute budget ``compute`` (``"50%"`` of full precision,
     or an absolute figure) and, with ``variants``, a column per (format, set of windows whose activations stay
     fp). ``cost``: ``"bops"`` (bit operations, from ``calls``) or a measured ``latency.LatencyTable`` (seconds
     per denoiser call; ``"12ms"`` is then an absolute budget). A column's cost is the format's cost with
@@ -281,9 +281,7 @@ def _column_name(fmt: str, a16: frozenset, windows) -> str:
 
 def _window_shares(profile, metric: str, windows) -> np.ndarray:
     """(L, F, W): each window's share of a layer's error over the steps (uniform where the error is 0)."""
-    values = profile.metric(metric)
-    err = 10.0 ** (-values / 10.0) if metric == "sqnr" else (1.0 - values if metric == "cosine" else values)
-    err = np.clip(np.nan_to_num(err, nan=0.0), 0.0, None)
+    err = np.clip(np.nan_to_num(step_errors(profile, metric), nan=0.0), 0.0, None)
     parts = np.stack([err[..., a:b].sum(-1) for a, b in windows], axis=-1)
     total = parts.sum(-1, keepdims=True)
     even = np.broadcast_to(np.array([(b - a) for a, b in windows], float) / windows[-1][1], parts.shape)

@@ -9,7 +9,6 @@ every step that reuses those features), until the formats stop changing or ``rou
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 
@@ -17,29 +16,28 @@ from mpsearch.errors import UsageError
 from mpsearch.models import get_denoiser
 from mpsearch.allocation.cache_scheduler import Schedule, full_computations_for_speedup, ideal_speedup, make_schedule
 from mpsearch.cache_units import CacheUnit, compute_shares, get_unit
-from mpsearch.allocation.formulation import resolve_metric
-from mpsearch.allocation.solvers import get_solver
-from mpsearch.allocation.solving import build_problem, solve
-from mpsearch.budget import parse_budget
+from mpsearch.allocation.formulation import formulate
 from mpsearch.cache_section import validate_cache_section
 from mpsearch.profiling.cache_costs import measure_costs
-from mpsearch.profiling.store import Profile
+
+#: solve/schedule rounds of :func:`solve_joint` (and `mpsearch solve --rounds`)
+DEFAULT_ROUNDS = 2
 
 
 def resolve_full_computations(steps: int, full_computations=None, speedup=None, share=None) -> int:
     """K from either a number of full computations or a target (ideal) speedup."""
     if (full_computations is None) == (speedup is None):
-        raise UsageError("give exactly one cache budget: a number of full computations (--cache-steps K) "
+        raise UsageError("give exactly one cache budget: a number of full computations (--full-computations K) "
                          "or a target speedup (--speedup X)")
     if full_computations is not None:
         if isinstance(full_computations, bool) or not isinstance(full_computations, (int, np.integer)) \
                 or not 1 <= full_computations <= steps:
-            raise UsageError(f"cache steps must be an integer in 1..{steps} (the number of steps), "
+            raise UsageError(f"full computations (cache steps) must be an integer in 1..{steps} (the number of steps), "
                              f"got {full_computations!r}")
         return int(full_computations)
     if share is None:
         raise UsageError("the unit's share of compute is unknown for this model, so a --speedup cannot be turned "
-                         "into a number of full computations; pass --cache-steps K instead")
+                         "into a number of full computations; pass --full-computations K instead")
     return full_computations_for_speedup(speedup, steps, share)
 
 
@@ -74,16 +72,6 @@ def schedule_cache(pipe, *, steps: int = 20, full_computations=None, speedup=Non
     return section, sched, np.asarray(cost)
 
 
-def _step_errors(profile, metric: str) -> np.ndarray:
-    """(layers, formats, steps) error (lower is better) of the local metric, as in solve.layer_costs."""
-    values = profile.metric(metric)
-    if metric == "sqnr":
-        return 10.0 ** (-values / 10.0)
-    if metric == "cosine":
-        return 1.0 - values
-    return values
-
-
 def usage_weights(info, unit: CacheUnit, schedule: Schedule) -> np.ndarray:
     """(layers, steps) weight of each layer's error at each step under ``schedule``: 1 everywhere outside the
     unit; inside it, the number of steps that use the features computed at that step (0 where it is reused)."""
@@ -98,24 +86,25 @@ def usage_weights(info, unit: CacheUnit, schedule: Schedule) -> np.ndarray:
 
 
 def solve_joint(profile, pipe, budget="60%", *, full_computations=None, speedup=None, method: str = "dp",
-                unit: str | None = None, warmup: int = 2, max_reuse=None, rounds: int = 3, metric: str = "auto",
-                solver: str = "ilp", pins=None, tie: bool = False, guidance_scale=None, measure_options=None,
-                **solve_options):
+                unit: str | None = None, warmup: int = 2, max_reuse=None, rounds: int = DEFAULT_ROUNDS,
+                solver="ilp", guidance_scale=None, measure_options=None, **objective):
     """One plan with layer formats and a cache section, solved and scheduled together (see module docstring).
 
-    ``solve_options`` go to :func:`mpsearch.solve.solve` and ``build_problem`` (e.g. ``step_weights`` is not
-    allowed: the schedule sets the weights); ``measure_options`` to :func:`~mpsearch.profiling.cache_costs.measure_costs`.
+    ``objective`` holds :func:`~mpsearch.allocation.formulation.formulate`'s keywords for the local objective
+    (``metric``, ``pins``, ``role_pins``, ``tie``; not ``step_weights``: the schedule sets them, nor the
+    end-to-end or compute ones); ``measure_options`` go to :func:`~mpsearch.profiling.cache_costs.measure_costs`.
+    ``rounds`` (default 2, as ``mpsearch solve --rounds``) bounds the solve/schedule rounds.
     """
     measure_options = dict(measure_options or {})
-
-    if not isinstance(profile, Profile):
-        profile = Profile.load(profile)
-    metric = resolve_metric(profile, metric)
-    if not isinstance(rounds, int) or rounds < 1:
+    not_here = sorted(set(objective) - {"metric", "pins", "tie", "role_pins"})
+    if not_here:
+        raise UsageError(f"solve_joint takes the local objective only (metric, pins, tie, role_pins), not "
+                         f"{', '.join(not_here)}: the cache schedule sets the step weights")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise UsageError(f"rounds must be an integer >= 1, got {rounds!r}")
-    steps = profile.steps
-    plan = solve(profile, budget, metric=metric, solver=solver, pins=pins, tie=tie, **solve_options)
-    info = profile.info
+    form = formulate(profile, budget, **objective)
+    profile, info, steps = form.profile, form.profile.info, form.profile.steps
+    plan = form.to_plan(form.solve(solver))
     history = []
     section = sched = None
     for r in range(rounds):
@@ -128,28 +117,14 @@ def solve_joint(profile, pipe, budget="60%", *, full_computations=None, speedup=
         if r == rounds - 1:
             break
         # re-solve with each layer's error weighted by how the schedule uses it
-        u = CacheUnit.from_dict(section["unit"])
-        w = usage_weights(info, u, sched) / steps
-        err = _step_errors(profile, metric)
-        cost = np.einsum("lfs,ls->lf", np.nan_to_num(err, nan=0.0), w)
-        cost = np.where(np.isnan(err).any(-1), np.inf, np.maximum(cost, 0.0))
-        cost[:, 0] = 0.0
-        finite = cost[np.isfinite(cost)]
-        cost = cost / finite.max() if finite.size and finite.max() > 0 else cost
-        b = parse_budget(budget, fp_bytes=info.fp_bytes, fixed_bytes=info.fixed_bytes,
-                         quantizable_numel=info.quantizable_numel)
-        problem = build_problem(profile, b.bytes, metric=metric, pins=pins, tie=tie, **solve_options)
-        problem = dataclasses.replace(problem, cost=cost)
-        sol = get_solver(solver).solve(problem)
-        assignment = {n: problem.formats[int(c)] for n, c in zip(problem.layer_names, sol.choice)}
-        if assignment == plan.layers:
+        usage = usage_weights(info, CacheUnit.from_dict(section["unit"]), sched)
+        weighted = formulate(profile, budget, step_weights=usage, **objective)
+        sol = weighted.solve(solver)
+        if sol.assignment(weighted.problem) == plan.layers:
             break
-        # keep everything else the first solve recorded (budget, provenance, weights); update formats and bytes
-        plan.layers = {n: assignment[n] for n in plan.layers}
-        plan.predictions.update(bytes=info.bytes_for(plan.layers), objective=float(sol.objective),
-                                formats={f: int((sol.choice == i).sum()) for i, f in enumerate(problem.formats)})
-        plan.provenance.update(solver=sol.solver, status=sol.status, seconds=round(float(sol.seconds), 4),
-                               step_weights="cache schedule usage (see cache_rounds)")
+        created = plan.provenance["created"]
+        plan = weighted.to_plan(sol, provenance={"step_weights": "cache schedule usage (see cache_rounds)",
+                                                 "created": created})
     share = section["share"]
     k = sum(section["compute"])
     plan.cache = section

@@ -14,17 +14,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from mpsearch.errors import InfeasibleError, UsageError
-from mpsearch.allocation.formulation import build_problem, parse_pins, resolve_metric
-from mpsearch.allocation.solvers import get_solver, min_feasible_bytes
+from mpsearch.allocation.formulation import Formulation, budget_keywords, formulate
+from mpsearch.allocation.solvers import Solution, get_solver, min_feasible_bytes
 from mpsearch.budget import format_bytes, parse_budget
 from mpsearch.io import atomic_write_bytes
-from mpsearch.plan import Plan
-from mpsearch.profiling.store import Profile
 
 __all__ = ["ParetoPoint", "budget_range", "frontier_flags", "pareto", "pareto_budgets", "sweep", "uniform_points",
            "write_frontier"]
@@ -104,12 +101,12 @@ def frontier_flags(points: list[ParetoPoint]) -> None:
         seen.add(key)
 
 
-def sweep(problem, budgets, *, solver: str = "ilp", solver_options: dict | None = None,
+def sweep(problem, budgets, *, solver="ilp", solver_options: dict | None = None,
           progress: bool = False) -> list[ParetoPoint]:
     """Solve ``problem`` under each budget (bytes); points come back in ascending budget order.
 
-    A budget below the smallest feasible size gives a point with status "infeasible"; when every budget is
-    infeasible the first error is raised.
+    ``solver`` is a registered name or a solver instance. A budget below the smallest feasible size gives a
+    point with status "infeasible"; when every budget is infeasible the first error is raised.
     """
     from tqdm.auto import tqdm
 
@@ -210,24 +207,27 @@ def _plot(points, uniform, title) -> bytes:
     return out.getvalue()
 
 
-def pareto(profile, budgets=None, *, n: int | None = None, metric: str = "auto", solver: str = "ilp",
-           pins=None, tie: bool = False, role_pins=None, out=None, progress: bool = False,
-           problem=None, decode: Callable | None = None, provenance: dict | None = None) -> dict:
+def pareto(profile, budgets=None, *, n: int | None = None, solver="ilp", out=None, progress: bool = False,
+           **objective) -> dict:
     """Sweep a profile over budgets (a list of budget specs or bytes, a ``start:stop:step`` string, or ``n``
     evenly spaced points) and, with ``out``, write the frontier files and one plan per solved budget.
 
-    ``problem``/``decode`` (from :mod:`mpsearch.allocation.compute`) replace the plain memory problem, e.g. to add a
-    compute budget; ``decode(choice) -> (assignment, overrides)``. Returns ``{"points": [...], "uniform":
-    {...}, "files": {...}}`` with the ParetoPoint objects under ``points``.
+    ``profile`` is a Profile, its path, or a :class:`~mpsearch.allocation.formulation.Formulation`; the
+    ``objective`` keywords (``metric``, ``pins``, ``role_pins``, ``tie``, ``compute``, ``pipe``, ...) are
+    :func:`~mpsearch.allocation.formulation.formulate`'s. ``solver``: a name or a solver instance. Returns
+    ``{"points": [...], "uniform": {...}, "files": {...}}`` with the ParetoPoint objects under ``points``.
     """
 
-    if not isinstance(profile, Profile):
-        profile = Profile.load(profile)
-    metric = resolve_metric(profile, metric)
+    if isinstance(profile, Formulation):
+        if objective:
+            raise UsageError(f"pareto got a Formulation and objective keywords ({', '.join(objective)}); put them "
+                             "in formulate() instead")
+        form = profile.with_budget(None)
+    else:
+        form = formulate(profile, None, **objective)
+    profile, problem, metric = form.profile, form.problem, form.metric
     info = profile.info
-    if problem is None:
-        problem = build_problem(profile, None, metric=metric, pins=pins, tie=tie, role_pins=role_pins)
-    kw = dict(fp_bytes=info.fp_bytes, fixed_bytes=info.fixed_bytes, quantizable_numel=info.quantizable_numel)
+    kw = budget_keywords(info)
     if n is not None:
         if budgets is not None:
             raise UsageError("give either budgets or --pareto N, not both")
@@ -238,7 +238,8 @@ def pareto(profile, budgets=None, *, n: int | None = None, metric: str = "auto",
         byte_budgets = [parse_budget(b, **kw).bytes for b in budgets]
     else:
         raise UsageError("a Pareto sweep needs budgets (START:STOP:STEP) or --pareto N")
-    points = sweep(problem, byte_budgets, solver=solver, progress=progress)
+    engine = get_solver(solver)
+    points = sweep(problem, byte_budgets, solver=engine, progress=progress)
     uniform = {k: v for k, v in uniform_points(problem).items() if k in profile.formats}  # not the variants
     result = {"points": points, "uniform": uniform, "files": {}}
     if out is None:
@@ -247,22 +248,14 @@ def pareto(profile, budgets=None, *, n: int | None = None, metric: str = "auto",
     for p in points:
         if p.choice is None:
             continue
-        if decode is None:
-            assignment, overrides = {n_: problem.formats[int(c)] for n_, c in zip(problem.layer_names, p.choice)}, []
-        else:
-            assignment, overrides = decode(p.choice)
-        plan = Plan.from_assignment(
-            info, assignment, budget={"spec": f"{p.budget_bytes}B", "bytes": p.budget_bytes}, weights=profile.weights,
-            overrides=overrides,
-            predictions={"objective": p.objective, "metric": metric, "formats": p.formats, **p.extra},
-            provenance={"solver": solver, "status": p.status, "seconds": round(p.seconds, 4), "metric": metric,
-                        "tie": bool(tie), "pins": parse_pins(pins), "sweep": True, "profile_digest": profile.digest,
-                        **(provenance or {})})
+        sol = Solution(p.choice, p.objective, p.total_bytes, p.status, engine.name, p.seconds)
+        plan = form.with_budget(f"{p.budget_bytes}B").to_plan(
+            sol, predictions={"formats": p.formats, **p.extra}, provenance={"sweep": True})
         path = out / "plans" / f"plan-{p.budget_bytes}B.yaml"
         plan.save(path)
         p.plan = str(path)
     solved = [p for p in points if p.total_bytes is not None]
-    meta = {"metric": metric, "solver": solver, "profile_digest": profile.digest, "fp_bytes": info.fp_bytes,
+    meta = {"metric": metric, "solver": engine.name, "profile_digest": profile.digest, "fp_bytes": info.fp_bytes,
             "smallest_feasible_bytes": min(p.total_bytes for p in solved), "extra": [c.name for c in problem.extra]}
     title = f"{info.denoiser_class}: {len(solved)} budgets, {format_bytes(byte_budgets[0])} to " \
             f"{format_bytes(byte_budgets[-1])}"

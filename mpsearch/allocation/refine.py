@@ -18,13 +18,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-from mpsearch.allocation.formulation import build_problem, parse_pins, resolve_metric
+from mpsearch.allocation.formulation import Formulation, formulate
 from mpsearch.allocation.solvers import get_solver
 from mpsearch.allocation.solvers.optuna_search import problem_digest
-from mpsearch.budget import parse_budget
+from mpsearch.errors import UsageError
 from mpsearch.metrics import ssim
 from mpsearch.plan import Plan
-from mpsearch.profiling.store import Profile
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.generation import generate_many
 
@@ -45,19 +44,12 @@ def evaluation_objective(pipe, info, problem, *, decode=None, labels=tuple(range
 
     reference = generate_many(pipe, labels, seeds, steps, guidance_scale)
     power = float(np.mean(np.square(reference))) or 1.0
-    names = problem.layer_names
 
     def evaluate(choice) -> dict:
-        if decode is None:
-            assignment, overrides = {n: problem.formats[int(c)] for n, c in zip(names, choice)}, []
-        else:
-            assignment, overrides = decode(choice)
+        assignment, overrides = (problem.assignment(choice), []) if decode is None else decode(choice)
         plan = Plan.from_assignment(info, assignment, overrides=overrides)
-        handle = apply_plan(pipe, plan, stash="memory", ignore_weights=True)
-        try:
+        with apply_plan(pipe, plan, stash="memory", ignore_weights=True):
             images = generate_many(pipe, labels, seeds, steps, guidance_scale)
-        finally:
-            handle.remove()
         if not per_image:
             return {"content": max(0.0, 1.0 - float(ssim(reference, images))),
                     "quality": float(np.mean(np.square(images - reference))) / power}
@@ -89,11 +81,15 @@ def validate_pick(pick: dict, base: dict, alpha: float = VALIDATION_ALPHA) -> di
             "kept": "search" if ratio < 1.0 and p < alpha else "ilp"}
 
 
-def refine(profile, pipe, budget="60%", *, trials: int = 30, metric: str = "auto", pins=None, tie: bool = False,
-           role_pins=None, storage: str | None = None, study_name: str | None = None, sampler: str = "nsga2",
-           seed: int = 0, labels=tuple(range(10)), seeds=SEARCH_SEEDS, steps: int = 8, progress: bool = False,
-           problem=None, decode=None, validation_seeds=VALIDATION_SEEDS):
+def refine(profile, pipe, budget="60%", *, trials: int = 30, storage: str | None = None,
+           study_name: str | None = None, sampler: str = "nsga2", seed: int = 0, labels=tuple(range(10)),
+           seeds=SEARCH_SEEDS, steps: int = 8, progress: bool = False, validation_seeds=VALIDATION_SEEDS,
+           **objective):
     """Search from the ILP's plans with real generations; returns ``(plan, report)``.
+
+    ``profile`` is a Profile, its path, or a :class:`~mpsearch.allocation.formulation.Formulation`; the
+    ``objective`` keywords (``metric``, ``pins``, ``role_pins``, ``tie``, ``compute``, ...) are
+    :func:`~mpsearch.allocation.formulation.formulate`'s (a compute budget's layer calls are recorded on ``pipe``).
 
     A search on a few seeds can fit them rather than the model: when it picks a plan other than the ILP's, both
     are scored again on ``validation_seeds`` and the ILP's plan is kept unless the pick is significantly better
@@ -104,15 +100,14 @@ def refine(profile, pipe, budget="60%", *, trials: int = 30, metric: str = "auto
     """
     from tqdm.auto import tqdm
 
-
-    if not isinstance(profile, Profile):
-        profile = Profile.load(profile)
-    metric = resolve_metric(profile, metric)
-    info = profile.info
-    b = parse_budget(budget, fp_bytes=info.fp_bytes, fixed_bytes=info.fixed_bytes,
-                     quantizable_numel=info.quantizable_numel)
-    problem = (build_problem(profile, b.bytes, metric=metric, pins=pins, tie=tie, role_pins=role_pins)
-               if problem is None else problem.with_budget(b.bytes))
+    if isinstance(profile, Formulation):
+        if objective:
+            raise UsageError(f"refine got a Formulation and objective keywords ({', '.join(objective)}); put them "
+                             "in formulate() instead")
+        form = profile.with_budget(budget)
+    else:
+        form = formulate(profile, budget, pipe=pipe, **objective)
+    info, problem, decode = form.profile.info, form.problem, form.decode
     settings = {"labels": list(labels), "seeds": list(seeds), "steps": int(steps), "sampler": sampler, "seed": seed}
     if study_name is None:
         tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
@@ -138,18 +133,11 @@ def refine(profile, pipe, budget="60%", *, trials: int = 30, metric: str = "auto
         report["validation"] = {"seeds": list(validation_seeds), **verdict}
         if report["validation"]["kept"] == "ilp":
             sol = ilp
-    if decode is None:
-        assignment, overrides = sol.assignment(problem), []
-    else:
-        assignment, overrides = decode(sol.choice)
-    plan = Plan.from_assignment(
-        info, assignment, budget=b.to_dict(), weights=profile.weights, overrides=overrides,
-        predictions={"objective": float(sol.objective), "metric": metric,
-                     "search": {k: report.get(k) for k in ("reference", "chosen", "trials", "feasible_trials",
-                                                               "validation")}},
-        provenance={"solver": "optuna", "status": sol.status, "seconds": round(float(seconds), 3),
-                    "metric": metric, "tie": bool(tie), "pins": parse_pins(pins), "seeded_by": "ilp",
-                    "study": study_name, "search": settings, "profile_digest": profile.digest})
+    plan = form.to_plan(
+        sol, predictions={"search": {k: report.get(k) for k in ("reference", "chosen", "trials", "feasible_trials",
+                                                                  "validation")}},
+        provenance={"solver": "optuna", "seconds": round(float(seconds), 4), "seeded_by": "ilp",
+                    "study": study_name, "search": settings})
     return plan, report
 
 

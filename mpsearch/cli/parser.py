@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mpsearch.version import __version__
 from mpsearch.cli.common import _Parser, _int_list, _shard, _str_list
@@ -11,6 +12,26 @@ from mpsearch.cli.inspecting import cmd_generate, cmd_inspect
 from mpsearch.cli.profiling import cmd_profile, cmd_profile_merge
 from mpsearch.cli.results import cmd_demo, cmd_eval, cmd_report
 from mpsearch.cli.solving import cmd_solve
+from mpsearch.allocation.joint import DEFAULT_ROUNDS
+
+
+def _deprecated(new: str, *, const=None, append: bool = False):
+    """An argparse action for an old flag kept as a hidden alias of ``new``: one line to stderr, then the same
+    effect as ``new`` (``const``: what a value-less old flag stores)."""
+
+    class Deprecated(argparse.Action):
+        def __init__(self, option_strings, dest, **kw):
+            super().__init__(option_strings, dest, nargs=0 if const is not None else None, **kw)
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"mpsearch: {option_string} is deprecated; use {new}", file=sys.stderr)
+            if const is not None:
+                values = const
+            if append:
+                values = (getattr(namespace, self.dest, None) or []) + [values]
+            setattr(namespace, self.dest, values)
+
+    return Deprecated
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,25 +109,36 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--profile", help="profile file (default profiles/default.sqlite)")
     sp.add_argument("--metric", default="auto", help="auto (gn where the profile has it, else rel_mse), gn, rel_mse, sqnr or cosine")
     sp.add_argument("--solver", default="ilp", help="ilp (CBC), highs, greedy")
-    sp.add_argument("--pin", action="append", default=None, metavar="REGEX=FORMAT", help="keep matching layers in a format")
+    sp.add_argument("--pins", action="append", default=None, metavar="REGEX=FORMAT",
+                    help="keep matching layers in a format (repeat for more)")
+    sp.add_argument("--pin", dest="pins", action=_deprecated("--pins", append=True), help=argparse.SUPPRESS)
     sp.add_argument("--tie", action="store_true", help="layers that read one input (q/k/v) share a format")
-    sp.add_argument("--weights", metavar="content=1,quality=1",
+    sp.add_argument("--objective-weights", metavar="content=1,quality=1",
                     help="decoupled end-to-end objective (needs `profile --end-to-end`): weights per kind or metric")
+    sp.add_argument("--weights", dest="objective_weights", action=_deprecated("--objective-weights"),
+                    help=argparse.SUPPRESS)
     sp.add_argument("--max-damage", type=float, metavar="F",
                     help="minimax: rule out any layer/format whose end-to-end damage exceeds F x the largest")
     sp.add_argument("--fp-act-windows", type=int, default=0, metavar="K",
                     help="keep activations fp in the K most damaging measured step windows (W4A4/W8A8 layers)")
     cache = sp.add_mutually_exclusive_group()
-    cache.add_argument("--cache-steps", type=int, metavar="K", help="also schedule a feature cache: K full computations")
+    cache.add_argument("--full-computations", type=int, metavar="K",
+                       help="also schedule a feature cache: K full computations")
+    cache.add_argument("--cache-steps", dest="full_computations", type=int,
+                       action=_deprecated("--full-computations"), help=argparse.SUPPRESS)
     cache.add_argument("--speedup", type=float, metavar="X", help="also schedule a feature cache for an ideal speedup X")
     sp.add_argument("--cache-method", default="dp", choices=("dp", "uniform", "threshold"), help="cache scheduler")
     sp.add_argument("--cache-unit", help="cacheable unit (default: the largest; see `mpsearch inspect`)")
     sp.add_argument("--model", default="default", help="with a cache: the pipeline the reuse costs are measured on")
     sp.add_argument("--warmup", type=int, default=2, help="with a cache: first steps always computed")
     sp.add_argument("--max-reuse", type=int, default=None, help="with a cache: at most this many reuses in a row")
-    sp.add_argument("--rounds", type=int, default=2, help="with a cache: solve/schedule rounds")
-    sp.add_argument("--no-default-pins", action="store_true",
-                    help="do not pin fragile layers by role (embedders, first/last projections: fp; AdaLN: int8)")
+    sp.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+                    help=f"with a cache: solve/schedule rounds (default {DEFAULT_ROUNDS})")
+    sp.add_argument("--role-pins", default=None, metavar="default|none|ROLE=FORMAT,...",
+                    help="pin fragile layers by role: default (embedders, first/last projections: fp; AdaLN: int8), "
+                    "none, or your own, e.g. time_embed=fp,modulation=int8")
+    sp.add_argument("--no-default-pins", dest="role_pins", action=_deprecated("--role-pins none", const="none"),
+                    help=argparse.SUPPRESS)
     sp.add_argument("--arch", help="plan without weights for a real architecture (" + arch_help.split(": ")[1] + ")")
     sp.add_argument("--dtype", help="with --arch: float16, bfloat16 or float32 (default: the model's own)")
     sp.add_argument("--out", help="plan path (default plans/<profile>-<budget>.yaml); a folder for a sweep")

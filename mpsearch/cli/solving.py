@@ -7,21 +7,43 @@ from pathlib import Path
 
 from mpsearch.errors import UsageError
 from mpsearch.cli.common import _budget_slug, _emit, _table
-from mpsearch.allocation.compute import compute_problem, parse_compute, record_layer_calls
+from mpsearch.allocation.formulation import check_compute, formulate
 from mpsearch.allocation.joint import solve_joint
 from mpsearch.allocation.pareto import pareto
 from mpsearch.allocation.refine import default_storage, refine
-from mpsearch.allocation.solvers import get_solver
-from mpsearch.allocation.solving import build_problem, parse_pins, solve
 from mpsearch.archs import plan_without_weights
 from mpsearch.budget import format_bytes, parse_budget
 from mpsearch.cache_units import cache_units, compute_shares
-from mpsearch.models import get_denoiser
+from mpsearch.models import Role, get_denoiser
 from mpsearch import pipeline
 
 from mpsearch.plan import Plan
 from mpsearch.profiling.profiler import default_profile_path
 from mpsearch.profiling.store import Profile
+
+
+def parse_role_pins(spec):
+    """``--role-pins``: ``default`` (None: ``models.DEFAULT_ROLE_PINS``), ``none`` ({}) or ``ROLE=FORMAT,...``."""
+    if spec is None or spec == "default":
+        return None
+    if spec == "none":
+        return {}
+    out = {}
+    for item in spec.split(","):
+        role, sep, fmt = item.strip().partition("=")
+        if not sep or role not in {r.value for r in Role} or not fmt:
+            raise UsageError(f"--role-pins {spec!r}: {item.strip()!r} is not ROLE=FORMAT with a known role; use "
+                             f"default, none, or e.g. time_embed=fp,modulation=int8 (roles: "
+                             f"{', '.join(r.value for r in Role)})")
+        out[role] = fmt
+    return out
+
+
+def _objective(args) -> dict:
+    """The solve flags as :func:`~mpsearch.allocation.formulation.formulate`'s keywords (same names)."""
+    return dict(metric=args.metric, pins=args.pins, tie=args.tie, role_pins=parse_role_pins(args.role_pins),
+                objective_weights=args.objective_weights, max_damage=args.max_damage,
+                fp_act_windows=args.fp_act_windows)
 
 
 def cmd_solve(args) -> int:
@@ -30,72 +52,34 @@ def cmd_solve(args) -> int:
         raise UsageError("solve needs --budget (e.g. 60%, 600KB, or a sweep 400KB:900KB:50KB) or --pareto N")
     if args.compute_cost is not None and not args.compute:
         raise UsageError(f"--compute-cost {args.compute_cost} prices a compute budget: give one too, e.g. --compute 50%")
-    if args.pareto is not None or ":" in args.budget or args.search != "ilp" or args.compute:
-        return _solve_search_modes(args)
-    parse_budget(args.budget, fp_bytes=1, quantizable_numel=1)  # a malformed budget fails before any work
+    sweeping = args.pareto is not None or (args.budget is not None and ":" in args.budget)
+    searching = sweeping or args.search != "ilp" or args.compute
+    if searching and (args.arch or args.full_computations is not None or args.speedup is not None):
+        raise UsageError("--pareto, budget ranges, --compute and --search optuna do not combine with --arch or a "
+                         "cache schedule; run them separately")
+    if sweeping and args.search != "ilp":
+        raise UsageError("--search optuna refines one budget; give a single --budget, not a sweep")
+    if not sweeping:
+        parse_budget(args.budget, fp_bytes=1, quantizable_numel=1)  # a malformed budget fails before any work
     if args.arch:
         return _solve_arch(args)
     prof_path = Path(args.profile) if args.profile else default_profile_path()
     prof = Profile.load(prof_path)
-    if args.cache_steps is not None or args.speedup is not None:
+    if args.full_computations is not None or args.speedup is not None:
         return _solve_with_cache(args, prof, prof_path)
-    plan = solve(prof, args.budget, metric=args.metric, solver=args.solver, pins=args.pin, tie=args.tie,
-                 role_pins={} if args.no_default_pins else None, weights=args.weights,
-                 max_damage=args.max_damage, fp_act_windows=args.fp_act_windows)
-    out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{_budget_slug(args.budget)}.yaml"
-    plan.save(out)
-    counts = plan.format_counts()
-    data = {"plan": str(out), "budget": plan.budget, "bytes": plan.predicted_bytes, "formats": counts,
-            "objective": plan.predictions.get("objective"), "solver": plan.provenance.get("solver"),
-            "status": plan.provenance.get("status"), "seconds": plan.provenance.get("seconds")}
-    return _emit(args, data, [f"plan {out}: {format_bytes(plan.predicted_bytes)} ({plan.predicted_bytes:,} B) "
-                              f"<= budget {args.budget} ({plan.budget['bytes']:,} B); "
-                              + ", ".join(f"{k}: {v}" for k, v in counts.items())
-                              + f"; objective {plan.predictions.get('objective'):.4g} ({plan.provenance.get('status')})"])
-
-
-def _solve_search_modes(args) -> int:
-    """solve --budget START:STOP:STEP | --pareto N | --compute C | --search optuna (mpsearch.allocation.pareto, .compute,
-    .refine)."""
-
-    if args.arch or args.cache_steps is not None or args.speedup is not None:
-        raise UsageError("--pareto, budget ranges, --compute and --search optuna do not combine with --arch or a "
-                         "cache schedule; run them separately")
-    sweeping = args.pareto is not None or (args.budget is not None and ":" in args.budget)
-    if sweeping and args.search != "ilp":
-        raise UsageError("--search optuna refines one budget; give a single --budget, not a sweep")
-    prof_path = Path(args.profile) if args.profile else default_profile_path()
-    prof = Profile.load(prof_path)
-    role_pins = {} if args.no_default_pins else None
-    base = build_problem(prof, None, metric=args.metric, pins=args.pin, tie=args.tie, role_pins=role_pins)
-    problem, decode, pipe, compute_info, cm, latency = base, None, None, None, None, None
+    objective, pipe = _objective(args), None
     if args.compute:
-
-        if args.compute_cost == "latency":
-            latency = prof.latency()
-            if latency is None:
-                raise UsageError(f"profile {prof_path} has no latency table for --compute-cost latency; measure one on "
-                                 f"this machine with `mpsearch profile --latency --out {prof_path}` (it keeps the "
-                                 "profile's measurements)")
-        parse_compute(args.compute, 1.0, "s" if latency is not None else "bops")  # malformed: fail before any work
+        check_compute(prof, args.compute, args.compute_cost)  # malformed, or no latency table: before any work
         pipe = pipeline.load_pipeline(args.model)
-        calls = record_layer_calls(pipe, prof.info, steps=prof.steps, windows=args.act_windows,
-                                   formats=prof.formats[1:])
-        cm = compute_problem(prof, base, calls, args.compute, metric=args.metric,
-                             cost=latency if latency is not None else "bops")
-        problem, decode = cm.problem, cm.decode
-        compute_info = {"cost": cm.kind, "unit": cm.unit, "limit": cm.limit, "full": cm.full, "windows": cm.windows}
-        if cm.kind == "bops":
-            compute_info.update(limit_bops=cm.limit, full_bops=cm.full)
-        else:
-            compute_info.update({k: cm.info.get(k) for k in ("device", "torch", "threads", "measured_at")})
+        objective.update(compute=args.compute, compute_cost=args.compute_cost or "bops",
+                         act_windows=args.act_windows, pipe=pipe)
+    form = formulate(prof, None if sweeping else args.budget, **objective)
+    compute_info = form.compute_info()
     slug = _budget_slug(args.budget or f"pareto{args.pareto}") + (f"-c{_budget_slug(args.compute)}" if args.compute else "")
     if sweeping:
-
         out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{slug}"
-        r = pareto(prof, None if args.pareto is not None else args.budget, n=args.pareto, metric=args.metric,
-                   solver=args.solver, pins=args.pin, tie=args.tie, role_pins=role_pins, out=out,
-                   progress=not args.json, problem=problem, decode=decode)
+        r = pareto(form, None if args.pareto is not None else args.budget, n=args.pareto, solver=args.solver,
+                   out=out, progress=not args.json)
         points = [p.to_dict() for p in r["points"]]
         data = {"folder": str(out), "files": r["files"], "points": points, "uniform": r["uniform"],
                 "compute": compute_info}
@@ -105,46 +89,34 @@ def _solve_search_modes(args) -> int:
                         for p in points], ["budget", "status", "bytes", "objective", "frontier"])
         return _emit(args, data, lines + [f"wrote {', '.join(r['files'].values())} and {sum(1 for p in points if p['plan'])} "
                                           f"plans under {out}/plans"])
+    report = None
     if args.search == "optuna":
-
         pipe = pipe or pipeline.load_pipeline(args.model)
-        storage = args.storage or default_storage(prof_path)
-        plan, report = refine(prof, pipe, args.budget, trials=args.trials, metric=args.metric, pins=args.pin,
-                              tie=args.tie, role_pins=role_pins, storage=storage, sampler=args.sampler,
-                              seeds=tuple(args.search_seeds), steps=args.search_steps, progress=not args.json,
-                              problem=problem, decode=decode)
+        plan, report = refine(form, pipe, args.budget, trials=args.trials,
+                              storage=args.storage or default_storage(prof_path), sampler=args.sampler,
+                              seeds=tuple(args.search_seeds), steps=args.search_steps, progress=not args.json)
         slug += "-optuna"
     else:
-
-        b = parse_budget(args.budget, fp_bytes=prof.info.fp_bytes, fixed_bytes=prof.info.fixed_bytes,
-                         quantizable_numel=prof.info.quantizable_numel)
-        sol = get_solver(args.solver).solve(problem.with_budget(b.bytes))
-        assignment, overrides = decode(sol.choice)
-        plan = Plan.from_assignment(
-            prof.info, assignment, budget=b.to_dict(), weights=prof.weights, overrides=overrides,
-            predictions={"objective": float(sol.objective), "metric": args.metric},
-            provenance={"solver": sol.solver, "status": sol.status, "seconds": round(float(sol.seconds), 4),
-                        "metric": args.metric, "tie": bool(args.tie), "pins": parse_pins(args.pin),
-                        "profile_digest": prof.digest})
-        report = None
-    if cm is not None:  # which compute cost priced the plan, and what it predicts
-        choice = cm.encode(plan.layers, plan.overrides)
-        plan.predictions.update(cm.predictions(choice))
-        plan.provenance.update(compute=args.compute, compute_cost=cm.kind)
-        if latency is not None:
-            plan.provenance["latency"] = {"device": latency.device, **{k: latency.meta.get(k) for k in
-                                                                       ("torch", "threads", "measured_at")}}
-        compute_info["predicted"] = cm.value(choice)
+        plan = form.to_plan(form.solve(args.solver))
+    if form.compute is not None:
+        compute_info = form.compute_info(form.compute.encode(plan.layers, plan.overrides))
     out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{slug}.yaml"
     plan.save(out)
+    return _emit(args, *_plan_report(args, plan, out, form, compute_info, report))
+
+
+def _plan_report(args, plan, out, form, compute_info, report) -> tuple[dict, list[str]]:
+    """The JSON object and the lines `solve` prints for one plan."""
     counts = plan.format_counts()
     data = {"plan": str(out), "budget": plan.budget, "bytes": plan.predicted_bytes, "formats": counts,
             "objective": plan.predictions.get("objective"), "solver": plan.provenance.get("solver"),
-            "status": plan.provenance.get("status"), "overrides": len(plan.overrides), "compute": compute_info,
-            "search": report}
-    lines = [f"plan {out}: {format_bytes(plan.predicted_bytes)} ({plan.predicted_bytes:,} B); "
-             + ", ".join(f"{k}: {v}" for k, v in counts.items())
+            "status": plan.provenance.get("status"), "seconds": plan.provenance.get("seconds"),
+            "overrides": len(plan.overrides), "compute": compute_info, "search": report}
+    lines = [f"plan {out}: {format_bytes(plan.predicted_bytes)} ({plan.predicted_bytes:,} B) <= budget {args.budget} "
+             f"({plan.budget['bytes']:,} B); " + ", ".join(f"{k}: {v}" for k, v in counts.items())
+             + f"; objective {plan.predictions.get('objective'):.4g} ({plan.provenance.get('status')})"
              + (f"; {len(plan.overrides)} fp-activation windows" if plan.overrides else "")]
+    cm = form.compute
     if cm is not None:
         p = compute_info["predicted"]
         shown = (lambda v: f"{v * 1e3:.4g} ms") if cm.kind == "latency" else (lambda v: f"{v:.4g} bit operations")
@@ -160,7 +132,7 @@ def _solve_search_modes(args) -> int:
             kept = "kept" if v["kept"] == "search" else "not significant, the ILP's plan is kept"
             lines.append(f"validation on seeds {v['seeds']} ({v['images']} images): the pick scores "
                          f"{v['score_vs_ilp']:.3f} x the ILP's plan, one-sided Wilcoxon p = {v['p_value']:.3g}: {kept}")
-    return _emit(args, data, lines)
+    return data, lines
 
 
 def _solve_arch(args) -> int:
@@ -168,7 +140,8 @@ def _solve_arch(args) -> int:
 
     if args.profile:
         raise UsageError("give either --arch (plan without weights) or --profile (plan from measurements), not both")
-    r = plan_without_weights(args.arch, args.budget, dtype=args.dtype, role_pins={} if args.no_default_pins else None)
+    role_pins = parse_role_pins(args.role_pins)
+    r = plan_without_weights(args.arch, args.budget, dtype=args.dtype, role_pins=role_pins)
     info, assignment = r.pop("info"), r.pop("assignment")
     lines = [f"{args.arch} ({r['class']}) under {args.budget} ({r['budget']['bytes']:,} B), without weights:",
              f"feasible: {'yes' if r['feasible'] else 'no'} (smallest possible {format_bytes(r['min_bytes'])}, "
@@ -188,8 +161,8 @@ def _solve_arch(args) -> int:
         lines += ["", f"role-based plan: {r['role_plan']['step']} -> {format_bytes(r['role_plan']['bytes'])}, "
                       f"written to {out}"]
     else:
-        lines += ["", "no role-based plan fits this budget" + (" with the default pins (try --no-default-pins)"
-                                                              if r["feasible"] and not args.no_default_pins else "")]
+        lines += ["", "no role-based plan fits this budget" + (" with the default pins (try --role-pins none)"
+                                                              if r["feasible"] and role_pins is None else "")]
     lines += [f"needs a profile: {r['needs_profile']}"]
     return _emit(args, r, lines)
 
@@ -204,14 +177,17 @@ def _cache_units(pipe) -> list[dict]:
 
 
 def _solve_with_cache(args, prof, prof_path) -> int:
-    """solve --cache-steps K | --speedup X: formats and cache schedule in one plan (mpsearch.allocation.joint)."""
+    """solve --full-computations K | --speedup X: formats and cache schedule in one plan (mpsearch.allocation.joint)."""
 
-    options = {"role_pins": {}} if getattr(args, "no_default_pins", False) else {}
+    objective = _objective(args)
+    if objective.pop("objective_weights") is not None or objective.pop("max_damage") is not None \
+            or objective.pop("fp_act_windows"):
+        raise UsageError("a cache schedule solves the local objective; --objective-weights, --max-damage and "
+                         "--fp-act-windows do not combine with --full-computations/--speedup: run them separately")
     pipe = pipeline.load_pipeline(args.model)
-    plan = solve_joint(prof, pipe, args.budget, full_computations=args.cache_steps, speedup=args.speedup,
+    plan = solve_joint(prof, pipe, args.budget, full_computations=args.full_computations, speedup=args.speedup,
                        method=args.cache_method, unit=args.cache_unit, warmup=args.warmup,
-                       max_reuse=args.max_reuse, rounds=args.rounds, metric=args.metric, solver=args.solver,
-                       pins=args.pin, tie=args.tie, **options)
+                       max_reuse=args.max_reuse, rounds=args.rounds, solver=args.solver, **objective)
     slug = f"{_budget_slug(args.budget)}-{args.cache_method}{sum(plan.cache['compute'])}"
     out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{slug}.yaml"
     plan.save(out)

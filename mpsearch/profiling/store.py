@@ -41,6 +41,7 @@ from mpsearch.errors import ProfileError, UsageError
 from mpsearch.models import LayerInfo, ModelInfo, Role
 from mpsearch.errors import FormatError
 from mpsearch.formats import get_format
+from mpsearch.metrics import get_metric, profile_metrics
 from mpsearch.profiling.latency import LatencyTable
 
 SCHEMA = 1
@@ -59,7 +60,8 @@ CREATE TABLE IF NOT EXISTS latency (layer INTEGER, format TEXT, act TEXT, second
     PRIMARY KEY (layer, format, act));
 """
 _LATENCY_KEY = "latency"  # meta key: device, torch, threads, measured_at, formats, and how it was measured
-LOCAL_METRICS = ("rel_mse", "sqnr", "cosine", "gn")
+#: the metrics a profile's statistics give (``mpsearch.metrics.profile_metrics``: rel_mse, sqnr, cosine, gn)
+LOCAL_METRICS = profile_metrics()
 
 
 def info_to_dict(info: ModelInfo) -> dict:
@@ -227,7 +229,7 @@ class Profile:
     @property
     def metrics(self) -> tuple[str, ...]:
         """The local metrics this profile can give (``gn`` needs the output-sensitivity measurements)."""
-        return tuple(m for m in LOCAL_METRICS if m != "gn" or self.sensitivity is not None)
+        return tuple(m for m in LOCAL_METRICS if not get_metric(m).needs_sensitivity or self.sensitivity is not None)
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -238,23 +240,21 @@ class Profile:
         return self.info.blocks
 
     def metric(self, name: str) -> np.ndarray:
-        """(layers, formats, steps) array of a local metric; NaN where a format is ineligible."""
-        err2, ref2, out2, dot = (self.stats[..., i] for i in range(4))
+        """(layers, formats, steps) array of a profile metric (``mpsearch.metrics``' registry says how each is
+        computed from the stored sums); NaN where a format is ineligible."""
+        m = get_metric(name) if name in LOCAL_METRICS else None
+        if m is None:
+            raise ProfileError(f"unknown local metric {name!r}; expected one of {', '.join(LOCAL_METRICS)}")
+        if m.needs_sensitivity and self.sensitivity is None:
+            raise ProfileError(f"{self.path} has no output-sensitivity measurements (it was made before "
+                               f"mpsearch measured them), so the {name!r} metric is unavailable; profile again "
+                               "into a new file, or use --metric rel_mse")
         with np.errstate(divide="ignore", invalid="ignore"):
-            if name == "rel_mse":
-                return err2 / np.maximum(ref2, 1e-30)
-            if name == "sqnr":
-                return np.minimum(200.0, 10 * np.log10(np.maximum(ref2, 1e-30) / np.maximum(err2, 1e-30)))
-            if name == "cosine":
-                return dot / np.maximum(np.sqrt(ref2 * out2), 1e-30)
-            if name == "gn":
-                if self.sensitivity is None:
-                    raise ProfileError(f"{self.path} has no output-sensitivity measurements (it was made before "
-                                       "mpsearch measured them), so the 'gn' metric is unavailable; profile again "
-                                       "into a new file, or use --metric rel_mse")
-                g2, n = self.sensitivity[..., 0], self.sensitivity[..., 1]
-                return err2 * (g2 / np.maximum(n, 1.0))[:, None, :]
-        raise ProfileError(f"unknown local metric {name!r}; expected one of {', '.join(LOCAL_METRICS)}")
+            return m.from_stats(self.stats, self.sensitivity)
+
+    def errors(self, name: str) -> np.ndarray:
+        """(layers, formats, steps) of :meth:`metric` turned into an error (0 = none, larger = worse)."""
+        return get_metric(name).error(self.metric(name))
 
     def latency(self):
         """The latency table stored in the profile file (``mpsearch profile --latency``), or None if it has

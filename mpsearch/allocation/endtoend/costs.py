@@ -15,7 +15,8 @@ import numpy as np
 
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.formats import get_format
-from mpsearch.allocation.formulation import layer_costs, resolve_metric
+from mpsearch.metrics import get_metric
+from mpsearch.allocation.objective import layer_costs, resolve_metric
 from mpsearch.profiling.store import Profile
 from mpsearch.profiling.endtoend.results import E2EResults, load_results
 from mpsearch.profiling.endtoend.scores import METRIC_KIND, OBJECTIVE_METRICS
@@ -152,8 +153,7 @@ def e2e_costs(profile: Profile, weights=None, *, res: E2EResults | None = None, 
         for k in keys:
             est[k] = max(measured[k][m], 0.0)
         est[:, 0] = 0.0
-        top = est[np.isfinite(est)].max()
-        per_metric[m] = est / top if top > 0 else est
+        per_metric[m] = get_metric(m).normalize(est)
         fits[m] = len(keys)
     cost = np.zeros((L, F))
     for name, w in weights.items():

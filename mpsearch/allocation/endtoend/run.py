@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mpsearch.errors import UsageError
-from mpsearch.allocation.formulation import layer_costs
+from mpsearch.allocation.objective import layer_costs
 from mpsearch.profiling.store import Profile
 from mpsearch.profiling.endtoend.measuring import measure
 from mpsearch.profiling.endtoend.results import E2EResults, load_results

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpsearch.allocation.formulation import build_problem
+from mpsearch.allocation.objective import build_problem
 from mpsearch.profiling.store import Profile
 from mpsearch.profiling.endtoend.units import Unit, step_windows
 from mpsearch.allocation.solvers import get_solver, min_feasible_bytes

@@ -1,7 +1,8 @@
 """Solvers: turn a :class:`Problem` (cost and bytes per layer and format, a budget) into a :class:`Solution`.
 
 Array-level only; building a Problem from a profile is the caller's job. Solvers by name
-(``get_solver(name, **options)``):
+(``get_solver(name, **options)``), or as instances of the classes exported here (every ``solver=`` takes either:
+``solver="ilp"`` or ``solver=IlpSolver(time_limit=5)``):
 
 * ``"ilp"`` (alias ``"cbc"``): exact, CBC through PuLP.
 * ``"highs"``: exact, HiGHS through scipy.optimize.milp (same formulation; a cross-check).
@@ -34,6 +35,9 @@ from mpsearch.allocation.solvers.ilp_pulp import PulpCbcSolver
 from mpsearch.allocation.solvers.optuna_search import OptunaSolver
 from mpsearch.allocation.solvers.randomized import RandomSolver
 
+#: the ``"ilp"`` solver (CBC through PuLP), by its role: ``solve(..., solver=IlpSolver(time_limit=5))``
+IlpSolver = PulpCbcSolver
+
 __all__ = [
     "BaseSolver",
     "BruteForceSolver",
@@ -41,6 +45,7 @@ __all__ = [
     "Decisions",
     "GreedySolver",
     "HighsSolver",
+    "IlpSolver",
     "NoSolutionFoundError",
     "OptunaSolver",
     "Problem",

@@ -148,7 +148,7 @@ def row_excess(problem: Problem, choice: np.ndarray, *, with_budget: bool = True
     return np.array(out, dtype=np.float64)
 
 
-class IlpSolver(BaseSolver):
+class IlpBackend(BaseSolver):
     """An exact solver: builds :class:`LinearModel` and hands it to a backend (:meth:`_run`).
 
     Options: ``time_limit`` (seconds, None = no limit). When the limit stops the backend with a feasible

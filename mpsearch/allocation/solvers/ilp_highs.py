@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 
 from mpsearch.errors import OptionalDependencyError
-from mpsearch.allocation.solvers._ilp import IlpSolver, LinearModel, RunResult
+from mpsearch.allocation.solvers._ilp import IlpBackend, LinearModel, RunResult
 from mpsearch.allocation.solvers.base import SolverError
 from mpsearch.allocation.solvers.registry import register_solver
 
@@ -47,7 +47,7 @@ def _native_stdout_silenced():
 
 
 @register_solver
-class HighsSolver(IlpSolver):
+class HighsSolver(IlpBackend):
     """Exact: HiGHS via scipy.optimize.milp. Options: ``time_limit`` (seconds, default None = none)."""
 
     name = "highs"

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 
 from mpsearch.errors import OptionalDependencyError
-from mpsearch.allocation.solvers._ilp import IlpSolver, LinearModel, RunResult
+from mpsearch.allocation.solvers._ilp import IlpBackend, LinearModel, RunResult
 from mpsearch.allocation.solvers.base import SolverError
 from mpsearch.allocation.solvers.registry import register_solver
 
@@ -26,7 +26,7 @@ def _import_pulp():
 
 
 @register_solver
-class PulpCbcSolver(IlpSolver):
+class PulpCbcSolver(IlpBackend):
     """Exact: CBC through PuLP. Options: ``time_limit`` (seconds, default None = none)."""
 
     name = "ilp"

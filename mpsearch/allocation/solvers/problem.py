@@ -368,6 +368,14 @@ class Problem:
         """The same problem under another budget (e.g. for a Pareto sweep)."""
         return replace(self, budget_bytes=budget_bytes, pins=dict(self.pins))
 
+    def assignment(self, choice) -> dict[str, str]:
+        """Layer name -> format name of a per-layer ``choice`` (indices into ``formats``), in layer order."""
+        choice = np.asarray(choice)
+        if choice.shape != (self.n_layers,):
+            raise UsageError(f"a choice needs one format index per layer ({self.n_layers}), got shape "
+                             f"{choice.shape}; pass the problem it was solved for")
+        return {name: self.formats[int(f)] for name, f in zip(self.layer_names, choice)}
+
     def total_bytes(self, choice: np.ndarray) -> int:
         """``fixed_bytes`` + the bytes of every layer in its chosen format (exact)."""
         choice = np.asarray(choice, dtype=np.int64)

@@ -43,8 +43,14 @@ def available_solvers() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def get_solver(name: str, **options: object) -> BaseSolver:
-    """A new solver instance by name or alias, e.g. ``get_solver("ilp", time_limit=60)``."""
+def get_solver(name: "str | BaseSolver", **options: object) -> BaseSolver:
+    """A new solver instance by name or alias, e.g. ``get_solver("ilp", time_limit=60)``; a solver instance
+    (``IlpSolver(time_limit=5)``) is returned as it is, so every ``solver=`` takes either."""
+    if isinstance(name, BaseSolver):
+        if options:
+            raise UsageError(f"options {', '.join(sorted(options))} go to the solver's constructor; {name!r} is "
+                             "already built: pass them there, or pass the solver's name")
+        return name
     if not isinstance(name, str):
         raise UsageError(f"a solver name must be a string, got {name!r}; valid names: {', '.join(available_solvers())}")
     key = name.strip().lower()

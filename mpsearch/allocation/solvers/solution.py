@@ -51,4 +51,4 @@ class Solution:
                 f"this solution has {len(self.choice)} layers but the problem has {len(problem.layer_names)}; "
                 "pass the problem it was solved for"
             )
-        return {name: problem.formats[int(f)] for name, f in zip(problem.layer_names, self.choice)}
+        return problem.assignment(self.choice)

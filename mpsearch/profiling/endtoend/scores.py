@@ -15,32 +15,26 @@ import numpy as np
 import torch
 
 from mpsearch.errors import UsageError
-from mpsearch.metrics import frechet_distance, psnr, sqnr, ssim
+from mpsearch.metrics import end_to_end_metrics, frechet_distance, get_metric, psnr, sqnr, ssim
 from mpsearch.classifier import load_classifier, to_tensor
 
 __all__ = ["METRIC_KIND", "OBJECTIVE_METRICS", "damage", "default_scorers", "score_images"]
 
-#: what each stored metric measures; the objective averages the metrics of a kind (class_agreement is stored
-#: and reported but left out of the objective: with a few dozen images it moves in coarse steps)
-METRIC_KIND = {"ssim": "content", "condition": "content", "class_agreement": "content",
-               "psnr": "quality", "sqnr": "quality", "frechet": "quality"}
+#: the metrics the end-to-end tier stores, and their kind (from ``mpsearch.metrics``' registry); the objective
+#: averages the metrics of a kind (class_agreement is stored and reported but left out of the objective: with
+#: a few dozen images it moves in coarse steps)
+METRIC_KIND = {m: end_to_end_metrics()[m] for m in ("ssim", "condition", "class_agreement", "psnr", "sqnr",
+                                                    "frechet")}
 OBJECTIVE_METRICS = {"content": ("ssim", "condition"), "quality": ("psnr", "frechet")}
 
 
 def damage(metric: str, value, fp_value):
-    """A stored metric value turned into damage against full precision (0 = none, larger = worse):
-    1 - SSIM; 10^(-dB/10) for PSNR and SQNR (the MSE they stand for); the drop in condition score or class
-    agreement from full precision's own; the Frechet distance itself."""
-    value = np.asarray(value, dtype=float)
-    if metric == "ssim":
-        return 1.0 - value
-    if metric in ("psnr", "sqnr"):
-        return 10.0 ** (-value / 10.0)
-    if metric in ("condition", "class_agreement"):
-        return float(fp_value) - value
-    if metric == "frechet":
-        return value
-    raise UsageError(f"unknown end-to-end metric {metric!r}; expected one of {', '.join(METRIC_KIND)}")
+    """A stored metric value turned into damage against full precision (0 = none, larger = worse): the
+    registry's error of the metric (1 - SSIM; 10^(-dB/10) for PSNR and SQNR; the drop in condition score or
+    class agreement from full precision's ``fp_value``; the Frechet distance itself)."""
+    if metric not in METRIC_KIND:
+        raise UsageError(f"unknown end-to-end metric {metric!r}; expected one of {', '.join(METRIC_KIND)}")
+    return get_metric(metric).error(value, fp_value)
 
 
 def default_scorers(pipe, conditions):

@@ -1,0 +1,166 @@
+"""The one formulation path: every caller (solve, Pareto, joint, refine, CLI) goes through it and gives the same
+plan and provenance for the same inputs; solver instances, compute budgets from Python, deprecated spellings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import mpsearch
+from mpsearch import cli
+from mpsearch.allocation import formulation as formulation_mod
+from mpsearch.allocation.formulation import Formulation, formulate
+from mpsearch.allocation.joint import solve_joint
+from mpsearch.allocation.pareto import pareto
+from mpsearch.allocation.solvers import HighsSolver, IlpSolver, get_solver
+from mpsearch.cli.parser import build_parser
+from mpsearch.errors import ProfileError, UsageError
+from mpsearch.plan import Plan
+from mpsearch.workflow import profile
+
+SAME = ("solver", "metric", "tie", "pins", "role_pins", "step_weights", "profile_digest", "profile_config")
+
+
+@pytest.fixture
+def prof(dit_pipe, tmp_path):
+    return profile(dit_pipe, out=tmp_path / "p.sqlite", steps=4, seeds=(0,), labels=(1, 2), progress=False)
+
+
+def _budget(prof) -> int:
+    """A budget between uniform int8 and int4 (it binds, so the solver has to choose)."""
+    info = prof.info
+    int8 = info.bytes_for({l.name: "int8" if "int8" in l.eligible else "fp" for l in info.layers})
+    int4 = info.bytes_for({l.name: "int4" if "int4" in l.eligible else "fp" for l in info.layers})
+    return (int8 + int4) // 2
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts the plans made by Formulation.to_plan (the one place plans are made from solver answers)."""
+    calls = []
+    original = Formulation.to_plan
+
+    def to_plan(self, solution, **kw):
+        calls.append(self)
+        return original(self, solution, **kw)
+
+    monkeypatch.setattr(Formulation, "to_plan", to_plan)
+    return calls
+
+
+def test_every_caller_gives_the_same_plan_through_one_formulation(prof, dit_pipe, tmp_path, monkeypatch, capsys, spy):
+    b = _budget(prof)
+    pins = ["proj_out=fp"]
+    direct = mpsearch.solve(prof, f"{b}B", role_pins={}, pins=pins)
+    assert len(spy) == 1 and direct.provenance["role_pins"] == {} and direct.provenance["pins"] == {"proj_out": "fp"}
+
+    swept = pareto(prof, [b], role_pins={}, pins=pins, out=tmp_path / "sweep")
+    assert len(spy) == 2
+    point = Plan.load(swept["points"][0].plan)
+
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["solve", "--profile", "p.sqlite", "--budget", f"{b}B", "--role-pins", "none", "--pins",
+                     "proj_out=fp", "--out", "cli.yaml", "--json"])
+    assert code == 0 and len(spy) == 3
+    assert json.loads(capsys.readouterr().out)["plan"] == "cli.yaml"
+    from_cli = Plan.load(tmp_path / "cli.yaml")
+
+    monkeypatch.setattr("mpsearch.allocation.joint.measure_costs",  # no generation: a cost that reuses nothing well
+                        lambda pipe, unit, steps, **kw: np.ones((steps, steps)))
+    joint = solve_joint(prof, dit_pipe, f"{b}B", full_computations=3, rounds=1, role_pins={}, pins=pins)
+    assert len(spy) == 4
+
+    for plan in (point, from_cli, joint):
+        assert plan.layers == direct.layers and plan.budget == direct.budget
+        assert plan.predictions["objective"] == pytest.approx(direct.predictions["objective"], rel=1e-12)
+        assert {k: plan.provenance[k] for k in SAME} == {k: direct.provenance[k] for k in SAME}
+    assert point.provenance["sweep"] is True and joint.cache is not None
+
+
+def test_solver_by_instance(prof):
+    b = f"{_budget(prof)}B"
+    by_name = mpsearch.solve(prof, b, role_pins={}, solver="highs")
+    by_instance = mpsearch.solve(prof, b, role_pins={}, solver=HighsSolver(time_limit=30))
+    assert by_instance.layers == by_name.layers and by_instance.provenance["solver"] == "highs"
+    ilp = mpsearch.solve(prof, b, role_pins={}, solver=IlpSolver(time_limit=30))
+    assert ilp.provenance["solver"] == "ilp"
+    assert ilp.predictions["objective"] == pytest.approx(by_name.predictions["objective"], abs=1e-9)
+    with pytest.raises(UsageError, match="already built"):
+        get_solver(IlpSolver(), time_limit=5)
+
+
+def test_compute_budget_from_python_matches_the_cli(prof, dit_pipe, tmp_path, monkeypatch, capsys):
+    plan = mpsearch.solve(prof, "80%", compute="50%", pipe=dit_pipe, role_pins={})
+    assert plan.predictions["compute_cost"] == "bops" and plan.predictions["compute_share"] <= 0.5 + 1e-9
+    assert plan.provenance["compute"] == "50%" and plan.provenance["compute_cost"] == "bops"
+    assert plan.provenance["role_pins"] == {}  # the provenance the CLI's compute path used to drop
+    monkeypatch.setattr("mpsearch.pipeline.load_pipeline", lambda *a, **k: dit_pipe)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["solve", "--profile", "p.sqlite", "--budget", "80%", "--compute", "50%", "--role-pins", "none",
+                     "--out", "c.yaml", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    from_cli = Plan.load(tmp_path / "c.yaml")
+    assert from_cli.layers == plan.layers and from_cli.overrides == plan.overrides
+    assert data["compute"]["predicted"] == pytest.approx(plan.predictions["compute_bops"])
+    with pytest.raises(UsageError, match="pipe="):
+        formulate(prof, "80%", compute="50%")
+    with pytest.raises(UsageError, match="no latency table"):
+        formulate(prof, "80%", compute="50%", compute_cost="latency", pipe=dit_pipe)
+    with pytest.raises(UsageError, match="compute_cost"):
+        formulate(prof, "80%", compute="50%", compute_cost="flops", pipe=dit_pipe)
+
+
+def test_budget_keywords_are_parsed_in_one_place(prof, monkeypatch):
+    seen = []
+    real = formulation_mod.parse_budget
+    monkeypatch.setattr(formulation_mod, "parse_budget", lambda spec, **kw: seen.append(kw) or real(spec, **kw))
+    form = formulate(prof, "60%", role_pins={})
+    info = prof.info
+    assert seen == [dict(fp_bytes=info.fp_bytes, fixed_bytes=info.fixed_bytes,
+                         quantizable_numel=info.quantizable_numel)]
+    assert form.budget.bytes == int(0.6 * info.fp_bytes) or abs(form.budget.bytes - 0.6 * info.fp_bytes) <= 1
+
+
+def test_deprecated_keyword_and_flags_still_work(prof, tmp_path, monkeypatch, capsys):
+    with pytest.warns(DeprecationWarning, match="objective_weights"):
+        with pytest.raises(ProfileError, match="end-to-end"):  # routed to the decoupled objective: needs e2e data
+            mpsearch.solve(prof, "60%", weights="content=1")
+    with pytest.raises(UsageError, match="not both"):
+        with pytest.warns(DeprecationWarning):
+            mpsearch.solve(prof, "60%", weights="content=1", objective_weights="content=1")
+
+    old = build_parser().parse_args(["solve", "--budget", "1B", "--pin", "a=fp", "--no-default-pins",
+                                     "--cache-steps", "3", "--weights", "content=1"])
+    err = capsys.readouterr().err
+    for flag, new in (("--pin", "--pins"), ("--no-default-pins", "--role-pins none"),
+                      ("--cache-steps", "--full-computations"), ("--weights", "--objective-weights")):
+        assert f"{flag} is deprecated; use {new}" in err
+    new = build_parser().parse_args(["solve", "--budget", "1B", "--pins", "a=fp", "--role-pins", "none",
+                                     "--full-computations", "3", "--objective-weights", "content=1"])
+    for key in ("pins", "role_pins", "full_computations", "objective_weights", "rounds"):
+        assert getattr(old, key) == getattr(new, key)
+
+    monkeypatch.chdir(tmp_path)
+    b = f"{_budget(prof)}B"
+    assert cli.main(["solve", "--profile", "p.sqlite", "--budget", b, "--pin", "proj_out=fp", "--no-default-pins",
+                     "--out", "old.yaml"]) == 0
+    assert "deprecated" in capsys.readouterr().err
+    assert Plan.load(tmp_path / "old.yaml").layers == mpsearch.solve(prof, b, pins="proj_out=fp", role_pins={}).layers
+
+
+def test_rounds_default_is_the_same_on_both_sides():
+    import inspect
+
+    default = inspect.signature(solve_joint).parameters["rounds"].default
+    assert build_parser().parse_args(["solve", "--budget", "1B"]).rounds == default == 2
+
+
+def test_role_pins_flag_reads_roles():
+    from mpsearch.cli.solving import parse_role_pins
+
+    assert parse_role_pins("none") == {} and parse_role_pins("default") is None and parse_role_pins(None) is None
+    assert parse_role_pins("time_embed=fp,modulation=int8") == {"time_embed": "fp", "modulation": "int8"}
+    with pytest.raises(UsageError, match="ROLE=FORMAT"):
+        parse_role_pins("wings=fp")
