@@ -67,7 +67,7 @@ def render() -> str:
         "  (int4 needs input dimensions that are multiples of 128, so many 3x3 convolutions of the UNets stay 16-bit,",
         "  and uniform int4 can be larger than uniform nvfp4).",
         "- *smallest*: each layer in its smallest eligible format. *smallest, default pins*: the same with the default",
-        f"  pins in place ({pins}); these are what `mpsearch solve` uses unless `--no-default-pins`.",
+        f"  pins in place ({pins}); these are what `mpsearch solve` uses unless `--role-pins none`.",
         "- Budget columns: *fits as is*: the unquantized denoiser fits; *yes*: a plan exists with the default pins;",
         "  *only without pins*: feasible only if the fragile layers are quantized too; *no*: not even all-4-bit fits.",
         "- DiT-XL/2 counts 750 M parameters rather than the paper's 675 M: diffusers' checkpoint keeps a copy of the",
