@@ -28,6 +28,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from benchdoc import write_section
+
 
 def _peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
@@ -117,6 +119,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--formats", default="int8,nvfp4", help="uniform plans to measure (comma-separated)")
     ap.add_argument("--workdir", help="folder for the fp and exported pipelines (default: a temporary one, removed)")
+    ap.add_argument("--no-doc", action="store_true", help="print the table only; leave docs/benchmarks.md alone")
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     args, rest = ap.parse_known_args(argv)
     formats = [f for f in args.formats.split(",") if f]
@@ -148,14 +151,16 @@ def main(argv=None) -> None:
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"SD1.5 UNet at real size ({built['params']:,} parameters, float32, {gb(built['fp_bytes'])}; random "
-          f"weights), the other components tiny. Peak RSS of a fresh process; a process that only imports mpsearch "
-          f"and loads the small components peaks at {gb(base['peak'])}.\n")
-    print("| plan | plan bytes | (a) fp load + apply_plan: peak RSS | time | (b) load exported folder: peak RSS | "
-          "time | (b) peak - plan bytes | export time |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    print("\n".join(rows))
-
+    body = (f"SD1.5 UNet at real size ({built['params']:,} parameters, float32, {gb(built['fp_bytes'])}; random "
+            f"weights), the other components tiny. Peak RSS of a fresh process; a process that only imports mpsearch "
+            f"and loads the small components peaks at {gb(base['peak'])}. Target: (b) <= plan bytes + 1 GB.\n\n"
+            "| plan | plan bytes | (a) fp load + apply_plan: peak RSS | time | (b) load exported folder: peak RSS | "
+            "time | (b) peak - plan bytes | export time |\n"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n" + "\n".join(rows) + "\n")
+    print(body)
+    if not args.no_doc:
+        write_section("export", "Quantized checkpoints: load peak at SD1.5 size (export + load vs fp load + apply)",
+                      body, f"python scripts/bench_export.py --formats {args.formats}")
 
 if __name__ == "__main__":
     main()
