@@ -97,7 +97,7 @@ def allocation_plans(pipe, prof, e2e_prof, traces, budget, args):
     out["mpsearch local (rel_mse)"] = (plan, plan.provenance["seconds"], "")
     plan = solve(prof, f"{budget}B", role_pins={})
     out["mpsearch local"] = (plan, plan.provenance["seconds"], plan.provenance["metric"])
-    plan = solve(e2e_prof, f"{budget}B", role_pins={}, weights="content=1,quality=1")
+    plan = solve(e2e_prof, f"{budget}B", role_pins={}, objective_weights="content=1,quality=1")
     out["mpsearch decoupled"] = (plan, plan.provenance["seconds"], "")
     (plan, report), t = _timed(refine, prof, pipe, f"{budget}B", trials=args.trials, role_pins={}, labels=args.labels,
                                steps=args.search_steps)

@@ -29,7 +29,7 @@ from mpsearch.errors import UsageError
 from mpsearch.allocation.formulation import build_problem
 from mpsearch.allocation.solvers import get_solver, min_feasible_bytes
 from mpsearch.formats import get_format
-from mpsearch.metrics import ssim
+from mpsearch.metrics import normalize, ssim
 from mpsearch.models import describe, get_denoiser
 from mpsearch.plan import Plan
 from mpsearch.profiling.sensitivity import CallRecorder, hutchinson
@@ -46,12 +46,6 @@ NOMINAL_BITS = {f: float(get_format(f).bits) for f in ("int8", "nvfp4", "int4", 
 
 #: roles MixDQ-style grouping treats as "content" (the rest is "quality")
 CONTENT_ROLES = frozenset({"self_attn", "cross_attn", "time_embed", "modulation"})
-
-
-def _normalized(cost: np.ndarray) -> np.ndarray:
-    finite = cost[np.isfinite(cost)]
-    top = finite.max() if finite.size else 0.0
-    return cost / top if top > 0 else cost
 
 
 def nominal_bytes(info, formats) -> np.ndarray:
@@ -78,7 +72,7 @@ def autoquantize_problem(profile, budget_bytes: int | None):
     err2 = np.nansum(profile.stats[..., 0], axis=-1)  # (L, F): ||y_q - y||^2 over every step and condition
     cost = np.where(np.isfinite(base.cost), err2, np.inf)
     cost[:, 0] = 0.0
-    return replace(base, cost=_normalized(cost), nbytes=nominal_bytes(profile.info, profile.formats))
+    return replace(base, cost=normalize(cost), nbytes=nominal_bytes(profile.info, profile.formats))
 
 
 def output_jacobian_traces(model: torch.nn.Module, calls, params: dict[str, torch.Tensor], *, samples: int = 4,
@@ -151,7 +145,7 @@ def hawq_problem(profile, pipe, traces: np.ndarray, budget_bytes: int | None):
                 continue
             delta = float((get_format(f).fake_quantize(w).double() - w.double()).square().sum())
             cost[li, fi] = traces[li] / layer.numel * delta
-    return replace(base, cost=_normalized(cost))
+    return replace(base, cost=normalize(cost))
 
 
 def mixdq_plans(profile, budget_bytes: int, splits, *, solver: str = "ilp", role_pins=None) -> dict:
