@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1] / "mpsearch"
+ROOT = Path(__file__).resolve().parents[2] / "mpsearch"
 # the core every stage may use; ``classifier`` is the shipped digit classifier, the default feature space of the
 # content and quality metrics (model weights like a metric's, importing nothing but errors)
 CORE = {"formats", "models", "layer_types", "plan", "budget", "metrics", "errors", "io", "version", "cache_units",

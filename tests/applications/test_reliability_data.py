@@ -24,7 +24,7 @@ from mpsearch.workflow import profile
 
 from conftest import _scheduler, tiny_dit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SENTINEL = "mpsearch_sentinel_never_import"
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import mpsearch
-from mpsearch import endtoend as e2e
+from mpsearch.allocation import endtoend as e2e
 from mpsearch.cli import main
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.profiling.store import Profile
