@@ -256,13 +256,14 @@ def default_profile_path(model: str = "default") -> Path:
 
 
 def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple[int, int] = (0, 1),
-                  progress: bool = True, **options) -> Profile:
+                  progress: bool = True, timings: dict | None = None, **options) -> Profile:
     """Profile ``pipe``'s denoiser (local tier) into the SQLite file ``out`` and return the loaded Profile.
 
     ``options`` override fields of the default ProfileConfig (labels, seeds, steps, guidance_scale, formats).
     Running again with the same file and configuration resumes: finished units are skipped.
     ``shard=(i, n)`` measures only the units u with u % n == i.
-
+    ``timings``, if given, receives the seconds spent building the probes (``setup``) and, per unit, in the
+    probed generation (``generate``) and in the output-sensitivity replay (``replay``).
     """
     if config is None:
         config = ProfileConfig(**options)
@@ -281,7 +282,7 @@ def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard:
         done = writer.done_units()
         todo = [u for u in range(len(config.seeds)) if u % n == i and u not in done]
         if todo:
-            _run_units(pipe, denoiser, info, config, writer, todo, progress)
+            _run_units(pipe, denoiser, info, config, writer, todo, progress, timings)
     except BaseException:
         # a profile that failed before finishing any unit leaves no file behind; finished units are kept
         if created and not writer.done_units():
@@ -298,7 +299,10 @@ def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard:
     return Profile.load(out)
 
 
-def _run_units(pipe, denoiser, info, config, writer, todo, progress):
+def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=None):
+    timings = {} if timings is None else timings
+    timings.update(setup=0.0, generate=[], replay=[])
+    t_setup = time.perf_counter()
     formats = ("fp", *config.formats)
     modules = dict(denoiser.named_modules())
     tracker = StepTracker()
@@ -315,6 +319,7 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress):
                 handles.append(modules[layer.name].register_forward_hook(probe))
         for bi, block in enumerate(info.blocks):
             handles.append(modules[block].register_forward_hook(_BlockProbe(bi, tracker, acc_ref)))
+        timings["setup"] = time.perf_counter() - t_setup
         L, F, S, B = len(info.layers), len(formats), config.steps, len(info.blocks)
         bar = tqdm(total=len(todo) * S, desc="profile", unit="step", disable=not progress)
         def tick(*_):
@@ -328,6 +333,7 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress):
             recorder.calls.clear()
             t0 = time.perf_counter()
             generate(pipe, config.conditions, config.seeds[unit], config.steps, config.guidance_scale, config.size)
+            t1 = time.perf_counter()
             acc, acc_ref[0] = acc_ref[0], None  # pause the probes while the calls are replayed with gradients
             recorder.paused = True
             try:
@@ -336,6 +342,8 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress):
             finally:
                 recorder.paused = False
                 recorder.calls.clear()
+            timings["generate"].append(t1 - t0)
+            timings["replay"].append(time.perf_counter() - t1)
             rows = [(li, fi, s, *map(float, acc.stats[li, fi, s]))
                     for li, layer in enumerate(info.layers) for fi, f in enumerate(formats)
                     if fi > 0 and f in layer.eligible for s in range(S)]
