@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (replaces --labels)")
     sp.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the pipeline's)")
     sp.add_argument("--shard", type=_shard, default=(0, 1), help="measure only shard i of n (i/n)")
+    sp.add_argument("--sample", type=int, default=None, metavar="N",
+                    help="estimate each layer's errors from a seeded subset of at most N output channels x N "
+                    "activation rows (real-size models; default: every element)")
+    sp.add_argument("--replay-steps", type=int, default=None, metavar="K",
+                    help="replay only K evenly spread steps for the output sensitivity, interpolating the others")
+    sp.add_argument("--estimate", action="store_true",
+                    help="measure a one-step, one-unit profile and print the predicted time and peak memory of "
+                    "the whole profile, without writing it")
     sp.add_argument("--end-to-end", action="store_true",
                     help="then measure a shortlist of layers and step windows end to end (content/quality metrics)")
     sp.add_argument("--shortlist", type=int, default=8, metavar="N", help="with --end-to-end: layers measured alone")

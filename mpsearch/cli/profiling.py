@@ -9,6 +9,7 @@ from mpsearch.errors import UsageError
 from mpsearch.cli.common import _emit, read_prompts
 from mpsearch import pipeline
 
+from mpsearch.profiling.estimate import estimate_profile
 from mpsearch.profiling.latency import measure_latency
 from mpsearch.profiling.profiler import ProfileConfig
 from mpsearch.profiling.store import merge_profiles, stored_config, write_latency
@@ -18,7 +19,7 @@ from mpsearch.workflow import default_profile_path, profile
 _PROFILE_DEFAULTS = {"formats": ["int8", "nvfp4", "int4"], "steps": 20, "labels": list(range(10)), "seeds": [0, 1]}
 
 
-_PROFILE_CONFIG_FLAGS = ("formats", "steps", "labels", "seeds", "guidance", "prompts", "size")
+_PROFILE_CONFIG_FLAGS = ("formats", "steps", "labels", "seeds", "guidance", "prompts", "size", "sample", "replay_steps")
 
 
 def _profile_config(args, out):
@@ -33,7 +34,8 @@ def _profile_config(args, out):
     value = lambda name: getattr(args, name) if getattr(args, name) is not None else _PROFILE_DEFAULTS[name]  # noqa: E731
     return ProfileConfig(labels=tuple(value("labels")), seeds=tuple(value("seeds")), steps=value("steps"),
                          guidance_scale=args.guidance, formats=tuple(value("formats")),
-                         prompts=tuple(read_prompts(args.prompts)) if args.prompts else (), size=args.size)
+                         prompts=tuple(read_prompts(args.prompts)) if args.prompts else (), size=args.size,
+                         sample=args.sample, replay_steps=args.replay_steps)
 
 
 def _latency_lines(summary: dict) -> list[str]:
@@ -55,7 +57,16 @@ def cmd_profile(args) -> int:
         raise UsageError("--latency measures the whole model on this machine: merge the shards first, then run "
                          "`mpsearch profile --latency --out MERGED`")
     config = _profile_config(args, out)
+    if args.estimate and (args.end_to_end or args.latency or args.shard != (0, 1)):
+        raise UsageError("--estimate predicts the local profile alone: leave out --end-to-end, --latency and --shard")
     pipe = pipeline.load_pipeline(args.model)
+    if args.estimate:
+        e = estimate_profile(pipe, config)
+        line = (f"estimated profile of {args.model}: {e['seconds']:.1f} s, peak memory {e['peak_bytes'] / 1e9:.2f} GB "
+                f"on {e['device']} ({e['units']} units x {e['steps']} steps, {e['replayed_steps']} replayed; from a "
+                f"one-step run: setup {e['setup_seconds']:.1f} s, {e['step_seconds']:.2f} s per step, "
+                f"{e['replay_seconds']:.2f} s per replayed step)")
+        return _emit(args, {"model": args.model, "estimate": e, **{k: e[k] for k in ("seconds", "peak_bytes")}}, [line])
     t0 = time.perf_counter()
     prof = profile(pipe, config, out=out, shard=args.shard, progress=not args.json, end_to_end=args.end_to_end,
                    shortlist=args.shortlist, windows=args.windows)

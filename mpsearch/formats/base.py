@@ -86,6 +86,19 @@ class Format(abc.ABC):
         """``dequantize(quantize(w))``: the weight as the format sees it."""
         return self.dequantize(self.quantize(w))
 
+    def quantize_rows(self, w: torch.Tensor, rows: torch.Tensor) -> Packed:
+        """Rows ``rows`` (indices into the output dimension) of ``w``'s matrix ``(out, in)``, packed exactly as
+        ``quantize(w)`` packs them; its shape is ``(len(rows), in)``. The default is right for formats whose
+        scales are per row or per group within a row; a format with a per-tensor scale overrides it."""
+        out, inp = matrix_shape(w.shape)
+        return self.quantize(w.detach().reshape(out, inp)[rows])
+
+    def matmul_rows(self, x: torch.Tensor, packed: Packed, *, tensor_amax=None,
+                    quantize_activations: bool | None = None, dequantized: torch.Tensor | None = None) -> torch.Tensor:
+        """``matmul`` for ``x`` = some rows of a larger activation whose amax is ``tensor_amax``: the same rows
+        of the whole product. The default is right for activations quantized per row (or not at all)."""
+        return self.matmul(x, packed, quantize_activations=quantize_activations, dequantized=dequantized)
+
     def quantize_activation(self, x: torch.Tensor) -> torch.Tensor:
         """Activations as this format runs them (fake-quantized along the last dim); identity if A16."""
         return x

@@ -60,9 +60,12 @@ def e2m1_codes(a: torch.Tensor) -> torch.Tensor:
     return code.clamp_(0, 7).to(torch.uint8)
 
 
-def nvfp4_encode(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def nvfp4_encode(x2: torch.Tensor, tensor_amax: torch.Tensor | float | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize a 2-D (rows, cols) tensor, cols % 16 == 0.
 
+    ``tensor_amax`` replaces ``x2``'s own amax in the tensor scale: the rows of a larger tensor then get
+    exactly the codes they get when the whole tensor is quantized.
     Returns (codes uint8 (rows, cols) with sign in bit 3, block scales float8_e4m3fn (rows, cols // 16),
     tensor scale float32 of shape (1,)).
     """
@@ -71,6 +74,8 @@ def nvfp4_encode(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     ax = x.abs()
     amax_b = ax.amax(dim=-1) if x.numel() else torch.zeros(rows, cols // BLOCK, device=x.device)
     amax_t = amax_b.max() if amax_b.numel() else torch.zeros((), device=x.device)
+    if tensor_amax is not None:
+        amax_t = torch.as_tensor(tensor_amax, dtype=torch.float32, device=x.device).reshape(())
     s_t = (amax_t / (E2M1_MAX * E4M3_MAX)).reshape(1)
     denom = E2M1_MAX * s_t
     live_t = denom > 0
@@ -119,6 +124,33 @@ class NVFP4(Format):
         codes, bs8, s_t = nvfp4_encode(w.detach().reshape(out, inp))
         tensors = {"qweight": pack_nibbles(codes), "block_scale": bs8, "tensor_scale": s_t}
         return Packed(self.name, tuple(w.shape), w.dtype, tensors)
+
+    def quantize_rows(self, w: torch.Tensor, rows: torch.Tensor) -> Packed:
+        """Rows ``rows`` of ``w``'s matrix, packed as ``quantize(w)`` packs them (the whole tensor's scale)."""
+        self.check_eligible(w.shape)
+        out, inp = matrix_shape(w.shape)
+        w2 = w.detach().reshape(out, inp)
+        sub = w2[rows]
+        check_finite(sub)
+        amax = w2.abs().amax().float() if w2.numel() else 0.0
+        codes, bs8, s_t = nvfp4_encode(sub, amax)
+        tensors = {"qweight": pack_nibbles(codes), "block_scale": bs8, "tensor_scale": s_t}
+        return Packed(self.name, (len(rows), inp), w.dtype, tensors)
+
+    def matmul_rows(self, x: torch.Tensor, packed: Packed, *, tensor_amax=None, quantize_activations=None,
+                    dequantized=None) -> torch.Tensor:
+        """Rows of ``matmul(X, packed)`` for ``x`` = some rows of a larger activation ``X`` whose amax is
+        ``tensor_amax`` (the tensor scale of NVFP4 activations is the whole activation's)."""
+        act = self.quantizes_activations if quantize_activations is None else quantize_activations
+        if not act or tensor_amax is None:
+            return self.matmul(x, packed, quantize_activations=act, dequantized=dequantized)
+        if x.shape[-1] % BLOCK:
+            raise FormatError(f"nvfp4 activations need a last dim that is a multiple of {BLOCK}, got shape "
+                              f"{tuple(x.shape)}; keep this layer's activations in 16 bits")
+        codes, bs8, s_t = nvfp4_encode(x, tensor_amax)
+        xq = nvfp4_decode(codes, bs8, s_t).to(x.dtype)
+        w = self.dequantize(packed) if dequantized is None else dequantized
+        return xq @ w.reshape(w.shape[0], -1).to(x.dtype).t()
 
     def dequantize(self, packed: Packed) -> torch.Tensor:
         if packed.format != self.name:

@@ -45,6 +45,13 @@ class ProfileConfig:
     formats: tuple[str, ...] = ("int8", "nvfp4", "int4")
     prompts: tuple[str, ...] = ()
     size: int | None = None
+    #: estimate each (layer, format, step) statistic from a seeded random subset of at most ``sample`` output
+    #: channels (fixed per layer) times at most ``sample`` activation rows (tokens, or a conv's output pixels;
+    #: drawn per call) instead of the whole output; None measures every element (exact)
+    sample: int | None = None
+    #: replay (output sensitivity, ``gn``) only this many steps, evenly spread, and interpolate the others
+    #: linearly; None replays every step
+    replay_steps: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -58,6 +65,10 @@ class ProfileConfig:
                              "or --prompts FILE for a text-to-image pipeline)")
         if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
             raise UsageError(f"size must be a positive number of pixels, got {self.size!r}")
+        for key in ("sample", "replay_steps"):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise UsageError(f"{key} must be a positive integer (or None for the full computation), got {v!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UsageError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}; "
                              "pass e.g. --seeds 0,1")
@@ -83,30 +94,64 @@ class ProfileConfig:
         d = asdict(self)
         if not self.prompts:  # label-conditioned profiles keep the keys they always had (resume stays valid)
             d.pop("prompts")
-        if self.size is None:
-            d.pop("size")
+        for key in ("size", "sample", "replay_steps"):  # profiles made without them keep their stored config
+            if d[key] is None:
+                d.pop(key)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 @dataclass
 class _Accumulator:
-    """Per-unit sums: (L, F, S, 4) layer statistics and (B, S, 2) block changes."""
+    """Per-unit sums: (L, F, S, 4) layer statistics and (B, S, 2) block changes; ``seed`` seeds the unit's
+    row subsets (so a unit's numbers do not depend on which units ran before it in this process)."""
 
     stats: np.ndarray
     blocks: np.ndarray
     prev: dict = field(default_factory=dict)
+    seed: int = 0
+
+
+def _sums(yq: torch.Tensor, y: torch.Tensor) -> list[float]:
+    # float32 elementwise, float64 accumulation: a fraction of the cost of float64 throughout
+    return torch.stack([(yq - y).square().sum(dtype=torch.float64), yq.square().sum(dtype=torch.float64),
+                        (y * yq).sum(dtype=torch.float64)]).tolist()
 
 
 class _LayerProbe:
-    def __init__(self, index, module, candidates, steps, acc_ref, name=""):
+    """Measures one layer's output error under each candidate format at every call.
+
+    Exact (``sample=None``): each candidate is quantized, run through the executor's quantized module and
+    released at every call, so at most one layer's candidates are held at a time (the numbers are those of
+    a module built once and kept). Sampled: a seeded random subset of at most ``sample`` output channels is
+    quantized once (rows of the weight packed exactly as in the whole weight, its dequantized copy kept), and
+    at each call a seeded subset of at most ``sample`` activation rows is run through it; the four sums are
+    scaled up to the whole output's element count.
+    """
+
+    def __init__(self, index, module, candidates, steps, acc_ref, name="", sample=None):
         self.index = index
         self.name = name
         self.steps = steps
         self.acc_ref = acc_ref
-        w = module.weight.detach()
-        self.qmods = [(fi, quantized_module(module, get_format(f).quantize(w))) for fi, f in candidates]
-        for _, q in self.qmods:
-            q.cache_dequantized = True  # same numbers, without dequantizing the weight at every call
+        self.module = module
+        self.formats = [(fi, get_format(f)) for fi, f in candidates]
+        self.sample = sample
+        self.conv = isinstance(module, torch.nn.Conv2d)
+        self._gen = torch.Generator()
+        self._acc_id = None
+        if sample is not None:
+            w = module.weight.detach()
+            out = w.shape[0]
+            if out > sample:
+                g = torch.Generator().manual_seed(1_000_003 * (index + 1))
+                self.channels = torch.randperm(out, generator=g)[:sample].sort().values
+            else:
+                self.channels = torch.arange(out)
+            self.subsets = []
+            for fi, fmt in self.formats:
+                packed = fmt.quantize_rows(w, self.channels)
+                self.subsets.append((fi, fmt, packed, fmt.dequantize(packed).reshape(len(self.channels), -1)))
+            self.bias = None if module.bias is None else module.bias.detach()[self.channels.to(w.device)]
 
     @torch.no_grad()
     def __call__(self, module, inputs, output):
@@ -115,18 +160,68 @@ class _LayerProbe:
             raise ProfileError(f"layer {self.name} gave a full-precision output that is not finite (NaN/inf) at step "
                                f"{self.steps.step}, so its errors cannot be measured; check the model in full "
                                "precision (weights, dtype, conditions) before profiling")
-        if self.acc_ref[0] is None:  # paused: the output-sensitivity replay runs the model again
+        acc = self.acc_ref[0]
+        if acc is None:  # paused: the output-sensitivity replay runs the model again
+            return
+        stats = acc.stats
+        s = self.steps.step
+        if self.sample is not None:
+            if self._acc_id != id(acc):  # a new unit: its own row draws
+                self._acc_id = id(acc)
+                self._gen.manual_seed(int(acc.seed) * 1_000_033 + self.index)
+            for fi, v in self._sampled(x, output):
+                stats[self.index, fi, s] += v
             return
         y = output.detach().float().flatten()
         ref2 = float(y.square().sum(dtype=torch.float64))
-        stats = self.acc_ref[0].stats
-        s = self.steps.step
-        for fi, q in self.qmods:
-            yq = q(x).float().flatten()
-            # float32 elementwise, float64 accumulation: a fraction of the cost of float64 throughout
-            sums = torch.stack([(yq - y).square().sum(dtype=torch.float64), yq.square().sum(dtype=torch.float64),
-                                (y * yq).sum(dtype=torch.float64)]).tolist()
+        w = module.weight.detach()
+        for fi, fmt in self.formats:
+            q = quantized_module(module, fmt.quantize(w))
+            q.cache_dequantized = True  # dequantized once for this call, released with q
+            sums = _sums(q(x).float().flatten(), y)
+            del q
             stats[self.index, fi, s] += (sums[0], ref2, sums[1], sums[2])
+
+    def _rows(self, n: int, device) -> torch.Tensor:
+        if n <= self.sample:
+            return torch.arange(n, device=device)
+        return torch.randperm(n, generator=self._gen)[:self.sample].to(device)
+
+    def _sampled(self, x, output):
+        """(format index, (err2, ref2, q2, cross)) estimated from the subset, scaled to the whole output."""
+        ch = self.channels.to(output.device)
+        if self.conv:
+            m = self.module
+            n, c = x.shape[:2]
+            y_all = output.detach().permute(0, 2, 3, 1).reshape(-1, output.shape[1])
+            rows = self._rows(y_all.shape[0], x.device)
+            oh, ow = output.shape[2], output.shape[3]
+            kh, kw = m.kernel_size
+            xp = torch.nn.functional.pad(x, (m.padding[1], m.padding[1], m.padding[0], m.padding[0])) \
+                if (m.padding[0] or m.padding[1]) else x
+            sn, sc, sh, sw = xp.stride()
+            patches = xp.as_strided((n, oh, ow, c, kh, kw), (sn, sh * m.stride[0], sw * m.stride[1], sc,
+                                                             sh * m.dilation[0], sw * m.dilation[1]))
+            ni, rem = rows // (oh * ow), rows % (oh * ow)
+            xs = patches[ni, rem // ow, rem % ow].reshape(len(rows), -1)
+            amax = xp.abs().amax().float()
+        else:
+            x2 = x.reshape(-1, x.shape[-1])
+            y_all = output.detach().reshape(-1, output.shape[-1])
+            rows = self._rows(x2.shape[0], x.device)
+            xs = x2[rows]
+            amax = x2.abs().amax().float()
+        y = y_all[rows][:, ch].float()
+        scale = y_all.numel() / max(y.numel(), 1)
+        ref2 = float(y.square().sum(dtype=torch.float64)) * scale
+        res = []
+        for fi, fmt, packed, dq in self.subsets:
+            yq = fmt.matmul_rows(xs, packed, tensor_amax=amax, dequantized=dq).to(output.dtype)
+            if self.bias is not None:
+                yq = yq + self.bias.to(yq.dtype)
+            sums = _sums(yq.float(), y)
+            res.append((fi, (sums[0] * scale, ref2, sums[1] * scale, sums[2] * scale)))
+        return res
 
 
 class _BlockProbe:
@@ -154,13 +249,14 @@ def default_profile_path(model: str = "default") -> Path:
 
 
 def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple[int, int] = (0, 1),
-                  progress: bool = True, **options) -> Profile:
+                  progress: bool = True, timings: dict | None = None, **options) -> Profile:
     """Profile ``pipe``'s denoiser (local tier) into the SQLite file ``out`` and return the loaded Profile.
 
     ``options`` override fields of the default ProfileConfig (labels, seeds, steps, guidance_scale, formats).
     Running again with the same file and configuration resumes: finished units are skipped.
     ``shard=(i, n)`` measures only the units u with u % n == i.
-
+    ``timings``, if given, receives the seconds spent building the probes (``setup``) and, per unit, in the
+    probed generation (``generate``) and in the output-sensitivity replay (``replay``).
     """
     if config is None:
         config = ProfileConfig(**options)
@@ -179,7 +275,7 @@ def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard:
         done = writer.done_units()
         todo = [u for u in range(len(config.seeds)) if u % n == i and u not in done]
         if todo:
-            _run_units(pipe, denoiser, info, config, writer, todo, progress)
+            _run_units(pipe, denoiser, info, config, writer, todo, progress, timings)
     except BaseException:
         # a profile that failed before finishing any unit leaves no file behind; finished units are kept
         if created and not writer.done_units():
@@ -196,7 +292,10 @@ def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard:
     return Profile.load(out)
 
 
-def _run_units(pipe, denoiser, info, config, writer, todo, progress):
+def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=None):
+    timings = {} if timings is None else timings
+    timings.update(setup=0.0, generate=[], replay=[])
+    t_setup = time.perf_counter()
     formats = ("fp", *config.formats)
     modules = dict(denoiser.named_modules())
     acc_ref: list[_Accumulator] = [None]  # the current unit's accumulator, swapped per unit
@@ -208,10 +307,11 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress):
         for li, layer in enumerate(info.layers):
             cands = [(fi, f) for fi, f in enumerate(formats) if fi > 0 and f in layer.eligible]
             if cands:
-                probe = _LayerProbe(li, modules[layer.name], cands, step_state, acc_ref, layer.name)
+                probe = _LayerProbe(li, modules[layer.name], cands, step_state, acc_ref, layer.name, config.sample)
                 handles.append(modules[layer.name].register_forward_hook(probe))
         for bi, block in enumerate(info.blocks):
             handles.append(modules[block].register_forward_hook(_BlockProbe(bi, step_state, acc_ref)))
+        timings["setup"] = time.perf_counter() - t_setup
         L, F, S, B = len(info.layers), len(formats), config.steps, len(info.blocks)
         bar = tqdm(total=len(todo) * S, desc="profile", unit="step", disable=not progress)
         def tick(*_):
@@ -220,18 +320,22 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress):
 
         handles.append(denoiser.register_forward_hook(tick))
         for unit in todo:
-            acc_ref[0] = _Accumulator(np.zeros((L, F, S, 4)), np.zeros((B, S, 2)))
+            acc_ref[0] = _Accumulator(np.zeros((L, F, S, 4)), np.zeros((B, S, 2)), seed=config.seeds[unit])
             step_state.reset()
             recorder.calls.clear()
             t0 = time.perf_counter()
             generate(pipe, config.conditions, config.seeds[unit], config.steps, config.guidance_scale, config.size)
+            t1 = time.perf_counter()
             acc, acc_ref[0] = acc_ref[0], None  # pause the probes while the calls are replayed with gradients
             recorder.paused = True
             try:
-                sens = output_sensitivity(denoiser, recorder.calls, candidates, S, seed=config.seeds[unit])
+                sens = output_sensitivity(denoiser, recorder.calls, candidates, S, seed=config.seeds[unit],
+                                          replay_steps=config.replay_steps)
             finally:
                 recorder.paused = False
                 recorder.calls.clear()
+            timings["generate"].append(t1 - t0)
+            timings["replay"].append(time.perf_counter() - t1)
             rows = [(li, fi, s, *map(float, acc.stats[li, fi, s]))
                     for li, layer in enumerate(info.layers) for fi, f in enumerate(formats)
                     if fi > 0 and f in layer.eligible for s in range(S)]

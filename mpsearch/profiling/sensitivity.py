@@ -103,14 +103,45 @@ def hutchinson(y: torch.Tensor, tensors, *, samples: int, generator: torch.Gener
                 out[i] += float(g.double().square().sum()) / scale ** 2
     return out
 
+def replayed_steps(steps: int, replay_steps: int | None) -> list[int]:
+    """The steps whose calls are replayed: all, or ``replay_steps`` of them evenly spread (first and last
+    included when two or more)."""
+    if replay_steps is None or replay_steps >= steps:
+        return list(range(steps))
+    if replay_steps == 1:
+        return [(steps - 1) // 2]
+    return sorted({int(round(v)) for v in np.linspace(0, steps - 1, replay_steps)})
+
+
+def _interpolate(out: np.ndarray, kept: list[int]) -> np.ndarray:
+    """Fill the steps not in ``kept`` by linear interpolation between the nearest kept steps (constant
+    beyond the ends), per layer and column."""
+    steps = out.shape[1]
+    grid = np.arange(steps)
+    for i in range(out.shape[0]):
+        for c in range(out.shape[2]):
+            out[i, :, c] = np.interp(grid, kept, out[i, kept, c])
+    return out
+
+
 def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *, samples: int = 1,
-                       seed: int = 0) -> np.ndarray:
+                       seed: int = 0, replay_steps: int | None = None) -> np.ndarray:
     """(L, steps, 2): per layer (``modules``, in order) and step, ``sum ||J^T u||^2`` and the number of
     output elements, over ``calls`` (``(step, args, kwargs)`` as :class:`CallRecorder` keeps them) and
-    ``samples`` Rademacher vectors per call."""
+    ``samples`` Rademacher vectors per call.
+
+    ``replay_steps``: replay only the calls of that many steps (:func:`replayed_steps`) and interpolate the
+    other steps' values linearly between them (a fraction of the cost, for a quantity that varies slowly
+    over steps)."""
     out = np.zeros((len(modules), steps, 2))
     if not calls:
         return out
+    kept = replayed_steps(steps, replay_steps)
+    if len(kept) < steps:
+        seen = {int(step) for step, _, _ in calls}
+        kept = [s for s in kept if s in seen] or sorted(seen)[:1]
+        keep = set(kept)
+        calls = [c for c in calls if c[0] in keep]
     params = [m.weight for m in modules]
     flags = [p.requires_grad for p in params]
     gen = torch.Generator().manual_seed(int(seed))
@@ -151,4 +182,6 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
             p.requires_grad_(f)
     out[..., 0] /= samples
     out[..., 1] /= samples
+    if replay_steps is not None and len(kept) < steps:
+        out = _interpolate(out, [s for s in kept if 0 <= s < steps])
     return out

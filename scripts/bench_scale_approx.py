@@ -1,0 +1,84 @@
+"""What the profiler's approximations (``sample``: seeded channel x row subsets; ``replay_steps``: a subset of
+steps replayed for the output sensitivity) change on the default models: Spearman of per-layer costs (gn,
+summed over steps) between the exact and the approximate profile, and the plans solved at the demo's budgets
+(same, or their held-out MSE beside each other). Profiles are kept under --dir and reused. Writes the
+`scale-approx` section of docs/benchmarks.md.
+
+    python scripts/bench_scale_approx.py --sample 64 --replay-steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from benchdoc import write_section
+from mpsearch.allocation.solving import solve
+from mpsearch.demo import comparison_budgets
+from mpsearch.evaluate import HELD_OUT_SEEDS, evaluate_plan
+from mpsearch.models import describe
+from mpsearch.pipeline import load_pipeline
+from mpsearch.runtime.generation import generate_many
+from mpsearch.workflow import ProfileConfig, profile
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sample", type=int, default=64)
+    ap.add_argument("--replay-steps", type=int, default=5)
+    ap.add_argument("--models", default="default,default-unet")
+    ap.add_argument("--dir", default="/tmp/mpsearch-scale-approx")
+    args = ap.parse_args(argv)
+    rows = ["| model | approximation | profile time (exact / approx.) | Spearman, per-layer gn (all formats) | "
+            "Spearman per format | budget | plan | held-out MSE exact / approx. |",
+            "| --- | --- | ---: | ---: | --- | --- | --- | --- |"]
+    opts = {"sample": args.sample, "replay_steps": args.replay_steps}
+    label = ", ".join(f"{k}={v}" for k, v in opts.items())
+    for model in args.models.split(","):
+        pipe = load_pipeline(model)
+        info = describe(pipe)
+        profs, secs = {}, {}
+        for name, o in (("exact", {}), ("approx", opts)):
+            path = Path(args.dir) / f"{model}-{name}-{args.sample}-{args.replay_steps}.sqlite"
+            t0 = time.perf_counter()
+            profs[name] = profile(pipe, ProfileConfig(steps=20, **o), out=path, progress=False)
+            secs[name] = time.perf_counter() - t0 if not profs[name].units or True else None
+        costs = {k: np.nansum(p.metric("gn"), axis=2) for k, p in profs.items()}  # (layers, formats)
+        ok = np.isfinite(profs["exact"].metric("gn")[..., 0]) & (np.arange(costs["exact"].shape[1]) > 0)[None]
+        rho_all = spearmanr(costs["exact"][ok], costs["approx"][ok]).statistic
+        per_fmt = []
+        for fi, f in enumerate(profs["exact"].formats):
+            m = ok[:, fi]
+            if fi and m.sum() > 2:
+                per_fmt.append(f"{f} {spearmanr(costs['exact'][m, fi], costs['approx'][m, fi]).statistic:.3f}")
+        reference = None
+        for bname, nbytes in comparison_budgets(info).items():
+            plans = {k: solve(p, nbytes, role_pins={}) for k, p in profs.items()}
+            same = plans["exact"].layers == plans["approx"].layers
+            if same:
+                verdict, mse = "same", ""
+            else:
+                if reference is None:
+                    reference = generate_many(pipe, tuple(range(10)), HELD_OUT_SEEDS, 20)
+                diff = sum(plans["exact"].layers[k] != plans["approx"].layers.get(k) for k in plans["exact"].layers)
+                m = {k: evaluate_plan(pipe, p, seeds=HELD_OUT_SEEDS, reference=reference)["mse"] for k, p in plans.items()}
+                verdict, mse = f"{diff} of {len(plans['exact'].layers)} layers differ", f"{m['exact']:.5f} / {m['approx']:.5f}"
+            rows.append(f"| {model} | {label} | {secs['exact']:.0f} s / {secs['approx']:.0f} s | {rho_all:.3f} | "
+                        f"{', '.join(per_fmt)} | {bname} | {verdict} | {mse} |")
+            print(rows[-1], flush=True)
+    body = ("Exact vs approximate local profile of each default model (20 steps, seeds 0 and 1, labels 0-9); per-layer "
+            "cost = the gn metric summed over steps, per (layer, format). Plans solved at the demo's three budgets "
+            f"from each profile; where they differ, both are scored on held-out seeds {list(HELD_OUT_SEEDS)} (MSE "
+            "against full precision). Profile times were measured on a machine shared with other jobs (indicative).\n\n"
+            + "\n".join(rows))
+    write_section("scale-approx", "Profiling approximations: effect on decisions (default models)", body,
+                  "python scripts/bench_scale_approx.py " + " ".join(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()
