@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mpsearch.errors import FormatError
+from mpsearch.formats.patches import im2col
 
 
 @dataclass(frozen=True)
@@ -115,3 +116,13 @@ class Format(abc.ABC):
             x = self.quantize_activation(x)
         w = self.dequantize(packed) if dequantized is None else dequantized
         return x @ w.reshape(w.shape[0], -1).to(x.dtype).t()
+
+    def matmul_patches(self, x: torch.Tensor, packed: Packed, kernel, dilation, padding, stride, *,
+                       quantize_activations: bool | None = None,
+                       dequantized: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
+        """A conv of the NCHW ``x`` with the packed weight, as ``matmul(im2col(x), packed)``: returns the
+        (N*oh*ow, out) rows in (n, oh, ow) order and (oh, ow). Activations are quantized per output pixel
+        (per im2col row). Formats may override it with a faster path that computes the same numbers."""
+        cols, oh, ow = im2col(x, kernel, dilation, padding, stride)
+        y = self.matmul(cols, packed, quantize_activations=quantize_activations, dequantized=dequantized)
+        return y, oh, ow

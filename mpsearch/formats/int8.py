@@ -13,23 +13,54 @@ rescales by ``s_x[:, None] * scale[None, :]``. The int32 accumulator is exact fo
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from mpsearch.errors import FormatError
 from mpsearch.formats.base import Format, Packed, check_finite, matrix_shape
+from mpsearch.formats.patches import patch_view
 from mpsearch.formats.registry import register_format
 
 _QMAX = 127
 _INT32_SAFE_K = (2**31 - 1) // (_QMAX * _QMAX)
 
 
+def row_scales(amax: torch.Tensor) -> torch.Tensor:
+    """``amax / 127``: the per-row scale of rows whose largest magnitude is ``amax`` (float32)."""
+    return amax.to(torch.float32) / _QMAX
+
+
+def quantize_with_scales(xf: torch.Tensor, scale: torch.Tensor, as_float: bool = False) -> torch.Tensor:
+    """int8 codes (float32 holding them if ``as_float``) ``clamp(round(xf / scale), -127, 127)`` of float32 ``xf`` whose last dims are divided by
+    ``scale`` (broadcast against ``xf``); a row whose scale is 0 (or NaN) gets codes 0.
+
+    One division pass that writes a fresh float32 tensor (so ``xf`` may be a strided view, e.g. im2col
+    patches, and is copied and divided at once), rounding and clamping in place, then the int8 cast."""
+    live = scale > 0
+    q = torch.empty(xf.shape, dtype=torch.float32, device=xf.device)  # row-major, whatever xf's strides
+    if bool(live.all()):
+        torch.div(xf, scale, out=q)
+        q.round_().clamp_(-_QMAX, _QMAX)
+    else:
+        torch.div(xf, torch.where(live, scale, torch.ones_like(scale)), out=q)
+        q.round_().clamp_(-_QMAX, _QMAX)
+        q = torch.where(live, q, torch.zeros_like(q))
+    return q if as_float else q.to(torch.int8)
+
+
 def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per row of a 2-D tensor: (codes int8, scale float32 of shape (rows,))."""
     xf = x2.to(torch.float32)
-    scale = xf.abs().amax(dim=1) / _QMAX if xf.shape[1] else torch.zeros(xf.shape[0], device=xf.device)
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(xf / safe[:, None]).clamp_(-_QMAX, _QMAX)
-    q = torch.where((scale > 0)[:, None], q, torch.zeros_like(q))
-    return q.to(torch.int8), scale
+    if not xf.shape[1] or not xf.shape[0]:
+        return torch.zeros(xf.shape, dtype=torch.int8, device=xf.device), torch.zeros(xf.shape[0], device=xf.device)
+    mn, mx = torch.aminmax(xf, dim=1)  # amax(|x|) = max(-min, max) exactly, without an |x| temporary
+    scale = row_scales(torch.maximum(mx, -mn).abs_())
+    return quantize_with_scales(xf, scale[:, None]), scale
+
+
+def rescale(acc: torch.Tensor, sx: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """float32 ``acc * (sx[:, None] * scale[None, :])`` of an int32/int64 accumulator, in one pass over it
+    (the integer-to-float conversion happens inside the multiplication)."""
+    return torch.mul(acc, sx[:, None] * scale.to(sx.device)[None, :])
 
 
 def int8_matmul(qx: torch.Tensor, qw: torch.Tensor) -> torch.Tensor:
@@ -47,6 +78,38 @@ def int8_matmul(qx: torch.Tensor, qw: torch.Tensor) -> torch.Tensor:
             return qx.to(torch.int32) @ b.to(torch.int32)
         # integer matmul is not implemented on every accelerator; float64 sums of int8 products are exact
         return (qx.to(torch.float64) @ b.to(torch.float64)).to(torch.int32)
+
+
+#: float32 sums of int8 x int8 products are exact while every partial sum stays below 2^24 in magnitude,
+#: which holds in any summation order for inner dims up to 1040 (1040 * 127 * 127 < 2^24)
+_F32_EXACT_K = 2**24 // (_QMAX * _QMAX)
+
+
+def int8_matmul_f32(qx: torch.Tensor, qw: torch.Tensor) -> torch.Tensor:
+    """Exact ``qx @ qw.T`` of int8 codes held in float32 (qx (m, k) float32, qw (n, k) int8 or float32), as
+    float32 (each value the exact integer product rounded to float32, as ``int8_matmul(...).to(float32)``).
+
+    The CPU's float GEMM runs the integer product exactly on slices of at most 1040 inputs; slices are
+    summed in float64 (exact). On CPUs without VNNI this is many times faster than ``torch._int_mm``."""
+    qwf = qw.to(torch.float32)
+    k = qx.shape[1]
+    if k <= _F32_EXACT_K:
+        # + 0.0 turns the -0.0 of an all-zero sum of negative-signed zero products into the integer's +0
+        return (qx @ qwf.t()).add_(0.0)
+    acc = None
+    for lo in range(0, k, _F32_EXACT_K):
+        part = qx[:, lo:lo + _F32_EXACT_K] @ qwf[:, lo:lo + _F32_EXACT_K].t()
+        acc = part.to(torch.float64) if acc is None else acc.add_(part)
+    if k > 2**53 // (_QMAX * _QMAX):  # pragma: no cover - far beyond any layer
+        raise FormatError(f"int8 inner dim {k} is too large for an exact product")
+    return acc.to(torch.float32).add_(0.0)
+
+
+def _product(qx_float: torch.Tensor, qw: torch.Tensor) -> torch.Tensor:
+    """The exact integer product of float-held activation codes and int8 weight codes (float32 or int)."""
+    if qx_float.device.type == "cpu":
+        return int8_matmul_f32(qx_float, qw)
+    return int8_matmul(qx_float.to(torch.int8), qw.to(qx_float.device))
 
 
 @register_format
@@ -93,7 +156,40 @@ class Int8(Format):
                 f"int8 matmul expected an activation whose last dim is {qw.shape[1]}, got shape {tuple(x.shape)}"
             )
         x2 = x.reshape(-1, x.shape[-1])
-        qx, sx = quantize_rows(x2)
-        acc = int8_matmul(qx, qw.to(qx.device))
-        out = acc.to(torch.float32) * (sx[:, None] * scale.to(sx.device)[None, :])
+        xf = x2.to(torch.float32)
+        if not xf.numel():
+            qx, sx = quantize_rows(x2)
+            out = rescale(int8_matmul(qx, qw.to(qx.device)), sx, scale)
+            return out.reshape(*x.shape[:-1], qw.shape[0]).to(x.dtype)
+        mn, mx = torch.aminmax(xf, dim=1)
+        sx = row_scales(torch.maximum(mx, -mn).abs_())
+        out = rescale(_product(quantize_with_scales(xf, sx[:, None], as_float=True), qw), sx, scale)
         return out.reshape(*x.shape[:-1], qw.shape[0]).to(x.dtype)
+
+    def matmul_patches(self, x: torch.Tensor, packed: Packed, kernel, dilation, padding, stride, *,
+                       quantize_activations: bool | None = None,
+                       dequantized: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
+        """The conv without a float im2col copy: a patch's amax is the max-pool of the per-pixel channel amax
+        (padding zeros count as 0, as in the im2col row), and the int8 patch matrix is written by one
+        division pass over the strided patch view. Bit for bit ``matmul(im2col(x), packed)``."""
+        act = self.quantizes_activations if quantize_activations is None else quantize_activations
+        if not act or x.dim() != 4:
+            return super().matmul_patches(x, packed, kernel, dilation, padding, stride,
+                                          quantize_activations=act, dequantized=dequantized)
+        if packed.format != self.name:
+            raise FormatError(f"format 'int8' was given a weight packed as {packed.format!r}; use that format")
+        qw, scale = packed.tensors["qweight"], packed.tensors["scale"]
+        view, xp, oh, ow = patch_view(x.to(torch.float32), kernel, dilation, padding, stride)
+        n, _, _, c, kh, kw = view.shape
+        if c * kh * kw != qw.shape[1]:
+            raise FormatError(f"int8 conv expected {qw.shape[1]} values per patch, got {c}x{kh}x{kw}")
+        if not view.numel():
+            return super().matmul_patches(x, packed, kernel, dilation, padding, stride,
+                                          quantize_activations=act, dequantized=dequantized)
+        mn, mx = torch.aminmax(xp, dim=1)
+        pix = torch.maximum(mx, -mn).abs_()  # (n, h, w): amax over channels of each padded pixel
+        amax = F.max_pool2d(pix[:, None], (kh, kw), stride=stride, dilation=dilation)[:, 0]  # (n, oh, ow)
+        sx = row_scales(amax).reshape(-1)
+        qx = quantize_with_scales(view, sx.view(n, oh, ow, 1, 1, 1), as_float=True).view(n * oh * ow, c * kh * kw)
+        out = rescale(_product(qx, qw), sx, scale)
+        return out.to(x.dtype), oh, ow

@@ -13,6 +13,7 @@ from torch import nn
 
 from mpsearch.errors import PlanError
 from mpsearch.formats import Packed, get_format
+from mpsearch.formats.patches import im2col  # noqa: F401  (re-exported: its old home)
 from mpsearch.layer_types import layer_type_of
 from mpsearch.runtime.steps import StepState, StepTracker  # noqa: F401  (StepTracker: deprecated, old path)
 
@@ -128,27 +129,13 @@ class QuantConv2d(_QuantMixin, nn.Module):
             w = (self.fmt.dequantize(self.packed()) if w is None else w).to(x.dtype)
             return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation)
         n = x.shape[0]
-        cols, oh, ow = im2col(x, self.kernel_size, self.dilation, self.padding, self.stride)
-        y = self.fmt.matmul(cols, self.packed(), quantize_activations=True,
-                            dequantized=None if w is None else w.reshape(w.shape[0], -1)).to(x.dtype)
+        y, oh, ow = self.fmt.matmul_patches(x, self.packed(), self.kernel_size, self.dilation, self.padding,
+                                            self.stride, quantize_activations=True,
+                                            dequantized=None if w is None else w.reshape(w.shape[0], -1))
+        y = y.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(n, oh * ow, self.out_channels).transpose(1, 2).reshape(n, self.out_channels, oh, ow)
-
-
-def im2col(x: torch.Tensor, kernel, dilation, padding, stride):
-    """(N*oh*ow, C*kh*kw) patches of an NCHW tensor, rows in (n, oh, ow) order, columns ordered like a conv
-    weight's (C, kh, kw): one strided view and one copy, much faster than F.unfold + transpose on the CPU."""
-    kh, kw = kernel
-    if padding[0] or padding[1]:
-        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
-    n, c, h, w = x.shape
-    sn, sc, sh, sw = x.stride()
-    oh = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    patches = x.as_strided((n, oh, ow, c, kh, kw),
-                           (sn, sh * stride[0], sw * stride[1], sc, sh * dilation[0], sw * dilation[1]))
-    return patches.reshape(n * oh * ow, c * kh * kw), oh, ow
 
 
 def quantized_module(module: nn.Module, packed: Packed, act_windows=()) -> nn.Module:

@@ -593,7 +593,7 @@ def _int8_matmul_reference(x: torch.Tensor, w: torch.Tensor) -> np.ndarray:
     return acc.astype(np.float32) * (sx[:, None] * sw[None, :])
 
 
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (4, 1, 3), (1, 5, 1), (3, 17, 5), (33, 64, 9), (16, 96, 24)])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (4, 1, 3), (1, 5, 1), (3, 17, 5), (33, 64, 9), (16, 96, 24), (6, 2500, 5)])
 def test_int8_matmul_exact(m, k, n):
     f = get_format("int8")
     g = torch.Generator().manual_seed(m * k * n)
@@ -801,3 +801,23 @@ def test_large_weight_matches_the_element_by_element_reference():
         d = get_format(name).fake_quantize(w)
         assert d.shape == w.shape and d.dtype == w.dtype
         assert_bits_equal(d[rows], refs[name](w[rows].numpy()))
+
+
+@pytest.mark.parametrize("kernel,padding,stride,dilation", [((3, 3), (1, 1), (1, 1), (1, 1)),
+                                                            ((3, 3), (1, 1), (2, 2), (1, 1)),
+                                                            ((1, 1), (0, 0), (1, 1), (1, 1)),
+                                                            ((3, 2), (2, 0), (1, 2), (2, 1))])
+def test_int8_conv_patches_exact(kernel, padding, stride, dilation):
+    """The int8 conv path (no float im2col copy, patch amax by max-pooling) is bit for bit the W8A8 matmul of
+    the im2col rows, checked against the numpy reference on F.unfold's patches."""
+    f = get_format("int8")
+    g = torch.Generator().manual_seed(sum(kernel) + padding[0] + stride[1])
+    x = torch.randn(2, 7, 9, 10, generator=g)
+    x[0, :, :4, :] = 0  # zero patches: scale 0, codes 0
+    w = torch.randn(5, 7, *kernel, generator=g)
+    p = f.quantize(w)
+    got, oh, ow = f.matmul_patches(x, p, kernel, dilation, padding, stride)
+    cols = torch.nn.functional.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+    cols = cols.transpose(1, 2).reshape(-1, w[0].numel())
+    assert cols.shape[0] == 2 * oh * ow
+    assert_bits_equal(got, _int8_matmul_reference(cols, w.reshape(5, -1)))
