@@ -227,7 +227,9 @@ def load_pipeline(name_or_path="default", device=None) -> DiffusionPipeline:
         raise ModelError(f"cannot read {index_file}: {exc}; fix or re-save the pipeline folder") from None
     if is_checkpoint(path):  # an exported quantized checkpoint: the denoiser is built from its packed weights
         digits = class_name == DigitsPipeline.__name__
-        return load_quantized(path, device, pipeline_class=DigitsPipeline if digits else None, **_LOAD_KWARGS)
+        pipe = load_quantized(path, device, pipeline_class=DigitsPipeline if digits else None, **_LOAD_KWARGS)
+        pipe.mpsearch_name = name_or_path if embedded else path.name  # names its default profile file
+        return pipe
     try:
         if class_name == DigitsPipeline.__name__:
             pipe = DigitsPipeline.from_pretrained(path, **_LOAD_KWARGS)
@@ -241,6 +243,7 @@ def load_pipeline(name_or_path="default", device=None) -> DiffusionPipeline:
         ) from exc
     if device is not None:
         pipe = pipe.to(device)
+    pipe.mpsearch_name = name_or_path if embedded else path.name  # names its default profile file
     return pipe
 
 

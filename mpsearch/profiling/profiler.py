@@ -243,6 +243,18 @@ class _BlockProbe:
         acc.prev[self.index] = o
 
 
+def model_name(pipe) -> str:
+    """The name a pipeline's profile file takes by default: the name ``mpsearch.load_pipeline`` loaded it by
+    (``default``, ``default-unet``, a folder's name), else the folder it came from, else its denoiser's class."""
+    name = getattr(pipe, "mpsearch_name", None)
+    if name:
+        return Path(str(name)).name
+    source = getattr(getattr(pipe, "config", None), "get", lambda *_: None)("_name_or_path")
+    if source and Path(str(source)).name:
+        return Path(str(source)).name
+    return type(get_denoiser(pipe)).__name__
+
+
 def default_profile_path(model: str = "default") -> Path:
     slug = Path(str(model)).name or "model"
     return Path("profiles") / f"{slug}.sqlite"
@@ -265,7 +277,7 @@ def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard:
     i, n = shard
     if not (isinstance(n, int) and isinstance(i, int) and n >= 1 and 0 <= i < n):
         raise UsageError(f"shard must be i/n with 0 <= i < n, got {i}/{n}; pass e.g. --shard 0/2 and --shard 1/2")
-    out = Path(out) if out is not None else default_profile_path()
+    out = Path(out) if out is not None else default_profile_path(model_name(pipe))
     denoiser = get_denoiser(pipe)
     info = describe(denoiser, ("fp", *config.formats))
     check_finite_weights(denoiser)  # before any file is made

@@ -134,3 +134,16 @@ def test_profile_on_diffusers_models(any_pipe, tmp_path):
     both = eligible[:, 1, 0] & eligible[:, 2, 0]
     assert np.median(rel[both, 1]) < np.median(rel[both, 2])
     assert np.isfinite(prof.block_change()[:, 1:]).all()
+
+
+def test_profile_file_defaults_to_the_models_name(tmp_path, monkeypatch):
+    """Without ``out``, the profile goes to profiles/<name the pipeline was loaded by>.sqlite, not default.sqlite."""
+    import mpsearch
+    from mpsearch.profiling.profiler import model_name
+
+    monkeypatch.chdir(tmp_path)
+    unet = mpsearch.load_pipeline("default-unet")
+    assert model_name(unet) == "default-unet" and model_name(mpsearch.load_pipeline("default")) == "default"
+    prof = mpsearch.profile(unet, steps=2, seeds=(0,), labels=(1,), progress=False)
+    assert (tmp_path / "profiles" / "default-unet.sqlite").is_file() and prof.info.fingerprint
+    assert not (tmp_path / "profiles" / "default.sqlite").exists()
