@@ -40,6 +40,17 @@ def atomic_write_text(path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def staging_folder(out, error=MpsearchError, fix: str = "choose a writable output folder") -> Path:
+    """A new empty folder beside ``out`` to write a whole folder into before renaming it into place; an
+    ``error`` naming ``out`` and ``fix`` when it cannot be made."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as e:
+        raise error(f"cannot write {out}: {e.strerror or e}; {fix}") from None
+
+
 def dump_yaml(data) -> str:
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=120)
     if yaml.safe_load(text) != data:

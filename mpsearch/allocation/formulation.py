@@ -223,3 +223,14 @@ def formulate(profile, budget=None, *, metric: str = "auto", objective_weights=N
     cm = compute_problem(profile, problem, layer_calls, compute, metric=metric, cost=priced)
     return dataclasses.replace(form, problem=cm.problem, compute=cm, compute_spec=str(compute),
                                latency=None if isinstance(priced, str) else priced)
+
+
+def as_formulation(profile, budget, caller: str, **objective) -> Formulation:
+    """``profile`` as a Formulation at ``budget``: a Formulation given as is (re-budgeted), else
+    ``formulate(profile, budget, **objective)``; objective keywords beside a Formulation are an error."""
+    if isinstance(profile, Formulation):
+        if objective:
+            raise UsageError(f"{caller} got a Formulation and objective keywords ({', '.join(objective)}); put "
+                             "them in formulate() instead")
+        return profile.with_budget(budget)
+    return formulate(profile, budget, **objective)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mpsearch.errors import InfeasibleError, UsageError
-from mpsearch.allocation.formulation import Formulation, budget_keywords, formulate
+from mpsearch.allocation.formulation import as_formulation, budget_keywords
 from mpsearch.allocation.solvers import Solution, get_solver, min_feasible_bytes
 from mpsearch.budget import format_bytes, parse_budget
 from mpsearch.io import atomic_write_bytes
@@ -218,13 +218,7 @@ def pareto(profile, budgets=None, *, n: int | None = None, solver="ilp", out=Non
     ``{"points": [...], "uniform": {...}, "files": {...}}`` with the ParetoPoint objects under ``points``.
     """
 
-    if isinstance(profile, Formulation):
-        if objective:
-            raise UsageError(f"pareto got a Formulation and objective keywords ({', '.join(objective)}); put them "
-                             "in formulate() instead")
-        form = profile.with_budget(None)
-    else:
-        form = formulate(profile, None, **objective)
+    form = as_formulation(profile, None, "pareto", **objective)
     profile, problem, metric = form.profile, form.problem, form.metric
     info = profile.info
     kw = budget_keywords(info)

@@ -18,10 +18,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from mpsearch.allocation.formulation import Formulation, formulate
+from mpsearch.allocation.formulation import Formulation, as_formulation
 from mpsearch.allocation.solvers import get_solver
 from mpsearch.allocation.solvers.optuna_search import problem_digest
-from mpsearch.errors import UsageError
 from mpsearch.metrics import ssim
 from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
@@ -100,13 +99,8 @@ def refine(profile, pipe, budget="60%", *, trials: int = 30, storage: str | None
     """
     from tqdm.auto import tqdm
 
-    if isinstance(profile, Formulation):
-        if objective:
-            raise UsageError(f"refine got a Formulation and objective keywords ({', '.join(objective)}); put them "
-                             "in formulate() instead")
-        form = profile.with_budget(budget)
-    else:
-        form = formulate(profile, budget, pipe=pipe, **objective)
+    extra = {} if isinstance(profile, Formulation) else {"pipe": pipe}  # a Formulation carries its own
+    form = as_formulation(profile, budget, "refine", **extra, **objective)
     info, problem, decode = form.profile.info, form.problem, form.decode
     settings = {"labels": list(labels), "seeds": list(seeds), "steps": int(steps), "sampler": sampler, "seed": seed}
     if study_name is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from mpsearch.errors import MpsearchError, UsageError
 from mpsearch.report.data import ReportData
 from mpsearch.report.figures import _cache_png, _frontier_png, _grid_png, _heatmap_png, _network_png
 from mpsearch.report.page import _page
-from mpsearch.io import atomic_write_bytes
+from mpsearch.io import atomic_write_bytes, staging_folder
 
 __all__ = ["render_report"]
 
@@ -43,11 +42,7 @@ def render_report(data: ReportData, out) -> dict:
 
     out = Path(out)
     _check_out(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as e:
-        raise MpsearchError(f"cannot write the report to {out}: {e.strerror or e}; choose a writable --out") from None
+    tmp = staging_folder(out, MpsearchError, "choose a writable --out")
     try:
         figures: dict = {}
         names: list[str] = []

@@ -30,7 +30,7 @@ import torch
 from mpsearch.cache_units import CacheUnit
 from mpsearch.errors import ModelError
 from mpsearch.formats import Packed
-from mpsearch.io import atomic_write_text
+from mpsearch.io import atomic_write_text, staging_folder
 from mpsearch.models import describe, get_denoiser, measured_bytes
 from mpsearch.plan import Plan
 from mpsearch.runtime.cache_hooks import FeatureCacheConfig, apply_feature_cache
@@ -162,11 +162,7 @@ def export(pipe, plan: Plan, out, *, ignore_weights: bool = False) -> Path:
                               f"{saved:,} B would be saved; this is a bug in mpsearch, please report it")
     from safetensors.torch import save_file
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as e:
-        raise CheckpointError(f"cannot write {out}: {e.strerror or e}; choose a writable output folder") from None
+    tmp = staging_folder(out, CheckpointError)
     try:
         _save_components(pipe, component, denoiser, tmp)
         sub = tmp / component
