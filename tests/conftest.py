@@ -56,3 +56,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+class Tiny(torch.nn.Module):
+    """Linear(3, 4) -> tanh -> Linear(4, out), seeded: small enough to check gradients and traces by hand."""
+
+    def __init__(self, out=1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Linear(3, 4)
+        self.b = torch.nn.Linear(4, out)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))

@@ -10,17 +10,8 @@ from mpsearch.errors import UsageError
 from mpsearch.formats import get_format
 from mpsearch.workflow import profile
 from mpsearch.allocation.solvers import get_solver
+from conftest import Tiny  # a two-layer MLP whose Jacobians are worked out by hand
 
-
-class Tiny(torch.nn.Module):
-    def __init__(self, out=1):
-        super().__init__()
-        torch.manual_seed(0)
-        self.a = torch.nn.Linear(3, 4)
-        self.b = torch.nn.Linear(4, out)
-
-    def forward(self, x):
-        return self.b(torch.tanh(self.a(x)))
 
 
 def _exact_traces(model, x):

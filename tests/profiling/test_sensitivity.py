@@ -13,17 +13,8 @@ from mpsearch.allocation.formulation import layer_costs, resolve_metric
 from mpsearch.profiling.store import Profile, merge_profiles
 from mpsearch.workflow import profile
 from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
+from conftest import Tiny  # a two-layer MLP whose Jacobians are worked out by hand
 
-
-class Tiny(torch.nn.Module):
-    def __init__(self, out=1):
-        super().__init__()
-        torch.manual_seed(0)
-        self.a = torch.nn.Linear(3, 4)
-        self.b = torch.nn.Linear(4, out)
-
-    def forward(self, x):
-        return self.b(torch.tanh(self.a(x)))
 
 
 def test_scalar_output_is_exact():
