@@ -20,8 +20,11 @@ import torch
 
 from mpsearch.errors import FormatError
 from mpsearch.formats.base import Format, Packed, check_finite, matrix_shape
-from mpsearch.formats.packing import pack_nibbles, unpack_nibbles
+from mpsearch.formats.packing import decode_nibbles, pack_nibbles
 from mpsearch.formats.registry import register_format
+
+#: the value ``q - 8`` of each code q
+_CENTRED = tuple(float(q - 8) for q in range(16))
 
 
 @register_format
@@ -72,10 +75,10 @@ class Int4(Format):
             raise FormatError(f"format {self.name!r} was given a weight packed as {packed.format!r}; use that format")
         out, inp = matrix_shape(packed.shape)
         g = self.group
-        q = unpack_nibbles(packed.tensors["qweight"]).reshape(out, inp // g, g).to(torch.float32)
+        q8 = decode_nibbles(packed.tensors["qweight"], _CENTRED).reshape(out, inp // g, g)  # q - 8, exact
         scale = packed.tensors["scale"].to(torch.float32)[..., None]
         zero = packed.tensors["zero"].to(torch.float32)[..., None]
-        x = (q - 8) * scale + zero
+        x = q8.mul_(scale).add_(zero)  # (q - 8) * scale + zero, in place on the decoded codes
         return x.reshape(packed.shape).to(packed.dtype)
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from mpsearch.errors import FormatError
+
+_tables: dict = {}
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
@@ -19,3 +22,19 @@ def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     """Inverse of ``pack_nibbles``: uint8 (..., n) -> codes uint8 (..., 2n)."""
     p = packed.to(torch.uint8)
     return torch.stack((p & 0x0F, p >> 4), dim=-1).reshape(*p.shape[:-1], p.shape[-1] * 2)
+
+
+def decode_nibbles(packed: torch.Tensor, values: tuple[float, ...]) -> torch.Tensor:
+    """float32 ``values[code]`` of every code in ``packed`` (uint8 (..., n) -> (..., 2n)), in one gather: each
+    byte indexes a 256 x 2 table of its two nibbles' values (so the codes are never unpacked on their own).
+    Bit for bit ``torch.tensor(values)[unpack_nibbles(packed).long()]``."""
+    if len(values) != 16:
+        raise FormatError(f"decode_nibbles needs a value for each of the 16 codes, got {len(values)}")
+    key = (values, str(packed.device))
+    table = _tables.get(key)
+    if table is None:
+        v = torch.tensor(values, dtype=torch.float32)
+        b = torch.arange(256)
+        table = _tables[key] = torch.stack((v[b & 0x0F], v[b >> 4]), dim=1).to(packed.device)
+    out = F.embedding(packed.to(torch.int32), table)  # (..., n, 2)
+    return out.reshape(*packed.shape[:-1], packed.shape[-1] * 2)

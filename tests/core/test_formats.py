@@ -821,3 +821,50 @@ def test_int8_conv_patches_exact(kernel, padding, stride, dilation):
     cols = cols.transpose(1, 2).reshape(-1, w[0].numel())
     assert cols.shape[0] == 2 * oh * ow
     assert_bits_equal(got, _int8_matmul_reference(cols, w.reshape(5, -1)))
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32)  # -0.0 and +0.0 differ here
+
+
+def _nasty_rows(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(24, 64, generator=g) * torch.logspace(-30, 3, 24)[:, None]
+    x[0] = 0.0  # an all-zero row (blocks of zeros)
+    x[1] = -0.0
+    x[2, :16] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, -0.25, -0.75, -1.25, -1.75, -2.5,
+                              -3.5, -5.0, -7.0])  # E2M1 ties and saturation at a block amax of 7
+    x[3, :16] = x[2, :16] * 2.0 ** -100  # the same values where the block scale underflows
+    return x
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("amax", [None, "row", 1e-40, 1e30])
+def test_nvfp4_fake_quantize_is_encode_then_decode(seed, amax):
+    from mpsearch.formats.nvfp4 import nvfp4_decode, nvfp4_encode, nvfp4_fake_quantize
+
+    x = _nasty_rows(seed)
+    ta = None if amax is None else (x.abs().amax() * 3 if amax == "row" else torch.tensor(amax))
+    want = nvfp4_decode(*nvfp4_encode(x, ta))
+    assert torch.equal(_bits(nvfp4_fake_quantize(x, ta)), _bits(want))
+
+
+@pytest.mark.parametrize("name", ["nvfp4", "int4", "int4-g32"])
+def test_packed_decode_equals_unpacked_reference(name):
+    # the table-gather decode gives the bits of unpack + elementwise arithmetic
+    from mpsearch.formats.nvfp4 import nvfp4_decode
+    from mpsearch.formats.packing import unpack_nibbles
+
+    w = _nasty_rows(7)
+    w[0, 0] = 1.0  # int4 needs finite float16 scales: keep the range moderate
+    w = torch.cat((w, -0.5 * w), dim=1).clamp(-1e4, 1e4)  # 128 inputs: one int4 group per row
+    fmt = get_format(name)
+    p = fmt.quantize(w)
+    codes = unpack_nibbles(p.tensors["qweight"])
+    if name == "nvfp4":
+        want = nvfp4_decode(codes, p.tensors["block_scale"], p.tensors["tensor_scale"])
+    else:
+        g = fmt.group
+        q = codes.reshape(w.shape[0], -1, g).to(torch.float32)
+        want = ((q - 8) * p.tensors["scale"].float()[..., None] + p.tensors["zero"].float()[..., None]).reshape(w.shape)
+    assert torch.equal(_bits(fmt.dequantize(p)), _bits(want))
