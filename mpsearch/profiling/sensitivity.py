@@ -142,10 +142,19 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
         kept = [s for s in kept if s in seen] or sorted(seen)[:1]
         keep = set(kept)
         calls = [c for c in calls if c[0] in keep]
-    params = [m.weight for m in modules]
+    # No parameter takes part in the graph (so autograd keeps no layer inputs for weight gradients, about
+    # half of a backward pass's memory); a candidate layer whose input is not on the graph yet gets it as a
+    # leaf, so that every candidate's output is. Gradients with respect to the outputs are unchanged.
+    params = list(denoiser.parameters())
     flags = [p.requires_grad for p in params]
     gen = torch.Generator().manual_seed(int(seed))
     captured: list[list[torch.Tensor]] = [[] for _ in modules]
+
+    def on_graph(module, args):
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not x.requires_grad:
+            return (x.detach().requires_grad_(True), *args[1:])
+        return None
 
     def keep(i):
         def hook(module, inputs, output):
@@ -153,10 +162,11 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
                 captured[i].append(output)
         return hook
 
-    handles = [m.register_forward_hook(keep(i)) for i, m in enumerate(modules)]
+    handles = [m.register_forward_pre_hook(on_graph) for m in modules]
+    handles += [m.register_forward_hook(keep(i)) for i, m in enumerate(modules)]
     try:
         for p in params:
-            p.requires_grad_(True)  # so that every candidate layer's output is on the graph
+            p.requires_grad_(False)
         with torch.enable_grad():
             for step, args, kwargs in calls:
                 for c in captured:
