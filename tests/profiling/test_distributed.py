@@ -97,10 +97,12 @@ def _launch(steps: list[dict], world: int = 2) -> list[list[dict]]:
 
 
 def tables(path) -> dict:
-    """Every table's content, sorted; the per-unit wall times are left out (they are timings)."""
+    """Every measurement table's content, sorted; the per-unit wall times and the latency table (a property of
+    the machine, added by the last step) are left out."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return {"meta": sorted((k, json.loads(v)) for k, v in conn.execute("SELECT key, value FROM meta")),
+        return {"meta": sorted((k, json.loads(v)) for k, v in conn.execute("SELECT key, value FROM meta")
+                               if k != "latency"),
                 "units": sorted(u for (u,) in conn.execute("SELECT unit FROM units")),
                 **{t: sorted(conn.execute(f"SELECT * FROM {t}")) for t in ("local", "block_change", "sensitivity")}}
     finally:
@@ -141,6 +143,8 @@ def test_two_processes_equal_one_then_fail_and_resume(reference, tmp_path):
         {"argv": ["profile", *ARGS, "--out", str(tmp_path / "b" / "p.sqlite")], "fail_rank": 1},
         {"argv": ["profile", *ARGS, "--out", str(tmp_path / "b" / "p.sqlite")]},  # the same command again
         {"argv": ["profile", *ARGS, "--out", str(stale / "p.sqlite")]},
+        {"argv": ["profile", *ARGS, "--out", str(tmp_path / "a" / "p.sqlite"), "--end-to-end", "--shortlist", "1",
+                  "--windows", "1", "--latency", "--latency-min-time", "0.001"]},
     ]
     rank0, rank1 = _launch(steps)
 
@@ -177,6 +181,16 @@ def test_two_processes_equal_one_then_fail_and_resume(reference, tmp_path):
         assert res["code"] == 1 and res["err"].count("\n") == 1, res
         assert "3-process" in res["err"] and "--nproc-per-node 3" in res["err"] and "delete those files" in res["err"]
     assert sorted(p.name for p in stale.iterdir()) == ["p.sqlite.shard0-of-3"]
+
+    # 5. on the finished profile, --end-to-end and --latency: nothing is measured or merged again; rank 0 runs
+    # both into the file and reports them, rank 1 waits and prints nothing
+    assert rank0[4]["code"] == rank1[4]["code"] == 0, (rank0[4]["err"], rank1[4]["err"])
+    assert rank1[4]["out"] == ""
+    data = json.loads(rank0[4]["out"])
+    assert data["end_to_end"]["units"] > 0 and data["latency"] is not None
+    assert data["digest"] == Profile.load(reference).digest
+    assert tables(fresh) == tables(reference) and rank0[4]["files"]["p.sqlite"] == rank0[0]["files"]["p.sqlite"]
+    assert Profile.load(fresh).latency() is not None
 
 
 @pytest.mark.slow
