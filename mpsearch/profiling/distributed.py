@@ -292,14 +292,13 @@ def _stale_shards(out, world: int) -> list[str]:
     return [p.name for p, _, n in _shard_files(out) if n != world]
 
 
-def _stale_error(out, names: list[str]) -> ProfileError:
+def _stale_error(out, names: list[str], world: int) -> ProfileError:
     sizes = sorted({int(re.search(r"-of-(\d+)$", n).group(1)) for n in names})
-    first = sizes[0]
+    m = sizes[0]
     listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-    return ProfileError(f"{Path(out).parent / names[0]} and the other shard files of an unfinished {first}-process "
-                        f"profile are there ({listed}), but this run has another number of processes; resume it with "
-                        f"{first} processes (torchrun --nproc-per-node {first}, WORLD_SIZE={first}), or delete those "
-                        "files to start over")
+    return ProfileError(f"{Path(out).parent} holds shard files of an unfinished {m}-process profile ({listed}), but "
+                        f"this run has {world} processes; resume it with {m} processes (e.g. torchrun --nproc-per-node "
+                        f"{m}), or delete those files to start over")
 
 
 def profile_sharded(pipe, config: ProfileConfig, out, session: Session, *, progress: bool = True) -> Profile:
@@ -324,7 +323,7 @@ def profile_sharded(pipe, config: ProfileConfig, out, session: Session, *, progr
     reports = session.exchange(survey, what="checking the files of earlier runs")
     stale = sorted({name for names, _ in reports for name in names})
     if stale:
-        raise _stale_error(out, stale)
+        raise _stale_error(out, stale, world)
     done = set(reports[0][1])
 
     if len(done) < total:

@@ -21,8 +21,9 @@ import torch
 
 import mpsearch
 from mpsearch.cli import main
-from mpsearch.errors import UsageError
-from mpsearch.profiling.distributed import Launch, detect_launch, launch_device, shard_file
+from mpsearch.errors import ProfileError, UsageError
+from mpsearch.profiling.distributed import Launch, detect_launch, launch_device, profile_sharded, shard_file
+from mpsearch.profiling.profiler import ProfileConfig
 from mpsearch.profiling.store import Profile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -266,3 +267,28 @@ def test_python_refuses_a_shard_under_a_launch_and_distributed_without_one(monke
     prof = mpsearch.profile(dit_pipe, out=tmp_path / "p.sqlite", distributed=False, steps=1, seeds=(0,), labels=(1,),
                             progress=False)
     assert prof.units == (0,) and sorted(p.name for p in tmp_path.iterdir()) == ["p.sqlite"]
+
+
+class _OneRank:
+    """Stands for rank ``rank`` of ``world``: the survey and the steps run here alone (no process group)."""
+
+    def __init__(self, rank, world):
+        self.rank, self.world_size, self.is_main = rank, world, rank == 0
+
+    def exchange(self, fn, *, what, notify=False):
+        return [fn()] * self.world_size
+
+    def on_main(self, fn, *, what):
+        return fn()
+
+    def gather_to_main(self, obj, *, what):
+        return [obj] * self.world_size if self.is_main else None
+
+
+def test_a_shard_file_of_another_rank_is_refused(tmp_path, dit_pipe):
+    config = ProfileConfig(steps=1, seeds=(0, 1), labels=(1,))
+    out = tmp_path / "p.sqlite"
+    mpsearch.profile(dit_pipe, config, out=shard_file(out, 1, 2), shard=(0, 2), progress=False)  # unit 0, misnamed
+    with pytest.raises(ProfileError, match="holds unit 0, which belongs to rank 0 of 2, not to rank 1"):
+        profile_sharded(dit_pipe, config, out, _OneRank(1, 2), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.sqlite.shard1-of-2"]  # nothing else touched
