@@ -185,12 +185,13 @@ def remove_profile_file(path) -> None:
 def resumable_units(path, info: ModelInfo, config: dict, weights: str | None = None) -> set[int]:
     """The finished units of the existing profile file ``path``, checked as resuming it checks it (same model,
     configuration and weights, else a ProfileError naming what differs); an empty set if there is no such file.
-    Read-only: the file is neither created nor changed."""
+    The file is not created, and nothing is written to it, but it is opened for writing as resuming opens it, so
+    that the journal of a writer killed mid-unit is rolled back (a read-only connection cannot read such a file)."""
     path = Path(path)
     if not path.exists() or (path.is_file() and path.stat().st_size == 0):
         return set()
     try:
-        with contextlib.closing(_connect(path, readonly=True)) as conn:
+        with contextlib.closing(_connect(path)) as conn:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if not {"meta", "units"} <= tables:
                 raise ProfileError(f"{path} exists and is not an mpsearch profile; choose another --out (or delete it)")

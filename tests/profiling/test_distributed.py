@@ -292,3 +292,21 @@ def test_a_shard_file_of_another_rank_is_refused(tmp_path, dit_pipe):
     with pytest.raises(ProfileError, match="holds unit 0, which belongs to rank 0 of 2, not to rank 1"):
         profile_sharded(dit_pipe, config, out, _OneRank(1, 2), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.sqlite.shard1-of-2"]  # nothing else touched
+
+
+def test_a_shard_file_left_by_a_killed_writer_is_resumed(tmp_path, dit_pipe):
+    """kill -9 in the middle of a unit leaves a hot journal, which a read-only connection cannot read: the files of
+    earlier runs are opened as resuming opens them, so the journal is rolled back and the finished unit is kept."""
+    config = ProfileConfig(steps=1, seeds=(0, 1), labels=(1,))
+    out = tmp_path / "p.sqlite"
+    mine = shard_file(out, 0, 2)
+    mpsearch.profile(dit_pipe, config, out=mine, shard=(0, 2), progress=False)
+    kill = ("import os, sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('PRAGMA "
+            "cache_size=1')\nc.execute('BEGIN')\nc.execute('UPDATE local SET err2 = -1')\nc.execute('INSERT INTO units "
+            "VALUES (2, 1.0)')\nos._exit(9)\n")
+    subprocess.run([sys.executable, "-c", kill, str(mine)], check=False)
+    assert Path(f"{mine}-journal").stat().st_size > 0
+    merged = profile_sharded(dit_pipe, config, out, _OneRank(0, 2), progress=False)  # rank 0's part of a resume
+    assert merged.units == (0,) and sorted(p.name for p in tmp_path.iterdir()) == ["p.sqlite"]
+    assert merged.digest == mpsearch.profile(dit_pipe, config, out=tmp_path / "one.sqlite", shard=(0, 2),
+                                             progress=False).digest
