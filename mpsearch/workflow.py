@@ -6,8 +6,13 @@ It sits above both stages because it needs both; each stage on its own imports o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mpsearch.allocation.endtoend import run_end_to_end
-from mpsearch.profiling.profiler import ProfileConfig, default_profile_path, profile_local
+from mpsearch.errors import UsageError
+from mpsearch.profiling.distributed import detect_launch, distributed_session, pipeline_device, profile_sharded
+from mpsearch.profiling.profiler import (ProfileConfig, default_profile_path, make_config, model_name,
+                                         profile_local)
 from mpsearch.profiling.store import Profile
 
 __all__ = ["profile", "ProfileConfig", "default_profile_path"]
@@ -15,21 +20,49 @@ __all__ = ["profile", "ProfileConfig", "default_profile_path"]
 
 def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple[int, int] = (0, 1),
             progress: bool = True, end_to_end: bool | None = None, shortlist: int = 8, windows: int = 4,
-            content_scorer=None, features=None, **options) -> Profile:
+            content_scorer=None, features=None, distributed: bool | None = None, **options) -> Profile:
     """Profile ``pipe``'s denoiser (local tier) into the SQLite file ``out`` and return the loaded Profile.
 
     ``options`` override fields of the default ProfileConfig (labels, seeds, steps, guidance_scale, formats).
     Running again with the same file and configuration resumes: finished units are skipped.
     ``shard=(i, n)`` measures only the units u with u % n == i.
 
+    Under ``torchrun`` or ``accelerate launch`` (``distributed=None`` detects it from the environment; ``False``
+    profiles in this process alone), every rank must call this: rank r measures shard (r, n) into
+    ``<out>.shard<r>-of-<n>``, rank 0 merges them into ``out`` (:mod:`mpsearch.profiling.distributed`), and every
+    rank returns the merged Profile; ``shard`` must then be left alone. Progress is shown by rank 0 only.
+
     ``end_to_end`` (on by default when ``content_scorer`` or ``features`` is given) then runs the cheap
     end-to-end tier (``mpsearch.allocation.endtoend.run_end_to_end``: ``shortlist`` layers, ``windows`` step
-    windows) into the same file; its summary (cost_ratio, spearman) is ``profile.end_to_end``.
+    windows) into the same file; its summary (cost_ratio, spearman) is ``profile.end_to_end``. Under a
+    distributed launch, rank 0 runs it on the merged profile while the other ranks wait.
     ``content_scorer(images, conditions) -> (N,)`` and ``features(images) -> (N, D)`` replace the default
     digit classifier's condition score and feature space (e.g. a local CLIP or Inception model).
     """
-    loaded = profile_local(pipe, config, out=out, shard=shard, progress=progress, **options)
-    if end_to_end or (end_to_end is None and (content_scorer is not None or features is not None)):
-        loaded.end_to_end = run_end_to_end(pipe, loaded, shortlist_n=shortlist, windows=windows,
-                                           content_scorer=content_scorer, features=features, progress=progress)
+    launch = detect_launch() if distributed is not False else None
+    if distributed and launch is None:
+        raise UsageError("distributed=True, but this process is not part of a distributed launch (WORLD_SIZE > 1); "
+                         "start it with torchrun or accelerate launch, or leave distributed unset")
+    e2e = bool(end_to_end or (end_to_end is None and (content_scorer is not None or features is not None)))
+
+    def tier2(loaded, show):
+        return run_end_to_end(pipe, loaded, shortlist_n=shortlist, windows=windows, content_scorer=content_scorer,
+                              features=features, progress=show)
+
+    if launch is None:
+        loaded = profile_local(pipe, config, out=out, shard=shard, progress=progress, **options)
+        if e2e:
+            loaded.end_to_end = tier2(loaded, progress)
+        return loaded
+    if tuple(shard) != (0, 1):
+        raise UsageError(f"shard {shard[0]}/{shard[1]} given under a distributed launch (rank {launch.rank} of "
+                         f"{launch.world_size}), which already splits the work: each rank takes its shard from "
+                         "torch.distributed; leave out --shard (shard=)")
+    config = make_config(config, options)
+    out = Path(out) if out is not None else default_profile_path(model_name(pipe))
+    with distributed_session(pipeline_device(pipe), launch=launch) as session:
+        loaded = profile_sharded(pipe, config, out, session, progress=progress)
+        if e2e:
+            loaded.end_to_end = session.on_main(lambda: tier2(loaded, progress),
+                                                what="waiting for rank 0 to run the end-to-end tier")
     return loaded

@@ -84,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--guidance", type=float, default=None)
     sp.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (replaces --labels)")
     sp.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the pipeline's)")
-    sp.add_argument("--shard", type=_shard, default=(0, 1), help="measure only shard i of n (i/n)")
+    sp.add_argument("--shard", type=_shard, default=(0, 1), help="measure only shard i of n (i/n); under torchrun "
+                    "or accelerate launch each rank takes its shard by itself and rank 0 merges")
+    sp.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                    help="where to profile (default: cpu; under torchrun or accelerate launch cuda:LOCAL_RANK when "
+                    "there are GPUs, else cpu)")
     sp.add_argument("--sample", type=int, default=None, metavar="N",
                     help="estimate each layer's errors from a seeded subset of at most N output channels x N "
                     "activation rows (real-size models; default: every element)")

@@ -9,6 +9,7 @@ from mpsearch.errors import UsageError
 from mpsearch.cli.common import _emit, read_prompts
 from mpsearch import pipeline
 
+from mpsearch.profiling.distributed import detect_launch, distributed_session, launch_device
 from mpsearch.profiling.estimate import estimate_profile
 from mpsearch.profiling.latency import measure_latency
 from mpsearch.profiling.profiler import ProfileConfig
@@ -50,6 +51,14 @@ def _latency_lines(summary: dict) -> list[str]:
 def cmd_profile(args) -> int:
 
     out = Path(args.out) if args.out else default_profile_path(args.model)
+    launch = detect_launch()  # torchrun / accelerate launch: one shard per rank, rank 0 merges and reports
+    if launch is not None and args.shard != (0, 1):
+        raise UsageError(f"--shard {args.shard[0]}/{args.shard[1]} and a distributed launch (rank {launch.rank} of "
+                         f"{launch.world_size}) both split the work; under torchrun or accelerate launch each rank "
+                         "takes its shard from torch.distributed: leave out --shard")
+    if launch is not None and args.estimate:
+        raise UsageError("--estimate predicts a one-process profile from a one-step run: run it without torchrun or "
+                         "accelerate launch (python -m mpsearch profile --estimate ...)")
     if args.end_to_end and args.shard != (0, 1):
         raise UsageError("--end-to-end needs the whole local profile: merge the shards first, then run "
                          "`mpsearch profile --end-to-end --out MERGED` with the same options")
@@ -59,7 +68,14 @@ def cmd_profile(args) -> int:
     config = _profile_config(args, out)
     if args.estimate and (args.end_to_end or args.latency or args.shard != (0, 1)):
         raise UsageError("--estimate predicts the local profile alone: leave out --end-to-end, --latency and --shard")
-    pipe = pipeline.load_pipeline(args.model)
+    device = launch_device(launch, args.device)
+    with distributed_session(device, launch=launch) as session:
+        return _profile(args, out, config, device, session)
+
+
+def _profile(args, out, config, device, session) -> int:
+    main = session is None or session.is_main
+    pipe = pipeline.load_pipeline(args.model, device=None if device.type == "cpu" else device)
     if args.estimate:
         e = estimate_profile(pipe, config)
         line = (f"estimated profile of {args.model}: {e['seconds']:.1f} s, peak memory {e['peak_bytes'] / 1e9:.2f} GB "
@@ -68,19 +84,28 @@ def cmd_profile(args) -> int:
                 f"{e['replay_seconds']:.2f} s per replayed step)")
         return _emit(args, {"model": args.model, "estimate": e, **{k: e[k] for k in ("seconds", "peak_bytes")}}, [line])
     t0 = time.perf_counter()
-    prof = profile(pipe, config, out=out, shard=args.shard, progress=not args.json, end_to_end=args.end_to_end,
-                   shortlist=args.shortlist, windows=args.windows)
+    prof = profile(pipe, config, out=out, shard=args.shard, progress=not args.json and main,
+                   end_to_end=args.end_to_end, shortlist=args.shortlist, windows=args.windows)
     if args.latency:
 
-        table = measure_latency(pipe, prof.info, formats=prof.formats, steps=config.steps,
-                                conditions=list(config.conditions), seed=config.seeds[0],
-                                guidance_scale=config.guidance_scale, size=config.size,
-                                min_time=args.latency_min_time, progress=not args.json)
-        write_latency(out, table)
+        def latency():
+            table = measure_latency(pipe, prof.info, formats=prof.formats, steps=config.steps,
+                                    conditions=list(config.conditions), seed=config.seeds[0],
+                                    guidance_scale=config.guidance_scale, size=config.size,
+                                    min_time=args.latency_min_time, progress=not args.json)
+            write_latency(out, table)
+
+        if session is None:
+            latency()
+        else:  # one table, for rank 0's machine and device, in the merged file
+            session.on_main(latency, what="waiting for rank 0 to measure the latency table")
+    if not main:
+        return 0  # rank 0 reports for every rank
     seconds = time.perf_counter() - t0
     data = {"profile": str(out), "model": args.model, "class": prof.info.denoiser_class, "layers": len(prof.info.layers),
             "formats": list(prof.formats), "steps": prof.steps, "units_done": len(prof.units),
-            "units_total": len(config.seeds), "seconds": seconds, "digest": prof.digest}
+            "units_total": len(config.seeds), "seconds": seconds, "digest": prof.digest,
+            "processes": 1 if session is None else session.world_size}
     lines = [f"profile {out}: {len(prof.info.layers)} layers x {len(prof.formats)} formats x "
              f"{prof.steps} steps, {len(prof.units)}/{len(config.seeds)} units ({seconds:.1f} s)"]
     if prof.end_to_end is not None:

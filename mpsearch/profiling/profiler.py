@@ -24,7 +24,7 @@ from mpsearch.formats import available_formats, get_format
 from mpsearch.runtime.generation import generate
 from mpsearch.models import check_finite_weights, describe, get_denoiser, weights_digest
 from mpsearch.plan import versions
-from mpsearch.profiling.store import Profile, ProfileWriter, remove_profile_file
+from mpsearch.profiling.store import Profile, ProfileWriter, remove_profile_file, resumable_units
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import first_tensor
 from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
@@ -270,14 +270,52 @@ def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard:
     ``timings``, if given, receives the seconds spent building the probes (``setup``) and, per unit, in the
     probed generation (``generate``) and in the output-sensitivity replay (``replay``).
     """
+    config = make_config(config, options)
+    out = Path(out) if out is not None else default_profile_path(model_name(pipe))
+    record_units(pipe, config, out, shard=shard, progress=progress, timings=timings)
+    return Profile.load(out)
+
+
+def make_config(config: ProfileConfig | None, options: dict) -> ProfileConfig:
+    """``config`` (default: ProfileConfig()) with the fields in ``options`` replaced."""
     if config is None:
-        config = ProfileConfig(**options)
-    elif options:
-        config = ProfileConfig(**{**asdict(config), **options})
-    i, n = shard
+        return ProfileConfig(**options)
+    if options:
+        return ProfileConfig(**{**asdict(config), **options})
+    return config
+
+
+def check_shard(shard) -> tuple[int, int]:
+    """``shard`` as (i, n), checked: 0 <= i < n."""
+    try:
+        i, n = shard
+    except (TypeError, ValueError):
+        i, n = None, None
     if not (isinstance(n, int) and isinstance(i, int) and n >= 1 and 0 <= i < n):
         raise UsageError(f"shard must be i/n with 0 <= i < n, got {i}/{n}; pass e.g. --shard 0/2 and --shard 1/2")
-    out = Path(out) if out is not None else default_profile_path(model_name(pipe))
+    return i, n
+
+
+def existing_units(pipe, config: ProfileConfig, path) -> set[int]:
+    """The finished units of the profile file ``path`` if resuming it with ``pipe`` and ``config`` is valid (a
+    ProfileError naming what differs otherwise); an empty set if there is no such file. Changes nothing."""
+    if not Path(path).exists():
+        return set()
+    denoiser = get_denoiser(pipe)
+    info = describe(denoiser, ("fp", *config.formats))
+    return resumable_units(path, info, config.to_dict(), weights=weights_digest(denoiser, info.names))
+
+
+def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (0, 1), skip=(),
+                 progress: bool = True, timings: dict | None = None) -> set[int]:
+    """Measure shard ``(i, n)``'s units (u % n == i) into the profile file ``out``, except those already in it
+    and those in ``skip`` (finished elsewhere), and return the units the file then holds.
+
+    The file is opened (or created) and checked even when there is nothing left to measure. A file that fails
+    before finishing any unit is removed again (and a folder made for it); finished units are kept.
+    """
+    i, n = check_shard(shard)
+    out = Path(out)
     denoiser = get_denoiser(pipe)
     info = describe(denoiser, ("fp", *config.formats))
     check_finite_weights(denoiser)  # before any file is made
@@ -285,9 +323,11 @@ def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard:
     writer = ProfileWriter(out, info, config.to_dict(), versions(), weights=weights_digest(denoiser, info.names))
     try:
         done = writer.done_units()
-        todo = [u for u in range(len(config.seeds)) if u % n == i and u not in done]
+        skip = set(skip)
+        todo = [u for u in range(len(config.seeds)) if u % n == i and u not in done and u not in skip]
         if todo:
             _run_units(pipe, denoiser, info, config, writer, todo, progress, timings)
+        return writer.done_units()
     except BaseException:
         # a profile that failed before finishing any unit leaves no file behind; finished units are kept
         if created and not writer.done_units():
@@ -301,7 +341,6 @@ def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard:
         raise
     finally:
         writer.close()
-    return Profile.load(out)
 
 
 def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=None):

@@ -182,6 +182,31 @@ def remove_profile_file(path) -> None:
             pass
 
 
+def resumable_units(path, info: ModelInfo, config: dict, weights: str | None = None) -> set[int]:
+    """The finished units of the existing profile file ``path``, checked as resuming it checks it (same model,
+    configuration and weights, else a ProfileError naming what differs); an empty set if there is no such file.
+    The file is not created, and nothing is written to it, but it is opened for writing as resuming opens it, so
+    that the journal of a writer killed mid-unit is rolled back (a read-only connection cannot read such a file)."""
+    path = Path(path)
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return set()
+    try:
+        with contextlib.closing(_connect(path)) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not {"meta", "units"} <= tables:
+                raise ProfileError(f"{path} exists and is not an mpsearch profile; choose another --out (or delete it)")
+            meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+            units = {int(u) for (u,) in conn.execute("SELECT unit FROM units")}
+    except (sqlite3.DatabaseError, json.JSONDecodeError, TypeError, ValueError) as e:
+        raise ProfileError(f"{path} is not a usable profile file ({e}); delete it or choose another --out") from None
+    if meta:
+        _check_compatible(path, meta, {"schema": SCHEMA, "model": info_to_dict(info), "config": config})
+        if weights is not None and meta.get("weights") not in (None, weights):
+            raise ProfileError(f"{path} was measured on other weights ({meta['weights']}, the model now has "
+                               f"{weights}); profile these weights into another --out")
+    return units
+
+
 def stored_config(path) -> dict | None:
     """The configuration recorded in an existing profile file (even one with no finished unit), or None if
     there is no such file or it is not a readable profile (the writer then says what is wrong)."""
