@@ -35,6 +35,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn as nn
 
 from mpsearch.errors import OptionalDependencyError, PlanError, UsageError
@@ -91,6 +92,11 @@ class TorchaoMapping:
         from torchao.quantization import quantize_
 
         denoiser = get_denoiser(pipe_or_model)
+        nvfp4 = [n for n, c in self.configs.items() if type(c).__name__.startswith("NVFP4")]
+        if nvfp4 and not _sm100(denoiser):
+            raise PlanError(f"torchao runs NVFP4 W4A4 on sm100 GPUs only and {len(nvfp4)} mapped layer(s) are "
+                            f"nvfp4 (e.g. {nvfp4[0]!r}), the model is not on one; move it to such a GPU, or use "
+                            "mpsearch.apply_plan, which emulates NVFP4 anywhere")
         if self.configs:
             quantize_(denoiser, self.fqn_config(), filter_fn=None)
         return denoiser
@@ -99,6 +105,13 @@ class TorchaoMapping:
         return (f"{len(self.configs)} layer(s) mapped to torchao ({len(self.coinciding)} with mpsearch's recipe, "
                 f"{len(self.nearest)} nearest), {len(self.full_precision)} left in full precision"
                 + (f"; not carried: {', '.join(self.not_carried)}" if self.not_carried else ""))
+
+
+def _sm100(denoiser: nn.Module) -> bool:
+    p = next(denoiser.parameters(), None)
+    if p is None or p.device.type != "cuda":
+        return False
+    return torch.cuda.get_device_capability(p.device) >= (10, 0)
 
 
 def _torchao():
@@ -171,6 +184,9 @@ def to_torchao(plan: Plan, denoiser=None, *, mismatch: str = "error", device: st
             unmappable = f"{layer.kind} layers: torchao's configs quantize nn.Linear only"
         elif family == "nvfp4" and layer is not None and layer.shape[0] % 16:
             unmappable = "nvfp4 with an output dim that is not a multiple of 16: torchao's NVFP4 refuses it"
+        elif family == "int4" and device == "cuda" and layer is not None and layer.dtype != "bfloat16":
+            unmappable = (f"int4 on CUDA with {layer.dtype} weights: torchao's tinygemm int4 takes bfloat16 only "
+                          "(cast the model to bfloat16, or map for the CPU)")
         elif family != "nvfp4" and family not in TORCHAO_FORMATS:
             unmappable = f"format {fmt}: no torchao counterpart"
         elif not TORCHAO_FORMATS[family][0]:

@@ -253,6 +253,19 @@ def test_int4_plan_nearest_picks_the_config_for_the_device():
     assert type(cfg).__name__ == "Int4WeightOnlyConfig" and cfg.int4_packing_format == "tile_packed_to_4d"
     cpu.apply(m)
     assert type(m.transformer_blocks[0].ff.net[2].weight).__name__ == "Int4OpaqueTensor"
+    # torchao's CUDA int4 (tinygemm) takes bfloat16 weights only: a float32 model is refused, by name
+    with pytest.raises(PlanError, match=r"int4 on CUDA with float32 weights.*bfloat16 only"):
+        to_torchao(plan, tiny_dit(), device="cuda")
+    bf16 = tiny_dit().to(torch.bfloat16)
+    assert len(to_torchao(Plan.uniform(bf16, "int4"), bf16, device="cuda", mismatch="nearest").configs) == 4
+
+
+def test_nvfp4_apply_says_it_needs_an_sm100_gpu():
+    m = tiny_dit()
+    mapping = to_torchao(Plan.uniform(m, "nvfp4"), m, mismatch="fp")
+    with pytest.raises(PlanError, match="sm100 GPUs only.*mpsearch.apply_plan"):
+        mapping.apply(m)
+    assert type(m.transformer_blocks[0].attn1.to_q.weight) is torch.nn.Parameter  # untouched
 
 
 def test_activation_windows_and_cache_are_not_silently_dropped():
