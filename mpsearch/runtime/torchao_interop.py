@@ -19,7 +19,11 @@ Which formats coincide with torchao 0.18 (read from its sources; ``TORCHAO_FORMA
 - ``int4`` (groups 128/64/32) -> torchao's tinygemm int4 (``Int4WeightOnlyConfig(int4_packing_format=
   "tile_packed_to_4d")`` on CUDA, bfloat16 models only; ``PrototypeInt4WeightOnlyConfig`` on the CPU) has
   mpsearch's grid (scale = (max-min)/15, zero = min + 8*scale, x^ = (q-8)*scale + zero) but keeps scale and zero in
-  the model's dtype (bfloat16 on CUDA) where mpsearch stores float16. Nearest only.
+  the model's dtype (bfloat16 on CUDA) where mpsearch stores float16. Nearest, unless ``weights="mpsearch"``.
+
+``weights="mpsearch"`` hands mpsearch's packed int8/int4 weights to torchao's tensors instead of letting torchao
+quantize: int4 on the CPU (float32/float16 models) then coincides bit for bit in the weights (torchao's kernel sums
+in its own order); int8 weights coincide but torchao still quantizes the activations with amax/127.5 (nearest).
 
 Not expressible in torchao: per-step activation windows (``overrides``: torchao quantizes a layer's activations at
 every step or never) and the cache schedule (``cache``: torchao has no feature caching). A layer with activation
@@ -40,6 +44,7 @@ import torch.nn as nn
 
 from mpsearch.errors import OptionalDependencyError, PlanError, UsageError
 from mpsearch.formats import get_format
+from mpsearch.formats.packing import unpack_nibbles
 from mpsearch.models import ModelInfo, describe, get_denoiser
 from mpsearch.plan import Plan
 from mpsearch.runtime.executor import activation_windows
@@ -139,7 +144,7 @@ def _windows_text(windows) -> str:
 
 
 def to_torchao(plan: Plan, denoiser=None, *, mismatch: str = "error", device: str | None = None,
-               ignore_weights: bool = False) -> TorchaoMapping:
+               weights: str = "torchao", ignore_weights: bool = False) -> TorchaoMapping:
     """Map ``plan``'s layers to torchao configs (``TorchaoMapping.configs``: module FQN -> config), usable as
     ``quantize_(denoiser, FqnToConfig(configs), filter_fn=None)`` or ``mapping.apply(pipe)``.
 
@@ -150,11 +155,19 @@ def to_torchao(plan: Plan, denoiser=None, *, mismatch: str = "error", device: st
     (int8, int4, Conv2d layers, per-step activation windows): "error" (default; a PlanError naming the layers
     and why), "nearest" (torchao's nearest config; Conv2d layers and shapes torchao refuses stay fp), or "fp"
     (leave them unquantized). Every choice is recorded in the result.
+
+    ``weights``: "torchao" (default): torchao's own configs quantize the full-precision weights; "mpsearch":
+    int8 and int4 layers get a config (``MpsearchWeightsConfig``) that quantizes with mpsearch's format and hands
+    the packed weight to torchao's tensor (``Int8Tensor``, the CPU's ``Int4OpaqueTensor``), so torchao's kernels
+    run mpsearch's exact weights: int4 on the CPU (float32 and float16 models) then coincides; int8 stays nearest
+    (torchao still quantizes the activations with amax/127.5). nvfp4 keeps torchao's config (the recipe is one).
     """
     if not isinstance(plan, Plan):
         raise PlanError(f"to_torchao expects a mpsearch.Plan, got {type(plan).__name__}; use Plan.load(path)")
     if mismatch not in _MISMATCH:
         raise UsageError(f"mismatch must be one of {', '.join(_MISMATCH)}; got {mismatch!r}")
+    if weights not in ("torchao", "mpsearch"):
+        raise UsageError(f"weights must be 'torchao' or 'mpsearch'; got {weights!r}")
     if device not in (None, "cpu", "cuda"):
         raise UsageError(f"device must be 'cpu' or 'cuda' (it picks the int4 config); got {device!r}")
     ao = _torchao()
@@ -189,6 +202,13 @@ def to_torchao(plan: Plan, denoiser=None, *, mismatch: str = "error", device: st
                           "(cast the model to bfloat16, or map for the CPU)")
         elif family != "nvfp4" and family not in TORCHAO_FORMATS:
             unmappable = f"format {fmt}: no torchao counterpart"
+        elif weights == "mpsearch" and family == "int4" and device == "cpu":
+            if layer is not None and layer.dtype == "bfloat16":
+                why = (f"{fmt} with bfloat16 weights: torchao's CPU int4 holds scale and zero in the weight's dtype, "
+                       "which cannot hold mpsearch's float16 values exactly")
+        elif weights == "mpsearch" and family == "int8":
+            why = (f"{fmt} activations: torchao quantizes them with amax/127.5 into [-128, 127], mpsearch with "
+                   "amax/127 into [-127, 127] (the weights are mpsearch's)")
         elif not TORCHAO_FORMATS[family][0]:
             why = f"{fmt}: {TORCHAO_FORMATS[family][2]}"
         # a window changes something only where it turns a W8A8/W4A4 layer's activations to fp
@@ -205,7 +225,8 @@ def to_torchao(plan: Plan, denoiser=None, *, mismatch: str = "error", device: st
                 continue
             if mismatch == "nearest":
                 result.nearest[name] = reason
-        result.configs[name] = _config(ao, family, fmt, device)
+        packed = weights == "mpsearch" and (family == "int8" or (family == "int4" and device == "cpu"))
+        result.configs[name] = _weights_config()(fmt=fmt) if packed else _config(ao, family, fmt, device)
         if reason is None:
             result.coinciding.append(name)
 
@@ -233,6 +254,57 @@ def _config(ao: dict, family: str, fmt: str, device: str):
     if device == "cpu":
         return ao["int4_cpu"](group_size=group)
     return ao["int4_cuda"](group_size=group, int4_packing_format=ao["int4_packing"].TILE_PACKED_TO_4D)
+
+
+_WEIGHTS_CONFIG = []
+
+
+def _weights_config():
+    """``MpsearchWeightsConfig``: a torchao config (made once, when torchao is there) whose handler quantizes a
+    Linear's weight with mpsearch's format and wraps the packed weight in torchao's tensor for that format."""
+    if _WEIGHTS_CONFIG:
+        return _WEIGHTS_CONFIG[0]
+    from torchao.core.config import AOBaseConfig
+    from torchao.quantization.transform_module import register_quantize_module_handler
+
+    @dataclass
+    class MpsearchWeightsConfig(AOBaseConfig):
+        """torchao's kernel on mpsearch's quantized weight (``fmt``: int8, int4, int4-g64, int4-g32)."""
+
+        fmt: str = "int8"
+
+    @register_quantize_module_handler(MpsearchWeightsConfig)
+    def _transform(module: nn.Module, config: MpsearchWeightsConfig, *, parameter_name: str = "weight") -> nn.Module:
+        weight = getattr(module, parameter_name)
+        tensor = _torchao_weight(config.fmt, weight.detach())
+        setattr(module, parameter_name, nn.Parameter(tensor, requires_grad=False))
+        return module
+
+    _WEIGHTS_CONFIG.append(MpsearchWeightsConfig)
+    return MpsearchWeightsConfig
+
+
+def _torchao_weight(fmt: str, w: torch.Tensor):
+    """mpsearch's packed ``w`` as torchao's weight tensor: int8 -> ``Int8Tensor`` (per-row, dynamic per-token
+    activations), int4 -> ``Int4OpaqueTensor`` (the CPU's tinygemm int4 kernel)."""
+    packed = get_format(fmt).quantize(w)
+    if _family(fmt) == "int8":
+        from torchao.quantization.granularity import PerRow
+        from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor, QuantizeTensorToInt8Kwargs
+
+        return Int8Tensor(packed.tensors["qweight"], packed.tensors["scale"][:, None], [1, w.shape[1]], w.dtype,
+                          act_quant_kwargs=QuantizeTensorToInt8Kwargs(granularity=PerRow()))
+    from torchao.prototype.quantization.int4.int4_opaque_tensor import Int4OpaqueTensor
+    from torchao.quantization.utils import pack_tinygemm_scales_and_zeros
+
+    if w.device.type != "cpu":
+        raise PlanError(f"weights='mpsearch' runs int4 on torchao's CPU kernel; this weight is on {w.device.type}: "
+                        "map it with weights='torchao' for CUDA")
+    codes = unpack_nibbles(packed.tensors["qweight"]).reshape(w.shape).to(torch.int32)
+    qdata = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    sz = pack_tinygemm_scales_and_zeros(packed.tensors["scale"].to(w.dtype), packed.tensors["zero"].to(w.dtype),
+                                        w.dtype)
+    return Int4OpaqueTensor(qdata, sz, [1, get_format(fmt).group], w.shape)
 
 
 __all__ = ["to_torchao", "TorchaoMapping", "TORCHAO_FORMATS", "TORCHAO_VERSION"]

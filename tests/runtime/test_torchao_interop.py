@@ -198,6 +198,65 @@ def test_int4_cpu_grid_matches_up_to_the_float16_scales(group):
     assert ((y_t - y_o).abs() <= x.abs().sum(1, keepdim=True) * bound.max() * 1.01 + 1e-5).all()
 
 
+# ---- weights="mpsearch": torchao's kernels on mpsearch's packed weights
+
+def _mpsearch_weights(lin, fmt):
+    from mpsearch.runtime.torchao_interop import _weights_config
+
+    theirs = _copy(lin)
+    quantize_(theirs, _weights_config()(fmt=fmt))
+    return theirs
+
+
+@pytest.mark.parametrize("fmt", ["int4", "int4-g64", "int4-g32"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_int4_mpsearch_weights_on_torchaos_cpu_kernel_coincide(fmt, dtype):
+    lin = _linear(seed=5, dtype=dtype)
+    theirs = _mpsearch_weights(lin, fmt)
+    assert type(theirs.weight).__name__ == "Int4OpaqueTensor"
+    ours = get_format(fmt).dequantize(get_format(fmt).quantize(lin.weight.detach()))
+    with torch.no_grad():
+        deq = F.linear(torch.eye(256, dtype=dtype), theirs.weight).t()
+    assert torch.equal(deq, ours)  # bit for bit: mpsearch's codes, float16 scale and zero, in torchao's kernel
+    if dtype == torch.float32:
+        x = torch.randn(8, 256)
+        with torch.no_grad():
+            # the same weights; torchao's kernel sums the products in its own order
+            torch.testing.assert_close(theirs(x), F.linear(x, ours, lin.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_mpsearch_weights_coincide_and_activations_do_not():
+    lin = _linear(seed=6)
+    theirs = _mpsearch_weights(lin, "int8")
+    ours = _ours(lin, "int8")
+    assert torch.equal(theirs.weight.dequantize(), get_format("int8").dequantize(ours.packed()))
+    x = torch.randn(16, 256)
+    with torch.no_grad():
+        y_fp, y_t, y_o = lin(x), theirs(x), ours(x)
+    assert 0 < (y_t - y_o).abs().max() <= 2 * (y_o - y_fp).abs().max()  # torchao's amax/127.5 activations
+
+
+def test_mapping_with_mpsearch_weights():
+    m = tiny_dit()
+    plan = Plan.uniform(m, "int4")
+    mapping = to_torchao(plan, m, weights="mpsearch")  # no error: int4 coincides on the CPU this way
+    assert len(mapping.coinciding) == 4 and not mapping.nearest
+    torch.manual_seed(0)
+    x, t, c = torch.randn(2, 1, 16, 16), torch.tensor([10, 500]), torch.tensor([1, 2])
+    with torch.no_grad():
+        with mpsearch.apply_plan(m, plan):
+            y_ours = m(x, timestep=t, class_labels=c).sample
+        mapping.apply(m)
+        y_tao = m(x, timestep=t, class_labels=c).sample
+    torch.testing.assert_close(y_tao, y_ours, rtol=1e-5, atol=1e-5)  # measured 4.8e-7
+    int8 = Plan.uniform(tiny_dit(), "int8")
+    with pytest.raises(PlanError, match=r"int8 activations: torchao quantizes them with amax/127\.5"):
+        to_torchao(int8, tiny_dit(), weights="mpsearch")
+    assert len(to_torchao(int8, tiny_dit(), weights="mpsearch", mismatch="nearest").nearest) == 20
+    with pytest.raises(UsageError, match="weights must be"):
+        to_torchao(plan, weights="packed")
+
+
 # ---- the mapping
 
 def test_table_says_which_formats_coincide():
