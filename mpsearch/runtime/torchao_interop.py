@@ -200,7 +200,7 @@ def to_torchao(plan: Plan, denoiser=None, *, mismatch: str = "error", device: st
         elif family == "int4" and device == "cuda" and layer is not None and layer.dtype != "bfloat16":
             unmappable = (f"int4 on CUDA with {layer.dtype} weights: torchao's tinygemm int4 takes bfloat16 only "
                           "(cast the model to bfloat16, or map for the CPU)")
-        elif family != "nvfp4" and family not in TORCHAO_FORMATS:
+        elif family not in TORCHAO_FORMATS:
             unmappable = f"format {fmt}: no torchao counterpart"
         elif weights == "mpsearch" and family == "int4" and device == "cpu":
             if layer is not None and layer.dtype == "bfloat16":
@@ -211,6 +211,8 @@ def to_torchao(plan: Plan, denoiser=None, *, mismatch: str = "error", device: st
                    "amax/127 into [-127, 127] (the weights are mpsearch's)")
         elif not TORCHAO_FORMATS[family][0]:
             why = f"{fmt}: {TORCHAO_FORMATS[family][2]}"
+            if family == "int4" and device == "cpu":
+                why += " (weights='mpsearch' runs mpsearch's own int4 weights on torchao's CPU kernel)"
         # a window changes something only where it turns a W8A8/W4A4 layer's activations to fp
         per_step = [w for w in windows.get(name, []) if not w[2]] if get_format(fmt).quantizes_activations else []
         if unmappable is None and per_step:

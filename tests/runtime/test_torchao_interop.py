@@ -302,7 +302,7 @@ def test_int8_plan_is_an_error_by_default_and_nearest_runs_on_the_cpu():
 def test_int4_plan_nearest_picks_the_config_for_the_device():
     m = tiny_dit()
     plan = Plan.uniform(m, "int4")
-    with pytest.raises(PlanError, match="float16"):
+    with pytest.raises(PlanError, match=r"float16 \(weights='mpsearch' runs mpsearch's own int4 weights"):
         to_torchao(plan, m)
     cpu = to_torchao(plan, m, mismatch="nearest")
     assert {type(c).__name__ for c in cpu.configs.values()} == {"PrototypeInt4WeightOnlyConfig"}
