@@ -25,7 +25,7 @@ from mpsearch.formats.nvfp4 import E2M1_GRID, nvfp4_encode
 from mpsearch.plan import Plan
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.torchao_interop import TORCHAO_FORMATS, to_torchao
-from tests.conftest import tiny_dit
+from conftest import tiny_dit
 
 
 def _linear(out=64, inp=256, seed=0, scale=1.0, dtype=torch.float32):
