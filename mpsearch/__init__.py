@@ -31,6 +31,7 @@ _LAZY = {
     "apply_plan": "runtime.executor",
     "PlanHandle": "runtime.executor",
     "export": "runtime.checkpoint",
+    "to_torchao": "runtime.torchao_interop",
     "describe": "models",
     "parse_budget": "budget",
     "MpsearchError": "errors",
