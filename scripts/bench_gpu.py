@@ -169,9 +169,13 @@ def bench_model(name: str, args, device, dtype, clock) -> dict:
     res["plans"][str(dtype).replace("torch.", "")] = fp
     plans = {f"uniform {f}": Plan.uniform(info, f) for f in ("int8", "int4", "nvfp4")}
     fraction = float(args.budget.rstrip("%")) / 100
-    plans[f"solved {args.budget}"] = solved_plan(info, fraction)
+    solved = None
+    try:
+        solved = plans[f"solved {args.budget}"] = solved_plan(info, fraction)
+    except Exception as e:  # an infeasible budget: say so, bench the rest
+        res["plans"][f"solved {args.budget}"] = {"skipped": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
     counts = {}
-    for f in plans[f"solved {args.budget}"].layers.values():
+    for f in (solved.layers.values() if solved is not None else ()):
         counts[f] = counts.get(f, 0) + 1
     res["solved_formats"] = counts
     for label, plan in plans.items():
@@ -188,10 +192,9 @@ def bench_model(name: str, args, device, dtype, clock) -> dict:
         res["plans"][label] = m
         print(f"{name} {label}: {m['seconds'] * 1e3:.1f} ms/call, bytes {m['denoiser_bytes']:,} "
               f"(plan {m['plan_bytes']:,}), peak {m['peak_bytes']}", flush=True)
-    if clock() > args.limit:
-        res["loaded"] = {"skipped": f"time limit {args.limit} s"}
+    if clock() > args.limit or solved is None:
+        res["loaded"] = {"skipped": f"time limit {args.limit} s" if solved is not None else "no solved plan"}
         return res
-    solved = plans[f"solved {args.budget}"]
     with tempfile.TemporaryDirectory(prefix="mpsearch-bench-gpu-", dir=args.tmp) as tmp:
         t1 = time.perf_counter()
         folder = export(pipe, solved, Path(tmp) / "q", ignore_weights=True)

@@ -11,8 +11,11 @@ weight and, for W4A4, the fake-quantized activation; ``S = |x| @ |w|.T``, the su
 * nvfp4 (``torch._scaled_mm``, compute capability 10.x): the activation codes are bit for bit the CPU's;
   ``|y - y_exact| <= 2^-7 |y_exact| + 2^-11 S`` (exact E2M1 x E4M3 products, float32 sums in the GEMM's
   order, a bfloat16 result scaled by both tensor scales, then rounded to the activation dtype).
-* nvfp4 elsewhere (reference on the device: dequantize + 16-bit GEMM): codes bit for bit; the GEMM within
-  ``2^-7 |y_exact| + 2^-11 S``.
+* nvfp4 elsewhere (reference on the device: fake-quantized activations and the dequantized weight, each
+  rounded to bfloat16, and a bfloat16 GEMM): codes bit for bit; ``|y - y_exact| <= 2^-7 |y_exact| + 2^-7 S``
+  (two input roundings of 2^-9 S each, float32 sums, a bfloat16 output); weight-only:
+  ``2^-7 |y_exact| + 2^-8 S``.
+Each bound holds in the worst case for K <= 8192 (float32 sums: K * 2^-24 S <= 2^-11 S), not only on average.
 """
 
 import pytest
@@ -161,7 +164,7 @@ def test_nvfp4_on_cuda_within_tolerance(m, k, n):
     if cuda.nvfp4_supported(DEV):
         assert cuda.nvfp4_linear(x.to(DEV), _on(packed, DEV)) is not None, "_scaled_mm declined on sm 10.x"
     exact, s = _nvfp4_exact(x, packed)
-    _within(y, exact, 2.0 ** -7, 2.0 ** -11 * s)
+    _within(y, exact, 2.0 ** -7, (2.0 ** -11 if cuda.nvfp4_supported(DEV) else 2.0 ** -7) * s)
 
 
 def test_nvfp4_weight_only_on_cuda():
@@ -170,7 +173,7 @@ def test_nvfp4_weight_only_on_cuda():
     x = _x(77, 3072, torch.bfloat16)
     y = kernels.linear(x.to(DEV), _on(packed, DEV), activations=False)
     w = f.dequantize(packed).double()
-    _within(y, x.double() @ w.t(), 2.0 ** -7, 2.0 ** -11 * (x.double().abs() @ w.abs().t()))
+    _within(y, x.double() @ w.t(), 2.0 ** -7, 2.0 ** -8 * (x.double().abs() @ w.abs().t()))
 
 
 def test_nvfp4_blocked_scales_on_device_match_cpu():
