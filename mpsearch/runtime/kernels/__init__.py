@@ -109,7 +109,7 @@ class LayoutCache:
     def get(self, name: str, sources, build: Callable):
         sources = tuple(sources)
         device = sources[0].device if sources else None
-        stamp = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in sources)
+        stamp = tuple((t.data_ptr(), _version(t), tuple(t.shape)) for t in sources)
         key = (name, str(device))
         hit = self._items.get(key)
         if hit is not None and hit[0] == stamp:
@@ -136,6 +136,15 @@ class LayoutCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _version(t: torch.Tensor) -> int:
+    """``t``'s in-place version; inference tensors (made under ``torch.inference_mode``) have none and cannot
+    be modified in place outside it, so their storage identifies them."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
 
 
 def _cache_or_new(cache):
