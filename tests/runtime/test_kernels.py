@@ -278,3 +278,14 @@ def test_cuda_kernels_decline_what_they_do_not_take():
     assert cuda.int4_linear(torch.randn(3, 256), p4) is None  # float32 activations
     assert cuda.nvfp4_linear(torch.randn(3, 256), get_format("nvfp4").quantize(_weight(16, 256))) is None  # cpu
     assert cuda.int8_linear(torch.randn(3, 100), f8.quantize(_weight(16, 256))) is None
+
+
+def test_tinygemm_layout_shapes_on_meta():
+    """The CUDA int4 kernel's layout call passes torch's checks (meta device): int4pack is (N/8, K/(t*16), 32,
+    t/2) int32 with t = 8 here, as many bytes as our codes; qScaleAndZeros (K/G, N, 2) bfloat16."""
+    p = get_format("int4").quantize(_weight(48, 1024))
+    meta = type(p)(p.format, p.shape, p.dtype, {k: v.to("meta") for k, v in p.tensors.items()})
+    wpack, sz = cuda.tinygemm_layout(meta)
+    assert wpack.shape == (6, 8, 32, 4) and wpack.dtype == torch.int32
+    assert wpack.numel() * 4 == p.tensors["qweight"].numel()
+    assert sz.shape == (8, 48, 2) and sz.dtype == torch.bfloat16

@@ -35,7 +35,7 @@ from mpsearch.formats.int8 import _INT32_SAFE_K, quantize_with_scales, rescale, 
 from mpsearch.formats.nvfp4 import nvfp4_encode
 from mpsearch.formats.packing import pack_nibbles
 from mpsearch.formats.patches import patch_view
-from mpsearch.runtime.kernels import register_kernel
+from mpsearch.runtime.kernels import LayoutCache, register_kernel
 from mpsearch.runtime.kernels.layouts import (TINYGEMM_GROUPS, as_fp4x2, inner_k_tiles, swap_nibbles,
                                               tinygemm_scales_and_zeros, to_blocked)
 
@@ -123,6 +123,7 @@ def int4_linear(x2, packed, *, cache=None, dequantized=None):
             or group not in TINYGEMM_GROUPS or ("tinygemm", x2.device) in _UNSUPPORTED):
         return None
     t = packed.tensors
+    cache = cache if cache is not None else LayoutCache()
     try:
         wpack, sz = cache.get("tinygemm", (t["qweight"], t["scale"], t["zero"]), lambda: tinygemm_layout(packed))
         return torch._weight_int4pack_mm(x2.contiguous(), wpack, group, sz)
@@ -156,6 +157,7 @@ def nvfp4_linear(x2, packed, *, cache=None, dequantized=None):
     if x2.dim() != 2 or x2.shape[1] != k or k % 32 or n % 16 or not x2.numel() or not nvfp4_supported(x2.device):
         return None
     t = packed.tensors
+    cache = cache if cache is not None else LayoutCache()
     try:
         b_codes, b_blocked = cache.get("nvfp4_blocked", (t["qweight"], t["block_scale"]),
                                        lambda: nvfp4_weight_operands(packed))
