@@ -240,14 +240,17 @@ def save_tiny_pipeline(name: str, path, seed: int = 0) -> Path:
 
 # ------------------------------------------------------------------ real-size denoisers in small pipelines
 
-REAL_SIZE = ("sd15", "sdxl", "pixart-sigma", "dit-xl")
+REAL_SIZE = ("sd15", "sdxl", "pixart-sigma", "dit-xl", "flux-dev", "flux-schnell")
 
 
-def real_size_pipeline(name: str, dtype=torch.float32, seed: int = 0):
+def real_size_pipeline(name: str, dtype=torch.float32, seed: int = 0, device=None):
     """A pipeline whose denoiser is the published architecture ``name`` (``mpsearch/archs/<name>.json``) at
     its real size with random weights, around small random text encoders and a small VAE (downsampling 2x,
     so ``size`` px images have ``size/2`` px latents). For benchmarks of what grows with the denoiser:
-    profiling, applying, exporting and running plans at the size users run."""
+    profiling, applying, exporting and running plans at the size users run.
+
+    ``device``: build the denoiser's weights there (e.g. ``"cuda"``: FLUX's 12 B parameters are initialized on
+    the GPU rather than as 48 GB of float32 host memory); the small components stay on the CPU."""
     import diffusers
 
     if name not in REAL_SIZE:
@@ -255,7 +258,12 @@ def real_size_pipeline(name: str, dtype=torch.float32, seed: int = 0):
     arch = load_arch(name)
     cfg = arch["config"]
     torch.manual_seed(seed)
-    denoiser = getattr(diffusers, arch["denoiser_class"]).from_config(cfg).to(dtype).eval()
+    if device is None:
+        denoiser = getattr(diffusers, arch["denoiser_class"]).from_config(cfg).to(dtype).eval()
+    else:
+        with torch.device(device):
+            denoiser = getattr(diffusers, arch["denoiser_class"]).from_config(cfg)
+        denoiser = denoiser.to(dtype).eval()
     if name == "sd15":
         pipe = diffusers.StableDiffusionPipeline(
             vae=_vae(), text_encoder=_clip_text(False, hidden=cfg["cross_attention_dim"]),
@@ -275,6 +283,13 @@ def real_size_pipeline(name: str, dtype=torch.float32, seed: int = 0):
     elif name == "pixart-sigma":
         pipe = diffusers.PixArtSigmaPipeline(tokenizer=t5_tokenizer(), text_encoder=_t5(cfg["caption_channels"]),
                                              vae=_vae(), transformer=denoiser, scheduler=_ddim())
+    elif name.startswith("flux"):
+        # CLIP's pooled output feeds pooled_projection_dim, T5's hidden states joint_attention_dim; 16 latent
+        # channels packed 2x2 make in_channels
+        pipe = diffusers.FluxPipeline(
+            scheduler=_flow(dynamic=True), vae=_vae(latent_channels=cfg["in_channels"] // 4, flow=True),
+            text_encoder=_clip_text(False, hidden=cfg["pooled_projection_dim"], seed=1), tokenizer=clip_tokenizer(),
+            text_encoder_2=_t5(cfg["joint_attention_dim"], seed=2), tokenizer_2=t5_tokenizer(), transformer=denoiser)
     else:
         pipe = diffusers.DiTPipeline(transformer=denoiser, vae=_vae(), scheduler=_ddim())
     pipe.set_progress_bar_config(disable=True)

@@ -8,13 +8,13 @@ registered with :func:`register_qmodule`; :func:`quantized_module` builds the on
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mpsearch.errors import PlanError
 from mpsearch.formats import Packed, get_format
 from mpsearch.formats.patches import im2col  # noqa: F401  (re-exported: its old home)
 from mpsearch.layer_types import layer_type_of
+from mpsearch.runtime import kernels
 from mpsearch.runtime.steps import StepState, StepTracker  # noqa: F401  (StepTracker: deprecated, old path)
 
 _QMODULES: dict[str, type] = {}
@@ -57,6 +57,13 @@ class _QuantMixin:
         #: so that only packed weights are held)
         self.cache_dequantized = False
         self._dequantized = None
+        #: device layouts the kernels derive from the packed weight (not buffers: not counted, not saved)
+        self._kernel_cache = kernels.LayoutCache()
+
+    def _apply(self, fn, *args, **kwargs):
+        # moved or cast: layouts built for the old device or dtype are dropped (rebuilt on the next call)
+        self._kernel_cache.clear()
+        return super()._apply(fn, *args, **kwargs)
 
     def dequantized(self) -> torch.Tensor | None:
         """The dequantized weight if caching is on (computed once), else None (dequantize per call)."""
@@ -100,9 +107,8 @@ class QuantLinear(_QuantMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         w = self.dequantized()
-        y = self.fmt.matmul(x.reshape(-1, x.shape[-1]), self.packed(),
-                            quantize_activations=self.quantize_activations(),
-                            dequantized=None if w is None else w.reshape(w.shape[0], -1))
+        y = kernels.linear(x.reshape(-1, x.shape[-1]), self.packed(), activations=self.quantize_activations(),
+                           dequantized=None if w is None else w.reshape(w.shape[0], -1), cache=self._kernel_cache)
         y = y.reshape(*lead, self.out_features).to(x.dtype)
         return y + self.bias.to(y.dtype) if self.bias is not None else y
 
@@ -126,12 +132,12 @@ class QuantConv2d(_QuantMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.dequantized()
         if not self.quantize_activations():
-            w = (self.fmt.dequantize(self.packed()) if w is None else w).to(x.dtype)
-            return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation)
+            return kernels.conv(x, self.packed(), self.bias, self.stride, self.padding, self.dilation,
+                                dequantized=w, cache=self._kernel_cache)
         n = x.shape[0]
-        y, oh, ow = self.fmt.matmul_patches(x, self.packed(), self.kernel_size, self.dilation, self.padding,
-                                            self.stride, quantize_activations=True,
-                                            dequantized=None if w is None else w.reshape(w.shape[0], -1))
+        y, oh, ow = kernels.patches(x, self.packed(), self.kernel_size, self.dilation, self.padding, self.stride,
+                                    activations=True, dequantized=None if w is None else w.reshape(w.shape[0], -1),
+                                    cache=self._kernel_cache)
         y = y.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)

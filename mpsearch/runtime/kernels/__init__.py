@@ -1,0 +1,196 @@
+"""Kernels per device behind the quantized modules: one registry, chosen at call time from the input's device.
+
+A kernel is registered for ``(device type, format, activations, op)``:
+
+* ``op="linear"``: ``fn(x2, packed, *, cache, dequantized) -> y`` for a 2-D ``x2`` (tokens, in); ``y`` is
+  ``(tokens, out)`` as the format's ``matmul`` returns it;
+* ``op="patches"``: ``fn(x, packed, kernel, dilation, padding, stride, *, cache, dequantized) -> (y, oh, ow)``,
+  the conv with quantized activations, as the format's ``matmul_patches``;
+* ``op="conv"``: ``fn(x, packed, bias, stride, padding, dilation, *, cache, dequantized) -> y`` (NCHW), the
+  weight-only conv.
+
+``activations`` is whether this call quantizes activations (the plan's per-step windows are resolved before
+the call). A kernel may decline a call by returning ``None`` (a shape, dtype or device it does not take); the
+format's reference arithmetic in ``mpsearch.formats`` then runs, as it does when nothing is registered. So a
+CPU kernel is one decorator::
+
+    @register_kernel("cpu", "int8", activations=True)
+    def int8_cpu(x2, packed, *, cache, dequantized): ...
+
+``cache`` is the calling module's :class:`LayoutCache` (None outside a module): device layouts a kernel
+derives from the packed weight (tinygemm's int4pack, swizzled NVFP4 scales) are built on first use on a device
+and kept there, as plain attributes, never as parameters or buffers: the plan's bytes, ``measured_bytes``,
+``state_dict`` and the exported checkpoint hold the packed form only (see :mod:`.cuda` for what each layout
+costs on the device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from mpsearch.errors import FormatError
+from mpsearch.formats import Packed, get_format
+
+OPS = ("linear", "patches", "conv")
+_KERNELS: dict[tuple[str, str, bool, str], Callable] = {}
+_STATE = {"enabled": True, "cache_layouts": True}
+
+
+def register_kernel(device: str, formats, *, activations: bool, op: str = "linear"):
+    """Decorator: ``fn`` runs ``op`` for weights in ``formats`` (a name or names) on ``device`` (a device type:
+    ``"cpu"``, ``"cuda"``) when the call quantizes activations (``activations=True``) or not. The last
+    registration for a key wins."""
+    if op not in OPS:
+        raise FormatError(f"unknown kernel op {op!r}; expected one of {', '.join(OPS)}")
+    names = (formats,) if isinstance(formats, str) else tuple(formats)
+    for name in names:
+        get_format(name)  # an unknown format is an error now, not a kernel that never runs
+
+    def register(fn):
+        for name in names:
+            _KERNELS[(device, name, bool(activations), op)] = fn
+        return fn
+
+    return register
+
+
+def unregister_kernel(device: str, fmt: str, *, activations: bool, op: str = "linear") -> None:
+    """Forget the kernel of that key (no error if there is none)."""
+    _KERNELS.pop((device, fmt, bool(activations), op), None)
+
+
+def registered() -> list[tuple[str, str, bool, str]]:
+    """The registered keys ``(device, format, activations, op)``, sorted."""
+    return sorted(_KERNELS)
+
+
+def find_kernel(device: str, fmt: str, activations: bool, op: str = "linear") -> Callable | None:
+    """The kernel a call on ``device`` would try first, or None (the format's reference runs)."""
+    if not _STATE["enabled"]:
+        return None
+    return _KERNELS.get((device, fmt, bool(activations), op))
+
+
+@contextlib.contextmanager
+def reference_only():
+    """Within the block every call runs the formats' reference arithmetic (for comparisons)."""
+    old = _STATE["enabled"]
+    _STATE["enabled"] = False
+    try:
+        yield
+    finally:
+        _STATE["enabled"] = old
+
+
+@contextlib.contextmanager
+def layouts_per_call():
+    """Within the block device layouts are built for each call and not kept (the device then holds exactly
+    the packed weights, at the cost of a conversion per call)."""
+    old = _STATE["cache_layouts"]
+    _STATE["cache_layouts"] = False
+    try:
+        yield
+    finally:
+        _STATE["cache_layouts"] = old
+
+
+class LayoutCache:
+    """A module's device layouts, keyed by a name and the device, valid while the packed tensors they came
+    from are the same (same storage and version). Plain attributes: invisible to ``parameters()``,
+    ``buffers()``, ``state_dict()`` and ``.to()``; the module clears it when it is moved."""
+
+    def __init__(self):
+        self._items: dict = {}
+
+    def get(self, name: str, sources, build: Callable):
+        sources = tuple(sources)
+        device = sources[0].device if sources else None
+        stamp = tuple((t.data_ptr(), _version(t), tuple(t.shape)) for t in sources)
+        key = (name, str(device))
+        hit = self._items.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        value = build()
+        if _STATE["cache_layouts"]:
+            self._items[key] = (stamp, value)
+        else:
+            self._items.pop(key, None)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cached layouts hold (tensors, or tuples of tensors)."""
+        total = 0
+        for _, value in self._items.values():
+            for t in (value if isinstance(value, tuple) else (value,)):
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+        return total
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _version(t: torch.Tensor) -> int:
+    """``t``'s in-place version; inference tensors (made under ``torch.inference_mode``) have none and cannot
+    be modified in place outside it, so their storage identifies them."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
+def _cache_or_new(cache):
+    return cache if cache is not None else LayoutCache()
+
+
+def linear(x2: torch.Tensor, packed: Packed, *, activations: bool, dequantized: torch.Tensor | None = None,
+           cache: LayoutCache | None = None) -> torch.Tensor:
+    """``x2 @ W.T`` (x2 2-D) through the kernel for x2's device, else the format's ``matmul``."""
+    kernel = find_kernel(x2.device.type, packed.format, activations, "linear")
+    if kernel is not None:
+        y = kernel(x2, packed, cache=_cache_or_new(cache), dequantized=dequantized)
+        if y is not None:
+            return y
+    return get_format(packed.format).matmul(x2, packed, quantize_activations=activations, dequantized=dequantized)
+
+
+def patches(x: torch.Tensor, packed: Packed, kernel_size, dilation, padding, stride, *, activations: bool,
+            dequantized: torch.Tensor | None = None, cache: LayoutCache | None = None):
+    """The conv of NCHW ``x`` as patch rows: ``(y (N*oh*ow, out), oh, ow)``, else the format's
+    ``matmul_patches``."""
+    kernel = find_kernel(x.device.type, packed.format, activations, "patches")
+    if kernel is not None:
+        out = kernel(x, packed, kernel_size, dilation, padding, stride, cache=_cache_or_new(cache),
+                     dequantized=dequantized)
+        if out is not None:
+            return out
+    return get_format(packed.format).matmul_patches(x, packed, kernel_size, dilation, padding, stride,
+                                                    quantize_activations=activations, dequantized=dequantized)
+
+
+def conv(x: torch.Tensor, packed: Packed, bias, stride, padding, dilation, *,
+         dequantized: torch.Tensor | None = None, cache: LayoutCache | None = None) -> torch.Tensor:
+    """The weight-only conv (activations as they come): the kernel for x's device, else the dequantized
+    weight (or ``dequantized``) in x's dtype through ``F.conv2d``."""
+    kernel = find_kernel(x.device.type, packed.format, False, "conv")
+    if kernel is not None:
+        y = kernel(x, packed, bias, stride, padding, dilation, cache=_cache_or_new(cache), dequantized=dequantized)
+        if y is not None:
+            return y
+    w = get_format(packed.format).dequantize(packed) if dequantized is None else dequantized
+    return F.conv2d(x, w.to(x.dtype), bias, stride, padding, dilation)
+
+
+# Importing the device modules registers their kernels (they need no device to import).
+from mpsearch.runtime.kernels import cuda  # noqa: E402,F401  isort: skip
+
+__all__ = ["register_kernel", "unregister_kernel", "registered", "find_kernel", "reference_only",
+           "layouts_per_call", "LayoutCache", "linear", "patches", "conv", "OPS"]
