@@ -154,11 +154,16 @@ def test_plans_on_offloaded_pipelines(plain, tmp_path):
         apply_plan(seq, plan)
 
 
-def test_latency_table_refuses_offloaded_denoisers():
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_latency_and_compute_recordings_refuse_offloaded_denoisers(mode):
     from mpsearch.profiling.latency import measure_latency
+    from mpsearch.profiling.layer_calls import record_layer_calls
 
+    pipe = _offload(_pipe("dit"), mode)
     with pytest.raises(UsageError, match="offloaded"):
-        measure_latency(_offload(_pipe("dit"), "model"), steps=1, progress=False)
+        measure_latency(pipe, steps=1, progress=False)
+    with pytest.raises(UsageError, match="offloaded"):
+        record_layer_calls(pipe, steps=1)
 
 
 # ------------------------------------------------------------------------------------------------ on CUDA
