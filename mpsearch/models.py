@@ -19,6 +19,7 @@ from mpsearch.errors import ModelError
 from mpsearch.formats import available_formats, get_format
 from mpsearch.layer_types import (_LAYER_TYPES, LayerType, layer_type, layer_type_of,  # noqa: F401 (also here)
                                   register_layer_type, unregister_layer_type)
+from mpsearch.offload import materialized
 
 
 class Role(str, enum.Enum):
@@ -294,16 +295,24 @@ def weights_digest(pipe_or_model, names=None) -> str:
     names = describe(denoiser).names if names is None else names
     h = hashlib.sha256()
     for name in names:
-        w = modules[name].weight.detach()
-        h.update(json.dumps([name, str(w.dtype), list(w.shape)]).encode())
-        h.update(w.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        with materialized(modules[name], "cpu"):  # offloaded weights (accelerate) read where they are kept
+            w = modules[name].weight.detach()
+            if w.device.type == "meta":
+                raise ModelError(f"layer {name}'s weight is on the meta device and no accelerate offload hook on it "
+                                 "holds its values; load the model's weights before digesting or profiling it")
+            h.update(json.dumps([name, str(w.dtype), list(w.shape)]).encode())
+            h.update(w.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
     return "sha256:" + h.hexdigest()[:24]
 
 
 def check_finite_weights(pipe_or_model) -> None:
-    """Raise ModelError naming the first parameter of the denoiser that holds NaN or inf."""
-    for name, p in get_denoiser(pipe_or_model).named_parameters():
-        if not torch.isfinite(p).all():
-            bad = int((~torch.isfinite(p)).sum())
-            raise ModelError(f"{name} has {bad} NaN/inf value(s), so the model is broken; fix or reload its weights "
-                             "before profiling or quantizing it")
+    """Raise ModelError naming the first parameter of the denoiser that holds NaN or inf (offloaded weights are
+    read where accelerate keeps them, one module at a time)."""
+    for prefix, module in get_denoiser(pipe_or_model).named_modules():
+        with materialized(module, "cpu"):
+            for pname, p in module.named_parameters(recurse=False):
+                if p.device.type != "meta" and not torch.isfinite(p).all():
+                    bad = int((~torch.isfinite(p)).sum())
+                    name = f"{prefix}.{pname}" if prefix else pname
+                    raise ModelError(f"{name} has {bad} NaN/inf value(s), so the model is broken; fix or reload its "
+                                     "weights before profiling or quantizing it")

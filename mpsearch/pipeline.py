@@ -141,7 +141,7 @@ class DigitsPipeline(DiffusionPipeline):
         """
         labels = self._check_inputs(class_labels, num_inference_steps, guidance_scale, output_type)
         model = self.denoiser
-        device = next(model.parameters()).device
+        device = self._execution_device  # not the weights' device: offloaded weights live on the CPU or meta
         dtype = next(model.parameters()).dtype
         n = labels.shape[0]
         labels = labels.to(device)

@@ -30,6 +30,7 @@ import torch
 
 from mpsearch.errors import MpsearchError, UsageError
 from mpsearch.formats import available_formats, get_format
+from mpsearch.offload import has_offloaded_weights, model_offload_hook
 from mpsearch.models import describe, get_denoiser
 from mpsearch.runtime.executor import applied_plan
 from mpsearch.runtime.generation import generate, takes_prompts
@@ -214,6 +215,10 @@ def measure_latency(pipe, info=None, *, formats=None, steps: int = 20, condition
     den = get_denoiser(pipe)
     if applied_plan(den) is not None:
         raise UsageError("a plan is applied to this model; call handle.remove() before measuring its latency table")
+    if has_offloaded_weights(den) or model_offload_hook(den) is not None:
+        raise UsageError("the denoiser is offloaded (enable_model_cpu_offload / enable_sequential_cpu_offload / a "
+                         "device_map), so layer timings would time the transfers; measure the latency table with the "
+                         "denoiser on the device (pipe.remove_all_hooks(); pipe.to('cuda'))")
     info = info or describe(den)
     modules = dict(den.named_modules())
     for layer in info.layers:

@@ -16,6 +16,7 @@ from mpsearch.errors import UsageError
 from mpsearch.formats import available_formats, get_format
 from mpsearch.layer_types import layer_type_of
 from mpsearch.models import describe, get_denoiser
+from mpsearch.offload import has_offloaded_weights, model_offload_hook
 from mpsearch.runtime.generation import generate, takes_prompts
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import FixedStep, acquire_step_state, release_step_state
@@ -56,6 +57,10 @@ def record_layer_calls(pipe, info=None, *, steps: int = 20, windows: int = 2, co
     weight-only error to the weight-and-activation error in each of ``windows`` windows of ``steps`` steps.
     """
     den = get_denoiser(pipe)
+    if has_offloaded_weights(den) or model_offload_hook(den) is not None:
+        raise UsageError("the denoiser is offloaded (enable_model_cpu_offload / enable_sequential_cpu_offload / a "
+                         "device_map), which the compute-budget recording does not support; record it with the "
+                         "denoiser on the device (pipe.remove_all_hooks(); pipe.to('cuda'))")
     info = info or describe(den)
     wins = step_windows(steps, windows)
     act_formats = tuple(f for f in (formats or available_formats()) if get_format(f).quantizes_activations)

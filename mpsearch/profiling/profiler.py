@@ -20,9 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from mpsearch.errors import ProfileError, UsageError
-from mpsearch.formats import available_formats, get_format
+from mpsearch.formats import Packed, available_formats, get_format
 from mpsearch.runtime.generation import generate
 from mpsearch.models import check_finite_weights, describe, get_denoiser, weights_digest
+from mpsearch.offload import loaded_tensors, materialized, offload_aware_replay
 from mpsearch.plan import versions
 from mpsearch.profiling.store import Profile, ProfileWriter, remove_profile_file, resumable_units
 from mpsearch.runtime.qmodules import quantized_module
@@ -140,7 +141,8 @@ class _LayerProbe:
         self._gen = torch.Generator()
         self._acc_id = None
         if sample is not None:
-            w = module.weight.detach()
+            own = loaded_tensors(module)  # offloaded weights (accelerate): loaded on the execution device
+            w = own["weight"]
             out = w.shape[0]
             if out > sample:
                 g = torch.Generator().manual_seed(1_000_003 * (index + 1))
@@ -151,11 +153,11 @@ class _LayerProbe:
             for fi, fmt in self.formats:
                 packed = fmt.quantize_rows(w, self.channels)
                 self.subsets.append((fi, fmt, packed, fmt.dequantize(packed).reshape(len(self.channels), -1)))
-            self.bias = None if module.bias is None else module.bias.detach()[self.channels.to(w.device)]
+            self.bias = None if own.get("bias") is None else own["bias"][self.channels.to(w.device)]
 
     @torch.no_grad()
     def __call__(self, module, inputs, output):
-        x = inputs[0]
+        x = inputs[0].to(output.device)  # where the layer ran (a device map may hand it inputs from another device)
         if not torch.isfinite(output).all():
             raise ProfileError(f"layer {self.name} gave a full-precision output that is not finite (NaN/inf) at step "
                                f"{self.steps.step}, so its errors cannot be measured; check the model in full "
@@ -169,18 +171,28 @@ class _LayerProbe:
             if self._acc_id != id(acc):  # a new unit: its own row draws
                 self._acc_id = id(acc)
                 self._gen.manual_seed(int(acc.seed) * 1_000_033 + self.index)
+            if self.subsets and self.subsets[0][3].device != output.device:
+                self._move_subsets(output.device)  # model offload: made on the CPU, used on the execution device
             for fi, v in self._sampled(x, output):
                 stats[self.index, fi, s] += v
             return
         y = output.detach().float().flatten()
         ref2 = float(y.square().sum(dtype=torch.float64))
-        w = module.weight.detach()
-        for fi, fmt in self.formats:
-            q = quantized_module(module, fmt.quantize(w))
-            q.cache_dequantized = True  # dequantized once for this call, released with q
-            sums = _sums(q(x).float().flatten(), y)
-            del q
-            stats[self.index, fi, s] += (sums[0], ref2, sums[1], sums[2])
+        with materialized(module):  # sequential offload: the weights are back on meta after the forward
+            w = module.weight.detach()
+            for fi, fmt in self.formats:
+                q = quantized_module(module, fmt.quantize(w))
+                q.cache_dequantized = True  # dequantized once for this call, released with q
+                sums = _sums(q(x).float().flatten(), y)
+                del q
+                stats[self.index, fi, s] += (sums[0], ref2, sums[1], sums[2])
+
+    def _move_subsets(self, device):
+        def to(packed):
+            return Packed(packed.format, packed.shape, packed.dtype, {k: t.to(device) for k, t in packed.tensors.items()})
+
+        self.subsets = [(fi, fmt, to(packed), dq.to(device)) for fi, fmt, packed, dq in self.subsets]
+        self.bias = None if self.bias is None else self.bias.to(device)
 
     def _rows(self, n: int, device) -> torch.Tensor:
         if n <= self.sample:
@@ -380,8 +392,9 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
             acc, acc_ref[0] = acc_ref[0], None  # pause the probes while the calls are replayed with gradients
             recorder.paused = True
             try:
-                sens = output_sensitivity(denoiser, recorder.calls, candidates, S, seed=config.seeds[unit],
-                                          replay_steps=config.replay_steps)
+                with offload_aware_replay(denoiser):
+                    sens = output_sensitivity(denoiser, recorder.calls, candidates, S, seed=config.seeds[unit],
+                                              replay_steps=config.replay_steps)
             finally:
                 recorder.paused = False
                 recorder.calls.clear()

@@ -23,7 +23,8 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from mpsearch.errors import ProfileError, UsageError
-from mpsearch.runtime.steps import acquire_step_state, first_tensor, release_step_state, unregister_hook
+from mpsearch.runtime.steps import (acquire_step_state, first_tensor, register_hook, release_step_state,
+                                   unregister_hook)
 
 __all__ = ["CallRecorder", "hutchinson", "output_sensitivity"]
 
@@ -67,7 +68,7 @@ class CallRecorder(ModelHook):
         registry = HookRegistry.check_if_exists_or_initialize(denoiser)
         if registry.get_hook(self.HOOK) is not None:
             raise UsageError(f"a call recorder is already installed on {type(denoiser).__name__}; remove it first")
-        registry.register_hook(self, self.HOOK)
+        register_hook(denoiser, self, self.HOOK)  # inside accelerate's offload hook, if any
         self._denoiser = denoiser
         self.state = acquire_step_state(denoiser)  # after registering: the step hook runs first
         return self
@@ -188,8 +189,8 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
     finally:
         for h in handles:
             h.remove()
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
+        for m, f in zip(modules, flags):
+            m.weight.requires_grad_(f)  # m.weight, not p: accelerate's offload hooks replace the Parameter objects
     out[..., 0] /= samples
     out[..., 1] /= samples
     if replay_steps is not None and len(kept) < steps:

@@ -21,7 +21,7 @@ from torch import nn
 
 from mpsearch.cache_units import CacheUnit
 from mpsearch.errors import PlanError
-from mpsearch.runtime.steps import acquire_step_state, release_step_state, unregister_hook
+from mpsearch.runtime.steps import acquire_step_state, register_hook, release_step_state, unregister_hook
 
 HOOK_STEP = "mpsearch_cache_step"
 HOOK_BLOCK = "mpsearch_cache_block"
@@ -220,7 +220,7 @@ def apply_feature_cache(denoiser: nn.Module, config: FeatureCacheConfig) -> Feat
     handle = FeatureCacheHandle(denoiser, state)
     try:
         for module, name, hook in targets:
-            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+            register_hook(module, hook, name)  # inside accelerate's offload hook, if any
             handle._modules.append((module, name))
         # after the cache's own hook: the step state moves outside it, so each call's step is set first
         step_hook.steps = handle.steps = acquire_step_state(denoiser)

@@ -20,6 +20,7 @@ import torch
 from mpsearch.errors import PlanError
 from mpsearch.formats import get_format
 from mpsearch.models import describe, get_denoiser, measured_bytes
+from mpsearch.offload import has_offloaded_weights
 from mpsearch.plan import Plan
 from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear, quantized_module
 from mpsearch.cache_units import CacheUnit
@@ -178,6 +179,10 @@ def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto", ignore_weights
     denoiser = get_denoiser(pipe_or_model)
     if getattr(denoiser, _HANDLE_ATTR, None) is not None:
         raise PlanError("a plan is already applied to this model; call handle.remove() before applying another")
+    if has_offloaded_weights(denoiser):
+        raise PlanError("the denoiser's weights are offloaded by accelerate (enable_sequential_cpu_offload, or a "
+                        "device_map with cpu/disk entries), which apply_plan cannot quantize or restore; apply the "
+                        "plan without it and use pipe.enable_model_cpu_offload() if the planned model must be offloaded")
     info = describe(denoiser)
     plan.check_model(info)
     if not ignore_weights:

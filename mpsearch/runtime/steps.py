@@ -22,7 +22,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
 __all__ = ["HOOK_NAME", "StepState", "FixedStep", "StepTracker", "acquire_step_state", "release_step_state",
-           "step_state", "current_step_state", "timestep_of", "first_tensor", "unregister_hook"]
+           "step_state", "current_step_state", "timestep_of", "first_tensor", "register_hook", "unregister_hook"]
 
 HOOK_NAME = "mpsearch_step_state"
 
@@ -159,19 +159,46 @@ def _remove(registry: HookRegistry, name: str) -> None:
     outer.forward, outer.original_forward = outer_forward, inner
 
 
+@contextlib.contextmanager
+def _inside_accelerate(module: nn.Module):
+    """Within the block, ``module.forward`` is the forward *inside* accelerate's hook, if the module has one
+    (``enable_model_cpu_offload``, sequential offload, a device map), so that the diffusers hooks registered or
+    removed in the block sit inside accelerate's. Accelerate removes and re-adds its hooks by restoring the
+    ``forward`` it wrapped (diffusers' ``maybe_free_model_hooks`` does so after every offloaded generation): hooks
+    outside it would be dropped from the chain, silently; hooks inside it survive."""
+    if not (hasattr(module, "_hf_hook") and "_old_forward" in module.__dict__ and "forward" in module.__dict__):
+        yield
+        return
+    outer = module.__dict__["forward"]
+    module.forward = module._old_forward
+    try:
+        yield
+    finally:
+        module._old_forward = module.forward  # the registry's forward (or the module's own, once none is left)
+        module.forward = outer
+
+
+def register_hook(module: nn.Module, hook: ModelHook, name: str) -> None:
+    """Register ``hook`` as ``name`` in ``module``'s diffusers hook registry, inside any accelerate hook."""
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    with _inside_accelerate(module):
+        registry.register_hook(hook, name)
+
+
 def unregister_hook(module: nn.Module, name: str) -> None:
     """Remove the hook ``name`` from ``module``'s registry (wherever it is in the chain); a registry left empty
     is removed with the ``forward`` attribute it left on the module, so the module is as before any hook."""
     registry = getattr(module, "_diffusers_hook", None)
     if registry is None:
         return
-    _remove(registry, name)
-    if registry.hooks:
-        return
-    del module._diffusers_hook
-    fwd = module.__dict__.get("forward")
-    if getattr(fwd, "__self__", None) is module and getattr(fwd, "__func__", None) is type(module).forward:
-        del module.forward
+    with _inside_accelerate(module):
+        _remove(registry, name)
+        if registry.hooks:
+            return
+        del module._diffusers_hook
+        fwd = module.__dict__.get("forward")
+        if getattr(fwd, "__self__", None) is module and getattr(fwd, "__func__", None) is type(module).forward:
+            del module.forward
 
 
 def current_step_state(module: nn.Module) -> StepState | None:
@@ -189,10 +216,11 @@ def acquire_step_state(denoiser: nn.Module) -> StepState:
     hook = registry.get_hook(HOOK_NAME)
     if hook is None:
         hook = _StepHook()
-        registry.register_hook(hook, HOOK_NAME)
+        register_hook(denoiser, hook, HOOK_NAME)
     elif registry._hook_order[-1] != HOOK_NAME:
-        _remove(registry, HOOK_NAME)  # the same hook and state, re-registered outermost
-        registry.register_hook(hook, HOOK_NAME)
+        with _inside_accelerate(denoiser):
+            _remove(registry, HOOK_NAME)  # the same hook and state, re-registered outermost
+            registry.register_hook(hook, HOOK_NAME)
     hook.users += 1
     return hook.state
 
