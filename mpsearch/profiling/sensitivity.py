@@ -146,8 +146,7 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
     # No parameter takes part in the graph (so autograd keeps no layer inputs for weight gradients, about
     # half of a backward pass's memory); a candidate layer whose input is not on the graph yet gets it as a
     # leaf, so that every candidate's output is. Gradients with respect to the outputs are unchanged.
-    params = list(denoiser.parameters())
-    flags = [p.requires_grad for p in params]
+    flags = {name: p.requires_grad for name, p in denoiser.named_parameters()}
     gen = torch.Generator().manual_seed(int(seed))
     captured: list[list[torch.Tensor]] = [[] for _ in modules]
 
@@ -166,7 +165,7 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
     handles = [m.register_forward_pre_hook(on_graph) for m in modules]
     handles += [m.register_forward_hook(keep(i)) for i, m in enumerate(modules)]
     try:
-        for p in params:
+        for p in denoiser.parameters():
             p.requires_grad_(False)
         with torch.enable_grad():
             for step, args, kwargs in calls:
@@ -189,8 +188,10 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
     finally:
         for h in handles:
             h.remove()
-        for m, f in zip(modules, flags):
-            m.weight.requires_grad_(f)  # m.weight, not p: accelerate's offload hooks replace the Parameter objects
+        # by name on the parameters the model holds now: accelerate's offload hooks replace Parameter objects
+        for name, p in denoiser.named_parameters():
+            if name in flags:
+                p.requires_grad_(flags[name])
     out[..., 0] /= samples
     out[..., 1] /= samples
     if replay_steps is not None and len(kept) < steps:
