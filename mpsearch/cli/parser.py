@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "activation rows (real-size models; default: every element)")
     sp.add_argument("--replay-steps", type=int, default=None, metavar="K",
                     help="replay only K evenly spread steps for the output sensitivity, interpolating the others")
+    sp.add_argument("--replay-batch", type=int, default=None, metavar="B",
+                    help="replay each denoiser call in micro-batches of at most B rows (1: the halves of a "
+                    "guidance batch one at a time) for a fraction of the replay's memory")
     sp.add_argument("--estimate", action="store_true",
                     help="measure a one-step, one-unit profile and print the predicted time and peak memory of "
                     "the whole profile, without writing it")

@@ -20,7 +20,8 @@ from mpsearch.workflow import default_profile_path, profile
 _PROFILE_DEFAULTS = {"formats": ["int8", "nvfp4", "int4"], "steps": 20, "labels": list(range(10)), "seeds": [0, 1]}
 
 
-_PROFILE_CONFIG_FLAGS = ("formats", "steps", "labels", "seeds", "guidance", "prompts", "size", "sample", "replay_steps")
+_PROFILE_CONFIG_FLAGS = ("formats", "steps", "labels", "seeds", "guidance", "prompts", "size", "sample", "replay_steps",
+                         "replay_batch")
 
 
 def _profile_config(args, out):
@@ -36,7 +37,7 @@ def _profile_config(args, out):
     return ProfileConfig(labels=tuple(value("labels")), seeds=tuple(value("seeds")), steps=value("steps"),
                          guidance_scale=args.guidance, formats=tuple(value("formats")),
                          prompts=tuple(read_prompts(args.prompts)) if args.prompts else (), size=args.size,
-                         sample=args.sample, replay_steps=args.replay_steps)
+                         sample=args.sample, replay_steps=args.replay_steps, replay_batch=args.replay_batch)
 
 
 def _latency_lines(summary: dict) -> list[str]:

@@ -173,7 +173,11 @@ class NVFP4(Format):
         w2 = w.detach().reshape(out, inp)
         sub = w2[rows]
         check_finite(sub)
-        amax = w2.abs().amax().float() if w2.numel() else 0.0
+        if w2.numel():
+            mn, mx = torch.aminmax(w2)  # amax |w| = max(-min, max) exactly, without an |w| temporary
+            amax = torch.maximum(-mn, mx).float()
+        else:
+            amax = 0.0
         codes, bs8, s_t = nvfp4_encode(sub, amax)
         tensors = {"qweight": pack_nibbles(codes), "block_scale": bs8, "tensor_scale": s_t}
         return Packed(self.name, (len(rows), inp), w.dtype, tensors)

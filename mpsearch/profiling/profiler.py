@@ -53,6 +53,9 @@ class ProfileConfig:
     #: replay (output sensitivity, ``gn``) only this many steps, evenly spread, and interpolate the others
     #: linearly; None replays every step
     replay_steps: int | None = None
+    #: replay each recorded call in micro-batches of at most this many rows (e.g. 1: the two halves of a
+    #: classifier-free-guidance batch one at a time), for a fraction of the replay's memory; None: whole calls
+    replay_batch: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -66,7 +69,7 @@ class ProfileConfig:
                              "or --prompts FILE for a text-to-image pipeline)")
         if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
             raise UsageError(f"size must be a positive number of pixels, got {self.size!r}")
-        for key in ("sample", "replay_steps"):
+        for key in ("sample", "replay_steps", "replay_batch"):
             v = getattr(self, key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise UsageError(f"{key} must be a positive integer (or None for the full computation), got {v!r}")
@@ -95,7 +98,7 @@ class ProfileConfig:
         d = asdict(self)
         if not self.prompts:  # label-conditioned profiles keep the keys they always had (resume stays valid)
             d.pop("prompts")
-        for key in ("size", "sample", "replay_steps"):  # profiles made without them keep their stored config
+        for key in ("size", "sample", "replay_steps", "replay_batch"):  # absent when unset: older files resume
             if d[key] is None:
                 d.pop(key)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
@@ -124,9 +127,9 @@ class _LayerProbe:
     Exact (``sample=None``): each candidate is quantized, run through the executor's quantized module and
     released at every call, so at most one layer's candidates are held at a time (the numbers are those of
     a module built once and kept). Sampled: a seeded random subset of at most ``sample`` output channels is
-    quantized once (rows of the weight packed exactly as in the whole weight, its dequantized copy kept), and
-    at each call a seeded subset of at most ``sample`` activation rows is run through it; the four sums are
-    scaled up to the whole output's element count.
+    quantized once (rows of the weight packed exactly as in the whole weight; only the packed rows are kept,
+    dequantized at each call), and at each call a seeded subset of at most ``sample`` activation rows is run
+    through it; the four sums are scaled up to the whole output's element count.
     """
 
     def __init__(self, index, module, candidates, steps, acc_ref, name="", sample=None):
@@ -152,7 +155,7 @@ class _LayerProbe:
             self.subsets = []
             for fi, fmt in self.formats:
                 packed = fmt.quantize_rows(w, self.channels)
-                self.subsets.append((fi, fmt, packed, fmt.dequantize(packed).reshape(len(self.channels), -1)))
+                self.subsets.append((fi, fmt, packed))  # packed only: dequantized per call (64 rows: cheap)
             self.bias = None if own.get("bias") is None else own["bias"][self.channels.to(w.device)]
 
     @torch.no_grad()
@@ -171,7 +174,7 @@ class _LayerProbe:
             if self._acc_id != id(acc):  # a new unit: its own row draws
                 self._acc_id = id(acc)
                 self._gen.manual_seed(int(acc.seed) * 1_000_033 + self.index)
-            if self.subsets and self.subsets[0][3].device != output.device:
+            if self.subsets and next(iter(self.subsets[0][2].tensors.values())).device != output.device:
                 self._move_subsets(output.device)  # model offload: made on the CPU, used on the execution device
             for fi, v in self._sampled(x, output):
                 stats[self.index, fi, s] += v
@@ -191,7 +194,7 @@ class _LayerProbe:
         def to(packed):
             return Packed(packed.format, packed.shape, packed.dtype, {k: t.to(device) for k, t in packed.tensors.items()})
 
-        self.subsets = [(fi, fmt, to(packed), dq.to(device)) for fi, fmt, packed, dq in self.subsets]
+        self.subsets = [(fi, fmt, to(packed)) for fi, fmt, packed in self.subsets]
         self.bias = None if self.bias is None else self.bias.to(device)
 
     def _rows(self, n: int, device) -> torch.Tensor:
@@ -227,8 +230,8 @@ class _LayerProbe:
         scale = y_all.numel() / max(y.numel(), 1)
         ref2 = float(y.square().sum(dtype=torch.float64)) * scale
         res = []
-        for fi, fmt, packed, dq in self.subsets:
-            yq = fmt.matmul_rows(xs, packed, tensor_amax=amax, dequantized=dq).to(output.dtype)
+        for fi, fmt, packed in self.subsets:
+            yq = fmt.matmul_rows(xs, packed, tensor_amax=amax).to(output.dtype)
             if self.bias is not None:
                 yq = yq + self.bias.to(yq.dtype)
             sums = _sums(yq.float(), y)
@@ -394,7 +397,7 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
             try:
                 with offload_aware_replay(denoiser):
                     sens = output_sensitivity(denoiser, recorder.calls, candidates, S, seed=config.seeds[unit],
-                                              replay_steps=config.replay_steps)
+                                              replay_steps=config.replay_steps, batch=config.replay_batch)
             finally:
                 recorder.paused = False
                 recorder.calls.clear()

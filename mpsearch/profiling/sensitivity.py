@@ -104,6 +104,31 @@ def hutchinson(y: torch.Tensor, tensors, *, samples: int, generator: torch.Gener
                 out[i] += float(g.double().square().sum()) / scale ** 2
     return out
 
+
+def _streamed_hutchinson(y: torch.Tensor, tensors, leaves, *, samples: int, generator: torch.Generator) -> np.ndarray:
+    """:func:`hutchinson` for intermediate ``tensors`` (each on the graph between ``leaves`` and ``y``), taking
+    each tensor's squared gradient norm in a hook as the backward pass reaches it, so that no tensor's gradient
+    outlives its use (``hutchinson`` returns all of them at once: a second copy of every activation). Only
+    the small ``leaves``' gradients are returned. The same Rademacher draws and sums as ``hutchinson``."""
+    out = np.zeros(len(tensors))
+    scale = 2.0 ** -10 if y.dtype == torch.float16 else 1.0
+
+    def norm_of(i):
+        def hook(g):
+            out[i] += float(g.double().square().sum()) / scale ** 2
+        return hook
+
+    handles = [t.register_hook(norm_of(i)) for i, t in enumerate(tensors)]
+    try:
+        for k in range(samples):
+            u = (torch.randint(0, 2, y.shape, generator=generator) * 2 - 1).to(device=y.device, dtype=y.dtype)
+            torch.autograd.grad(y, list(leaves), grad_outputs=u * scale, retain_graph=k < samples - 1,
+                                allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
 def replayed_steps(steps: int, replay_steps: int | None) -> list[int]:
     """The steps whose calls are replayed: all, or ``replay_steps`` of them evenly spread (first and last
     included when two or more)."""
@@ -125,15 +150,47 @@ def _interpolate(out: np.ndarray, kept: list[int]) -> np.ndarray:
     return out
 
 
+def _batch_size(args, kwargs) -> int | None:
+    """The batch size of a recorded denoiser call: the leading dim of its first tensor argument."""
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, torch.Tensor) and v.dim() >= 1:
+            return int(v.shape[0])
+    return None
+
+
+def _rows(v, lo: int, hi: int, batch: int):
+    """``v`` with every tensor whose leading dim is ``batch`` cut to rows ``lo:hi`` (in dicts, lists and tuples
+    too); anything else (a scalar timestep, position ids) as it is."""
+    if isinstance(v, torch.Tensor):
+        return v[lo:hi] if v.dim() >= 1 and v.shape[0] == batch else v
+    if isinstance(v, dict):
+        return {k: _rows(x, lo, hi, batch) for k, x in v.items()}
+    if type(v) in (list, tuple):
+        return type(v)(_rows(x, lo, hi, batch) for x in v)
+    return v
+
+
+def micro_batches(args, kwargs, size: int | None):
+    """``(args, kwargs)`` of a denoiser call cut into calls of at most ``size`` batch rows (None: the call
+    itself). The denoiser treats the rows of a batch independently, so ``Tr(J^T J)`` of the whole call is the
+    sum over its micro-batches, for a fraction of the backward pass's memory."""
+    batch = _batch_size(args, kwargs)
+    if size is None or batch is None or batch <= size:
+        return [(args, kwargs)]
+    return [(_rows(args, lo, min(lo + size, batch), batch), _rows(kwargs, lo, min(lo + size, batch), batch))
+            for lo in range(0, batch, size)]
+
+
 def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *, samples: int = 1,
-                       seed: int = 0, replay_steps: int | None = None) -> np.ndarray:
+                       seed: int = 0, replay_steps: int | None = None, batch: int | None = None) -> np.ndarray:
     """(L, steps, 2): per layer (``modules``, in order) and step, ``sum ||J^T u||^2`` and the number of
     output elements, over ``calls`` (``(step, args, kwargs)`` as :class:`CallRecorder` keeps them) and
     ``samples`` Rademacher vectors per call.
 
     ``replay_steps``: replay only the calls of that many steps (:func:`replayed_steps`) and interpolate the
     other steps' values linearly between them (a fraction of the cost, for a quantity that varies slowly
-    over steps)."""
+    over steps). ``batch``: replay each call in micro-batches of at most that many rows
+    (:func:`micro_batches`; the same expectation, a fraction of the memory)."""
     out = np.zeros((len(modules), steps, 2))
     if not calls:
         return out
@@ -150,10 +207,13 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
     gen = torch.Generator().manual_seed(int(seed))
     captured: list[list[torch.Tensor]] = [[] for _ in modules]
 
+    leaves: list[torch.Tensor] = []
+
     def on_graph(module, args):
         x = args[0] if args else None
         if isinstance(x, torch.Tensor) and x.is_floating_point() and not x.requires_grad:
-            return (x.detach().requires_grad_(True), *args[1:])
+            leaves.append(x.detach().requires_grad_(True))
+            return (leaves[-1], *args[1:])
         return None
 
     def keep(i):
@@ -168,14 +228,15 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
         for p in denoiser.parameters():
             p.requires_grad_(False)
         with torch.enable_grad():
-            for step, args, kwargs in calls:
+            for step, args, kwargs in ((st, a, k) for st, a0, k0 in calls for a, k in micro_batches(a0, k0, batch)):
                 for c in captured:
                     c.clear()
+                leaves.clear()
                 y = first_tensor(denoiser(*args, **kwargs))
                 if y is None or not y.requires_grad or not 0 <= step < steps:
                     continue
                 flat = [(i, t) for i, c in enumerate(captured) for t in c]
-                g2 = hutchinson(y, [t for _, t in flat], samples=samples, generator=gen)
+                g2 = _streamed_hutchinson(y, [t for _, t in flat], leaves, samples=samples, generator=gen)
                 for (i, t), v in zip(flat, g2):
                     if not math.isfinite(v):
                         raise ProfileError(
@@ -185,6 +246,8 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
                     out[i, step, 1] += t.numel() * samples
                 for c in captured:
                     c.clear()
+                leaves.clear()
+                del y
     finally:
         for h in handles:
             h.remove()

@@ -153,3 +153,24 @@ def test_float16_matches_float32():
     h = Tiny(out=3).half()
     got = output_sensitivity(h, [(0, (x.half(),), {})], [h.a, h.b], 1, samples=4)
     np.testing.assert_allclose(got, ref, rtol=2e-2)
+
+
+def test_micro_batches_give_the_whole_calls_sums():
+    # rows of a batch are independent, and the Rademacher draws of the halves are the whole call's draws in
+    # order, so the replay in micro-batches sums to the replay of whole calls (up to float64 summation order)
+    from mpsearch.profiling.sensitivity import micro_batches
+
+    m = Tiny(out=3)
+    g = torch.Generator().manual_seed(5)
+    calls = [(0, (torch.randn(4, 3, generator=g),), {}), (1, (torch.randn(4, 3, generator=g),), {})]
+    whole = output_sensitivity(m, calls, [m.a, m.b], 2, samples=2, seed=9)
+    for size in (1, 3):
+        parts = output_sensitivity(m, calls, [m.a, m.b], 2, samples=2, seed=9, batch=size)
+        assert parts[..., 1].tolist() == whole[..., 1].tolist()
+        np.testing.assert_allclose(parts[..., 0], whole[..., 0], rtol=1e-12)
+    x = torch.arange(10.0).reshape(5, 2)
+    cut = micro_batches((x, torch.tensor(3)), {"c": {"e": x[:, :1]}, "t": torch.zeros(2), "n": None}, 2)
+    assert [a[0].shape[0] for a, _ in cut] == [2, 2, 1]
+    assert all(a[1].dim() == 0 and k["t"].shape == (2,) and k["n"] is None for a, k in cut)  # not batch-sized
+    assert torch.equal(torch.cat([k["c"]["e"] for _, k in cut]), x[:, :1])
+    assert micro_batches((x,), {}, None) == [((x,), {})] and len(micro_batches((x,), {}, 8)) == 1

@@ -1,0 +1,78 @@
+"""The profiler's opt-in approximations for real-size models: sampled statistics (``sample``), a subset of
+replayed steps (``replay_steps``), micro-batched replays (``replay_batch``) and the ``--estimate`` forecast."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from mpsearch.cli import main
+from mpsearch.errors import UsageError
+from mpsearch.profiling.sensitivity import replayed_steps
+from mpsearch.workflow import ProfileConfig, profile
+
+BASE = dict(labels=(0, 1, 2), seeds=(0,), steps=3, formats=("int8", "nvfp4"))
+
+
+def _stats(p):
+    return np.asarray(p.stats[..., 0], dtype=float)  # (layers, formats, steps): squared output error
+
+
+@pytest.mark.parametrize("key", ["sample", "replay_steps", "replay_batch"])
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "2"])
+def test_options_must_be_positive_integers(key, bad):
+    with pytest.raises(UsageError, match=key):
+        ProfileConfig(**{key: bad})
+
+
+def test_options_are_left_out_of_the_stored_config_when_unset():
+    d = ProfileConfig().to_dict()
+    assert not {"sample", "replay_steps", "replay_batch"} & set(d)
+    assert ProfileConfig(sample=8, replay_steps=2, replay_batch=1).to_dict()["replay_batch"] == 1
+
+
+def test_replayed_steps_spread_evenly():
+    assert replayed_steps(20, None) == list(range(20)) and replayed_steps(4, 9) == [0, 1, 2, 3]
+    assert replayed_steps(20, 1) == [9]
+    assert replayed_steps(20, 5) == [0, 5, 10, 14, 19]
+
+
+def test_sampled_covering_everything_equals_exact(dit_pipe, tmp_path):
+    # a sample at least as large as every layer's channels and rows measures every element: the same sums
+    ex = profile(dit_pipe, out=tmp_path / "e.sqlite", progress=False, **BASE)
+    full = profile(dit_pipe, out=tmp_path / "s.sqlite", progress=False, sample=10**6, **BASE)
+    np.testing.assert_allclose(_stats(full), _stats(ex), rtol=2e-4, equal_nan=True)
+
+
+def test_small_sample_ranks_layers_like_exact_and_is_seeded(dit_pipe, tmp_path):
+    ex = profile(dit_pipe, out=tmp_path / "e.sqlite", progress=False, **BASE)
+    s1 = profile(dit_pipe, out=tmp_path / "s1.sqlite", progress=False, sample=8, **BASE)
+    s2 = profile(dit_pipe, out=tmp_path / "s2.sqlite", progress=False, sample=8, **BASE)
+    a, b = _stats(ex).sum(axis=2), _stats(s1).sum(axis=2)
+    ok = np.isfinite(a) & np.isfinite(b) & (a > 0)
+    assert spearmanr(a[ok], b[ok]).statistic > 0.9
+    assert np.array_equal(_stats(s1), _stats(s2), equal_nan=True)  # the same seeded subsets
+
+
+def test_replay_options(dit_pipe, tmp_path):
+    full = profile(dit_pipe, out=tmp_path / "f.sqlite", progress=False, **BASE)
+    same = profile(dit_pipe, out=tmp_path / "b.sqlite", progress=False, replay_batch=1, **BASE)
+    assert same.sensitivity[..., 1].tolist() == full.sensitivity[..., 1].tolist()
+    np.testing.assert_allclose(same.sensitivity, full.sensitivity, rtol=1e-5)  # float32 GEMMs of another shape
+    one = profile(dit_pipe, out=tmp_path / "r.sqlite", progress=False, replay_steps=1, **BASE)
+    mid = replayed_steps(BASE["steps"], 1)[0]
+    # the replayed step: the same elements (its Rademacher draws come first in the stream, so its sums differ)
+    assert one.sensitivity[:, mid, 1].tolist() == full.sensitivity[:, mid, 1].tolist()
+    for s in range(BASE["steps"]):  # the others carry the replayed step's values (nothing to interpolate between)
+        assert one.sensitivity[:, s].tolist() == one.sensitivity[:, mid].tolist()
+
+
+def test_estimate_predicts_without_writing(tmp_path, capsys):
+    out = tmp_path / "p.sqlite"
+    rc = main(["profile", "--model", "default", "--out", str(out), "--steps", "3", "--seeds", "0,1",
+               "--labels", "0,1", "--estimate", "--json"])
+    assert rc == 0 and not out.exists()
+    est = json.loads(capsys.readouterr().out)
+    text = json.dumps(est)
+    assert "seconds" in text and "peak" in text
