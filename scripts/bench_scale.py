@@ -99,7 +99,11 @@ def bench_model(name, args, device, options) -> dict:
         est = estimate_profile(pipe, progress=False, formats=FORMATS, steps=args.steps, guidance_scale=guidance,
                                seeds=(0,), size=size, **{key: conds}, **options)
         out["estimate"] = {"seconds": est["seconds"], "peak_gb": est["peak_bytes"] / 1e9,
-                           "measured_s": rows[-1]["profile_s"], "measured_peak_gb": rows[-1]["profile_peak_gb"]}
+                           "measured_s": rows[-1]["profile_s"], "measured_peak_gb": rows[-1]["profile_peak_gb"],
+                           "setup_s": est["setup_seconds"], "step_s": est["step_seconds"],
+                           "replay_s": est["replay_seconds"]}
+        print(f"{name} estimate's parts: setup {est['setup_seconds']:.1f} s, one probed step "
+              f"{est['step_seconds']:.1f} s, one replayed step {est['replay_seconds']:.1f} s", flush=True)
         print(f"{name} estimate: {est['seconds']:.1f} s, {est['peak_bytes'] / 1e9:.2f} GB (measured "
               f"{rows[-1]['profile_s']:.1f} s, {rows[-1]['profile_peak_gb']:.2f} GB)", flush=True)
     del pipe, den
