@@ -20,7 +20,8 @@ Followed: ModelOpt ``modelopt/torch/quantization/algorithms.py`` (``AutoQuantize
   exceed a real byte budget.
 - **Search**: ModelOpt's gradient searcher is a 0/1 program solved by PuLP's CBC: one-hot per layer,
   minimize the sum of raw scores, ``sum cost <= max_weight_size``; if not Optimal it retries with a lower
-  bound of 0.99 and 0.90 x the cap. :func:`autoquantize_search` is that program.
+  bound of 0.99 and 0.90 x the cap. :func:`autoquantize_search` is that program (the scores divided by their
+  largest first: same optimum, but CBC's absolute tolerances no longer read a denoiser's 1e-9-sized scores as 0).
 """
 
 from __future__ import annotations
@@ -146,6 +147,11 @@ def autoquantize_search(scores, costs, max_size: float, *, lower_bounds=(None, 0
     import pulp
 
     scores, costs = np.asarray(scores, dtype=float), np.asarray(costs, dtype=float)
+    # one positive factor on the objective leaves the program's optimum unchanged; without it CBC's absolute
+    # tolerances (about 1e-7) treat a denoiser's scores (1e-11..1e-7 on the embedded models) as all zero
+    finite = scores[np.isfinite(scores)]
+    top = float(finite.max()) if finite.size else 0.0
+    scores = scores / top if top > 0 else scores
     cand = [[f for f in range(scores.shape[1]) if np.isfinite(scores[l, f])] for l in range(scores.shape[0])]
     status, sel = "Not Solved", None
     for lower in lower_bounds:

@@ -89,6 +89,14 @@ def test_search_matches_enumeration():
         assert sum(scores[l, f] for l, f in enumerate(choice)) <= best_val + 1e-9
 
 
+def test_search_sees_tiny_scores():
+    # scores at a denoiser's scale (1e-9): the program must still prefer the lower-scored format
+    scores = np.array([[0.0, 1e-10, 5e-9], [0.0, 1e-10, 5e-9]])
+    costs = np.array([[16.0, 8.0, 4.0], [16.0, 8.0, 4.0]])
+    choice, status = autoquantize_search(scores, costs, 16.0)
+    assert status == "Optimal" and choice.tolist() == [1, 1]
+
+
 def test_select_refits_to_real_bytes():
     # nominal costs undercount the 4-bit format's real bytes: at the stated cap the plan is over the budget;
     # the re-run finds a plan whose real bytes fit
