@@ -28,6 +28,10 @@ Writes the `bench_all` section of docs/benchmarks.md, docs/img/bench_all.png and
     python scripts/bench_all.py                      # the final evidence run (test seeds)
     python scripts/bench_all.py --split dev --no-doc # development (dev seeds), docs untouched
     python scripts/bench_all.py --quick              # a one-minute smoke run (dev seed, few steps)
+    # the same final run as two processes, one per model, rendered together (about half the wall time):
+    python scripts/bench_all.py --models default --no-doc --save-results /tmp/dit.json &
+    python scripts/bench_all.py --models default-unet --no-doc --save-results /tmp/unet.json; wait
+    python scripts/bench_all.py --from-results /tmp/dit.json,/tmp/unet.json
 """
 
 from __future__ import annotations
@@ -413,12 +417,19 @@ def main(argv=None) -> int:
     args.ks = [int(k) for k in args.ks.split(",")]
     t0 = time.perf_counter()
     command = "python scripts/bench_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if args.from_results:
-        saved = json.loads(Path(args.from_results).read_text())
-        results, seconds = saved["results"], saved["seconds"]
-        command = saved.get("command", command) + f"` (rendered from `{args.from_results}`)`"
+    if args.from_results:  # one saved run, or several (e.g. one per model, run side by side) rendered as one
+        saved = [json.loads(Path(f).read_text()) for f in args.from_results.split(",")]
+        results = [r for one in saved for r in one["results"]]
+        seconds = max(one["seconds"] for one in saved)
+        if any(one["args"] != saved[0]["args"] for one in saved):
+            raise SystemExit("the saved runs were made with different settings; render them separately")
+        command = " && ".join(one.get("command", "?") for one in saved) + f"`, rendered with `{command}"
         for k in KEEP:
-            setattr(args, k, saved["args"][k])
+            setattr(args, k, saved[0]["args"][k])
+        args.no_doc = args.no_doc or args.split != "test"
+        if not args.no_doc:
+            RESULTS.write_text(json.dumps({"results": results, "seconds": seconds, "command": command,
+                                           "args": saved[0]["args"]}, default=float))
     else:
         target = args.save_results or (None if args.no_doc else RESULTS)
         results = []
