@@ -1,27 +1,37 @@
-"""One benchmark suite: every allocation method and every cache method, side by side, on both default models.
+"""The evidence suite: every allocation method and the cache schedulers, side by side, on both default models,
+on test seeds nobody tunes on, with paired per-image significance.
 
-For each default model (the DiT and the UNet): one local profile (the default ProfileConfig) that every
-profile-based method shares; then, at the three byte budgets of `mpsearch demo` (uniform NVFP4's bytes,
-uniform INT4's bytes, halfway between uniform INT8 and INT4), the plans of
+For each default model (the DiT and the UNet):
 
-- uniform INT8 / NVFP4 / INT4 (at their own bytes);
-- MixDQ-style (name/role groups, two ILPs, budget split chosen with generations on a search seed);
-- AutoQuantize-style (one absolute output-error score per layer, NVFP4/INT4 costed at 4.0 bits per element
-  as ModelOpt counts them, so its real bytes can exceed the budget);
-- HAWQ-style (Hutchinson trace of each layer's Gauss-Newton Hessian block x the weight's quantization error);
-- greedy and random allocations of mpsearch's own costs;
-- mpsearch: local (ILP on the local tier's default `gn` metric, and on the former default `rel_mse`), decoupled (ILP on the cheap end-to-end tier's content + quality
-  costs), Optuna-refined (NSGA-II from the ILP's answers, real generations on a search seed);
+- one local profile (the default ProfileConfig: labels 0-9, profile seeds 0 and 1, 20 steps) that every
+  profile-based method shares, and each rival's own measurement on the same calls and seeds:
+  AutoQuantize (ModelOpt's gradient score on the denoising loss, effective-bits costs, its PuLP 0/1 program;
+  mpsearch.allocation.autoquantize), HAWQ-style (Hutchinson traces over the same 40 calls, one backward pass
+  each, as many as mpsearch's `gn`), MixDQ-style (every layer x format quantized alone and generated, content
+  and quality damage measured separately; two ILPs, budget split chosen on a search seed);
+- byte budgets across the model's feasible range (mpsearch.evidence.evidence_budgets: three between the
+  smallest feasible plan and uniform NVFP4, uniform NVFP4, two between NVFP4 and INT8; none above INT8);
+- at each budget the plans of MixDQ-style, AutoQuantize (at the stated budget, marked **over** where its real
+  bytes exceed it, and re-run at the largest budget whose real bytes fit), HAWQ-style, greedy, random,
+  mpsearch local (`gn`, the default, and `rel_mse`), decoupled (the cheap end-to-end tier), Optuna-refined;
+- every plan scored on the test seeds (mpsearch.evidence.TEST_SEEDS: 10 seeds x 10 labels = 100 images per cell)
+  against full precision; mpsearch local against every other method by a paired per-image Wilcoxon test
+  (Holm-corrected over all comparisons) and a bootstrap interval of the mean-MSE ratio: better / worse only
+  when both say so, else a tie;
+- the decoupled tier's rank agreement (Spearman) with the exhaustive per-layer measurement (MixDQ's), and
+  local `gn`'s, with the tiers' costs;
+- the DP cache schedule against the uniform interval at K = 6..12 of 20 steps, in fp and with INT8, costs
+  measured on the profile seeds over all ten labels, scored on the test seeds with the same statistics.
 
-and, without quantization, every cache scheduler at the same numbers of full computations K. Every plan is
-scored on held-out seeds against full precision: MSE, SSIM, class agreement, Frechet distance of classifier
-features, real bytes (measured on the model), what finding it cost (measurement and solving seconds) and its
-generation time as a ratio to full precision measured in the same process. No method uses role pins (the
-uniform formats do not either). Writes the `bench_all` section of docs/benchmarks.md and
-docs/img/bench_all.png.
+Writes the `bench_all` section of docs/benchmarks.md, docs/img/bench_all.png and docs/bench_all.json.
 
-    python scripts/bench_all.py [--models default,default-unet] [--seeds 1000,1001,1002] [--trials 30]
-                                [--ks 6,10] [--no-doc]
+    python scripts/bench_all.py                      # the final evidence run (test seeds)
+    python scripts/bench_all.py --split dev --no-doc # development (dev seeds), docs untouched
+    python scripts/bench_all.py --quick              # a one-minute smoke run (dev seed, few steps)
+    # the same final run as two processes, one per model, rendered together (about half the wall time):
+    python scripts/bench_all.py --models default --no-doc --save-results /tmp/dit.json &
+    python scripts/bench_all.py --models default-unet --no-doc --save-results /tmp/unet.json; wait
+    python scripts/bench_all.py --from-results /tmp/dit.json,/tmp/unet.json
 """
 
 from __future__ import annotations
@@ -39,31 +49,36 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mpsearch  # noqa: E402
-from mpsearch import baselines  # noqa: E402
-from mpsearch import endtoend as e2e  # noqa: E402
-from mpsearch.budget import format_bytes  # noqa: E402
+from mpsearch.allocation import baselines  # noqa: E402
+from mpsearch.allocation import endtoend as e2e  # noqa: E402
 from mpsearch.allocation.cache_scheduler import make_schedule  # noqa: E402
-from mpsearch.cache_units import get_unit  # noqa: E402
+from mpsearch.allocation.endtoend.costs import e2e_costs  # noqa: E402
 from mpsearch.allocation.joint import cache_section  # noqa: E402
-from mpsearch.profiling.cache_costs import costs_from_profile, measure_costs  # noqa: E402
-from mpsearch.cache_units import compute_shares  # noqa: E402
+from mpsearch.allocation.objective import build_problem  # noqa: E402
+from mpsearch.allocation.refine import refine  # noqa: E402
+from mpsearch.allocation.solvers import get_solver, min_feasible_bytes  # noqa: E402
+from mpsearch.allocation.solving import solve  # noqa: E402
+from mpsearch.budget import format_bytes  # noqa: E402
+from mpsearch.cache_units import compute_shares, get_unit  # noqa: E402
 from mpsearch.classifier import load_classifier  # noqa: E402
-from mpsearch.demo import comparison_budgets  # noqa: E402
 from mpsearch.evaluate import evaluate_plan  # noqa: E402
-from mpsearch.runtime.generation import generate_many  # noqa: E402
+from mpsearch.evidence import PROFILE_SEEDS, SEARCH_SEEDS, SPLITS, evidence_budgets  # noqa: E402
 from mpsearch.models import describe, get_denoiser  # noqa: E402
 from mpsearch.plan import Plan  # noqa: E402
+from mpsearch.profiling.cache_costs import measure_costs  # noqa: E402
 from mpsearch.profiling.store import Profile  # noqa: E402
+from mpsearch.report.significance import compare, summary, verdicts  # noqa: E402
+from mpsearch.runtime.generation import generate_many  # noqa: E402
 from mpsearch.workflow import ProfileConfig, profile  # noqa: E402
-from mpsearch.allocation.refine import refine  # noqa: E402
-from mpsearch.allocation.solving import build_problem, solve  # noqa: E402
-from mpsearch.allocation.solvers import get_solver  # noqa: E402
 
 WARMUP = 2
-SPLITS = (0.2, 0.35, 0.5, 0.65, 0.8)
-METHODS = ("MixDQ-style", "AutoQuantize-style", "HAWQ-style", "greedy", "random", "mpsearch local (rel_mse)",
-           "mpsearch local", "mpsearch decoupled", "mpsearch Optuna-refined")
-IMG = Path(__file__).resolve().parent.parent / "docs" / "img" / "bench_all.png"
+SPLITS_MIXDQ = (0.2, 0.35, 0.5, 0.65, 0.8)
+METHODS = ("MixDQ-style", "AutoQuantize (stated budget)", "AutoQuantize (fit)", "HAWQ-style", "greedy", "random",
+           "mpsearch local (rel_mse)", "mpsearch local", "mpsearch decoupled", "mpsearch Optuna-refined")
+OURS = "mpsearch local"
+ROOT = Path(__file__).resolve().parent.parent
+IMG = ROOT / "docs" / "img" / "bench_all.png"
+RESULTS = ROOT / "docs" / "bench_all.json"
 
 
 def _timed(fn, *args, **kwargs):
@@ -76,18 +91,25 @@ def _plan(info, problem, sol, name):
     return Plan.from_assignment(info, sol.assignment(problem), provenance={"solver": name})
 
 
-def allocation_plans(pipe, prof, e2e_prof, traces, budget, args):
-    """{method: (plan, solve seconds)} at one byte budget."""
+def allocation_plans(pipe, prof, e2e_prof, meas, budget, args):
+    """{method: (plan, solve seconds, note)} at one byte budget."""
     info = prof.info
     out = {}
     local = build_problem(prof, budget, role_pins={})
-    mix, t_mix = _timed(baselines.mixdq_plans, prof, budget, SPLITS)
-    (split, _), t_choose = _timed(baselines.choose_split, pipe, mix, labels=args.labels, steps=args.search_steps)
+    mix, t_mix = _timed(baselines.mixdq_measured_plans, prof, meas["mixdq"]["content"], meas["mixdq"]["quality"],
+                        budget, SPLITS_MIXDQ)
+    (split, _), t_choose = _timed(baselines.choose_split, pipe, mix, labels=args.labels, seeds=SEARCH_SEEDS[:1],
+                                  steps=args.search_steps)
     out["MixDQ-style"] = (mix[split], t_mix + t_choose, f"split {split}")
-    aq = baselines.autoquantize_problem(prof, budget)
-    sol = get_solver("ilp").solve(aq)
-    out["AutoQuantize-style"] = (_plan(info, aq, sol, "autoquantize"), sol.seconds, "")
-    hq = baselines.hawq_problem(prof, pipe, traces, budget)
+    base = build_problem(prof, None, role_pins={})
+    nominal = baselines.nominal_bytes(info, prof.formats)
+    for name, fit in (("AutoQuantize (stated budget)", False), ("AutoQuantize (fit)", True)):
+        r, t = _timed(baselines.autoquantize_select, meas["aq"], nominal, base.nbytes, base.fixed_bytes, budget,
+                      fit=fit)
+        plan = Plan.from_assignment(info, {n: prof.formats[c] for n, c in zip(base.layer_names, r["choice"])},
+                                    provenance={"solver": "autoquantize"})
+        out[name] = (plan, t, f"{r['status']}, cap {format_bytes(int(r['cap']))} effective")
+    hq = baselines.hawq_problem(prof, pipe, meas["hawq"], budget)
     sol = get_solver("ilp").solve(hq)
     out["HAWQ-style"] = (_plan(info, hq, sol, "hawq"), sol.seconds, "")
     for name in ("greedy", "random"):
@@ -96,7 +118,7 @@ def allocation_plans(pipe, prof, e2e_prof, traces, budget, args):
     plan = solve(prof, f"{budget}B", role_pins={}, metric="rel_mse")
     out["mpsearch local (rel_mse)"] = (plan, plan.provenance["seconds"], "")
     plan = solve(prof, f"{budget}B", role_pins={})
-    out["mpsearch local"] = (plan, plan.provenance["seconds"], plan.provenance["metric"])
+    out[OURS] = (plan, plan.provenance["seconds"], plan.provenance["metric"])
     plan = solve(e2e_prof, f"{budget}B", role_pins={}, objective_weights="content=1,quality=1")
     out["mpsearch decoupled"] = (plan, plan.provenance["seconds"], "")
     (plan, report), t = _timed(refine, prof, pipe, f"{budget}B", trials=args.trials, role_pins={}, labels=args.labels,
@@ -108,25 +130,44 @@ def allocation_plans(pipe, prof, e2e_prof, traces, budget, args):
     return out
 
 
-def cache_rows(pipe, prof, args, score):
-    """Every cache scheduler at each K (no quantization): (rows, measuring seconds)."""
+def tier_agreement(prof, e2e_prof, mixdq, e2e_report) -> dict:
+    """Spearman of local `gn` and of the decoupled tier's costs with the exhaustive per-layer measurement."""
+    from scipy.stats import spearmanr
+
+    local = build_problem(prof, None, role_pins={}).cost
+    out = {"cost_ratio": e2e_report.get("cost_ratio"), "exhaustive_generations": mixdq["generations"],
+           "self_spearman": e2e_report.get("spearman")}
+    for kind, ref in (("content", mixdq["content"]), ("quality", mixdq["quality"])):
+        dec, _ = e2e_costs(e2e_prof, f"{kind}=1,{'quality' if kind == 'content' else 'content'}=0")
+        mask = np.isfinite(ref) & np.isfinite(local) & np.isfinite(dec)
+        mask[:, 0] = False  # fp: zero everywhere
+        out[kind] = {"n": int(mask.sum()),
+                     "local_gn": float(spearmanr(local[mask], ref[mask]).statistic),
+                     "decoupled": float(spearmanr(dec[mask], ref[mask]).statistic)}
+    return out
+
+
+def cache_rows(pipe, args, score):
+    """DP against the uniform interval at each K, in fp and with INT8 (costs measured on the profile seeds)."""
     den = get_denoiser(pipe)
     unit = get_unit(den)
     share = compute_shares(den, [unit])[unit.name]
-    cost, t_measure = _timed(measure_costs, pipe, unit, args.steps, warmup=WARMUP)
-    free = costs_from_profile(prof, unit)
-    fp = Plan.uniform(pipe, "fp")
-    rows = []
-    for k in args.ks:
-        for method, c, source in (("dp", cost, "measured"), ("uniform", cost, "measured"),
-                                  ("threshold", cost, "measured"), ("dp", free, "profile")):
-            sched = make_schedule(method, c, k, warmup=WARMUP)
-            plan = Plan.from_dict({**fp.to_dict(), "cache": cache_section(unit, sched, warmup=WARMUP, max_reuse=None,
-                                                                         share=share, costs="measured")})
-            s = score(plan)
-            rows.append({"k": k, "method": f"{method} ({source} costs)", "scores": s,
-                         "pattern": "".join("C" if x else "." for x in sched.compute)})
-            print(f"  cache K={k} {rows[-1]['method']}: mse {s['mse']:.3g}", flush=True)
+    rows, t_measure = [], 0.0
+    for quant in ("fp", "int8"):
+        base = Plan.uniform(pipe, quant)
+        cost, t = _timed(measure_costs, pipe, unit, args.steps, plan=None if quant == "fp" else base,
+                         labels=args.labels, seeds=args.profile_seeds, warmup=WARMUP)
+        t_measure += t
+        for k in args.ks:
+            for method in ("dp", "uniform"):
+                sched = make_schedule(method, cost, k, warmup=WARMUP)
+                plan = Plan.from_dict({**base.to_dict(), "cache": cache_section(unit, sched, warmup=WARMUP,
+                                                                                max_reuse=None, share=share,
+                                                                                costs="measured")})
+                s = score(plan)
+                rows.append({"quant": quant, "k": k, "method": method, "scores": s,
+                             "pattern": "".join("C" if x else "." for x in sched.compute)})
+                print(f"  cache {quant} K={k} {method}: mse {s['mse']:.3g}", flush=True)
     return rows, t_measure, unit, share
 
 
@@ -134,134 +175,189 @@ def run_model(model, args, tmp: Path) -> dict:
     pipe = mpsearch.load_pipeline(model)
     info = describe(pipe)
     clf = load_classifier()
-    config = ProfileConfig(labels=args.labels, steps=args.steps) if args.quick else ProfileConfig()
+    config = ProfileConfig(labels=args.labels, seeds=args.profile_seeds, steps=args.steps)
     generate_many(pipe, args.labels[:2], (0,), 2)  # warm-up
     _, t_gen = _timed(generate_many, pipe, config.labels, config.seeds, config.steps)
     prof, t_prof = _timed(profile, pipe, config, out=tmp / f"{model}.sqlite", progress=False)
     shutil.copy(prof.path, tmp / f"{model}-e2e.sqlite")
     e2e_prof = Profile.load(tmp / f"{model}-e2e.sqlite")
-    _, t_e2e = _timed(e2e.run_end_to_end, pipe, e2e_prof, shortlist_n=8, windows=2, role_pins={})
+    e2e_report, t_e2e = _timed(e2e.run_end_to_end, pipe, e2e_prof, shortlist_n=8, windows=2, role_pins={})
     e2e_prof = Profile.load(e2e_prof.path)
-    traces, t_hawq = _timed(baselines.hawq_traces, pipe, info, labels=args.labels, steps=args.steps, every=5,
-                                   samples=2)
+    meas, t_meas = {}, {}
+    meas["hawq"], t_meas["hawq"] = _timed(baselines.hawq_traces, pipe, info, labels=args.labels, seeds=config.seeds,
+                                          steps=args.steps, every=1, samples=1)
+    meas["aq"], t_meas["aq"] = _timed(baselines.autoquantize_scores, pipe, info, prof.formats, labels=args.labels,
+                                      seeds=config.seeds, steps=args.steps)
+    meas["mixdq"], t_meas["mixdq"] = _timed(baselines.mixdq_sensitivity, pipe, info, prof.formats,
+                                            labels=args.labels, seeds=config.seeds[:1], steps=args.steps)
+    agreement = tier_agreement(prof, e2e_prof, meas["mixdq"], e2e_report)
+    agreement["t_e2e"], agreement["t_exhaustive"] = t_e2e, t_meas["mixdq"]
     print(f"{model}: fp generation {t_gen:.1f} s, profile {t_prof:.1f} s, end-to-end {t_e2e:.1f} s, "
-          f"HAWQ traces {t_hawq:.1f} s", flush=True)
+          + ", ".join(f"{k} {v:.1f} s" for k, v in t_meas.items()), flush=True)
     reference = generate_many(pipe, args.labels, args.seeds, args.steps)
-    fp_seconds, scored = [], []
+    fp_seconds = []
 
     def score(plan):
         kw = dict(labels=args.labels, seeds=args.seeds, steps=args.steps, reference=reference)
-        s = evaluate_plan(pipe, plan, classifier=clf, **kw)
-        fp_seconds.append(evaluate_plan(pipe, None, **kw)["seconds"])  # a full-precision run right beside it
-        scored.append(s)
-        return s
+        return evaluate_plan(pipe, plan, classifier=clf, **kw)
 
+    for _ in range(2):
+        fp_seconds.append(score(None)["seconds"])
     uniform = {f: score(Plan.uniform(pipe, f)) for f in ("int8", "nvfp4", "int4")}
-    measure_cost = {"MixDQ-style": t_prof, "AutoQuantize-style": t_prof, "HAWQ-style": t_hawq, "greedy": t_prof,
-                    "random": 0.0, "mpsearch local (rel_mse)": t_prof, "mpsearch local": t_prof, "mpsearch decoupled": t_prof + t_e2e,
+    measure_cost = {"MixDQ-style": t_meas["mixdq"], "AutoQuantize (stated budget)": t_meas["aq"],
+                    "AutoQuantize (fit)": t_meas["aq"], "HAWQ-style": t_meas["hawq"], "greedy": t_prof, "random": 0.0,
+                    "mpsearch local (rel_mse)": t_prof, OURS: t_prof, "mpsearch decoupled": t_prof + t_e2e,
                     "mpsearch Optuna-refined": t_prof}
+    low = min_feasible_bytes(build_problem(prof, None, role_pins={}))
     budgets = {}
-    for bname, nbytes in comparison_budgets(info).items():
-        plans = allocation_plans(pipe, prof, e2e_prof, traces, nbytes, args)
+    for bname, nbytes in evidence_budgets(info, low).items():
+        plans = allocation_plans(pipe, prof, e2e_prof, meas, nbytes, args)
         rows = {}
         for method in METHODS:
             plan, t_solve, note = plans[method]
             rows[method] = {"scores": score(plan), "solve": t_solve, "measure": measure_cost[method], "note": note,
                             "counts": plan.format_counts()}
             s = rows[method]["scores"]
-            print(f"  {bname} {method}: bytes {s['bytes']:,} / {nbytes:,}, mse {s['mse']:.3g}, ssim {s['ssim']:.4f}",
-                  flush=True)
+            print(f"  {bname} {method}: bytes {s['bytes']:,} / {nbytes:,}, mse {s['mse']:.3g}", flush=True)
         budgets[bname] = {"bytes": nbytes, "rows": rows}
-    cache, t_cache, unit, share = cache_rows(pipe, prof, args, score)
-    for s in scored:  # against the median of the full-precision runs made beside the plans (steadier than one)
-        s["time_ratio"] = s["seconds"] / float(np.median(fp_seconds))
+    cache, t_cache, unit, share = cache_rows(pipe, args, score)
+    fp_seconds.append(score(None)["seconds"])
+    fp_s = float(np.median(fp_seconds))
+    for s in [*uniform.values(), *(r["scores"] for b in budgets.values() for r in b["rows"].values()),
+              *(c["scores"] for c in cache)]:
+        s["time_ratio"] = s["seconds"] / fp_s
     return {"model": model, "layers": len(info.layers), "fp_bytes": info.fp_bytes, "t_gen": t_gen,
-            "t_prof": t_prof, "t_e2e": t_e2e, "t_hawq": t_hawq, "uniform": uniform, "budgets": budgets,
-            "cache": cache, "t_cache": t_cache, "unit": unit.name, "share": share,
-            "fp_seconds": float(np.median(fp_seconds))}
+            "t_prof": t_prof, "t_e2e": t_e2e, "t_meas": t_meas, "uniform": uniform, "budgets": budgets,
+            "min_bytes": int(low), "agreement": agreement, "cache": cache, "t_cache": t_cache, "unit": unit.name,
+            "share": share, "fp_seconds": fp_s}
 
 
-def _fmt(s: dict, key: str, spec: str) -> str:
-    v = s.get(key)
-    return "n/a" if v is None else format(v, spec)
+def analyse(results, alpha: float = 0.05) -> dict:
+    """Paired comparisons (Holm over the whole family), verdicts, ranks."""
+    from scipy.stats import rankdata
+
+    family = []  # (kind, key, comparison)
+    for r in results:
+        for bname, b in r["budgets"].items():
+            ours = b["rows"][OURS]["scores"]["mse_per_image"]
+            for m in METHODS:
+                if m != OURS:
+                    family.append(("alloc", (r["model"], bname, m),
+                                   compare(ours, b["rows"][m]["scores"]["mse_per_image"])))
+        cells = {}
+        for c in r["cache"]:
+            cells.setdefault((c["quant"], c["k"]), {})[c["method"]] = c["scores"]["mse_per_image"]
+        for (quant, k), d in cells.items():
+            family.append(("cache", (r["model"], quant, k), compare(d["dp"], d["uniform"])))
+    v = verdicts([c for _, _, c in family], alpha=alpha)
+    out = {"alloc": {}, "cache": {}}
+    for (kind, key, c), verdict in zip(family, v):
+        c["verdict"] = verdict
+        out[kind][key] = c
+    ranks = {m: {"mean": [], "median": [], "p90": []} for m in METHODS}
+    for r in results:
+        for b in r["budgets"].values():
+            for stat in ("mean", "median", "p90"):
+                vals = [summary(b["rows"][m]["scores"]["mse_per_image"])[stat] for m in METHODS]
+                for m, rank in zip(METHODS, rankdata(vals, method="average")):
+                    ranks[m][stat].append(float(rank))
+    out["ranks"] = ranks
+    return out
 
 
 def render(results, args, seconds) -> str:
+    an = analyse(results)
+    n_img = len(args.seeds) * len(args.labels)
     lines = [
-        f"Held-out seeds {list(args.seeds)} x labels {list(args.labels)}, {args.steps} DDIM steps, scored against full precision: MSE and "
-        "SSIM of the images, class agreement (the default classifier recognizes the requested digit), Frechet "
-        "distance of the classifier's features (lower is better). `bytes` are measured on the model with the plan "
-        "applied; `budget` is the byte budget every method was given (AutoQuantize-style counts 4-bit formats at "
-        "4.0 bits per element, so its real bytes can exceed it: marked **over**). `measure s` = the measurement "
-        "the method needs (the shared local profile; the end-to-end tier for decoupled; Hessian traces for HAWQ); "
-        "`solve s` = solving, including the generations that MixDQ's split choice and Optuna's trials make. "
-        f"`time` = generation wall time / the median of full precision's, one full-precision run made right after each plan's (CPU: W8A8 through "
-        f"`torch._int_mm`, NVFP4 emulated, INT4 dequantized on the fly). Optuna: {args.trials} trials per budget "
-        f"on search seed 500 ({args.search_steps} steps). Whole run: "
-        f"{seconds / 60:.1f} min.", ""]
-    from scipy.stats import rankdata
-
-    others = [m for m in METHODS if m != "mpsearch local"]
-    versus = {m: np.zeros((2, 3), dtype=int) for m in others}  # (MSE, SSIM) x (local better, equal, worse)
-    ranks = {m: [] for m in METHODS}
-    gn_gain = []
+        f"**Seeds** (mpsearch/evidence.py): measurement on profile seeds {list(PROFILE_SEEDS)}; Optuna and "
+        f"MixDQ's split on search seeds {list(SEARCH_SEEDS)}; scored on the **{args.split}** seeds "
+        f"{list(args.seeds)} x labels {list(args.labels)} = {n_img} images per cell, {args.steps} DDIM steps, "
+        "against full precision. Per-image MSE: mean, median, 90th percentile. `vs local`: mean-MSE ratio of the "
+        "method to mpsearch local with its 95% paired bootstrap interval and the Holm-corrected two-sided "
+        "Wilcoxon p over every comparison on this page; **better** / **worse** (for mpsearch local) only "
+        "when p < 0.05 and the interval excludes 1, else **tie**. `bytes` are measured on the model with the "
+        "plan applied; **over** = above the budget (AutoQuantize at the stated budget counts 4-bit formats at "
+        "4.0 bits, as ModelOpt does; the fit row is its re-run at the largest cap whose real bytes fit). "
+        "`measure s`: the method's own measurement; `solve s`: solving, with the generations of MixDQ's split "
+        f"choice and Optuna's trials ({args.trials} trials, {args.search_steps} steps). `time`: generation time "
+        f"/ full precision's (CPU; NVFP4 emulated). Whole run: {seconds / 60:.1f} min.", ""]
+    counts = {m: [0, 0, 0] for m in METHODS if m != OURS}
     for r in results:
+        ag = r["agreement"]
         lines += [f"### {r['model']} ({r['layers']} layers, full precision {format_bytes(r['fp_bytes'])})", "",
-                  f"Cost: one full-precision generation of the profile's conditions {r['t_gen']:.1f} s; local profile "
-                  f"{r['t_prof']:.1f} s ({r['t_prof'] / r['t_gen']:.1f}x); cheap end-to-end tier {r['t_e2e']:.1f} s; "
-                  f"HAWQ traces {r['t_hawq']:.1f} s. Full-precision generation of the held-out set: "
-                  f"{r['fp_seconds']:.2f} s.", "",
-                  "| budget | method | bytes | MSE | SSIM | class agr. | Frechet | measure s | solve s | time | formats |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+                  f"Measurement: one full-precision generation of the profile's conditions {r['t_gen']:.1f} s; "
+                  f"local profile {r['t_prof']:.1f} s; cheap end-to-end tier {r['t_e2e']:.1f} s; AutoQuantize "
+                  f"scores {r['t_meas']['aq']:.1f} s; HAWQ traces {r['t_meas']['hawq']:.1f} s; MixDQ's per-layer "
+                  f"generations {r['t_meas']['mixdq']:.1f} s. Smallest feasible plan {r['min_bytes']:,} B.", "",
+                  "| budget | method | bytes | MSE mean | median | p90 | SSIM | class agr. | vs local (ratio [95% CI], p) "
+                  "| measure s | solve s | time | formats |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
         for f, s in r["uniform"].items():
-            lines.append(f"| - | uniform {f} | {s['bytes']:,} | {s['mse']:.2e} | {s['ssim']:.4f} | "
-                         f"{_fmt(s, 'class_agreement', '.2f')} | {_fmt(s, 'frechet', '.3f')} | 0 | 0 | "
-                         f"{s['time_ratio']:.2f} | {f} |")
+            lines.append(f"| - | uniform {f} | {s['bytes']:,} | {s['mse']:.2e} | {s['mse_median']:.2e} | "
+                         f"{s['mse_p90']:.2e} | {s['ssim']:.4f} | {s.get('class_agreement', float('nan')):.2f} | | 0 | 0 "
+                         f"| {s['time_ratio']:.2f} | {f} |")
         for bname, b in r["budgets"].items():
-            rows = b["rows"]
-            mses = np.array([rows[m]["scores"]["mse"] for m in METHODS])
-            for m, rank in zip(METHODS, rankdata(mses, method="average")):  # ties share their mean rank
-                ranks[m].append(rank)
-            loc = rows["mpsearch local"]["scores"]
-            for m in others:
-                for i, (key, sign) in enumerate((("mse", 1), ("ssim", -1))):
-                    d = sign * (rows[m]["scores"][key] - loc[key])
-                    versus[m][i, 0 if d > 0 else (1 if d == 0 else 2)] += 1
-            gn_gain.append(rows["mpsearch local (rel_mse)"]["scores"]["mse"] / loc["mse"])
+            best = min(b["rows"][m]["scores"]["mse"] for m in METHODS)
             for m in METHODS:
-                s, row = rows[m]["scores"], rows[m]
+                row, s = b["rows"][m], b["rows"][m]["scores"]
                 over = " **over**" if s["bytes"] > b["bytes"] else ""
-                name = f"**{m}**" if s["mse"] == mses.min() else m
-                counts = ", ".join(f"{k} {v}" for k, v in sorted(row["counts"].items()))
+                if m == OURS:
+                    vs = "-"
+                else:
+                    c = an["alloc"][(r["model"], bname, m)]
+                    counts[m][{"better": 0, "tie": 1, "worse": 2}[c["verdict"]]] += 1
+                    vs = f"{1 / c['ratio']:.2f} [{1 / c['hi']:.2f}, {1 / c['lo']:.2f}], p {c['p_holm']:.2g}: local **{c['verdict']}**"
+                name = f"**{m}**" if s["mse"] == best else m
                 note = f" ({row['note']})" if row["note"] else ""
+                fmts = ", ".join(f"{k} {v}" for k, v in sorted(row["counts"].items()))
                 lines.append(f"| {bname} ({format_bytes(b['bytes'])}) | {name}{note} | {s['bytes']:,}{over} | "
-                             f"{s['mse']:.2e} | {s['ssim']:.4f} | {_fmt(s, 'class_agreement', '.2f')} | "
-                             f"{_fmt(s, 'frechet', '.3f')} | {row['measure']:.1f} | {row['solve']:.2f} | "
-                             f"{s['time_ratio']:.2f} | {counts} |")
-        lines += ["", f"Cache schedulers (no quantization), unit `{r['unit']}` ({r['share']:.0%} of a step's FLOPs); "
-                  f"measuring the reuse costs took {r['t_cache']:.0f} s (`profile costs`: the bound from the profile's "
-                  "block changes, free):", "",
-                  f"| K of {args.steps} | method | MSE | SSIM | class agr. | Frechet | time | schedule |",
-                  "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+                             f"{s['mse']:.2e} | {s['mse_median']:.2e} | {s['mse_p90']:.2e} | {s['ssim']:.4f} | "
+                             f"{s.get('class_agreement', float('nan')):.2f} | {vs} | {row['measure']:.1f} | "
+                             f"{row['solve']:.2f} | {s['time_ratio']:.2f} | {fmts} |")
+        lines += ["", f"Decoupled tier against the exhaustive per-layer x format measurement (MixDQ's: "
+                  f"{ag['exhaustive_generations']} generations, {ag['t_exhaustive']:.0f} s): cost ratio "
+                  f"{ag['cost_ratio']} (its generations / the exhaustive run's; {ag['t_e2e']:.0f} s). Spearman over "
+                  f"the measured (layer, format) pairs:", "",
+                  "| metric | pairs | decoupled tier | local gn |", "| --- | ---: | ---: | ---: |"]
+        for kind in ("content", "quality"):
+            a = ag[kind]
+            lines.append(f"| {kind} | {a['n']} | {a['decoupled']:.2f} | {a['local_gn']:.2f} |")
+        lines += ["", f"Cache: DP against the uniform interval (unit `{r['unit']}`, {r['share']:.0%} of a step's "
+                  f"FLOPs; reuse costs measured on the profile seeds x all labels in {r['t_cache']:.0f} s):", "",
+                  f"| weights | K of {args.steps} | DP MSE mean / median / p90 | uniform MSE mean / median / p90 | "
+                  "DP / uniform [95% CI], p | verdict (DP) | DP schedule |",
+                  "| --- | ---: | --- | --- | --- | --- | --- |"]
+        cells = {}
         for c in r["cache"]:
-            s = c["scores"]
-            lines.append(f"| {c['k']} | {c['method']} | {s['mse']:.2e} | {s['ssim']:.4f} | "
-                         f"{_fmt(s, 'class_agreement', '.2f')} | {_fmt(s, 'frechet', '.3f')} | {s['time_ratio']:.2f} | "
-                         f"`{c['pattern']}` |")
+            cells.setdefault((c["quant"], c["k"]), {})[c["method"]] = c
+        for (quant, k), d in cells.items():
+            c = an["cache"][(r["model"], quant, k)]
+            f = lambda s: f"{s['mse']:.2e} / {s['mse_median']:.2e} / {s['mse_p90']:.2e}"  # noqa: E731
+            lines.append(f"| {quant} | {k} | {f(d['dp']['scores'])} | {f(d['uniform']['scores'])} | "
+                         f"{c['ratio']:.2f} [{c['lo']:.2f}, {c['hi']:.2f}], {c['p_holm']:.2g} | **{c['verdict']}** | "
+                         f"`{d['dp']['pattern']}` |")
         lines.append("")
-    cells = len(results) * 3
+    ncell = sum(len(r["budgets"]) for r in results)
+    ranks = an["ranks"]
+    order = sorted(METHODS, key=lambda m: np.mean(ranks[m]["mean"]))
     lines += ["### Summary", "",
-              f"Mean rank by MSE over the {cells} (model, budget) cells (1 = lowest error of the {len(METHODS)} "
-              "methods; equal errors share their mean rank): " + "; ".join(
-                  f"{m} {np.mean(ranks[m]):.2f}" for m in sorted(METHODS, key=lambda m: np.mean(ranks[m]))) + ".", "",
-              f"The `gn` objective (the default) against the former `rel_mse` one, same ILP and bytes: held-out MSE "
-              f"{np.exp(np.mean(np.log(gn_gain))):.1f}x lower in geometric mean over the cells (from "
-              f"{min(gn_gain):.1f}x to {max(gn_gain):.1f}x).", "",
-              "mpsearch local (gn) against each method over the cells: where its held-out MSE (SSIM) is better / "
-              "equal (mostly the same plan) / worse:", "",
-              "| method | MSE better / equal / worse | SSIM better / equal / worse |", "| --- | ---: | ---: |"]
-    lines += [f"| {m} | {' / '.join(map(str, v[0]))} | {' / '.join(map(str, v[1]))} |" for m, v in versus.items()]
-    lines += ["", f"![every method at every budget](img/{IMG.name})"]
+              f"Mean rank over the {ncell} (model, budget) cells (1 = lowest error of the {len(METHODS)} methods; "
+              "equal values share their mean rank):", "",
+              "| method | rank by mean MSE | by median MSE | by p90 MSE |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {m} | {np.mean(ranks[m]['mean']):.2f} | {np.mean(ranks[m]['median']):.2f} | "
+              f"{np.mean(ranks[m]['p90']):.2f} |" for m in order]
+    lines += ["", "mpsearch local (`gn`) against each method, per cell, with significance (Holm-corrected paired "
+              "Wilcoxon + bootstrap interval of the mean-MSE ratio; a difference within noise is a tie). "
+              "AutoQuantize at the stated budget is not at equal bytes where it is over:", "",
+              "| method | local better / tie / worse |", "| --- | ---: |"]
+    lines += [f"| {m} | {' / '.join(map(str, v))} |" for m, v in counts.items()]
+    cv = {}
+    for (model, quant, k), c in an["cache"].items():
+        cv.setdefault((model, quant), []).append((k, c["verdict"]))
+    lines += ["", "DP cache schedule against the uniform interval on these seeds (better / tie / worse over K): " + "; ".join(
+        f"{model} {quant}: {sum(v == 'better' for _, v in ks)} / {sum(v == 'tie' for _, v in ks)} / "
+        f"{sum(v == 'worse' for _, v in ks)}" for (model, quant), ks in cv.items()) + ".",
+        "", f"![every method at every budget](img/{IMG.name})"]
     return "\n".join(lines)
 
 
@@ -272,72 +368,86 @@ def plot(results) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 5), squeeze=False)
-    markers = dict(zip(METHODS, "os^vxdDP*"))
+    markers = dict(zip(METHODS, "os^vxdDP*h"))
     for ax, r in zip(axes[0], results):
         for f, s in r["uniform"].items():
             ax.scatter(s["bytes"], s["mse"], marker="*", s=160, c="k")
             ax.annotate(f"uniform {f}", (s["bytes"], s["mse"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
         for m in METHODS:
             pts = sorted((b["rows"][m]["scores"]["bytes"], b["rows"][m]["scores"]["mse"]) for b in r["budgets"].values())
-            xs, ys = [x for x, _ in pts], [y for _, y in pts]
-            ax.plot(xs, ys, marker=markers[m], linestyle="-" if m.startswith("mpsearch") else ":", label=m)
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker=markers[m],
+                    linestyle="-" if m.startswith("mpsearch") else ":", label=m)
         for b in r["budgets"].values():
             ax.axvline(b["bytes"], color="0.85", linewidth=0.8, zorder=0)
         ax.set_yscale("log")
         ax.set_xlabel("real bytes of the denoiser")
-        ax.set_ylabel("MSE vs full precision (held-out seeds)")
+        ax.set_ylabel("mean image MSE vs full precision (test seeds)")
         ax.set_title(r["model"])
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     IMG.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(IMG, dpi=100)
 
 
+KEEP = ("labels", "seeds", "steps", "search_steps", "trials", "ks", "split", "profile_seeds")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="default,default-unet")
-    ap.add_argument("--seeds", default="1000,1001,1002")
-    ap.add_argument("--trials", type=int, default=30)
-    ap.add_argument("--ks", default="6,10")
+    ap.add_argument("--split", choices=("test", "dev"), default="test",
+                    help="which seeds score the plans (mpsearch/evidence.py); only a test run writes the docs")
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--ks", default="6,7,8,9,10,11,12")
     ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
-    ap.add_argument("--save-results", metavar="JSON", help="also keep every measured figure in this file")
+    ap.add_argument("--save-results", metavar="JSON", help=f"keep every measured figure here (default with docs: "
+                    f"{RESULTS.relative_to(ROOT)})")
     ap.add_argument("--from-results", metavar="JSON", help="render the section and plot from a saved run")
-    ap.add_argument("--quick", action="store_true", help="a smoke run in about a minute (3 labels, 4 steps, 1 seed, "
-                    "2 trials, K=3; implies --no-doc): checks that the suite runs, measures nothing worth keeping")
+    ap.add_argument("--quick", action="store_true", help="a smoke run (3 labels, 4 steps, 1 dev seed, 1 profile "
+                    "seed, 2 trials, K=3; implies --split dev --no-doc): checks that the suite runs, measures nothing")
     args = ap.parse_args(argv)
-    args.labels, args.steps, args.search_steps = tuple(range(10)), 20, 8
+    args.labels, args.steps, args.search_steps, args.profile_seeds = tuple(range(10)), 20, 8, PROFILE_SEEDS
     if args.quick:
-        args.labels, args.steps, args.search_steps, args.no_doc = (0, 1, 2), 4, 2, True
-        args.seeds, args.trials, args.ks = "1000", min(args.trials, 2), "3"
-    args.seeds = tuple(int(s) for s in args.seeds.split(","))
+        args.labels, args.steps, args.search_steps, args.no_doc, args.split = (0, 1, 2), 4, 2, True, "dev"
+        args.trials, args.ks, args.profile_seeds = min(args.trials, 2), "3", PROFILE_SEEDS[:1]
+    if args.split != "test":
+        args.no_doc = True
+    args.seeds = SPLITS[args.split][:1] if args.quick else SPLITS[args.split]
     args.ks = [int(k) for k in args.ks.split(",")]
     t0 = time.perf_counter()
     command = "python scripts/bench_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if args.from_results:  # render again from a saved run (no measuring)
-        saved = json.loads(Path(args.from_results).read_text())
-        results, seconds = saved["results"], saved["seconds"]
-        command = (saved.get("command", "python scripts/bench_all.py --save-results FILE")
-                   + "`; figures re-rendered from its saved results with `python scripts/bench_all.py --from-results "
-                   + args.from_results)
-        for k in ("labels", "seeds", "steps", "search_steps", "trials", "ks"):
-            setattr(args, k, saved["args"][k])
+    if args.from_results:  # one saved run, or several (e.g. one per model, run side by side) rendered as one
+        saved = [json.loads(Path(f).read_text()) for f in args.from_results.split(",")]
+        results = [r for one in saved for r in one["results"]]
+        seconds = max(one["seconds"] for one in saved)
+        if any(one["args"] != saved[0]["args"] for one in saved):
+            raise SystemExit("the saved runs were made with different settings; render them separately")
+        command = " && ".join(one.get("command", "?") for one in saved) + f"`, rendered with `{command}"
+        for k in KEEP:
+            setattr(args, k, saved[0]["args"][k])
+        args.no_doc = args.no_doc or args.split != "test"
+        if not args.no_doc:
+            RESULTS.write_text(json.dumps({"results": results, "seconds": seconds, "command": command,
+                                           "args": saved[0]["args"]}, default=float))
     else:
+        target = args.save_results or (None if args.no_doc else RESULTS)
+        results = []
         with tempfile.TemporaryDirectory() as tmp:
-            results = [run_model(m, args, Path(tmp)) for m in args.models.split(",")]
-        seconds = time.perf_counter() - t0
-        if args.save_results:
-            keep = {k: getattr(args, k) for k in ("labels", "seeds", "steps", "search_steps", "trials", "ks")}
-            Path(args.save_results).write_text(json.dumps({"results": results, "seconds": seconds, "args": keep,
-                                                           "command": command},
-                                                          default=float, indent=1))
+            for m in args.models.split(","):
+                results.append(run_model(m, args, Path(tmp)))
+                seconds = time.perf_counter() - t0
+                if target:  # after every model, so a run cut short keeps what it measured
+                    Path(target).write_text(json.dumps({"results": results, "seconds": seconds, "command": command,
+                                                        "args": {k: getattr(args, k) for k in KEEP}},
+                                                       default=float))
     body = render(results, args, seconds)
     print(body)
     if not args.no_doc:
         from benchdoc import write_section
 
         plot(results)
-        write_section("bench_all", "Every method side by side (the evidence suite)", body, command)
+        write_section("bench_all", "Every method side by side (the evidence suite, test seeds)", body, command)
     return 0
 
 

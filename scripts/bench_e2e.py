@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import write_section  # noqa: E402
 
 import mpsearch  # noqa: E402
-from mpsearch import endtoend as e2e  # noqa: E402
+from mpsearch.allocation import endtoend as e2e  # noqa: E402
 from mpsearch.allocation.baselines import mixdq_plans  # noqa: E402
 from mpsearch.runtime.generation import generate  # noqa: E402
 from mpsearch.profiling.store import Profile  # noqa: E402

@@ -75,9 +75,12 @@ def main(argv=None) -> None:
                            f"{s['class_agreement']:.2f} |")
             base = {"=nvfp4": "nvfp4", "=int4": "int4", "int8..int4": "int4"}[bname]
             b = uniform[base]
+            equal = s["bytes"] <= b["bytes"]  # a plan with more bytes than the uniform one is not "better" than it
+            word = ('better' if s['mse'] < b['mse'] else 'NOT better') if equal else \
+                "not comparable: more bytes than the uniform plan"
             verdicts.append(f"{model} at {bname}: mpsearch MSE {s['mse']:.5f} vs uniform {base} {b['mse']:.5f} "
-                            f"({'better' if s['mse'] < b['mse'] else 'NOT better'}), SSIM {s['ssim']:.4f} vs "
-                            f"{b['ssim']:.4f}, bytes {s['bytes']:,} vs {b['bytes']:,}")
+                            f"({word}), SSIM {s['ssim']:.4f} vs {b['ssim']:.4f}, bytes {s['bytes']:,} vs "
+                            f"{b['bytes']:,} (no significance test: scripts/bench_all.py makes the paired comparison)")
             print(quality[-1], flush=True)
         L, F, S = prof.stats.shape[:3]
         cost.append(f"| {model} | {L} x {F} x {S} | {t_gen:.2f} s | {t_prof:.2f} s | {t_prof / t_gen:.2f}x | "

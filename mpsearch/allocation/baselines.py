@@ -3,19 +3,23 @@
 Each returns either a solver :class:`~mpsearch.allocation.solvers.Problem` (solved by the same exact ILP as mpsearch) or
 plans; what differs is what each method measures and how it counts bytes:
 
-- **AutoQuantize-style** (NVIDIA ModelOpt): one output-error score per layer and format, the squared error of
-  the layer's output summed over every profiled step and condition (not normalized per layer or per step, no
-  decoupled metrics), and bytes counted at nominal bits per element (NVFP4 and INT4 at 4.0, INT8 at 8.0,
-  scales left out) as ModelOpt's effective-bits constraint does. Its plans can therefore exceed a real byte
-  budget; benchmarks report their real bytes.
+- **AutoQuantize** (NVIDIA ModelOpt, ``auto_quantize(method="gradient")``): see
+  :mod:`mpsearch.allocation.autoquantize`: ModelOpt's gradient score ``sum (dL/dY)^2 (Y_q - Y)^2`` on the
+  denoising loss, effective-bits costs (NVFP4 and INT4 at 4.0 bits), its PuLP/CBC 0/1 program. Re-exported here.
+  (:func:`autoquantize_problem`, the former unweighted-error stand-in, is kept for old callers only.)
 - **HAWQ-style** (HAWQ-V2/V3): ``Tr(H_i) / n_i * ||Q(W_i) - W_i||^2`` with the trace of each layer's block of
   the Gauss-Newton Hessian of the output-matching loss ``0.5 ||f(x; W) - f(x; W_fp)||^2`` at inputs from real
   sampling trajectories, estimated by Hutchinson's method on the output side:
   ``Tr(J_i^T J_i) = E_u ||J_i^T u||^2`` for Rademacher ``u`` (one backward pass per sample, exact in
-  expectation). Real bytes.
-- **MixDQ-style**: layers split by name/role into a content group (attention, time embedding, modulation)
-  and a quality group (the rest), one ILP per group on the local costs, the bytes above the groups' smallest
-  sizes split between them by a small sweep chosen with real generations on search seeds.
+  expectation). Real bytes. :func:`hawq_traces` takes the profile's seeds and every step, one sample per call:
+  the same number of backward passes as mpsearch's ``gn`` (2 seeds x 20 steps = 40 by default).
+- **MixDQ-style** (Zhao et al. 2024, metric-decoupled sensitivity): :func:`mixdq_sensitivity` measures every
+  layer x format by quantizing that layer alone and generating (MixDQ's own measurement, not mpsearch's local
+  tier): content damage = 1 - SSIM against the full-precision images, quality damage = the relative MSE of the
+  images (the PSNR's error; lower PSNR, higher damage). Each layer joins the group whose normalized damage it
+  raises most (content or quality); :func:`mixdq_measured_plans` solves one ILP per group on that group's own
+  metric, the bytes above the groups' smallest sizes split by a sweep chosen with generations on search seeds
+  (:func:`choose_split`). :func:`mixdq_plans` is the former role-grouped variant on local costs.
 """
 
 from __future__ import annotations
@@ -36,9 +40,13 @@ from mpsearch.profiling.sensitivity import CallRecorder, hutchinson
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.steps import first_tensor
 from mpsearch.runtime.generation import generate, generate_many
+from mpsearch.allocation.autoquantize import (aq_score, autoquantize_scores, autoquantize_search,  # noqa: F401
+                                              autoquantize_select, denoising_batches, gradient_scores)
 
 __all__ = ["NOMINAL_BITS", "autoquantize_problem", "nominal_bytes", "output_jacobian_traces", "hawq_traces",
-           "hawq_problem", "CONTENT_ROLES", "mixdq_plans", "choose_split"]
+           "hawq_problem", "CONTENT_ROLES", "mixdq_plans", "choose_split", "mixdq_sensitivity", "mixdq_groups",
+           "mixdq_measured_plans", "autoquantize_scores", "autoquantize_search", "autoquantize_select",
+           "gradient_scores"]
 
 #: bits per weight element as ModelOpt's AutoQuantize counts them: the format's element bits (``Format.bits``),
 #: scales and zeros left out (so NVFP4 and INT4 count 4.0, INT8 8.0); fp keeps the dtype's bits
@@ -118,15 +126,17 @@ def record_denoiser_calls(pipe, labels, seed: int, steps: int, *, every: int = 1
     return [(args, kwargs) for _, args, kwargs in recorder.calls]
 
 
-def hawq_traces(pipe, info=None, *, labels=tuple(range(10)), seed: int = 0, steps: int = 20, every: int = 4,
-                samples: int = 4) -> np.ndarray:
+def hawq_traces(pipe, info=None, *, labels=tuple(range(10)), seed: int = 0, steps: int = 20, every: int = 1,
+                samples: int = 1, seeds=None) -> np.ndarray:
     """(L,) Hessian trace of every candidate layer's weight (see :func:`output_jacobian_traces`), from the
-    denoiser's calls at every ``every``-th of ``steps`` steps of one generation of ``labels``."""
+    denoiser's calls at every ``every``-th of ``steps`` steps of one generation of ``labels`` per seed
+    (``seeds``, default ``(seed,)``). The defaults match mpsearch's profile: every step, one sample per call."""
 
     den = get_denoiser(pipe)
     info = info or describe(den)
     modules = dict(den.named_modules())
-    calls = record_denoiser_calls(pipe, labels, seed, steps, every=every)
+    calls = [c for s in (seeds if seeds is not None else (seed,))
+             for c in record_denoiser_calls(pipe, labels, s, steps, every=every)]
     params = {layer.name: modules[layer.name].weight for layer in info.layers}
     traces = output_jacobian_traces(den, calls, params, samples=samples, seed=seed)
     return np.array([traces[layer.name] for layer in info.layers])
@@ -199,3 +209,71 @@ def choose_split(pipe, plans: dict, *, labels=tuple(range(10)), seeds=(500,), st
     lo = {m: max(min(s[m] for s in scores.values()), 1e-12) for m in ("content", "quality")}
     best = min(scores, key=lambda a: scores[a]["content"] / lo["content"] + scores[a]["quality"] / lo["quality"])
     return best, scores
+
+
+def mixdq_sensitivity(pipe, info=None, formats=("fp", "int8", "nvfp4", "int4"), *, labels=tuple(range(10)),
+                      seeds=(0,), steps: int = 20, guidance_scale=None, progress=None) -> dict:
+    """MixDQ's own measurement: every layer x format quantized alone, generated, scored against full precision.
+    Returns ``{"content": (L, F) 1 - SSIM, "quality": (L, F) relative image MSE, "generations": int}``
+    (fp: 0; ineligible: inf)."""
+
+    den = get_denoiser(pipe)
+    info = info or describe(den)
+    reference = generate_many(pipe, labels, seeds, steps, guidance_scale)
+    power = float(np.mean(np.square(reference))) or 1.0
+    L, Fn = len(info.layers), len(formats)
+    content, quality = np.zeros((L, Fn)), np.zeros((L, Fn))
+    generations = 0
+    for li, layer in enumerate(info.layers):
+        for fi, f in enumerate(formats):
+            if f not in layer.eligible:
+                content[li, fi] = quality[li, fi] = np.inf
+                continue
+            if f == "fp":
+                continue
+            plan = Plan.from_assignment(info, {layer.name: f})
+            with apply_plan(pipe, plan, stash="memory", ignore_weights=True):
+                images = generate_many(pipe, labels, seeds, steps, guidance_scale)
+            generations += len(seeds)
+            content[li, fi] = max(0.0, 1.0 - float(ssim(reference, images)))
+            quality[li, fi] = float(np.mean(np.square(images - reference))) / power
+        if progress:
+            progress(li + 1, L)
+    return {"content": content, "quality": quality, "generations": generations}
+
+
+def mixdq_groups(content: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    """(L,) True where a layer belongs to the content group: its largest content damage, normalized by the
+    largest content damage of any layer, exceeds its largest quality damage normalized the same way."""
+    c, q = normalize(content), normalize(quality)
+    fin = lambda a: np.where(np.isfinite(a), a, 0.0).max(axis=1)  # noqa: E731
+    return fin(c) > fin(q)
+
+
+def mixdq_measured_plans(profile, content: np.ndarray, quality: np.ndarray, budget_bytes: int, splits, *,
+                         solver: str = "ilp") -> dict:
+    """MixDQ-style plans from :func:`mixdq_sensitivity`: content layers solved on content damage, quality
+    layers on quality damage, two ILPs, the spare bytes split ``a`` / ``1 - a``. Returns ``{a: Plan}``."""
+
+    base = build_problem(profile, None, role_pins={})
+    is_content = mixdq_groups(content, quality)
+    groups = [np.flatnonzero(is_content), np.flatnonzero(~is_content)]
+    subs = []
+    for idx, metric in zip(groups, (normalize(content), normalize(quality))):
+        cost = np.where(np.isfinite(base.cost[idx]), metric[idx], np.inf)
+        subs.append((idx, replace(base, layer_names=tuple(base.layer_names[i] for i in idx), cost=cost,
+                                  nbytes=base.nbytes[idx], fixed_bytes=0, groups=(), pins={})))
+    lows = [min_feasible_bytes(sub) if len(idx) else 0 for idx, sub in subs]
+    spare = budget_bytes - base.fixed_bytes - sum(lows)
+    plans = {}
+    if spare < 0:
+        return plans
+    for a in splits:
+        choice = np.zeros(len(base.layer_names), dtype=int)
+        for (idx, sub), low, share in zip(subs, lows, (a, 1.0 - a)):
+            if len(idx):
+                choice[idx] = get_solver(solver).solve(sub.with_budget(low + int(spare * share))).choice
+        assignment = {n: base.formats[c] for n, c in zip(base.layer_names, choice)}
+        plans[a] = Plan.from_assignment(profile.info, assignment, weights=profile.weights,
+                                        provenance={"solver": f"mixdq-measured-split-{a}"})
+    return plans

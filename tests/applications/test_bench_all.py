@@ -17,12 +17,13 @@ def test_bench_all_quick_runs_every_method():
                          capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout
-    for method in ("uniform int8", "uniform nvfp4", "uniform int4", "MixDQ-style", "AutoQuantize-style",
-                   "HAWQ-style", "greedy", "random", "mpsearch local", "mpsearch decoupled",
-                   "mpsearch Optuna-refined", "dp (measured costs)", "uniform (measured costs)",
-                   "threshold (measured costs)", "dp (profile costs)"):
+    for method in ("uniform int8", "uniform nvfp4", "uniform int4", "MixDQ-style", "AutoQuantize (stated budget)",
+                   "AutoQuantize (fit)", "HAWQ-style", "greedy", "random", "mpsearch local", "mpsearch decoupled",
+                   "mpsearch Optuna-refined"):
         assert f"| {method}" in out or f"**{method}**" in out, method
-    for budget in ("=nvfp4", "=int4", "int8..int4"):
+    for budget in ("=nvfp4", "min+50% to nvfp4", "nvfp4+67% to int8"):
         assert f"| {budget} (" in out
-    assert "Mean rank by MSE" in out
+    assert "rank by mean MSE" in out and "local better / tie / worse" in out
+    assert "| fp | 3 |" in out and "| int8 | 3 |" in out  # DP vs uniform cache, fp and INT8
+    assert "Spearman" in out and "**dev** seeds" in out
     assert (doc.read_bytes() if doc.exists() else None) == before  # --quick never rewrites the benchmarks
