@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mpsearch.errors import ProfileError, UsageError
-from mpsearch.formats import Packed, available_formats, get_format
+from mpsearch.formats import Format, Packed, available_formats, get_format
 from mpsearch.runtime.generation import generate
 from mpsearch.models import check_finite_weights, describe, get_denoiser, weights_digest
 from mpsearch.offload import loaded_tensors, materialized, offload_aware_replay
@@ -153,6 +153,8 @@ class _LayerProbe:
             else:
                 self.channels = torch.arange(out)
             self.subsets = []
+            #: whether a candidate's arithmetic needs the whole activation's amax (a per-tensor scale)
+            self.needs_amax = any(type(fmt).matmul_rows is not Format.matmul_rows for _, fmt in self.formats)
             for fi, fmt in self.formats:
                 packed = fmt.quantize_rows(w, self.channels)
                 self.subsets.append((fi, fmt, packed))  # packed only: dequantized per call (64 rows: cheap)
@@ -160,14 +162,14 @@ class _LayerProbe:
 
     @torch.no_grad()
     def __call__(self, module, inputs, output):
+        acc = self.acc_ref[0]
+        if acc is None:  # paused: the output-sensitivity replay runs the model again
+            return
         x = inputs[0].to(output.device)  # where the layer ran (a device map may hand it inputs from another device)
         if not torch.isfinite(output).all():
             raise ProfileError(f"layer {self.name} gave a full-precision output that is not finite (NaN/inf) at step "
                                f"{self.steps.step}, so its errors cannot be measured; check the model in full "
                                "precision (weights, dtype, conditions) before profiling")
-        acc = self.acc_ref[0]
-        if acc is None:  # paused: the output-sensitivity replay runs the model again
-            return
         stats = acc.stats
         s = self.steps.step
         if self.sample is not None:
@@ -208,9 +210,8 @@ class _LayerProbe:
         if self.conv:
             m = self.module
             n, c = x.shape[:2]
-            y_all = output.detach().permute(0, 2, 3, 1).reshape(-1, output.shape[1])
-            rows = self._rows(y_all.shape[0], x.device)
             oh, ow = output.shape[2], output.shape[3]
+            rows = self._rows(n * oh * ow, x.device)  # output pixels in (n, oh, ow) order
             kh, kw = m.kernel_size
             xp = torch.nn.functional.pad(x, (m.padding[1], m.padding[1], m.padding[0], m.padding[0])) \
                 if (m.padding[0] or m.padding[1]) else x
@@ -219,15 +220,20 @@ class _LayerProbe:
                                                              sh * m.dilation[0], sw * m.dilation[1]))
             ni, rem = rows // (oh * ow), rows % (oh * ow)
             xs = patches[ni, rem // ow, rem % ow].reshape(len(rows), -1)
-            amax = xp.abs().amax().float()
+            # the sampled (pixel, channel) outputs, gathered without a channels-last copy of the whole output
+            y = output.detach()[ni[:, None], ch[None, :], (rem // ow)[:, None], (rem % ow)[:, None]].float()
+            whole = xp
         else:
             x2 = x.reshape(-1, x.shape[-1])
-            y_all = output.detach().reshape(-1, output.shape[-1])
             rows = self._rows(x2.shape[0], x.device)
             xs = x2[rows]
-            amax = x2.abs().amax().float()
-        y = y_all[rows][:, ch].float()
-        scale = y_all.numel() / max(y.numel(), 1)
+            y = output.detach().reshape(-1, output.shape[-1])[rows][:, ch].float()
+            whole = x2
+        amax = None
+        if self.needs_amax:  # the activation's amax sets NVFP4's tensor scale; max(-min, max) without |x|
+            mn, mx = torch.aminmax(whole)
+            amax = torch.maximum(-mn, mx).float()
+        scale = output.numel() / max(y.numel(), 1)
         ref2 = float(y.square().sum(dtype=torch.float64)) * scale
         res = []
         for fi, fmt, packed in self.subsets:
