@@ -173,7 +173,8 @@ def _rows(v, lo: int, hi: int, batch: int):
 def micro_batches(args, kwargs, size: int | None):
     """``(args, kwargs)`` of a denoiser call cut into calls of at most ``size`` batch rows (None: the call
     itself). The denoiser treats the rows of a batch independently, so ``Tr(J^T J)`` of the whole call is the
-    sum over its micro-batches, for a fraction of the backward pass's memory."""
+    sum over its micro-batches, for a fraction of the backward pass's memory. With one Rademacher sample per
+    call (the profiler's) the micro-batches draw exactly the whole call's vector, row block by row block."""
     batch = _batch_size(args, kwargs)
     if size is None or batch is None or batch <= size:
         return [(args, kwargs)]

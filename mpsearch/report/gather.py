@@ -191,4 +191,5 @@ def _gather_images(data: ReportData, pipe, plan_objects: dict, conditions: list,
             out = generate(pipe, conditions, seed, steps)
             nbytes = measured_bytes(pipe)
         data.images[v.name] = out
-        v.scores = {k: float(x) for k, x in image_scores(reference, out).items()} | {"bytes": int(nbytes)}
+        scores = image_scores(reference, out)
+        v.scores = {k: float(x) for k, x in scores.items() if not isinstance(x, list)} | {"bytes": int(nbytes)}
