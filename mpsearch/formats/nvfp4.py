@@ -60,15 +60,9 @@ def e2m1_codes(a: torch.Tensor) -> torch.Tensor:
     return code.clamp_(0, 7).to(torch.uint8)
 
 
-def nvfp4_encode(x2: torch.Tensor, tensor_amax: torch.Tensor | float | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Quantize a 2-D (rows, cols) tensor, cols % 16 == 0.
-
-    ``tensor_amax`` replaces ``x2``'s own amax in the tensor scale: the rows of a larger tensor then get
-    exactly the codes they get when the whole tensor is quantized.
-    Returns (codes uint8 (rows, cols) with sign in bit 3, block scales float8_e4m3fn (rows, cols // 16),
-    tensor scale float32 of shape (1,)).
-    """
+def _scales(x2: torch.Tensor, tensor_amax):
+    """The recipe's scales of a 2-D tensor: (x as float32 blocks (rows, cols // 16, 16), |x|, block scales
+    float8_e4m3fn, tensor scale float32 (1,), effective scale per block float32, whether that scale is > 0)."""
     rows, cols = x2.shape
     x = x2.to(torch.float32).reshape(rows, cols // BLOCK, BLOCK)
     ax = x.abs()
@@ -83,7 +77,20 @@ def nvfp4_encode(x2: torch.Tensor, tensor_amax: torch.Tensor | float | None = No
     bs32 = torch.where(live_t, bs32, torch.zeros_like(bs32)).clamp_(max=E4M3_MAX)
     bs8 = bs32.to(torch.float8_e4m3fn)
     eff = bs8.to(torch.float32) * s_t
-    live = eff > 0
+    return x, ax, bs8, s_t, eff, eff > 0
+
+
+def nvfp4_encode(x2: torch.Tensor, tensor_amax: torch.Tensor | float | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantize a 2-D (rows, cols) tensor, cols % 16 == 0.
+
+    ``tensor_amax`` replaces ``x2``'s own amax in the tensor scale: the rows of a larger tensor then get
+    exactly the codes they get when the whole tensor is quantized.
+    Returns (codes uint8 (rows, cols) with sign in bit 3, block scales float8_e4m3fn (rows, cols // 16),
+    tensor scale float32 of shape (1,)).
+    """
+    rows, cols = x2.shape
+    x, ax, bs8, s_t, eff, live = _scales(x2, tensor_amax)
     y = ax / torch.where(live, eff, torch.ones_like(eff))[..., None]
     mag = e2m1_codes(y)
     mag = torch.where(live[..., None], mag, torch.zeros_like(mag))
@@ -119,19 +126,7 @@ def nvfp4_fake_quantize(x2: torch.Tensor, tensor_amax: torch.Tensor | float | No
     6, ties to even), given x's sign and multiplied by the block's effective scale -- the same operations on
     the same values as encode + decode, in about half the passes over the activation. Bit for bit."""
     rows, cols = x2.shape
-    x = x2.to(torch.float32).reshape(rows, cols // BLOCK, BLOCK)
-    ax = x.abs()
-    amax_b = ax.amax(dim=-1) if x.numel() else torch.zeros(rows, cols // BLOCK, device=x.device)
-    amax_t = amax_b.max() if amax_b.numel() else torch.zeros((), device=x.device)
-    if tensor_amax is not None:
-        amax_t = torch.as_tensor(tensor_amax, dtype=torch.float32, device=x.device).reshape(())
-    s_t = (amax_t / (E2M1_MAX * E4M3_MAX)).reshape(1)
-    denom = E2M1_MAX * s_t
-    live_t = denom > 0
-    bs32 = amax_b / torch.where(live_t, denom, torch.ones_like(denom))
-    bs32 = torch.where(live_t, bs32, torch.zeros_like(bs32)).clamp_(max=E4M3_MAX)
-    eff = bs32.to(torch.float8_e4m3fn).to(torch.float32) * s_t
-    live = eff > 0
+    x, ax, _, _, eff, live = _scales(x2, tensor_amax)
     y = ax.div_(torch.where(live, eff, torch.ones_like(eff))[..., None])  # |x| / eff, in place
     lo = torch.mul(y, 2.0).round_().mul_(0.5)  # grid values 0 .. 1.5 (spacing 0.5)
     mid = torch.round(y)  # 2, 3 (and 4 at the top of the range)
