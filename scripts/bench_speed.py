@@ -123,7 +123,7 @@ def main(argv=None) -> None:
             f"the per-round ratios to fp32. Image: `{PROMPT}`, seed {SEED}, 64 px, {args.steps} DDIM steps, "
             "guidance 7.5, pixels in [0, 1]. INT8 is W8A8, its exact integer product run on the CPU's float "
             "GEMM in slices of at most 1040 inputs (this AVX2 CPU has no VNNI: `torch._int_mm` is 15-30x and "
-            "fbgemm's int8 GEMM about 1.1x fp32's speed at 2048x1280x1280, so no int8 kernel here can make W8A8 "
+            "fbgemm's int8 GEMM at most 1.16x fp32's speed at 2048x1280x1280 (0.79x with its dynamic activation quantization), so no int8 kernel here can make W8A8 "
             "2x faster than fp32); NVFP4 is W4A4 emulated in float32 (weights decoded by a byte-table gather, "
             "activations fake-quantized without codes); INT4 is weight-only (decoded per call). The 35% plan is "
             "the role-based plan `mpsearch plan --arch sd15 --budget 35%` prints (no profile). Ratios, not "
