@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--replay-batch", type=int, default=None, metavar="B",
                     help="replay each denoiser call in micro-batches of at most B rows (1: the halves of a "
                     "guidance batch one at a time) for a fraction of the replay's memory")
+    sp.add_argument("--replay-checkpoint", action="store_true",
+                    help="checkpoint the denoiser's blocks in the replay: the same numbers, one block's "
+                    "activations instead of all, for about one more forward pass per replayed call")
     sp.add_argument("--estimate", action="store_true",
                     help="measure a one-step, one-unit profile and print the predicted time and peak memory of "
                     "the whole profile, without writing it")

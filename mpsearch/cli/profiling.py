@@ -37,7 +37,8 @@ def _profile_config(args, out):
     return ProfileConfig(labels=tuple(value("labels")), seeds=tuple(value("seeds")), steps=value("steps"),
                          guidance_scale=args.guidance, formats=tuple(value("formats")),
                          prompts=tuple(read_prompts(args.prompts)) if args.prompts else (), size=args.size,
-                         sample=args.sample, replay_steps=args.replay_steps, replay_batch=args.replay_batch)
+                         sample=args.sample, replay_steps=args.replay_steps, replay_batch=args.replay_batch,
+                         replay_checkpoint=bool(getattr(args, "replay_checkpoint", False)))
 
 
 def _latency_lines(summary: dict) -> list[str]:

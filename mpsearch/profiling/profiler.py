@@ -56,6 +56,10 @@ class ProfileConfig:
     #: replay each recorded call in micro-batches of at most this many rows (e.g. 1: the two halves of a
     #: classifier-free-guidance batch one at a time), for a fraction of the replay's memory; None: whole calls
     replay_batch: int | None = None
+    #: checkpoint the denoiser's blocks during the replay (diffusers' activation checkpointing): the same
+    #: numbers for one block's activations instead of all of them, at about one more forward pass per
+    #: replayed call. How the profile runs, not what it measures: not stored, a run resumes with or without it
+    replay_checkpoint: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -73,6 +77,8 @@ class ProfileConfig:
             v = getattr(self, key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise UsageError(f"{key} must be a positive integer (or None for the full computation), got {v!r}")
+        if not isinstance(self.replay_checkpoint, bool):
+            raise UsageError(f"replay_checkpoint must be True or False, got {self.replay_checkpoint!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UsageError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}; "
                              "pass e.g. --seeds 0,1")
@@ -96,6 +102,7 @@ class ProfileConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d.pop("replay_checkpoint")
         if not self.prompts:  # label-conditioned profiles keep the keys they always had (resume stays valid)
             d.pop("prompts")
         for key in ("size", "sample", "replay_steps", "replay_batch"):  # absent when unset: older files resume
@@ -403,7 +410,8 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
             try:
                 with offload_aware_replay(denoiser):
                     sens = output_sensitivity(denoiser, recorder.calls, candidates, S, seed=config.seeds[unit],
-                                              replay_steps=config.replay_steps, batch=config.replay_batch)
+                                              replay_steps=config.replay_steps, batch=config.replay_batch,
+                                              checkpoint=config.replay_checkpoint)
             finally:
                 recorder.paused = False
                 recorder.calls.clear()

@@ -16,6 +16,7 @@ error carried to the denoiser's output. The model is left exactly as it was (no 
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -26,7 +27,7 @@ from mpsearch.errors import ProfileError, UsageError
 from mpsearch.runtime.steps import (acquire_step_state, first_tensor, register_hook, release_step_state,
                                    unregister_hook)
 
-__all__ = ["CallRecorder", "hutchinson", "output_sensitivity"]
+__all__ = ["CallRecorder", "block_checkpointing", "hutchinson", "output_sensitivity"]
 
 
 def _clone(v):
@@ -88,16 +89,23 @@ class CallRecorder(ModelHook):
         self.remove()
 
 
+def _rademacher(y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """A Rademacher vector over ``y`` (drawn on the CPU from ``generator``), already multiplied by the scale it
+    returns: 2**-10 for float16 outputs (gradients are linear in ``u``; the caller divides squared norms by the
+    scale squared, exact for a power of two), else 1."""
+    scale = 2.0 ** -10 if y.dtype == torch.float16 else 1.0
+    u = (torch.randint(0, 2, y.shape, generator=generator) * 2 - 1).to(device=y.device, dtype=y.dtype)
+    return u * scale, scale
+
+
 def hutchinson(y: torch.Tensor, tensors, *, samples: int, generator: torch.Generator) -> np.ndarray:
     """(len(tensors),) float64: ``sum over samples of ||J_i^T u||^2`` for Rademacher ``u`` over ``y`` and
-    ``J_i = dy/d tensors[i]``, one backward pass per sample (``E ||J_i^T u||^2 = Tr(J_i^T J_i)``). ``u`` is
-    scaled down for float16 outputs (gradients are linear in ``u``) and the scale undone; NaN/inf are returned
-    as they come, for the caller to judge."""
+    ``J_i = dy/d tensors[i]``, one backward pass per sample (``E ||J_i^T u||^2 = Tr(J_i^T J_i)``). NaN/inf are
+    returned as they come, for the caller to judge."""
     out = np.zeros(len(tensors))
-    scale = 2.0 ** -10 if y.dtype == torch.float16 else 1.0
     for k in range(samples):
-        u = (torch.randint(0, 2, y.shape, generator=generator) * 2 - 1).to(device=y.device, dtype=y.dtype)
-        grads = torch.autograd.grad(y, list(tensors), grad_outputs=u * scale, retain_graph=k < samples - 1,
+        u, scale = _rademacher(y, generator)
+        grads = torch.autograd.grad(y, list(tensors), grad_outputs=u, retain_graph=k < samples - 1,
                                     allow_unused=True)
         for i, g in enumerate(grads):
             if g is not None:
@@ -105,29 +113,59 @@ def hutchinson(y: torch.Tensor, tensors, *, samples: int, generator: torch.Gener
     return out
 
 
-def _streamed_hutchinson(y: torch.Tensor, tensors, leaves, *, samples: int, generator: torch.Generator) -> np.ndarray:
-    """:func:`hutchinson` for intermediate ``tensors`` (each on the graph between ``leaves`` and ``y``), taking
-    each tensor's squared gradient norm in a hook as the backward pass reaches it, so that no tensor's gradient
-    outlives its use (``hutchinson`` returns all of them at once: a second copy of every activation). Only
-    the small ``leaves``' gradients are returned. The same Rademacher draws and sums as ``hutchinson``."""
-    out = np.zeros(len(tensors))
-    scale = 2.0 ** -10 if y.dtype == torch.float16 else 1.0
+class _GradNorms:
+    """Squared gradient norms of tensors registered during a forward pass, each taken in a hook as the backward
+    pass reaches it (so no gradient outlives its use, and no output is kept: the hook lives on the graph). The
+    same Rademacher draws and sums as :func:`hutchinson`."""
 
-    def norm_of(i):
+    def __init__(self):
+        self.layers: list[int] = []  # per registered tensor, in forward order: its layer,
+        self.sizes: list[int] = []   # its number of elements,
+        self.sums: list[float] = []  # and its summed squared gradient norm (unscaled)
+        self.recording = True
+
+    def add(self, layer: int, t: torch.Tensor) -> None:
+        if not self.recording:  # a checkpointed block recomputing its forward during backward
+            return
+        k = len(self.sums)
+        self.layers.append(layer)
+        self.sizes.append(t.numel())
+        self.sums.append(0.0)
+
         def hook(g):
-            out[i] += float(g.double().square().sum()) / scale ** 2
-        return hook
+            self.sums[k] += float(g.double().square().sum())
+        t.register_hook(hook)
 
-    handles = [t.register_hook(norm_of(i)) for i, t in enumerate(tensors)]
-    try:
+    def backward(self, y: torch.Tensor, leaves, *, samples: int, generator: torch.Generator) -> np.ndarray:
+        """Backward passes from ``y`` to ``leaves``, one per Rademacher sample; the registered tensors' sums."""
+        self.recording = False
+        scale = 1.0
         for k in range(samples):
-            u = (torch.randint(0, 2, y.shape, generator=generator) * 2 - 1).to(device=y.device, dtype=y.dtype)
-            torch.autograd.grad(y, list(leaves), grad_outputs=u * scale, retain_graph=k < samples - 1,
-                                allow_unused=True)
+            u, scale = _rademacher(y, generator)
+            torch.autograd.grad(y, list(leaves), grad_outputs=u, retain_graph=k < samples - 1, allow_unused=True)
+        return np.asarray(self.sums, dtype=np.float64) / scale ** 2
+
+
+@contextlib.contextmanager
+def block_checkpointing(denoiser: torch.nn.Module, enable: bool):
+    """Inside: the denoiser's own (diffusers') activation checkpointing, non-reentrant, so a backward pass keeps
+    only each block's inputs and recomputes one block at a time; outside, as it was. A denoiser that has none
+    is a UsageError."""
+    if not enable:
+        yield
+        return
+    if not getattr(denoiser, "_supports_gradient_checkpointing", False):
+        raise UsageError(f"{type(denoiser).__name__} has no activation checkpointing, so the replay cannot "
+                         "checkpoint its blocks; profile without --replay-checkpoint (or with --replay-batch 1 "
+                         "for less memory)")
+    was = denoiser.is_gradient_checkpointing
+    denoiser.enable_gradient_checkpointing()  # diffusers' default: torch.utils.checkpoint, use_reentrant=False
+    try:
+        yield
     finally:
-        for h in handles:
-            h.remove()
-    return out
+        if not was:
+            denoiser.disable_gradient_checkpointing()
+
 
 def replayed_steps(steps: int, replay_steps: int | None) -> list[int]:
     """The steps whose calls are replayed: all, or ``replay_steps`` of them evenly spread (first and last
@@ -183,7 +221,8 @@ def micro_batches(args, kwargs, size: int | None):
 
 
 def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *, samples: int = 1,
-                       seed: int = 0, replay_steps: int | None = None, batch: int | None = None) -> np.ndarray:
+                       seed: int = 0, replay_steps: int | None = None, batch: int | None = None,
+                       checkpoint: bool = False) -> np.ndarray:
     """(L, steps, 2): per layer (``modules``, in order) and step, ``sum ||J^T u||^2`` and the number of
     output elements, over ``calls`` (``(step, args, kwargs)`` as :class:`CallRecorder` keeps them) and
     ``samples`` Rademacher vectors per call.
@@ -191,7 +230,9 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
     ``replay_steps``: replay only the calls of that many steps (:func:`replayed_steps`) and interpolate the
     other steps' values linearly between them (a fraction of the cost, for a quantity that varies slowly
     over steps). ``batch``: replay each call in micro-batches of at most that many rows
-    (:func:`micro_batches`; the same expectation, a fraction of the memory)."""
+    (:func:`micro_batches`; the same expectation, a fraction of the memory). ``checkpoint``: checkpoint the
+    denoiser's blocks during the replay (:func:`block_checkpointing`: the same numbers, the activations of one
+    block instead of all, for about one more forward pass per call)."""
     out = np.zeros((len(modules), steps, 2))
     if not calls:
         return out
@@ -206,21 +247,22 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
     # leaf, so that every candidate's output is. Gradients with respect to the outputs are unchanged.
     flags = {name: p.requires_grad for name, p in denoiser.named_parameters()}
     gen = torch.Generator().manual_seed(int(seed))
-    captured: list[list[torch.Tensor]] = [[] for _ in modules]
-
+    norms = _GradNorms()
     leaves: list[torch.Tensor] = []
 
     def on_graph(module, args):
         x = args[0] if args else None
         if isinstance(x, torch.Tensor) and x.is_floating_point() and not x.requires_grad:
-            leaves.append(x.detach().requires_grad_(True))
-            return (leaves[-1], *args[1:])
+            leaf = x.detach().requires_grad_(True)  # also when recomputing: the same graph as the forward's
+            if norms.recording:
+                leaves.append(leaf)
+            return (leaf, *args[1:])
         return None
 
     def keep(i):
         def hook(module, inputs, output):
             if isinstance(output, torch.Tensor) and output.requires_grad:
-                captured[i].append(output)
+                norms.add(i, output)
         return hook
 
     handles = [m.register_forward_pre_hook(on_graph) for m in modules]
@@ -228,25 +270,21 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
     try:
         for p in denoiser.parameters():
             p.requires_grad_(False)
-        with torch.enable_grad():
+        with torch.enable_grad(), block_checkpointing(denoiser, checkpoint):
             for step, args, kwargs in ((st, a, k) for st, a0, k0 in calls for a, k in micro_batches(a0, k0, batch)):
-                for c in captured:
-                    c.clear()
+                norms = _GradNorms()
                 leaves.clear()
                 y = first_tensor(denoiser(*args, **kwargs))
                 if y is None or not y.requires_grad or not 0 <= step < steps:
                     continue
-                flat = [(i, t) for i, c in enumerate(captured) for t in c]
-                g2 = _streamed_hutchinson(y, [t for _, t in flat], leaves, samples=samples, generator=gen)
-                for (i, t), v in zip(flat, g2):
+                g2 = norms.backward(y, leaves, samples=samples, generator=gen)
+                for i, n, v in zip(norms.layers, norms.sizes, g2):
                     if not math.isfinite(v):
                         raise ProfileError(
                             f"the output-sensitivity pass got a gradient that is not finite at step {step} "
                             f"(layer {i}, {y.dtype}); profile the model in float32 or bfloat16")
                     out[i, step, 0] += v
-                    out[i, step, 1] += t.numel() * samples
-                for c in captured:
-                    c.clear()
+                    out[i, step, 1] += n * samples
                 leaves.clear()
                 del y
     finally:

@@ -1,15 +1,17 @@
-"""The profiler's opt-in approximations for real-size models: sampled statistics (``sample``), a subset of
-replayed steps (``replay_steps``), micro-batched replays (``replay_batch``) and the ``--estimate`` forecast."""
+"""The profiler's opt-in approximations and savings for real-size models: sampled statistics (``sample``), a
+subset of replayed steps (``replay_steps``), micro-batched and block-checkpointed replays (``replay_batch``,
+``replay_checkpoint``) and the ``--estimate`` forecast."""
 
 import json
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import spearmanr
 
 from mpsearch.cli import main
 from mpsearch.errors import UsageError
-from mpsearch.profiling.sensitivity import replayed_steps
+from mpsearch.profiling.sensitivity import output_sensitivity, replayed_steps
 from mpsearch.workflow import ProfileConfig, profile
 
 BASE = dict(labels=(0, 1, 2), seeds=(0,), steps=3, formats=("int8", "nvfp4"))
@@ -71,8 +73,47 @@ def test_replay_options(dit_pipe, tmp_path):
 def test_estimate_predicts_without_writing(tmp_path, capsys):
     out = tmp_path / "p.sqlite"
     rc = main(["profile", "--model", "default", "--out", str(out), "--steps", "3", "--seeds", "0,1",
-               "--labels", "0,1", "--estimate", "--json"])
+               "--labels", "0,1", "--estimate", "--json", "--replay-checkpoint"])
     assert rc == 0 and not out.exists()
     est = json.loads(capsys.readouterr().out)
     text = json.dumps(est)
     assert "seconds" in text and "peak" in text
+
+
+@pytest.mark.parametrize("pipe_name", ["dit_pipe", "unet_pipe"])
+def test_replay_checkpoint_gives_the_same_numbers_and_leaves_the_model_as_it_was(pipe_name, request, tmp_path):
+    pipe = request.getfixturevalue(pipe_name)
+    den = pipe.transformer if pipe_name == "dit_pipe" else pipe.unet
+    full = profile(pipe, out=tmp_path / "f.sqlite", progress=False, **BASE)
+    ck = profile(pipe, out=tmp_path / "c.sqlite", progress=False, replay_checkpoint=True, **BASE)
+    assert ck.sensitivity.tolist() == full.sensitivity.tolist()  # recomputed blocks: bit for bit
+    assert not den.is_gradient_checkpointing
+    assert "replay_checkpoint" not in ProfileConfig(replay_checkpoint=True).to_dict()  # how, not what: resumes
+
+
+def test_replay_checkpoint_keeps_only_block_inputs(dit_pipe):
+    # what autograd saves outside the checkpointed blocks: with checkpointing, only each block's inputs
+    den = dit_pipe.transformer
+    x = torch.randn(2, den.config.in_channels, den.config.sample_size, den.config.sample_size)
+    kwargs = dict(timestep=torch.tensor([3, 3]), class_labels=torch.tensor([1, 2]))
+    mods = [m for m in den.modules() if isinstance(m, torch.nn.Linear)]
+
+    def saved_bytes(checkpoint):
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = output_sensitivity(den, [(0, (x,), kwargs)], mods, 1, checkpoint=checkpoint)
+        return total[0], out
+    plain, a = saved_bytes(False)
+    ck, b = saved_bytes(True)
+    assert a.tolist() == b.tolist()
+    assert ck < plain / 2
+
+
+def test_replay_checkpoint_on_a_denoiser_without_it_is_a_usage_error():
+    m = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    with pytest.raises(UsageError, match="replay-checkpoint"):
+        output_sensitivity(m, [(0, (torch.randn(2, 3),), {})], [m[0], m[1]], 1, checkpoint=True)
