@@ -17,6 +17,7 @@ from torch import nn
 
 from mpsearch.errors import ModelError
 from mpsearch.formats import available_formats, get_format
+from mpsearch.formats.base import all_finite
 from mpsearch.layer_types import (_LAYER_TYPES, LayerType, layer_type, layer_type_of,  # noqa: F401 (also here)
                                   register_layer_type, unregister_layer_type)
 from mpsearch.offload import materialized
@@ -311,7 +312,7 @@ def check_finite_weights(pipe_or_model) -> None:
     for prefix, module in get_denoiser(pipe_or_model).named_modules():
         with materialized(module, "cpu"):
             for pname, p in module.named_parameters(recurse=False):
-                if p.device.type != "meta" and not torch.isfinite(p).all():
+                if p.device.type != "meta" and not all_finite(p):
                     bad = int((~torch.isfinite(p)).sum())
                     name = f"{prefix}.{pname}" if prefix else pname
                     raise ModelError(f"{name} has {bad} NaN/inf value(s), so the model is broken; fix or reload its "

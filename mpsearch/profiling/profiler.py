@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.formats import Format, Packed, available_formats, get_format
+from mpsearch.formats.base import all_finite
 from mpsearch.runtime.generation import generate
 from mpsearch.models import check_finite_weights, describe, get_denoiser, weights_digest
 from mpsearch.offload import loaded_tensors, materialized, offload_aware_replay
@@ -173,7 +174,7 @@ class _LayerProbe:
         if acc is None:  # paused: the output-sensitivity replay runs the model again
             return
         x = inputs[0].to(output.device)  # where the layer ran (a device map may hand it inputs from another device)
-        if not torch.isfinite(output).all():
+        if not all_finite(output):
             raise ProfileError(f"layer {self.name} gave a full-precision output that is not finite (NaN/inf) at step "
                                f"{self.steps.step}, so its errors cannot be measured; check the model in full "
                                "precision (weights, dtype, conditions) before profiling")

@@ -147,3 +147,20 @@ def test_profile_file_defaults_to_the_models_name(tmp_path, monkeypatch):
     prof = mpsearch.profile(unet, steps=2, seeds=(0,), labels=(1,), progress=False)
     assert (tmp_path / "profiles" / "default-unet.sqlite").is_file() and prof.info.fingerprint
     assert not (tmp_path / "profiles" / "default.sqlite").exists()
+
+
+@pytest.mark.parametrize("sample", [None, 2])
+def test_a_non_finite_layer_output_is_named_and_a_huge_finite_one_is_not(sample):
+    from types import SimpleNamespace
+
+    from mpsearch.profiling.profiler import _Accumulator, _LayerProbe
+    lin = nn.Linear(3, 4)
+    acc = _Accumulator(np.zeros((1, 2, 1, 4)), np.zeros((0, 1, 2)))
+    probe = _LayerProbe(0, lin, [(1, "int8")], SimpleNamespace(step=0), [acc], "blocks.0.ff", sample)
+    x = torch.randn(5, 3)
+    huge = torch.full((5, 4), 3e38)  # finite, but its float32 sum overflows: the exact check decides
+    probe(lin, (x,), huge)
+    bad = huge.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(ProfileError, match="blocks.0.ff gave a full-precision output that is not finite"):
+        probe(lin, (x,), bad)
