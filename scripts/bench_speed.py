@@ -6,7 +6,10 @@ needs no profile) and times one UNet call on the same inputs, the plans interlea
 median over rounds; each ratio is to fp32 timed in the same rounds). Also: the denoiser's bytes (measured
 == predicted) and the image MSE against fp32 on a fixed prompt and seed.
 
-    python scripts/bench_speed.py [--rounds 5] [--threads 2] [--steps 4] [--profile]
+    python scripts/bench_speed.py [--rounds 5] [--threads 2] [--steps 4] [--profile] [--compile]
+
+``--compile`` adds a row per 4-bit plan run through the optional compiled CPU kernels
+(``mpsearch.runtime.kernels.cpu_compiled``: bit for bit the same output, fused loops).
 
 ``--profile`` prints where the time of one call goes (torch.profiler, by op) for each plan instead.
 """
@@ -18,6 +21,8 @@ import copy
 import statistics
 import time
 
+import contextlib
+
 import torch
 
 from benchdoc import write_section
@@ -25,6 +30,7 @@ from mpsearch.archs import plan_without_weights
 from mpsearch.models import describe, measured_bytes
 from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
+from mpsearch.runtime.kernels.cpu_compiled import compiled_cpu_kernels
 from mpsearch.testing import real_size_pipeline
 
 PROMPT = "a photograph of an astronaut riding a horse"
@@ -67,6 +73,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=4, help="denoising steps of the image (MSE vs fp)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated plan names to keep (substring match)")
+    ap.add_argument("--compile", action="store_true", help="also time the 4-bit plans with compiled CPU kernels")
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -84,13 +91,24 @@ def main(argv=None) -> None:
         apply_plan(m, plan, stash="disk", ignore_weights=True)
         models[name] = m
         nbytes[name] = (plan.predicted_bytes, measured_bytes(m))
-    for m in models.values():  # warm-up
-        call(m, inputs)
+    compiled = set()
+    if args.compile:
+        for name in [n for n in plans if "int4" in n or "nvfp4" in n]:
+            models[f"{name}, compiled"] = models[name]
+            nbytes[f"{name}, compiled"] = nbytes[name]
+            compiled.add(f"{name}, compiled")
+
+    def kernels(name):
+        return compiled_cpu_kernels() if name in compiled else contextlib.nullcontext()
+
+    for name, m in models.items():  # warm-up (and compilation)
+        with kernels(name):
+            call(m, inputs)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         for name, m in models.items():
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with profile(activities=[ProfilerActivity.CPU]) as prof, kernels(name):
                 call(m, inputs)
             print(f"=== {name}")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
@@ -98,9 +116,10 @@ def main(argv=None) -> None:
     times = {k: [] for k in models}
     for r in range(args.rounds):
         for name, m in models.items():
-            t0 = time.perf_counter()
-            call(m, inputs)
-            times[name].append(time.perf_counter() - t0)
+            with kernels(name):
+                t0 = time.perf_counter()
+                call(m, inputs)
+                times[name].append(time.perf_counter() - t0)
         print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
     ref = image(pipe, fp_unet, args.steps)
     fp_out = call(fp_unet, inputs)
@@ -109,8 +128,9 @@ def main(argv=None) -> None:
              "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for name, m in models.items():
         ratios = [t / f for t, f in zip(times[name], times["fp32"])]
-        mse_img = float(((image(pipe, m, args.steps) - ref) ** 2).mean()) if name != "fp32" else 0.0
-        mse_out = float(((call(m, inputs) - fp_out) ** 2).mean())
+        with kernels(name):
+            mse_img = float(((image(pipe, m, args.steps) - ref) ** 2).mean()) if name != "fp32" else 0.0
+            mse_out = float(((call(m, inputs) - fp_out) ** 2).mean())
         pred, meas = nbytes[name]
         lines.append(f"| {name} | {meas:,} | {'yes' if pred == meas else 'NO'} | "
                      f"{statistics.median(times[name]):.2f} s | {statistics.median(ratios):.2f}x | "
@@ -125,14 +145,16 @@ def main(argv=None) -> None:
             "GEMM in slices of at most 1040 inputs (this AVX2 CPU has no VNNI: `torch._int_mm` is 15-30x and "
             "fbgemm's int8 GEMM at most 1.16x fp32's speed at 2048x1280x1280 (0.79x with its dynamic activation quantization), so no int8 kernel here can make W8A8 "
             "2x faster than fp32); NVFP4 is W4A4 emulated in float32 (weights decoded by a byte-table gather, "
-            "activations fake-quantized without codes); INT4 is weight-only (decoded per call). The 35% plan is "
+            "activations fake-quantized without codes); INT4 is weight-only (decoded per call). `compiled` rows run the "
+            "same plan through the optional compiled CPU kernels (`mpsearch.compiled_cpu_kernels()`, torch.compile: "
+            "the same arithmetic bit for bit in fused loops; compilation excluded from the times). The 35% plan is "
             "the role-based plan `mpsearch plan --arch sd15 --budget 35%` prints (no profile). Ratios, not "
             "seconds, are the result.\n\n" + "\n".join(lines))
     print(body)
     if not args.no_doc:
         write_section("bench_speed", "Speed of applied plans on a CPU at real size (SD1.5)", body,
                       f"python scripts/bench_speed.py --rounds {args.rounds} --threads {args.threads} "
-                      f"--steps {args.steps}")
+                      f"--steps {args.steps}" + (" --compile" if args.compile else ""))
 
 
 if __name__ == "__main__":

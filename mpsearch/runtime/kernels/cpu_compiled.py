@@ -1,0 +1,118 @@
+"""Optional CPU kernels through ``torch.compile`` (inductor): the emulated 4-bit arithmetic in fused loops.
+
+On a CPU without FP4/INT4 matrix units the 4-bit formats run as dequantized weights (and, for NVFP4,
+fake-quantized activations) through fp32 GEMMs. In eager mode each of those element-wise steps is a pass over
+memory: NVFP4's activation rounding takes about half a GEMM's time at SD1.5 size. Compiled, each becomes one
+fused loop, bit for bit the formats' reference arithmetic (``tests/runtime/test_compiled_kernels.py``).
+
+Off by default: the first call of each shape family compiles (tens of seconds on a 2-core CPU) and needs a C++
+compiler. Turn it on with :func:`compiled_cpu_kernels` (a function and a context manager).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mpsearch.formats import get_format
+from mpsearch.formats.int4 import Int4
+from mpsearch.formats.nvfp4 import BLOCK, nvfp4_decode_packed, nvfp4_fake_quantize
+from mpsearch.formats.patches import im2col
+from mpsearch.formats.registry import available_formats
+from mpsearch.runtime.kernels import register_kernel, unregister_kernel
+
+_COMPILED: dict = {}
+_ON = {"enabled": False}
+
+
+def _compiled(fn):
+    c = _COMPILED.get(fn)
+    if c is None:
+        c = _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    return c
+
+
+def _int4_dequant(qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int) -> torch.Tensor:
+    """``Int4.dequantize`` (float32) as one loop: ``(q - 8) * scale + zero`` per group."""
+    lo = (qweight & 0x0F).to(torch.float32) - 8.0
+    hi = (qweight >> 4).to(torch.float32) - 8.0
+    q8 = torch.stack((lo, hi), dim=-1).reshape(qweight.shape[0], -1, group)
+    return (q8 * scale.to(torch.float32)[..., None] + zero.to(torch.float32)[..., None]).reshape(qweight.shape[0], -1)
+
+
+def _dequantized(packed) -> torch.Tensor:
+    """``format.dequantize(packed)`` (its shape and dtype), decoded by a compiled loop."""
+    t = packed.tensors
+    if packed.format == "nvfp4":
+        w = _compiled(nvfp4_decode_packed)(t["qweight"], t["block_scale"], t["tensor_scale"])
+    else:
+        w = _compiled(_int4_dequant)(t["qweight"], t["scale"], t["zero"], get_format(packed.format).group)
+    return w.reshape(packed.shape).to(packed.dtype)
+
+
+def _weight(packed, dequantized, dtype) -> torch.Tensor:
+    """The (out, in) weight matrix in ``dtype``: ``dequantized`` if given, else decoded."""
+    w = _dequantized(packed) if dequantized is None else dequantized
+    return w.reshape(w.shape[0], -1).to(dtype)
+
+
+def _activations(x2: torch.Tensor) -> torch.Tensor:
+    return _compiled(nvfp4_fake_quantize)(x2).to(x2.dtype)
+
+
+def _linear(activations: bool):
+    def kernel(x2, packed, *, cache, dequantized):
+        if activations and x2.shape[-1] % BLOCK:
+            return None  # the reference raises its own error
+        x = _activations(x2) if activations else x2
+        return x @ _weight(packed, dequantized, x2.dtype).t()
+    return kernel
+
+
+def _patches(x, packed, kernel_size, dilation, padding, stride, *, cache, dequantized):
+    cols, oh, ow = im2col(x, kernel_size, dilation, padding, stride)
+    if cols.shape[-1] % BLOCK:
+        return None
+    return _activations(cols) @ _weight(packed, dequantized, cols.dtype).t(), oh, ow
+
+
+def _conv(x, packed, bias, stride, padding, dilation, *, cache, dequantized):
+    w = _dequantized(packed) if dequantized is None else dequantized
+    return F.conv2d(x, w.to(x.dtype), bias, stride, padding, dilation)
+
+
+def _keys():
+    int4s = [n for n in available_formats(variants=True) if isinstance(get_format(n), Int4)]
+    keys = [("nvfp4", True, "linear", _linear(True)), ("nvfp4", False, "linear", _linear(False)),
+            ("nvfp4", True, "patches", _patches)]
+    for name in ("nvfp4", *int4s):
+        keys.append((name, False, "conv", _conv))
+    keys += [(name, False, "linear", _linear(False)) for name in int4s]
+    return keys
+
+
+class compiled_cpu_kernels:
+    """``compiled_cpu_kernels()`` turns the compiled CPU kernels on (``compiled_cpu_kernels(False)``: off);
+    ``with compiled_cpu_kernels(): ...`` turns them on inside the block only."""
+
+    def __init__(self, enable: bool = True):
+        self._before = _ON["enabled"]
+        _set(bool(enable))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _set(self._before)
+
+
+def _set(enable: bool) -> None:
+    for name, act, op, fn in _keys():
+        if enable:
+            register_kernel("cpu", name, activations=act, op=op)(fn)
+        else:
+            unregister_kernel("cpu", name, activations=act, op=op)
+    _ON["enabled"] = enable
+
+
+__all__ = ["compiled_cpu_kernels"]

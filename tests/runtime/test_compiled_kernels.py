@@ -1,0 +1,45 @@
+"""The optional compiled CPU kernels (torch.compile): bit for bit the formats' reference arithmetic, on and off
+as asked. Compiling takes tens of seconds per function on a 2-core CPU, so the cases are few and shared."""
+
+import pytest
+import torch
+from torch import nn
+
+from mpsearch.formats import get_format
+from mpsearch.runtime.kernels import find_kernel, reference_only
+from mpsearch.runtime.kernels.cpu_compiled import compiled_cpu_kernels
+from mpsearch.runtime.qmodules import quantized_module
+
+
+def _same(a, b):
+    return a.shape == b.shape and torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "int4", "int4-g64"])
+def test_compiled_kernels_match_the_reference_bit_for_bit(fmt):
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 96)
+    conv = nn.Conv2d(128, 48, 3, padding=1)  # 1152 inputs: every group size divides them
+    mods = [quantized_module(m, get_format(fmt).quantize(m.weight.detach())) for m in (lin, conv)]
+    x = torch.randn(37, 256) * 3
+    # another token count and another image size: the same compiled code (dynamic shapes)
+    calls = [(mods[0], x), (mods[1], torch.randn(2, 128, 9, 7)), (mods[0], x[:5]), (mods[1], torch.randn(1, 128, 5, 6))]
+    with torch.no_grad():
+        with reference_only():
+            ref = [m(x) for m, x in calls]
+        with compiled_cpu_kernels():
+            assert find_kernel("cpu", fmt, False, "linear") is not None
+            got = [m(x) for m, x in calls]
+    for r, g in zip(ref, got):
+        assert _same(r, g)
+    assert find_kernel("cpu", fmt, False, "linear") is None  # off again outside the block
+
+
+def test_compiled_kernels_are_off_until_asked_and_can_be_turned_off():
+    assert find_kernel("cpu", "nvfp4", True, "linear") is None
+    compiled_cpu_kernels()
+    try:
+        assert find_kernel("cpu", "nvfp4", True, "patches") is not None
+    finally:
+        compiled_cpu_kernels(False)
+    assert find_kernel("cpu", "nvfp4", True, "patches") is None
