@@ -43,3 +43,19 @@ def test_compiled_kernels_are_off_until_asked_and_can_be_turned_off():
     finally:
         compiled_cpu_kernels(False)
     assert find_kernel("cpu", "nvfp4", True, "patches") is None
+
+
+def test_a_failed_compilation_is_one_line_naming_the_fix(monkeypatch):
+    import torch._dynamo.exc as dynamo_exc
+
+    from mpsearch.errors import UsageError
+    from mpsearch.runtime.kernels import cpu_compiled
+
+    def broken(fn, **kw):
+        def run(*args):
+            raise dynamo_exc.BackendCompilerFailed(lambda *a: None, RuntimeError("no C++ compiler found"), None)
+        return run
+    monkeypatch.setattr(cpu_compiled.torch, "compile", broken)
+    monkeypatch.setattr(cpu_compiled, "_COMPILED", {})
+    with pytest.raises(UsageError, match="could not be compiled.*compiled_cpu_kernels\\(False\\)"):
+        cpu_compiled._activations(torch.randn(4, 32))

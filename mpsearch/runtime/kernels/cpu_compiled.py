@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mpsearch.errors import UsageError
 from mpsearch.formats import get_format
 from mpsearch.formats.int4 import Int4
 from mpsearch.formats.nvfp4 import BLOCK, nvfp4_decode_packed, nvfp4_fake_quantize
@@ -28,7 +29,16 @@ _ON = {"enabled": False}
 def _compiled(fn):
     c = _COMPILED.get(fn)
     if c is None:
-        c = _COMPILED[fn] = torch.compile(fn, dynamic=True)
+        compiled = torch.compile(fn, dynamic=True)
+
+        def c(*args):
+            try:
+                return compiled(*args)
+            except torch._dynamo.exc.BackendCompilerFailed as e:
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                raise UsageError(f"the compiled CPU kernels could not be compiled ({first}); install a C++ "
+                                 "compiler (gcc) or turn them off with mpsearch.compiled_cpu_kernels(False)") from None
+        _COMPILED[fn] = c
     return c
 
 
