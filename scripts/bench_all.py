@@ -32,6 +32,13 @@ Writes the `bench_all` section of docs/benchmarks.md, docs/img/bench_all.png and
     python scripts/bench_all.py --models default --no-doc --save-results /tmp/dit.json &
     python scripts/bench_all.py --models default-unet --no-doc --save-results /tmp/unet.json; wait
     python scripts/bench_all.py --from-results /tmp/dit.json,/tmp/unet.json
+
+A model's run can also be split across processes (``--budgets`` names some of its budgets, ``--no-cache``
+leaves the cache rows to another part); ``--from-results`` merges the parts, e.g. for the UNet (about 30
+minutes per budget on one core of this machine)::
+
+    python scripts/bench_all.py --models default-unet --no-doc --budgets 'min+25%,min+50%,min+75%' --no-cache --save-results /tmp/u1.json &
+    python scripts/bench_all.py --models default-unet --no-doc --budgets '=nvfp4,nvfp4+33%,nvfp4+67%' --save-results /tmp/u2.json; wait
 """
 
 from __future__ import annotations
@@ -210,7 +217,12 @@ def run_model(model, args, tmp: Path) -> dict:
                     "mpsearch Optuna-refined": t_prof}
     low = min_feasible_bytes(build_problem(prof, None, role_pins={}))
     budgets = {}
-    for bname, nbytes in evidence_budgets(info, low).items():
+    every = evidence_budgets(info, low)
+    wanted = list(every) if args.budgets is None else args.budgets
+    unknown = [b for b in wanted if b not in every]
+    if unknown:
+        raise SystemExit(f"--budgets {','.join(unknown)}: {model} has the budgets {','.join(every)}")
+    for bname, nbytes in ((b, every[b]) for b in wanted):
         plans = allocation_plans(pipe, prof, e2e_prof, meas, nbytes, args)
         rows = {}
         for method in METHODS:
@@ -220,7 +232,11 @@ def run_model(model, args, tmp: Path) -> dict:
             s = rows[method]["scores"]
             print(f"  {bname} {method}: bytes {s['bytes']:,} / {nbytes:,}, mse {s['mse']:.3g}", flush=True)
         budgets[bname] = {"bytes": nbytes, "rows": rows}
-    cache, t_cache, unit, share = cache_rows(pipe, args, score)
+    if args.no_cache:  # another part of a split run measures the cache rows
+        unit = get_unit(get_denoiser(pipe))
+        cache, t_cache, share = [], 0.0, compute_shares(get_denoiser(pipe), [unit])[unit.name]
+    else:
+        cache, t_cache, unit, share = cache_rows(pipe, args, score)
     fp_seconds.append(score(None)["seconds"])
     fp_s = float(np.median(fp_seconds))
     for s in [*uniform.values(), *(r["scores"] for b in budgets.values() for r in b["rows"].values()),
@@ -390,6 +406,25 @@ def plot(results) -> None:
     fig.savefig(IMG, dpi=100)
 
 
+def merge_parts(results: list[dict]) -> list[dict]:
+    """One result per model: the parts of a run split by ``--budgets`` / ``--no-cache`` merged (their budgets
+    and cache rows; the rest from the first part, whose measurement phase each part repeats)."""
+    merged: dict[str, dict] = {}
+    for r in results:
+        m = merged.get(r["model"])
+        if m is None:
+            merged[r["model"]] = {**r, "budgets": dict(r["budgets"]), "cache": list(r["cache"])}
+            continue
+        twice = set(m["budgets"]) & set(r["budgets"])
+        if twice or (m["cache"] and r["cache"]):
+            raise SystemExit(f"{r['model']}: two saved parts both measured "
+                             f"{', '.join(sorted(twice)) or 'the cache rows'}; render each run on its own")
+        m["budgets"].update(r["budgets"])
+        if r["cache"]:
+            m.update(cache=list(r["cache"]), t_cache=r["t_cache"])
+    return list(merged.values())
+
+
 KEEP = ("labels", "seeds", "steps", "search_steps", "trials", "ks", "split", "profile_seeds")
 
 
@@ -403,7 +438,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
     ap.add_argument("--save-results", metavar="JSON", help=f"keep every measured figure here (default with docs: "
                     f"{RESULTS.relative_to(ROOT)})")
-    ap.add_argument("--from-results", metavar="JSON", help="render the section and plot from a saved run")
+    ap.add_argument("--from-results", metavar="JSON", help="render the section and plot from saved runs "
+                    "(comma-separated; parts of one model's run, split by --budgets / --no-cache, are merged)")
+    ap.add_argument("--budgets", default=None, help="measure only these budgets (comma-separated names, e.g. "
+                    "'min+25%%,min+50%%'): one part of a run split across processes")
+    ap.add_argument("--no-cache", action="store_true", help="leave the cache rows to another part of a split run")
     ap.add_argument("--quick", action="store_true", help="a smoke run (3 labels, 4 steps, 1 dev seed, 1 profile "
                     "seed, 2 trials, K=3; implies --split dev --no-doc): checks that the suite runs, measures nothing")
     args = ap.parse_args(argv)
@@ -415,11 +454,12 @@ def main(argv=None) -> int:
         args.no_doc = True
     args.seeds = SPLITS[args.split][:1] if args.quick else SPLITS[args.split]
     args.ks = [int(k) for k in args.ks.split(",")]
+    args.budgets = None if args.budgets is None else [b for b in args.budgets.split(",") if b]
     t0 = time.perf_counter()
     command = "python scripts/bench_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.from_results:  # one saved run, or several (e.g. one per model, run side by side) rendered as one
         saved = [json.loads(Path(f).read_text()) for f in args.from_results.split(",")]
-        results = [r for one in saved for r in one["results"]]
+        results = merge_parts([r for one in saved for r in one["results"]])
         seconds = max(one["seconds"] for one in saved)
         if any(one["args"] != saved[0]["args"] for one in saved):
             raise SystemExit("the saved runs were made with different settings; render them separately")

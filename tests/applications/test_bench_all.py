@@ -27,3 +27,21 @@ def test_bench_all_quick_runs_every_method():
     assert "| fp | 3 |" in out and "| int8 | 3 |" in out  # DP vs uniform cache, fp and INT8
     assert "Spearman" in out and "**dev** seeds" in out
     assert (doc.read_bytes() if doc.exists() else None) == before  # --quick never rewrites the benchmarks
+
+
+def test_split_runs_merge_into_one_result_per_model():
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location("bench_all", ROOT / "scripts" / "bench_all.py")
+    bench_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_all)
+    a = {"model": "u", "budgets": {"b1": 1, "b2": 2}, "cache": [], "t_cache": 0.0, "t_prof": 5}
+    b = {"model": "u", "budgets": {"b3": 3}, "cache": ["row"], "t_cache": 7.0, "t_prof": 6}
+    d = {"model": "d", "budgets": {"b1": 9}, "cache": ["r"], "t_cache": 1.0, "t_prof": 1}
+    merged = bench_all.merge_parts([a, d, b])
+    assert [r["model"] for r in merged] == ["u", "d"]
+    assert merged[0]["budgets"] == {"b1": 1, "b2": 2, "b3": 3} and merged[0]["cache"] == ["row"]
+    assert merged[0]["t_cache"] == 7.0 and merged[0]["t_prof"] == 5 and a["budgets"] == {"b1": 1, "b2": 2}
+    with pytest.raises(SystemExit, match="both measured b1"):
+        bench_all.merge_parts([a, {**b, "budgets": {"b1": 4}}])
