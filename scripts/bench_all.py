@@ -39,6 +39,9 @@ minutes per budget on one core of this machine)::
 
     python scripts/bench_all.py --models default-unet --no-doc --budgets 'min+25%,min+50%,min+75%' --no-cache --save-results /tmp/u1.json &
     python scripts/bench_all.py --models default-unet --no-doc --budgets '=nvfp4,nvfp4+33%,nvfp4+67%' --save-results /tmp/u2.json; wait
+
+With ``--measured DIR`` the first part keeps the profiles and the rivals' measurements in DIR and a later part
+started after it reuses them (the same numbers: every measurement is seeded).
 """
 
 from __future__ import annotations
@@ -178,6 +181,37 @@ def cache_rows(pipe, args, score):
     return rows, t_measure, unit, share
 
 
+def _save_measured(folder, model, tmp: Path, meas, timings) -> None:
+    """Keep the profiles and the rivals' measurements, so the other parts of a split run skip them (numpy arrays
+    and JSON only; the files are this script's own)."""
+    out = Path(folder) / model
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (f"{model}.sqlite", f"{model}-e2e.sqlite"):
+        shutil.copy(tmp / name, out / (name + ".part"))
+        (out / (name + ".part")).replace(out / name)
+    np.savez(out / "arrays.npz", hawq=meas["hawq"], aq=meas["aq"], content=meas["mixdq"]["content"],
+             quality=meas["mixdq"]["quality"])
+    done = {**timings, "mixdq_generations": meas["mixdq"]["generations"]}
+    (out / "timings.json.part").write_text(json.dumps(done, default=float))
+    (out / "timings.json.part").replace(out / "timings.json")  # last: its presence marks the folder complete
+
+
+def _load_measured(folder, model, tmp: Path):
+    """(meas, timings) saved by an earlier part for this model, with its profiles copied into ``tmp``; None when
+    that part has not finished measuring."""
+    src = Path(folder) / model
+    if not (src / "timings.json").exists():
+        return None
+    for name in (f"{model}.sqlite", f"{model}-e2e.sqlite"):
+        shutil.copy(src / name, tmp / name)
+    timings = json.loads((src / "timings.json").read_text())
+    with np.load(src / "arrays.npz", allow_pickle=False) as z:
+        meas = {"hawq": z["hawq"], "aq": z["aq"],
+                "mixdq": {"content": z["content"], "quality": z["quality"],
+                          "generations": timings["mixdq_generations"]}}
+    return meas, timings
+
+
 def run_model(model, args, tmp: Path) -> dict:
     pipe = mpsearch.load_pipeline(model)
     info = describe(pipe)
@@ -185,18 +219,28 @@ def run_model(model, args, tmp: Path) -> dict:
     config = ProfileConfig(labels=args.labels, seeds=args.profile_seeds, steps=args.steps)
     generate_many(pipe, args.labels[:2], (0,), 2)  # warm-up
     _, t_gen = _timed(generate_many, pipe, config.labels, config.seeds, config.steps)
-    prof, t_prof = _timed(profile, pipe, config, out=tmp / f"{model}.sqlite", progress=False)
-    shutil.copy(prof.path, tmp / f"{model}-e2e.sqlite")
-    e2e_prof = Profile.load(tmp / f"{model}-e2e.sqlite")
-    e2e_report, t_e2e = _timed(e2e.run_end_to_end, pipe, e2e_prof, shortlist_n=8, windows=2, role_pins={})
-    e2e_prof = Profile.load(e2e_prof.path)
-    meas, t_meas = {}, {}
-    meas["hawq"], t_meas["hawq"] = _timed(baselines.hawq_traces, pipe, info, labels=args.labels, seeds=config.seeds,
-                                          steps=args.steps, every=1, samples=1)
-    meas["aq"], t_meas["aq"] = _timed(baselines.autoquantize_scores, pipe, info, prof.formats, labels=args.labels,
-                                      seeds=config.seeds, steps=args.steps)
-    meas["mixdq"], t_meas["mixdq"] = _timed(baselines.mixdq_sensitivity, pipe, info, prof.formats,
-                                            labels=args.labels, seeds=config.seeds[:1], steps=args.steps)
+    saved = _load_measured(args.measured, model, tmp) if args.measured else None
+    if saved is None:
+        prof, t_prof = _timed(profile, pipe, config, out=tmp / f"{model}.sqlite", progress=False)
+        shutil.copy(prof.path, tmp / f"{model}-e2e.sqlite")
+        e2e_prof = Profile.load(tmp / f"{model}-e2e.sqlite")
+        e2e_report, t_e2e = _timed(e2e.run_end_to_end, pipe, e2e_prof, shortlist_n=8, windows=2, role_pins={})
+        meas, t_meas = {}, {}
+        meas["hawq"], t_meas["hawq"] = _timed(baselines.hawq_traces, pipe, info, labels=args.labels,
+                                              seeds=config.seeds, steps=args.steps, every=1, samples=1)
+        meas["aq"], t_meas["aq"] = _timed(baselines.autoquantize_scores, pipe, info, prof.formats,
+                                          labels=args.labels, seeds=config.seeds, steps=args.steps)
+        meas["mixdq"], t_meas["mixdq"] = _timed(baselines.mixdq_sensitivity, pipe, info, prof.formats,
+                                                labels=args.labels, seeds=config.seeds[:1], steps=args.steps)
+        if args.measured:
+            _save_measured(args.measured, model, tmp, meas, {"t_prof": t_prof, "t_e2e": t_e2e, "t_meas": t_meas,
+                                                             "e2e_report": e2e_report})
+    else:
+        meas, timings = saved
+        t_prof, t_e2e, t_meas, e2e_report = (timings[k] for k in ("t_prof", "t_e2e", "t_meas", "e2e_report"))
+        print(f"{model}: profiles and rivals' measurements from {args.measured} (measured by an earlier part)",
+              flush=True)
+    prof, e2e_prof = Profile.load(tmp / f"{model}.sqlite"), Profile.load(tmp / f"{model}-e2e.sqlite")
     agreement = tier_agreement(prof, e2e_prof, meas["mixdq"], e2e_report)
     agreement["t_e2e"], agreement["t_exhaustive"] = t_e2e, t_meas["mixdq"]
     print(f"{model}: fp generation {t_gen:.1f} s, profile {t_prof:.1f} s, end-to-end {t_e2e:.1f} s, "
@@ -442,6 +486,8 @@ def main(argv=None) -> int:
                     "(comma-separated; parts of one model's run, split by --budgets / --no-cache, are merged)")
     ap.add_argument("--budgets", default=None, help="measure only these budgets (comma-separated names, e.g. "
                     "'min+25%%,min+50%%'): one part of a run split across processes")
+    ap.add_argument("--measured", metavar="DIR", help="keep the profiles and the rivals' measurements here, or reuse "
+                    "them when an earlier part of a split run left them (saves the UNet's ~18 min of measuring)")
     ap.add_argument("--no-cache", action="store_true", help="leave the cache rows to another part of a split run")
     ap.add_argument("--quick", action="store_true", help="a smoke run (3 labels, 4 steps, 1 dev seed, 1 profile "
                     "seed, 2 trials, K=3; implies --split dev --no-doc): checks that the suite runs, measures nothing")

@@ -29,13 +29,18 @@ def test_bench_all_quick_runs_every_method():
     assert (doc.read_bytes() if doc.exists() else None) == before  # --quick never rewrites the benchmarks
 
 
-def test_split_runs_merge_into_one_result_per_model():
+def _bench_all():
     import importlib.util
 
     sys.path.insert(0, str(ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location("bench_all", ROOT / "scripts" / "bench_all.py")
     bench_all = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_all)
+    return bench_all
+
+
+def test_split_runs_merge_into_one_result_per_model():
+    bench_all = _bench_all()
     a = {"model": "u", "budgets": {"b1": 1, "b2": 2}, "cache": [], "t_cache": 0.0, "t_prof": 5}
     b = {"model": "u", "budgets": {"b3": 3}, "cache": ["row"], "t_cache": 7.0, "t_prof": 6}
     d = {"model": "d", "budgets": {"b1": 9}, "cache": ["r"], "t_cache": 1.0, "t_prof": 1}
@@ -45,3 +50,28 @@ def test_split_runs_merge_into_one_result_per_model():
     assert merged[0]["t_cache"] == 7.0 and merged[0]["t_prof"] == 5 and a["budgets"] == {"b1": 1, "b2": 2}
     with pytest.raises(SystemExit, match="both measured b1"):
         bench_all.merge_parts([a, {**b, "budgets": {"b1": 4}}])
+
+
+def test_a_later_part_reuses_the_first_parts_measurements(tmp_path):
+    import numpy as np
+
+    bench_all = _bench_all()
+    first, later, kept = tmp_path / "first", tmp_path / "later", tmp_path / "measured"
+    first.mkdir(), later.mkdir()
+    for name in ("m.sqlite", "m-e2e.sqlite"):
+        (first / name).write_bytes(name.encode() * 3)
+    assert bench_all._load_measured(kept, "m", later) is None  # nothing measured yet
+    rng = np.random.default_rng(0)
+    meas = {"hawq": rng.random(5), "aq": rng.random((5, 4)),
+            "mixdq": {"content": rng.random((5, 4)), "quality": rng.random((5, 4)), "generations": 21}}
+    timings = {"t_prof": 1.5, "t_e2e": 2.5, "t_meas": {"hawq": 1.0}, "e2e_report": {"cost_ratio": 0.1}}
+    bench_all._save_measured(kept, "m", first, meas, timings)
+    got, got_t = bench_all._load_measured(kept, "m", later)
+    assert got_t == {**timings, "mixdq_generations": 21}
+    assert got["mixdq"]["generations"] == 21
+    for key in ("hawq", "aq"):
+        np.testing.assert_array_equal(got[key], meas[key])
+    for key in ("content", "quality"):
+        np.testing.assert_array_equal(got["mixdq"][key], meas["mixdq"][key])
+    for name in ("m.sqlite", "m-e2e.sqlite"):
+        assert (later / name).read_bytes() == (first / name).read_bytes()
