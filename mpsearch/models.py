@@ -9,7 +9,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -284,26 +286,69 @@ def measured_bytes(pipe_or_model) -> int:
     return total
 
 
-def weights_digest(pipe_or_model, names=None) -> str:
+#: the digest schemes weights_digest knows: "sha256" (one stream over every layer, mpsearch 0.1's) and
+#: "sha256t" (each layer hashed on its own, in threads, then the layers' digests hashed in order)
+DIGEST_SCHEMES = ("sha256t", "sha256")
+_DIGEST_THREADS = max(1, min(8, os.cpu_count() or 1))
+
+
+def _layer_bytes(w: torch.Tensor):
+    return w.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data
+
+
+def weights_digest(pipe_or_model, names=None, *, scheme: str = "sha256t") -> str:
     """A digest of the candidate layers' weights (name, dtype, shape and every byte), in layer order.
 
     The fingerprint says which layers a model has; this says whether their weights are the ones a profile
-    measured, so a plan is not applied to a fine-tuned or re-trained model by mistake. One pass of sha256
-    over the weights (about a second per GB on a CPU); ``names`` (default: ``describe``'s layers) chooses them.
+    measured, so a plan is not applied to a fine-tuned or re-trained model by mistake. ``names`` (default:
+    ``describe``'s layers) chooses them. The default scheme ``sha256t`` hashes each layer in a thread pool
+    (hashlib releases the GIL; about a second per GB per core) and then the layers' digests in order; ``sha256``
+    is the single stream that earlier profiles and plans recorded. :func:`same_weights` checks a recorded digest
+    in its own scheme.
     """
+    if scheme not in DIGEST_SCHEMES:
+        raise ModelError(f"unknown weights digest scheme {scheme!r} (this mpsearch knows "
+                         f"{', '.join(DIGEST_SCHEMES)}); it was recorded by a newer mpsearch: upgrade mpsearch")
     denoiser = get_denoiser(pipe_or_model)
     modules = dict(denoiser.named_modules())
     names = describe(denoiser).names if names is None else names
-    h = hashlib.sha256()
-    for name in names:
-        with materialized(modules[name], "cpu"):  # offloaded weights (accelerate) read where they are kept
-            w = modules[name].weight.detach()
-            if w.device.type == "meta":
-                raise ModelError(f"layer {name}'s weight is on the meta device and no accelerate offload hook on it "
-                                 "holds its values; load the model's weights before digesting or profiling it")
-            h.update(json.dumps([name, str(w.dtype), list(w.shape)]).encode())
-            h.update(w.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
-    return "sha256:" + h.hexdigest()[:24]
+    if scheme == "sha256":
+        h = hashlib.sha256()
+        for name in names:
+            with materialized(modules[name], "cpu"):  # offloaded weights (accelerate) read where they are kept
+                w = _digest_weight(modules[name], name)
+                h.update(json.dumps([name, str(w.dtype), list(w.shape)]).encode())
+                h.update(_layer_bytes(w))
+        return "sha256:" + h.hexdigest()[:24]
+    outer, pending = hashlib.sha256(), []
+    with ThreadPoolExecutor(_DIGEST_THREADS) as pool:
+        for name in names:
+            with materialized(modules[name], "cpu"):
+                w = _digest_weight(modules[name], name)
+                data = _layer_bytes(w)  # a view, or a CPU copy that the job keeps alive until it has run
+                pending.append((json.dumps([name, str(w.dtype), list(w.shape)]),
+                                pool.submit(lambda d: hashlib.sha256(d).digest(), data)))
+            if len(pending) > 2 * _DIGEST_THREADS:  # jobs run in order: at most a few layers' copies queued
+                pending[-2 * _DIGEST_THREADS - 1][1].result()
+        for header, job in pending:
+            outer.update(header.encode())
+            outer.update(job.result())
+    return "sha256t:" + outer.hexdigest()[:24]
+
+
+def same_weights(recorded: str, pipe_or_model, names=None) -> tuple[bool, str]:
+    """(whether the model's weights are those of the digest ``recorded``, the model's digest in its scheme)."""
+    scheme = recorded.split(":", 1)[0] if isinstance(recorded, str) and ":" in recorded else "?"
+    now = weights_digest(pipe_or_model, names, scheme=scheme)
+    return now == recorded, now
+
+
+def _digest_weight(module, name) -> torch.Tensor:
+    w = module.weight.detach()
+    if w.device.type == "meta":
+        raise ModelError(f"layer {name}'s weight is on the meta device and no accelerate offload hook on it "
+                         "holds its values; load the model's weights before digesting or profiling it")
+    return w
 
 
 def check_finite_weights(pipe_or_model) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from mpsearch.errors import PlanError
 from mpsearch.formats import available_formats
 from mpsearch.io import atomic_write_text, dump_yaml, load_yaml
-from mpsearch.models import ModelInfo, describe, weights_digest
+from mpsearch.models import ModelInfo, describe, same_weights, weights_digest
 from mpsearch.cache_section import validate_cache_section
 from mpsearch.version import __version__
 
@@ -154,8 +154,8 @@ class Plan:
         if self.weights is None:
             return
         names = (info or describe(pipe_or_model)).names
-        now = weights_digest(pipe_or_model, names)
-        if now != self.weights:
+        same, now = same_weights(self.weights, pipe_or_model, names)
+        if not same:
             raise PlanError(f"the model's weights ({now}) are not those the plan was made from ({self.weights}): "
                             "they changed since profiling (fine-tuned, re-trained or another checkpoint); profile "
                             "and solve again for these weights, or pass ignore_weights=True (CLI: "

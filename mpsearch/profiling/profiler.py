@@ -23,10 +23,10 @@ from mpsearch.errors import ProfileError, UsageError
 from mpsearch.formats import Format, Packed, available_formats, get_format
 from mpsearch.formats.base import all_finite
 from mpsearch.runtime.generation import generate
-from mpsearch.models import check_finite_weights, describe, get_denoiser, weights_digest
+from mpsearch.models import DIGEST_SCHEMES, check_finite_weights, describe, get_denoiser, weights_digest
 from mpsearch.offload import loaded_tensors, materialized, offload_aware_replay
 from mpsearch.plan import versions
-from mpsearch.profiling.store import Profile, ProfileWriter, remove_profile_file, resumable_units
+from mpsearch.profiling.store import Profile, ProfileWriter, remove_profile_file, resumable_units, stored_weights
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import first_tensor
 from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
@@ -332,7 +332,15 @@ def existing_units(pipe, config: ProfileConfig, path) -> set[int]:
         return set()
     denoiser = get_denoiser(pipe)
     info = describe(denoiser, ("fp", *config.formats))
-    return resumable_units(path, info, config.to_dict(), weights=weights_digest(denoiser, info.names))
+    return resumable_units(path, info, config.to_dict(), weights=_digest(denoiser, info, path))
+
+
+def _digest(denoiser, info, path) -> str:
+    """The weights digest to record in, or compare with, the profile file ``path``: in the scheme of the digest
+    it already records (a profile begun by an older mpsearch resumes), else the default one."""
+    recorded = stored_weights(path)
+    scheme = recorded.split(":", 1)[0] if recorded and ":" in recorded else None
+    return weights_digest(denoiser, info.names, **({"scheme": scheme} if scheme in DIGEST_SCHEMES else {}))
 
 
 def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (0, 1), skip=(),
@@ -349,7 +357,7 @@ def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (
     info = describe(denoiser, ("fp", *config.formats))
     check_finite_weights(denoiser)  # before any file is made
     created, folder_created = not out.exists(), not out.parent.exists()
-    writer = ProfileWriter(out, info, config.to_dict(), versions(), weights=weights_digest(denoiser, info.names))
+    writer = ProfileWriter(out, info, config.to_dict(), versions(), weights=_digest(denoiser, info, out))
     try:
         done = writer.done_units()
         skip = set(skip)

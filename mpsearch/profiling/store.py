@@ -220,6 +220,19 @@ def stored_config(path) -> dict | None:
         return None
 
 
+def stored_weights(path) -> str | None:
+    """The weights digest recorded in an existing profile file, or None (no file, none recorded, unreadable)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        with contextlib.closing(_connect(path, readonly=True)) as conn:
+            weights = _read_meta(conn, path)[0].get("weights")
+    except (sqlite3.DatabaseError, ProfileError):
+        return None
+    return weights if isinstance(weights, str) else None
+
+
 def _check_compatible(path, meta: dict, expected: dict) -> None:
     if meta.get("schema") != SCHEMA:
         raise ProfileError(f"{path} has profile schema {meta.get('schema')!r}, expected {SCHEMA}; profile again")
