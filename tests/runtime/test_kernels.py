@@ -20,7 +20,7 @@ from mpsearch.formats.nvfp4 import nvfp4_decode, nvfp4_encode
 from mpsearch.formats.packing import pack_nibbles, unpack_nibbles
 from mpsearch.models import measured_bytes
 from mpsearch.runtime import kernels
-from mpsearch.runtime.kernels import cuda, layouts
+from mpsearch.runtime.kernels import cpu_int8, cuda, layouts
 from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 
 
@@ -41,10 +41,20 @@ def test_cpu_runs_the_reference_bit_for_bit():
         act = f.quantizes_activations
         expect = f.matmul(x.reshape(-1, 256), packed, quantize_activations=act).reshape(3, 7, 24) + lin.bias
         assert torch.equal(q(x), expect)
-        assert kernels.find_kernel("cpu", fmt, act) is None
+        # int8's CPU kernel (torch._int_mm where it is faster) is bit for bit the reference too
+        assert kernels.find_kernel("cpu", fmt, act) is (cpu_int8.int8_linear_cpu if fmt == "int8" else None)
 
 
-def test_a_registered_kernel_runs_and_may_decline():
+@pytest.fixture
+def kept_kernels():
+    """The registry as it was (the tests below register fakes over int8's real CPU kernels)."""
+    before = dict(kernels._KERNELS)
+    yield
+    kernels._KERNELS.clear()
+    kernels._KERNELS.update(before)
+
+
+def test_a_registered_kernel_runs_and_may_decline(kept_kernels):
     calls = []
 
     @kernels.register_kernel("cpu", "int8", activations=True)
@@ -65,6 +75,7 @@ def test_a_registered_kernel_runs_and_may_decline():
     finally:
         kernels.unregister_kernel("cpu", "int8", activations=True)
     assert kernels.find_kernel("cpu", "int8", True) is None
+    assert ("cpu", "int8", True, "patches") in kernels.registered()  # only that key was forgotten
 
 
 def test_register_rejects_unknown_formats_and_ops():
@@ -74,7 +85,7 @@ def test_register_rejects_unknown_formats_and_ops():
         kernels.register_kernel("cpu", "int8", activations=True, op="matmul")
 
 
-def test_conv_dispatch_weight_only_and_patches():
+def test_conv_dispatch_weight_only_and_patches(kept_kernels):
     seen = []
 
     @kernels.register_kernel("cpu", "int4", activations=False, op="conv")

@@ -1,0 +1,117 @@
+"""INT8 W8A8 on the CPU through ``torch._int_mm`` (oneDNN's int8 GEMM), on CPUs where it is the faster path.
+
+On a CPU with int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX) ``torch._int_mm`` runs several
+times faster than a float32 GEMM of the same shape (5.3x at 2048x1280x1280 on a Zen 4 EPYC); on a CPU
+without them (AVX2 only) it is 15-30x *slower*, and the formats' reference path (the exact integer product on
+the float GEMM, ``formats/int8.py``) is the fast one. So the choice is measured, once per process, on the
+first INT8 call: :func:`int_mm_is_faster` times both on one shape (about 20 ms). ``MPSEARCH_CPU_INT8``
+(``int_mm`` / ``float``) or :func:`cpu_int8_path` fixes it instead. Both paths are bit for bit the reference:
+the integer product is exact either way and the activation codes and the rescale are the same float32 ops.
+
+Convolutions quantize their im2col rows from a channels-last copy of the input, so that the division pass
+reads and writes memory in order (the patch's columns ordered (kh, kw, C) instead of the weight's (C, kh,
+kw)); the weight's int8 codes are permuted to match per call (a copy of a quarter of the float weight's bytes,
+no cached second copy). The integer sums do not depend on the columns' order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from mpsearch.errors import UsageError
+from mpsearch.formats.int8 import _INT32_SAFE_K, quantize_with_scales, rescale, row_scales
+from mpsearch.runtime.kernels import register_kernel
+from mpsearch.runtime.kernels.cuda import int8_linear, int_mm_padded
+
+_PATHS = ("auto", "int_mm", "float")
+_STATE: dict = {"path": None, "measured": None}
+
+
+def cpu_int8_path(path: str | None = None) -> str:
+    """The CPU's INT8 path: ``"int_mm"``, ``"float"`` or ``"auto"`` (measured on first use); with an argument,
+    set it (``None``: leave it). Returns the path now in force (``"auto"`` until measured)."""
+    if path is not None:
+        if path not in _PATHS:
+            raise UsageError(f"unknown CPU int8 path {path!r}; use one of {', '.join(_PATHS)}")
+        _STATE["path"] = path
+    return _STATE["path"] or os.environ.get("MPSEARCH_CPU_INT8", "auto")
+
+
+def _best_of(fn, n: int = 3) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def int_mm_is_faster() -> bool:
+    """Whether ``torch._int_mm`` beats the float32 GEMM by at least 1.5x here (one 256x1024x1024 product each,
+    best of three, at the current thread count); measured once per process."""
+    if _STATE["measured"] is None:
+        g = torch.Generator().manual_seed(0)
+        a = torch.randint(-127, 128, (256, 1024), dtype=torch.int8, generator=g)
+        b = torch.randint(-127, 128, (1024, 1024), dtype=torch.int8, generator=g)
+        af, bf = a.float(), b.float()
+        try:
+            t_int = _best_of(lambda: torch._int_mm(a, b))
+        except (RuntimeError, NotImplementedError):
+            t_int = float("inf")
+        _STATE["measured"] = t_int * 1.5 < _best_of(lambda: af @ bf)
+    return _STATE["measured"]
+
+
+def _use_int_mm() -> bool:
+    path = cpu_int8_path()
+    if path not in _PATHS:
+        raise UsageError(f"MPSEARCH_CPU_INT8={path!r} is not a CPU int8 path; use one of {', '.join(_PATHS)}")
+    return path == "int_mm" or (path == "auto" and int_mm_is_faster())
+
+
+@register_kernel("cpu", "int8", activations=True)
+def int8_linear_cpu(x2, packed, *, cache=None, dequantized=None):
+    """``Int8.matmul`` with the integer product on ``torch._int_mm`` (None: the reference path is faster)."""
+    if not _use_int_mm():
+        return None
+    return int8_linear(x2, packed, cache=cache)
+
+
+@register_kernel("cpu", "int8", activations=True, op="patches")
+def int8_patches_cpu(x, packed, kernel, dilation, padding, stride, *, cache=None, dequantized=None):
+    """``Int8.matmul_patches`` from a channels-last copy of the input: patch amax = max-pool of the per-pixel
+    channel amax, codes by one in-order division pass, the product on ``torch._int_mm``."""
+    qw = packed.tensors["qweight"]
+    if x.dim() != 4 or qw.shape[1] > _INT32_SAFE_K or not _use_int_mm():
+        return None
+    kh, kw = kernel
+    n, c = x.shape[:2]
+    if c * kh * kw != qw.shape[1]:
+        return None
+    xl = x.to(torch.float32).permute(0, 2, 3, 1)  # NHWC view; padded and made contiguous in one copy below
+    xl = F.pad(xl, (0, 0, padding[1], padding[1], padding[0], padding[0])).contiguous() \
+        if (padding[0] or padding[1]) else xl.contiguous()
+    _, h, w, _ = xl.shape
+    oh = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if n * oh * ow == 0 or c == 0:
+        return None
+    mn, mx = torch.aminmax(xl, dim=3)
+    pix = torch.maximum(mx, -mn).abs_()  # (n, h, w): amax over channels of each padded pixel
+    amax = F.max_pool2d(pix[:, None], (kh, kw), stride=stride, dilation=dilation)[:, 0]  # (n, oh, ow)
+    sx = row_scales(amax).reshape(-1)
+    sn, sh, sw, sc = xl.stride()
+    view = xl.as_strided((n, oh, ow, kh, kw, c), (sn, sh * stride[0], sw * stride[1], sh * dilation[0],
+                                                   sw * dilation[1], sc))
+    qx = quantize_with_scales(view, sx.view(n, oh, ow, 1, 1, 1)).view(n * oh * ow, kh * kw * c)
+    qwl = qw.view(qw.shape[0], c, kh, kw).permute(0, 2, 3, 1).reshape(qw.shape[0], kh * kw * c)
+    y = rescale(int_mm_padded(qx, qwl), sx, packed.tensors["scale"]).to(x.dtype)
+    return y, oh, ow
+
+
+__all__ = ["cpu_int8_path", "int_mm_is_faster", "int8_linear_cpu", "int8_patches_cpu"]
