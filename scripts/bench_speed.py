@@ -8,7 +8,7 @@ median over rounds; each ratio is to fp32 timed in the same rounds). Also: the d
 
     python scripts/bench_speed.py [--rounds 5] [--threads 2] [--steps 4] [--profile] [--compile]
 
-``--compile`` adds a row per 4-bit plan run through the optional compiled CPU kernels
+``--compile`` adds a row per plan run through the optional compiled CPU kernels
 (``mpsearch.runtime.kernels.cpu_compiled``: bit for bit the same output, fused loops).
 
 ``--profile`` prints where the time of one call goes (torch.profiler, by op) for each plan instead.
@@ -31,10 +31,27 @@ from mpsearch.models import describe, measured_bytes
 from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.kernels.cpu_compiled import compiled_cpu_kernels
+from mpsearch.runtime.kernels.cpu_int8 import cpu_int8_path, int_mm_is_faster
 from mpsearch.testing import real_size_pipeline
 
 PROMPT = "a photograph of an astronaut riding a horse"
 SEED = 1234
+
+
+def cpu_flags() -> str:
+    """The CPU's model and its int8 dot-product features (what decides whether _int_mm is fast)."""
+    name, flags = "?", set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and name == "?":
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    have = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{name} ({', '.join(have) or 'flags unknown'}; torch capability {torch.backends.cpu.get_cpu_capability()})"
 
 
 def unet_inputs(unet):
@@ -73,7 +90,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=4, help="denoising steps of the image (MSE vs fp)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated plan names to keep (substring match)")
-    ap.add_argument("--compile", action="store_true", help="also time the 4-bit plans with compiled CPU kernels")
+    ap.add_argument("--compile", action="store_true", help="also time the plans with compiled CPU kernels")
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -93,13 +110,25 @@ def main(argv=None) -> None:
         nbytes[name] = (plan.predicted_bytes, measured_bytes(m))
     compiled = set()
     if args.compile:
-        for name in [n for n in plans if "int4" in n or "nvfp4" in n]:
+        for name in list(plans):
             models[f"{name}, compiled"] = models[name]
             nbytes[f"{name}, compiled"] = nbytes[name]
             compiled.add(f"{name}, compiled")
 
+    float_int8 = [n for n in plans if "int8" in n and "uniform" in n]
+    for name in float_int8:  # the same model through the reference path: the exact product on the float GEMM
+        models[f"{name}, float GEMM path"] = models[name]
+        nbytes[f"{name}, float GEMM path"] = nbytes[name]
+
+    @contextlib.contextmanager
     def kernels(name):
-        return compiled_cpu_kernels() if name in compiled else contextlib.nullcontext()
+        before = cpu_int8_path()
+        cpu_int8_path("float" if name.endswith("float GEMM path") else before)
+        try:
+            with compiled_cpu_kernels() if name in compiled else contextlib.nullcontext():
+                yield
+        finally:
+            cpu_int8_path(before)
 
     for name, m in models.items():  # warm-up (and compilation)
         with kernels(name):
@@ -141,10 +170,11 @@ def main(argv=None) -> None:
             f"random weights, fp32): 32x32 latents, CFG batch 2, 77 text tokens; torch threads = {args.threads}; "
             f"{args.rounds} rounds, every plan timed once per round, interleaved; the ratio is the median of "
             f"the per-round ratios to fp32. Image: `{PROMPT}`, seed {SEED}, 64 px, {args.steps} DDIM steps, "
-            "guidance 7.5, pixels in [0, 1]. INT8 is W8A8, its exact integer product run on the CPU's float "
-            "GEMM in slices of at most 1040 inputs (this AVX2 CPU has no VNNI: `torch._int_mm` is 15-30x and "
-            "fbgemm's int8 GEMM at most 1.16x fp32's speed at 2048x1280x1280 (0.79x with its dynamic activation quantization), so no int8 kernel here can make W8A8 "
-            "2x faster than fp32); NVFP4 is W4A4 emulated in float32 (weights decoded by a byte-table gather, "
+            f"guidance 7.5, pixels in [0, 1]. CPU: {cpu_flags()}. INT8 is W8A8 with its exact integer product "
+            f"on `torch._int_mm` where that is measured faster than the float GEMM (here: "
+            f"{'yes' if int_mm_is_faster() else 'no'}; `mpsearch.runtime.kernels.cpu_int8`), else on the CPU's "
+            "float GEMM in slices of at most 1040 inputs; the `float GEMM path` row runs the same model through "
+            "the latter (both bit for bit the same numbers); NVFP4 is W4A4 emulated in float32 (weights decoded by a byte-table gather, "
             "activations fake-quantized without codes); INT4 is weight-only (decoded per call). `compiled` rows run the "
             "same plan through the optional compiled CPU kernels (`mpsearch.compiled_cpu_kernels()`, torch.compile: "
             "the same arithmetic bit for bit in fused loops; compilation excluded from the times). The 35% plan is "

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mpsearch.formats import get_format
-from mpsearch.runtime.kernels import find_kernel, reference_only
+from mpsearch.runtime.kernels import cpu_int8, find_kernel, reference_only
 from mpsearch.runtime.kernels.cpu_compiled import compiled_cpu_kernels
 from mpsearch.runtime.qmodules import quantized_module
 
@@ -15,24 +15,40 @@ def _same(a, b):
     return a.shape == b.shape and torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
 
 
-@pytest.mark.parametrize("fmt", ["nvfp4", "int4", "int4-g64"])
-def test_compiled_kernels_match_the_reference_bit_for_bit(fmt):
+@pytest.fixture
+def int_mm():
+    """int8 on torch._int_mm (what the compiled int8 kernels run), on any CPU."""
+    was = cpu_int8._STATE["path"]
+    cpu_int8.cpu_int8_path("int_mm")
+    yield
+    cpu_int8._STATE["path"] = was
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "int4", "int4-g64", "int8"])
+def test_compiled_kernels_match_the_reference_bit_for_bit(fmt, int_mm):
     torch.manual_seed(0)
+    act = get_format(fmt).quantizes_activations
+    before = find_kernel("cpu", fmt, act, "linear")
     lin = nn.Linear(256, 96)
     conv = nn.Conv2d(128, 48, 3, padding=1)  # 1152 inputs: every group size divides them
     mods = [quantized_module(m, get_format(fmt).quantize(m.weight.detach())) for m in (lin, conv)]
     x = torch.randn(37, 256) * 3
+    x[3] = 0  # a row whose int8 scale is 0 (codes 0)
     # another token count and another image size: the same compiled code (dynamic shapes)
-    calls = [(mods[0], x), (mods[1], torch.randn(2, 128, 9, 7)), (mods[0], x[:5]), (mods[1], torch.randn(1, 128, 5, 6))]
+    img = torch.randn(2, 128, 9, 7)
+    img[1, :, :4] = 0  # patches of zeros only
+    calls = [(mods[0], x), (mods[1], img), (mods[0], x[:5]), (mods[1], torch.randn(1, 128, 5, 6))]
     with torch.no_grad():
         with reference_only():
             ref = [m(x) for m, x in calls]
         with compiled_cpu_kernels():
-            assert find_kernel("cpu", fmt, False, "linear") is not None
+            assert find_kernel("cpu", fmt, act, "linear") not in (None, before)
             got = [m(x) for m, x in calls]
     for r, g in zip(ref, got):
         assert _same(r, g)
-    assert find_kernel("cpu", fmt, False, "linear") is None  # off again outside the block
+    # off again outside the block: int8's own CPU kernel (torch._int_mm, uncompiled) is back, the others none
+    assert find_kernel("cpu", fmt, act, "linear") is before
+    assert (before is cpu_int8.int8_linear_cpu) == (fmt == "int8")
 
 
 def test_compiled_kernels_are_off_until_asked_and_can_be_turned_off():

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from mpsearch.errors import UsageError
 from mpsearch.formats.int8 import _INT32_SAFE_K, quantize_with_scales, rescale, row_scales
 from mpsearch.runtime.kernels import register_kernel
-from mpsearch.runtime.kernels.cuda import int8_linear, int_mm_padded
+from mpsearch.runtime.kernels.cuda import int_mm_padded
 
 _PATHS = ("auto", "int_mm", "float")
 _STATE: dict = {"path": None, "measured": None}
@@ -67,27 +67,39 @@ def int_mm_is_faster() -> bool:
     return _STATE["measured"]
 
 
-def _use_int_mm() -> bool:
+def uses_int_mm() -> bool:
+    """Whether INT8 calls on the CPU run their product on ``torch._int_mm`` now (see :func:`cpu_int8_path`)."""
     path = cpu_int8_path()
     if path not in _PATHS:
         raise UsageError(f"MPSEARCH_CPU_INT8={path!r} is not a CPU int8 path; use one of {', '.join(_PATHS)}")
     return path == "int_mm" or (path == "auto" and int_mm_is_faster())
 
 
-@register_kernel("cpu", "int8", activations=True)
-def int8_linear_cpu(x2, packed, *, cache=None, dequantized=None):
-    """``Int8.matmul`` with the integer product on ``torch._int_mm`` (None: the reference path is faster)."""
-    if not _use_int_mm():
+def _product(qx, qw, sx, scale, dtype, resc):
+    try:
+        acc = int_mm_padded(qx, qw)
+    except (RuntimeError, NotImplementedError):  # a torch build without the CPU int8 GEMM: the reference
         return None
-    return int8_linear(x2, packed, cache=cache)
+    return resc(acc, sx, scale).to(dtype)
 
 
-@register_kernel("cpu", "int8", activations=True, op="patches")
-def int8_patches_cpu(x, packed, kernel, dilation, padding, stride, *, cache=None, dequantized=None):
-    """``Int8.matmul_patches`` from a channels-last copy of the input: patch amax = max-pool of the per-pixel
-    channel amax, codes by one in-order division pass, the product on ``torch._int_mm``."""
+def linear_int_mm(x2, packed, *, codes=quantize_with_scales, resc=rescale):
+    """``Int8.matmul`` of a 2-D ``x2`` with the product on ``torch._int_mm``; ``codes(xf, scales)`` and
+    ``resc(acc, sx, scale)`` may be fused versions of the reference's (the compiled kernels pass theirs)."""
     qw = packed.tensors["qweight"]
-    if x.dim() != 4 or qw.shape[1] > _INT32_SAFE_K or not _use_int_mm():
+    if x2.dim() != 2 or x2.shape[1] != qw.shape[1] or not x2.numel() or qw.shape[1] > _INT32_SAFE_K:
+        return None
+    xf = x2.to(torch.float32)
+    mn, mx = torch.aminmax(xf, dim=1)
+    sx = row_scales(torch.maximum(mx, -mn).abs_())
+    return _product(codes(xf, sx[:, None]), qw, sx, packed.tensors["scale"], x2.dtype, resc)
+
+
+def patches_int_mm(x, packed, kernel, dilation, padding, stride, *, codes=quantize_with_scales, resc=rescale):
+    """``Int8.matmul_patches`` from a channels-last copy of the input: patch amax = max-pool of the per-pixel
+    channel amax, codes by one in-order pass, the product on ``torch._int_mm``; ``(y, oh, ow)`` or None."""
+    qw = packed.tensors["qweight"]
+    if x.dim() != 4 or qw.shape[1] > _INT32_SAFE_K:
         return None
     kh, kw = kernel
     n, c = x.shape[:2]
@@ -99,7 +111,7 @@ def int8_patches_cpu(x, packed, kernel, dilation, padding, stride, *, cache=None
     _, h, w, _ = xl.shape
     oh = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    if n * oh * ow == 0 or c == 0:
+    if n * oh * ow <= 0 or c == 0:
         return None
     mn, mx = torch.aminmax(xl, dim=3)
     pix = torch.maximum(mx, -mn).abs_()  # (n, h, w): amax over channels of each padded pixel
@@ -108,10 +120,23 @@ def int8_patches_cpu(x, packed, kernel, dilation, padding, stride, *, cache=None
     sn, sh, sw, sc = xl.stride()
     view = xl.as_strided((n, oh, ow, kh, kw, c), (sn, sh * stride[0], sw * stride[1], sh * dilation[0],
                                                    sw * dilation[1], sc))
-    qx = quantize_with_scales(view, sx.view(n, oh, ow, 1, 1, 1)).view(n * oh * ow, kh * kw * c)
-    qwl = qw.view(qw.shape[0], c, kh, kw).permute(0, 2, 3, 1).reshape(qw.shape[0], kh * kw * c)
-    y = rescale(int_mm_padded(qx, qwl), sx, packed.tensors["scale"]).to(x.dtype)
-    return y, oh, ow
+    qx = codes(view, sx.view(n, oh, ow, 1, 1, 1)).view(n * oh * ow, kh * kw * c)
+    qwl = qw.view(qw.shape[0], c, kh, kw).permute(0, 2, 3, 1).reshape(qw.shape[0], -1)  # columns (kh, kw, C)
+    y = _product(qx, qwl, sx, packed.tensors["scale"], x.dtype, resc)
+    return None if y is None else (y, oh, ow)
 
 
-__all__ = ["cpu_int8_path", "int_mm_is_faster", "int8_linear_cpu", "int8_patches_cpu"]
+@register_kernel("cpu", "int8", activations=True)
+def int8_linear_cpu(x2, packed, *, cache=None, dequantized=None):
+    """``Int8.matmul`` with the integer product on ``torch._int_mm`` (None: the reference path is faster)."""
+    return linear_int_mm(x2, packed) if uses_int_mm() else None
+
+
+@register_kernel("cpu", "int8", activations=True, op="patches")
+def int8_patches_cpu(x, packed, kernel, dilation, padding, stride, *, cache=None, dequantized=None):
+    """The conv with quantized activations on ``torch._int_mm`` (None: the reference path is faster)."""
+    return patches_int_mm(x, packed, kernel, dilation, padding, stride) if uses_int_mm() else None
+
+
+__all__ = ["cpu_int8_path", "int_mm_is_faster", "uses_int_mm", "linear_int_mm", "patches_int_mm",
+           "int8_linear_cpu", "int8_patches_cpu"]
