@@ -24,6 +24,11 @@ SPLITS = {"profile": PROFILE_SEEDS, "search": SEARCH_SEEDS, "dev": DEV_SEEDS, "t
 __all__ = ["PROFILE_SEEDS", "SEARCH_SEEDS", "DEV_SEEDS", "TEST_SEEDS", "SPLITS", "evidence_budgets"]
 
 
+#: the evidence budgets' names, lowest first (a model keeps those inside its feasible range)
+BUDGET_NAMES = ("min+25% to nvfp4", "min+50% to nvfp4", "min+75% to nvfp4", "=nvfp4", "nvfp4+33% to int8",
+                "nvfp4+67% to int8")
+
+
 def evidence_budgets(info, min_bytes: int) -> dict[str, int]:
     """Byte budgets across a model's feasible range, computed from the model, none above uniform INT8:
     three between the smallest feasible plan (``min_bytes``) and uniform NVFP4 (where mixing 4-bit formats

@@ -37,8 +37,10 @@ A model's run can also be split across processes (``--budgets`` names some of it
 leaves the cache rows to another part); ``--from-results`` merges the parts, e.g. for the UNet (about 30
 minutes per budget on one core of this machine)::
 
-    python scripts/bench_all.py --models default-unet --no-doc --budgets 'min+25%,min+50%,min+75%' --no-cache --save-results /tmp/u1.json &
-    python scripts/bench_all.py --models default-unet --no-doc --budgets '=nvfp4,nvfp4+33%,nvfp4+67%' --save-results /tmp/u2.json; wait
+    python scripts/bench_all.py --models default-unet --no-doc --measured /tmp/m --no-cache \
+        --budgets 'min+25% to nvfp4,min+50% to nvfp4,min+75% to nvfp4' --save-results /tmp/u1.json
+    python scripts/bench_all.py --models default-unet --no-doc --measured /tmp/m \
+        --budgets '=nvfp4,nvfp4+33% to int8,nvfp4+67% to int8' --save-results /tmp/u2.json  # after u1 measured
 
 With ``--measured DIR`` the first part keeps the profiles and the rivals' measurements in DIR and a later part
 started after it reuses them (the same numbers: every measurement is seeded).
@@ -72,7 +74,7 @@ from mpsearch.budget import format_bytes  # noqa: E402
 from mpsearch.cache_units import compute_shares, get_unit  # noqa: E402
 from mpsearch.classifier import load_classifier  # noqa: E402
 from mpsearch.evaluate import evaluate_plan  # noqa: E402
-from mpsearch.evidence import PROFILE_SEEDS, SEARCH_SEEDS, SPLITS, evidence_budgets  # noqa: E402
+from mpsearch.evidence import BUDGET_NAMES, PROFILE_SEEDS, SEARCH_SEEDS, SPLITS, evidence_budgets  # noqa: E402
 from mpsearch.models import describe, get_denoiser  # noqa: E402
 from mpsearch.plan import Plan  # noqa: E402
 from mpsearch.profiling.cache_costs import measure_costs  # noqa: E402
@@ -485,7 +487,7 @@ def main(argv=None) -> int:
     ap.add_argument("--from-results", metavar="JSON", help="render the section and plot from saved runs "
                     "(comma-separated; parts of one model's run, split by --budgets / --no-cache, are merged)")
     ap.add_argument("--budgets", default=None, help="measure only these budgets (comma-separated names, e.g. "
-                    "'min+25%%,min+50%%'): one part of a run split across processes")
+                    "'min+25%% to nvfp4,=nvfp4'): one part of a run split across processes")
     ap.add_argument("--measured", metavar="DIR", help="keep the profiles and the rivals' measurements here, or reuse "
                     "them when an earlier part of a split run left them (saves the UNet's ~18 min of measuring)")
     ap.add_argument("--no-cache", action="store_true", help="leave the cache rows to another part of a split run")
@@ -501,6 +503,9 @@ def main(argv=None) -> int:
     args.seeds = SPLITS[args.split][:1] if args.quick else SPLITS[args.split]
     args.ks = [int(k) for k in args.ks.split(",")]
     args.budgets = None if args.budgets is None else [b for b in args.budgets.split(",") if b]
+    unknown = [b for b in args.budgets or () if b not in BUDGET_NAMES]
+    if unknown:  # before anything is measured
+        ap.error(f"--budgets {','.join(unknown)}: the budgets are named {','.join(BUDGET_NAMES)}")
     t0 = time.perf_counter()
     command = "python scripts/bench_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.from_results:  # one saved run, or several (e.g. one per model, run side by side) rendered as one

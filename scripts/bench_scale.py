@@ -120,8 +120,8 @@ def _table(results: dict) -> str:
             r = e["repeats"]
             g = sorted(x["gen_s"] for x in r)[len(r) // 2]
             p = sorted(x["profile_s"] for x in r)[len(r) // 2]
-            mg = max(x["gen_peak_gb"] for x in r)
-            mp = max(x["profile_peak_gb"] for x in r)
+            worst = max(r, key=lambda x: x["profile_peak_gb"] / x["gen_peak_gb"])  # the repeat of the memory ratio
+            mg, mp = worst["gen_peak_gb"], worst["profile_peak_gb"]
             opts = ", ".join(f"{k}={v}" for k, v in e["options"].items()) or "exact"
             est = e.get("estimate")
             est_s = (f"{est['seconds']:.0f} s, {est['peak_gb']:.1f} GB (measured {est['measured_s']:.0f} s, "
@@ -131,6 +131,16 @@ def _table(results: dict) -> str:
                          f"{opts} | {g:.1f} s | {p:.1f} s | **{e['time_ratio']:.1f}x** | {mg:.2f} GB | {mp:.2f} GB | "
                          f"**{e['memory_ratio']:.2f}x** | {est_s} |")
     return "\n".join(lines)
+
+
+def _commands(results: dict) -> str:
+    """Which command and machine measured which rows."""
+    seen: dict = {}
+    for label, entries in results.items():
+        for e in entries:
+            key = (e.get("command", "(not recorded)"), e.get("machine", "?"))
+            seen.setdefault(key, []).append(f"{label}: {e['model']} {e['steps']} steps")
+    return "Measured by:\n\n" + "\n".join(f"- `{c}` on {m}: {', '.join(rows)}" for (c, m), rows in seen.items())
 
 
 def main(argv=None) -> None:
@@ -147,15 +157,18 @@ def main(argv=None) -> None:
     ap.add_argument("--estimate", action="store_true", help="also run --estimate and show it beside the run")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-doc", action="store_true")
+    ap.add_argument("--render", action="store_true", help="measure nothing: rewrite the section from the results file")
     args = ap.parse_args(argv)
     options = {k: v for k, v in (("sample", args.sample), ("replay_steps", args.replay_steps),
                                  ("replay_batch", args.replay_batch)) if v is not None}
     if args.replay_checkpoint:
         options["replay_checkpoint"] = True
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    entries = [bench_model(m, args, args.device, options) for m in args.models.split(",")]
+    entries = [] if args.render else [bench_model(m, args, args.device, options) for m in args.models.split(",")]
+    command = "python scripts/bench_scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
     for e in entries:
         e["machine"] = machine() if args.device == "cpu" else torch.cuda.get_device_name()
+        e["command"] = command
     kept = [e for e in results.get(args.label, [])
             if not any((e["model"], e["size"], e["steps"], e["device"]) == (n["model"], n["size"], n["steps"], n["device"])
                        and e["options"] == n["options"] for n in entries)]
@@ -165,11 +178,11 @@ def main(argv=None) -> None:
         body = ("One plain generation vs `mpsearch.profile` (formats int8, nvfp4, int4; one prompt, seed 0, guidance "
                 "7.5 except DiT-XL) of the same conditions, in one process, alternating. Peak memory is peak RSS "
                 "reset between phases on the CPU (so it includes the model's own weights and the pipeline), "
-                "torch.cuda.max_memory_allocated on a GPU. Time ratio: median over repeats; memory ratio: worst. "
+                "torch.cuda.max_memory_allocated on a GPU. Times and time ratio: medians over repeats; memory ratio: the "
+                "worst repeat (its two peaks shown). "
                 "Targets: <= 3x time, <= 1.25x memory. `before` = the profiler before issue 15 (a dequantized "
-                "copy of every layer in every format).\n\n" + _table(results))
-        write_section("scale", "Profiling at real size: profile vs one generation", body,
-                      "python scripts/bench_scale.py " + " ".join(sys.argv[1:] if argv is None else argv))
+                "copy of every layer in every format).\n\n" + _table(results) + "\n\n" + _commands(results))
+        write_section("scale", "Profiling at real size: profile vs one generation", body, command)
 
 
 if __name__ == "__main__":

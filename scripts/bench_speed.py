@@ -25,7 +25,7 @@ import contextlib
 
 import torch
 
-from benchdoc import write_section
+from benchdoc import cpu_model, write_section
 from mpsearch.archs import plan_without_weights
 from mpsearch.models import describe, measured_bytes
 from mpsearch.plan import Plan
@@ -36,22 +36,6 @@ from mpsearch.testing import real_size_pipeline
 
 PROMPT = "a photograph of an astronaut riding a horse"
 SEED = 1234
-
-
-def cpu_flags() -> str:
-    """The CPU's model and its int8 dot-product features (what decides whether _int_mm is fast)."""
-    name, flags = "?", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and name == "?":
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    have = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return f"{name} ({', '.join(have) or 'flags unknown'}; torch capability {torch.backends.cpu.get_cpu_capability()})"
 
 
 def unet_inputs(unet):
@@ -170,7 +154,8 @@ def main(argv=None) -> None:
             f"random weights, fp32): 32x32 latents, CFG batch 2, 77 text tokens; torch threads = {args.threads}; "
             f"{args.rounds} rounds, every plan timed once per round, interleaved; the ratio is the median of "
             f"the per-round ratios to fp32. Image: `{PROMPT}`, seed {SEED}, 64 px, {args.steps} DDIM steps, "
-            f"guidance 7.5, pixels in [0, 1]. CPU: {cpu_flags()}. INT8 is W8A8 with its exact integer product "
+            f"guidance 7.5, pixels in [0, 1]. CPU: {cpu_model()} (torch capability "
+            f"{torch.backends.cpu.get_cpu_capability()}). INT8 is W8A8 with its exact integer product "
             f"on `torch._int_mm` where that is measured faster than the float GEMM (here: "
             f"{'yes' if int_mm_is_faster() else 'no'}; `mpsearch.runtime.kernels.cpu_int8`), else on the CPU's "
             "float GEMM in slices of at most 1040 inputs; the `float GEMM path` row runs the same model through "

@@ -15,12 +15,28 @@ and the machine it ran on. Speeds are ratios against a baseline run side by side
 """
 
 
+def cpu_model() -> str:
+    """The CPU's model name and the vector features that decide which kernels are fast (int8 dot products)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return name
+    have = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{name}, {'/'.join(have) or 'no AVX2'}"
+
+
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    return (f"{platform.system()} {platform.machine()} ({cpu}), {os.cpu_count()} CPUs, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    return (f"{platform.system()} {platform.machine()} ({cpu_model()}), {os.cpu_count()} CPUs, torch "
+            f"{torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
 def write_section(name: str, title: str, body: str, command: str) -> Path:
