@@ -31,7 +31,7 @@ from mpsearch.models import describe, measured_bytes
 from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.kernels.cpu_compiled import compiled_cpu_kernels
-from mpsearch.runtime.kernels.cpu_int8 import cpu_int8_path, int_mm_is_faster
+from mpsearch.runtime.kernels.cpu_int8 import int_mm_is_faster, using_cpu_int8_path
 from mpsearch.testing import real_size_pipeline
 
 PROMPT = "a photograph of an astronaut riding a horse"
@@ -106,13 +106,9 @@ def main(argv=None) -> None:
 
     @contextlib.contextmanager
     def kernels(name):
-        before = cpu_int8_path()
-        cpu_int8_path("float" if name.endswith("float GEMM path") else before)
-        try:
-            with compiled_cpu_kernels() if name in compiled else contextlib.nullcontext():
-                yield
-        finally:
-            cpu_int8_path(before)
+        with (using_cpu_int8_path("float") if name.endswith("float GEMM path") else contextlib.nullcontext(),
+              compiled_cpu_kernels() if name in compiled else contextlib.nullcontext()):
+            yield
 
     for name, m in models.items():  # warm-up (and compilation)
         with kernels(name):

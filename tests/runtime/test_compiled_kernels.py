@@ -15,15 +15,6 @@ def _same(a, b):
     return a.shape == b.shape and torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
 
 
-@pytest.fixture
-def int_mm():
-    """int8 on torch._int_mm (what the compiled int8 kernels run), on any CPU."""
-    was = cpu_int8._STATE["path"]
-    cpu_int8.cpu_int8_path("int_mm")
-    yield
-    cpu_int8._STATE["path"] = was
-
-
 @pytest.mark.parametrize("fmt", ["nvfp4", "int4", "int4-g64", "int8"])
 def test_compiled_kernels_match_the_reference_bit_for_bit(fmt, int_mm):
     torch.manual_seed(0)

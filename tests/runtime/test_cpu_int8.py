@@ -16,14 +16,6 @@ from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 INT8 = get_format("int8")
 
 
-@pytest.fixture
-def int_mm():
-    was = cpu_int8._STATE["path"]
-    cpu_int8.cpu_int8_path("int_mm")
-    yield
-    cpu_int8._STATE["path"] = was
-
-
 def _weight(out, inp, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(out, inp, generator=g) * torch.rand(out, 1, generator=g)
@@ -58,27 +50,21 @@ def test_quantized_modules_give_the_same_numbers_on_either_path():
     ql = QuantLinear(INT8.quantize(lin.weight.detach()), lin.bias)
     qc = QuantConv2d(conv, INT8.quantize(conv.weight.detach()), conv.bias)
     x, img = torch.randn(3, 5, 96), torch.randn(2, 6, 8, 8)
-    was = cpu_int8._STATE["path"]
-    try:
-        out = {}
-        for path in ("float", "int_mm"):
-            cpu_int8.cpu_int8_path(path)
+    out = {}
+    for path in ("float", "int_mm"):
+        with cpu_int8.using_cpu_int8_path(path):
             out[path] = (ql(x), qc(img))
-        assert all(torch.equal(a, b) for a, b in zip(out["float"], out["int_mm"]))
-    finally:
-        cpu_int8._STATE["path"] = was
+    assert all(torch.equal(a, b) for a, b in zip(out["float"], out["int_mm"]))
 
 
 def test_float_path_declines_so_the_reference_runs():
     was = cpu_int8._STATE["path"]
-    try:
-        cpu_int8.cpu_int8_path("float")
+    with cpu_int8.using_cpu_int8_path("float"):
         packed = INT8.quantize(_weight(4, 16))
         assert cpu_int8.int8_linear_cpu(torch.randn(3, 16), packed) is None
         assert cpu_int8.int8_patches_cpu(torch.randn(1, 16, 2, 2), INT8.quantize(_weight(4, 16).view(4, 16, 1, 1)),
                                          (1, 1), (1, 1), (0, 0), (1, 1)) is None
-    finally:
-        cpu_int8._STATE["path"] = was
+    assert cpu_int8._STATE["path"] == was  # restored after the block
 
 
 def test_auto_measures_once_and_a_bad_choice_is_a_one_line_error(monkeypatch):

@@ -16,6 +16,7 @@ no cached second copy). The integer sums do not depend on the columns' order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -39,6 +40,17 @@ def cpu_int8_path(path: str | None = None) -> str:
             raise UsageError(f"unknown CPU int8 path {path!r}; use one of {', '.join(_PATHS)}")
         _STATE["path"] = path
     return _STATE["path"] or os.environ.get("MPSEARCH_CPU_INT8", "auto")
+
+
+@contextlib.contextmanager
+def using_cpu_int8_path(path: str):
+    """Inside the block the CPU's INT8 path is ``path`` (see :func:`cpu_int8_path`); after it, as it was."""
+    was = _STATE["path"]
+    cpu_int8_path(path)
+    try:
+        yield
+    finally:
+        _STATE["path"] = was
 
 
 def _best_of(fn, n: int = 3) -> float:
@@ -138,5 +150,5 @@ def int8_patches_cpu(x, packed, kernel, dilation, padding, stride, *, cache=None
     return patches_int_mm(x, packed, kernel, dilation, padding, stride) if uses_int_mm() else None
 
 
-__all__ = ["cpu_int8_path", "int_mm_is_faster", "uses_int_mm", "linear_int_mm", "patches_int_mm",
+__all__ = ["cpu_int8_path", "using_cpu_int8_path", "int_mm_is_faster", "uses_int_mm", "linear_int_mm", "patches_int_mm",
            "int8_linear_cpu", "int8_patches_cpu"]
