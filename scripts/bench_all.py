@@ -384,6 +384,9 @@ def render(results, args, seconds) -> str:
         for kind in ("content", "quality"):
             a = ag[kind]
             lines.append(f"| {kind} | {a['n']} | {a['decoupled']:.2f} | {a['local_gn']:.2f} |")
+        if not r["cache"]:
+            lines += ["", "Cache: DP against the uniform interval was not measured for this model in this run.", ""]
+            continue
         lines += ["", f"Cache: DP against the uniform interval (unit `{r['unit']}`, {r['share']:.0%} of a step's "
                   f"FLOPs; reuse costs measured on the profile seeds x all labels in {r['t_cache']:.0f} s):", "",
                   f"| weights | K of {args.steps} | DP MSE mean / median / p90 | uniform MSE mean / median / p90 | "
