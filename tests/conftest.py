@@ -5,6 +5,7 @@ import torch
 from diffusers import DDIMScheduler, DiTTransformer2DModel, UNet2DModel
 
 from mpsearch.pipeline import DigitsPipeline
+from mpsearch.runtime.kernels.cpu_int8 import using_cpu_int8_path
 
 
 def tiny_dit(seed: int = 0) -> DiTTransformer2DModel:
@@ -69,3 +70,10 @@ class Tiny(torch.nn.Module):
 
     def forward(self, x):
         return self.b(torch.tanh(self.a(x)))
+
+
+@pytest.fixture
+def int_mm():
+    """INT8 on torch._int_mm (what the int8 CPU kernels, compiled or not, run), on any CPU."""
+    with using_cpu_int8_path("int_mm"):
+        yield
