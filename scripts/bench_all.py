@@ -419,10 +419,12 @@ def render(results, args, seconds) -> str:
     cv = {}
     for (model, quant, k), c in an["cache"].items():
         cv.setdefault((model, quant), []).append((k, c["verdict"]))
-    lines += ["", "DP cache schedule against the uniform interval on these seeds (better / tie / worse over K): " + "; ".join(
-        f"{model} {quant}: {sum(v == 'better' for _, v in ks)} / {sum(v == 'tie' for _, v in ks)} / "
-        f"{sum(v == 'worse' for _, v in ks)}" for (model, quant), ks in cv.items()) + ".",
-        "", f"![every method at every budget](img/{IMG.name})"]
+    if cv:
+        lines += ["", "DP cache schedule against the uniform interval on these seeds (better / tie / worse over K): "
+                  + "; ".join(f"{model} {quant}: {sum(v == 'better' for _, v in ks)} / "
+                              f"{sum(v == 'tie' for _, v in ks)} / {sum(v == 'worse' for _, v in ks)}"
+                              for (model, quant), ks in cv.items()) + "."]
+    lines += ["", f"![every method at every budget](img/{IMG.name})"]
     return "\n".join(lines)
 
 
