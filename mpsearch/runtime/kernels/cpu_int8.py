@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from mpsearch.errors import UsageError
-from mpsearch.formats.int8 import _INT32_SAFE_K, quantize_with_scales, rescale, row_scales
+from mpsearch.formats.int8 import _INT32_SAFE_K, int8_matmul, quantize_with_scales, rescale, row_scales
 from mpsearch.runtime.kernels import register_kernel
-from mpsearch.runtime.kernels.cuda import int_mm_padded
 
 _PATHS = ("auto", "int_mm", "float")
 _STATE: dict = {"path": None, "measured": None}
@@ -88,11 +87,8 @@ def uses_int_mm() -> bool:
 
 
 def _product(qx, qw, sx, scale, dtype, resc):
-    try:
-        acc = int_mm_padded(qx, qw)
-    except (RuntimeError, NotImplementedError):  # a torch build without the CPU int8 GEMM: the reference
-        return None
-    return resc(acc, sx, scale).to(dtype)
+    # formats.int8.int8_matmul: torch._int_mm as the CPU takes it (no padding), exact fallbacks where it cannot
+    return resc(int8_matmul(qx, qw), sx, scale).to(dtype)
 
 
 def linear_int_mm(x2, packed, *, codes=quantize_with_scales, resc=rescale):
@@ -135,7 +131,7 @@ def patches_int_mm(x, packed, kernel, dilation, padding, stride, *, codes=quanti
     qx = codes(view, sx.view(n, oh, ow, 1, 1, 1)).view(n * oh * ow, kh * kw * c)
     qwl = qw.view(qw.shape[0], c, kh, kw).permute(0, 2, 3, 1).reshape(qw.shape[0], -1)  # columns (kh, kw, C)
     y = _product(qx, qwl, sx, packed.tensors["scale"], x.dtype, resc)
-    return None if y is None else (y, oh, ow)
+    return y, oh, ow
 
 
 @register_kernel("cpu", "int8", activations=True)
