@@ -120,11 +120,17 @@ def nvfp4_decode_packed(qweight: torch.Tensor, bs8: torch.Tensor, s_t: torch.Ten
     return vals.mul_(eff[..., None]).reshape(rows, cols)
 
 
-def nvfp4_fake_quantize(x2: torch.Tensor, tensor_amax: torch.Tensor | float | None = None) -> torch.Tensor:
+def nvfp4_fake_quantize(x2: torch.Tensor, tensor_amax: torch.Tensor | float | None = None, *,
+                        out: torch.Tensor | None = None) -> torch.Tensor:
     """float32 ``nvfp4_decode(*nvfp4_encode(x2, tensor_amax))`` computed without codes: the magnitude is
     rounded onto the E2M1 grid arithmetically (spacing 0.5 below 1.75, 1 below 3.5, 2 above, saturating at
     6, ties to even), given x's sign and multiplied by the block's effective scale -- the same operations on
-    the same values as encode + decode, in about half the passes over the activation. Bit for bit."""
+    the same values as encode + decode, in about half the passes over the activation. Bit for bit.
+    ``out``: a contiguous float32 (rows, cols) tensor to write the result into (it may be ``x2`` itself)."""
+    if torch.is_grad_enabled() and x2.requires_grad:  # a straight-through gradient (the rounding has none)
+        with torch.no_grad():
+            q = nvfp4_fake_quantize(x2, tensor_amax, out=out)
+        return _StraightThrough.apply(x2, q)
     rows, cols = x2.shape
     x, ax, _, _, eff, live = _scales(x2, tensor_amax)
     y = ax.div_(torch.where(live, eff, torch.ones_like(eff))[..., None])  # |x| / eff, in place
@@ -133,7 +139,24 @@ def nvfp4_fake_quantize(x2: torch.Tensor, tensor_amax: torch.Tensor | float | No
     hi = torch.mul(y, 0.5).round_().clamp_(max=3.0).mul_(2.0)  # 4, 6 (saturating)
     v = torch.where(y < 1.75, lo, torch.where(y < 3.5, mid, hi))
     v = torch.where(live[..., None], v, torch.zeros_like(v))
+    if out is not None:
+        torch.mul(v.copysign_(x), eff[..., None], out=out.view(rows, cols // BLOCK, BLOCK))
+        return out
     return v.copysign_(x).mul_(eff[..., None]).reshape(rows, cols)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the quantized values; backward: the gradient passed to the input unchanged (the usual
+    straight-through estimator of quantization-aware training)."""
+
+    @staticmethod
+    def forward(ctx, x, q):
+        ctx.dtype = x.dtype
+        return q.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.to(ctx.dtype), None
 
 
 @register_format

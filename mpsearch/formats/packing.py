@@ -30,11 +30,19 @@ def decode_nibbles(packed: torch.Tensor, values: tuple[float, ...]) -> torch.Ten
     Bit for bit ``torch.tensor(values)[unpack_nibbles(packed).long()]``."""
     if len(values) != 16:
         raise FormatError(f"decode_nibbles needs a value for each of the 16 codes, got {len(values)}")
-    key = (values, str(packed.device))
+    out = F.embedding(packed.to(torch.int32), pair_table(values, packed.device))  # (..., n, 2)
+    return out.reshape(*packed.shape[:-1], packed.shape[-1] * 2)
+
+
+def pair_table(values: tuple[float, ...], device) -> torch.Tensor:
+    """float32 (256, 2): row b holds ``(values[b & 15], values[b >> 4])``, the two values byte b decodes to."""
+    if len(values) != 16:
+        raise FormatError(f"a nibble table needs a value for each of the 16 codes, got {len(values)}")
+    key = (tuple(values), str(device))
     table = _tables.get(key)
     if table is None:
         v = torch.tensor(values, dtype=torch.float32)
         b = torch.arange(256)
-        table = _tables[key] = torch.stack((v[b & 0x0F], v[b >> 4]), dim=1).to(packed.device)
-    out = F.embedding(packed.to(torch.int32), table)  # (..., n, 2)
-    return out.reshape(*packed.shape[:-1], packed.shape[-1] * 2)
+        with torch.inference_mode(False):
+            table = _tables[key] = torch.stack((v[b & 0x0F], v[b >> 4]), dim=1).to(device)
+    return table

@@ -43,13 +43,16 @@ def test_compiled_kernels_match_the_reference_bit_for_bit(fmt, int_mm):
 
 
 def test_compiled_kernels_are_off_until_asked_and_can_be_turned_off():
-    assert find_kernel("cpu", "nvfp4", True, "linear") is None
+    from mpsearch.runtime.kernels import cpu_compiled, cpu_decode
+
+    eager = find_kernel("cpu", "nvfp4", True, "patches")
+    assert eager is cpu_decode.nvfp4_patches_cpu  # the eager workspace kernel until asked
     compiled_cpu_kernels()
     try:
-        assert find_kernel("cpu", "nvfp4", True, "patches") is not None
+        assert find_kernel("cpu", "nvfp4", True, "patches") is cpu_compiled._patches
     finally:
         compiled_cpu_kernels(False)
-    assert find_kernel("cpu", "nvfp4", True, "patches") is None
+    assert find_kernel("cpu", "nvfp4", True, "patches") is eager  # put back
 
 
 def test_a_failed_compilation_is_one_line_naming_the_fix(monkeypatch):

@@ -10,7 +10,7 @@ from torch import nn
 from mpsearch.errors import UsageError
 from mpsearch.formats import get_format
 from mpsearch.runtime import kernels
-from mpsearch.runtime.kernels import cpu_int8
+from mpsearch.runtime.kernels import cpu_int8, workspace
 from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 
 INT8 = get_format("int8")
@@ -21,8 +21,20 @@ def _weight(out, inp, seed=0):
     return torch.randn(out, inp, generator=g) * torch.rand(out, 1, generator=g)
 
 
+@pytest.fixture(params=["workspace", "tiny-blocks", "fresh"])
+def temporaries(request, monkeypatch):
+    """Codes and accumulators in the workspace (real blocks, and blocks of a few rows), or allocated afresh."""
+    if request.param == "tiny-blocks":
+        monkeypatch.setattr(workspace, "CHUNK", 64)
+    if request.param == "fresh":
+        with workspace.workspace_off():
+            yield
+    else:
+        yield
+
+
 @pytest.mark.parametrize("m,k,n", [(5, 64, 24), (40, 36, 4), (17, 200, 13), (1, 1, 8), (300, 1300, 7)])
-def test_linear_is_the_reference_bit_for_bit(int_mm, m, k, n):
+def test_linear_is_the_reference_bit_for_bit(int_mm, temporaries, m, k, n):
     packed = INT8.quantize(_weight(n, k))
     for dtype in (torch.float32, torch.bfloat16):
         x = (torch.randn(m, k) * 3).to(dtype)
@@ -34,7 +46,7 @@ def test_linear_is_the_reference_bit_for_bit(int_mm, m, k, n):
 @pytest.mark.parametrize("cin,cout,k,stride,padding,dilation", [
     (12, 10, 3, 2, 1, 1), (8, 5, 3, 1, 2, 2), (16, 9, 1, 1, 0, 1), (4, 6, 3, 1, 1, 1), (7, 3, (3, 1), 1, (1, 0), 1),
 ])
-def test_conv_patches_are_the_reference_bit_for_bit(int_mm, cin, cout, k, stride, padding, dilation):
+def test_conv_patches_are_the_reference_bit_for_bit(int_mm, temporaries, cin, cout, k, stride, padding, dilation):
     conv = nn.Conv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation)
     packed = INT8.quantize(conv.weight.detach())
     args = (conv.kernel_size, conv.dilation, conv.padding, conv.stride)

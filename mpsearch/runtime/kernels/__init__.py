@@ -192,6 +192,7 @@ def conv(x: torch.Tensor, packed: Packed, bias, stride, padding, dilation, *,
 # Importing the device modules registers their kernels (they need no device to import).
 from mpsearch.runtime.kernels import cuda  # noqa: E402,F401  isort: skip
 from mpsearch.runtime.kernels import cpu_int8  # noqa: E402,F401  isort: skip
+from mpsearch.runtime.kernels import cpu_decode  # noqa: E402,F401  isort: skip
 
 __all__ = ["register_kernel", "unregister_kernel", "registered", "find_kernel", "reference_only",
            "layouts_per_call", "LayoutCache", "linear", "patches", "conv", "OPS"]

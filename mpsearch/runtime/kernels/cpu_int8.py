@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from mpsearch.errors import UsageError
 from mpsearch.formats.int8 import _INT32_SAFE_K, int8_matmul, quantize_with_scales, rescale, row_scales
 from mpsearch.runtime.kernels import register_kernel
+from mpsearch.runtime.kernels.workspace import reusable, rows_per_block, scratch
 
 _PATHS = ("auto", "int_mm", "float")
 _STATE: dict = {"path": None, "measured": None}
@@ -91,21 +92,71 @@ def _product(qx, qw, sx, scale, dtype, resc):
     return resc(int8_matmul(qx, qw), sx, scale).to(dtype)
 
 
-def linear_int_mm(x2, packed, *, codes=quantize_with_scales, resc=rescale):
+def _product_into(qx, qw, sx, scale, dtype, resc):
+    """``_product`` with the int32 accumulator in the workspace (the same ``torch._int_mm``)."""
+    if qw.shape[1] == 1:
+        return _product(qx, qw, sx, scale, dtype, resc)  # int8_matmul's (1, n) view of a (n, 1) weight
+    acc = scratch("int8_acc", (qx.shape[0], qw.shape[0]), torch.int32, qx.device)
+    try:
+        torch._int_mm(qx, qw.t(), out=acc)
+    except (RuntimeError, NotImplementedError):
+        return _product(qx, qw, sx, scale, dtype, resc)
+    return resc(acc, sx, scale).to(dtype)
+
+
+def _codes_into(src: torch.Tensor, scale: torch.Tensor, out: torch.Tensor) -> None:
+    """``out`` (int8, contiguous, ``src``'s shape) = ``quantize_with_scales(src, scale)`` computed in the
+    workspace: the division, rounding and clamping of a block of rows at a time in cache, then the int8 cast
+    of the block (the reference writes and re-reads a float32 tensor the size of ``src`` in each pass).
+    ``src`` (float32, any strides) and ``scale`` (broadcast against it) are cut along their first dim."""
+    rows = src.shape[0]
+    per_row = src[0].numel() if rows else 1
+    step = rows_per_block(per_row)
+    tmp = scratch("int8_codes_f32", (min(step, rows), *src.shape[1:]), torch.float32, src.device)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        s = scale[r0:r1] if scale.shape[0] == rows else scale
+        t = tmp[:r1 - r0]
+        live = s > 0
+        if bool(live.all()):
+            torch.div(src[r0:r1], s, out=t)
+            t.round_().clamp_(-127, 127)
+        else:  # as quantize_with_scales: rows whose scale is not > 0 get codes 0
+            torch.div(src[r0:r1], torch.where(live, s, torch.ones_like(s)), out=t)
+            t.round_().clamp_(-127, 127)
+            t = torch.where(live, t, torch.zeros_like(t))
+        out[r0:r1].copy_(t)
+
+
+def _workspace_codes(xf, scale):
+    """``quantize_with_scales(xf, scale)`` (int8) into the workspace."""
+    qx = scratch("int8_codes", xf.shape, torch.int8, xf.device)
+    _codes_into(xf, scale, qx)
+    return qx
+
+
+def linear_int_mm(x2, packed, *, codes=None, resc=rescale):
     """``Int8.matmul`` of a 2-D ``x2`` with the product on ``torch._int_mm``; ``codes(xf, scales)`` and
-    ``resc(acc, sx, scale)`` may be fused versions of the reference's (the compiled kernels pass theirs)."""
+    ``resc(acc, sx, scale)`` may be fused versions of the reference's (the compiled kernels pass theirs).
+    Without ``codes``, the codes and the accumulator live in the :mod:`.workspace` where autograd records
+    nothing (else the reference's functions run)."""
     qw = packed.tensors["qweight"]
     if x2.dim() != 2 or x2.shape[1] != qw.shape[1] or not x2.numel() or qw.shape[1] > _INT32_SAFE_K:
         return None
     xf = x2.to(torch.float32)
     mn, mx = torch.aminmax(xf, dim=1)
     sx = row_scales(torch.maximum(mx, -mn).abs_())
-    return _product(codes(xf, sx[:, None]), qw, sx, packed.tensors["scale"], x2.dtype, resc)
+    if codes is None and reusable(x2):
+        return _product_into(_workspace_codes(xf, sx[:, None]), qw, sx, packed.tensors["scale"], x2.dtype, resc)
+    return _product((codes or quantize_with_scales)(xf, sx[:, None]), qw, sx, packed.tensors["scale"], x2.dtype,
+                    resc)
 
 
-def patches_int_mm(x, packed, kernel, dilation, padding, stride, *, codes=quantize_with_scales, resc=rescale):
+def patches_int_mm(x, packed, kernel, dilation, padding, stride, *, codes=None, resc=rescale):
     """``Int8.matmul_patches`` from a channels-last copy of the input: patch amax = max-pool of the per-pixel
-    channel amax, codes by one in-order pass, the product on ``torch._int_mm``; ``(y, oh, ow)`` or None."""
+    channel amax, codes by one in-order pass, the product on ``torch._int_mm``; ``(y, oh, ow)`` or None.
+    Without ``codes``, the channels-last copy, the codes, the permuted weight codes and the accumulator live
+    in the :mod:`.workspace` where autograd records nothing."""
     qw = packed.tensors["qweight"]
     if x.dim() != 4 or qw.shape[1] > _INT32_SAFE_K:
         return None
@@ -113,9 +164,22 @@ def patches_int_mm(x, packed, kernel, dilation, padding, stride, *, codes=quanti
     n, c = x.shape[:2]
     if c * kh * kw != qw.shape[1]:
         return None
+    into = codes is None and reusable(x)
     xl = x.to(torch.float32).permute(0, 2, 3, 1)  # NHWC view; padded and made contiguous in one copy below
-    xl = F.pad(xl, (0, 0, padding[1], padding[1], padding[0], padding[0])).contiguous() \
-        if (padding[0] or padding[1]) else xl.contiguous()
+    if into:
+        ph, pw = padding
+        h, w = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
+        buf = scratch("int8_nhwc", (n, h, w, c), torch.float32, x.device)
+        if ph or pw:  # the zero border, then the interior
+            buf[:, :ph].zero_()
+            buf[:, h - ph:].zero_()
+            buf[:, :, :pw].zero_()
+            buf[:, :, w - pw:].zero_()
+        buf[:, ph:h - ph, pw:w - pw].copy_(xl)
+        xl = buf
+    else:
+        xl = F.pad(xl, (0, 0, padding[1], padding[1], padding[0], padding[0])).contiguous() \
+            if (padding[0] or padding[1]) else xl.contiguous()
     _, h, w, _ = xl.shape
     oh = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
@@ -128,7 +192,17 @@ def patches_int_mm(x, packed, kernel, dilation, padding, stride, *, codes=quanti
     sn, sh, sw, sc = xl.stride()
     view = xl.as_strided((n, oh, ow, kh, kw, c), (sn, sh * stride[0], sw * stride[1], sh * dilation[0],
                                                    sw * dilation[1], sc))
-    qx = codes(view, sx.view(n, oh, ow, 1, 1, 1)).view(n * oh * ow, kh * kw * c)
+    if into:
+        qx = scratch("int8_codes", (n * oh, ow, kh, kw, c), torch.int8, x.device)
+        for b in range(n):  # blocks of output-image rows of one image at a time
+            _codes_into(view[b], sx.view(n, oh, ow, 1, 1, 1)[b], qx[b * oh:(b + 1) * oh])
+        qx = qx.view(n * oh * ow, kh * kw * c)
+        qwl = scratch("int8_weight", (qw.shape[0], kh, kw, c), torch.int8, x.device)
+        qwl.copy_(qw.view(qw.shape[0], c, kh, kw).permute(0, 2, 3, 1))  # columns (kh, kw, C)
+        y = _product_into(qx, qwl.view(qw.shape[0], -1), sx, packed.tensors["scale"], x.dtype, resc)
+        return y, oh, ow
+    qx = codes(view, sx.view(n, oh, ow, 1, 1, 1)).view(n * oh * ow, kh * kw * c) if codes else \
+        quantize_with_scales(view, sx.view(n, oh, ow, 1, 1, 1)).view(n * oh * ow, kh * kw * c)
     qwl = qw.view(qw.shape[0], c, kh, kw).permute(0, 2, 3, 1).reshape(qw.shape[0], -1)  # columns (kh, kw, C)
     y = _product(qx, qwl, sx, packed.tensors["scale"], x.dtype, resc)
     return y, oh, ow

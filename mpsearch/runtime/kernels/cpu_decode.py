@@ -1,0 +1,166 @@
+"""The 4-bit formats on the CPU (INT4 weight-only, NVFP4 W4A4 and weight-only), decoded into reused memory.
+
+No CPU instruction multiplies 4-bit codes with these formats' scales, so the product runs on the float GEMM:
+the weight decoded to float32 per call (nothing decoded is kept, so the model holds its plan's bytes) and,
+for NVFP4 with activations, the activation fake-quantized. Done by the formats' reference code, each of those
+temporaries is a fresh allocation, and the large ones (a 1280-channel 3x3 conv's weight is 59 MB) are fresh
+pages from the kernel on every call. These kernels compute the same numbers, bit for bit, into the
+:mod:`.workspace` and a block of rows at a time, so each pass over a block finds it in cache:
+
+* weights, ``CHUNK`` elements at a time: INT4's nibbles minus 8 in int8, converted to float32 by the copy
+  into place (4x faster than a table gather), NVFP4's by the byte-table gather of
+  :func:`mpsearch.formats.packing.decode_nibbles`; then the scales, in place;
+* NVFP4 activations: the tensor's amax first (for a conv, a max-pool of each pixel's channel amax: the
+  patches' amax without building them), then each block of rows fake-quantized with that amax (the rows of
+  a tensor quantize the same alone as in the whole, given its amax) straight into the GEMM's input;
+* convolutions with NVFP4 activations: the im2col rows copied into the workspace block by block and
+  quantized in place.
+
+A call whose temporaries autograd could keep (a grad-recording pass), one given an already dequantized
+weight (the profiler's), or one outside what these kernels take returns None: the reference runs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mpsearch.formats import Packed, get_format
+from mpsearch.formats.int4 import Int4
+from mpsearch.formats.nvfp4 import BLOCK, SIGNED_GRID, nvfp4_fake_quantize
+from mpsearch.formats.packing import pair_table
+from mpsearch.formats.patches import patch_view
+from mpsearch.formats.registry import available_formats
+from mpsearch.runtime.kernels import register_kernel
+from mpsearch.runtime.kernels import workspace
+from mpsearch.runtime.kernels.workspace import reusable, scratch
+
+
+def _rows_per_block(cols: int) -> int:
+    return workspace.rows_per_block(cols)
+
+
+def decode_into(packed: Packed, out: torch.Tensor) -> torch.Tensor:
+    """The float32 weight matrix of an INT4 or NVFP4 ``packed`` written into ``out`` (a contiguous float32
+    (out, in) tensor), bit for bit ``format.dequantize(packed)`` as float32."""
+    q = packed.tensors["qweight"]
+    rows, cols = out.shape
+    nvfp4 = packed.format == "nvfp4"
+    step = _rows_per_block(cols)
+    if nvfp4:  # E2M1 values are not linear in the code: the byte-table gather
+        table = pair_table(SIGNED_GRID, q.device)
+        idx = scratch("codes", (min(step, rows) * cols // 2,), torch.int32, q.device)
+        t = packed.tensors
+        eff = t["block_scale"].to(torch.float32) * t["tensor_scale"].to(torch.float32)  # as nvfp4_decode_packed
+        group = BLOCK
+    else:
+        group = get_format(packed.format).group
+        scale = packed.tensors["scale"]
+        zero = packed.tensors["zero"]
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        blk = out[r0:r1].view(r1 - r0, cols // group, group)
+        if nvfp4:
+            i = idx[:(r1 - r0) * cols // 2]
+            i.copy_(q[r0:r1].reshape(-1))
+            torch.index_select(table, 0, i, out=out[r0:r1].view(-1, 2))
+            blk.mul_(eff[r0:r1, :, None])
+        else:  # q - 8 from each nibble in int8 (exact), converted by the copy; then * scale + zero, as
+            # Int4.dequantize: a multiply, then an add (4x faster than the gather)
+            qb = q[r0:r1]
+            pair = out[r0:r1].view(r1 - r0, cols // 2, 2)
+            pair[..., 0].copy_(torch.bitwise_and(qb, 0x0F).view(torch.int8).sub_(8))
+            pair[..., 1].copy_(torch.bitwise_right_shift(qb, 4).view(torch.int8).sub_(8))
+            blk.mul_(scale[r0:r1, :, None].to(torch.float32)).add_(zero[r0:r1, :, None].to(torch.float32))
+    return out
+
+
+def _weight(packed: Packed, dtype: torch.dtype) -> torch.Tensor:
+    """The (out, in) weight in ``dtype``, decoded into the workspace (converted as the reference converts)."""
+    rows = packed.shape[0]
+    cols = packed.tensors["qweight"].shape[1] * 2
+    w = decode_into(packed, scratch("weight", (rows, cols), torch.float32, packed.tensors["qweight"].device))
+    if packed.dtype != torch.float32:
+        w = w.to(packed.dtype)
+    return w.to(dtype)
+
+
+def _quantized_rows_into(src, dst: torch.Tensor, amax: torch.Tensor) -> None:
+    """``dst`` (float rows, contiguous) = NVFP4 fake quantization of ``src`` (same shape, any strides) with
+    the tensor amax ``amax``, a block of rows at a time (``src`` may be ``dst``)."""
+    rows, cols = dst.shape
+    step = _rows_per_block(cols)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        if dst.dtype == torch.float32:
+            nvfp4_fake_quantize(src[r0:r1], amax, out=dst[r0:r1])
+        else:
+            dst[r0:r1].copy_(nvfp4_fake_quantize(src[r0:r1], amax))
+
+
+def _amax(x: torch.Tensor) -> torch.Tensor:
+    """max |x| as float32, exactly (max(-min, max), no |x| temporary)."""
+    mn, mx = torch.aminmax(x)
+    return torch.maximum(-mn, mx).to(torch.float32)
+
+
+def _linear(activations: bool):
+    def kernel(x2, packed, *, cache, dequantized):
+        if dequantized is not None or x2.dim() != 2 or not x2.numel() or not reusable(x2):
+            return None
+        if activations:
+            if x2.shape[1] % BLOCK:
+                return None  # the reference raises its own error
+            xq = scratch("act", x2.shape, x2.dtype, x2.device)
+            _quantized_rows_into(x2, xq, _amax(x2))
+            x2 = xq
+        return x2 @ _weight(packed, x2.dtype).t()
+    return kernel
+
+
+def nvfp4_patches_cpu(x, packed, kernel_size, dilation, padding, stride, *, cache, dequantized):
+    """The conv with NVFP4 activations: ``Format.matmul_patches`` (im2col, fake-quantized rows, GEMM) through
+    the workspace, a block of patch rows at a time."""
+    if dequantized is not None or x.dim() != 4 or not reusable(x):
+        return None
+    view, xp, oh, ow = patch_view(x, kernel_size, dilation, padding, stride)
+    n, _, _, c, kh, kw = view.shape
+    cols_n = c * kh * kw
+    if cols_n % BLOCK or not n * oh * ow or not cols_n:
+        return None
+    # the patches' amax without building them: each pixel's amax over channels, max-pooled like the patches
+    mn, mx = torch.aminmax(xp, dim=1)
+    pix = torch.maximum(-mn, mx)
+    amax = F.max_pool2d(pix[:, None], (kh, kw), stride=stride, dilation=dilation).amax().to(torch.float32)
+    cols = scratch("patches", (n * oh * ow, cols_n), x.dtype, x.device)
+    step = max(1, _rows_per_block(cols_n) // max(ow, 1))  # output-image rows per block
+    for b in range(n):
+        for i0 in range(0, oh, step):
+            i1 = min(oh, i0 + step)
+            r0 = (b * oh + i0) * ow
+            r1 = (b * oh + i1) * ow
+            cols[r0:r1].view(i1 - i0, ow, c, kh, kw).copy_(view[b, i0:i1])
+            _quantized_rows_into(cols[r0:r1], cols[r0:r1], amax)
+    return cols @ _weight(packed, x.dtype).t(), oh, ow
+
+
+def conv_cpu(x, packed, bias, stride, padding, dilation, *, cache, dequantized):
+    """The weight-only conv with the weight decoded into the workspace."""
+    if dequantized is not None or not reusable(x):
+        return None
+    w = _weight(packed, x.dtype).view(packed.shape)
+    return F.conv2d(x, w, bias, stride, padding, dilation)
+
+
+def _register() -> None:
+    int4s = [n for n in available_formats(variants=True) if isinstance(get_format(n), Int4)]
+    for name in ("nvfp4", *int4s):
+        register_kernel("cpu", name, activations=False)(_linear(False))
+        register_kernel("cpu", name, activations=False, op="conv")(conv_cpu)
+    register_kernel("cpu", "nvfp4", activations=True)(_linear(True))
+    register_kernel("cpu", "nvfp4", activations=True, op="patches")(nvfp4_patches_cpu)
+
+
+_register()
+
+__all__ = ["decode_into", "nvfp4_patches_cpu", "conv_cpu"]
