@@ -153,7 +153,8 @@ def main(argv=None) -> None:
     ap.add_argument("--sample", type=int, default=None, help="ProfileConfig.sample (rows and channels per layer)")
     ap.add_argument("--replay-steps", type=int, default=None, help="ProfileConfig.replay_steps")
     ap.add_argument("--replay-batch", type=int, default=None, help="ProfileConfig.replay_batch")
-    ap.add_argument("--replay-checkpoint", action="store_true", help="ProfileConfig.replay_checkpoint")
+    ap.add_argument("--replay-checkpoint", nargs="?", type=float, const=1.0, default=None, metavar="SHARE",
+                    help="ProfileConfig.replay_checkpoint (a share of the blocks; default 1: all)")
     ap.add_argument("--estimate", action="store_true", help="also run --estimate and show it beside the run")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-doc", action="store_true")
@@ -162,7 +163,7 @@ def main(argv=None) -> None:
     options = {k: v for k, v in (("sample", args.sample), ("replay_steps", args.replay_steps),
                                  ("replay_batch", args.replay_batch)) if v is not None}
     if args.replay_checkpoint:
-        options["replay_checkpoint"] = True
+        options["replay_checkpoint"] = True if args.replay_checkpoint >= 1 else args.replay_checkpoint
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     entries = [] if args.render else [bench_model(m, args, args.device, options) for m in args.models.split(",")]
     command = "python scripts/bench_scale.py " + " ".join(sys.argv[1:] if argv is None else argv)

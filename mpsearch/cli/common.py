@@ -36,6 +36,17 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def _share(text: str) -> float:
+    """A share in (0, 1] (e.g. of the blocks to checkpoint)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], e.g. 0.5, got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], e.g. 0.5, got {text!r}")
+    return v
+
+
 def read_prompts(path) -> list[str]:
     """Prompts from a text file: one per line; blank lines and lines starting with '#' are skipped."""
     p = Path(path)

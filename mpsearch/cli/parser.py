@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from mpsearch.version import __version__
-from mpsearch.cli.common import _Parser, _int_list, _shard, _str_list
+from mpsearch.cli.common import _Parser, _int_list, _shard, _share, _str_list
 from mpsearch.cli.exporting import cmd_export
 from mpsearch.cli.inspecting import cmd_generate, cmd_inspect
 from mpsearch.cli.profiling import cmd_profile, cmd_profile_merge
@@ -97,9 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--replay-batch", type=int, default=None, metavar="B",
                     help="replay each denoiser call in micro-batches of at most B rows (1: the halves of a "
                     "guidance batch one at a time) for a fraction of the replay's memory")
-    sp.add_argument("--replay-checkpoint", action="store_true",
+    sp.add_argument("--replay-checkpoint", nargs="?", type=_share, const=1.0, default=None, metavar="SHARE",
                     help="checkpoint the denoiser's blocks in the replay: the same numbers, one block's "
-                    "activations instead of all, for about one more forward pass per replayed call")
+                    "activations instead of all, for about one more forward pass per replayed call; SHARE in "
+                    "(0, 1]: checkpoint that share of the blocks (default 1: all)")
     sp.add_argument("--estimate", action="store_true",
                     help="measure a one-step, one-unit profile and print the predicted time and peak memory of "
                     "the whole profile, without writing it")

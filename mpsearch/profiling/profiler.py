@@ -59,8 +59,10 @@ class ProfileConfig:
     replay_batch: int | None = None
     #: checkpoint the denoiser's blocks during the replay (diffusers' activation checkpointing): the same
     #: numbers for one block's activations instead of all of them, at about one more forward pass per
-    #: replayed call. How the profile runs, not what it measures: not stored, a run resumes with or without it
-    replay_checkpoint: bool = False
+    #: replayed call; a number in (0, 1]: that share of the blocks, evenly spread (0.5: about half the
+    #: saving for half the recomputation). How the profile runs, not what it measures: not stored, a run
+    #: resumes with or without it
+    replay_checkpoint: bool | float = False
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -78,8 +80,10 @@ class ProfileConfig:
             v = getattr(self, key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise UsageError(f"{key} must be a positive integer (or None for the full computation), got {v!r}")
-        if not isinstance(self.replay_checkpoint, bool):
-            raise UsageError(f"replay_checkpoint must be True or False, got {self.replay_checkpoint!r}")
+        rc = self.replay_checkpoint
+        if not isinstance(rc, bool) and not (isinstance(rc, (int, float)) and 0 < rc <= 1):
+            raise UsageError(f"replay_checkpoint must be True, False or the share of blocks to checkpoint in "
+                             f"(0, 1], got {rc!r}; pass e.g. --replay-checkpoint 0.5")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UsageError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}; "
                              "pass e.g. --seeds 0,1")

@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 from diffusers.hooks import HookRegistry, ModelHook
 
 from mpsearch.errors import ProfileError, UsageError
@@ -146,11 +147,30 @@ class _GradNorms:
         return np.asarray(self.sums, dtype=np.float64) / scale ** 2
 
 
+def _checkpointing_share(share: float):
+    """diffusers' ``gradient_checkpointing_func`` that checkpoints ``share`` of the blocks a forward pass calls,
+    evenly spread (call k is checkpointed when ``floor((k + 1) * share) > floor(k * share)``), and runs the
+    others as they are; and a function that restarts the count (at each forward pass of the denoiser)."""
+    count = [0]
+
+    def fn(module, *args):
+        k = count[0]
+        count[0] += 1
+        if math.floor((k + 1) * share) > math.floor(k * share):
+            return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
+        return module(*args)
+
+    def restart(*_):
+        count[0] = 0
+    return fn, restart
+
+
 @contextlib.contextmanager
-def block_checkpointing(denoiser: torch.nn.Module, enable: bool):
+def block_checkpointing(denoiser: torch.nn.Module, enable: bool | float):
     """Inside: the denoiser's own (diffusers') activation checkpointing, non-reentrant, so a backward pass keeps
-    only each block's inputs and recomputes one block at a time; outside, as it was. A denoiser that has none
-    is a UsageError."""
+    only each block's inputs and recomputes one block at a time; outside, as it was. ``enable``: True (every
+    block), False, or the share of blocks in (0, 1] to checkpoint, evenly spread (half the blocks: about
+    half the activations saved, for half the recomputation). A denoiser that has none is a UsageError."""
     if not enable:
         yield
         return
@@ -158,13 +178,22 @@ def block_checkpointing(denoiser: torch.nn.Module, enable: bool):
         raise UsageError(f"{type(denoiser).__name__} has no activation checkpointing, so the replay cannot "
                          "checkpoint its blocks; profile without --replay-checkpoint (or with --replay-batch 1 "
                          "for less memory)")
-    was = denoiser.is_gradient_checkpointing
-    denoiser.enable_gradient_checkpointing()  # diffusers' default: torch.utils.checkpoint, use_reentrant=False
+    if denoiser.is_gradient_checkpointing:  # the user's own checkpointing is on: leave it as it is
+        yield
+        return
+    handle = None
+    if enable is True or float(enable) >= 1:
+        denoiser.enable_gradient_checkpointing()  # diffusers' default: torch.utils.checkpoint, use_reentrant=False
+    else:
+        fn, restart = _checkpointing_share(float(enable))
+        handle = denoiser.register_forward_pre_hook(restart)
+        denoiser.enable_gradient_checkpointing(gradient_checkpointing_func=fn)
     try:
         yield
     finally:
-        if not was:
-            denoiser.disable_gradient_checkpointing()
+        if handle is not None:
+            handle.remove()
+        denoiser.disable_gradient_checkpointing()
 
 
 def replayed_steps(steps: int, replay_steps: int | None) -> list[int]:
@@ -222,7 +251,7 @@ def micro_batches(args, kwargs, size: int | None):
 
 def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *, samples: int = 1,
                        seed: int = 0, replay_steps: int | None = None, batch: int | None = None,
-                       checkpoint: bool = False) -> np.ndarray:
+                       checkpoint: bool | float = False) -> np.ndarray:
     """(L, steps, 2): per layer (``modules``, in order) and step, ``sum ||J^T u||^2`` and the number of
     output elements, over ``calls`` (``(step, args, kwargs)`` as :class:`CallRecorder` keeps them) and
     ``samples`` Rademacher vectors per call.
@@ -232,7 +261,8 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
     over steps). ``batch``: replay each call in micro-batches of at most that many rows
     (:func:`micro_batches`; the same expectation, a fraction of the memory). ``checkpoint``: checkpoint the
     denoiser's blocks during the replay (:func:`block_checkpointing`: the same numbers, the activations of one
-    block instead of all, for about one more forward pass per call)."""
+    block instead of all, for about one more forward pass per call; a share in (0, 1]: that share of the
+    blocks, for that share of the saving and of the cost)."""
     out = np.zeros((len(modules), steps, 2))
     if not calls:
         return out

@@ -85,9 +85,10 @@ def test_replay_checkpoint_gives_the_same_numbers_and_leaves_the_model_as_it_was
     pipe = request.getfixturevalue(pipe_name)
     den = pipe.transformer if pipe_name == "dit_pipe" else pipe.unet
     full = profile(pipe, out=tmp_path / "f.sqlite", progress=False, **BASE)
-    ck = profile(pipe, out=tmp_path / "c.sqlite", progress=False, replay_checkpoint=True, **BASE)
-    assert ck.sensitivity.tolist() == full.sensitivity.tolist()  # recomputed blocks: bit for bit
-    assert not den.is_gradient_checkpointing
+    for share in (True, 0.5):
+        ck = profile(pipe, out=tmp_path / f"c{share}.sqlite", progress=False, replay_checkpoint=share, **BASE)
+        assert ck.sensitivity.tolist() == full.sensitivity.tolist()  # recomputed blocks: bit for bit
+        assert not den.is_gradient_checkpointing
     assert "replay_checkpoint" not in ProfileConfig(replay_checkpoint=True).to_dict()  # how, not what: resumes
 
 
@@ -109,11 +110,50 @@ def test_replay_checkpoint_keeps_only_block_inputs(dit_pipe):
         return total[0], out
     plain, a = saved_bytes(False)
     ck, b = saved_bytes(True)
-    assert a.tolist() == b.tolist()
+    half, c = saved_bytes(0.5)
+    assert a.tolist() == b.tolist() == c.tolist()
     assert ck < plain / 2
+    assert ck < half < plain  # half the blocks checkpointed: in between
+
+
+def test_a_share_checkpoints_that_share_of_the_block_calls_evenly_spread():
+    from mpsearch.profiling.sensitivity import _checkpointing_share
+
+    for share, want in ((0.5, [1, 3, 5, 7]), (0.25, [3, 7]), (1.0, list(range(8))), (0.3, [3, 6])):
+        fn, restart = _checkpointing_share(share)
+        hit = []
+        real = torch.utils.checkpoint.checkpoint
+        try:
+            torch.utils.checkpoint.checkpoint = lambda f, *a, **k: hit.append(len(calls)) or f(*a)
+            calls = []
+            for _ in range(8):
+                calls.append(fn(lambda v: v + 1, 1))
+        finally:
+            torch.utils.checkpoint.checkpoint = real
+        assert [h for h in hit] == want and calls == [2] * 8
+        restart()
+
+
+def test_a_bad_share_is_a_one_line_error():
+    with pytest.raises(UsageError, match="share of blocks"):
+        ProfileConfig(replay_checkpoint=1.5)
+    with pytest.raises(UsageError, match="share of blocks"):
+        ProfileConfig(replay_checkpoint=0)
 
 
 def test_replay_checkpoint_on_a_denoiser_without_it_is_a_usage_error():
     m = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
     with pytest.raises(UsageError, match="replay-checkpoint"):
         output_sensitivity(m, [(0, (torch.randn(2, 3),), {})], [m[0], m[1]], 1, checkpoint=True)
+
+
+def test_the_cli_takes_a_share_or_all_blocks():
+    from mpsearch.cli.parser import build_parser
+    from mpsearch.cli.profiling import _checkpoint_share
+
+    p = build_parser()
+    assert _checkpoint_share(p.parse_args(["profile", "--replay-checkpoint"]).replay_checkpoint) is True
+    assert _checkpoint_share(p.parse_args(["profile", "--replay-checkpoint", "0.5"]).replay_checkpoint) == 0.5
+    assert _checkpoint_share(p.parse_args(["profile"]).replay_checkpoint) is False
+    with pytest.raises(UsageError, match=r"--replay-checkpoint: expected a number in \(0, 1\]"):
+        p.parse_args(["profile", "--replay-checkpoint", "2"])
