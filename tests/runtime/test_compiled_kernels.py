@@ -43,10 +43,10 @@ def test_compiled_kernels_match_the_reference_bit_for_bit(fmt, int_mm):
 
 
 def test_compiled_kernels_are_off_until_asked_and_can_be_turned_off():
-    from mpsearch.runtime.kernels import cpu_compiled, cpu_decode
+    from mpsearch.runtime.kernels import cpu_compiled, cpu_nvfp4
 
     eager = find_kernel("cpu", "nvfp4", True, "patches")
-    assert eager is cpu_decode.nvfp4_patches_cpu  # the eager workspace kernel until asked
+    assert eager is cpu_nvfp4.nvfp4_patches_bf16  # the eager kernel (bfloat16 or workspace path) until asked
     compiled_cpu_kernels()
     try:
         assert find_kernel("cpu", "nvfp4", True, "patches") is cpu_compiled._patches

@@ -193,6 +193,7 @@ def conv(x: torch.Tensor, packed: Packed, bias, stride, padding, dilation, *,
 from mpsearch.runtime.kernels import cuda  # noqa: E402,F401  isort: skip
 from mpsearch.runtime.kernels import cpu_int8  # noqa: E402,F401  isort: skip
 from mpsearch.runtime.kernels import cpu_decode  # noqa: E402,F401  isort: skip
+from mpsearch.runtime.kernels import cpu_nvfp4  # noqa: E402,F401  isort: skip  (after cpu_decode: it wraps it)
 
 __all__ = ["register_kernel", "unregister_kernel", "registered", "find_kernel", "reference_only",
            "layouts_per_call", "LayoutCache", "linear", "patches", "conv", "OPS"]

@@ -24,6 +24,7 @@ from mpsearch.formats.patches import im2col
 from mpsearch.formats.registry import available_formats
 from mpsearch.runtime.kernels import _KERNELS, register_kernel, unregister_kernel
 from mpsearch.runtime.kernels.cpu_int8 import linear_int_mm, patches_int_mm, uses_int_mm
+from mpsearch.runtime.kernels.cpu_nvfp4 import nvfp4_linear_bf16, nvfp4_patches_bf16, uses_bf16
 
 _COMPILED: dict = {}
 _ON = {"enabled": False}
@@ -77,12 +78,17 @@ def _linear(activations: bool):
     def kernel(x2, packed, *, cache, dequantized):
         if activations and x2.shape[-1] % BLOCK:
             return None  # the reference raises its own error
+        if activations and packed.format == "nvfp4" and uses_bf16():  # NVFP4 hardware's arithmetic is faster
+            return nvfp4_linear_bf16(x2, packed, cache=cache, dequantized=dequantized)
         x = _activations(x2) if activations else x2
         return x @ _weight(packed, dequantized, x2.dtype).t()
     return kernel
 
 
 def _patches(x, packed, kernel_size, dilation, padding, stride, *, cache, dequantized):
+    if uses_bf16():
+        return nvfp4_patches_bf16(x, packed, kernel_size, dilation, padding, stride, cache=cache,
+                                  dequantized=dequantized)
     cols, oh, ow = im2col(x, kernel_size, dilation, padding, stride)
     if cols.shape[-1] % BLOCK:
         return None

@@ -152,15 +152,19 @@ def conv_cpu(x, packed, bias, stride, padding, dilation, *, cache, dequantized):
     return F.conv2d(x, w, bias, stride, padding, dilation)
 
 
+#: the W4A4 linear kernel (NVFP4 with activations), bit for bit the reference
+nvfp4_linear_cpu = _linear(True)
+
+
 def _register() -> None:
     int4s = [n for n in available_formats(variants=True) if isinstance(get_format(n), Int4)]
     for name in ("nvfp4", *int4s):
         register_kernel("cpu", name, activations=False)(_linear(False))
         register_kernel("cpu", name, activations=False, op="conv")(conv_cpu)
-    register_kernel("cpu", "nvfp4", activations=True)(_linear(True))
+    register_kernel("cpu", "nvfp4", activations=True)(nvfp4_linear_cpu)
     register_kernel("cpu", "nvfp4", activations=True, op="patches")(nvfp4_patches_cpu)
 
 
 _register()
 
-__all__ = ["decode_into", "nvfp4_patches_cpu", "conv_cpu"]
+__all__ = ["decode_into", "nvfp4_linear_cpu", "nvfp4_patches_cpu", "conv_cpu"]

@@ -1,0 +1,186 @@
+"""NVFP4 W4A4 on the CPU's bfloat16 GEMM: the arithmetic of NVFP4 hardware, on CPUs where it is faster.
+
+An NVFP4 value is an E2M1 element times an E4M3 block scale times a float32 tensor scale. The first two
+multiply exactly into a bfloat16 (at most 2 x 4 significant bits, exponents within range), so a W4A4 layer
+is ``(A @ W.T) * s_a * s_w`` with ``A`` and ``W`` the element-times-block-scale values held exactly in
+bfloat16: the products are exact, the sums float32 inside the GEMM, rounded to bfloat16 once at the end,
+then scaled by both tensor scales in float32. That is what ``torch._scaled_mm`` does on NVFP4 hardware (the
+CUDA kernel in :mod:`.cuda`), and on a CPU with bfloat16 dot-product instructions (AVX-512 BF16, AMX) the
+bfloat16 GEMM runs 2-3x faster than the float32 one, with half the bytes to write for the quantized
+activations and decoded weights. Not bit for bit the reference (which rounds each dequantized value to
+float32 and sums in float32 without the final bfloat16 rounding): every output is within 2^-8 of its
+magnitude plus float32 summation-order noise (``tests/runtime/test_cpu_nvfp4.py``); the codes and scales,
+what the plan stores, are the same bits.
+
+The choice is measured once per process (:func:`bf16_is_faster`: both GEMMs on one shape, about 30 ms);
+``MPSEARCH_CPU_NVFP4=bf16|float`` or :func:`cpu_nvfp4_path` fixes it. On the float path, and for calls this
+kernel does not take (weight-only NVFP4, where activations are not exact in bfloat16; grad-recording calls;
+other dtypes), :mod:`.cpu_decode`'s bit-for-bit kernels or the reference run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from mpsearch.errors import UsageError
+from mpsearch.formats import Packed
+from mpsearch.formats.nvfp4 import BLOCK, SIGNED_GRID, _round_e2m1, _scales
+from mpsearch.formats.packing import pair_table
+from mpsearch.formats.patches import patch_view
+from mpsearch.runtime.kernels import cpu_decode, register_kernel
+from mpsearch.runtime.kernels.workspace import reusable, rows_per_block, scratch
+
+_PATHS = ("auto", "bf16", "float")
+_STATE: dict = {"path": None, "measured": None}
+
+
+def cpu_nvfp4_path(path: str | None = None) -> str:
+    """The CPU's NVFP4 W4A4 path: ``"bf16"``, ``"float"`` or ``"auto"`` (measured on first use); with an
+    argument, set it (``None``: leave it). Returns the path now in force."""
+    if path is not None:
+        if path not in _PATHS:
+            raise UsageError(f"unknown CPU nvfp4 path {path!r}; use one of {', '.join(_PATHS)}")
+        _STATE["path"] = path
+    return _STATE["path"] or os.environ.get("MPSEARCH_CPU_NVFP4", "auto")
+
+
+@contextlib.contextmanager
+def using_cpu_nvfp4_path(path: str):
+    """Inside the block the CPU's NVFP4 path is ``path`` (see :func:`cpu_nvfp4_path`); after it, as it was."""
+    was = _STATE["path"]
+    cpu_nvfp4_path(path)
+    try:
+        yield
+    finally:
+        _STATE["path"] = was
+
+
+def _best_of(fn, n: int = 3) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bf16_is_faster() -> bool:
+    """Whether the bfloat16 GEMM beats the float32 one by at least 1.5x here (256x1024x1024, best of three,
+    at the current thread count); measured once per process."""
+    if _STATE["measured"] is None:
+        g = torch.Generator().manual_seed(0)
+        a, b = torch.randn(256, 1024, generator=g), torch.randn(1024, 1024, generator=g)
+        ab, bb = a.bfloat16(), b.bfloat16()
+        try:
+            t_bf16 = _best_of(lambda: ab @ bb)
+        except (RuntimeError, NotImplementedError):
+            t_bf16 = float("inf")
+        _STATE["measured"] = t_bf16 * 1.5 < _best_of(lambda: a @ b)
+    return _STATE["measured"]
+
+
+def uses_bf16() -> bool:
+    """Whether NVFP4 W4A4 calls on the CPU run on the bfloat16 GEMM now."""
+    path = cpu_nvfp4_path()
+    if path not in _PATHS:
+        raise UsageError(f"MPSEARCH_CPU_NVFP4={path!r} is not a CPU nvfp4 path; use one of {', '.join(_PATHS)}")
+    return path == "bf16" or (path == "auto" and bf16_is_faster())
+
+
+def _activation_into(src: torch.Tensor, dst: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """``dst`` (bfloat16 rows) = each element of ``src``'s rows rounded to E2M1 with its sign, times its
+    block's E4M3 scale (exact in bfloat16), a block of rows at a time, with the tensor amax ``amax``; returns
+    the tensor scale. The codes are the reference's: the same ``|x| / (block scale * tensor scale)``."""
+    rows, cols = dst.shape
+    step = rows_per_block(cols)
+    s_t = None
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        x, ax, bs8, s_t, eff, live = _scales(src[r0:r1], amax)
+        y = ax.div_(torch.where(live, eff, torch.ones_like(eff))[..., None])
+        v = _round_e2m1(y).copysign_(x)  # a block with scale 0 is zeroed by its scale below
+        torch.mul(v, bs8.to(torch.float32)[..., None], out=v)
+        dst[r0:r1].copy_(v.view(r1 - r0, cols))
+    if s_t is None:
+        s_t = (amax / (6.0 * 448.0)).reshape(1)
+    return s_t
+
+
+def _weight_bf16(packed: Packed) -> torch.Tensor:
+    """The weight's E2M1 values times their block scales, (out, in) bfloat16 in the workspace."""
+    q = packed.tensors["qweight"]
+    rows, cols = q.shape[0], q.shape[1] * 2
+    out = scratch("nvfp4_weight_bf16", (rows, cols), torch.bfloat16, q.device)
+    step = rows_per_block(cols)
+    table = pair_table(SIGNED_GRID, q.device)
+    idx = scratch("codes", (min(step, rows) * cols // 2,), torch.int32, q.device)
+    tmp = scratch("nvfp4_weight_f32", (min(step, rows), cols), torch.float32, q.device)
+    bs = packed.tensors["block_scale"]
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        i = idx[:(r1 - r0) * cols // 2]
+        i.copy_(q[r0:r1].reshape(-1))
+        t = tmp[:r1 - r0]
+        torch.index_select(table, 0, i, out=t.view(-1, 2))
+        t.view(r1 - r0, cols // BLOCK, BLOCK).mul_(bs[r0:r1].to(torch.float32)[..., None])
+        out[r0:r1].copy_(t)
+    return out
+
+
+def _product(a_bf16: torch.Tensor, s_a: torch.Tensor, packed: Packed, dtype: torch.dtype) -> torch.Tensor:
+    """``(A @ W.T)`` on the bfloat16 GEMM (bfloat16 out), to float32, times both tensor scales."""
+    y = a_bf16 @ _weight_bf16(packed).t()
+    s = s_a.to(torch.float32) * packed.tensors["tensor_scale"].to(torch.float32)
+    return y.to(torch.float32).mul_(s).to(dtype)
+
+
+def nvfp4_linear_bf16(x2, packed, *, cache, dequantized):
+    """W4A4 ``x2 @ W.T`` on the bfloat16 GEMM (None: the float path is in force or the call is not taken)."""
+    if not uses_bf16() or dequantized is not None or x2.dim() != 2 or not x2.numel() or x2.shape[1] % BLOCK \
+            or x2.dtype not in (torch.float32, torch.bfloat16, torch.float16) or not reusable(x2):
+        return cpu_decode.nvfp4_linear_cpu(x2, packed, cache=cache, dequantized=dequantized)
+    a = scratch("nvfp4_act_bf16", x2.shape, torch.bfloat16, x2.device)
+    mn, mx = torch.aminmax(x2)
+    s_a = _activation_into(x2, a, torch.maximum(-mn, mx).to(torch.float32))
+    return _product(a, s_a, packed, x2.dtype)
+
+
+def nvfp4_patches_bf16(x, packed, kernel_size, dilation, padding, stride, *, cache, dequantized):
+    """The W4A4 conv on the bfloat16 GEMM: im2col rows quantized a block at a time into the workspace."""
+    if not uses_bf16() or dequantized is not None or x.dim() != 4 or not reusable(x) \
+            or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return cpu_decode.nvfp4_patches_cpu(x, packed, kernel_size, dilation, padding, stride, cache=cache,
+                                            dequantized=dequantized)
+    view, xp, oh, ow = patch_view(x, kernel_size, dilation, padding, stride)
+    n, _, _, c, kh, kw = view.shape
+    cols_n = c * kh * kw
+    if cols_n % BLOCK or not n * oh * ow or not cols_n:
+        return None
+    mn, mx = torch.aminmax(xp, dim=1)  # the patches' amax without building them (as cpu_decode)
+    amax = F.max_pool2d(torch.maximum(-mn, mx)[:, None], (kh, kw), stride=stride,
+                        dilation=dilation).amax().to(torch.float32)
+    a = scratch("nvfp4_act_bf16", (n * oh * ow, cols_n), torch.bfloat16, x.device)
+    step = max(1, rows_per_block(cols_n) // max(ow, 1))  # output-image rows per block
+    rows = scratch("nvfp4_patch_rows", (min(step, oh) * ow, cols_n), x.dtype, x.device)
+    s_a = None
+    for b in range(n):
+        for i0 in range(0, oh, step):
+            i1 = min(oh, i0 + step)
+            r0, r1 = (b * oh + i0) * ow, (b * oh + i1) * ow
+            blk = rows[:r1 - r0]
+            blk.view(i1 - i0, ow, c, kh, kw).copy_(view[b, i0:i1])
+            s_a = _activation_into(blk, a[r0:r1], amax)
+    return _product(a, s_a, packed, x.dtype), oh, ow
+
+
+register_kernel("cpu", "nvfp4", activations=True)(nvfp4_linear_bf16)
+register_kernel("cpu", "nvfp4", activations=True, op="patches")(nvfp4_patches_bf16)
+
+__all__ = ["cpu_nvfp4_path", "using_cpu_nvfp4_path", "bf16_is_faster", "uses_bf16", "nvfp4_linear_bf16",
+           "nvfp4_patches_bf16"]
