@@ -32,6 +32,8 @@ from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.kernels.cpu_compiled import compiled_cpu_kernels
 from mpsearch.runtime.kernels.cpu_int8 import int_mm_is_faster, using_cpu_int8_path
+from mpsearch.runtime.kernels.cpu_nvfp4 import bf16_is_faster, using_cpu_nvfp4_path
+from mpsearch.runtime.kernels.workspace import workspace_bytes
 from mpsearch.testing import real_size_pipeline
 
 PROMPT = "a photograph of an astronaut riding a horse"
@@ -103,10 +105,14 @@ def main(argv=None) -> None:
     for name in float_int8:  # the same model through the reference path: the exact product on the float GEMM
         models[f"{name}, float GEMM path"] = models[name]
         nbytes[f"{name}, float GEMM path"] = nbytes[name]
+    for name in [n for n in plans if "nvfp4" in n and "uniform" in n]:  # bit for bit, float32 GEMM
+        models[f"{name}, float32 path"] = models[name]
+        nbytes[f"{name}, float32 path"] = nbytes[name]
 
     @contextlib.contextmanager
     def kernels(name):
         with (using_cpu_int8_path("float") if name.endswith("float GEMM path") else contextlib.nullcontext(),
+              using_cpu_nvfp4_path("float") if name.endswith("float32 path") else contextlib.nullcontext(),
               compiled_cpu_kernels() if name in compiled else contextlib.nullcontext()):
             yield
 
@@ -155,8 +161,15 @@ def main(argv=None) -> None:
             f"on `torch._int_mm` where that is measured faster than the float GEMM (here: "
             f"{'yes' if int_mm_is_faster() else 'no'}; `mpsearch.runtime.kernels.cpu_int8`), else on the CPU's "
             "float GEMM in slices of at most 1040 inputs; the `float GEMM path` row runs the same model through "
-            "the latter (both bit for bit the same numbers); NVFP4 is W4A4 emulated in float32 (weights decoded by a byte-table gather, "
-            "activations fake-quantized without codes); INT4 is weight-only (decoded per call). `compiled` rows run the "
+            "the latter (both bit for bit the same numbers). NVFP4 is W4A4: where the bfloat16 GEMM is measured faster "
+            f"than the float32 one (here: {'yes' if bf16_is_faster() else 'no'}; `mpsearch.runtime.kernels.cpu_nvfp4`) "
+            "it runs NVFP4 hardware's arithmetic (element x block-scale values exact in bfloat16, float32 sums "
+            "rounded to bfloat16, then the tensor scales: within 2^-8 of the reference), else, and in the "
+            "`float32 path` row, the reference emulated in float32 bit for bit (weights decoded by a byte-table "
+            "gather, activations fake-quantized without codes); INT4 is weight-only (decoded per call). The 4-bit "
+            "weights are decoded and the activations quantized a block of rows at a time into a reused per-thread "
+            f"workspace ({workspace_bytes() / 1e6:.0f} MB after the run: about the largest layer's decoded weight "
+            "and patches). `compiled` rows run the "
             "same plan through the optional compiled CPU kernels (`mpsearch.compiled_cpu_kernels()`, torch.compile: "
             "the same arithmetic bit for bit in fused loops; compilation excluded from the times). The 35% plan is "
             "the role-based plan `mpsearch plan --arch sd15 --budget 35%` prints (no profile). Ratios, not "

@@ -1,5 +1,5 @@
-"""The weights digest: the threaded default scheme, the single-stream scheme that earlier profiles and plans
-recorded (still checked in its own scheme), and what each one notices."""
+"""The weights digest: the BLAKE3 default scheme, the SHA-256 schemes that earlier profiles and plans recorded
+(still checked in their own scheme), and what each one notices."""
 
 from __future__ import annotations
 
@@ -31,16 +31,32 @@ def _single_stream(pipe) -> str:
 def test_the_old_scheme_is_bit_for_bit_the_old_digest_and_the_default_differs(dit_pipe):
     old = weights_digest(dit_pipe, scheme="sha256")
     assert old == _single_stream(dit_pipe)
+    threaded = weights_digest(dit_pipe, scheme="sha256t")
     new = weights_digest(dit_pipe)
-    assert new.startswith("sha256t:") and len(new) == len("sha256t:") + 24 and new != old
+    assert new.startswith("blake3:") and len(new) == len("blake3:") + 24 and new not in (old, threaded)
+    assert threaded.startswith("sha256t:") and weights_digest(dit_pipe, scheme="sha256t") == threaded
     assert weights_digest(dit_pipe) == new  # deterministic, whatever the threads' order
-    assert same_weights(old, dit_pipe) == (True, old) and same_weights(new, dit_pipe) == (True, new)
+    for d in (old, threaded, new):
+        assert same_weights(d, dit_pipe) == (True, d)
+
+
+def test_the_default_is_blake3_over_the_layers_headers_and_bytes(dit_pipe):
+    import blake3
+
+    den = get_denoiser(dit_pipe)
+    modules = dict(den.named_modules())
+    h = blake3.blake3()
+    for name in describe(den).names:
+        w = modules[name].weight.detach()
+        h.update(json.dumps([name, str(w.dtype), list(w.shape)]).encode())
+        h.update(w.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    assert weights_digest(dit_pipe) == "blake3:" + h.hexdigest()[:24]
 
 
 @pytest.mark.parametrize("change", ["value", "dtype"])
-def test_any_changed_weight_changes_both_digests(dit_pipe, change):
+def test_any_changed_weight_changes_every_digest(dit_pipe, change):
     den = get_denoiser(dit_pipe)
-    before = {s: weights_digest(dit_pipe, scheme=s) for s in ("sha256t", "sha256")}
+    before = {s: weights_digest(dit_pipe, scheme=s) for s in ("blake3", "sha256t", "sha256")}
     name = describe(den).names[-1]
     layer = dict(den.named_modules())[name]
     saved = layer.weight.data
@@ -58,8 +74,8 @@ def test_any_changed_weight_changes_both_digests(dit_pipe, change):
 
 
 def test_an_unknown_scheme_is_a_one_line_error(dit_pipe):
-    with pytest.raises(ModelError, match="unknown weights digest scheme 'blake3'.*upgrade mpsearch"):
-        same_weights("blake3:abc", dit_pipe)
+    with pytest.raises(ModelError, match="unknown weights digest scheme 'md7'.*upgrade mpsearch"):
+        same_weights("md7:abc", dit_pipe)
 
 
 def test_a_profile_and_plan_recorded_in_the_old_scheme_still_resume_and_apply(dit_pipe, tmp_path):
