@@ -47,6 +47,13 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum(dtype=torch.float32))) or bool(torch.isfinite(t).all())
 
 
+def amin_amax(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.aminmax(x, dim=dim)``'s (min, max) as two reductions: on the CPU each is vectorized and
+    ``aminmax`` along a dim is not (9-20x slower at activation sizes). The values are the same (a min or max
+    is exact); where +0.0 and -0.0 tie, the sign of the zero returned may differ, so callers take ``abs``."""
+    return x.amin(dim=dim), x.amax(dim=dim)
+
+
 def check_finite(w: torch.Tensor, what: str = "weight") -> None:
     if not all_finite(w):
         bad = (~torch.isfinite(w)).sum().item()

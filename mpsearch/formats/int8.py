@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from mpsearch.errors import FormatError
-from mpsearch.formats.base import Format, Packed, check_finite, matrix_shape
+from mpsearch.formats.base import Format, Packed, amin_amax, check_finite, matrix_shape
 from mpsearch.formats.patches import patch_view
 from mpsearch.formats.registry import register_format
 
@@ -52,7 +52,7 @@ def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     xf = x2.to(torch.float32)
     if not xf.shape[1] or not xf.shape[0]:
         return torch.zeros(xf.shape, dtype=torch.int8, device=xf.device), torch.zeros(xf.shape[0], device=xf.device)
-    mn, mx = torch.aminmax(xf, dim=1)  # amax(|x|) = max(-min, max) exactly, without an |x| temporary
+    mn, mx = amin_amax(xf, 1)  # amax(|x|) = max(-min, max) exactly, without an |x| temporary
     scale = row_scales(torch.maximum(mx, -mn).abs_())
     return quantize_with_scales(xf, scale[:, None]), scale
 
@@ -161,7 +161,7 @@ class Int8(Format):
             qx, sx = quantize_rows(x2)
             out = rescale(int8_matmul(qx, qw.to(qx.device)), sx, scale)
             return out.reshape(*x.shape[:-1], qw.shape[0]).to(x.dtype)
-        mn, mx = torch.aminmax(xf, dim=1)
+        mn, mx = amin_amax(xf, 1)
         sx = row_scales(torch.maximum(mx, -mn).abs_())
         out = rescale(_product(quantize_with_scales(xf, sx[:, None], as_float=True), qw), sx, scale)
         return out.reshape(*x.shape[:-1], qw.shape[0]).to(x.dtype)
@@ -186,7 +186,7 @@ class Int8(Format):
         if not view.numel():
             return super().matmul_patches(x, packed, kernel, dilation, padding, stride,
                                           quantize_activations=act, dequantized=dequantized)
-        mn, mx = torch.aminmax(xp, dim=1)
+        mn, mx = amin_amax(xp, 1)
         pix = torch.maximum(mx, -mn).abs_()  # (n, h, w): amax over channels of each padded pixel
         amax = F.max_pool2d(pix[:, None], (kh, kw), stride=stride, dilation=dilation)[:, 0]  # (n, oh, ow)
         sx = row_scales(amax).reshape(-1)

@@ -128,3 +128,33 @@ def test_workspace_is_reused_bounded_and_released():
     workspace.scratch("u", (4,), torch.float32, "cpu").add_(1)
     workspace.release_workspace()
     assert workspace.workspace_bytes() == 0
+
+
+def test_an_all_zero_activation_keeps_the_references_zero_signs():
+    f = get_format("nvfp4")
+    packed = f.quantize(_rand(8, 32, seed=9))
+    x = torch.zeros(3, 32)
+    x[1, ::3] = -0.0
+    conv_x = torch.zeros(1, 16, 4, 4)
+    conv_x[0, 1] = -0.0
+    conv_packed = f.quantize(_rand(4, 16, 3, 3, seed=10))
+    with torch.inference_mode():
+        got = kernels.linear(x, packed, activations=True)
+        pg = kernels.patches(conv_x, conv_packed, (3, 3), (1, 1), (1, 1), (1, 1), activations=True)[0]
+        with kernels.reference_only():
+            want = kernels.linear(x, packed, activations=True)
+            pw = kernels.patches(conv_x, conv_packed, (3, 3), (1, 1), (1, 1), (1, 1), activations=True)[0]
+    assert torch.equal(got.signbit(), want.signbit()) and torch.equal(got, want)
+    assert torch.equal(pg.signbit(), pw.signbit()) and torch.equal(pg, pw)
+
+
+def test_amin_amax_is_aminmax():
+    from mpsearch.formats.base import amin_amax
+
+    x = torch.randn(5, 7, 9)
+    x[0, 0, :] = float("nan")
+    for dim in (0, 1, 2):
+        mn, mx = amin_amax(x, dim)
+        want = torch.aminmax(x, dim=dim)
+        assert torch.allclose(mx, want.max, rtol=0, atol=0, equal_nan=True)
+        assert torch.allclose(mn, want.min, rtol=0, atol=0, equal_nan=True)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from mpsearch.formats import Packed, get_format
 from mpsearch.formats.int4 import Int4
+from mpsearch.formats.base import amin_amax
 from mpsearch.formats.nvfp4 import BLOCK, SIGNED_GRID, nvfp4_fake_quantize
 from mpsearch.formats.packing import pair_table
 from mpsearch.formats.patches import patch_view
@@ -101,7 +102,7 @@ def _quantized_rows_into(src, dst: torch.Tensor, amax: torch.Tensor) -> None:
 def _amax(x: torch.Tensor) -> torch.Tensor:
     """max |x| as float32, exactly (max(-min, max), no |x| temporary)."""
     mn, mx = torch.aminmax(x)
-    return torch.maximum(-mn, mx).to(torch.float32)
+    return torch.maximum(-mn, mx).abs_().to(torch.float32)  # abs: +0 for an all-zero tensor
 
 
 def _linear(activations: bool):
@@ -129,8 +130,8 @@ def nvfp4_patches_cpu(x, packed, kernel_size, dilation, padding, stride, *, cach
     if cols_n % BLOCK or not n * oh * ow or not cols_n:
         return None
     # the patches' amax without building them: each pixel's amax over channels, max-pooled like the patches
-    mn, mx = torch.aminmax(xp, dim=1)
-    pix = torch.maximum(-mn, mx)
+    mn, mx = amin_amax(xp, 1)
+    pix = torch.maximum(-mn, mx).abs_()  # abs: +0 where only zeros
     amax = F.max_pool2d(pix[:, None], (kh, kw), stride=stride, dilation=dilation).amax().to(torch.float32)
     cols = scratch("patches", (n * oh * ow, cols_n), x.dtype, x.device)
     step = max(1, _rows_per_block(cols_n) // max(ow, 1))  # output-image rows per block

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from mpsearch.errors import UsageError
+from mpsearch.formats.base import amin_amax
 from mpsearch.formats.int8 import _INT32_SAFE_K, int8_matmul, quantize_with_scales, rescale, row_scales
 from mpsearch.runtime.kernels import register_kernel
 from mpsearch.runtime.kernels.workspace import reusable, rows_per_block, scratch
@@ -145,7 +146,7 @@ def linear_int_mm(x2, packed, *, codes=None, resc=rescale):
     if x2.dim() != 2 or x2.shape[1] != qw.shape[1] or not x2.numel() or qw.shape[1] > _INT32_SAFE_K:
         return None
     xf = x2.to(torch.float32)
-    mn, mx = torch.aminmax(xf, dim=1)
+    mn, mx = amin_amax(xf, 1)
     sx = row_scales(torch.maximum(mx, -mn).abs_())
     if codes is None and reusable(x2):
         return _product_into(_workspace_codes(xf, sx[:, None]), qw, sx, packed.tensors["scale"], x2.dtype, resc)
@@ -186,7 +187,7 @@ def patches_int_mm(x, packed, kernel, dilation, padding, stride, *, codes=None, 
     ow = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     if n * oh * ow <= 0 or c == 0:
         return None
-    mn, mx = torch.aminmax(xl, dim=3)
+    mn, mx = amin_amax(xl, 3)
     pix = torch.maximum(mx, -mn).abs_()  # (n, h, w): amax over channels of each padded pixel
     amax = F.max_pool2d(pix[:, None], (kh, kw), stride=stride, dilation=dilation)[:, 0]  # (n, oh, ow)
     sx = row_scales(amax).reshape(-1)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from mpsearch.errors import UsageError
 from mpsearch.formats import Packed
+from mpsearch.formats.base import amin_amax
 from mpsearch.formats.nvfp4 import BLOCK, SIGNED_GRID, _round_e2m1, _scales
 from mpsearch.formats.packing import pair_table
 from mpsearch.formats.patches import patch_view
@@ -147,7 +148,7 @@ def nvfp4_linear_bf16(x2, packed, *, cache, dequantized):
         return cpu_decode.nvfp4_linear_cpu(x2, packed, cache=cache, dequantized=dequantized)
     a = scratch("nvfp4_act_bf16", x2.shape, torch.bfloat16, x2.device)
     mn, mx = torch.aminmax(x2)
-    s_a = _activation_into(x2, a, torch.maximum(-mn, mx).to(torch.float32))
+    s_a = _activation_into(x2, a, torch.maximum(-mn, mx).abs_().to(torch.float32))
     return _product(a, s_a, packed, x2.dtype)
 
 
@@ -162,8 +163,8 @@ def nvfp4_patches_bf16(x, packed, kernel_size, dilation, padding, stride, *, cac
     cols_n = c * kh * kw
     if cols_n % BLOCK or not n * oh * ow or not cols_n:
         return None
-    mn, mx = torch.aminmax(xp, dim=1)  # the patches' amax without building them (as cpu_decode)
-    amax = F.max_pool2d(torch.maximum(-mn, mx)[:, None], (kh, kw), stride=stride,
+    mn, mx = amin_amax(xp, 1)  # the patches' amax without building them (as cpu_decode)
+    amax = F.max_pool2d(torch.maximum(-mn, mx).abs_()[:, None], (kh, kw), stride=stride,
                         dilation=dilation).amax().to(torch.float32)
     a = scratch("nvfp4_act_bf16", (n * oh * ow, cols_n), torch.bfloat16, x.device)
     step = max(1, rows_per_block(cols_n) // max(ow, 1))  # output-image rows per block
