@@ -16,16 +16,17 @@ from mpsearch.profiling.store import stored_weights
 from mpsearch.workflow import profile
 
 
-def _single_stream(pipe) -> str:
-    """The digest as mpsearch 0.1 computed it (sha256 over every layer's header and bytes, in layer order)."""
+def _single_stream(pipe, h=None, prefix: str = "sha256") -> str:
+    """The digest as mpsearch 0.1 computed it (sha256 over every layer's header and bytes, in layer order),
+    or with the hasher ``h`` instead."""
     den = get_denoiser(pipe)
     modules = dict(den.named_modules())
-    h = hashlib.sha256()
+    h = hashlib.sha256() if h is None else h
     for name in describe(den).names:
         w = modules[name].weight.detach()
         h.update(json.dumps([name, str(w.dtype), list(w.shape)]).encode())
         h.update(w.contiguous().reshape(-1).view(torch.uint8).numpy().data)
-    return "sha256:" + h.hexdigest()[:24]
+    return f"{prefix}:" + h.hexdigest()[:24]
 
 
 def test_the_old_scheme_is_bit_for_bit_the_old_digest_and_the_default_differs(dit_pipe):
@@ -43,14 +44,7 @@ def test_the_old_scheme_is_bit_for_bit_the_old_digest_and_the_default_differs(di
 def test_the_default_is_blake3_over_the_layers_headers_and_bytes(dit_pipe):
     import blake3
 
-    den = get_denoiser(dit_pipe)
-    modules = dict(den.named_modules())
-    h = blake3.blake3()
-    for name in describe(den).names:
-        w = modules[name].weight.detach()
-        h.update(json.dumps([name, str(w.dtype), list(w.shape)]).encode())
-        h.update(w.contiguous().reshape(-1).view(torch.uint8).numpy().data)
-    assert weights_digest(dit_pipe) == "blake3:" + h.hexdigest()[:24]
+    assert weights_digest(dit_pipe) == _single_stream(dit_pipe, blake3.blake3(), "blake3")
 
 
 @pytest.mark.parametrize("change", ["value", "dtype"])

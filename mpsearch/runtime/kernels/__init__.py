@@ -26,7 +26,6 @@ costs on the device).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import torch
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 
 from mpsearch.errors import FormatError
 from mpsearch.formats import Packed, get_format
+from mpsearch.runtime.kernels.choice import toggled
 
 OPS = ("linear", "patches", "conv")
 _KERNELS: dict[tuple[str, str, bool, str], Callable] = {}
@@ -75,27 +75,15 @@ def find_kernel(device: str, fmt: str, activations: bool, op: str = "linear") ->
     return _KERNELS.get((device, fmt, bool(activations), op))
 
 
-@contextlib.contextmanager
 def reference_only():
     """Within the block every call runs the formats' reference arithmetic (for comparisons)."""
-    old = _STATE["enabled"]
-    _STATE["enabled"] = False
-    try:
-        yield
-    finally:
-        _STATE["enabled"] = old
+    return toggled(_STATE, "enabled", False)
 
 
-@contextlib.contextmanager
 def layouts_per_call():
     """Within the block device layouts are built for each call and not kept (the device then holds exactly
     the packed weights, at the cost of a conversion per call)."""
-    old = _STATE["cache_layouts"]
-    _STATE["cache_layouts"] = False
-    try:
-        yield
-    finally:
-        _STATE["cache_layouts"] = old
+    return toggled(_STATE, "cache_layouts", False)
 
 
 class LayoutCache:

@@ -16,76 +16,47 @@ no cached second copy). The integer sums do not depend on the columns' order.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import time
-
 import torch
 import torch.nn.functional as F
 
-from mpsearch.errors import UsageError
 from mpsearch.formats.base import amin_amax
 from mpsearch.formats.int8 import _INT32_SAFE_K, int8_matmul, quantize_with_scales, rescale, row_scales
 from mpsearch.runtime.kernels import register_kernel
+from mpsearch.runtime.kernels.choice import PathChoice, faster_than
 from mpsearch.runtime.kernels.workspace import reusable, rows_per_block, scratch
 
-_PATHS = ("auto", "int_mm", "float")
-_STATE: dict = {"path": None, "measured": None}
+def _measure() -> bool:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (256, 1024), dtype=torch.int8, generator=g)
+    b = torch.randint(-127, 128, (1024, 1024), dtype=torch.int8, generator=g)
+    af, bf = a.float(), b.float()
+    return faster_than(lambda: torch._int_mm(a, b), lambda: af @ bf)
+
+
+_CHOICE = PathChoice("int8", "MPSEARCH_CPU_INT8", "int_mm", _measure)
+_STATE = _CHOICE.state
 
 
 def cpu_int8_path(path: str | None = None) -> str:
     """The CPU's INT8 path: ``"int_mm"``, ``"float"`` or ``"auto"`` (measured on first use); with an argument,
     set it (``None``: leave it). Returns the path now in force (``"auto"`` until measured)."""
-    if path is not None:
-        if path not in _PATHS:
-            raise UsageError(f"unknown CPU int8 path {path!r}; use one of {', '.join(_PATHS)}")
-        _STATE["path"] = path
-    return _STATE["path"] or os.environ.get("MPSEARCH_CPU_INT8", "auto")
+    return _CHOICE.path(path)
 
 
-@contextlib.contextmanager
 def using_cpu_int8_path(path: str):
     """Inside the block the CPU's INT8 path is ``path`` (see :func:`cpu_int8_path`); after it, as it was."""
-    was = _STATE["path"]
-    cpu_int8_path(path)
-    try:
-        yield
-    finally:
-        _STATE["path"] = was
-
-
-def _best_of(fn, n: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return _CHOICE.using(path)
 
 
 def int_mm_is_faster() -> bool:
     """Whether ``torch._int_mm`` beats the float32 GEMM by at least 1.5x here (one 256x1024x1024 product each,
     best of three, at the current thread count); measured once per process."""
-    if _STATE["measured"] is None:
-        g = torch.Generator().manual_seed(0)
-        a = torch.randint(-127, 128, (256, 1024), dtype=torch.int8, generator=g)
-        b = torch.randint(-127, 128, (1024, 1024), dtype=torch.int8, generator=g)
-        af, bf = a.float(), b.float()
-        try:
-            t_int = _best_of(lambda: torch._int_mm(a, b))
-        except (RuntimeError, NotImplementedError):
-            t_int = float("inf")
-        _STATE["measured"] = t_int * 1.5 < _best_of(lambda: af @ bf)
-    return _STATE["measured"]
+    return _CHOICE.faster()
 
 
 def uses_int_mm() -> bool:
     """Whether INT8 calls on the CPU run their product on ``torch._int_mm`` now (see :func:`cpu_int8_path`)."""
-    path = cpu_int8_path()
-    if path not in _PATHS:
-        raise UsageError(f"MPSEARCH_CPU_INT8={path!r} is not a CPU int8 path; use one of {', '.join(_PATHS)}")
-    return path == "int_mm" or (path == "auto" and int_mm_is_faster())
+    return _CHOICE.uses_fast()
 
 
 def _product(qx, qw, sx, scale, dtype, resc):

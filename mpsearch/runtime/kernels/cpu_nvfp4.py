@@ -20,78 +20,49 @@ other dtypes), :mod:`.cpu_decode`'s bit-for-bit kernels or the reference run.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import time
-
 import torch
 import torch.nn.functional as F
 
-from mpsearch.errors import UsageError
 from mpsearch.formats import Packed
 from mpsearch.formats.base import amin_amax
 from mpsearch.formats.nvfp4 import BLOCK, SIGNED_GRID, _round_e2m1, _scales
 from mpsearch.formats.packing import pair_table
 from mpsearch.formats.patches import patch_view
 from mpsearch.runtime.kernels import cpu_decode, register_kernel
+from mpsearch.runtime.kernels.choice import PathChoice, faster_than
 from mpsearch.runtime.kernels.workspace import reusable, rows_per_block, scratch
 
-_PATHS = ("auto", "bf16", "float")
-_STATE: dict = {"path": None, "measured": None}
+def _measure() -> bool:
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(256, 1024, generator=g), torch.randn(1024, 1024, generator=g)
+    ab, bb = a.bfloat16(), b.bfloat16()
+    return faster_than(lambda: ab @ bb, lambda: a @ b)
+
+
+_CHOICE = PathChoice("nvfp4", "MPSEARCH_CPU_NVFP4", "bf16", _measure)
+_STATE = _CHOICE.state
 
 
 def cpu_nvfp4_path(path: str | None = None) -> str:
     """The CPU's NVFP4 W4A4 path: ``"bf16"``, ``"float"`` or ``"auto"`` (measured on first use); with an
     argument, set it (``None``: leave it). Returns the path now in force."""
-    if path is not None:
-        if path not in _PATHS:
-            raise UsageError(f"unknown CPU nvfp4 path {path!r}; use one of {', '.join(_PATHS)}")
-        _STATE["path"] = path
-    return _STATE["path"] or os.environ.get("MPSEARCH_CPU_NVFP4", "auto")
+    return _CHOICE.path(path)
 
 
-@contextlib.contextmanager
 def using_cpu_nvfp4_path(path: str):
     """Inside the block the CPU's NVFP4 path is ``path`` (see :func:`cpu_nvfp4_path`); after it, as it was."""
-    was = _STATE["path"]
-    cpu_nvfp4_path(path)
-    try:
-        yield
-    finally:
-        _STATE["path"] = was
-
-
-def _best_of(fn, n: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return _CHOICE.using(path)
 
 
 def bf16_is_faster() -> bool:
     """Whether the bfloat16 GEMM beats the float32 one by at least 1.5x here (256x1024x1024, best of three,
     at the current thread count); measured once per process."""
-    if _STATE["measured"] is None:
-        g = torch.Generator().manual_seed(0)
-        a, b = torch.randn(256, 1024, generator=g), torch.randn(1024, 1024, generator=g)
-        ab, bb = a.bfloat16(), b.bfloat16()
-        try:
-            t_bf16 = _best_of(lambda: ab @ bb)
-        except (RuntimeError, NotImplementedError):
-            t_bf16 = float("inf")
-        _STATE["measured"] = t_bf16 * 1.5 < _best_of(lambda: a @ b)
-    return _STATE["measured"]
+    return _CHOICE.faster()
 
 
 def uses_bf16() -> bool:
     """Whether NVFP4 W4A4 calls on the CPU run on the bfloat16 GEMM now."""
-    path = cpu_nvfp4_path()
-    if path not in _PATHS:
-        raise UsageError(f"MPSEARCH_CPU_NVFP4={path!r} is not a CPU nvfp4 path; use one of {', '.join(_PATHS)}")
-    return path == "bf16" or (path == "auto" and bf16_is_faster())
+    return _CHOICE.uses_fast()
 
 
 def _activation_into(src: torch.Tensor, dst: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:

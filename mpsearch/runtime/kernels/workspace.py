@@ -15,11 +15,12 @@ only for temporaries that die inside its call, and only when autograd records no
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 
 import torch
+
+from mpsearch.runtime.kernels.choice import toggled
 
 _LOCAL = threading.local()
 _STATE = {"enabled": True}
@@ -76,15 +77,9 @@ def release_workspace() -> None:
     _buffers().clear()
 
 
-@contextlib.contextmanager
 def workspace_off():
     """Inside the block kernels allocate their temporaries afresh (nothing is kept between calls)."""
-    old = _STATE["enabled"]
-    _STATE["enabled"] = False
-    try:
-        yield
-    finally:
-        _STATE["enabled"] = old
+    return toggled(_STATE, "enabled", False)
 
 
 __all__ = ["CHUNK", "rows_per_block", "scratch", "reusable", "workspace_bytes", "release_workspace", "workspace_off"]

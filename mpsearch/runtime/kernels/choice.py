@@ -1,0 +1,87 @@
+"""Switches the CPU kernels read: a path chosen by measurement (or by the user), and flags set inside a block."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Callable
+
+from mpsearch.errors import UsageError
+
+
+@contextlib.contextmanager
+def toggled(state: dict, key: str, value):
+    """Inside the block ``state[key]`` is ``value``; after it, as it was."""
+    old = state[key]
+    state[key] = value
+    try:
+        yield
+    finally:
+        state[key] = old
+
+
+def best_time(fn: Callable, n: int = 3) -> float:
+    """The best of ``n`` timings of ``fn()`` after one warm-up call, in seconds."""
+    fn()
+    best = float("inf")
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def faster_than(fast: Callable, reference: Callable, factor: float = 1.5) -> bool:
+    """Whether ``fast()`` runs at least ``factor`` times faster than ``reference()`` (best of three each); an
+    op that raises (not implemented here) is not faster."""
+    try:
+        t_fast = best_time(fast)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return t_fast * factor < best_time(reference)
+
+
+class PathChoice:
+    """A CPU path: ``fast``, ``"float"`` or ``"auto"`` (``measure()`` decides, once per process). Set in
+    Python (:meth:`path`, :meth:`using`) or by the environment variable ``env``; ``state`` holds the path set
+    (None: the environment's) and the measurement (None until measured)."""
+
+    def __init__(self, what: str, env: str, fast: str, measure: Callable[[], bool]):
+        self.what, self.env, self.fast, self._measure = what, env, fast, measure
+        self.paths = ("auto", fast, "float")
+        self.state: dict = {"path": None, "measured": None}
+
+    def path(self, path: str | None = None) -> str:
+        """The path in force (``"auto"`` until measured); with an argument, set it (``None``: leave it)."""
+        if path is not None:
+            if path not in self.paths:
+                raise UsageError(f"unknown CPU {self.what} path {path!r}; use one of {', '.join(self.paths)}")
+            self.state["path"] = path
+        return self.state["path"] or os.environ.get(self.env, "auto")
+
+    @contextlib.contextmanager
+    def using(self, path: str):
+        """Inside the block the path is ``path``; after it, as it was."""
+        was = self.state["path"]
+        self.path(path)
+        try:
+            yield
+        finally:
+            self.state["path"] = was
+
+    def faster(self) -> bool:
+        """The measurement (taken on first use)."""
+        if self.state["measured"] is None:
+            self.state["measured"] = bool(self._measure())
+        return self.state["measured"]
+
+    def uses_fast(self) -> bool:
+        """Whether calls take the fast path now."""
+        path = self.path()
+        if path not in self.paths:
+            raise UsageError(f"{self.env}={path!r} is not a CPU {self.what} path; use one of {', '.join(self.paths)}")
+        return path == self.fast or (path == "auto" and self.faster())
+
+
+__all__ = ["toggled", "best_time", "faster_than", "PathChoice"]
