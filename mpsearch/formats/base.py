@@ -47,6 +47,28 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum(dtype=torch.float32))) or bool(torch.isfinite(t).all())
 
 
+class _WithGradientOf(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, source):
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return None, g
+
+
+def with_gradient_of(values: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``values`` exactly (bit for bit), with the gradient of ``source`` (same shape): the straight-through
+    estimator of quantization-aware training, where ``values`` come from rounding (no gradient) and ``source``
+    is the same computation without it."""
+    return _WithGradientOf.apply(values.detach(), source)
+
+
+def records_grad(x: torch.Tensor) -> bool:
+    """Whether autograd records a computation on ``x`` here."""
+    return torch.is_grad_enabled() and x.requires_grad
+
+
 def amin_amax(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.aminmax(x, dim=dim)``'s (min, max) as two reductions: on the CPU each is vectorized and
     ``aminmax`` along a dim is not (9-20x slower at activation sizes). The values are the same (a min or max

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from mpsearch.errors import FormatError
-from mpsearch.formats.base import Format, Packed, amin_amax, check_finite, matrix_shape
+from mpsearch.formats.base import Format, Packed, amin_amax, check_finite, matrix_shape, records_grad, with_gradient_of
 from mpsearch.formats.patches import patch_view
 from mpsearch.formats.registry import register_format
 
@@ -148,6 +148,10 @@ class Int8(Format):
         act = self.quantizes_activations if quantize_activations is None else quantize_activations
         if not act:
             return super().matmul(x, packed, quantize_activations=False, dequantized=dequantized)
+        if records_grad(x):  # the integer product has no gradient: the float product's, straight through
+            with torch.no_grad():
+                y = self.matmul(x, packed, quantize_activations=True)
+            return with_gradient_of(y, super().matmul(x, packed, quantize_activations=False, dequantized=dequantized))
         if packed.format != self.name:
             raise FormatError(f"format 'int8' was given a weight packed as {packed.format!r}; use that format")
         qw, scale = packed.tensors["qweight"], packed.tensors["scale"]
@@ -176,6 +180,12 @@ class Int8(Format):
         if not act or x.dim() != 4:
             return super().matmul_patches(x, packed, kernel, dilation, padding, stride,
                                           quantize_activations=act, dequantized=dequantized)
+        if records_grad(x):  # as in matmul: the float conv's gradient, straight through
+            with torch.no_grad():
+                y, oh, ow = self.matmul_patches(x, packed, kernel, dilation, padding, stride)
+            ste, _, _ = super().matmul_patches(x, packed, kernel, dilation, padding, stride,
+                                               quantize_activations=False, dequantized=dequantized)
+            return with_gradient_of(y, ste.to(y.dtype)), oh, ow
         if packed.format != self.name:
             raise FormatError(f"format 'int8' was given a weight packed as {packed.format!r}; use that format")
         qw, scale = packed.tensors["qweight"], packed.tensors["scale"]

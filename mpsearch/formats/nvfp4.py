@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from mpsearch.errors import FormatError
-from mpsearch.formats.base import Format, Packed, check_finite, matrix_shape
+from mpsearch.formats.base import Format, Packed, check_finite, matrix_shape, records_grad, with_gradient_of
 from mpsearch.formats.packing import decode_nibbles, pack_nibbles
 from mpsearch.formats.registry import register_format
 
@@ -143,10 +143,10 @@ def nvfp4_fake_quantize(x2: torch.Tensor, tensor_amax: torch.Tensor | float | No
     block's effective scale -- the same values as encode + decode, in a fraction of the passes over the
     activation. Bit for bit.
     ``out``: a contiguous float32 (rows, cols) tensor to write the result into (it may be ``x2`` itself)."""
-    if torch.is_grad_enabled() and x2.requires_grad:  # a straight-through gradient (the rounding has none)
+    if records_grad(x2):  # a straight-through gradient (the rounding has none)
         with torch.no_grad():
             q = nvfp4_fake_quantize(x2, tensor_amax, out=out)
-        return _StraightThrough.apply(x2, q)
+        return with_gradient_of(q, x2.to(q.dtype))
     rows, cols = x2.shape
     x, ax, _, _, eff, live = _scales(x2, tensor_amax)
     y = ax.div_(torch.where(live, eff, torch.ones_like(eff))[..., None])  # |x| / eff, in place
@@ -157,20 +157,6 @@ def nvfp4_fake_quantize(x2: torch.Tensor, tensor_amax: torch.Tensor | float | No
         torch.mul(v.copysign_(x), eff[..., None], out=out.view(rows, cols // BLOCK, BLOCK))
         return out
     return v.copysign_(x).mul_(eff[..., None]).reshape(rows, cols)
-
-
-class _StraightThrough(torch.autograd.Function):
-    """Forward: the quantized values; backward: the gradient passed to the input unchanged (the usual
-    straight-through estimator of quantization-aware training)."""
-
-    @staticmethod
-    def forward(ctx, x, q):
-        ctx.dtype = x.dtype
-        return q.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.to(ctx.dtype), None
 
 
 @register_format

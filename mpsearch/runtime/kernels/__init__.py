@@ -10,7 +10,8 @@ A kernel is registered for ``(device type, format, activations, op)``:
   weight-only conv.
 
 ``activations`` is whether this call quantizes activations (the plan's per-step windows are resolved before
-the call). A kernel may decline a call by returning ``None`` (a shape, dtype or device it does not take); the
+the call). A call that autograd records (grad mode on, the input requiring grad) runs the reference, which is
+differentiable: the rounding passes gradients straight through. A kernel may decline a call by returning ``None`` (a shape, dtype or device it does not take); the
 format's reference arithmetic in ``mpsearch.formats`` then runs, as it does when nothing is registered. So a
 CPU kernel is one decorator::
 
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 
 from mpsearch.errors import FormatError
 from mpsearch.formats import Packed, get_format
+from mpsearch.formats.base import records_grad
 from mpsearch.runtime.kernels.choice import toggled
 
 OPS = ("linear", "patches", "conv")
@@ -142,7 +144,7 @@ def _cache_or_new(cache):
 def linear(x2: torch.Tensor, packed: Packed, *, activations: bool, dequantized: torch.Tensor | None = None,
            cache: LayoutCache | None = None) -> torch.Tensor:
     """``x2 @ W.T`` (x2 2-D) through the kernel for x2's device, else the format's ``matmul``."""
-    kernel = find_kernel(x2.device.type, packed.format, activations, "linear")
+    kernel = None if records_grad(x2) else find_kernel(x2.device.type, packed.format, activations, "linear")
     if kernel is not None:
         y = kernel(x2, packed, cache=_cache_or_new(cache), dequantized=dequantized)
         if y is not None:
@@ -154,7 +156,7 @@ def patches(x: torch.Tensor, packed: Packed, kernel_size, dilation, padding, str
             dequantized: torch.Tensor | None = None, cache: LayoutCache | None = None):
     """The conv of NCHW ``x`` as patch rows: ``(y (N*oh*ow, out), oh, ow)``, else the format's
     ``matmul_patches``."""
-    kernel = find_kernel(x.device.type, packed.format, activations, "patches")
+    kernel = None if records_grad(x) else find_kernel(x.device.type, packed.format, activations, "patches")
     if kernel is not None:
         out = kernel(x, packed, kernel_size, dilation, padding, stride, cache=_cache_or_new(cache),
                      dequantized=dequantized)
@@ -168,7 +170,7 @@ def conv(x: torch.Tensor, packed: Packed, bias, stride, padding, dilation, *,
          dequantized: torch.Tensor | None = None, cache: LayoutCache | None = None) -> torch.Tensor:
     """The weight-only conv (activations as they come): the kernel for x's device, else the dequantized
     weight (or ``dequantized``) in x's dtype through ``F.conv2d``."""
-    kernel = find_kernel(x.device.type, packed.format, False, "conv")
+    kernel = None if records_grad(x) else find_kernel(x.device.type, packed.format, False, "conv")
     if kernel is not None:
         y = kernel(x, packed, bias, stride, padding, dilation, cache=_cache_or_new(cache), dequantized=dequantized)
         if y is not None:
