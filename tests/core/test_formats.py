@@ -879,3 +879,17 @@ def test_packed_decode_equals_unpacked_reference(name):
         q = codes.reshape(w.shape[0], -1, g).to(torch.float32)
         want = ((q - 8) * p.tensors["scale"].float()[..., None] + p.tensors["zero"].float()[..., None]).reshape(w.shape)
     assert torch.equal(_bits(fmt.dequantize(p)), _bits(want))
+
+
+def test_decoding_a_word_at_a_time_is_decode_nibbles():
+    from mpsearch.formats.nvfp4 import SIGNED_GRID
+    from mpsearch.formats.packing import decode_nibbles, decode_words_into
+
+    q = torch.randint(0, 256, (5, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    q[0] = torch.arange(8, dtype=torch.uint8) * 37  # codes with the sign bit set in both nibbles
+    q[1, :2] = 0x88  # -0.0 codes
+    out = torch.full((5, 16), float("nan"))
+    idx = torch.empty(20, dtype=torch.int32)
+    want = decode_nibbles(q, SIGNED_GRID)
+    got = decode_words_into(q, out, SIGNED_GRID, idx)
+    assert got is out and torch.equal(got, want) and torch.equal(got.signbit(), want.signbit())

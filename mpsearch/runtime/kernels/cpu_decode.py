@@ -8,8 +8,8 @@ pages from the kernel on every call. These kernels compute the same numbers, bit
 :mod:`.workspace` and a block of rows at a time, so each pass over a block finds it in cache:
 
 * weights, ``CHUNK`` elements at a time: INT4's nibbles minus 8 in int8, converted to float32 by the copy
-  into place (4x faster than a table gather), NVFP4's by the byte-table gather of
-  :func:`mpsearch.formats.packing.decode_nibbles`; then the scales, in place;
+  into place (4x faster than a table gather), NVFP4's by a table gather of four codes (a 16-bit word) at a
+  time (:func:`mpsearch.formats.packing.decode_words_into`); then the scales, in place;
 * NVFP4 activations: the tensor's amax first (for a conv, a max-pool of each pixel's channel amax: the
   patches' amax without building them), then each block of rows fake-quantized with that amax (the rows of
   a tensor quantize the same alone as in the whole, given its amax) straight into the GEMM's input;
@@ -29,7 +29,7 @@ from mpsearch.formats import Packed, get_format
 from mpsearch.formats.int4 import Int4
 from mpsearch.formats.base import amin_amax
 from mpsearch.formats.nvfp4 import BLOCK, SIGNED_GRID, nvfp4_fake_quantize
-from mpsearch.formats.packing import pair_table
+from mpsearch.formats.packing import decode_words_into
 from mpsearch.formats.patches import patch_view
 from mpsearch.formats.registry import available_formats
 from mpsearch.runtime.kernels import register_kernel
@@ -48,9 +48,8 @@ def decode_into(packed: Packed, out: torch.Tensor) -> torch.Tensor:
     rows, cols = out.shape
     nvfp4 = packed.format == "nvfp4"
     step = _rows_per_block(cols)
-    if nvfp4:  # E2M1 values are not linear in the code: the byte-table gather
-        table = pair_table(SIGNED_GRID, q.device)
-        idx = scratch("codes", (min(step, rows) * cols // 2,), torch.int32, q.device)
+    if nvfp4:  # E2M1 values are not linear in the code: a table gather, four codes (a 16-bit word) at a time
+        idx = scratch("codes", (min(step, rows) * cols // 4,), torch.int32, q.device)
         t = packed.tensors
         eff = t["block_scale"].to(torch.float32) * t["tensor_scale"].to(torch.float32)  # as nvfp4_decode_packed
         group = BLOCK
@@ -62,9 +61,7 @@ def decode_into(packed: Packed, out: torch.Tensor) -> torch.Tensor:
         r1 = min(rows, r0 + step)
         blk = out[r0:r1].view(r1 - r0, cols // group, group)
         if nvfp4:
-            i = idx[:(r1 - r0) * cols // 2]
-            i.copy_(q[r0:r1].reshape(-1))
-            torch.index_select(table, 0, i, out=out[r0:r1].view(-1, 2))
+            decode_words_into(q[r0:r1], out[r0:r1], SIGNED_GRID, idx)
             blk.mul_(eff[r0:r1, :, None])
         else:  # q - 8 from each nibble in int8 (exact), converted by the copy; then * scale + zero, as
             # Int4.dequantize: a multiply, then an add (4x faster than the gather)

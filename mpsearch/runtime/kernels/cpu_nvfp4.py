@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from mpsearch.formats import Packed
 from mpsearch.formats.base import amin_amax
 from mpsearch.formats.nvfp4 import BLOCK, SIGNED_GRID, _round_e2m1, _scales
-from mpsearch.formats.packing import pair_table
+from mpsearch.formats.packing import decode_words_into
 from mpsearch.formats.patches import patch_view
 from mpsearch.runtime.kernels import cpu_decode, register_kernel
 from mpsearch.runtime.kernels.choice import PathChoice, faster_than
@@ -90,16 +90,12 @@ def _weight_bf16(packed: Packed) -> torch.Tensor:
     rows, cols = q.shape[0], q.shape[1] * 2
     out = scratch("nvfp4_weight_bf16", (rows, cols), torch.bfloat16, q.device)
     step = rows_per_block(cols)
-    table = pair_table(SIGNED_GRID, q.device)
-    idx = scratch("codes", (min(step, rows) * cols // 2,), torch.int32, q.device)
+    idx = scratch("codes", (min(step, rows) * cols // 4,), torch.int32, q.device)
     tmp = scratch("nvfp4_weight_f32", (min(step, rows), cols), torch.float32, q.device)
     bs = packed.tensors["block_scale"]
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        i = idx[:(r1 - r0) * cols // 2]
-        i.copy_(q[r0:r1].reshape(-1))
-        t = tmp[:r1 - r0]
-        torch.index_select(table, 0, i, out=t.view(-1, 2))
+        t = decode_words_into(q[r0:r1], tmp[:r1 - r0], SIGNED_GRID, idx)
         t.view(r1 - r0, cols // BLOCK, BLOCK).mul_(bs[r0:r1].to(torch.float32)[..., None])
         out[r0:r1].copy_(t)
     return out
