@@ -27,6 +27,7 @@ import torch
 
 from benchdoc import machine, write_section
 from mpsearch.models import get_denoiser
+from mpsearch.profiling.profiler import ProfileConfig
 from mpsearch.runtime.generation import generate
 from mpsearch.testing import real_size_pipeline
 from mpsearch.workflow import profile
@@ -163,7 +164,7 @@ def main(argv=None) -> None:
     options = {k: v for k, v in (("sample", args.sample), ("replay_steps", args.replay_steps),
                                  ("replay_batch", args.replay_batch)) if v is not None}
     if args.replay_checkpoint:
-        options["replay_checkpoint"] = True if args.replay_checkpoint >= 1 else args.replay_checkpoint
+        options["replay_checkpoint"] = ProfileConfig(replay_checkpoint=args.replay_checkpoint).replay_checkpoint
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     entries = [] if args.render else [bench_model(m, args, args.device, options) for m in args.models.split(",")]
     command = "python scripts/bench_scale.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -38,14 +38,7 @@ def _profile_config(args, out):
                          guidance_scale=args.guidance, formats=tuple(value("formats")),
                          prompts=tuple(read_prompts(args.prompts)) if args.prompts else (), size=args.size,
                          sample=args.sample, replay_steps=args.replay_steps, replay_batch=args.replay_batch,
-                         replay_checkpoint=_checkpoint_share(getattr(args, "replay_checkpoint", None)))
-
-
-def _checkpoint_share(value) -> bool | float:
-    """``--replay-checkpoint [SHARE]`` as ProfileConfig takes it: False (absent), True (all blocks) or a share."""
-    if value is None or value is False:
-        return False
-    return True if value is True or float(value) >= 1 else float(value)
+                         replay_checkpoint=getattr(args, "replay_checkpoint", None) or False)
 
 
 def _latency_lines(summary: dict) -> list[str]:

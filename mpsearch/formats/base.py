@@ -69,6 +69,13 @@ def records_grad(x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad
 
 
+def abs_max(x: torch.Tensor) -> torch.Tensor:
+    """max |x| over a non-empty tensor, float32 0-d: max(-min, max), exact, without an |x| temporary (``abs``
+    so that a tensor of zeros gives +0, as the amax of |x| does)."""
+    mn, mx = torch.aminmax(x)
+    return torch.maximum(-mn, mx).abs_().to(torch.float32)
+
+
 def amin_amax(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.aminmax(x, dim=dim)``'s (min, max) as two reductions: on the CPU each is vectorized and
     ``aminmax`` along a dim is not (9-20x slower at activation sizes). The values are the same (a min or max

@@ -13,11 +13,11 @@ rescales by ``s_x[:, None] * scale[None, :]``. The int32 accumulator is exact fo
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from mpsearch.errors import FormatError
-from mpsearch.formats.base import Format, Packed, amin_amax, check_finite, matrix_shape, records_grad, with_gradient_of
-from mpsearch.formats.patches import patch_view
+from mpsearch.formats.base import (Format, Packed, amin_amax, check_finite, matrix_shape, records_grad,
+                                   with_gradient_of)
+from mpsearch.formats.patches import patch_amax, patch_view
 from mpsearch.formats.registry import register_format
 
 _QMAX = 127
@@ -196,10 +196,7 @@ class Int8(Format):
         if not view.numel():
             return super().matmul_patches(x, packed, kernel, dilation, padding, stride,
                                           quantize_activations=act, dequantized=dequantized)
-        mn, mx = amin_amax(xp, 1)
-        pix = torch.maximum(mx, -mn).abs_()  # (n, h, w): amax over channels of each padded pixel
-        amax = F.max_pool2d(pix[:, None], (kh, kw), stride=stride, dilation=dilation)[:, 0]  # (n, oh, ow)
-        sx = row_scales(amax).reshape(-1)
+        sx = row_scales(patch_amax(xp, (kh, kw), stride, dilation)).reshape(-1)
         qx = quantize_with_scales(view, sx.view(n, oh, ow, 1, 1, 1), as_float=True).view(n * oh * ow, c * kh * kw)
         out = rescale(_product(qx, qw), sx, scale)
         return out.to(x.dtype), oh, ow

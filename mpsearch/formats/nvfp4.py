@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 
 from mpsearch.errors import FormatError
-from mpsearch.formats.base import Format, Packed, check_finite, matrix_shape, records_grad, with_gradient_of
+from mpsearch.formats.base import (Format, Packed, abs_max, check_finite, matrix_shape, records_grad,
+                                   with_gradient_of)
 from mpsearch.formats.packing import decode_nibbles, pack_nibbles
 from mpsearch.formats.registry import register_format
 
@@ -191,11 +192,7 @@ class NVFP4(Format):
         w2 = w.detach().reshape(out, inp)
         sub = w2[rows]
         check_finite(sub)
-        if w2.numel():
-            mn, mx = torch.aminmax(w2)  # amax |w| = max(-min, max) exactly, without an |w| temporary
-            amax = torch.maximum(-mn, mx).float()
-        else:
-            amax = 0.0
+        amax = abs_max(w2) if w2.numel() else 0.0
         codes, bs8, s_t = nvfp4_encode(sub, amax)
         tensors = {"qweight": pack_nibbles(codes), "block_scale": bs8, "tensor_scale": s_t}
         return Packed(self.name, (len(rows), inp), w.dtype, tensors)

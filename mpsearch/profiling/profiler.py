@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.formats import Format, Packed, available_formats, get_format
-from mpsearch.formats.base import all_finite
+from mpsearch.formats.base import abs_max, all_finite
 from mpsearch.runtime.generation import generate
 from mpsearch.models import DIGEST_SCHEMES, check_finite_weights, describe, get_denoiser, weights_digest
 from mpsearch.offload import loaded_tensors, materialized, offload_aware_replay
@@ -84,6 +84,8 @@ class ProfileConfig:
         if not isinstance(rc, bool) and not (isinstance(rc, (int, float)) and 0 < rc <= 1):
             raise UsageError(f"replay_checkpoint must be True, False or the share of blocks to checkpoint in "
                              f"(0, 1], got {rc!r}; pass e.g. --replay-checkpoint 0.5")
+        if not isinstance(rc, bool) and rc == 1:
+            object.__setattr__(self, "replay_checkpoint", True)  # a share of 1 is every block
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UsageError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}; "
                              "pass e.g. --seeds 0,1")
@@ -242,9 +244,8 @@ class _LayerProbe:
             y = output.detach().reshape(-1, output.shape[-1])[rows][:, ch].float()
             whole = x2
         amax = None
-        if self.needs_amax:  # the activation's amax sets NVFP4's tensor scale; max(-min, max) without |x|
-            mn, mx = torch.aminmax(whole)
-            amax = torch.maximum(-mn, mx).float()
+        if self.needs_amax:  # the activation's amax sets NVFP4's tensor scale
+            amax = abs_max(whole)
         scale = output.numel() / max(y.numel(), 1)
         ref2 = float(y.square().sum(dtype=torch.float64)) * scale
         res = []

@@ -147,13 +147,18 @@ def test_replay_checkpoint_on_a_denoiser_without_it_is_a_usage_error():
         output_sensitivity(m, [(0, (torch.randn(2, 3),), {})], [m[0], m[1]], 1, checkpoint=True)
 
 
-def test_the_cli_takes_a_share_or_all_blocks():
+def test_the_cli_takes_a_share_or_all_blocks(tmp_path):
     from mpsearch.cli.parser import build_parser
-    from mpsearch.cli.profiling import _checkpoint_share
+    from mpsearch.cli.profiling import _profile_config
 
     p = build_parser()
-    assert _checkpoint_share(p.parse_args(["profile", "--replay-checkpoint"]).replay_checkpoint) is True
-    assert _checkpoint_share(p.parse_args(["profile", "--replay-checkpoint", "0.5"]).replay_checkpoint) == 0.5
-    assert _checkpoint_share(p.parse_args(["profile"]).replay_checkpoint) is False
+
+    def share(*argv):
+        return _profile_config(p.parse_args(["profile", *argv]), tmp_path / "p.sqlite").replay_checkpoint
+
+    assert share("--replay-checkpoint") is True
+    assert share("--replay-checkpoint", "0.5") == 0.5
+    assert share() is False
+    assert ProfileConfig(replay_checkpoint=1.0).replay_checkpoint is True  # a share of 1: every block
     with pytest.raises(UsageError, match=r"--replay-checkpoint: expected a number in \(0, 1\]"):
         p.parse_args(["profile", "--replay-checkpoint", "2"])

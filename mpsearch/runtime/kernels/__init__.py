@@ -11,9 +11,9 @@ A kernel is registered for ``(device type, format, activations, op)``:
 
 ``activations`` is whether this call quantizes activations (the plan's per-step windows are resolved before
 the call). A call that autograd records (grad mode on, the input requiring grad) runs the reference, which is
-differentiable: the rounding passes gradients straight through. A kernel may decline a call by returning ``None`` (a shape, dtype or device it does not take); the
-format's reference arithmetic in ``mpsearch.formats`` then runs, as it does when nothing is registered. So a
-CPU kernel is one decorator::
+differentiable: the rounding passes gradients straight through. A kernel may decline a call by returning
+``None`` (a shape, dtype or device it does not take); the format's reference arithmetic in
+``mpsearch.formats`` then runs, as it does when nothing is registered. So a CPU kernel is one decorator::
 
     @register_kernel("cpu", "int8", activations=True)
     def int8_cpu(x2, packed, *, cache, dequantized): ...

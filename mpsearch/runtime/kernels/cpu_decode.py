@@ -27,31 +27,32 @@ import torch.nn.functional as F
 
 from mpsearch.formats import Packed, get_format
 from mpsearch.formats.int4 import Int4
-from mpsearch.formats.base import amin_amax
+from mpsearch.formats.base import abs_max
 from mpsearch.formats.nvfp4 import BLOCK, SIGNED_GRID, nvfp4_fake_quantize
 from mpsearch.formats.packing import decode_words_into
-from mpsearch.formats.patches import patch_view
+from mpsearch.formats.patches import patch_amax, patch_view
 from mpsearch.formats.registry import available_formats
 from mpsearch.runtime.kernels import register_kernel
-from mpsearch.runtime.kernels import workspace
-from mpsearch.runtime.kernels.workspace import reusable, scratch
+from mpsearch.runtime.kernels.workspace import reusable, rows_per_block, scratch
 
 
-def _rows_per_block(cols: int) -> int:
-    return workspace.rows_per_block(cols)
-
-
-def decode_into(packed: Packed, out: torch.Tensor) -> torch.Tensor:
-    """The float32 weight matrix of an INT4 or NVFP4 ``packed`` written into ``out`` (a contiguous float32
-    (out, in) tensor), bit for bit ``format.dequantize(packed)`` as float32."""
+def decode_into(packed: Packed, out: torch.Tensor, *, tensor_scale: bool = True) -> torch.Tensor:
+    """The weight matrix of an INT4 or NVFP4 ``packed`` written into ``out`` (a contiguous (out, in) tensor),
+    bit for bit ``format.dequantize(packed)`` as float32, then converted to ``out``'s dtype. NVFP4 with
+    ``tensor_scale=False``: the elements times their block scales only (exact in bfloat16)."""
     q = packed.tensors["qweight"]
     rows, cols = out.shape
     nvfp4 = packed.format == "nvfp4"
-    step = _rows_per_block(cols)
+    step = rows_per_block(cols)
+    # a float32 block to decode into when ``out`` is not float32 (the block is then converted into it)
+    tmp = None if out.dtype == torch.float32 else scratch("decoded_f32", (min(step, rows), cols), torch.float32,
+                                                           q.device)
     if nvfp4:  # E2M1 values are not linear in the code: a table gather, four codes (a 16-bit word) at a time
         idx = scratch("codes", (min(step, rows) * cols // 4,), torch.int32, q.device)
         t = packed.tensors
-        eff = t["block_scale"].to(torch.float32) * t["tensor_scale"].to(torch.float32)  # as nvfp4_decode_packed
+        eff = t["block_scale"].to(torch.float32)
+        if tensor_scale:
+            eff = eff * t["tensor_scale"].to(torch.float32)  # as nvfp4_decode_packed
         group = BLOCK
     else:
         group = get_format(packed.format).group
@@ -59,17 +60,20 @@ def decode_into(packed: Packed, out: torch.Tensor) -> torch.Tensor:
         zero = packed.tensors["zero"]
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        blk = out[r0:r1].view(r1 - r0, cols // group, group)
+        dst = out[r0:r1] if tmp is None else tmp[:r1 - r0]
+        blk = dst.view(r1 - r0, cols // group, group)
         if nvfp4:
-            decode_words_into(q[r0:r1], out[r0:r1], SIGNED_GRID, idx)
+            decode_words_into(q[r0:r1], dst, SIGNED_GRID, idx)
             blk.mul_(eff[r0:r1, :, None])
         else:  # q - 8 from each nibble in int8 (exact), converted by the copy; then * scale + zero, as
             # Int4.dequantize: a multiply, then an add (4x faster than the gather)
             qb = q[r0:r1]
-            pair = out[r0:r1].view(r1 - r0, cols // 2, 2)
+            pair = dst.view(r1 - r0, cols // 2, 2)
             pair[..., 0].copy_(torch.bitwise_and(qb, 0x0F).view(torch.int8).sub_(8))
             pair[..., 1].copy_(torch.bitwise_right_shift(qb, 4).view(torch.int8).sub_(8))
             blk.mul_(scale[r0:r1, :, None].to(torch.float32)).add_(zero[r0:r1, :, None].to(torch.float32))
+        if tmp is not None:
+            out[r0:r1].copy_(dst)
     return out
 
 
@@ -87,19 +91,13 @@ def _quantized_rows_into(src, dst: torch.Tensor, amax: torch.Tensor) -> None:
     """``dst`` (float rows, contiguous) = NVFP4 fake quantization of ``src`` (same shape, any strides) with
     the tensor amax ``amax``, a block of rows at a time (``src`` may be ``dst``)."""
     rows, cols = dst.shape
-    step = _rows_per_block(cols)
+    step = rows_per_block(cols)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         if dst.dtype == torch.float32:
             nvfp4_fake_quantize(src[r0:r1], amax, out=dst[r0:r1])
         else:
             dst[r0:r1].copy_(nvfp4_fake_quantize(src[r0:r1], amax))
-
-
-def _amax(x: torch.Tensor) -> torch.Tensor:
-    """max |x| as float32, exactly (max(-min, max), no |x| temporary)."""
-    mn, mx = torch.aminmax(x)
-    return torch.maximum(-mn, mx).abs_().to(torch.float32)  # abs: +0 for an all-zero tensor
 
 
 def _linear(activations: bool):
@@ -110,10 +108,22 @@ def _linear(activations: bool):
             if x2.shape[1] % BLOCK:
                 return None  # the reference raises its own error
             xq = scratch("act", x2.shape, x2.dtype, x2.device)
-            _quantized_rows_into(x2, xq, _amax(x2))
+            _quantized_rows_into(x2, xq, abs_max(x2))
             x2 = xq
         return x2 @ _weight(packed, x2.dtype).t()
     return kernel
+
+
+def patch_rows(view: torch.Tensor):
+    """Blocks of about ``CHUNK`` elements of the im2col rows of a patch view (N, oh, ow, C, kh, kw) (whole
+    output-image rows of one image each): ``(r0, r1, src)`` with ``src`` the view of rows r0:r1, to copy
+    into a (r1 - r0, C * kh * kw) buffer as ``buf.view(src.shape).copy_(src)``."""
+    n, oh, ow = view.shape[:3]
+    step = max(1, rows_per_block(view[0, 0, 0].numel()) // max(ow, 1))  # output-image rows per block
+    for b in range(n):
+        for i0 in range(0, oh, step):
+            i1 = min(oh, i0 + step)
+            yield (b * oh + i0) * ow, (b * oh + i1) * ow, view[b, i0:i1]
 
 
 def nvfp4_patches_cpu(x, packed, kernel_size, dilation, padding, stride, *, cache, dequantized):
@@ -126,19 +136,11 @@ def nvfp4_patches_cpu(x, packed, kernel_size, dilation, padding, stride, *, cach
     cols_n = c * kh * kw
     if cols_n % BLOCK or not n * oh * ow or not cols_n:
         return None
-    # the patches' amax without building them: each pixel's amax over channels, max-pooled like the patches
-    mn, mx = amin_amax(xp, 1)
-    pix = torch.maximum(-mn, mx).abs_()  # abs: +0 where only zeros
-    amax = F.max_pool2d(pix[:, None], (kh, kw), stride=stride, dilation=dilation).amax().to(torch.float32)
+    amax = patch_amax(xp, (kh, kw), stride, dilation).amax().to(torch.float32)  # without building the patches
     cols = scratch("patches", (n * oh * ow, cols_n), x.dtype, x.device)
-    step = max(1, _rows_per_block(cols_n) // max(ow, 1))  # output-image rows per block
-    for b in range(n):
-        for i0 in range(0, oh, step):
-            i1 = min(oh, i0 + step)
-            r0 = (b * oh + i0) * ow
-            r1 = (b * oh + i1) * ow
-            cols[r0:r1].view(i1 - i0, ow, c, kh, kw).copy_(view[b, i0:i1])
-            _quantized_rows_into(cols[r0:r1], cols[r0:r1], amax)
+    for r0, r1, src in patch_rows(view):
+        cols[r0:r1].view(src.shape).copy_(src)
+        _quantized_rows_into(cols[r0:r1], cols[r0:r1], amax)
     return cols @ _weight(packed, x.dtype).t(), oh, ow
 
 
@@ -165,4 +167,4 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["decode_into", "nvfp4_linear_cpu", "nvfp4_patches_cpu", "conv_cpu"]
+__all__ = ["decode_into", "patch_rows", "nvfp4_linear_cpu", "nvfp4_patches_cpu", "conv_cpu"]

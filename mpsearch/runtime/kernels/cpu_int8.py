@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mpsearch.formats.base import amin_amax
+from mpsearch.formats.patches import patch_amax
 from mpsearch.formats.int8 import _INT32_SAFE_K, int8_matmul, quantize_with_scales, rescale, row_scales
 from mpsearch.runtime.kernels import register_kernel
 from mpsearch.runtime.kernels.choice import PathChoice, faster_than
@@ -158,10 +159,7 @@ def patches_int_mm(x, packed, kernel, dilation, padding, stride, *, codes=None, 
     ow = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     if n * oh * ow <= 0 or c == 0:
         return None
-    mn, mx = amin_amax(xl, 3)
-    pix = torch.maximum(mx, -mn).abs_()  # (n, h, w): amax over channels of each padded pixel
-    amax = F.max_pool2d(pix[:, None], (kh, kw), stride=stride, dilation=dilation)[:, 0]  # (n, oh, ow)
-    sx = row_scales(amax).reshape(-1)
+    sx = row_scales(patch_amax(xl, (kh, kw), stride, dilation, channel_dim=3)).reshape(-1)
     sn, sh, sw, sc = xl.stride()
     view = xl.as_strided((n, oh, ow, kh, kw, c), (sn, sh * stride[0], sw * stride[1], sh * dilation[0],
                                                    sw * dilation[1], sc))
@@ -176,8 +174,7 @@ def patches_int_mm(x, packed, kernel, dilation, padding, stride, *, codes=None, 
         qx = qx.view(n * oh * ow, c * kh * kw)
         y = _product_into(qx, qw, sx, packed.tensors["scale"], x.dtype, resc)
         return y, oh, ow
-    qx = codes(view, sx.view(n, oh, ow, 1, 1, 1)).view(n * oh * ow, kh * kw * c) if codes else \
-        quantize_with_scales(view, sx.view(n, oh, ow, 1, 1, 1)).view(n * oh * ow, kh * kw * c)
+    qx = (codes or quantize_with_scales)(view, sx.view(n, oh, ow, 1, 1, 1)).view(n * oh * ow, kh * kw * c)
     qwl = qw.view(qw.shape[0], c, kh, kw).permute(0, 2, 3, 1).reshape(qw.shape[0], -1)  # columns (kh, kw, C)
     y = _product(qx, qwl, sx, packed.tensors["scale"], x.dtype, resc)
     return y, oh, ow

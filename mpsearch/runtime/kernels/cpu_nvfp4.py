@@ -21,16 +21,15 @@ other dtypes), :mod:`.cpu_decode`'s bit-for-bit kernels or the reference run.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from mpsearch.formats import Packed
-from mpsearch.formats.base import amin_amax
-from mpsearch.formats.nvfp4 import BLOCK, SIGNED_GRID, _round_e2m1, _scales
-from mpsearch.formats.packing import decode_words_into
-from mpsearch.formats.patches import patch_view
+from mpsearch.formats.base import abs_max
+from mpsearch.formats.nvfp4 import BLOCK, E2M1_MAX, E4M3_MAX, _round_e2m1, _scales
+from mpsearch.formats.patches import patch_amax, patch_view
 from mpsearch.runtime.kernels import cpu_decode, register_kernel
 from mpsearch.runtime.kernels.choice import PathChoice, faster_than
 from mpsearch.runtime.kernels.workspace import reusable, rows_per_block, scratch
+
 
 def _measure() -> bool:
     g = torch.Generator().manual_seed(0)
@@ -65,47 +64,30 @@ def uses_bf16() -> bool:
     return _CHOICE.uses_fast()
 
 
-def _activation_into(src: torch.Tensor, dst: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+def _activation_into(src: torch.Tensor, dst: torch.Tensor, amax: torch.Tensor) -> None:
     """``dst`` (bfloat16 rows) = each element of ``src``'s rows rounded to E2M1 with its sign, times its
-    block's E4M3 scale (exact in bfloat16), a block of rows at a time, with the tensor amax ``amax``; returns
-    the tensor scale. The codes are the reference's: the same ``|x| / (block scale * tensor scale)``."""
+    block's E4M3 scale (exact in bfloat16), a block of rows at a time, with the tensor amax ``amax``. The codes
+    are the reference's: the same ``|x| / (block scale * tensor scale)``."""
     rows, cols = dst.shape
     step = rows_per_block(cols)
-    s_t = None
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        x, ax, bs8, s_t, eff, live = _scales(src[r0:r1], amax)
+        x, ax, bs8, _, eff, live = _scales(src[r0:r1], amax)
         y = ax.div_(torch.where(live, eff, torch.ones_like(eff))[..., None])
         v = _round_e2m1(y).copysign_(x)  # a block with scale 0 is zeroed by its scale below
         torch.mul(v, bs8.to(torch.float32)[..., None], out=v)
         dst[r0:r1].copy_(v.view(r1 - r0, cols))
-    if s_t is None:
-        s_t = (amax / (6.0 * 448.0)).reshape(1)
-    return s_t
 
 
-def _weight_bf16(packed: Packed) -> torch.Tensor:
-    """The weight's E2M1 values times their block scales, (out, in) bfloat16 in the workspace."""
-    q = packed.tensors["qweight"]
-    rows, cols = q.shape[0], q.shape[1] * 2
-    out = scratch("nvfp4_weight_bf16", (rows, cols), torch.bfloat16, q.device)
-    step = rows_per_block(cols)
-    idx = scratch("codes", (min(step, rows) * cols // 4,), torch.int32, q.device)
-    tmp = scratch("nvfp4_weight_f32", (min(step, rows), cols), torch.float32, q.device)
-    bs = packed.tensors["block_scale"]
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        t = decode_words_into(q[r0:r1], tmp[:r1 - r0], SIGNED_GRID, idx)
-        t.view(r1 - r0, cols // BLOCK, BLOCK).mul_(bs[r0:r1].to(torch.float32)[..., None])
-        out[r0:r1].copy_(t)
-    return out
-
-
-def _product(a_bf16: torch.Tensor, s_a: torch.Tensor, packed: Packed, dtype: torch.dtype) -> torch.Tensor:
-    """``(A @ W.T)`` on the bfloat16 GEMM (bfloat16 out), to float32, times both tensor scales."""
-    y = a_bf16 @ _weight_bf16(packed).t()
-    s = s_a.to(torch.float32) * packed.tensors["tensor_scale"].to(torch.float32)
-    return y.to(torch.float32).mul_(s).to(dtype)
+def _product(a_bf16: torch.Tensor, amax: torch.Tensor, packed: Packed, dtype: torch.dtype) -> torch.Tensor:
+    """``(A @ W.T)`` on the bfloat16 GEMM (bfloat16 out), to float32, times both tensor scales (the
+    activation's from its amax, as ``_scales`` computes it)."""
+    w = packed.tensors["qweight"]
+    w_bf16 = cpu_decode.decode_into(packed, scratch("nvfp4_weight_bf16", (w.shape[0], w.shape[1] * 2),
+                                                    torch.bfloat16, w.device), tensor_scale=False)
+    s_a = (amax / (E2M1_MAX * E4M3_MAX)).reshape(1)
+    y = a_bf16 @ w_bf16.t()
+    return y.to(torch.float32).mul_(s_a * packed.tensors["tensor_scale"].to(torch.float32)).to(dtype)
 
 
 def nvfp4_linear_bf16(x2, packed, *, cache, dequantized):
@@ -114,9 +96,9 @@ def nvfp4_linear_bf16(x2, packed, *, cache, dequantized):
             or x2.dtype not in (torch.float32, torch.bfloat16, torch.float16) or not reusable(x2):
         return cpu_decode.nvfp4_linear_cpu(x2, packed, cache=cache, dequantized=dequantized)
     a = scratch("nvfp4_act_bf16", x2.shape, torch.bfloat16, x2.device)
-    mn, mx = torch.aminmax(x2)
-    s_a = _activation_into(x2, a, torch.maximum(-mn, mx).abs_().to(torch.float32))
-    return _product(a, s_a, packed, x2.dtype)
+    amax = abs_max(x2)
+    _activation_into(x2, a, amax)
+    return _product(a, amax, packed, x2.dtype)
 
 
 def nvfp4_patches_bf16(x, packed, kernel_size, dilation, padding, stride, *, cache, dequantized):
@@ -130,21 +112,16 @@ def nvfp4_patches_bf16(x, packed, kernel_size, dilation, padding, stride, *, cac
     cols_n = c * kh * kw
     if cols_n % BLOCK or not n * oh * ow or not cols_n:
         return None
-    mn, mx = amin_amax(xp, 1)  # the patches' amax without building them (as cpu_decode)
-    amax = F.max_pool2d(torch.maximum(-mn, mx).abs_()[:, None], (kh, kw), stride=stride,
-                        dilation=dilation).amax().to(torch.float32)
+    amax = patch_amax(xp, (kh, kw), stride, dilation).amax().to(torch.float32)  # without building the patches
     a = scratch("nvfp4_act_bf16", (n * oh * ow, cols_n), torch.bfloat16, x.device)
-    step = max(1, rows_per_block(cols_n) // max(ow, 1))  # output-image rows per block
-    rows = scratch("nvfp4_patch_rows", (min(step, oh) * ow, cols_n), x.dtype, x.device)
-    s_a = None
-    for b in range(n):
-        for i0 in range(0, oh, step):
-            i1 = min(oh, i0 + step)
-            r0, r1 = (b * oh + i0) * ow, (b * oh + i1) * ow
-            blk = rows[:r1 - r0]
-            blk.view(i1 - i0, ow, c, kh, kw).copy_(view[b, i0:i1])
-            s_a = _activation_into(blk, a[r0:r1], amax)
-    return _product(a, s_a, packed, x.dtype), oh, ow
+    rows = None
+    for r0, r1, src in cpu_decode.patch_rows(view):
+        if rows is None:  # the first block is the largest
+            rows = scratch("nvfp4_patch_rows", (r1 - r0, cols_n), x.dtype, x.device)
+        blk = rows[:r1 - r0]
+        blk.view(src.shape).copy_(src)
+        _activation_into(blk, a[r0:r1], amax)
+    return _product(a, amax, packed, x.dtype), oh, ow
 
 
 register_kernel("cpu", "nvfp4", activations=True)(nvfp4_linear_bf16)

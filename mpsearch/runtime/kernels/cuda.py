@@ -34,7 +34,7 @@ from mpsearch.formats import get_format, matrix_shape
 from mpsearch.formats.int8 import _INT32_SAFE_K, quantize_with_scales, rescale, row_scales
 from mpsearch.formats.nvfp4 import nvfp4_encode
 from mpsearch.formats.packing import pack_nibbles
-from mpsearch.formats.patches import patch_view
+from mpsearch.formats.patches import patch_amax, patch_view
 from mpsearch.runtime.kernels import LayoutCache, register_kernel
 from mpsearch.runtime.kernels.layouts import (TINYGEMM_GROUPS, as_fp4x2, inner_k_tiles, swap_nibbles,
                                               tinygemm_scales_and_zeros, to_blocked)
@@ -96,10 +96,7 @@ def int8_patches(x, packed, kernel, dilation, padding, stride, *, cache=None, de
     n, _, _, c, kh, kw = view.shape
     if c * kh * kw != qw.shape[1] or not view.numel():
         return None
-    mn, mx = torch.aminmax(xp, dim=1)
-    pix = torch.maximum(mx, -mn).abs_()
-    amax = F.max_pool2d(pix[:, None], (kh, kw), stride=stride, dilation=dilation)[:, 0]
-    sx = row_scales(amax).reshape(-1)
+    sx = row_scales(patch_amax(xp, (kh, kw), stride, dilation)).reshape(-1)
     qx = quantize_with_scales(view, sx.view(n, oh, ow, 1, 1, 1)).view(n * oh * ow, c * kh * kw)
     y = _int8_product(qx, packed, sx, cache, x.dtype)
     return None if y is None else (y, oh, ow)

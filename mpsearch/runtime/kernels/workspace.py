@@ -20,6 +20,7 @@ import threading
 
 import torch
 
+from mpsearch.formats.base import records_grad
 from mpsearch.runtime.kernels.choice import toggled
 
 _LOCAL = threading.local()
@@ -45,9 +46,7 @@ def _buffers() -> dict:
 def reusable(*tensors: torch.Tensor) -> bool:
     """Whether temporaries computed from ``tensors`` may live in the workspace: reuse is on and autograd
     records nothing here (grad mode off, or none of ``tensors`` requires grad)."""
-    if not _STATE["enabled"]:
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    return _STATE["enabled"] and not any(records_grad(t) for t in tensors)
 
 
 def scratch(slot: str, shape, dtype: torch.dtype, device) -> torch.Tensor:
