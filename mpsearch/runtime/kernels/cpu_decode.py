@@ -126,18 +126,28 @@ def patch_rows(view: torch.Tensor):
             yield (b * oh + i0) * ow, (b * oh + i1) * ow, view[b, i0:i1]
 
 
-def nvfp4_patches_cpu(x, packed, kernel_size, dilation, padding, stride, *, cache, dequantized):
-    """The conv with NVFP4 activations: ``Format.matmul_patches`` (im2col, fake-quantized rows, GEMM) through
-    the workspace, a block of patch rows at a time."""
-    if dequantized is not None or x.dim() != 4 or not reusable(x):
-        return None
+def nvfp4_patches(x, kernel_size, dilation, padding, stride):
+    """``(patch view, oh, ow, columns per patch, the patches' amax)`` of a conv with NVFP4 activations, the
+    amax without building the patches; None where the kernels do not take it (columns not in blocks of 16,
+    nothing to compute)."""
     view, xp, oh, ow = patch_view(x, kernel_size, dilation, padding, stride)
     n, _, _, c, kh, kw = view.shape
     cols_n = c * kh * kw
     if cols_n % BLOCK or not n * oh * ow or not cols_n:
         return None
-    amax = patch_amax(xp, (kh, kw), stride, dilation).amax().to(torch.float32)  # without building the patches
-    cols = scratch("patches", (n * oh * ow, cols_n), x.dtype, x.device)
+    return view, oh, ow, cols_n, patch_amax(xp, (kh, kw), stride, dilation).amax().to(torch.float32)
+
+
+def nvfp4_patches_cpu(x, packed, kernel_size, dilation, padding, stride, *, cache, dequantized):
+    """The conv with NVFP4 activations: ``Format.matmul_patches`` (im2col, fake-quantized rows, GEMM) through
+    the workspace, a block of patch rows at a time."""
+    if dequantized is not None or x.dim() != 4 or not reusable(x):
+        return None
+    setup = nvfp4_patches(x, kernel_size, dilation, padding, stride)
+    if setup is None:
+        return None
+    view, oh, ow, cols_n, amax = setup
+    cols = scratch("patches", (view.shape[0] * oh * ow, cols_n), x.dtype, x.device)
     for r0, r1, src in patch_rows(view):
         cols[r0:r1].view(src.shape).copy_(src)
         _quantized_rows_into(cols[r0:r1], cols[r0:r1], amax)
@@ -167,4 +177,4 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["decode_into", "patch_rows", "nvfp4_linear_cpu", "nvfp4_patches_cpu", "conv_cpu"]
+__all__ = ["decode_into", "patch_rows", "nvfp4_patches", "nvfp4_linear_cpu", "nvfp4_patches_cpu", "conv_cpu"]

@@ -25,7 +25,6 @@ import torch
 from mpsearch.formats import Packed
 from mpsearch.formats.base import abs_max
 from mpsearch.formats.nvfp4 import BLOCK, E2M1_MAX, E4M3_MAX, _round_e2m1, _scales
-from mpsearch.formats.patches import patch_amax, patch_view
 from mpsearch.runtime.kernels import cpu_decode, register_kernel
 from mpsearch.runtime.kernels.choice import PathChoice, faster_than
 from mpsearch.runtime.kernels.workspace import reusable, rows_per_block, scratch
@@ -107,13 +106,11 @@ def nvfp4_patches_bf16(x, packed, kernel_size, dilation, padding, stride, *, cac
             or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return cpu_decode.nvfp4_patches_cpu(x, packed, kernel_size, dilation, padding, stride, cache=cache,
                                             dequantized=dequantized)
-    view, xp, oh, ow = patch_view(x, kernel_size, dilation, padding, stride)
-    n, _, _, c, kh, kw = view.shape
-    cols_n = c * kh * kw
-    if cols_n % BLOCK or not n * oh * ow or not cols_n:
+    setup = cpu_decode.nvfp4_patches(x, kernel_size, dilation, padding, stride)
+    if setup is None:
         return None
-    amax = patch_amax(xp, (kh, kw), stride, dilation).amax().to(torch.float32)  # without building the patches
-    a = scratch("nvfp4_act_bf16", (n * oh * ow, cols_n), torch.bfloat16, x.device)
+    view, oh, ow, cols_n, amax = setup
+    a = scratch("nvfp4_act_bf16", (view.shape[0] * oh * ow, cols_n), torch.bfloat16, x.device)
     rows = None
     for r0, r1, src in cpu_decode.patch_rows(view):
         if rows is None:  # the first block is the largest
