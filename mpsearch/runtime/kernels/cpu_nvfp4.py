@@ -9,8 +9,9 @@ CUDA kernel in :mod:`.cuda`), and on a CPU with bfloat16 dot-product instruction
 bfloat16 GEMM runs 2-3x faster than the float32 one, with half the bytes to write for the quantized
 activations and decoded weights. Not bit for bit the reference (which rounds each dequantized value to
 float32 and sums in float32 without the final bfloat16 rounding): every output is within 2^-8 of its
-magnitude plus float32 summation-order noise (``tests/runtime/test_cpu_nvfp4.py``); the codes and scales,
-what the plan stores, are the same bits.
+magnitude plus float32 summation-order noise, per layer (``tests/runtime/test_cpu_nvfp4.py``); over a
+whole network the differences move downstream activations across rounding boundaries, with the same error
+against fp32 (``scripts/bench_exactness.py``). The codes and scales, what the plan stores, are the same bits.
 
 The choice is measured once per process (:func:`bf16_is_faster`: both GEMMs on one shape, about 30 ms);
 ``MPSEARCH_CPU_NVFP4=bf16|float`` or :func:`cpu_nvfp4_path` fixes it. On the float path, and for calls this

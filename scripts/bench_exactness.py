@@ -1,0 +1,66 @@
+"""Whether the CPU kernels compute the formats' reference numbers at real size: one SD1.5 UNet call (the
+published config, random weights, 32x32 latents, CFG batch 2) per uniform plan, through the kernels and through
+``mpsearch.runtime.kernels.reference_only()``; for NVFP4 also through its bfloat16 path, which is not bit for bit.
+
+    python scripts/bench_exactness.py [--threads 2] [--no-doc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+
+from benchdoc import write_section
+from mpsearch.models import describe
+from mpsearch.plan import Plan
+from mpsearch.runtime import kernels
+from mpsearch.runtime.executor import apply_plan
+from mpsearch.runtime.kernels.cpu_nvfp4 import using_cpu_nvfp4_path
+from mpsearch.testing import real_size_pipeline
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-doc", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    unet = real_size_pipeline("sd15").unet
+    g = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(2, 4, 32, 32, generator=g), torch.tensor(500), torch.randn(2, 77, 768, generator=g))
+
+    def call(m):
+        with torch.inference_mode():
+            return m(inputs[0], inputs[1], encoder_hidden_states=inputs[2], return_dict=False)[0]
+
+    fp = call(unet)
+    mse = lambda a: float(((a - fp) ** 2).mean())  # noqa: E731
+    lines = ["| plan | path | output == reference, bit for bit | max abs diff / max abs reference | "
+             "output MSE vs fp32 (reference's) |", "| --- | --- | --- | ---: | ---: |"]
+    for fmt in ("int8", "int4", "nvfp4"):
+        m = copy.deepcopy(unet)
+        apply_plan(m, Plan.uniform(describe(unet), fmt), stash="disk", ignore_weights=True)
+        with kernels.reference_only():
+            ref = call(m)
+        paths = [("CPU kernels (bit-for-bit paths)", "float")] + ([("bfloat16 GEMM", "bf16")] if fmt == "nvfp4" else [])
+        for label, path in paths:
+            with using_cpu_nvfp4_path(path):
+                out = call(m)
+            rel = float((out - ref).abs().max() / ref.abs().max())
+            lines.append(f"| uniform {fmt} | {label} | {'yes' if torch.equal(out, ref) else 'no'} | {rel:.3g} | "
+                         f"{mse(out):.4g} ({mse(ref):.4g}) |")
+            print(lines[-1], flush=True)
+        del m
+    body = ("One SD1.5 UNet call at real size (`real_size_pipeline(\"sd15\")`, random weights, fp32, 32x32 latents, "
+            "CFG batch 2) per uniform plan, through the CPU kernels and through the formats' reference "
+            "(`mpsearch.runtime.kernels.reference_only()`).\n\n" + "\n".join(lines))
+    print(body)
+    if not args.no_doc:
+        write_section("exactness", "CPU kernels against the reference at real size (SD1.5)", body,
+                      f"python scripts/bench_exactness.py --threads {args.threads}")
+
+
+if __name__ == "__main__":
+    main()
