@@ -32,7 +32,7 @@ from mpsearch.formats.nvfp4 import BLOCK, SIGNED_GRID, nvfp4_fake_quantize
 from mpsearch.formats.packing import decode_words_into
 from mpsearch.formats.patches import patch_amax, patch_view
 from mpsearch.formats.registry import available_formats
-from mpsearch.runtime.kernels import register_kernel
+from mpsearch.runtime.kernels import cpu_jit, register_kernel
 from mpsearch.runtime.kernels.workspace import reusable, rows_per_block, scratch
 
 
@@ -43,6 +43,13 @@ def decode_into(packed: Packed, out: torch.Tensor, *, tensor_scale: bool = True)
     q = packed.tensors["qweight"]
     rows, cols = out.shape
     nvfp4 = packed.format == "nvfp4"
+    if cpu_jit.takes(q, out) and (out.dtype == torch.float32 or (nvfp4 and not tensor_scale
+                                                                 and out.dtype == torch.bfloat16)):
+        t = packed.tensors
+        if nvfp4:  # one native loop (cpu_jit), the same numbers
+            return cpu_jit.nvfp4_decode_into(q, t["block_scale"].contiguous(),
+                                             t["tensor_scale"] if tensor_scale else None, out)
+        return cpu_jit.int4_decode_into(q, t["scale"], t["zero"], get_format(packed.format).group, out)
     step = rows_per_block(cols)
     # a float32 block to decode into when ``out`` is not float32 (the block is then converted into it)
     tmp = None if out.dtype == torch.float32 else scratch("decoded_f32", (min(step, rows), cols), torch.float32,
@@ -91,6 +98,10 @@ def _quantized_rows_into(src, dst: torch.Tensor, amax: torch.Tensor) -> None:
     """``dst`` (float rows, contiguous) = NVFP4 fake quantization of ``src`` (same shape, any strides) with
     the tensor amax ``amax``, a block of rows at a time (``src`` may be ``dst``)."""
     rows, cols = dst.shape
+    if dst.dtype == torch.float32 and src.dtype == torch.float32 and cpu_jit.takes(src, dst, amax) \
+            and bool(torch.isfinite(amax)):
+        cpu_jit.nvfp4_rows_into(src, amax, dst)  # one native loop (cpu_jit), the same numbers
+        return
     step = rows_per_block(cols)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
@@ -127,7 +138,7 @@ def patch_rows(view: torch.Tensor):
 
 
 def nvfp4_patches(x, kernel_size, dilation, padding, stride):
-    """``(patch view, oh, ow, columns per patch, the patches' amax)`` of a conv with NVFP4 activations, the
+    """``(patch view, padded input, oh, ow, columns per patch, the patches' amax)`` of a conv with NVFP4 activations, the
     amax without building the patches; None where the kernels do not take it (columns not in blocks of 16,
     nothing to compute)."""
     view, xp, oh, ow = patch_view(x, kernel_size, dilation, padding, stride)
@@ -135,7 +146,16 @@ def nvfp4_patches(x, kernel_size, dilation, padding, stride):
     cols_n = c * kh * kw
     if cols_n % BLOCK or not n * oh * ow or not cols_n:
         return None
-    return view, oh, ow, cols_n, patch_amax(xp, (kh, kw), stride, dilation).amax().to(torch.float32)
+    return view, xp, oh, ow, cols_n, patch_amax(xp, (kh, kw), stride, dilation).amax().to(torch.float32)
+
+
+def jit_patches_into(x, xp, kernel_size, dilation, stride, oh, ow, amax, out) -> bool:
+    """The quantized patches written into ``out`` by :func:`cpu_jit.nvfp4_patches_into` (read from the padded
+    input, no im2col copy) where it takes the call (float32 input, finite amax); False where not."""
+    if x.dtype != torch.float32 or not cpu_jit.takes(x, out) or not bool(torch.isfinite(amax)):
+        return False
+    cpu_jit.nvfp4_patches_into(xp.contiguous(), kernel_size, stride, dilation, oh, ow, amax, out)
+    return True
 
 
 def nvfp4_patches_cpu(x, packed, kernel_size, dilation, padding, stride, *, cache, dequantized):
@@ -146,8 +166,10 @@ def nvfp4_patches_cpu(x, packed, kernel_size, dilation, padding, stride, *, cach
     setup = nvfp4_patches(x, kernel_size, dilation, padding, stride)
     if setup is None:
         return None
-    view, oh, ow, cols_n, amax = setup
+    view, xp, oh, ow, cols_n, amax = setup
     cols = scratch("patches", (view.shape[0] * oh * ow, cols_n), x.dtype, x.device)
+    if jit_patches_into(x, xp, kernel_size, dilation, stride, oh, ow, amax, cols):
+        return cols @ _weight(packed, x.dtype).t(), oh, ow
     for r0, r1, src in patch_rows(view):
         cols[r0:r1].view(src.shape).copy_(src)
         _quantized_rows_into(cols[r0:r1], cols[r0:r1], amax)

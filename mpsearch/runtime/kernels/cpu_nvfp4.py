@@ -26,7 +26,7 @@ import torch
 from mpsearch.formats import Packed
 from mpsearch.formats.base import abs_max
 from mpsearch.formats.nvfp4 import BLOCK, E2M1_MAX, E4M3_MAX, _round_e2m1, _scales
-from mpsearch.runtime.kernels import cpu_decode, register_kernel
+from mpsearch.runtime.kernels import cpu_decode, cpu_jit, register_kernel
 from mpsearch.runtime.kernels.choice import PathChoice, faster_than
 from mpsearch.runtime.kernels.workspace import reusable, rows_per_block, scratch
 
@@ -69,6 +69,9 @@ def _activation_into(src: torch.Tensor, dst: torch.Tensor, amax: torch.Tensor) -
     block's E4M3 scale (exact in bfloat16), a block of rows at a time, with the tensor amax ``amax``. The codes
     are the reference's: the same ``|x| / (block scale * tensor scale)``."""
     rows, cols = dst.shape
+    if src.dtype == torch.float32 and cpu_jit.takes(src, dst, amax) and bool(torch.isfinite(amax)):
+        cpu_jit.nvfp4_rows_into(src, amax, dst)  # one native loop, the same numbers
+        return
     step = rows_per_block(cols)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
@@ -110,8 +113,10 @@ def nvfp4_patches_bf16(x, packed, kernel_size, dilation, padding, stride, *, cac
     setup = cpu_decode.nvfp4_patches(x, kernel_size, dilation, padding, stride)
     if setup is None:
         return None
-    view, oh, ow, cols_n, amax = setup
+    view, xp, oh, ow, cols_n, amax = setup
     a = scratch("nvfp4_act_bf16", (view.shape[0] * oh * ow, cols_n), torch.bfloat16, x.device)
+    if cpu_decode.jit_patches_into(x, xp, kernel_size, dilation, stride, oh, ow, amax, a):
+        return _product(a, amax, packed, x.dtype), oh, ow
     rows = None
     for r0, r1, src in cpu_decode.patch_rows(view):
         if rows is None:  # the first block is the largest
