@@ -31,6 +31,7 @@ from mpsearch.models import describe, measured_bytes
 from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.kernels.cpu_compiled import compiled_cpu_kernels
+from mpsearch.runtime.kernels.cpu_jit import jit_enabled, using_jit
 from mpsearch.runtime.kernels.cpu_int8 import int_mm_is_faster, using_cpu_int8_path
 from mpsearch.runtime.kernels.cpu_nvfp4 import bf16_is_faster, using_cpu_nvfp4_path
 from mpsearch.runtime.kernels.workspace import workspace_bytes
@@ -108,12 +109,16 @@ def main(argv=None) -> None:
     for name in [n for n in plans if "nvfp4" in n and "uniform" in n]:  # bit for bit, float32 GEMM
         models[f"{name}, float32 path"] = models[name]
         nbytes[f"{name}, float32 path"] = nbytes[name]
+    for name in [n for n in plans if ("nvfp4" in n or "int4" in n) and "uniform" in n]:  # without cpu_jit
+        models[f"{name}, torch loops"] = models[name]
+        nbytes[f"{name}, torch loops"] = nbytes[name]
 
     @contextlib.contextmanager
     def kernels(name):
         with (using_cpu_int8_path("float") if name.endswith("float GEMM path") else contextlib.nullcontext(),
               using_cpu_nvfp4_path("float") if name.endswith("float32 path") else contextlib.nullcontext(),
-              compiled_cpu_kernels() if name in compiled else contextlib.nullcontext()):
+              compiled_cpu_kernels() if name in compiled else contextlib.nullcontext(),
+              using_jit(not name.endswith("torch loops"))):
             yield
 
     for name, m in models.items():  # warm-up (and compilation)
@@ -165,11 +170,13 @@ def main(argv=None) -> None:
             f"than the float32 one (here: {'yes' if bf16_is_faster() else 'no'}; `mpsearch.runtime.kernels.cpu_nvfp4`) "
             "it runs NVFP4 hardware's arithmetic (element x block-scale values exact in bfloat16, float32 sums "
             "rounded to bfloat16, then the tensor scales: within 2^-8 of the reference), else, and in the "
-            "`float32 path` row, the reference emulated in float32 bit for bit (weights decoded by a byte-table "
-            "gather, activations fake-quantized without codes); INT4 is weight-only (decoded per call). The 4-bit "
-            "weights are decoded and the activations quantized a block of rows at a time into a reused per-thread "
-            f"workspace ({workspace_bytes() / 1e6:.0f} MB after the run: about the largest layer's decoded weight "
-            "and patches). `compiled` rows run the "
+            "`float32 path` row, the reference emulated in float32 bit for bit; INT4 is weight-only (decoded per "
+            "call). The 4-bit weights are decoded per call, and the NVFP4 activations quantized (a conv's patches "
+            "read straight from its input, no im2col copy), by one native loop each (`mpsearch.runtime.kernels."
+            f"cpu_jit`, compiled by numba: {'on' if jit_enabled() else 'OFF'}), bit for bit the torch kernels "
+            "the `torch loops` rows run instead (one pass over memory per step, a block of rows at a time), into "
+            f"a reused per-thread workspace ({workspace_bytes() / 1e6:.0f} MB after the run: about the largest "
+            "layer's decoded weight and activations). `compiled` rows run the "
             "same plan through the optional compiled CPU kernels (`mpsearch.compiled_cpu_kernels()`, torch.compile: "
             "the same arithmetic bit for bit in fused loops; compilation excluded from the times). The 35% plan is "
             "the role-based plan `mpsearch plan --arch sd15 --budget 35%` prints (no profile). Ratios, not "

@@ -7,6 +7,9 @@ fused loop, bit for bit the formats' reference arithmetic (``tests/runtime/test_
 INT8, where it runs on ``torch._int_mm`` (:mod:`.cpu_int8`), gets its activation codes (division, rounding,
 clamp and the int8 cast: four passes in eager mode, a fifth of a call's time) and its rescale as one loop each.
 
+Where numba's loops run (:mod:`.cpu_jit`, the default) the 4-bit formats take those instead: one native
+pass each, faster than these; INT8 keeps its compiled loops.
+
 Off by default: the first call of each shape family compiles (tens of seconds on a 2-core CPU) and needs a C++
 compiler. Turn it on with :func:`compiled_cpu_kernels` (a function and a context manager).
 """
@@ -22,7 +25,7 @@ from mpsearch.formats.int4 import Int4
 from mpsearch.formats.nvfp4 import BLOCK, nvfp4_decode_packed, nvfp4_fake_quantize
 from mpsearch.formats.patches import im2col
 from mpsearch.formats.registry import available_formats
-from mpsearch.runtime.kernels import _KERNELS, register_kernel, unregister_kernel
+from mpsearch.runtime.kernels import _KERNELS, cpu_jit, register_kernel, unregister_kernel
 from mpsearch.runtime.kernels.cpu_int8 import linear_int_mm, patches_int_mm, uses_int_mm
 from mpsearch.runtime.kernels.cpu_nvfp4 import nvfp4_linear_bf16, nvfp4_patches_bf16, uses_bf16
 
@@ -154,6 +157,16 @@ class compiled_cpu_kernels:
 _REPLACED: dict = {}  # the kernels the compiled ones stand in for (int8's _int_mm kernels), put back when off
 
 
+def _prefer_jit(compiled, eager):
+    """``compiled``, except where the numba loops run (:mod:`.cpu_jit`): they fuse the 4-bit steps too, faster,
+    so ``eager`` (the kernel that uses them) runs then."""
+    def kernel(*args, **kwargs):
+        if eager is not None and cpu_jit.jit_enabled():
+            return eager(*args, **kwargs)
+        return compiled(*args, **kwargs)
+    return kernel
+
+
 def _set(enable: bool) -> None:
     if enable == _ON["enabled"]:
         return
@@ -161,6 +174,8 @@ def _set(enable: bool) -> None:
         key = ("cpu", name, act, op)
         if enable:
             _REPLACED[key] = _KERNELS.get(key)
+            if name != "int8":
+                fn = _prefer_jit(fn, _REPLACED[key])
             register_kernel("cpu", name, activations=act, op=op)(fn)
         elif _REPLACED.get(key) is not None:
             register_kernel("cpu", name, activations=act, op=op)(_REPLACED.pop(key))

@@ -27,6 +27,7 @@ import os
 import numpy as np
 import torch
 
+from mpsearch.formats.nvfp4 import SIGNED_GRID
 from mpsearch.runtime.kernels.choice import toggled
 
 try:
@@ -83,8 +84,6 @@ def _tables():
     """(E4M3 byte -> float32 value, (E4M3 byte, E2M1 code) -> bfloat16 bits of their product, E2M1 code ->
     float32 value)."""
     if not _TABLES:
-        from mpsearch.formats.nvfp4 import SIGNED_GRID
-
         e4m3 = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).to(torch.float32)
         grid = torch.tensor(SIGNED_GRID, dtype=torch.float32)
         prod = (e4m3[:, None] * grid[None, :]).to(torch.bfloat16)  # exact: at most 2 x 4 significant bits
