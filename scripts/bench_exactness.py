@@ -1,6 +1,7 @@
 """Whether the CPU kernels compute the formats' reference numbers at real size: one SD1.5 UNet call (the
 published config, random weights, 32x32 latents, CFG batch 2) per uniform plan, through the kernels and through
 ``mpsearch.runtime.kernels.reference_only()``; for NVFP4 also through its bfloat16 path, which is not bit for bit.
+Each path also runs with numba's loops off (``cpu_jit.using_jit(False)``): the torch loops they replace.
 
     python scripts/bench_exactness.py [--threads 2] [--no-doc]
 """
@@ -17,6 +18,7 @@ from mpsearch.models import describe
 from mpsearch.plan import Plan
 from mpsearch.runtime import kernels
 from mpsearch.runtime.executor import apply_plan
+from mpsearch.runtime.kernels.cpu_jit import using_jit
 from mpsearch.runtime.kernels.cpu_nvfp4 import using_cpu_nvfp4_path
 from mpsearch.testing import real_size_pipeline
 
@@ -38,7 +40,8 @@ def main(argv=None) -> None:
     fp = call(unet)
     mse = lambda a: float(((a - fp) ** 2).mean())  # noqa: E731
     lines = ["| plan | path | output == reference, bit for bit | max abs diff / max abs reference | "
-             "output MSE vs fp32 (reference's) |", "| --- | --- | --- | ---: | ---: |"]
+             "output MSE vs fp32 (reference's) | numba loops == torch loops, bit for bit |",
+             "| --- | --- | --- | ---: | ---: | --- |"]
     for fmt in ("int8", "int4", "nvfp4"):
         m = copy.deepcopy(unet)
         apply_plan(m, Plan.uniform(describe(unet), fmt), stash="disk", ignore_weights=True)
@@ -48,14 +51,17 @@ def main(argv=None) -> None:
         for label, path in paths:
             with using_cpu_nvfp4_path(path):
                 out = call(m)
+                with using_jit(False):
+                    torch_loops = call(m)
             rel = float((out - ref).abs().max() / ref.abs().max())
             lines.append(f"| uniform {fmt} | {label} | {'yes' if torch.equal(out, ref) else 'no'} | {rel:.3g} | "
-                         f"{mse(out):.4g} ({mse(ref):.4g}) |")
+                         f"{mse(out):.4g} ({mse(ref):.4g}) | {'yes' if torch.equal(out, torch_loops) else 'no'} |")
             print(lines[-1], flush=True)
         del m
     body = ("One SD1.5 UNet call at real size (`real_size_pipeline(\"sd15\")`, random weights, fp32, 32x32 latents, "
             "CFG batch 2) per uniform plan, through the CPU kernels and through the formats' reference "
-            "(`mpsearch.runtime.kernels.reference_only()`).\n\n" + "\n".join(lines))
+            "(`mpsearch.runtime.kernels.reference_only()`); each path also with numba's loops (`cpu_jit`) off, the torch "
+            "loops they replace.\n\n" + "\n".join(lines))
     print(body)
     if not args.no_doc:
         write_section("exactness", "CPU kernels against the reference at real size (SD1.5)", body,
