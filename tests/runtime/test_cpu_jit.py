@@ -154,3 +154,24 @@ def test_calls_the_loops_do_not_take_run_the_torch_kernels(monkeypatch):
     with cpu_jit.using_jit(False):
         assert not cpu_jit.takes(x)
     assert cpu_jit.takes(x) and not cpu_jit.takes(x.t()) and not cpu_jit.takes(x.requires_grad_())
+
+
+def test_a_forked_child_runs_the_torch_loops():
+    import os
+
+    x = torch.randn(8, 32)
+    cpu_jit.nvfp4_rows_into(x, abs_max(x), torch.empty(8, 32))  # the parent has run a parallel loop
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no parallel loop (GNU OpenMP would terminate it), the same bits
+        ok = not cpu_jit.jit_enabled()
+        dst = torch.empty(8, 32)
+        cpu_decode._quantized_rows_into(x, dst, abs_max(x))
+        ok = ok and same_bits(dst, nvfp4_fake_quantize(x, abs_max(x)))
+        os.write(w, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(w)
+    got = os.read(r, 1)
+    os.waitpid(pid, 0)
+    assert got == b"1"
+    assert cpu_jit.jit_enabled()

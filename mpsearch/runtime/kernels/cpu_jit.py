@@ -16,8 +16,8 @@ more than its GEMM. Here each is one loop over the data, run on all of torch's t
 Every loop computes in float32 with the reference's operations in the reference's order (numba does not
 contract a multiply and an add into an FMA without ``fastmath``), so each output equals the torch kernel's bit
 for bit (``tests/runtime/test_cpu_jit.py``). Compiled on first use (about a second each; cached on disk
-where numba can write). Off where numba is not installed, or with ``MPSEARCH_JIT=0`` / :func:`using_jit`:
-the torch kernels run.
+where numba can write). Off where numba is not installed, with ``MPSEARCH_JIT=0`` / :func:`using_jit`, and in
+a process forked from one that may have run them (GNU OpenMP is not fork-safe): the torch kernels run.
 """
 
 from __future__ import annotations
@@ -48,8 +48,17 @@ _MAGIC = np.uint32((22 << 23) | 0x400000)
 
 
 def jit_enabled() -> bool:
-    """Whether the numba loops run now (numba installed and not turned off)."""
-    return numba is not None and _STATE["enabled"]
+    """Whether the numba loops run now (numba installed, not turned off, not in a forked child)."""
+    return numba is not None and _STATE["enabled"] and not _STATE.get("forked", False)
+
+
+def _after_fork_in_child() -> None:
+    # GNU OpenMP, numba's threads here, is not fork-safe: a forked child that starts a parallel loop is
+    # terminated. The torch loops compute the same bits, so a forked child runs those.
+    _STATE["forked"] = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def using_jit(enabled: bool):
