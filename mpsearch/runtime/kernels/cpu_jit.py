@@ -87,6 +87,7 @@ def _threads() -> None:
 
 
 _TABLES: dict = {}
+_EMPTY_F, _EMPTY_B = np.empty((0, 0), np.float32), np.empty((0, 0), np.uint16)  # the output not written
 
 
 def _tables():
@@ -140,22 +141,18 @@ if numba is not None:
             buf[j] = np.copysign(v, x)
         return bs if bf16 else eff
 
-    @njit(cache=True, parallel=True, error_model="numpy")
-    def _rows_f32(x, amax, out):
-        rows, cols = x.shape
-        s_t = amax / _TENSOR_DIV
-        denom = _F6 * s_t
-        for r in prange(rows):
-            buf = np.empty(16, np.float32)
-            for b in range(cols // 16):
-                for j in range(16):
-                    buf[j] = x[r, b * 16 + j]
-                m = _quant_block(buf, s_t, denom, False)
-                for j in range(16):
-                    out[r, b * 16 + j] = buf[j] * m
+    @njit(cache=True, inline="always", error_model="numpy")
+    def _store(buf, m, r, o, out_f32, out_bf16, bf16):
+        """Row ``r``'s 16 outputs from column ``o``: ``buf`` x ``m``, as float32 or as bfloat16 bits."""
+        if bf16:
+            for j in range(16):
+                out_bf16[r, o + j] = _bf16_bits(buf[j] * m)
+        else:
+            for j in range(16):
+                out_f32[r, o + j] = buf[j] * m
 
     @njit(cache=True, parallel=True, error_model="numpy")
-    def _rows_bf16(x, amax, out):
+    def _rows(x, amax, out_f32, out_bf16, bf16):
         rows, cols = x.shape
         s_t = amax / _TENSOR_DIV
         denom = _F6 * s_t
@@ -164,9 +161,7 @@ if numba is not None:
             for b in range(cols // 16):
                 for j in range(16):
                     buf[j] = x[r, b * 16 + j]
-                m = _quant_block(buf, s_t, denom, True)
-                for j in range(16):
-                    out[r, b * 16 + j] = _bf16_bits(buf[j] * m)
+                _store(buf, _quant_block(buf, s_t, denom, bf16), r, b * 16, out_f32, out_bf16, bf16)
 
     @njit(cache=True, parallel=True, error_model="numpy")
     def _patches(xp, kh, kw, sh, sw, dh, dw, oh, ow, amax, out_f32, out_bf16, bf16):
@@ -186,13 +181,7 @@ if numba is not None:
                         k += 1
             for b in range(cols // 16):
                 buf = row[b * 16:b * 16 + 16]
-                m = _quant_block(buf, s_t, denom, bf16)
-                if bf16:
-                    for j in range(16):
-                        out_bf16[r, b * 16 + j] = _bf16_bits(buf[j] * m)
-                else:
-                    for j in range(16):
-                        out_f32[r, b * 16 + j] = buf[j] * m
+                _store(buf, _quant_block(buf, s_t, denom, bf16), r, b * 16, out_f32, out_bf16, bf16)
 
     @njit(cache=True, parallel=True, error_model="numpy")
     def _nvfp4_f32(q, bs, e4m3, grid, s_t, out):
@@ -262,11 +251,9 @@ def nvfp4_rows_into(x2: torch.Tensor, amax: torch.Tensor, out: torch.Tensor) -> 
     """``out`` = NVFP4 activation quantization of float32 rows ``x2`` with the tensor amax ``amax``: float32
     ``out``: the fake-quantized values (``nvfp4_fake_quantize``); bfloat16: element x block scale."""
     _threads()
-    a = np.float32(amax.item())
-    if out.dtype == torch.bfloat16:
-        _rows_bf16(_np(x2), a, _np(out))
-    else:
-        _rows_f32(_np(x2), a, _np(out))
+    bf16 = out.dtype == torch.bfloat16
+    o = _np(out)
+    _rows(_np(x2), np.float32(amax.item()), _EMPTY_F if bf16 else o, o if bf16 else _EMPTY_B, bf16)
     return out
 
 
@@ -277,11 +264,9 @@ def nvfp4_patches_into(xp: torch.Tensor, kernel, stride, dilation, oh: int, ow: 
     _threads()
     bf16 = out.dtype == torch.bfloat16
     o = _np(out)
-    empty_f = np.empty((0, 0), np.float32)
-    empty_b = np.empty((0, 0), np.uint16)
     _patches(_np(xp), int(kernel[0]), int(kernel[1]), int(stride[0]), int(stride[1]), int(dilation[0]),
-             int(dilation[1]), int(oh), int(ow), np.float32(amax.item()), empty_f if bf16 else o,
-             o if bf16 else empty_b, bf16)
+             int(dilation[1]), int(oh), int(ow), np.float32(amax.item()), _EMPTY_F if bf16 else o,
+             o if bf16 else _EMPTY_B, bf16)
     return out
 
 
