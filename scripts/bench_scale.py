@@ -154,6 +154,7 @@ def main(argv=None) -> None:
     ap.add_argument("--sample", type=int, default=None, help="ProfileConfig.sample (rows and channels per layer)")
     ap.add_argument("--replay-steps", type=int, default=None, help="ProfileConfig.replay_steps")
     ap.add_argument("--replay-batch", type=int, default=None, help="ProfileConfig.replay_batch")
+    ap.add_argument("--replay-rows", type=int, default=None, help="ProfileConfig.replay_rows")
     ap.add_argument("--replay-checkpoint", nargs="?", type=float, const=1.0, default=None, metavar="SHARE",
                     help="ProfileConfig.replay_checkpoint (a share of the blocks; default 1: all)")
     ap.add_argument("--estimate", action="store_true", help="also run --estimate and show it beside the run")
@@ -162,7 +163,8 @@ def main(argv=None) -> None:
     ap.add_argument("--render", action="store_true", help="measure nothing: rewrite the section from the results file")
     args = ap.parse_args(argv)
     options = {k: v for k, v in (("sample", args.sample), ("replay_steps", args.replay_steps),
-                                 ("replay_batch", args.replay_batch)) if v is not None}
+                                 ("replay_batch", args.replay_batch), ("replay_rows", args.replay_rows))
+               if v is not None}
     if args.replay_checkpoint:
         options["replay_checkpoint"] = ProfileConfig(replay_checkpoint=args.replay_checkpoint).replay_checkpoint
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

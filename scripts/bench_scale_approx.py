@@ -5,6 +5,10 @@ summed over steps) between the exact and the approximate profile, and the plans 
 `scale-approx` section of docs/benchmarks.md.
 
     python scripts/bench_scale_approx.py --sample 64 --replay-steps 5
+
+``--replay-rows R`` adds that approximation (a random R rows of each replayed call's batch, scaled up);
+``--against-approx`` then compares against the profile with the other approximations only (``sample`` and
+``replay_steps``), so the table shows what ``replay_rows`` alone changes (section `scale-approx-rows`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ def main(argv=None) -> None:
     ap.add_argument("--replay-steps", type=int, default=5)
     ap.add_argument("--models", default="default,default-unet")
     ap.add_argument("--dir", default="/tmp/mpsearch-scale-approx")
+    ap.add_argument("--replay-rows", type=int, default=None)
+    ap.add_argument("--against-approx", action="store_true",
+                    help="the baseline keeps sample and replay_steps: what --replay-rows alone changes")
     ap.add_argument("--reuse", action="store_true", help="reuse profiles already under --dir (times then show "
                     "loading, not profiling)")
     args = ap.parse_args(argv)
@@ -40,13 +47,19 @@ def main(argv=None) -> None:
             "Spearman per format | budget | plan | held-out MSE exact / approx. |",
             "| --- | --- | ---: | ---: | --- | --- | --- | --- |"]
     opts = {"sample": args.sample, "replay_steps": args.replay_steps}
+    base = dict(opts) if args.against_approx else {}
+    if args.replay_rows is not None:
+        opts["replay_rows"] = args.replay_rows
     label = ", ".join(f"{k}={v}" for k, v in opts.items())
+    if base:
+        label += " (baseline: " + ", ".join(f"{k}={v}" for k, v in base.items()) + ")"
     for model in args.models.split(","):
         pipe = load_pipeline(model)
         info = describe(pipe)
         profs, secs = {}, {}
-        for name, o in (("exact", {}), ("approx", opts)):
-            path = Path(args.dir) / f"{model}-{name}-{args.sample}-{args.replay_steps}.sqlite"
+        for name, o in (("exact", base), ("approx", opts)):
+            tag = "-".join(f"{k}{v}" for k, v in sorted(o.items())) or "exact"
+            path = Path(args.dir) / f"{model}-{tag}.sqlite"
             if not args.reuse:
                 path.unlink(missing_ok=True)  # measure the profile's time, not a resumed file's
             t0 = time.perf_counter()
@@ -75,12 +88,16 @@ def main(argv=None) -> None:
             rows.append(f"| {model} | {label} | {secs['exact']:.0f} s / {secs['approx']:.0f} s | {rho_all:.3f} | "
                         f"{', '.join(per_fmt)} | {bname} | {verdict} | {mse} |")
             print(rows[-1], flush=True)
-    body = ("Exact vs approximate local profile of each default model (20 steps, seeds 0 and 1, labels 0-9); per-layer "
+    first = "The baseline (columns `exact`: sample and replay_steps only)" if base else "Exact"
+    body = (f"{first} vs approximate local profile of each default model (20 steps, seeds 0 and 1, labels 0-9); per-layer "
             "cost = the gn metric summed over steps, per (layer, format). Plans solved at the demo's three budgets "
             f"from each profile; where they differ, both are scored on held-out seeds {list(HELD_OUT_SEEDS)} (MSE "
             "against full precision). Profile times were measured on a machine shared with other jobs (indicative).\n\n"
             + "\n".join(rows))
-    write_section("scale-approx", "Profiling approximations: effect on decisions (default models)", body,
+    section, title = ("scale-approx-rows", "Replaying a random row of each guidance batch: effect on decisions "
+                      "(default models)") if base else ("scale-approx", "Profiling approximations: effect on "
+                                                        "decisions (default models)")
+    write_section(section, title, body,
                   "python scripts/bench_scale_approx.py " + " ".join(sys.argv[1:] if argv is None else argv))
 
 

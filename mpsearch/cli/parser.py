@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--replay-batch", type=int, default=None, metavar="B",
                     help="replay each denoiser call in micro-batches of at most B rows (1: the halves of a "
                     "guidance batch one at a time) for a fraction of the replay's memory")
+    sp.add_argument("--replay-rows", type=int, default=None, metavar="R",
+                    help="replay only R rows of each denoiser call's batch, drawn at random and scaled up (1: one "
+                    "half of a guidance batch): an unbiased estimate for R/batch of the replay's time")
     sp.add_argument("--replay-checkpoint", nargs="?", type=_share, const=1.0, default=None, metavar="SHARE",
                     help="checkpoint the denoiser's blocks in the replay: the same numbers, one block's "
                     "activations instead of all, for about one more forward pass per replayed call; SHARE in "

@@ -21,7 +21,7 @@ _PROFILE_DEFAULTS = {"formats": ["int8", "nvfp4", "int4"], "steps": 20, "labels"
 
 
 _PROFILE_CONFIG_FLAGS = ("formats", "steps", "labels", "seeds", "guidance", "prompts", "size", "sample", "replay_steps",
-                         "replay_batch")
+                         "replay_batch", "replay_rows")
 
 
 def _profile_config(args, out):
@@ -38,6 +38,7 @@ def _profile_config(args, out):
                          guidance_scale=args.guidance, formats=tuple(value("formats")),
                          prompts=tuple(read_prompts(args.prompts)) if args.prompts else (), size=args.size,
                          sample=args.sample, replay_steps=args.replay_steps, replay_batch=args.replay_batch,
+                         replay_rows=args.replay_rows,
                          replay_checkpoint=getattr(args, "replay_checkpoint", None) or False)
 
 

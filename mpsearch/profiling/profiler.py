@@ -57,6 +57,10 @@ class ProfileConfig:
     #: replay each recorded call in micro-batches of at most this many rows (e.g. 1: the two halves of a
     #: classifier-free-guidance batch one at a time), for a fraction of the replay's memory; None: whole calls
     replay_batch: int | None = None
+    #: replay only this many rows of each recorded call's batch (e.g. 1: one half of a classifier-free-guidance
+    #: batch, drawn at random per call), their sums scaled up to the whole batch: an unbiased estimate (the
+    #: denoiser treats rows independently) for that share of the replay's time; None: every row
+    replay_rows: int | None = None
     #: checkpoint the denoiser's blocks during the replay (diffusers' activation checkpointing): the same
     #: numbers for one block's activations instead of all of them, at about one more forward pass per
     #: replayed call; a number in (0, 1]: that share of the blocks, evenly spread (0.5: about half the
@@ -76,7 +80,7 @@ class ProfileConfig:
                              "or --prompts FILE for a text-to-image pipeline)")
         if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
             raise UsageError(f"size must be a positive number of pixels, got {self.size!r}")
-        for key in ("sample", "replay_steps", "replay_batch"):
+        for key in ("sample", "replay_steps", "replay_batch", "replay_rows"):
             v = getattr(self, key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise UsageError(f"{key} must be a positive integer (or None for the full computation), got {v!r}")
@@ -112,7 +116,7 @@ class ProfileConfig:
         d.pop("replay_checkpoint")
         if not self.prompts:  # label-conditioned profiles keep the keys they always had (resume stays valid)
             d.pop("prompts")
-        for key in ("size", "sample", "replay_steps", "replay_batch"):  # absent when unset: older files resume
+        for key in ("size", "sample", "replay_steps", "replay_batch", "replay_rows"):  # absent when unset: older files resume
             if d[key] is None:
                 d.pop(key)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
@@ -425,7 +429,7 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
                 with offload_aware_replay(denoiser):
                     sens = output_sensitivity(denoiser, recorder.calls, candidates, S, seed=config.seeds[unit],
                                               replay_steps=config.replay_steps, batch=config.replay_batch,
-                                              checkpoint=config.replay_checkpoint)
+                                              checkpoint=config.replay_checkpoint, rows=config.replay_rows)
             finally:
                 recorder.paused = False
                 recorder.calls.clear()

@@ -21,7 +21,7 @@ def _stats(p):
     return np.asarray(p.stats[..., 0], dtype=float)  # (layers, formats, steps): squared output error
 
 
-@pytest.mark.parametrize("key", ["sample", "replay_steps", "replay_batch"])
+@pytest.mark.parametrize("key", ["sample", "replay_steps", "replay_batch", "replay_rows"])
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5, "2"])
 def test_options_must_be_positive_integers(key, bad):
     with pytest.raises(UsageError, match=key):
@@ -30,8 +30,9 @@ def test_options_must_be_positive_integers(key, bad):
 
 def test_options_are_left_out_of_the_stored_config_when_unset():
     d = ProfileConfig().to_dict()
-    assert not {"sample", "replay_steps", "replay_batch"} & set(d)
+    assert not {"sample", "replay_steps", "replay_batch", "replay_rows"} & set(d)
     assert ProfileConfig(sample=8, replay_steps=2, replay_batch=1).to_dict()["replay_batch"] == 1
+    assert ProfileConfig(replay_rows=1).to_dict()["replay_rows"] == 1  # what is measured: a resume must match
 
 
 def test_replayed_steps_spread_evenly():
@@ -70,10 +71,27 @@ def test_replay_options(dit_pipe, tmp_path):
         assert one.sensitivity[:, s].tolist() == one.sensitivity[:, mid].tolist()
 
 
+def test_replay_rows_estimate_the_whole_batch(dit_pipe, tmp_path, monkeypatch):
+    from mpsearch.profiling import sensitivity
+
+    guided = dict(BASE, guidance_scale=2.0, steps=4)  # a guidance batch of two rows per denoiser call
+    full = profile(dit_pipe, out=tmp_path / "f.sqlite", progress=False, **guided)
+    replayed = []
+    real = sensitivity.micro_batches
+    monkeypatch.setattr(sensitivity, "micro_batches",
+                        lambda a, k, size: replayed.append(sensitivity._batch_size(a, k)) or real(a, k, size))
+    half = profile(dit_pipe, out=tmp_path / "h.sqlite", progress=False, replay_rows=1, **guided)
+    assert replayed and set(replayed) == {1}  # one row of each call replayed
+    # scaled to the whole batch: the same element counts; sums that rank the layers alike
+    assert half.sensitivity[..., 1].tolist() == full.sensitivity[..., 1].tolist()
+    a, b = full.sensitivity[..., 0].sum(axis=1), half.sensitivity[..., 0].sum(axis=1)
+    assert not np.array_equal(a, b) and spearmanr(a, b).statistic > 0.9
+
+
 def test_estimate_predicts_without_writing(tmp_path, capsys):
     out = tmp_path / "p.sqlite"
     rc = main(["profile", "--model", "default", "--out", str(out), "--steps", "3", "--seeds", "0,1",
-               "--labels", "0,1", "--estimate", "--json", "--replay-checkpoint"])
+               "--labels", "0,1", "--estimate", "--json", "--replay-rows", "1", "--replay-checkpoint"])
     assert rc == 0 and not out.exists()
     est = json.loads(capsys.readouterr().out)
     text = json.dumps(est)

@@ -178,3 +178,34 @@ def test_micro_batches_give_the_whole_calls_sums():
     assert all(a[1].dim() == 0 and k["t"].shape == (2,) and k["n"] is None for a, k in cut)  # not batch-sized
     assert torch.equal(torch.cat([k["c"]["e"] for _, k in cut]), x[:, :1])
     assert micro_batches((x,), {}, None) == [((x,), {})] and len(micro_batches((x,), {}, 8)) == 1
+
+
+def test_a_row_subset_is_an_unbiased_estimate_of_the_whole_calls_sums():
+    from mpsearch.profiling.sensitivity import row_subset
+
+    m = Tiny(out=3)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 3, generator=g) * torch.tensor([[0.2], [1.0], [3.0], [0.5]])  # rows of unequal weight
+    calls = [(0, (x,), {})]
+    whole = output_sensitivity(m, calls, [m.a, m.b], 1, samples=2000, seed=1)
+    # the last layer's J is I: every estimate is exact, scaled to the whole batch's 12 elements
+    one = output_sensitivity(m, calls, [m.a, m.b], 1, samples=1, seed=1, rows=1)
+    assert one[1, 0, 0] == pytest.approx(12.0, rel=1e-12) and one[:, 0, 1].tolist() == [16.0, 12.0]
+    # the first layer: the mean over seeds of the one-row estimate (x 4) is the whole call's sum
+    est = np.mean([output_sensitivity(m, calls, [m.a, m.b], 1, samples=50, seed=s, rows=1)[0, 0, 0]
+                   for s in range(60)])
+    assert est == pytest.approx(whole[0, 0, 0], rel=0.1)
+    # each draw is one row's sum times 4; the rows differ, so the draws do too
+    per_row = [output_sensitivity(m, [(0, (x[i:i + 1],), {})], [m.a, m.b], 1, samples=2000, seed=2)[0, 0, 0]
+               for i in range(4)]
+    assert sum(per_row) == pytest.approx(whole[0, 0, 0], rel=0.05)
+    # as many rows as the batch (or more), or None: the whole call, the same numbers
+    for rows in (4, 9, None):
+        np.testing.assert_array_equal(output_sensitivity(m, calls, [m.a, m.b], 1, samples=3, seed=4, rows=rows),
+                                      output_sensitivity(m, calls, [m.a, m.b], 1, samples=3, seed=4))
+    # the subset takes the same rows from every batch-sized tensor, and leaves the others
+    gen = torch.Generator().manual_seed(0)
+    a, k, w = row_subset((x, torch.tensor(7)), {"c": {"e": x[:, :1]}, "t": torch.zeros(2)}, 2, gen)
+    assert w == 2.0 and a[0].shape == (2, 3) and a[1].dim() == 0 and k["t"].shape == (2,)
+    assert torch.equal(k["c"]["e"], a[0][:, :1])
+    assert all(any(torch.equal(r, xr) for xr in x) for r in a[0])
