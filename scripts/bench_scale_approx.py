@@ -19,16 +19,25 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import spearmanr, wilcoxon
 
 from benchdoc import write_section
 from mpsearch.allocation.solving import solve
 from mpsearch.demo import comparison_budgets
-from mpsearch.evaluate import HELD_OUT_SEEDS, evaluate_plan
+from mpsearch.evaluate import HELD_OUT_SEEDS
 from mpsearch.models import describe
 from mpsearch.pipeline import load_pipeline
+from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.generation import generate_many
 from mpsearch.workflow import ProfileConfig, profile
+
+
+def _per_image_mse(pipe, plan, reference) -> np.ndarray:
+    """MSE against full precision of each held-out image generated with ``plan`` (labels 0-9 x held-out seeds)."""
+    with apply_plan(pipe, plan):
+        images = generate_many(pipe, tuple(range(10)), HELD_OUT_SEEDS, 20)
+    diff = np.asarray(images, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    return (diff ** 2).reshape(len(diff), -1).mean(axis=1)
 
 
 def main(argv=None) -> None:
@@ -83,16 +92,20 @@ def main(argv=None) -> None:
                 if reference is None:
                     reference = generate_many(pipe, tuple(range(10)), HELD_OUT_SEEDS, 20)
                 diff = sum(plans["exact"].layers[k] != plans["approx"].layers.get(k) for k in plans["exact"].layers)
-                m = {k: evaluate_plan(pipe, p, seeds=HELD_OUT_SEEDS, reference=reference)["mse"] for k, p in plans.items()}
-                verdict, mse = f"{diff} of {len(plans['exact'].layers)} layers differ", f"{m['exact']:.5f} / {m['approx']:.5f}"
+                per = {k: _per_image_mse(pipe, p, reference) for k, p in plans.items()}
+                worse = int((per["approx"] > per["exact"]).sum())
+                p_value = wilcoxon(per["approx"], per["exact"]).pvalue
+                verdict = f"{diff} of {len(plans['exact'].layers)} layers differ"
+                mse = (f"{per['exact'].mean():.4g} / {per['approx'].mean():.4g} (approx. worse on {worse} of "
+                       f"{len(per['exact'])} images; paired Wilcoxon p = {p_value:.2g})")
             rows.append(f"| {model} | {label} | {secs['exact']:.0f} s / {secs['approx']:.0f} s | {rho_all:.3f} | "
                         f"{', '.join(per_fmt)} | {bname} | {verdict} | {mse} |")
             print(rows[-1], flush=True)
     first = "The baseline (columns `exact`: sample and replay_steps only)" if base else "Exact"
     body = (f"{first} vs approximate local profile of each default model (20 steps, seeds 0 and 1, labels 0-9); per-layer "
             "cost = the gn metric summed over steps, per (layer, format). Plans solved at the demo's three budgets "
-            f"from each profile; where they differ, both are scored on held-out seeds {list(HELD_OUT_SEEDS)} (MSE "
-            "against full precision). Profile times were measured on a machine shared with other jobs (indicative).\n\n"
+            f"from each profile; where they differ, both are scored on held-out seeds {list(HELD_OUT_SEEDS)} (mean "
+            "MSE against full precision, and a paired Wilcoxon signed-rank test over the images). Profile times were measured on a machine shared with other jobs (indicative).\n\n"
             + "\n".join(rows))
     section, title = ("scale-approx-rows", "Replaying a random row of each guidance batch: effect on decisions "
                       "(default models)") if base else ("scale-approx", "Profiling approximations: effect on "
