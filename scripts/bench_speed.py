@@ -178,7 +178,8 @@ def main(argv=None) -> None:
             f"a reused per-thread workspace ({workspace_bytes() / 1e6:.0f} MB after the run: about the largest "
             "layer's decoded weight and activations). `compiled` rows run the "
             "same plan through the optional compiled CPU kernels (`mpsearch.compiled_cpu_kernels()`, torch.compile: "
-            "the same arithmetic bit for bit in fused loops; compilation excluded from the times). The 35% plan is "
+            "the same arithmetic bit for bit in fused loops; compilation excluded from the times; where numba's loops "
+            "run, the 4-bit formats take those instead, so only INT8's loops differ). The 35% plan is "
             "the role-based plan `mpsearch plan --arch sd15 --budget 35%` prints (no profile). Ratios, not "
             "seconds, are the result.\n\n" + "\n".join(lines))
     print(body)
