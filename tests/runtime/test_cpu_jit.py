@@ -175,3 +175,21 @@ def test_a_forked_child_runs_the_torch_loops():
     os.waitpid(pid, 0)
     assert got == b"1"
     assert cpu_jit.jit_enabled()
+
+
+def test_no_writable_cache_compiles_per_process_instead_of_failing(monkeypatch):
+    calls = []
+
+    def njit(cache, **options):
+        calls.append(cache)
+        if cache:
+            raise RuntimeError("cannot cache function 'f': no locator available for file")
+        return cpu_jit.numba.njit(cache=False, **options)
+
+    monkeypatch.setattr(cpu_jit, "njit", njit)
+
+    def double(a):
+        return a * 2
+
+    f = cpu_jit._njit()(double)
+    assert calls == [True, False] and f(21) == 42

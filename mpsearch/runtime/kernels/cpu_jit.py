@@ -101,13 +101,25 @@ def _tables():
     return _TABLES["e4m3"], _TABLES["prod"], _TABLES["grid"]
 
 
+def _njit(**options):
+    """numba's ``njit`` with the loops' options: numpy's error model (no zero-division branch in the loops) and
+    an on-disk cache, or none where numba finds no writable place for it (a read-only install, no writable home):
+    the loops then compile once per process instead of failing the import."""
+    def decorate(fn):
+        try:
+            return njit(cache=True, error_model="numpy", **options)(fn)
+        except RuntimeError:
+            return njit(cache=False, error_model="numpy", **options)(fn)
+    return decorate
+
+
 if numba is not None:
-    @njit(cache=True, inline="always", error_model="numpy")
+    @_njit(inline="always")
     def _bf16_bits(v):
         b = np.float32(v).view(np.uint32)
         return np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
 
-    @njit(cache=True, inline="always", error_model="numpy")
+    @_njit(inline="always")
     def _to_e4m3(v):
         """float32 0 <= v <= 448 rounded to E4M3 (nearest, ties to even), as float32."""
         if v < _E4M3_MIN_NORMAL:
@@ -116,7 +128,7 @@ if numba is not None:
         b = (b + np.uint32(0x7FFFF) + ((b >> np.uint32(20)) & np.uint32(1))) & np.uint32(0xFFF00000)
         return np.uint32(b).view(np.float32)
 
-    @njit(cache=True, inline="always", error_model="numpy")
+    @_njit(inline="always")
     def _quant_block(buf, s_t, denom, bf16):
         """NVFP4's recipe on the 16 float32 values in ``buf``: each replaced by its E2M1 value with x's sign;
         returns what to multiply them by: the effective scale (``bf16`` False) or the block scale (True)."""
@@ -141,7 +153,7 @@ if numba is not None:
             buf[j] = np.copysign(v, x)
         return bs if bf16 else eff
 
-    @njit(cache=True, inline="always", error_model="numpy")
+    @_njit(inline="always")
     def _store(buf, m, r, o, out_f32, out_bf16, bf16):
         """Row ``r``'s 16 outputs from column ``o``: ``buf`` x ``m``, as float32 or as bfloat16 bits."""
         if bf16:
@@ -151,7 +163,7 @@ if numba is not None:
             for j in range(16):
                 out_f32[r, o + j] = buf[j] * m
 
-    @njit(cache=True, parallel=True, error_model="numpy")
+    @_njit(parallel=True)
     def _rows(x, amax, out_f32, out_bf16, bf16):
         rows, cols = x.shape
         s_t = amax / _TENSOR_DIV
@@ -163,7 +175,7 @@ if numba is not None:
                     buf[j] = x[r, b * 16 + j]
                 _store(buf, _quant_block(buf, s_t, denom, bf16), r, b * 16, out_f32, out_bf16, bf16)
 
-    @njit(cache=True, parallel=True, error_model="numpy")
+    @_njit(parallel=True)
     def _patches(xp, kh, kw, sh, sw, dh, dw, oh, ow, amax, out_f32, out_bf16, bf16):
         n_img, chans = xp.shape[0], xp.shape[1]
         cols = chans * kh * kw
@@ -183,7 +195,7 @@ if numba is not None:
                 buf = row[b * 16:b * 16 + 16]
                 _store(buf, _quant_block(buf, s_t, denom, bf16), r, b * 16, out_f32, out_bf16, bf16)
 
-    @njit(cache=True, parallel=True, error_model="numpy")
+    @_njit(parallel=True)
     def _nvfp4_f32(q, bs, e4m3, grid, s_t, out):
         rows, half = q.shape
         for r in prange(rows):
@@ -194,7 +206,7 @@ if numba is not None:
                     out[r, b * 16 + 2 * j] = grid[byte & 15] * eff
                     out[r, b * 16 + 2 * j + 1] = grid[byte >> 4] * eff
 
-    @njit(cache=True, parallel=True, error_model="numpy")
+    @_njit(parallel=True)
     def _nvfp4_bf16(q, bs, prod, out):
         rows, half = q.shape
         for r in prange(rows):
@@ -205,7 +217,7 @@ if numba is not None:
                     out[r, b * 16 + 2 * j] = prod[s, byte & 15]
                     out[r, b * 16 + 2 * j + 1] = prod[s, byte >> 4]
 
-    @njit(cache=True, parallel=True, error_model="numpy")
+    @_njit(parallel=True)
     def _int4_f32(q, scale, zero, group, out):
         rows, half = q.shape
         per = group // 2  # bytes per group
