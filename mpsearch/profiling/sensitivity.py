@@ -225,27 +225,26 @@ def _batch_size(args, kwargs) -> int | None:
     return None
 
 
-def _rows(v, lo: int, hi: int, batch: int):
-    """``v`` with every tensor whose leading dim is ``batch`` cut to rows ``lo:hi`` (in dicts, lists and tuples
-    too); anything else (a scalar timestep, position ids) as it is."""
+def _batch_rows(v, batch: int, cut):
+    """``v`` with every tensor whose leading dim is ``batch`` replaced by ``cut(tensor)`` (in dicts, lists and
+    tuples too); anything else (a scalar timestep, position ids) as it is."""
     if isinstance(v, torch.Tensor):
-        return v[lo:hi] if v.dim() >= 1 and v.shape[0] == batch else v
+        return cut(v) if v.dim() >= 1 and v.shape[0] == batch else v
     if isinstance(v, dict):
-        return {k: _rows(x, lo, hi, batch) for k, x in v.items()}
+        return {k: _batch_rows(x, batch, cut) for k, x in v.items()}
     if type(v) in (list, tuple):
-        return type(v)(_rows(x, lo, hi, batch) for x in v)
+        return type(v)(_batch_rows(x, batch, cut) for x in v)
     return v
+
+
+def _rows(v, lo: int, hi: int, batch: int):
+    """``v`` with every batch-sized tensor cut to rows ``lo:hi`` (:func:`_batch_rows`)."""
+    return _batch_rows(v, batch, lambda t: t[lo:hi])
 
 
 def _pick(v, idx: torch.Tensor, batch: int):
-    """``v`` with every tensor whose leading dim is ``batch`` cut to rows ``idx`` (as :func:`_rows` does)."""
-    if isinstance(v, torch.Tensor):
-        return v[idx.to(v.device)] if v.dim() >= 1 and v.shape[0] == batch else v
-    if isinstance(v, dict):
-        return {k: _pick(x, idx, batch) for k, x in v.items()}
-    if type(v) in (list, tuple):
-        return type(v)(_pick(x, idx, batch) for x in v)
-    return v
+    """``v`` with every batch-sized tensor cut to rows ``idx`` (:func:`_batch_rows`)."""
+    return _batch_rows(v, batch, lambda t: t[idx.to(t.device)])
 
 
 def row_subset(args, kwargs, rows: int | None, generator: torch.Generator):

@@ -98,8 +98,7 @@ def _quantized_rows_into(src, dst: torch.Tensor, amax: torch.Tensor) -> None:
     """``dst`` (float rows, contiguous) = NVFP4 fake quantization of ``src`` (same shape, any strides) with
     the tensor amax ``amax``, a block of rows at a time (``src`` may be ``dst``)."""
     rows, cols = dst.shape
-    if dst.dtype == torch.float32 and src.dtype == torch.float32 and cpu_jit.takes(src, dst, amax) \
-            and bool(torch.isfinite(amax)):
+    if dst.dtype == torch.float32 and cpu_jit.takes_activations(src, amax, dst):
         cpu_jit.nvfp4_rows_into(src, amax, dst)  # one native loop (cpu_jit), the same numbers
         return
     step = rows_per_block(cols)
@@ -151,8 +150,8 @@ def nvfp4_patches(x, kernel_size, dilation, padding, stride):
 
 def jit_patches_into(x, xp, kernel_size, dilation, stride, oh, ow, amax, out) -> bool:
     """The quantized patches written into ``out`` by :func:`cpu_jit.nvfp4_patches_into` (read from the padded
-    input, no im2col copy) where it takes the call (float32 input, finite amax); False where not."""
-    if x.dtype != torch.float32 or not cpu_jit.takes(x, out) or not bool(torch.isfinite(amax)):
+    input, no im2col copy) where it takes the call (:func:`cpu_jit.takes_activations`); False where not."""
+    if not cpu_jit.takes_activations(x, amax, out):
         return False
     cpu_jit.nvfp4_patches_into(xp.contiguous(), kernel_size, stride, dilation, oh, ow, amax, out)
     return True

@@ -36,7 +36,7 @@ try:
 except ImportError:  # pragma: no cover - numba is a declared dependency
     numba = None
 
-_STATE = {"enabled": os.environ.get("MPSEARCH_JIT", "1") != "0"}
+_STATE = {"enabled": os.environ.get("MPSEARCH_JIT", "1") != "0", "forked": False}
 
 _F0, _F1, _F6 = np.float32(0.0), np.float32(1.0), np.float32(6.0)
 _TENSOR_DIV = np.float32(6.0 * 448.0)  # E2M1_MAX * E4M3_MAX
@@ -49,7 +49,7 @@ _MAGIC = np.uint32((22 << 23) | 0x400000)
 
 def jit_enabled() -> bool:
     """Whether the numba loops run now (numba installed, not turned off, not in a forked child)."""
-    return numba is not None and _STATE["enabled"] and not _STATE.get("forked", False)
+    return numba is not None and _STATE["enabled"] and not _STATE["forked"]
 
 
 def _after_fork_in_child() -> None:
@@ -70,6 +70,13 @@ def takes(*tensors: torch.Tensor) -> bool:
     """Whether the loops run now and take these tensors (CPU, contiguous, nothing autograd records)."""
     return jit_enabled() and all(t.device.type == "cpu" and t.is_contiguous() and not t.requires_grad
                                  for t in tensors)
+
+
+def takes_activations(x: torch.Tensor, amax: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether :func:`nvfp4_rows_into` / :func:`nvfp4_patches_into` take this call: :func:`takes` ``x`` and
+    ``out``, ``x`` in float32 (the loops read float32) and a finite amax (the reference's arithmetic on an
+    infinite or NaN scale is left to the torch loops)."""
+    return x.dtype == torch.float32 and takes(x, out, amax) and bool(torch.isfinite(amax))
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -282,5 +289,5 @@ def nvfp4_patches_into(xp: torch.Tensor, kernel, stride, dilation, oh: int, ow: 
     return out
 
 
-__all__ = ["jit_enabled", "using_jit", "takes", "nvfp4_decode_into", "int4_decode_into", "nvfp4_rows_into",
+__all__ = ["jit_enabled", "using_jit", "takes", "takes_activations", "nvfp4_decode_into", "int4_decode_into", "nvfp4_rows_into",
            "nvfp4_patches_into"]

@@ -69,7 +69,7 @@ def _activation_into(src: torch.Tensor, dst: torch.Tensor, amax: torch.Tensor) -
     block's E4M3 scale (exact in bfloat16), a block of rows at a time, with the tensor amax ``amax``. The codes
     are the reference's: the same ``|x| / (block scale * tensor scale)``."""
     rows, cols = dst.shape
-    if src.dtype == torch.float32 and cpu_jit.takes(src, dst, amax) and bool(torch.isfinite(amax)):
+    if cpu_jit.takes_activations(src, amax, dst):
         cpu_jit.nvfp4_rows_into(src, amax, dst)  # one native loop, the same numbers
         return
     step = rows_per_block(cols)
