@@ -16,7 +16,7 @@ from mpsearch.pipeline import load_pipeline
 
 
 def comparison_budgets(info) -> dict[str, int]:
-    """The byte budgets the issue asks about: uniform nvfp4, uniform int4, halfway int8..int4."""
+    """The byte budgets the demo compares: uniform nvfp4, uniform int4, halfway int8..int4."""
     uni = {f: Plan.uniform(info, f).predicted_bytes for f in ("int8", "nvfp4", "int4")}
     return {"=nvfp4": uni["nvfp4"], "=int4": uni["int4"], "int8..int4": (uni["int8"] + uni["int4"]) // 2}
 

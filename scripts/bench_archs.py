@@ -86,7 +86,7 @@ def render() -> str:
         "",
         "What this does not say: how much any plan changes the images. That needs the real weights: profile a local",
         "pipeline folder (`mpsearch profile --model DIR --prompts FILE`), then `mpsearch solve --profile ...`.",
-        "GPU memory and latency against bf16 were not measured (no GPU was available for this issue).",
+        "GPU memory and latency against bf16 were not measured (no GPU was available when this was measured).",
         "",
     ]
     return "\n".join(out)

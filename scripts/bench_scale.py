@@ -184,7 +184,7 @@ def main(argv=None) -> None:
                 "reset between phases on the CPU (so it includes the model's own weights and the pipeline), "
                 "torch.cuda.max_memory_allocated on a GPU. Times and time ratio: medians over repeats; memory ratio: the "
                 "worst repeat (its two peaks shown). "
-                "Targets: <= 3x time, <= 1.25x memory. `before` = the profiler before issue 15 (a dequantized "
+                "Targets: <= 3x time, <= 1.25x memory. `before` = the earlier profiler (a dequantized "
                 "copy of every layer in every format).\n\n" + _table(results) + "\n\n" + _commands(results))
         write_section("scale", "Profiling at real size: profile vs one generation", body, command)
 

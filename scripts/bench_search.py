@@ -103,7 +103,7 @@ def main(argv=None) -> None:
         "### Cost", "", *cost, "", "Synthetic 2,000 layers x 4 formats (the problem of `scripts/bench_solver.py`):", "",
         *synth])
     print(body)
-    write_section("bench_search", "Search: solved plans vs uniform formats (issue: the search slice)", body,
+    write_section("bench_search", "Search: solved plans vs uniform formats", body,
                   f"python scripts/bench_search.py --seeds {args.seeds}")
 
 

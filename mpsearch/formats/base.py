@@ -40,7 +40,7 @@ def matrix_shape(shape) -> tuple[int, int]:
 
 def all_finite(t: torch.Tensor) -> bool:
     """Whether every element of ``t`` is finite. A sum is non-finite iff some element is, or when finite ones
-    overflow it (then the elementwise check decides): about a tenth of the time of ``isfinite(t).all()``, which
+    overflow it (then the elementwise check decides): a fraction of the time of ``isfinite(t).all()``, which
     writes and reads a mask as large as ``t``."""
     if not t.is_floating_point() or t.numel() == 0:
         return True
@@ -78,7 +78,7 @@ def abs_max(x: torch.Tensor) -> torch.Tensor:
 
 def amin_amax(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.aminmax(x, dim=dim)``'s (min, max) as two reductions: on the CPU each is vectorized and
-    ``aminmax`` along a dim is not (9-20x slower at activation sizes). The values are the same (a min or max
+    ``aminmax`` along a dim is not (many times slower at activation sizes). The values are the same (a min or max
     is exact); where +0.0 and -0.0 tie, the sign of the zero returned may differ, so callers take ``abs``."""
     return x.amin(dim=dim), x.amax(dim=dim)
 

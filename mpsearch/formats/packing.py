@@ -50,7 +50,7 @@ def pair_table(values: tuple[float, ...], device) -> torch.Tensor:
 
 def quad_table(values: tuple[float, ...], device) -> torch.Tensor:
     """float32 (65536, 4): row k holds the values of the four codes in the two bytes of the little-endian
-    16-bit word k (1 MB; gathering a word's four values at once takes about two thirds of two byte gathers)."""
+    16-bit word k (1 MB; gathering a word's four values at once is faster than two byte gathers)."""
     key = ("quad", tuple(values), str(device))
     table = _tables.get(key)
     if table is None:

@@ -33,7 +33,7 @@ def im2col(x: torch.Tensor, kernel, dilation, padding, stride):
 def patch_amax(xp: torch.Tensor, kernel, stride, dilation, channel_dim: int = 1) -> torch.Tensor:
     """(N, oh, ow): the largest |value| of each conv patch of the padded input ``xp`` (channels along
     ``channel_dim``: 1 for NCHW, 3 for NHWC) without building the patches: each pixel's amax over its channels
-    (``amin`` and ``amax`` separately: along a dim, ``torch.aminmax`` is 9-20x slower on the CPU), max-pooled
+    (``amin`` and ``amax`` separately: along a dim, ``torch.aminmax`` is many times slower on the CPU), max-pooled
     over the patch window (padding zeros count as 0, as in the im2col row)."""
     pix = torch.maximum(xp.amax(dim=channel_dim), -xp.amin(dim=channel_dim)).abs_()  # abs: +0 where all zero
     return F.max_pool2d(pix[:, None], tuple(kernel), stride=stride, dilation=dilation)[:, 0]

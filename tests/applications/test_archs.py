@@ -19,7 +19,7 @@ def tiny_infos():
     return {name: describe(build_tiny_pipeline(name)) for name in TINY_BUILDERS}
 
 
-# (architecture, layer, role): one line per kind of layer the issue names
+# (architecture, layer, role): one line per kind of layer the supported architectures have
 EXPECTED_ROLES = [
     ("sd15", "conv_in", Role.IN_PROJ), ("sd15", "conv_out", Role.OUT_PROJ),
     ("sd15", "time_embedding.linear_1", Role.TIME_EMBED),

@@ -1,5 +1,5 @@
 """Property tests (hypothesis): budget parsing and plan round trips. The formats have their own
-(tests/test_formats_props.py)."""
+(tests/core/test_formats_props.py)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The ILP minimizes a sum of per-layer errors measured one layer at a time; the real error of a plan (its
 images against full precision) is not such a sum. This solver searches the same feasible set with Optuna,
 scoring each candidate with an ``evaluate`` callback (e.g. a few real generations, see
-:func:`mpsearch.search.evaluation_objective`), and returns the best candidate found.
+:func:`mpsearch.allocation.refine.evaluation_objective`), and returns the best candidate found.
 
 How a solve runs
 ----------------

@@ -10,7 +10,7 @@ clamp and the int8 cast: four passes in eager mode, a fifth of a call's time) an
 Where numba's loops run (:mod:`.cpu_jit`, the default) the 4-bit formats take those instead: one native
 pass each, faster than these; INT8 keeps its compiled loops.
 
-Off by default: the first call of each shape family compiles (tens of seconds on a 2-core CPU) and needs a C++
+Off by default: the first call of each shape family compiles (slow on a small CPU) and needs a C++
 compiler. Turn it on with :func:`compiled_cpu_kernels` (a function and a context manager).
 """
 

@@ -8,7 +8,7 @@ pages from the kernel on every call. These kernels compute the same numbers, bit
 :mod:`.workspace` and a block of rows at a time, so each pass over a block finds it in cache:
 
 * weights, ``CHUNK`` elements at a time: INT4's nibbles minus 8 in int8, converted to float32 by the copy
-  into place (4x faster than a table gather), NVFP4's by a table gather of four codes (a 16-bit word) at a
+  into place (faster than a table gather), NVFP4's by a table gather of four codes (a 16-bit word) at a
   time (:func:`mpsearch.formats.packing.decode_words_into`); then the scales, in place;
 * NVFP4 activations: the tensor's amax first (for a conv, a max-pool of each pixel's channel amax: the
   patches' amax without building them), then each block of rows fake-quantized with that amax (the rows of
@@ -73,7 +73,7 @@ def decode_into(packed: Packed, out: torch.Tensor, *, tensor_scale: bool = True)
             decode_words_into(q[r0:r1], dst, SIGNED_GRID, idx)
             blk.mul_(eff[r0:r1, :, None])
         else:  # q - 8 from each nibble in int8 (exact), converted by the copy; then * scale + zero, as
-            # Int4.dequantize: a multiply, then an add (4x faster than the gather)
+            # Int4.dequantize: a multiply, then an add (faster than the gather)
             qb = q[r0:r1]
             pair = dst.view(r1 - r0, cols // 2, 2)
             pair[..., 0].copy_(torch.bitwise_and(qb, 0x0F).view(torch.int8).sub_(8))

@@ -1,10 +1,10 @@
 """INT8 W8A8 on the CPU through ``torch._int_mm`` (oneDNN's int8 GEMM), on CPUs where it is the faster path.
 
 On a CPU with int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX) ``torch._int_mm`` runs several
-times faster than a float32 GEMM of the same shape (5.3x at 2048x1280x1280 on a Zen 4 EPYC); on a CPU
-without them (AVX2 only) it is 15-30x *slower*, and the formats' reference path (the exact integer product on
+times faster than a float32 GEMM of the same shape (see docs/benchmarks.md, bench_speed); on a CPU
+without them (AVX2 only) it is many times *slower*, and the formats' reference path (the exact integer product on
 the float GEMM, ``formats/int8.py``) is the fast one. So the choice is measured, once per process, on the
-first INT8 call: :func:`int_mm_is_faster` times both on one shape (about 20 ms). ``MPSEARCH_CPU_INT8``
+first INT8 call: :func:`int_mm_is_faster` times both on one shape (one short measurement). ``MPSEARCH_CPU_INT8``
 (``int_mm`` / ``float``) or :func:`cpu_int8_path` fixes it instead. Both paths are bit for bit the reference:
 the integer product is exact either way and the activation codes and the rescale are the same float32 ops.
 
@@ -166,7 +166,7 @@ def patches_int_mm(x, packed, kernel, dilation, padding, stride, *, codes=None, 
     if into:
         # codes computed in the input's (kh, kw, C) order (reads in order), each block written into the
         # weight's (C, kh, kw) column order while in cache: the weight's codes are used as stored (permuting
-        # them instead costs a copy of every 3x3 conv's weight per call: 167 ms of an SD1.5 UNet call)
+        # them instead costs a copy of every 3x3 conv's weight per call, a visible share of an SD1.5 UNet call)
         qx = scratch("int8_codes", (n * oh, ow, c, kh, kw), torch.int8, x.device)
         qv = qx.permute(0, 1, 3, 4, 2)  # (n * oh, ow, kh, kw, C) view of it
         for b in range(n):  # blocks of output-image rows of one image at a time

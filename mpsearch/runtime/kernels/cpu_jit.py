@@ -3,8 +3,9 @@
 In torch each step of a 4-bit weight's decode (the code gather, the block-scale multiply, the conversion) or
 of NVFP4's activation quantization (block amax, block scale, rounding, sign, scale, and for a conv the im2col
 copy) is its own pass over memory, and some of them fall off the vectorized path (a bfloat16 multiply broadcast
-over 16-element blocks runs 8x slower than its float32 twin). Together those passes cost a 4-bit layer on the CPU
-more than its GEMM. Here each is one loop over the data, run on all of torch's threads:
+over 16-element blocks runs many times slower than its float32 twin). Together those passes cost a 4-bit
+layer on the CPU more than its GEMM (see docs/benchmarks.md, bench_speed's reading). Here each is one loop
+over the data, run on all of torch's threads:
 
 * :func:`nvfp4_decode_into`: NVFP4 weights to float32 (bit for bit ``nvfp4_decode_packed``) or to the
   element-times-block-scale values in bfloat16 (through a 256 x 16 table of exact products);

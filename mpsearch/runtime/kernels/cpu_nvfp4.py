@@ -6,14 +6,14 @@ is ``(A @ W.T) * s_a * s_w`` with ``A`` and ``W`` the element-times-block-scale 
 bfloat16: the products are exact, the sums float32 inside the GEMM, rounded to bfloat16 once at the end,
 then scaled by both tensor scales in float32. That is what ``torch._scaled_mm`` does on NVFP4 hardware (the
 CUDA kernel in :mod:`.cuda`), and on a CPU with bfloat16 dot-product instructions (AVX-512 BF16, AMX) the
-bfloat16 GEMM runs 2-3x faster than the float32 one, with half the bytes to write for the quantized
+bfloat16 GEMM runs faster (docs/benchmarks.md, bench_speed), with half the bytes to write for the quantized
 activations and decoded weights. Not bit for bit the reference (which rounds each dequantized value to
 float32 and sums in float32 without the final bfloat16 rounding): every output is within 2^-8 of its
 magnitude plus float32 summation-order noise, per layer (``tests/runtime/test_cpu_nvfp4.py``); over a
 whole network the differences move downstream activations across rounding boundaries, with the same error
 against fp32 (``scripts/bench_exactness.py``). The codes and scales, what the plan stores, are the same bits.
 
-The choice is measured once per process (:func:`bf16_is_faster`: both GEMMs on one shape, about 30 ms);
+The choice is measured once per process (:func:`bf16_is_faster`: both GEMMs on one shape, briefly);
 ``MPSEARCH_CPU_NVFP4=bf16|float`` or :func:`cpu_nvfp4_path` fixes it. On the float path, and for calls this
 kernel does not take (weight-only NVFP4, where activations are not exact in bfloat16; grad-recording calls;
 other dtypes), :mod:`.cpu_decode`'s bit-for-bit kernels or the reference run.

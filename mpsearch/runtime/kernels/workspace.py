@@ -3,8 +3,8 @@
 A quantized layer's call makes large temporaries: its weight decoded to float32 (59 MB for a 1280-channel
 3x3 convolution of SD1.5, 118 MB where the up blocks take 2560 channels), and its im2col patches. Allocations
 above glibc's mmap threshold (at most 32 MB) come from ``mmap`` and go back on ``free``, so every call pays a
-page fault per 4 KB page on first touch: writing a fresh 59 MB tensor takes 20 ms here, the same write into
-memory touched before 2.4 ms. Kept per thread, per slot, grown to the largest request and never shrunk (so
+page fault per 4 KB page on first touch: writing a fresh 59 MB tensor takes several times as long as the same
+write into memory touched before. Kept per thread, per slot, grown to the largest request and never shrunk (so
 the workspace holds about the largest layer's decoded weight plus its patches: a constant, not the model);
 :func:`release_workspace` frees it.
 
