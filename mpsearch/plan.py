@@ -38,7 +38,7 @@ def versions() -> dict:
 
 @dataclass
 class Plan:
-    """One runtime plan for one denoiser (see DESIGN.md, Plan)."""
+    """One runtime plan for one denoiser (see docs/design.md, The plan file)."""
 
     model_class: str
     fingerprint: str

@@ -162,7 +162,8 @@ def mixdq_plans(profile, budget_bytes: int, splits, *, solver: str = "ilp", role
     """MixDQ-style plans, one per budget split ``a``: two separate ILPs on the local costs, the content group
     given its smallest size plus the share ``a`` of the bytes left above both groups' smallest sizes, the
     quality group the rest. Returns ``{a: Plan}``; empty when the budget is below the smallest size.
-    ``role_pins`` as in :func:`mpsearch.solve.build_problem` (default here: none, like the compared methods)."""
+    ``role_pins`` as in :func:`mpsearch.allocation.objective.build_problem` (default here: none, like the
+    compared methods)."""
 
     base = build_problem(profile, None, role_pins={} if role_pins is None else role_pins)
     layers = profile.info.layers

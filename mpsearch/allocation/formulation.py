@@ -38,7 +38,7 @@ def budget_keywords(info) -> dict:
 
 
 def parse_profile_budget(profile: Profile, budget) -> Budget:
-    """``budget`` (any DESIGN.md form, or a byte count) for the profiled model's denoiser."""
+    """``budget`` (any form of docs/design.md's Budgets, or a byte count) for the profiled model's denoiser."""
     return parse_budget(budget, **budget_keywords(profile.info))
 
 
@@ -171,7 +171,7 @@ def formulate(profile, budget=None, *, metric: str = "auto", objective_weights=N
               pipe=None, layer_calls=None, weights=None) -> Formulation:
     """Profile (or its path) + budget + objective -> :class:`Formulation`.
 
-    * ``budget``: any DESIGN.md budget form or bytes; None for a sweep (``Formulation.with_budget`` sets one).
+    * ``budget``: any docs/design.md budget form or bytes; None for a sweep (``Formulation.with_budget`` sets one).
     * ``metric``: ``"auto"`` (``gn`` where measured, else ``rel_mse``) or a profile metric.
     * ``step_weights``: one weight per profiled step (or an (layers, steps) array) for the local costs.
     * ``pins`` ({regex: format} or 'regex=format' strings) override the role pins; ``role_pins`` ({role:

@@ -15,7 +15,7 @@ def solve(profile, budget="60%", *, metric: str = "auto", solver="ilp", pins=Non
           step_weights=None, role_pins=None, objective_weights=None, max_damage: float | None = None,
           fp_act_windows: int = 0, compute=None, compute_cost: str = "bops", act_windows: int = 2, pipe=None,
           layer_calls=None, weights=None) -> Plan:
-    """Allocate a format per layer under ``budget`` (any DESIGN.md budget form) and return the Plan.
+    """Allocate a format per layer under ``budget`` (any docs/design.md budget form) and return the Plan.
 
     ``solver``: a registered name (``"ilp"``, ``"highs"``, ``"greedy"``, ...) or a solver instance
     (``mpsearch.allocation.solvers.IlpSolver(time_limit=5)``). Fragile layers are pinned by role

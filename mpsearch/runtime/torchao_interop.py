@@ -7,7 +7,7 @@
 Which formats coincide with torchao 0.18 (read from its sources; ``TORCHAO_FORMATS`` below; numbers in the README,
 "Running a plan on torchao's kernels"; tests/runtime/test_torchao_interop.py checks them on the CPU):
 
-- ``nvfp4`` -> ``NVFP4DynamicActivationNVFP4WeightConfig`` (W4A4): the same recipe as DESIGN.md (tensor scale
+- ``nvfp4`` -> ``NVFP4DynamicActivationNVFP4WeightConfig`` (W4A4): the same recipe as docs/design.md (tensor scale
   amax/(6*448) in float32, E4M3 block scale of amax_block/6/s_t, blocks of 16, E2M1 round half to even, saturating
   at 6, the activation's tensor scale from the whole activation). torchao orders the float operations differently
   (``(amax_b / 6) / s_t`` and ``x * ((1 / s_t) / bs)`` against ``amax_b / (6 * s_t)`` and ``x / (bs * s_t)``) and
@@ -53,7 +53,7 @@ from mpsearch.runtime.executor import activation_windows
 TORCHAO_VERSION = "0.18.0"
 
 #: format family -> (coincides, torchao config, why not / how). ``coincides``: torchao's quantization has the
-#: recipe of DESIGN.md's Formats table (see the module docstring for the float-order caveat of nvfp4)
+#: recipe of docs/design.md's formats table (see the module docstring for the float-order caveat of nvfp4)
 TORCHAO_FORMATS = {
     "nvfp4": (True, "NVFP4DynamicActivationNVFP4WeightConfig (W4A4; sm100 GPUs)",
               "same recipe; torchao's float operation order and its 2^-6 floor on block scales round elements on "

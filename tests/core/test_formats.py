@@ -1,4 +1,4 @@
-"""Number formats, checked against the spec in DESIGN.md ("Formats") and against independent reference
+"""Number formats, checked against the spec in docs/design.md ("Number formats") and against independent reference
 implementations written here (scalar loops over numpy float32 values and exact Fractions), not the module's
 vectorized code."""
 

@@ -75,7 +75,7 @@ def _check_nvfp4(x2: torch.Tensor, ours: torch.Tensor, theirs: torch.Tensor, bs8
 
 def test_nvfp4_worked_example_coincides_bit_for_bit():
     w = torch.zeros(16, 32)
-    w[0, 0], w[0, 16], w[0, 17] = 2.625, 0.75, 0.3125  # DESIGN.md: s_t = 2^-10, block scale 128, 0.3125 -> 0.25
+    w[0, 0], w[0, 16], w[0, 17] = 2.625, 0.75, 0.3125  # docs/design.md: s_t = 2^-10, block scale 128, 0.3125 -> 0.25
     lin = torch.nn.Linear(32, 16, bias=False)
     with torch.no_grad():
         lin.weight.copy_(w)
