@@ -24,7 +24,7 @@ def _text_files() -> list[Path]:
 
 def _checked_blocks(text: str) -> list[str]:
     """The python code blocks of a markdown text that follow a ``<!-- checked -->`` line."""
-    return re.findall(r"<!-- checked -->\s*\n```python\n(.*?)\n```", text, flags=re.S)
+    return re.findall(r"<!-- checked -->\s*\n```python\n(.*?)\n```", text, flags=re.DOTALL)
 
 
 def test_design_document_is_in_the_repository_and_linked():
@@ -104,7 +104,7 @@ def _resolves(dotted: str) -> bool:
 
 
 @pytest.mark.parametrize("folder", ["mpsearch", "scripts", "docs"])
-def test_dotted_mpsearch_names_resolve(folder):
+def test_dotted_mpsearch_names_resolve(folder: str) -> None:
     """Every ``mpsearch.x.y`` a docstring or document names (in a Sphinx role or backticks) exists."""
     pattern = re.compile(r"(?::(?:mod|func|class|meth|data|attr|exc):`~?|``|`)(mpsearch(?:\.\w+)+)(?:\(\))?`")
     files = sorted((ROOT / folder).rglob("*.py" if folder != "docs" else "*.md"))
