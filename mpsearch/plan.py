@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from mpsearch.errors import PlanError
+from mpsearch.errors import ModelError, PlanError
 from mpsearch.formats import available_formats
 from mpsearch.io import atomic_write_text, dump_yaml, load_yaml
 from mpsearch.models import ModelInfo, describe, same_weights, weights_digest
@@ -409,7 +409,10 @@ class Plan:
         if self.weights is None:
             return
         names = (info or describe(pipe_or_model)).names
-        same, now = same_weights(self.weights, pipe_or_model, names)
+        try:
+            same, now = same_weights(self.weights, pipe_or_model, names)
+        except ModelError as e:  # a retired or unknown digest scheme
+            raise PlanError(f"plan model.weights {self.weights!r}: {e}") from None
         if not same:
             raise PlanError(f"the model's weights ({now}) are not those the plan was made from ({self.weights}): "
                             "they changed since profiling (fine-tuned, re-trained or another checkpoint); profile "

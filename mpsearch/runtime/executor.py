@@ -258,14 +258,17 @@ def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto", ignore_weights
     store.put({name: m.weight for name, m in originals.items()})
 
     # 2. swap modules in (with step state and cache hooks); free the full-precision weights
+    installed = None
     try:
-        installed = install(denoiser, plan, packed)
+        installed = install(denoiser, plan, packed)  # all or nothing
+        for m in originals.values():
+            m.weight.data = torch.empty(0, dtype=m.weight.dtype, device=m.weight.device)
+        handle = PlanHandle(denoiser, installed, store, report)
     except BaseException:
+        if installed is not None:
+            installed.uninstall(store.take())
         store.discard()
         raise
-    for m in originals.values():
-        m.weight.data = torch.empty(0, dtype=m.weight.dtype, device=m.weight.device)
-    handle = PlanHandle(denoiser, installed, store, report)
     setattr(denoiser, _HANDLE_ATTR, handle)
     return handle
 
