@@ -58,6 +58,14 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
+class _Refused(yaml.YAMLError):
+    """Valid YAML that mpsearch refuses to read: ``problem`` says what, ``mark`` where."""
+
+    def __init__(self, problem: str, mark):
+        super().__init__(problem)
+        self.problem, self.mark = problem, mark
+
+
 class _Loader(yaml.SafeLoader):
     """Safe loading that refuses anchors, aliases and duplicate keys: an alias can expand a small file into
     gigabytes ("billion laughs"), and a duplicate key silently drops the first value."""
@@ -65,9 +73,8 @@ class _Loader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise yaml.constructor.ConstructorError(
-                None, None, "anchors and aliases (&name / *name) are not allowed; write each value out in full",
-                event.start_mark)
+            raise _Refused("uses a YAML anchor or alias (&name / *name), which mpsearch does not read (one can "
+                           "expand a small file into gigabytes); write each value out in full", event.start_mark)
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
@@ -81,14 +88,14 @@ class _Loader(yaml.SafeLoader):
                 except TypeError:  # an unhashable key: the base class reports it
                     continue
                 if duplicate:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}; each key may appear once", key_node.start_mark)
+                    raise _Refused(f"has the duplicate key {key!r}, which would silently replace the first; "
+                                   "keep one", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
 
 
 def dump_yaml(data) -> str:
     """``data`` as safe YAML, keys in their order, every value written out in full (no anchors or aliases)."""
-    kw = dict(Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
+    kw = {"Dumper": _Dumper, "sort_keys": False, "default_flow_style": False, "width": 120}
     text = yaml.dump(data, allow_unicode=True, **kw)
     if yaml.safe_load(text) != data:
         # some characters (U+0085, U+2028, ...) are written raw but read back as line breaks: escape them all
@@ -107,7 +114,9 @@ def load_yaml(path, what: str = "file", error=MpsearchError):
     except (OSError, UnicodeDecodeError) as e:
         raise error(f"cannot read {what} {path}: {e}; check the path and permissions") from None
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+    except _Refused as e:
+        raise error(f"{what} {path} {e.problem} (line {e.mark.line + 1})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
