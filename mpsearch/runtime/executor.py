@@ -90,12 +90,12 @@ class _Stash:
         self.path = None
         self.memory: dict[str, torch.Tensor] = {}
         self.devices: dict[str, torch.device] = {}
-        self.layouts: dict[str, torch.Tensor] = {}
+        self.layouts: dict[str, tuple] = {}  # name -> (shape, strides, dtype)
 
     def put(self, tensors: dict[str, torch.Tensor]) -> None:
         self.devices = {k: t.device for k, t in tensors.items()}
-        # shape, dtype and strides of each weight (meta tensors hold no data): take() rebuilds this layout
-        self.layouts = {k: t.detach().to("meta") for k, t in tensors.items()}
+        # shape, strides and dtype of each weight (also a non-dense view's): take() rebuilds this layout
+        self.layouts = {k: (tuple(t.shape), t.stride(), t.dtype) for k, t in tensors.items()}
         if self.mode == "disk":
             from safetensors.torch import save_file
 
@@ -118,9 +118,8 @@ class _Stash:
 
     def _relaid(self, k: str, t: torch.Tensor) -> torch.Tensor:
         """``t``'s values in fresh, aligned memory on the original device with the original strides."""
-        like = self.layouts[k]
-        out = torch.empty_strided(like.shape, like.stride(), dtype=like.dtype, device=self.devices[k])
-        return out.copy_(t)
+        shape, strides, dtype = self.layouts[k]
+        return torch.empty_strided(shape, strides, dtype=dtype, device=self.devices[k]).copy_(t)
 
     def take(self) -> dict[str, torch.Tensor]:
         if self.mode == "disk":
