@@ -65,7 +65,7 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_stashes(folder: Path) -> list[Path]:
     """Delete the stash files in ``folder`` whose owning process (the pid in the name) is gone; returns them."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(folder.iterdir())
     except OSError:
@@ -87,7 +87,7 @@ class _Stash:
 
     def __init__(self, mode: str):
         self.mode = mode
-        self.path = None
+        self.path: str = ""
         self.memory: dict[str, torch.Tensor] = {}
         self.devices: dict[str, torch.device] = {}
         self.layouts: dict[str, tuple] = {}  # name -> (shape, strides, dtype)
@@ -140,7 +140,7 @@ class _Stash:
     def discard(self) -> None:
         if self.path:
             _unlink(self.path)
-        self.path = None
+        self.path = ""
 
 
 def _unlink(path: str) -> None:

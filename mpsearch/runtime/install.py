@@ -15,11 +15,15 @@ from torch import nn
 from mpsearch.errors import PlanError
 from mpsearch.formats import Packed
 from mpsearch.plan import Plan
-from mpsearch.runtime.cache_hooks import FeatureCacheConfig, FeatureCacheHandle, apply_feature_cache
+from mpsearch.runtime.cache_hooks import (
+    FeatureCacheConfig,
+    FeatureCacheHandle,
+    apply_feature_cache,
+)
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import StepState, acquire_step_state, release_step_state
 
-__all__ = ["install", "Installed", "cache_config"]
+__all__ = ["Installed", "cache_config", "install"]
 
 
 def cache_config(plan: Plan) -> FeatureCacheConfig | None:
@@ -81,7 +85,7 @@ def install(denoiser: nn.Module, plan: Plan, packed: dict[str, Packed]) -> Insta
         if windows:  # activation windows read the denoiser's step
             done.step_state = acquire_step_state(denoiser)
             for qmod in built.values():
-                qmod.step_state = done.step_state
+                qmod.step_state = done.step_state  # type: ignore[assignment]
         if config is not None:  # feature-cache hooks (diffusers hook registry)
             done.cache = apply_feature_cache(denoiser, config)
     except BaseException:

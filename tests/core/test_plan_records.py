@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from conftest import tiny_dit
 
 from mpsearch.errors import MpsearchError, PlanError
 from mpsearch.io import dump_yaml, load_yaml
 from mpsearch.models import describe
-from mpsearch.plan import ActivationOverride, ActivationWindow, CacheSection, LayerAssignment, Plan, Predictions
-
-from conftest import tiny_dit
+from mpsearch.plan import (
+    ActivationOverride,
+    ActivationWindow,
+    CacheSection,
+    LayerAssignment,
+    Plan,
+    Predictions,
+)
 
 
 @pytest.fixture(scope="module")

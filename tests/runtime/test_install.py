@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 import pytest
-import torch
+from conftest import tiny_dit
 
 from mpsearch.cache_units import get_unit
 from mpsearch.errors import PlanError
 from mpsearch.formats import get_format
 from mpsearch.plan import Plan
-from mpsearch.runtime import checkpoint, executor, install as install_mod
+from mpsearch.runtime import checkpoint, executor
+from mpsearch.runtime import install as install_mod
 from mpsearch.runtime.install import install
 from mpsearch.runtime.steps import current_step_state
-
-from conftest import tiny_dit
 
 
 def _plan(model, cache=True):

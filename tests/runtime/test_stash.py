@@ -9,12 +9,11 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_dit
 
 from mpsearch.plan import Plan
 from mpsearch.runtime import executor
 from mpsearch.runtime.executor import _Stash, apply_plan, stash_dir
-
-from conftest import tiny_dit
 
 
 @pytest.fixture
