@@ -1,7 +1,11 @@
 """The runtime plan: per-layer formats, per-step activation overrides, cache schedule, budget, predictions.
 
-A plan is a strict, versioned YAML file. Loading refuses unknown keys, unknown formats and a wrong
-``schema_version``; applying refuses layers the model does not have and a fingerprint mismatch.
+A plan is a strict, versioned YAML file. Loading refuses unknown keys, unknown formats, a wrong
+``schema_version``, numbers out of range (or NaN/inf) and free-form sections that are not small, plain data;
+applying refuses layers the model does not have, layers of the model the plan does not list and a fingerprint
+mismatch. :class:`Plan` keeps each section as it is written (``to_dict`` gives the file back byte for byte) and
+parses it once into typed records (:class:`LayerAssignment`, :class:`ActivationOverride`, :class:`CacheSection`,
+:class:`Predictions`), which the runtime installs (``mpsearch.runtime.install``).
 """
 
 from __future__ import annotations

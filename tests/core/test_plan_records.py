@@ -42,6 +42,8 @@ def test_sections_are_typed_records_and_the_yaml_is_byte_identical(info, tmp_pat
     assert isinstance(plan.predicted, Predictions) and plan.predicted.bytes == plan.predicted_bytes
     assert plan.cache_section is None
     first = plan.save(tmp_path / "a.yaml").read_bytes()
+    assert first.decode() == yaml.safe_dump(plan.to_dict(), sort_keys=False, default_flow_style=False,
+                                            allow_unicode=True, width=120)  # as mpsearch wrote plans before
     again = Plan.load(tmp_path / "a.yaml")
     assert again.to_dict() == plan.to_dict()
     assert again.save(tmp_path / "b.yaml").read_bytes() == first
