@@ -51,16 +51,61 @@ def staging_folder(out, error=MpsearchError, fix: str = "choose a writable outpu
         raise error(f"cannot write {out}: {e.strerror or e}; {fix}") from None
 
 
+class _Dumper(yaml.SafeDumper):
+    """Safe dumping that writes every value out in full: no anchors or aliases (mpsearch refuses them on load)."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+class _Refused(yaml.YAMLError):
+    """Valid YAML that mpsearch refuses to read: ``problem`` says what, ``mark`` where."""
+
+    def __init__(self, problem: str, mark):
+        super().__init__(problem)
+        self.problem, self.mark = problem, mark
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe loading that refuses anchors, aliases and duplicate keys: an alias can expand a small file into
+    gigabytes ("billion laughs"), and a duplicate key silently drops the first value."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused("uses a YAML anchor or alias (&name / *name), which mpsearch does not read (one can "
+                           "expand a small file into gigabytes); write each value out in full", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if duplicate:
+                    raise _Refused(f"has the duplicate key {key!r}, which would silently replace the first; "
+                                   "keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def dump_yaml(data) -> str:
-    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=120)
+    """``data`` as safe YAML, keys in their order, every value written out in full (no anchors or aliases)."""
+    kw = {"Dumper": _Dumper, "sort_keys": False, "default_flow_style": False, "width": 120}
+    text = yaml.dump(data, allow_unicode=True, **kw)
     if yaml.safe_load(text) != data:
         # some characters (U+0085, U+2028, ...) are written raw but read back as line breaks: escape them all
-        text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=False, width=120)
+        text = yaml.dump(data, allow_unicode=False, **kw)
     return text
 
 
 def load_yaml(path, what: str = "file", error=MpsearchError):
-    """Read YAML with safe loading only; errors name the file and the line."""
+    """Read YAML with safe loading only, refusing anchors, aliases and duplicate keys; errors name the file and
+    the line."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -69,7 +114,9 @@ def load_yaml(path, what: str = "file", error=MpsearchError):
     except (OSError, UnicodeDecodeError) as e:
         raise error(f"cannot read {what} {path}: {e}; check the path and permissions") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+    except _Refused as e:
+        raise error(f"{what} {path} {e.problem} (line {e.mark.line + 1})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

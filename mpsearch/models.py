@@ -9,9 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import blake3
@@ -288,14 +286,25 @@ def measured_bytes(pipe_or_model) -> int:
 
 
 #: the digest schemes weights_digest knows: "blake3" (one BLAKE3 stream over every layer, hashed by the
-#: blake3 library's SIMD, multithreaded tree: the default), "sha256t" (each layer hashed with SHA-256 on its
-#: own, in threads, then the layers' digests in order) and "sha256" (one SHA-256 stream, mpsearch 0.1's)
-DIGEST_SCHEMES = ("blake3", "sha256t", "sha256")
-_DIGEST_THREADS = max(1, min(8, os.cpu_count() or 1))
+#: blake3 library's SIMD, multithreaded tree)
+DIGEST_SCHEMES = ("blake3",)
+#: schemes of unreleased development versions, no longer computed: a file recording one must be regenerated
+RETIRED_DIGEST_SCHEMES = ("sha256t", "sha256")
 
 
 def _layer_bytes(w: torch.Tensor):
     return w.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data
+
+
+def check_digest_scheme(scheme: str) -> None:
+    """Raise ModelError (one line) unless ``weights_digest`` computes digests in ``scheme``."""
+    if scheme in RETIRED_DIGEST_SCHEMES:
+        raise ModelError(f"the weights digest was recorded in the retired scheme {scheme!r}; this mpsearch computes "
+                         f"only {', '.join(DIGEST_SCHEMES)}: regenerate the profile (`mpsearch profile`) and the plan "
+                         "(`mpsearch solve`) from it")
+    if scheme not in DIGEST_SCHEMES:
+        raise ModelError(f"unknown weights digest scheme {scheme!r} (this mpsearch knows "
+                         f"{', '.join(DIGEST_SCHEMES)}); it was recorded by a newer mpsearch: upgrade mpsearch")
 
 
 def weights_digest(pipe_or_model, names=None, *, scheme: str = "blake3") -> str:
@@ -303,40 +312,20 @@ def weights_digest(pipe_or_model, names=None, *, scheme: str = "blake3") -> str:
 
     The fingerprint says which layers a model has; this says whether their weights are the ones a profile
     measured, so a plan is not applied to a fine-tuned or re-trained model by mistake. ``names`` (default:
-    ``describe``'s layers) chooses them. The default scheme ``blake3`` hashes one stream (each layer's name,
-    dtype, shape, then its bytes) with BLAKE3 on all cores (the blake3 library: SIMD and a multithreaded hash
-    tree, several times SHA-256's speed); ``sha256t`` (SHA-256 per layer in threads, then the layers' digests)
-    and ``sha256`` (one SHA-256 stream) are what earlier profiles and plans recorded. :func:`same_weights`
-    checks a recorded digest in its own scheme.
+    ``describe``'s layers) chooses them. The scheme ``blake3`` hashes one stream (each layer's name, dtype,
+    shape, then its bytes) with BLAKE3 on all cores (the blake3 library: SIMD and a multithreaded hash tree).
     """
-    if scheme not in DIGEST_SCHEMES:
-        raise ModelError(f"unknown weights digest scheme {scheme!r} (this mpsearch knows "
-                         f"{', '.join(DIGEST_SCHEMES)}); it was recorded by a newer mpsearch: upgrade mpsearch")
+    check_digest_scheme(scheme)
     denoiser = get_denoiser(pipe_or_model)
     modules = dict(denoiser.named_modules())
     names = describe(denoiser).names if names is None else names
-    if scheme in ("sha256", "blake3"):
-        h = hashlib.sha256() if scheme == "sha256" else blake3.blake3(max_threads=blake3.blake3.AUTO)
-        for name in names:
-            with materialized(modules[name], "cpu"):  # offloaded weights (accelerate) read where they are kept
-                w = _digest_weight(modules[name], name)
-                h.update(json.dumps([name, str(w.dtype), list(w.shape)]).encode())
-                h.update(_layer_bytes(w))
-        return f"{scheme}:" + h.hexdigest()[:24]
-    outer, pending = hashlib.sha256(), []
-    with ThreadPoolExecutor(_DIGEST_THREADS) as pool:
-        for name in names:
-            with materialized(modules[name], "cpu"):
-                w = _digest_weight(modules[name], name)
-                data = _layer_bytes(w)  # a view, or a CPU copy that the job keeps alive until it has run
-                pending.append((json.dumps([name, str(w.dtype), list(w.shape)]),
-                                pool.submit(lambda d: hashlib.sha256(d).digest(), data)))
-            if len(pending) > 2 * _DIGEST_THREADS:  # jobs run in order: at most a few layers' copies queued
-                pending[-2 * _DIGEST_THREADS - 1][1].result()
-        for header, job in pending:
-            outer.update(header.encode())
-            outer.update(job.result())
-    return "sha256t:" + outer.hexdigest()[:24]
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    for name in names:
+        with materialized(modules[name], "cpu"):  # offloaded weights (accelerate) read where they are kept
+            w = _digest_weight(modules[name], name)
+            h.update(json.dumps([name, str(w.dtype), list(w.shape)]).encode())
+            h.update(_layer_bytes(w))
+    return f"{scheme}:" + h.hexdigest()[:24]
 
 
 def same_weights(recorded: str, pipe_or_model, names=None) -> tuple[bool, str]:

@@ -1,21 +1,29 @@
 """The runtime plan: per-layer formats, per-step activation overrides, cache schedule, budget, predictions.
 
-A plan is a strict, versioned YAML file. Loading refuses unknown keys, unknown formats and a wrong
-``schema_version``; applying refuses layers the model does not have and a fingerprint mismatch.
+A plan is a strict, versioned YAML file. Loading refuses unknown keys, unknown formats, a wrong
+``schema_version``, numbers out of range (or NaN/inf) and free-form sections that are not small, plain data;
+applying refuses layers the model does not have, layers of the model the plan does not list and a fingerprint
+mismatch. :class:`Plan` keeps each section as it is written (``to_dict`` gives the file back byte for byte) and
+parses it once into typed records (:class:`LayerAssignment`, :class:`ActivationOverride`, :class:`CacheSection`,
+:class:`Predictions`), which the runtime installs (``mpsearch.runtime.install``).
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
+import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-from mpsearch.errors import PlanError
+from mpsearch.errors import ModelError, PlanError
 from mpsearch.formats import available_formats
 from mpsearch.io import atomic_write_text, dump_yaml, load_yaml
 from mpsearch.models import ModelInfo, describe, same_weights, weights_digest
 from mpsearch.cache_section import validate_cache_section
+from mpsearch.cache_units import CacheUnit
 from mpsearch.version import __version__
 
 SCHEMA_VERSION = 1
@@ -24,6 +32,13 @@ _MODEL_KEYS = ("class", "fingerprint")
 _MODEL_OPTIONAL_KEYS = ("weights",)  # added within schema 1: plans without it still load
 _REGEN = "fix the file or regenerate it with `mpsearch solve`"
 _OVERRIDE_KEYS = ("steps", "activations")
+#: no sampler runs this many denoising steps: a larger step index in a plan is a typo or a damaged file
+MAX_STEPS = 100_000
+#: an upper bound on any byte count a plan predicts (1 EiB): anything above is not a real model
+MAX_BYTES = 2**60
+#: how deep and how large ``provenance`` (and other free-form sections) may be: plain, bounded data
+MAX_DEPTH = 16
+MAX_NODES = 100_000
 
 
 def versions() -> dict:
@@ -35,6 +50,221 @@ def versions() -> dict:
     return {"mpsearch": str(__version__), "torch": str(torch.__version__), "diffusers": str(diffusers.__version__),
             "python": platform.python_version()}
 
+
+# ---- typed records: the plan's sections, parsed and validated once (Plan.__post_init__)
+
+
+def _int(value, where: str, lo: int, hi: int) -> int:
+    """``value`` if it is an integer (not a bool) in [lo, hi], else a one-line PlanError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise PlanError(f"{where} must be an integer in [{lo}, {hi:,}], got {value!r}; {_REGEN}")
+    return value
+
+
+def check_plain_data(value, where: str, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> None:
+    """Raise PlanError unless ``value`` is plain data (mappings with string keys, lists, strings, finite numbers,
+    booleans, None) at most ``max_depth`` deep and ``max_nodes`` values large. Shared sub-objects count once per
+    reference, so a structure that would expand when written out is refused, not expanded."""
+    count = 0
+    stack = [(value, where, 0)]
+    while stack:
+        v, path, depth = stack.pop()
+        count += 1
+        if count > max_nodes:
+            raise PlanError(f"{where} holds more than {max_nodes:,} values; expected a small record of how the plan "
+                            f"was made; {_REGEN}")
+        if depth > max_depth:
+            raise PlanError(f"{path} is nested more than {max_depth} levels deep; expected a small record; {_REGEN}")
+        if isinstance(v, dict):
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    raise PlanError(f"{path} has the key {k!r}; expected string keys; {_REGEN}")
+                stack.append((item, f"{path}.{k}", depth + 1))
+        elif isinstance(v, (list, tuple)):
+            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(v))
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise PlanError(f"{path} is {v!r}; expected a finite number; {_REGEN}")
+        elif v is not None and not isinstance(v, (str, int, bool)):
+            raise PlanError(f"{path} is a {type(v).__name__}; expected plain data (mappings, lists, strings, "
+                            f"numbers); {_REGEN}")
+
+
+@dataclass(frozen=True)
+class LayerAssignment:
+    """One layer's format, by exact module name."""
+
+    name: str
+    format: str
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not isinstance(self.format, str):
+            raise PlanError(f"plan layer entry {self.name!r}: {self.format!r} must map a module name to a format "
+                            f"name; {_REGEN}")
+        known = available_formats()
+        if self.format not in known:
+            raise PlanError(f"plan layer {self.name!r} has unknown format {self.format!r}; expected one of "
+                            f"{', '.join(sorted(known))}")
+
+
+class ActivationWindow(NamedTuple):
+    """Steps ``[start, stop)`` in which a layer's activations are quantized (``quantize``) or kept in fp."""
+
+    start: int
+    stop: int
+    quantize: bool
+
+
+@dataclass(frozen=True)
+class ActivationOverride:
+    """One ``overrides`` entry: in steps ``[start, stop)``, these layers' activations are fp or quant."""
+
+    start: int
+    stop: int
+    activations: tuple[tuple[str, str], ...]
+    where: str = field(default="plan override", compare=False, repr=False)
+
+    def __post_init__(self):
+        for v in (self.start, self.stop):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise PlanError(f"{self.where}.steps must be two integers [start, stop); got "
+                                f"{[self.start, self.stop]!r}; {_REGEN}")
+        if not 0 <= self.start < self.stop <= MAX_STEPS:
+            raise PlanError(f"{self.where}.steps must be [start, stop) step indices with 0 <= start < stop <= "
+                            f"{MAX_STEPS:,}; got {[self.start, self.stop]!r}; {_REGEN}")
+        for name, mode in self.activations:
+            if not isinstance(name, str):
+                raise PlanError(f"{self.where}.activations has the key {name!r}; expected layer names; {_REGEN}")
+            if mode not in ("fp", "quant"):
+                raise PlanError(f"{self.where} sets layer {name!r} activations to {mode!r}; expected fp or quant")
+
+    @classmethod
+    def from_dict(cls, ov, where: str = "plan override") -> "ActivationOverride":
+        if not isinstance(ov, dict) or set(ov) != set(_OVERRIDE_KEYS):
+            raise PlanError(f"{where} must have exactly the keys steps and activations; got {ov!r}; {_REGEN}")
+        steps, acts = ov["steps"], ov["activations"]
+        if not isinstance(steps, list) or len(steps) != 2:
+            raise PlanError(f"{where}.steps must be [start, stop) step indices with 0 <= start < stop; got "
+                            f"{steps!r}; {_REGEN}")
+        if not isinstance(acts, dict):
+            raise PlanError(f"{where}.activations must map layer names to fp or quant; got {acts!r}; {_REGEN}")
+        return cls(steps[0], steps[1], tuple(acts.items()), where)
+
+    def to_dict(self) -> dict:
+        return {"steps": [self.start, self.stop], "activations": dict(self.activations)}
+
+
+@dataclass(frozen=True)
+class CacheSection:
+    """The plan's ``cache`` section (schema: mpsearch/cache_section.py): the reused unit and, per step, whether it
+    is computed (True) or reused (False)."""
+
+    method: str
+    unit: CacheUnit
+    compute: tuple[bool, ...]
+    warmup: int = 1
+    max_reuse: int | None = None
+    costs: str = "measured"
+    predicted_error: float | None = None
+    share: float | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.unit, CacheUnit):
+            raise PlanError(f"plan cache.unit must be a CacheUnit, got {type(self.unit).__name__}")
+        if not 0 < len(self.compute) <= MAX_STEPS:
+            raise PlanError(f"plan cache.compute must list 1 to {MAX_STEPS:,} steps, got {len(self.compute):,}; "
+                            f"{_REGEN}")
+        for key in ("predicted_error", "share"):
+            v = getattr(self, key)
+            if v is not None and not math.isfinite(v):
+                raise PlanError(f"plan cache.{key} is {v!r}; expected a finite number or null; {_REGEN}")
+
+    @classmethod
+    def from_dict(cls, cache) -> "CacheSection":
+        validate_cache_section(cache)
+        return cls(method=cache["method"], unit=CacheUnit.from_dict(cache["unit"], "plan cache.unit"),
+                   compute=tuple(cache["compute"]), warmup=cache.get("warmup", 1), max_reuse=cache.get("max_reuse"),
+                   costs=cache.get("costs", "measured"), predicted_error=cache.get("predicted_error"),
+                   share=cache.get("share"))
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What the solver predicted: the denoiser's bytes after the plan (``bytes``), the bytes that stay unquantized
+    (``fixed_bytes``) and the full-precision bytes (``fp_bytes``); None where not recorded."""
+
+    bytes: int | None = None
+    fixed_bytes: int | None = None
+    fp_bytes: int | None = None
+
+    def __post_init__(self):
+        for key in ("bytes", "fixed_bytes", "fp_bytes"):
+            v = getattr(self, key)
+            if v is not None:
+                _int(v, f"plan predictions.{key}", 0, MAX_BYTES)
+
+    @classmethod
+    def from_dict(cls, predictions: dict) -> "Predictions":
+        return cls(**{k: predictions[k] for k in ("bytes", "fixed_bytes", "fp_bytes") if k in predictions})
+
+
+@dataclass(frozen=True)
+class PlanRecords:
+    """A plan's sections as typed records (what the runtime installs)."""
+
+    layers: tuple[LayerAssignment, ...]
+    overrides: tuple[ActivationOverride, ...]
+    cache: CacheSection | None
+    predictions: Predictions
+
+    def activation_windows(self) -> dict[str, tuple[ActivationWindow, ...]]:
+        """Per layer, its activation overrides as step windows, in the plan's order."""
+        out: dict[str, list[ActivationWindow]] = {}
+        for ov in self.overrides:
+            for name, mode in ov.activations:
+                out.setdefault(name, []).append(ActivationWindow(ov.start, ov.stop, mode == "quant"))
+        return {k: tuple(v) for k, v in out.items()}
+
+
+def _parse_layers(layers) -> tuple[LayerAssignment, ...]:
+    if not isinstance(layers, dict) or not layers:
+        raise PlanError(f"plan 'layers' must be a non-empty mapping of module name to format; {_REGEN}")
+    return tuple(LayerAssignment(name, fmt) for name, fmt in layers.items())
+
+
+def _parse_overrides(source) -> tuple[ActivationOverride, ...]:
+    overrides, layers = source
+    if not isinstance(overrides, list):
+        raise PlanError("plan 'overrides' must be a list of {steps: [start, stop], activations: {layer: fp|quant}}")
+    parsed = []
+    for i, ov in enumerate(overrides):
+        rec = ActivationOverride.from_dict(ov, f"plan overrides[{i}]")
+        for name, _ in rec.activations:
+            if name not in layers:
+                raise PlanError(f"plan overrides[{i}] names layer {name!r}, which the plan does not list; {_REGEN}")
+        parsed.append(rec)
+    return tuple(parsed)
+
+
+def _parse_cache(cache) -> CacheSection | None:
+    return None if cache is None else CacheSection.from_dict(cache)
+
+
+def _parse_predictions(predictions) -> Predictions:
+    if not isinstance(predictions, dict):
+        raise PlanError(f"plan 'predictions' must be a mapping, got {type(predictions).__name__}")
+    if "bytes" in predictions and (isinstance(predictions["bytes"], bool) or not isinstance(predictions["bytes"], int)):
+        raise PlanError(f"plan predictions.bytes must be an integer, got {predictions['bytes']!r}; {_REGEN}")
+    return Predictions.from_dict(predictions)
+
+
+#: each typed section: how to get its source from a plan, and its one parser
+_PARSERS = {
+    "layers": (lambda p: p.layers, _parse_layers),
+    "overrides": (lambda p: (p.overrides, p.layers), _parse_overrides),
+    "cache": (lambda p: p.cache, _parse_cache),
+    "predictions": (lambda p: p.predictions, _parse_predictions),
+}
 
 @dataclass
 class Plan:
@@ -52,39 +282,68 @@ class Plan:
     #: digest of the weights the plan was made from (``models.weights_digest``); None: not recorded
     weights: str | None = None
 
+    _parsed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
     def __post_init__(self):
         if self.schema_version != SCHEMA_VERSION:
             raise PlanError(f"plan schema_version is {self.schema_version!r}, this mpsearch reads {SCHEMA_VERSION}; "
                             "regenerate the plan with `mpsearch solve`")
-        if not isinstance(self.layers, dict) or not self.layers:
-            raise PlanError(f"plan 'layers' must be a non-empty mapping of module name to format; {_REGEN}")
-        known = set(available_formats())
-        for name, fmt in self.layers.items():
-            if not isinstance(name, str) or not isinstance(fmt, str):
-                raise PlanError(f"plan layer entry {name!r}: {fmt!r} must map a module name to a format name; "
-                                f"{_REGEN}")
-            if fmt not in known:
-                raise PlanError(f"plan layer {name!r} has unknown format {fmt!r}; expected one of {', '.join(sorted(known))}")
-        if not isinstance(self.overrides, list):
-            raise PlanError("plan 'overrides' must be a list of {steps: [start, stop], activations: {layer: fp|quant}}")
-        for i, ov in enumerate(self.overrides):
-            _check_override(i, ov, self.layers)
-        if self.cache is not None:
-
-            validate_cache_section(self.cache)  # schema: mpsearch/cache_section.py
-        if "bytes" in self.predictions and not isinstance(self.predictions["bytes"], int):
-            raise PlanError(f"plan predictions.bytes must be an integer, got {self.predictions['bytes']!r}; {_REGEN}")
+        for key in _PARSERS:
+            self._record(key)
+        for key in ("budget", "predictions", "provenance"):
+            check_plain_data(getattr(self, key), f"plan {key}")
         if self.weights is not None and not isinstance(self.weights, str):
             raise PlanError(f"plan model.weights must be a digest string, got {self.weights!r}; {_REGEN}")
+
+    def _record(self, key: str):
+        """The typed record of section ``key``: parsed once, and again only if the section was edited since."""
+        source_of, parse = _PARSERS[key]
+        source = source_of(self)
+        cached = self._parsed.get(key)
+        if cached is not None and cached[0] == source:
+            return cached[1]
+        record = parse(source)
+        self._parsed[key] = (copy.deepcopy(source), record)
+        return record
+
+    @property
+    def assignments(self) -> tuple[LayerAssignment, ...]:
+        """Each layer's format, as typed records, in the plan's order."""
+        return self._record("layers")
+
+    @property
+    def activation_overrides(self) -> tuple[ActivationOverride, ...]:
+        """The ``overrides`` section as typed records."""
+        return self._record("overrides")
+
+    @property
+    def cache_section(self) -> CacheSection | None:
+        """The ``cache`` section as a typed record, or None."""
+        return self._record("cache")
+
+    @property
+    def predicted(self) -> Predictions:
+        """The byte counts of ``predictions`` as a typed record."""
+        return self._record("predictions")
+
+    @property
+    def records(self) -> PlanRecords:
+        """Every section as typed, validated records (what the runtime installs)."""
+        return PlanRecords(self.assignments, self.activation_overrides, self.cache_section, self.predicted)
+
+    def activation_windows(self) -> dict[str, tuple[ActivationWindow, ...]]:
+        """Per layer, the plan's activation overrides as ``(start, stop, quantize)`` step windows."""
+        return PlanRecords(self.assignments, self.activation_overrides, None, Predictions()).activation_windows()
 
     # ---- what a plan says
 
     @property
     def predicted_bytes(self) -> int:
         """The denoiser's size in bytes after the plan is applied."""
-        if "bytes" not in self.predictions:
+        predicted = self.predicted.bytes
+        if predicted is None:
             raise PlanError("plan has no predictions.bytes; regenerate it with `mpsearch solve`")
-        return int(self.predictions["bytes"])
+        return predicted
 
     def format_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -154,7 +413,10 @@ class Plan:
         if self.weights is None:
             return
         names = (info or describe(pipe_or_model)).names
-        same, now = same_weights(self.weights, pipe_or_model, names)
+        try:
+            same, now = same_weights(self.weights, pipe_or_model, names)
+        except ModelError as e:  # a retired or unknown digest scheme
+            raise PlanError(f"plan model.weights {self.weights!r}: {e}") from None
         if not same:
             raise PlanError(f"the model's weights ({now}) are not those the plan was made from ({self.weights}): "
                             "they changed since profiling (fine-tuned, re-trained or another checkpoint); profile "
@@ -217,21 +479,3 @@ class Plan:
             msg = str(e)
             raise PlanError(msg if str(path) in msg else f"plan {path}: {msg}") from None
 
-
-def _check_override(i: int, ov, layers: dict) -> None:
-    where = f"plan overrides[{i}]"
-    if not isinstance(ov, dict) or set(ov) != set(_OVERRIDE_KEYS):
-        raise PlanError(f"{where} must have exactly the keys steps and activations; got {ov!r}; {_REGEN}")
-    steps = ov["steps"]
-    if (not isinstance(steps, list) or len(steps) != 2 or not all(isinstance(s, int) for s in steps)
-            or not 0 <= steps[0] < steps[1]):
-        raise PlanError(f"{where}.steps must be [start, stop) step indices with 0 <= start < stop; got {steps!r}; "
-                        f"{_REGEN}")
-    acts = ov["activations"]
-    if not isinstance(acts, dict):
-        raise PlanError(f"{where}.activations must map layer names to fp or quant; got {acts!r}; {_REGEN}")
-    for name, mode in acts.items():
-        if name not in layers:
-            raise PlanError(f"{where} names layer {name!r}, which the plan does not list; {_REGEN}")
-        if mode not in ("fp", "quant"):
-            raise PlanError(f"{where} sets layer {name!r} activations to {mode!r}; expected fp or quant")

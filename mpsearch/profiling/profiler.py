@@ -23,7 +23,7 @@ from mpsearch.errors import ProfileError, UsageError
 from mpsearch.formats import Format, Packed, available_formats, get_format
 from mpsearch.formats.base import abs_max, all_finite
 from mpsearch.runtime.generation import generate
-from mpsearch.models import DIGEST_SCHEMES, check_finite_weights, describe, get_denoiser, weights_digest
+from mpsearch.models import check_finite_weights, describe, get_denoiser, weights_digest
 from mpsearch.offload import loaded_tensors, materialized, offload_aware_replay
 from mpsearch.plan import versions
 from mpsearch.profiling.store import Profile, ProfileWriter, remove_profile_file, resumable_units, stored_weights
@@ -349,7 +349,7 @@ def _digest(denoiser, info, path) -> str:
     it already records (a profile begun by an older mpsearch resumes), else the default one."""
     recorded = stored_weights(path)
     scheme = recorded.split(":", 1)[0] if recorded and ":" in recorded else None
-    return weights_digest(denoiser, info.names, **({"scheme": scheme} if scheme in DIGEST_SCHEMES else {}))
+    return weights_digest(denoiser, info.names, **({"scheme": scheme} if scheme else {}))  # a retired one: an error
 
 
 def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (0, 1), skip=(),

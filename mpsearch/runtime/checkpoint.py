@@ -27,16 +27,13 @@ from pathlib import Path
 
 import torch
 
-from mpsearch.cache_units import CacheUnit
 from mpsearch.errors import ModelError
 from mpsearch.formats import Packed
 from mpsearch.io import atomic_write_text, staging_folder
 from mpsearch.models import describe, get_denoiser, measured_bytes
 from mpsearch.plan import Plan
-from mpsearch.runtime.cache_hooks import FeatureCacheConfig, apply_feature_cache
-from mpsearch.runtime.executor import activation_windows, apply_plan
-from mpsearch.runtime.qmodules import quantized_module
-from mpsearch.runtime.steps import acquire_step_state
+from mpsearch.runtime.executor import apply_plan
+from mpsearch.runtime.install import install
 from mpsearch.runtime.tensorfile import dtype_name, read_tensors, sha256_file
 
 FORMAT_VERSION = 1
@@ -279,7 +276,7 @@ def load_denoiser(folder, device=None) -> tuple[torch.nn.Module, Plan]:
                            digest=manifest["digest"], expected=manifest["tensors"], error=CheckpointError,
                            fix=f"copy the folder again or {_REEXPORT}", desc="loading packed denoiser")
 
-    modules, windows, qmods = dict(model.named_modules()), activation_windows(plan), []
+    packed = {}
     quantized = {n for n, f in plan.layers.items() if f != "fp"}
     if quantized != set(manifest["layers"]):
         raise CheckpointError(f"the manifest's packed layers are not the plan's quantized layers; {_REEXPORT}")
@@ -288,14 +285,12 @@ def load_denoiser(folder, device=None) -> tuple[torch.nn.Module, Plan]:
             raise CheckpointError(f"layer {name!r} is packed as {rec.get('format')!r}, the plan says "
                                   f"{plan.layers[name]!r}; {_REEXPORT}")
         try:
-            packed = Packed(rec["format"], tuple(rec["shape"]), getattr(torch, rec["dtype"]),
-                            {key: tensors.pop(tname) for key, tname in rec["tensors"].items()})
+            packed[name] = Packed(rec["format"], tuple(rec["shape"]), getattr(torch, rec["dtype"]),
+                                  {key: tensors.pop(tname) for key, tname in rec["tensors"].items()})
         except (KeyError, TypeError, AttributeError):
             raise CheckpointError(f"the manifest's record of layer {name!r} is damaged; {_REEXPORT}") from None
-        qmod = quantized_module(modules[name], packed, windows.get(name, ()))
-        parent, _, attr = name.rpartition(".")
-        setattr(modules[parent] if parent else model, attr, qmod)
-        qmods.append(qmod)
+    # the plan's quantized modules, step state (held for the loaded model's lifetime) and feature cache
+    install(model, plan, packed)
     for name, t in tensors.items():
         _assign(model, name, t)
     for alias, target in manifest["aliases"].items():
@@ -309,14 +304,6 @@ def load_denoiser(folder, device=None) -> tuple[torch.nn.Module, Plan]:
     if measured_bytes(model) != manifest["bytes"]:
         raise CheckpointError(f"the loaded denoiser holds {measured_bytes(model):,} B, the manifest says "
                               f"{manifest['bytes']:,} B; {_REEXPORT}")
-    if windows:
-        state = acquire_step_state(model)  # held for the loaded model's lifetime, like an applied plan's
-        for qmod in qmods:
-            qmod.step_state = state
-    if plan.cache is not None:
-        config = FeatureCacheConfig(CacheUnit.from_dict(plan.cache["unit"]), tuple(plan.cache["compute"]))
-        config.unit.check(model)
-        apply_feature_cache(model, config)
     return model, plan
 
 

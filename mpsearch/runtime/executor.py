@@ -1,8 +1,8 @@
 """Apply a plan to a pipeline: packed low-bit weights, run-time activation quantization, removable.
 
 ``apply_plan`` replaces each planned layer by a quantized module that holds only the packed weight (the
-full-precision weight is moved off the model to a stash: a temporary safetensors file for a model on the
-CPU, host memory for a model on an accelerator), so the denoiser's parameters and buffers take exactly
+full-precision weight is moved off the model to a stash: a safetensors file in :func:`stash_dir` for a model on
+the CPU, host memory for a model on an accelerator), so the denoiser's parameters and buffers take exactly
 ``plan.predicted_bytes``. ``handle.remove()`` puts the original modules and weights back, bit for bit; the
 handle is also a context manager (``with apply_plan(pipe, plan): ...`` restores on leaving the block).
 """
@@ -10,10 +10,11 @@ handle is also a context manager (``with apply_plan(pipe, plan): ...`` restores 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-import warnings
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -22,12 +23,14 @@ from mpsearch.formats import get_format
 from mpsearch.models import describe, get_denoiser, measured_bytes
 from mpsearch.offload import has_offloaded_weights
 from mpsearch.plan import Plan
-from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear, quantized_module
-from mpsearch.cache_units import CacheUnit
-from mpsearch.runtime.cache_hooks import FeatureCacheConfig, apply_feature_cache
-from mpsearch.runtime.steps import acquire_step_state, release_step_state
+from mpsearch.runtime.install import Installed, cache_config, install
+from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 
 _HANDLE_ATTR = "_mpsearch_plan_handle"
+#: the environment variable that chooses the folder of disk stashes (see :func:`stash_dir`)
+STASH_DIR_ENV = "MPSEARCH_STASH_DIR"
+_STASH_PREFIX = "mpsearch-stash-"
+_STASH_NAME = re.compile(r"^mpsearch-stash-(\d+)-.*\.safetensors$")
 
 
 @dataclass(frozen=True)
@@ -38,24 +41,73 @@ class LayerReport:
     bytes_after: int
 
 
+def stash_dir() -> Path:
+    """Where disk stashes live: ``$MPSEARCH_STASH_DIR`` if set, else ``$XDG_CACHE_HOME/mpsearch/stash`` (default
+    ``~/.cache/mpsearch/stash``)."""
+    env = os.environ.get(STASH_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "mpsearch" / "stash"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_stashes(folder: Path) -> list[Path]:
+    """Delete the stash files in ``folder`` whose owning process (the pid in the name) is gone; returns them."""
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        m = _STASH_NAME.match(path.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
 class _Stash:
-    """Holds full-precision weights while a plan is applied: on disk (safetensors) or in host memory."""
+    """Holds full-precision weights while a plan is applied: on disk (safetensors, in :func:`stash_dir`, named
+    with the owner's pid) or in host memory. ``take()`` gives each weight back in its original layout."""
 
     def __init__(self, mode: str):
         self.mode = mode
-        self.path = None
+        self.path: str = ""
         self.memory: dict[str, torch.Tensor] = {}
         self.devices: dict[str, torch.device] = {}
-        self.layouts: dict[str, torch.Tensor] = {}
+        self.layouts: dict[str, tuple] = {}  # name -> (shape, strides, dtype)
 
     def put(self, tensors: dict[str, torch.Tensor]) -> None:
         self.devices = {k: t.device for k, t in tensors.items()}
-        # shape, dtype and strides of each weight (meta tensors hold no data): take() rebuilds this layout
-        self.layouts = {k: t.detach().to("meta") for k, t in tensors.items()}
+        # shape, strides and dtype of each weight (also a non-dense view's): take() rebuilds this layout
+        self.layouts = {k: (tuple(t.shape), t.stride(), t.dtype) for k, t in tensors.items()}
         if self.mode == "disk":
             from safetensors.torch import save_file
 
-            fd, self.path = tempfile.mkstemp(prefix="mpsearch-stash-", suffix=".safetensors")
+            folder = stash_dir()
+            try:
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+                remove_stale_stashes(folder)  # left by processes killed while a plan was applied
+                fd, self.path = tempfile.mkstemp(prefix=f"{_STASH_PREFIX}{os.getpid()}-", suffix=".safetensors",
+                                                 dir=folder)
+            except OSError as e:
+                raise PlanError(f"cannot create a weight stash in {folder}: {e.strerror or e}; set {STASH_DIR_ENV} "
+                                "to a writable folder with room for the model's weights, or pass stash='memory'") from None
             os.close(fd)
             # never leave the file behind: deleted on remove(), or when the stash is collected or Python exits
             self._finalizer = weakref.finalize(self, _unlink, self.path)
@@ -64,27 +116,31 @@ class _Stash:
             self.memory = {k: t.detach().to("cpu", copy=True) if t.device.type != "cpu" else t.detach()
                            for k, t in tensors.items()}
 
+    def _relaid(self, k: str, t: torch.Tensor) -> torch.Tensor:
+        """``t``'s values in fresh, aligned memory on the original device with the original strides."""
+        shape, strides, dtype = self.layouts[k]
+        return torch.empty_strided(shape, strides, dtype=dtype, device=self.devices[k]).copy_(t)
+
     def take(self) -> dict[str, torch.Tensor]:
         if self.mode == "disk":
             from safetensors.torch import load_file
 
-            # load_file's tensors are views of a private mmap of the (soon deleted) file, only 8-byte aligned: copy
-            # each into fresh memory laid out like the original weight. An 8-byte-aligned weight changes the CPU
-            # GEMV kernel's rounding (batch-1 linears), so generations would differ by float ULPs after remove()
-            # although the state_dict is bit-identical.
+            # load_file's tensors are contiguous views of a private mmap of the (soon deleted) file, only 8-byte
+            # aligned: copy each into fresh memory laid out like the original weight (same strides). An
+            # 8-byte-aligned weight changes the CPU GEMV kernel's rounding (batch-1 linears), so generations would
+            # differ by float ULPs after remove() although the state_dict is bit-identical.
             loaded = load_file(self.path)
-            out = {k: torch.empty_like(self.layouts[k], device=self.devices[k]).copy_(t) for k, t in loaded.items()}
+            out = {k: self._relaid(k, t) for k, t in loaded.items()}
             del loaded
             self.discard()
             return out
-        else:
-            out, self.memory = self.memory, {}
-        return {k: t.to(self.devices[k]) for k, t in out.items()}
+        out, self.memory = self.memory, {}
+        return {k: t if t.device == self.devices[k] else self._relaid(k, t) for k, t in out.items()}
 
     def discard(self) -> None:
         if self.path:
             _unlink(self.path)
-        self.path = None
+        self.path = ""
 
 
 def _unlink(path: str) -> None:
@@ -92,13 +148,6 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _restore(swaps, weights) -> None:
-    """Put the original modules back, with their full-precision weights (``weights``: name -> tensor)."""
-    for name, parent, attr, original in reversed(swaps):
-        original.weight.data = weights[name]
-        setattr(parent, attr, original)
 
 
 def applied_plan(pipe_or_model) -> "PlanHandle | None":
@@ -111,14 +160,22 @@ class PlanHandle:
     ``remove()``, which restores the model. A context manager: leaving a ``with`` block calls ``remove()``, also
     when the block raises."""
 
-    def __init__(self, denoiser, swaps, stash, report, step_state=None):
+    def __init__(self, denoiser, installed: Installed, stash, report):
         self._denoiser = denoiser
-        self._swaps = swaps  # list of (name, parent, attr, original module)
+        self._installed = installed
         self._stash = stash
         self.report: list[LayerReport] = report
-        self.step_state = step_state  # the denoiser's step state while activation windows need it
-        self.cache = None
         self.removed = False
+
+    @property
+    def step_state(self):
+        """The denoiser's step state while activation windows need it, else None."""
+        return self._installed.step_state
+
+    @property
+    def cache(self):
+        """The feature-cache handle (``state`` holds its counters), or None."""
+        return self._installed.cache
 
     @property
     def bytes_before(self) -> int:
@@ -132,12 +189,8 @@ class PlanHandle:
         """Restore the original modules and weights, bit for bit. Safe to call twice."""
         if self.removed:
             return
-        weights = self._stash.take() if self._swaps else {}
-        if self.cache is not None:
-            self.cache.remove()
-        if self.step_state is not None:
-            release_step_state(self._denoiser)
-        _restore(self._swaps, weights)
+        weights = self._stash.take() if self._installed.swaps else None
+        self._installed.uninstall(weights)
         if getattr(self._denoiser, _HANDLE_ATTR, None) is self:
             delattr(self._denoiser, _HANDLE_ATTR)
         self.removed = True
@@ -151,29 +204,19 @@ class PlanHandle:
 
 def activation_windows(plan: Plan) -> dict[str, list]:
     """Per layer, the plan's activation overrides as ``(start, stop, quantize)`` step windows."""
-    out: dict[str, list] = {}
-    for ov in plan.overrides:
-        start, stop = ov["steps"]
-        for name, mode in ov["activations"].items():
-            out.setdefault(name, []).append((start, stop, mode == "quant"))
-    return out
+    return {name: list(ws) for name, ws in plan.activation_windows().items()}
 
 
-def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto", ignore_weights: bool = False,
-               check_weights: bool | None = None) -> PlanHandle:
+def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto", ignore_weights: bool = False) -> PlanHandle:
     """Apply ``plan`` to a pipeline's denoiser (or to the module itself) and return a removable handle, also a
     context manager (``with apply_plan(pipe, plan): ...`` restores the model on leaving the block).
 
-    ``stash`` says where the full-precision weights wait until ``remove()``: ``"disk"`` (a temporary
-    safetensors file), ``"memory"`` (host RAM), or ``"auto"`` (disk for a CPU model, host RAM otherwise).
+    ``stash`` says where the full-precision weights wait until ``remove()``: ``"disk"`` (a safetensors file in
+    :func:`stash_dir`), ``"memory"`` (host RAM), or ``"auto"`` (disk for a CPU model, host RAM otherwise).
     A plan that records the weights it was made from (``plan.weights``) is refused for other weights unless
-    ``ignore_weights=True`` (CLI: ``--ignore-weights``; ``check_weights=False`` is its deprecated spelling).
-    The model is either fully planned or, if anything fails, left untouched.
+    ``ignore_weights=True`` (CLI: ``--ignore-weights``). The model is either fully planned or, if anything fails,
+    left untouched.
     """
-    if check_weights is not None:
-        warnings.warn("apply_plan(check_weights=...) is deprecated; use ignore_weights=True (as the CLI's "
-                      "--ignore-weights) instead of check_weights=False", DeprecationWarning, stacklevel=2)
-        ignore_weights = ignore_weights or not check_weights
     if not isinstance(plan, Plan):
         raise PlanError(f"apply_plan expects a mpsearch.Plan, got {type(plan).__name__}; use Plan.load(path)")
     denoiser = get_denoiser(pipe_or_model)
@@ -187,62 +230,47 @@ def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto", ignore_weights
     plan.check_model(info)
     if not ignore_weights:
         plan.check_weights(denoiser, info)
-    cache_config = None
-    if plan.cache is not None:  # checked before any change: the unit's modules must exist
-
-        cache_config = FeatureCacheConfig(CacheUnit.from_dict(plan.cache["unit"]), tuple(plan.cache["compute"]))
-        cache_config.unit.check(denoiser)
+    config = cache_config(plan)
+    if config is not None:  # checked before any change: the unit's modules must exist
+        config.unit.check(denoiser)
     if stash not in ("auto", "disk", "memory"):
         raise PlanError(f"stash must be auto, disk or memory; got {stash!r}; pass one of those")
     modules = dict(denoiser.named_modules())
-    windows = activation_windows(plan)
 
     # 1. quantize everything first: a failure here leaves the model untouched
-    built, report = [], []
-    for name, fmt_name in plan.layers.items():
-        module = modules[name]
-        layer = info.layer(name)
-        before = layer.nbytes("fp")
-        if fmt_name == "fp":
-            report.append(LayerReport(name, "fp", before, before))
+    packed, report = {}, []
+    for a in plan.assignments:
+        module = modules[a.name]
+        before = info.layer(a.name).nbytes("fp")
+        if a.format == "fp":
+            report.append(LayerReport(a.name, "fp", before, before))
             continue
         try:
-            packed = get_format(fmt_name).quantize(module.weight.detach())
+            packed[a.name] = get_format(a.format).quantize(module.weight.detach())
         except Exception as e:  # noqa: BLE001 - re-raised with the layer's name
-            raise PlanError(f"cannot quantize layer {name!r} to {fmt_name}: {e}") from None
-        qmod = quantized_module(module, packed, windows.get(name, ()))
-        built.append((name, module, qmod))
-        report.append(LayerReport(name, fmt_name, before, packed.nbytes))
-    device_types = {m.weight.device.type for _, m, _ in built}
+            raise PlanError(f"cannot quantize layer {a.name!r} to {a.format}: {e}") from None
+        report.append(LayerReport(a.name, a.format, before, packed[a.name].nbytes))
+    originals = {name: modules[name] for name in packed}
+    device_types = {m.weight.device.type for m in originals.values()}
     mode = stash if stash != "auto" else ("disk" if device_types <= {"cpu"} else "memory")
     store = _Stash(mode)
-    store.put({name: module.weight for name, module, _ in built})
+    store.put({name: m.weight for name, m in originals.items()})
 
-    # 2. swap modules in; free the full-precision weights
-    swaps = []
-    handle = PlanHandle(denoiser, swaps, store, report)
+    # 2. swap modules in (with step state and cache hooks); free the full-precision weights
+    installed = None
     try:
-        for name, module, qmod in built:
-            parent_name, _, attr = name.rpartition(".")
-            parent = modules[parent_name] if parent_name else denoiser
-            setattr(parent, attr, qmod)
-            swaps.append((name, parent, attr, module))
-        if windows:  # activation windows read the denoiser's step
-            handle.step_state = acquire_step_state(denoiser)
-            for _, _, qmod in built:
-                qmod.step_state = handle.step_state
-        if cache_config is not None:  # feature-cache hooks (diffusers hook registry); removed with the rest
-            handle.cache = apply_feature_cache(denoiser, cache_config)
-        for _, module, _ in built:
-            module.weight.data = torch.empty(0, dtype=module.weight.dtype, device=module.weight.device)
+        installed = install(denoiser, plan, packed)  # all or nothing
+        for m in originals.values():
+            m.weight.data = torch.empty(0, dtype=m.weight.dtype, device=m.weight.device)
+        handle = PlanHandle(denoiser, installed, store, report)
     except BaseException:
-        if handle.step_state is not None:
-            release_step_state(denoiser)
-        _restore(swaps, store.take())
+        if installed is not None:
+            installed.uninstall(store.take())
         store.discard()
         raise
     setattr(denoiser, _HANDLE_ATTR, handle)
     return handle
 
 
-__all__ = ["apply_plan", "applied_plan", "PlanHandle", "LayerReport", "QuantLinear", "QuantConv2d", "measured_bytes"]
+__all__ = ["apply_plan", "applied_plan", "PlanHandle", "LayerReport", "QuantLinear", "QuantConv2d", "measured_bytes",
+           "stash_dir", "STASH_DIR_ENV"]

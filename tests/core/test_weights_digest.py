@@ -1,5 +1,5 @@
-"""The weights digest: the BLAKE3 default scheme, the SHA-256 schemes that earlier profiles and plans recorded
-(still checked in their own scheme), and what each one notices."""
+"""The weights digest: the BLAKE3 scheme, what it notices, and the one error for the retired SHA-256 schemes
+that unreleased development versions recorded in profiles and plans."""
 
 from __future__ import annotations
 
@@ -29,16 +29,20 @@ def _single_stream(pipe, h=None, prefix: str = "sha256") -> str:
     return f"{prefix}:" + h.hexdigest()[:24]
 
 
-def test_the_old_scheme_is_bit_for_bit_the_old_digest_and_the_default_differs(dit_pipe):
-    old = weights_digest(dit_pipe, scheme="sha256")
-    assert old == _single_stream(dit_pipe)
-    threaded = weights_digest(dit_pipe, scheme="sha256t")
+def test_the_digest_is_deterministic_and_checks_itself(dit_pipe):
     new = weights_digest(dit_pipe)
-    assert new.startswith("blake3:") and len(new) == len("blake3:") + 24 and new not in (old, threaded)
-    assert threaded.startswith("sha256t:") and weights_digest(dit_pipe, scheme="sha256t") == threaded
-    assert weights_digest(dit_pipe) == new  # deterministic, whatever the threads' order
-    for d in (old, threaded, new):
-        assert same_weights(d, dit_pipe) == (True, d)
+    assert new.startswith("blake3:") and len(new) == len("blake3:") + 24
+    assert new != _single_stream(dit_pipe)  # not the retired sha256 stream
+    assert weights_digest(dit_pipe) == new
+    assert same_weights(new, dit_pipe) == (True, new)
+
+
+@pytest.mark.parametrize("scheme", ["sha256", "sha256t"])
+def test_a_retired_scheme_is_one_error_that_says_to_regenerate(dit_pipe, scheme):
+    for call in (lambda: weights_digest(dit_pipe, scheme=scheme), lambda: same_weights(f"{scheme}:abc", dit_pipe)):
+        with pytest.raises(ModelError, match=f"retired scheme '{scheme}'.*regenerate") as e:
+            call()
+        assert "\n" not in str(e.value)
 
 
 def test_the_default_is_blake3_over_the_layers_headers_and_bytes(dit_pipe):
@@ -50,7 +54,7 @@ def test_the_default_is_blake3_over_the_layers_headers_and_bytes(dit_pipe):
 @pytest.mark.parametrize("change", ["value", "dtype"])
 def test_any_changed_weight_changes_every_digest(dit_pipe, change):
     den = get_denoiser(dit_pipe)
-    before = {s: weights_digest(dit_pipe, scheme=s) for s in ("blake3", "sha256t", "sha256")}
+    before = {s: weights_digest(dit_pipe, scheme=s) for s in ("blake3",)}
     name = describe(den).names[-1]
     layer = dict(den.named_modules())[name]
     saved = layer.weight.data
@@ -72,19 +76,22 @@ def test_an_unknown_scheme_is_a_one_line_error(dit_pipe):
         same_weights("md7:abc", dit_pipe)
 
 
-def test_a_profile_and_plan_recorded_in_the_old_scheme_still_resume_and_apply(dit_pipe, tmp_path):
+def test_a_profile_and_plan_recorded_in_a_retired_scheme_are_one_error(dit_pipe, tmp_path):
     import sqlite3
+
+    from mpsearch.errors import PlanError
 
     out = tmp_path / "p.sqlite"
     kw = dict(steps=1, seeds=(0, 1), labels=(1,), progress=False)
     prof = profile(dit_pipe, out=out, shard=(0, 2), **kw)  # one of two units
-    old = weights_digest(dit_pipe, scheme="sha256")
-    with sqlite3.connect(out) as conn:  # as an earlier mpsearch recorded it
+    old = _single_stream(dit_pipe)  # as an earlier development version recorded it
+    with sqlite3.connect(out) as conn:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'weights'", (json.dumps(old),))
     assert stored_weights(out) == old
-    prof = profile(dit_pipe, out=out, **kw)  # resumes: the other unit, digest checked in the old scheme
-    assert prof.weights == old and stored_weights(out) == old
-    plan = mpsearch.solve(prof, "50%", role_pins={})
-    assert plan.weights == old
-    with mpsearch.apply_plan(dit_pipe, plan):  # checked in its own scheme: the same weights
-        pass
+    with pytest.raises(ModelError, match="retired scheme 'sha256'.*regenerate the profile"):
+        profile(dit_pipe, out=out, **kw)  # resuming it
+    plan = mpsearch.Plan.uniform(dit_pipe, "int8")
+    plan.weights = old
+    with pytest.raises(PlanError, match="retired scheme 'sha256'.*regenerate") as e:
+        mpsearch.apply_plan(dit_pipe, plan)
+    assert "\n" not in str(e.value)

@@ -12,6 +12,7 @@ import yaml
 
 import mpsearch
 from mpsearch import executor
+from mpsearch.runtime import install as install_mod
 from mpsearch.cli import main
 from mpsearch.errors import PlanError
 from mpsearch.runtime.executor import apply_plan
@@ -41,7 +42,8 @@ def _assert_same(pipe, snap):
 
 
 def _stash_files():
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "mpsearch-stash-*")))
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "mpsearch-stash-*"))
+               + glob.glob(os.path.join(executor.stash_dir(), "mpsearch-stash-*")))
 
 
 @pytest.fixture
@@ -71,8 +73,8 @@ def test_changed_weights_are_refused_unless_asked(planned):
     handle = apply_plan(pipe, plan, ignore_weights=True)  # the explicit override
     handle.remove()
     _assert_same(pipe, snap)
-    with pytest.warns(DeprecationWarning, match="ignore_weights=True"):  # the former spelling still works
-        apply_plan(pipe, plan, check_weights=False).remove()
+    with pytest.raises(TypeError, match="check_weights"):  # the deprecated spelling is gone: ignore_weights=True
+        apply_plan(pipe, plan, check_weights=False)
     _assert_same(pipe, snap)
 
 
@@ -142,8 +144,8 @@ def test_a_failure_in_the_middle_of_apply_leaves_the_model_untouched(planned, mo
     stash_before = _stash_files()
     exc = KeyboardInterrupt if where == "swap-interrupted" else Boom
     if where == "quantize-3rd-layer":
-        fail, real = _fail_on_call(3), executor.quantized_module
-        monkeypatch.setattr(executor, "quantized_module", lambda *a, **k: (fail(), real(*a, **k))[1])
+        fail, real = _fail_on_call(3), install_mod.quantized_module
+        monkeypatch.setattr(install_mod, "quantized_module", lambda *a, **k: (fail(), real(*a, **k))[1])
     elif where == "stash":
         real_put = executor._Stash.put
 
@@ -159,7 +161,7 @@ def test_a_failure_in_the_middle_of_apply_leaves_the_model_untouched(planned, mo
             if isinstance(value, torch.nn.Module):
                 fail()
             return setattr(obj, name, value)
-        monkeypatch.setattr(executor, "setattr", setattr_, raising=False)
+        monkeypatch.setattr(install_mod, "setattr", setattr_, raising=False)
     elif where == "handle":
         def init(self, *a, **k):
             raise Boom("injected failure")
