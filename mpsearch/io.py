@@ -41,6 +41,17 @@ def apply_umask(target, *, folder: bool = False) -> None:
         os.chmod(target, mode)
 
 
+def apply_umask_tree(folder) -> None:
+    """:func:`apply_umask` on ``folder`` and everything under it (symlinks left alone): for a staging folder
+    that libraries wrote into with their own modes (safetensors writes 0600)."""
+    apply_umask(folder, folder=True)
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                apply_umask(path, folder=name in dirnames)
+
+
 def atomic_write_bytes(path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename; the file
     gets the user's umask."""

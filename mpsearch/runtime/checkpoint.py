@@ -35,7 +35,7 @@ import yaml
 from mpsearch.cache_units import CacheUnit
 from mpsearch.errors import ModelError
 from mpsearch.formats import Packed
-from mpsearch.io import atomic_write_text, staging_folder
+from mpsearch.io import apply_umask_tree, atomic_write_text, staging_folder
 from mpsearch.models import describe, get_denoiser, measured_bytes
 from mpsearch.plan import Plan
 from mpsearch.runtime.cache_hooks import FeatureCacheConfig, apply_feature_cache
@@ -172,6 +172,7 @@ def export(pipe, plan: Plan, out, *, ignore_weights: bool = False) -> Path:
         denoiser.save_config(sub)
         save_file(tensors, str(sub / TENSORS), metadata={"format": _KIND})
         plan.save(sub / PLAN)
+        apply_umask_tree(tmp)  # what every writer above made gets the user's umask (safetensors writes 0600)
         manifest = Manifest(
             component=component, denoiser_class=type(denoiser).__name__, fingerprint=plan.fingerprint,
             bytes=nbytes, plan=f"{component}/{PLAN}", tensors_file=f"{component}/{TENSORS}",

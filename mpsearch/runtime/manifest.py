@@ -163,6 +163,7 @@ def parse_manifest(data, path) -> Manifest:
     nbytes = data["bytes"]
     if not _is_int(nbytes) or nbytes < 0:
         raise _damaged(path, f"has bytes {nbytes!r}, where a byte count was expected")
+    plan, tensors_file = _relative(path, "plan", data["plan"]), _relative(path, "tensors_file", data["tensors_file"])
     files = {}
     for name, rec in _mapping(path, "files", data["files"]).items():
         _relative(path, f"files[{name!r}]", name)
@@ -199,8 +200,7 @@ def parse_manifest(data, path) -> Manifest:
         raise _damaged(path, "has aliases whose targets are not tensors it lists")
     manifest = Manifest(component=component, denoiser_class=_str(path, "denoiser_class", data["denoiser_class"]),
                         fingerprint=_str(path, "fingerprint", data["fingerprint"]), bytes=nbytes,
-                        plan=_relative(path, "plan", data["plan"]),
-                        tensors_file=_relative(path, "tensors_file", data["tensors_file"]), files=files,
+                        plan=plan, tensors_file=tensors_file, files=files,
                         tensors=tensors, layers=layers, aliases=dict(aliases))
     for key, name in (("plan", manifest.plan), ("tensors_file", manifest.tensors_file),
                       ("the denoiser config", manifest.config), ("the pipeline index", "model_index.json")):
