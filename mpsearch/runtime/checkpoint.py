@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from mpsearch.cache_units import CacheUnit
-from mpsearch.errors import ModelError
+from mpsearch.errors import ModelError, PlanError
 from mpsearch.formats import Packed
 from mpsearch.io import apply_umask_tree, atomic_write_text, staging_folder
 from mpsearch.models import describe, get_denoiser, measured_bytes
@@ -273,10 +273,16 @@ def load_denoiser(folder, device=None) -> tuple[torch.nn.Module, Plan]:
                               f"{manifest.denoiser_class!r}; {_REEXPORT}")
     with torch.device("meta"):
         model = cls.from_config(denoiser_config)
-    fingerprint = describe(model).fingerprint
+    info = describe(model)
+    fingerprint = info.fingerprint
     if plan.fingerprint != fingerprint or manifest.fingerprint != fingerprint:
         raise CheckpointError(f"the plan's fingerprint {plan.fingerprint} does not match the denoiser its config "
                               f"describes ({fingerprint}); the folder mixes two models, {_REEXPORT}")
+    try:  # its layers too: a forged plan and manifest must not reach the install as a KeyError
+        plan.check_model(info)
+    except PlanError as e:
+        raise CheckpointError(f"the plan {folder / manifest.plan} does not fit the denoiser its config describes "
+                              f"({str(e).partition(';')[0]}); {_REEXPORT}") from None
     tensors = read_tensors(inside(folder, manifest.tensors_file), device, file_bytes=manifest.file_bytes,
                            digest=manifest.files[manifest.tensors_file].digest, expected=manifest.tensors,
                            error=CheckpointError, fix=f"copy the folder again or {_REEXPORT}",

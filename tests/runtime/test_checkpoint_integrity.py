@@ -171,6 +171,25 @@ def test_a_damaged_manifest_entry_is_a_one_line_error(copy, edit, capsys):
     assert_one_line(e, MANIFEST, "re-export")
 
 
+def test_a_forged_plan_and_manifest_naming_a_layer_the_model_lacks_is_a_one_line_error(copy):
+    import yaml
+
+    from mpsearch.runtime.tensorfile import blake3_file
+
+    plan_file = copy / PLAN
+    data = yaml.safe_load(plan_file.read_text())
+    first = next(iter(data["layers"]))
+    data["layers"] = {"nope": data["layers"][first], **data["layers"]}
+    plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    manifest = _manifest(copy)  # digests forged to match, and "nope" packed with the first layer's tensors
+    layers = {"nope": manifest["layers"][first], **manifest["layers"]}
+    files = manifest["files"] | {PLAN: {"bytes": plan_file.stat().st_size, "digest": blake3_file(plan_file)}}
+    _edit_manifest(copy, layers=layers, files=files)
+    with pytest.raises(CheckpointError) as e:
+        load_pipeline(copy)
+    assert_one_line(e, "nope", "re-export")
+
+
 # ---- 3. staging folders of dead exports are removed
 
 
