@@ -350,5 +350,15 @@ def load_quantized(folder, device=None, *, pipeline_class=None, **from_pretraine
     return pipe.to(device) if device is not None else pipe
 
 
-__all__ = ["export", "load_quantized", "load_denoiser", "read_manifest", "read_index", "is_checkpoint",
-           "CheckpointError", "Manifest", "FORMAT_VERSION", "MANIFEST"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "CheckpointError",
+    "Manifest",
+    "export",
+    "is_checkpoint",
+    "load_denoiser",
+    "load_quantized",
+    "read_index",
+    "read_manifest",
+]

@@ -307,5 +307,18 @@ def record_files(folder) -> dict[str, FileRecord]:
     return dict(sorted(files.items()))
 
 
-__all__ = ["Manifest", "FileRecord", "LayerRecord", "CheckpointError", "read_manifest", "parse_manifest",
-           "check_files", "read_verified", "verify_files", "record_files", "inside", "FORMAT_VERSION", "MANIFEST"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "CheckpointError",
+    "FileRecord",
+    "LayerRecord",
+    "Manifest",
+    "check_files",
+    "inside",
+    "parse_manifest",
+    "read_manifest",
+    "read_verified",
+    "record_files",
+    "verify_files",
+]

@@ -15,8 +15,9 @@ import json
 import os
 import stat
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import blake3
 import torch
@@ -145,4 +146,4 @@ def read_tensors(path, device=None, *, file_bytes: int, digest: str, expected: d
     return out
 
 
-__all__ = ["read_tensors", "sha256_file", "blake3_file", "digest_bytes", "dtype_name", "DTYPES", "HASHERS"]
+__all__ = ["DTYPES", "HASHERS", "blake3_file", "digest_bytes", "dtype_name", "read_tensors", "sha256_file"]
