@@ -16,11 +16,10 @@ import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
-import blake3
 import torch
 
 from mpsearch.errors import ModelError
-from mpsearch.runtime.tensorfile import DTYPES, blake3_file, digest_bytes, dtype_name, open_regular
+from mpsearch.runtime.tensorfile import DTYPES, HASHERS, blake3_file, digest_bytes, dtype_name, open_regular
 
 FORMAT_VERSION = 2  # 2: every file the loader reads has a BLAKE3 digest under "files"
 MANIFEST = "mpsearch-checkpoint.json"
@@ -285,7 +284,7 @@ def verify_files(folder, manifest: Manifest, names) -> None:
     """Check each listed file of ``names`` against its recorded size and digest (read in 4 MiB chunks)."""
     for name in names:
         rec = manifest.files[name]
-        h, n = blake3.blake3(), 0
+        h, n = HASHERS["blake3"](), 0
         with open_regular(inside(folder, name), str(Path(folder) / name), CheckpointError, REEXPORT) as fh:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 h.update(chunk)
