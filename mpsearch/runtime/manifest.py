@@ -92,6 +92,11 @@ def _damaged(path, what: str) -> CheckpointError:
     return CheckpointError(f"{path} {what}; the checkpoint is damaged, {REEXPORT}")
 
 
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -100,30 +105,30 @@ def _relative(path, key: str, value) -> str:
     """``value`` if it is a plain relative path ("a/b.json": no absolute path, no "..", ".", "\\" or empty
     part), else a CheckpointError."""
     if not isinstance(value, str) or not value:
-        raise _damaged(path, f"names {key} as {value!r}, where a relative file name was expected")
+        raise _damaged(path, f"names {key} as {_short(value)}, where a relative file name was expected")
     parts = value.split("/")
     if value.startswith("/") or "\\" in value or "\0" in value or any(p in ("", ".", "..") for p in parts) \
             or PurePosixPath(value).is_absolute() or re.match(r"^[A-Za-z]:", value):
-        raise CheckpointError(f"{path} names {key} as {value!r}; a checkpoint's files must be plain relative "
+        raise CheckpointError(f"{path} names {key} as {_short(value)}; a checkpoint's files must be plain relative "
                               f"names inside its folder (no absolute path, no '..'): {REEXPORT}")
     return value
 
 
 def _mapping(path, key: str, value) -> dict:
     if not isinstance(value, dict):
-        raise _damaged(path, f"has {key} as {type(value).__name__} {str(value)[:40]!r}, where a mapping was expected")
+        raise _damaged(path, f"has {key} as {type(value).__name__} {_short(value)}, where a mapping was expected")
     return value
 
 
 def _shape(path, key: str, value) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(_is_int(d) and d >= 0 for d in value):
-        raise _damaged(path, f"has {key} as {value!r}, where a list of sizes >= 0 was expected")
+        raise _damaged(path, f"has {key} as {_short(value)}, where a list of sizes >= 0 was expected")
     return tuple(value)
 
 
 def _str(path, key: str, value) -> str:
     if not isinstance(value, str):
-        raise _damaged(path, f"has {key} as {value!r}, where a string was expected")
+        raise _damaged(path, f"has {key} as {_short(value)}, where a string was expected")
     return value
 
 
@@ -145,7 +150,7 @@ def parse_manifest(data, path) -> Manifest:
         raise CheckpointError(f"{path} is not an mpsearch checkpoint manifest; {REEXPORT}")
     version = data.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise _damaged(path, f"has format_version {version!r}, where a whole number was expected")
+        raise _damaged(path, f"has format_version {_short(version)}, where a whole number was expected")
     if version < FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {version}, which this mpsearch no longer "
                               f"reads (it reads version {FORMAT_VERSION}, whose manifest covers every file); "
@@ -157,28 +162,28 @@ def parse_manifest(data, path) -> Manifest:
     if missing or unknown:
         raise _damaged(path, f"lacks {', '.join(missing)}" if missing else f"has unknown keys {', '.join(unknown)}")
     component = data["component"]
-    if component not in _COMPONENTS:
-        raise _damaged(path, f"has component {component!r}, where one of {', '.join(_COMPONENTS)} was expected")
+    if not isinstance(component, str) or component not in _COMPONENTS:
+        raise _damaged(path, f"has component {_short(component)}, where one of {', '.join(_COMPONENTS)} was expected")
     nbytes = data["bytes"]
     if not _is_int(nbytes) or nbytes < 0:
-        raise _damaged(path, f"has bytes {nbytes!r}, where a byte count was expected")
+        raise _damaged(path, f"has bytes {_short(nbytes)}, where a byte count was expected")
     plan, tensors_file = _relative(path, "plan", data["plan"]), _relative(path, "tensors_file", data["tensors_file"])
     files = {}
     for name, rec in _mapping(path, "files", data["files"]).items():
         _relative(path, f"files[{name!r}]", name)
         rec = _record(path, f"files[{name!r}]", rec, ("bytes", "digest"))
         if not _is_int(rec["bytes"]) or rec["bytes"] < 0:
-            raise _damaged(path, f"has files[{name!r}].bytes {rec['bytes']!r}, where a byte count was expected")
+            raise _damaged(path, f"has files[{name!r}].bytes {_short(rec['bytes'])}, where a byte count was expected")
         if not isinstance(rec["digest"], str) or not _DIGEST.match(rec["digest"]):
-            raise _damaged(path, f"has files[{name!r}].digest {rec['digest']!r}, where 'blake3:<64 hex digits>' "
+            raise _damaged(path, f"has files[{name!r}].digest {_short(rec['digest'])}, where 'blake3:<64 hex digits>' "
                                  f"was expected")
         files[name] = FileRecord(rec["bytes"], rec["digest"])
     tensors = {}
     for name, rec in _mapping(path, "tensors", data["tensors"]).items():
         rec = _record(path, f"tensors[{name!r}]", rec, ("shape", "dtype"))
         shape = _shape(path, f"tensors[{name!r}].shape", rec["shape"])
-        if rec["dtype"] not in _TENSOR_DTYPES:
-            raise _damaged(path, f"has tensors[{name!r}].dtype {rec['dtype']!r}, where one of "
+        if not isinstance(rec["dtype"], str) or rec["dtype"] not in _TENSOR_DTYPES:
+            raise _damaged(path, f"has tensors[{name!r}].dtype {_short(rec['dtype'])}, where one of "
                                  f"{', '.join(sorted(_TENSOR_DTYPES))} was expected")
         tensors[name] = {"shape": list(shape), "dtype": rec["dtype"]}
     layers = {}
@@ -191,7 +196,7 @@ def parse_manifest(data, path) -> Manifest:
         keys = _mapping(path, f"{where}.tensors", rec["tensors"])
         for key, tname in keys.items():
             if not isinstance(tname, str) or tname not in tensors:
-                raise _damaged(path, f"has {where}.tensors[{key!r}] = {tname!r}, which names no tensor it lists")
+                raise _damaged(path, f"has {where}.tensors[{key!r}] = {_short(tname)}, which names no tensor it lists")
         layers[name] = LayerRecord(_str(path, f"{where}.format", rec["format"]),
                                    _shape(path, f"{where}.shape", rec["shape"]), dtype, dict(keys))
     aliases = _mapping(path, "aliases", data["aliases"])

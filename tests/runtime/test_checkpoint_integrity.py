@@ -158,11 +158,12 @@ def test_a_symlink_out_of_the_folder_is_an_error(copy, tmp_path, name):
     lambda m: {"layers": {k: {kk: vv for kk, vv in v.items() if kk != "format"} for k, v in m["layers"].items()}},
     lambda m: {"layers": {k: v | {"shape": "128x4"} for k, v in m["layers"].items()}},
     lambda m: {"tensors": m["tensors"] | {next(iter(m["tensors"])): "float32"}},
+    lambda m: {"tensors": {k: v | {"dtype": ["float32"]} for k, v in m["tensors"].items()}},
     lambda m: {"aliases": {"x.weight": 5}},
     lambda m: {"bytes": "1538080"},  # this one and the two below were one-line errors before too
     lambda m: {"component": ["transformer"]},
     lambda m: {"layers": ["pos_embed.proj"]},
-], ids=["layer-str", "layer-no-format", "layer-shape", "tensor-str", "alias-int", "bytes-str", "component-list",
+], ids=["layer-str", "layer-no-format", "layer-shape", "tensor-str", "tensor-dtype-list", "alias-int", "bytes-str", "component-list",
         "layers-list"])
 def test_a_damaged_manifest_entry_is_a_one_line_error(copy, edit, capsys):
     _edit_manifest(copy, **edit(_manifest(copy)))
