@@ -1,8 +1,14 @@
-"""Atomic file writes and safe YAML: a file is either wholly written or not there at all."""
+"""Atomic file writes and safe YAML: a file is either wholly written or not there at all.
+
+Whatever is written gets the user's umask (``0o666 & ~umask`` for files, ``0o777 & ~umask`` for folders),
+although the temporary files and folders it passes through are created private (mkstemp/mkdtemp)."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -11,8 +17,44 @@ import yaml
 from mpsearch.errors import MpsearchError
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system tells it (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(target, *, folder: bool = False) -> None:
+    """Give ``target`` (a path or an open file descriptor) the mode a plain ``open``/``mkdir`` would have given
+    it: ``0o666 & ~umask`` (``0o777`` for a ``folder``). For files made by ``tempfile.mkstemp``/``mkdtemp``."""
+    mode = (0o777 if folder else 0o666) & ~current_umask()
+    if isinstance(target, int):
+        os.fchmod(target, mode)
+    else:
+        os.chmod(target, mode)
+
+
+def apply_umask_tree(folder) -> None:
+    """:func:`apply_umask` on ``folder`` and everything under it (symlinks left alone): for a staging folder
+    that libraries wrote into with their own modes (safetensors writes 0600)."""
+    apply_umask(folder, folder=True)
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                apply_umask(path, folder=name in dirnames)
+
+
 def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename; the file
+    gets the user's umask."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,6 +63,7 @@ def atomic_write_bytes(path, data: bytes) -> Path:
         raise MpsearchError(f"cannot write {path}: {e.strerror or e}; choose a writable output path") from None
     try:
         with os.fdopen(fd, "wb") as fh:
+            apply_umask(fh.fileno())
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -37,16 +80,60 @@ def atomic_write_bytes(path, data: bytes) -> Path:
 
 
 def atomic_write_text(path, text: str) -> Path:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def staging_folder(out, error=MpsearchError, fix: str = "choose a writable output folder") -> Path:
-    """A new empty folder beside ``out`` to write a whole folder into before renaming it into place; an
-    ``error`` naming ``out`` and ``fix`` when it cannot be made."""
+# staging folders are named ".<out>.staging-<pid>@<host>.<random>.tmp" (".old" for a replaced folder on its
+# way out), so a later writer into the same parent can tell one whose process died and remove it
+_STAGING = re.compile(r"^\..+\.staging-(?P<pid>[0-9]+)@(?P<host>[A-Za-z0-9-]*)\.[A-Za-z0-9_]+\.(?:tmp|old)$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process (or not a pid we can test): keep its folder
+    return True
+
+
+def remove_stale_staging(parent) -> list[Path]:
+    """Remove the staging folders in ``parent`` left by a writer on this machine whose process is gone (killed
+    mid-write); folders of live processes, of other machines and anything else are kept. Returns those removed."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    host = _host()
+    for entry in entries:
+        m = _STAGING.match(entry.name)
+        if m is None or m["host"] != host or not entry.is_dir(follow_symlinks=False) or _alive(int(m["pid"])):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(Path(entry.path))
+    return removed
+
+
+def staging_folder(out, error=MpsearchError, fix: str = "choose a writable output folder", *,
+                   suffix: str = ".tmp") -> Path:
+    """A new empty folder beside ``out`` (with the user's umask) to write a whole folder into before renaming
+    it into place; an ``error`` naming ``out`` and ``fix`` when it cannot be made. Its name carries this
+    process's id, and stale staging folders of dead processes beside it are removed first."""
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        remove_stale_staging(out.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{os.getpid()}@{_host()}.", suffix=suffix,
+                                    dir=out.parent))
+        apply_umask(tmp, folder=True)
+        return tmp
     except OSError as e:
         raise error(f"cannot write {out}: {e.strerror or e}; {fix}") from None
 

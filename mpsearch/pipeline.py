@@ -26,7 +26,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 
 from mpsearch.errors import ModelError, UsageError
-from mpsearch.runtime.checkpoint import is_checkpoint, load_quantized
+from mpsearch.runtime.checkpoint import is_checkpoint, load_quantized, read_index
 
 NUM_CLASSES = 10
 NULL_CLASS = 10
@@ -215,6 +215,11 @@ def load_pipeline(name_or_path="default", device=None) -> DiffusionPipeline:
             f"no pipeline folder at {path}; pass 'default', 'default-unet' or a local diffusers pipeline "
             f"folder (one saved with save_pretrained)"
         )
+    if is_checkpoint(path):  # an exported quantized checkpoint: the denoiser is built from its packed weights
+        digits = read_index(path).get("_class_name") == DigitsPipeline.__name__  # its digest checked first
+        pipe = load_quantized(path, device, pipeline_class=DigitsPipeline if digits else None, **_LOAD_KWARGS)
+        pipe.mpsearch_name = name_or_path if embedded else path.name  # names its default profile file
+        return pipe
     index_file = path / "model_index.json"
     if not index_file.is_file():
         raise ModelError(
@@ -225,11 +230,6 @@ def load_pipeline(name_or_path="default", device=None) -> DiffusionPipeline:
         class_name = json.loads(index_file.read_text()).get("_class_name")
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read {index_file}: {exc}; fix or re-save the pipeline folder") from None
-    if is_checkpoint(path):  # an exported quantized checkpoint: the denoiser is built from its packed weights
-        digits = class_name == DigitsPipeline.__name__
-        pipe = load_quantized(path, device, pipeline_class=DigitsPipeline if digits else None, **_LOAD_KWARGS)
-        pipe.mpsearch_name = name_or_path if embedded else path.name  # names its default profile file
-        return pipe
     try:
         if class_name == DigitsPipeline.__name__:
             pipe = DigitsPipeline.from_pretrained(path, **_LOAD_KWARGS)

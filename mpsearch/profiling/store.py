@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from mpsearch.errors import ProfileError, UsageError
+from mpsearch.io import apply_umask
 from mpsearch.models import LayerInfo, ModelInfo, Role
 from mpsearch.errors import FormatError
 from mpsearch.formats import get_format
@@ -558,7 +559,10 @@ def merge_profiles(inputs, out) -> Profile:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        os.close(fd)
+        try:
+            apply_umask(fd)  # the merged profile gets the user's umask, not mkstemp's 0600
+        finally:
+            os.close(fd)
     except OSError as e:
         raise ProfileError(f"cannot write {out}: {e.strerror or e}; choose a writable --out") from None
     try:

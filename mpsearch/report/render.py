@@ -48,7 +48,7 @@ def render_report(data: ReportData, out) -> dict:
         names: list[str] = []
 
         def write(name: str, payload: bytes) -> str:
-            os.chmod(atomic_write_bytes(tmp / name, payload), 0o644)
+            atomic_write_bytes(tmp / name, payload)  # with the user's umask, as the folder has
             names.append(name)
             return name
 
@@ -66,7 +66,6 @@ def render_report(data: ReportData, out) -> dict:
             figures["heatmaps"] = {m: write(f"sensitivity_{m}.png", _heatmap_png(data, m)) for m in data.heatmaps}
         write("report.json", json.dumps(data.summary(), indent=1, default=str).encode())
         write("index.html", _page(data, figures).encode("utf-8"))
-        os.chmod(tmp, 0o755)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,13 +8,18 @@ An exported folder is an ordinary diffusers pipeline folder (every other compone
     <denoiser>/mpsearch-packed.safetensors   the packed codes and scales of the quantized layers, and every other
                                              parameter and buffer of the planned denoiser as it is
     <denoiser>/mpsearch-plan.yaml            the plan
-    mpsearch-checkpoint.json                 the manifest: format version, fingerprint, each tensor's name, shape
-                                             and dtype, the byte count, sha256 digests of the two files above
+    mpsearch-checkpoint.json                 the manifest (:mod:`mpsearch.runtime.manifest`): format version,
+                                             fingerprint, each tensor's name, shape and dtype, the byte count, and
+                                             the size and BLAKE3 digest of EVERY other file in the folder
 
-Loading builds the denoiser from its config on the meta device (no weight is allocated), reads each tensor of
-the file into fresh memory on the target device (one sequential pass that also checks the digest; no mmap, so
-an accelerator's host never holds more than one tensor in flight), installs the quantized modules around the
-packed tensors and assigns the rest. The denoiser's peak memory is the plan's bytes plus one tensor.
+Loading first checks the folder against its manifest (every named path a plain relative name inside the
+folder, every file there listed, regular and of its size), reads the plan and the denoiser's config once and
+checks their digests on those bytes, builds the denoiser from its config on the meta device (no weight is
+allocated), reads each tensor of the file into fresh memory on the target device (one sequential pass that also
+checks the digest; no mmap, so an accelerator's host never holds more than one tensor in flight), installs the
+quantized modules around the packed tensors and assigns the rest. The denoiser's peak memory is the plan's
+bytes plus one tensor. The other components' files are checked against their digests before diffusers reads
+them.
 """
 
 from __future__ import annotations
@@ -22,36 +27,34 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+import yaml
 
-from mpsearch.errors import ModelError
+from mpsearch.errors import ModelError, PlanError
 from mpsearch.formats import Packed
-from mpsearch.io import atomic_write_text, staging_folder
+from mpsearch.io import apply_umask_tree, atomic_write_text, staging_folder
 from mpsearch.models import describe, get_denoiser, measured_bytes
 from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.install import install
-from mpsearch.runtime.tensorfile import dtype_name, read_tensors, sha256_file
+from mpsearch.runtime.manifest import (FORMAT_VERSION, MANIFEST, REEXPORT, CheckpointError, LayerRecord, Manifest,
+                                       check_files, inside, read_manifest, read_verified, record_files,
+                                       verify_files)
+from mpsearch.runtime.tensorfile import dtype_name, read_tensors
 
-FORMAT_VERSION = 1
-MANIFEST = "mpsearch-checkpoint.json"
 TENSORS = "mpsearch-packed.safetensors"
 PLAN = "mpsearch-plan.yaml"
 _KIND = "mpsearch-checkpoint"
 _SEP = ":"  # packed tensor keys are "<layer>:<key>"; module names never hold a colon
-_REEXPORT = "re-export it with `mpsearch export --model M --plan P --out DIR`"
-
-
-class CheckpointError(ModelError):
-    """A quantized checkpoint folder is incomplete, tampered with, or does not match its plan."""
+_REEXPORT = REEXPORT
 
 
 def is_checkpoint(path) -> bool:
-    """Whether ``path`` is a folder written by :func:`export` (it holds the manifest)."""
-    return (Path(path) / MANIFEST).is_file()
+    """Whether ``path`` is a folder written by :func:`export` (it holds the manifest, or something in its
+    place, which loading then reports)."""
+    return os.path.lexists(Path(path) / MANIFEST)
 
 
 def _component(pipe, denoiser) -> str:
@@ -75,8 +78,7 @@ def _collect(denoiser, plan: Plan):
             keys[key] = f"{name}{_SEP}{key}"
             tensors[keys[key]] = t
             packed_ids.add(id(t))
-        layers[name] = {"format": packed.format, "shape": list(packed.shape), "dtype": dtype_name(packed.dtype),
-                        "tensors": keys}
+        layers[name] = LayerRecord(packed.format, tuple(packed.shape), dtype_name(packed.dtype), keys)
     canonical, aliases = {}, {}
     for kind, named in (("parameter", denoiser.named_parameters(remove_duplicate=False)),
                         ("buffer", denoiser.named_buffers(remove_duplicate=False))):
@@ -120,7 +122,7 @@ def _replace(tmp: Path, out: Path) -> None:
     """Move the finished folder into place; an older checkpoint there is replaced as a whole."""
     old = None
     if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        old = staging_folder(out, CheckpointError, suffix=".old")  # named for this process, like the new one
         os.replace(out, old / "folder")
     try:
         os.replace(tmp, out)
@@ -167,16 +169,14 @@ def export(pipe, plan: Plan, out, *, ignore_weights: bool = False) -> Path:
         denoiser.save_config(sub)
         save_file(tensors, str(sub / TENSORS), metadata={"format": _KIND})
         plan.save(sub / PLAN)
-        manifest = {
-            "format": _KIND, "format_version": FORMAT_VERSION, "component": component,
-            "denoiser_class": type(denoiser).__name__, "fingerprint": plan.fingerprint, "bytes": nbytes,
-            "plan": f"{component}/{PLAN}", "plan_digest": sha256_file(sub / PLAN),
-            "tensors_file": f"{component}/{TENSORS}", "file_bytes": (sub / TENSORS).stat().st_size,
-            "digest": sha256_file(sub / TENSORS),
-            "tensors": {k: {"shape": list(t.shape), "dtype": dtype_name(t.dtype)} for k, t in tensors.items()},
-            "layers": layers, "aliases": aliases,
-        }
-        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        apply_umask_tree(tmp)  # what every writer above made gets the user's umask (safetensors writes 0600)
+        manifest = Manifest(
+            component=component, denoiser_class=type(denoiser).__name__, fingerprint=plan.fingerprint,
+            bytes=nbytes, plan=f"{component}/{PLAN}", tensors_file=f"{component}/{TENSORS}",
+            files=record_files(tmp),  # every file written, so every file the loader reads
+            tensors={k: {"shape": list(t.shape), "dtype": dtype_name(t.dtype)} for k, t in tensors.items()},
+            layers=layers, aliases=aliases)
+        atomic_write_text(tmp / MANIFEST, json.dumps(manifest.to_dict(), indent=1) + "\n")
         _replace(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -188,29 +188,6 @@ def export(pipe, plan: Plan, out, *, ignore_weights: bool = False) -> Path:
 
 
 # ---- loading
-
-
-def read_manifest(folder) -> dict:
-    """The manifest of an exported folder, checked for its format, version and keys (CheckpointError if not)."""
-    path = Path(folder) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{folder} has no {MANIFEST}, so it is not an mpsearch checkpoint; {_REEXPORT}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path} ({e}); the checkpoint is damaged, {_REEXPORT}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != _KIND:
-        raise CheckpointError(f"{path} is not an mpsearch checkpoint manifest; {_REEXPORT}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format version {manifest.get('format_version')!r}; this "
-                              f"mpsearch reads version {FORMAT_VERSION}: upgrade mpsearch or {_REEXPORT}")
-    types = {"component": str, "denoiser_class": str, "fingerprint": str, "bytes": int, "plan": str,
-             "plan_digest": str, "tensors_file": str, "file_bytes": int, "digest": str, "tensors": dict,
-             "layers": dict, "aliases": dict}
-    bad = [k for k, t in types.items() if not isinstance(manifest.get(k), t)]
-    if bad:
-        raise CheckpointError(f"{path} lacks or mistypes {', '.join(bad)}; the checkpoint is damaged, {_REEXPORT}")
-    return manifest
 
 
 def _assign(model: torch.nn.Module, name: str, t: torch.Tensor) -> None:
@@ -238,62 +215,94 @@ def _meta_left(model: torch.nn.Module) -> list[str]:
     return left
 
 
+def _json(data: bytes, path: Path) -> dict:
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path} ({e}); {_REEXPORT}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} holds {type(value).__name__}, where a JSON object was expected; {_REEXPORT}")
+    return value
+
+
+def _read_plan(folder: Path, manifest: Manifest) -> Plan:
+    """The folder's plan, from the bytes whose digest was checked (never read a second time)."""
+    path = folder / manifest.plan
+    data = read_verified(folder, manifest, manifest.plan)
+    try:
+        raw = yaml.safe_load(data.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise CheckpointError(f"cannot read the plan {path} ({str(e).splitlines()[0]}); {_REEXPORT}") from None
+    return Plan.from_dict(raw, source=f"plan {path}")
+
+
+def _read_by_load_denoiser(manifest: Manifest) -> set[str]:
+    return {manifest.plan, manifest.config, manifest.tensors_file}
+
+
+def read_index(folder) -> dict:
+    """An exported folder's ``model_index.json``, checked against the manifest's digest."""
+    folder = Path(folder).expanduser()
+    manifest = read_manifest(folder)
+    return _json(read_verified(folder, manifest, "model_index.json"), folder / "model_index.json")
+
+
 def load_denoiser(folder, device=None) -> tuple[torch.nn.Module, Plan]:
     """The planned denoiser of an exported folder and its plan, built without full-precision weights.
 
     The denoiser is built on the meta device from its config; the packed and remaining tensors are read
     straight onto ``device`` (default CPU); the plan's activation windows and feature cache are installed.
-    Raises CheckpointError (one line) for a missing, truncated or tampered file or a plan that does not match.
+    Raises CheckpointError (one line) for a missing, truncated or tampered file, a path out of the folder, a
+    damaged manifest or a plan that does not match.
     """
     import diffusers
 
     folder = Path(folder).expanduser()
     manifest = read_manifest(folder)
+    check_files(folder, manifest)
     device = torch.device(device or "cpu")
-    plan_path = folder / manifest["plan"]
-    if not plan_path.is_file():
-        raise CheckpointError(f"the plan {plan_path} is missing; the checkpoint is incomplete, {_REEXPORT}")
-    if sha256_file(plan_path) != manifest["plan_digest"]:
-        raise CheckpointError(f"the plan {plan_path} does not match the digest in {MANIFEST} (changed after "
-                              f"export); a checkpoint's plan cannot be swapped: {_REEXPORT}")
-    plan = Plan.load(plan_path)
-    config_path = folder / manifest["component"] / "config.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read the denoiser config {config_path} ({e}); {_REEXPORT}") from None
-    cls = getattr(diffusers, str(config.get("_class_name")), None)
-    if cls is None or cls.__name__ != manifest["denoiser_class"]:
-        raise CheckpointError(f"{config_path} names {config.get('_class_name')!r}, the manifest "
-                              f"{manifest['denoiser_class']!r}; {_REEXPORT}")
+    plan = _read_plan(folder, manifest)
+    config_path = folder / manifest.config
+    denoiser_config = _json(read_verified(folder, manifest, manifest.config), config_path)
+    cls = getattr(diffusers, str(denoiser_config.get("_class_name")), None)
+    if cls is None or cls.__name__ != manifest.denoiser_class:
+        raise CheckpointError(f"{config_path} names {denoiser_config.get('_class_name')!r}, the manifest "
+                              f"{manifest.denoiser_class!r}; {_REEXPORT}")
     with torch.device("meta"):
-        model = cls.from_config(config)
-    fingerprint = describe(model).fingerprint
-    if plan.fingerprint != fingerprint or manifest["fingerprint"] != fingerprint:
+        model = cls.from_config(denoiser_config)
+    info = describe(model)
+    fingerprint = info.fingerprint
+    if plan.fingerprint != fingerprint or manifest.fingerprint != fingerprint:
         raise CheckpointError(f"the plan's fingerprint {plan.fingerprint} does not match the denoiser its config "
                               f"describes ({fingerprint}); the folder mixes two models, {_REEXPORT}")
-    tensors = read_tensors(folder / manifest["tensors_file"], device, file_bytes=manifest["file_bytes"],
-                           digest=manifest["digest"], expected=manifest["tensors"], error=CheckpointError,
-                           fix=f"copy the folder again or {_REEXPORT}", desc="loading packed denoiser")
+    try:  # its layers too: a forged plan and manifest must not reach the install as a KeyError
+        plan.check_model(info)
+    except PlanError as e:
+        raise CheckpointError(f"the plan {folder / manifest.plan} does not fit the denoiser its config describes "
+                              f"({str(e).partition(';')[0]}); {_REEXPORT}") from None
+    tensors = read_tensors(inside(folder, manifest.tensors_file), device, file_bytes=manifest.file_bytes,
+                           digest=manifest.files[manifest.tensors_file].digest, expected=manifest.tensors,
+                           error=CheckpointError, fix=f"copy the folder again or {_REEXPORT}",
+                           desc="loading packed denoiser")
 
     packed = {}
     quantized = {n for n, f in plan.layers.items() if f != "fp"}
-    if quantized != set(manifest["layers"]):
+    if quantized != set(manifest.layers):
         raise CheckpointError(f"the manifest's packed layers are not the plan's quantized layers; {_REEXPORT}")
-    for name, rec in manifest["layers"].items():
-        if rec.get("format") != plan.layers[name]:
-            raise CheckpointError(f"layer {name!r} is packed as {rec.get('format')!r}, the plan says "
+    for name, rec in manifest.layers.items():
+        if rec.format != plan.layers[name]:
+            raise CheckpointError(f"layer {name!r} is packed as {rec.format!r}, the plan says "
                                   f"{plan.layers[name]!r}; {_REEXPORT}")
         try:
-            packed[name] = Packed(rec["format"], tuple(rec["shape"]), getattr(torch, rec["dtype"]),
-                                  {key: tensors.pop(tname) for key, tname in rec["tensors"].items()})
-        except (KeyError, TypeError, AttributeError):
+            packed[name] = Packed(rec.format, rec.shape, getattr(torch, rec.dtype),
+                                  {key: tensors.pop(tname) for key, tname in rec.tensors.items()})
+        except (KeyError, TypeError):  # two layers name one tensor, or Packed refuses the record
             raise CheckpointError(f"the manifest's record of layer {name!r} is damaged; {_REEXPORT}") from None
     # the plan's quantized modules, step state (held for the loaded model's lifetime) and feature cache
     install(model, plan, packed)
     for name, t in tensors.items():
         _assign(model, name, t)
-    for alias, target in manifest["aliases"].items():
+    for alias, target in manifest.aliases.items():
         owner_name, _, attr = target.rpartition(".")
         _assign(model, alias, getattr(model.get_submodule(owner_name) if owner_name else model, attr))
     left = _meta_left(model)
@@ -301,9 +310,9 @@ def load_denoiser(folder, device=None) -> tuple[torch.nn.Module, Plan]:
         raise CheckpointError(f"the checkpoint does not hold {', '.join(left[:3])} (and {max(len(left) - 3, 0)} "
                               f"more) of the denoiser; {_REEXPORT}")
     model.eval()
-    if measured_bytes(model) != manifest["bytes"]:
+    if measured_bytes(model) != manifest.bytes:
         raise CheckpointError(f"the loaded denoiser holds {measured_bytes(model):,} B, the manifest says "
-                              f"{manifest['bytes']:,} B; {_REEXPORT}")
+                              f"{manifest.bytes:,} B; {_REEXPORT}")
     return model, plan
 
 
@@ -314,7 +323,10 @@ def load_quantized(folder, device=None, *, pipeline_class=None, **from_pretraine
 
     folder = Path(folder).expanduser()
     denoiser, _ = load_denoiser(folder, device)
-    component = read_manifest(folder)["component"]
+    manifest = read_manifest(folder)
+    check_files(folder, manifest)  # again: what diffusers reads now is what the manifest lists, and nothing else
+    verify_files(folder, manifest, [n for n in manifest.files if n not in _read_by_load_denoiser(manifest)])
+    component = manifest.component
     kwargs = {"use_safetensors": True, "local_files_only": True, **from_pretrained_kwargs}
     try:
         pipe = (pipeline_class or DiffusionPipeline).from_pretrained(folder, **{component: denoiser}, **kwargs)
@@ -325,5 +337,15 @@ def load_quantized(folder, device=None, *, pipeline_class=None, **from_pretraine
     return pipe.to(device) if device is not None else pipe
 
 
-__all__ = ["export", "load_quantized", "load_denoiser", "read_manifest", "is_checkpoint", "CheckpointError",
-           "FORMAT_VERSION"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "CheckpointError",
+    "Manifest",
+    "export",
+    "is_checkpoint",
+    "load_denoiser",
+    "load_quantized",
+    "read_index",
+    "read_manifest",
+]

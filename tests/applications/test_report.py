@@ -116,6 +116,19 @@ def test_an_error_leaves_no_report_and_an_old_report_is_replaced(tiny, tmp_path,
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_a_report_gets_the_users_umask(tiny, tmp_path):
+    from mpsearch import report as rep
+
+    data = rep.gather_report(tiny["profile"], tiny["plans"][:1], None, points=3)
+    old = os.umask(0o027)
+    try:
+        r = rep.render_report(data, tmp_path / "site")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "site").stat().st_mode & 0o777 == 0o750
+    assert r["files"] and all(Path(f).stat().st_mode & 0o777 == 0o640 for f in r["files"])
+
+
 def test_cli_report_json_and_one_line_errors(tiny, tmp_path, capsys):
     from mpsearch.cli import main
 

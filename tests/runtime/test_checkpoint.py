@@ -22,7 +22,7 @@ from mpsearch.runtime import checkpoint
 from mpsearch.runtime.checkpoint import MANIFEST, CheckpointError, export, load_denoiser
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.generation import generate
-from mpsearch.runtime.tensorfile import sha256_file
+from mpsearch.runtime.tensorfile import blake3_file
 
 
 def mixed_plan(pipe, formats=("int8", "nvfp4", "int4", "fp")) -> Plan:
@@ -189,6 +189,12 @@ def _edit_manifest(folder, **changes):
     path.write_text(json.dumps(json.loads(path.read_text()) | changes))
 
 
+def _edit_file_record(folder, name, **changes):
+    """Change the manifest's size/digest record of one file (forging it, as a tamperer would)."""
+    files = json.loads((folder / MANIFEST).read_text())["files"]
+    _edit_manifest(folder, files=files | {name: files[name] | changes})
+
+
 def test_truncated_tensor_file_is_a_one_line_error(copy, capsys):
     f = _tensor_file(copy)
     data = f.read_bytes()
@@ -197,7 +203,7 @@ def test_truncated_tensor_file_is_a_one_line_error(copy, capsys):
         load_pipeline(copy)
     assert_one_line(e, "truncated", "mpsearch export")
     # and the manifest cannot hide it: a size that agrees still meets the end of the data
-    _edit_manifest(copy, file_bytes=len(data) - 100)
+    _edit_file_record(copy, "transformer/" + checkpoint.TENSORS, bytes=len(data) - 100)
     with pytest.raises(CheckpointError) as e:
         load_pipeline(copy)
     assert_one_line(e, "truncated")
@@ -224,7 +230,7 @@ def test_changed_bytes_or_digest_are_one_line_errors(copy):
     data[-5] ^= 0x01
     f.write_bytes(bytes(data))
     load_pipeline(copy)  # restored: loads again
-    _edit_manifest(copy, digest="sha256:" + "0" * 64)
+    _edit_file_record(copy, "transformer/" + checkpoint.TENSORS, digest="blake3:" + "0" * 64)
     with pytest.raises(CheckpointError) as e:
         load_pipeline(copy)
     assert_one_line(e, "digest")
@@ -255,7 +261,8 @@ def test_a_plan_for_another_model_is_a_one_line_error(copy):
     with pytest.raises(CheckpointError) as e:  # the plan's digest no longer matches
         load_pipeline(copy)
     assert_one_line(e, "digest", "plan")
-    _edit_manifest(copy, plan_digest=sha256_file(plan_file))
+    _edit_file_record(copy, "transformer/" + checkpoint.PLAN, digest=blake3_file(plan_file),
+                      bytes=plan_file.stat().st_size)
     with pytest.raises(CheckpointError) as e:  # digest forged too: the fingerprint still tells
         load_pipeline(copy)
     assert_one_line(e, "fingerprint")
