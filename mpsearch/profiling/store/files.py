@@ -4,8 +4,8 @@ A writer holds ``<profile>.lock``: a file holding its pid, host and start time, 
 ``fcntl.flock``. The operating system drops the flock when the process dies however it dies (SIGKILL, a
 crash), so a lock left by a dead writer is taken over by the next one; where flock is unavailable (some network
 filesystems) a lock whose pid is dead on this host is taken over instead. A second writer gets a
-:class:`ProfileBusyError` naming the owner. Within one process the lock is re-entrant (the profiler, then the
-latency table and the end-to-end tier write the same file in turn).
+:class:`ProfileBusyError` naming the owner. Within one thread the lock is re-entrant (a merge that replaces a
+file its caller locked); another thread of the same process is a second writer like any other.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def _alive(pid: int) -> bool:
 class WriterLock:
     """The lock on one profile file, held by this process (see :func:`writer_lock`)."""
 
-    def __init__(self, profile, fd: int, key: str):
+    def __init__(self, profile, fd: int, key: tuple[str, int]):
         self.profile, self.path, self._fd, self._key, self._count = Path(profile), lock_path(profile), fd, key, 1
 
     def release(self) -> None:
@@ -107,7 +107,7 @@ class WriterLock:
         self.release()
 
 
-_HELD: dict[str, tuple[int, WriterLock]] = {}  # lock path -> (pid, lock) held by this process
+_HELD: dict[tuple[str, int], tuple[int, WriterLock]] = {}  # (lock path, thread) -> (pid, lock) held here
 _HELD_GUARD = threading.RLock()
 
 
@@ -141,7 +141,7 @@ def writer_lock(profile) -> WriterLock:
     :class:`ProfileBusyError` naming the process that holds it. Release it with ``.release()`` (or ``with``)."""
     profile = Path(profile)
     path = lock_path(profile)
-    key = str(path.resolve())
+    key = (str(path.resolve()), threading.get_ident())
     with _HELD_GUARD:
         held = _HELD.get(key)
         if held is not None and held[0] == os.getpid() and held[1]._fd >= 0:
