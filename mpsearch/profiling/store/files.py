@@ -26,7 +26,7 @@ try:
 except ImportError:  # not POSIX: the pid in the lock file is all there is
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ProfileBusyError", "WriterLock", "writer_lock", "lock_path", "default_mode", "remove_profile_file"]
+__all__ = ["ProfileBusyError", "WriterLock", "default_mode", "lock_path", "remove_profile_file", "writer_lock"]
 
 
 class ProfileBusyError(ProfileError):
@@ -100,7 +100,7 @@ class WriterLock:
             os.close(self._fd)  # drops the flock
             self._fd = -1
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -188,9 +188,9 @@ def _take(fd: int, profile: Path) -> bool:
         os.close(fd)
         return False
     owner = _owner(fd)
-    if not locked and owner.get("pid") not in (None, os.getpid()):
-        if owner.get("host") != socket.gethostname() or _alive(int(owner["pid"])):
-            raise _busy(profile, owner)
+    if not locked and owner.get("pid") not in (None, os.getpid()) and \
+            (owner.get("host") != socket.gethostname() or _alive(int(owner["pid"]))):
+        raise _busy(profile, owner)
     record = {"pid": os.getpid(), "host": socket.gethostname(),
               "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     os.ftruncate(fd, 0)

@@ -133,17 +133,17 @@ class Profile:
             return self.block_stats[..., 0] / np.maximum(self.block_stats[..., 1], 1e-30)
 
     @classmethod
-    def load(cls, path) -> "Profile":
+    def load(cls, path) -> Profile:
         """Read a profile file (read-only); a missing, corrupt or foreign file is a ProfileError. A file being
         written is read as of its last finished unit."""
         path = Path(path)
         if not path.is_file():
             raise ProfileError(f"profile {path} does not exist; run `mpsearch profile` first (or pass --profile)")
         try:
-            with contextlib.closing(open_current(path, readonly=True)) as conn:
-                with conn:  # one read transaction: a writer's unit committed meanwhile is not half seen
-                    conn.execute("BEGIN")
-                    return _read(conn, path)
+            # one read transaction: a unit a writer commits meanwhile is not half seen
+            with contextlib.closing(open_current(path, readonly=True)) as conn, conn:
+                conn.execute("BEGIN")
+                return _read(conn, path)
         except sqlite3.DatabaseError as e:
             raise ProfileError(f"{path} is not a readable mpsearch profile ({e}); profile again") from None
 

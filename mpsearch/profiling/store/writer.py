@@ -16,7 +16,7 @@ from mpsearch.profiling.store.files import default_mode, remove_profile_file, wr
 from mpsearch.profiling.store.schema import (REQUIRED_TABLES, SCHEMA, create_tables, info_to_dict, open_current,
                                              read_meta, table_names)
 
-__all__ = ["ProfileWriter", "resumable_units", "stored_config", "stored_weights", "check_compatible"]
+__all__ = ["ProfileWriter", "check_compatible", "resumable_units", "stored_config", "stored_weights"]
 
 
 class ProfileWriter:
@@ -34,7 +34,7 @@ class ProfileWriter:
         self.path = Path(path)
         self.info = info
         self.config = config
-        self.conn: sqlite3.Connection | None = None
+        self.conn: sqlite3.Connection = None  # type: ignore[assignment]  # None once closed
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -44,15 +44,16 @@ class ProfileWriter:
         existed = self.path.exists()
         self.created = not existed
         try:
-            self._open(info, config, versions, weights, shard, probe=existed and self.path.is_file()
+            self._open(info, config, versions, weights, shard, check_existing=existed and self.path.is_file()
                        and self.path.stat().st_size > 0)
         except BaseException:
             self._discard()
             raise
 
-    def _open(self, info: ModelInfo, config: dict, versions: dict, weights: str | None, shard, probe: bool) -> None:
+    def _open(self, info: ModelInfo, config: dict, versions: dict, weights: str | None, shard,
+              check_existing: bool) -> None:
         try:
-            if probe:
+            if check_existing:
                 with contextlib.closing(open_current(self.path, readonly=True)) as probe:
                     if "meta" not in table_names(probe):
                         raise ProfileError(f"{self.path} exists and is not an mpsearch profile; choose another --out "
@@ -86,7 +87,7 @@ class ProfileWriter:
         """Close, remove the file if this writer created it, and give the lock up."""
         if self.conn is not None:
             self.conn.close()
-            self.conn = None
+            self.conn = None  # type: ignore[assignment]
         if self.created:
             remove_profile_file(self.path)
         self._lock.release()
@@ -118,7 +119,7 @@ class ProfileWriter:
             return
         empty = not self.done_units()
         self.conn.close()
-        self.conn = None
+        self.conn = None  # type: ignore[assignment]
         if self.created and empty:
             remove_profile_file(self.path)
         self._lock.release()
@@ -128,7 +129,7 @@ class ProfileWriter:
         if self.conn is None:
             return
         self.conn.close()
-        self.conn = None
+        self.conn = None  # type: ignore[assignment]
         self._lock.release()
 
 
