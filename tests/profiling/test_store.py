@@ -296,3 +296,26 @@ def test_files_get_the_users_umask(tmp_path, umask):
         os.umask(old)
     for p in (a, b, tmp_path / "m.sqlite"):
         assert p.stat().st_mode & 0o777 == 0o666 & ~umask, p
+
+
+@pytest.mark.slow
+def test_mpsearch_profile_on_a_file_being_written_is_refused_in_one_line(tmp_path):
+    """`mpsearch profile --out X` while another process writes X: exit 1 with one line naming the writer's pid,
+    and the other writer's file is left alone (it goes on and finishes)."""
+    path = tmp_path / "p.sqlite"
+    proc = hold(path, 0)
+    try:
+        r = subprocess.run([sys.executable, "-m", "mpsearch", "profile", "--model", "default", "--out", str(path),
+                            "--labels", "0", "--seeds", "0", "--steps", "2", "--formats", "int8"],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+        assert r.returncode == 1, r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert f"being written by another mpsearch process (pid {proc.pid}" in last and "--shard" in last, r.stderr
+        assert "Traceback" not in r.stderr
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert Profile.load(path).units == (0, 3)
