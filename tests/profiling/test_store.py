@@ -22,7 +22,7 @@ import pytest
 from mpsearch.errors import ProfileError
 from mpsearch.models import LayerInfo, ModelInfo, Role
 from mpsearch.profiling.store import (SCHEMA, Profile, ProfileBusyError, ProfileWriter, lock_path, merge_profiles,
-                                      migrate_v1, writer_lock)
+                                      migrate_v1, resumable_units, writer_lock)
 from mpsearch.profiling.store import files as store_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,6 +114,7 @@ def test_a_version_1_file_is_read_unchanged_and_migrated_by_a_writer(tmp_path):
     before = path.read_bytes()
     p = Profile.load(path)  # read-only: migrated in memory
     assert p.digest == digest and p.units == (0, 1, 2, 3) and p.latency() is None and p.sensitivity is not None
+    assert resumable_units(path, info(), CONFIG, "w:1") == {0, 1, 2, 3}  # checking a resume writes nothing
     assert path.read_bytes() == before
     w = writer(path)  # a writer migrates it in place
     w.close()

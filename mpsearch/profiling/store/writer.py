@@ -13,8 +13,8 @@ from pathlib import Path
 from mpsearch.errors import ProfileError
 from mpsearch.models import ModelInfo
 from mpsearch.profiling.store.files import default_mode, remove_profile_file, writer_lock
-from mpsearch.profiling.store.schema import (REQUIRED_TABLES, SCHEMA, create_tables, info_to_dict, open_current,
-                                             read_meta, table_names)
+from mpsearch.profiling.store.schema import (REQUIRED_TABLES, SCHEMA, connect, create_tables, info_to_dict,
+                                             open_current, read_meta, table_names)
 
 __all__ = ["ProfileWriter", "check_compatible", "resumable_units", "stored_config", "stored_weights"]
 
@@ -142,7 +142,8 @@ def resumable_units(path, info: ModelInfo, config: dict, weights: str | None = N
     if not path.exists() or (path.is_file() and path.stat().st_size == 0):
         return set()
     try:
-        with contextlib.closing(open_current(path)) as conn:
+        connect(path).close()  # opened for writing: rolls back the journal of a writer killed mid-unit
+        with contextlib.closing(open_current(path, readonly=True)) as conn:  # a schema-1 file stays as it is
             if not REQUIRED_TABLES <= table_names(conn):
                 raise ProfileError(f"{path} exists and is not an mpsearch profile; choose another --out (or delete it)")
             meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
