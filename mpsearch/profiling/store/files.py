@@ -67,7 +67,10 @@ def remove_profile_file(path) -> None:
             pass
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid) -> bool:
+    """Whether the process ``pid`` (as read from a lock file: anything) is running on this host."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -189,7 +192,7 @@ def _take(fd: int, profile: Path) -> bool:
         return False
     owner = _owner(fd)
     if not locked and owner.get("pid") not in (None, os.getpid()) and \
-            (owner.get("host") != socket.gethostname() or _alive(int(owner["pid"]))):
+            (owner.get("host") != socket.gethostname() or _alive(owner["pid"])):
         raise _busy(profile, owner)
     record = {"pid": os.getpid(), "host": socket.gethostname(),
               "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
