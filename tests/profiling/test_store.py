@@ -242,6 +242,25 @@ def test_a_reader_during_a_write_sees_finished_units_or_a_clear_error(tmp_path):
     assert proc.returncode == 0 and seen
 
 
+def test_a_unit_that_cannot_be_committed_is_a_profile_error(tmp_path):
+    """A reader holding the file past the writer's patience (or a full disk) fails the unit with one clear line;
+    the finished units stay."""
+    path = tmp_path / "p.sqlite"
+    w = writer(path)
+    write(w, 0)
+    w.conn.execute("PRAGMA busy_timeout = 50")
+    reader = sqlite3.connect(path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM local").fetchone()  # a read transaction in progress
+    try:
+        with pytest.raises(ProfileError, match="cannot record unit 1 .*run the same command again to resume"):
+            write(w, 1)
+    finally:
+        reader.close()
+    w.close()
+    assert Profile.load(path).units == (0,)
+
+
 def test_merge_never_replaces_a_file_being_written(tmp_path):
     a = made(tmp_path / "a.sqlite", units=(0, 2), shard=(0, 2))
     out = made(tmp_path / "out.sqlite", units=(1,))

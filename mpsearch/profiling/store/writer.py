@@ -103,14 +103,18 @@ class ProfileWriter:
 
     def write_unit(self, unit: int, seconds: float, local_rows, block_rows, sensitivity_rows=()) -> None:
         """Record one unit's measurements in one transaction: all of it, or nothing."""
-        with self.conn:
-            self.conn.executemany("INSERT OR REPLACE INTO sensitivity VALUES (?, ?, ?, ?, ?)",
-                                  [(unit, *r) for r in sensitivity_rows])
-            self.conn.executemany("INSERT OR REPLACE INTO local VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                  [(unit, *r) for r in local_rows])
-            self.conn.executemany("INSERT OR REPLACE INTO block_change VALUES (?, ?, ?, ?, ?)",
-                                  [(unit, *r) for r in block_rows])
-            self.conn.execute("INSERT OR REPLACE INTO units VALUES (?, ?)", (unit, seconds))
+        try:
+            with self.conn:
+                self.conn.executemany("INSERT OR REPLACE INTO sensitivity VALUES (?, ?, ?, ?, ?)",
+                                      [(unit, *r) for r in sensitivity_rows])
+                self.conn.executemany("INSERT OR REPLACE INTO local VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                      [(unit, *r) for r in local_rows])
+                self.conn.executemany("INSERT OR REPLACE INTO block_change VALUES (?, ?, ?, ?, ?)",
+                                      [(unit, *r) for r in block_rows])
+                self.conn.execute("INSERT OR REPLACE INTO units VALUES (?, ?)", (unit, seconds))
+        except sqlite3.OperationalError as e:  # a disk that is full or gone, a reader holding the file too long
+            raise ProfileError(f"cannot record unit {unit} in {self.path} ({e}); the finished units are kept: fix "
+                               "that and run the same command again to resume") from None
 
     def abandon(self) -> None:
         """Close after a failure: the file is removed if this writer created it and it holds no finished unit
