@@ -33,7 +33,7 @@ import torch
 from mpsearch.errors import MpsearchError, ProfileError, UsageError
 from mpsearch.models import get_denoiser
 from mpsearch.profiling.profiler import ProfileConfig, existing_units, record_units
-from mpsearch.profiling.store import Profile, merge_profiles, remove_profile_file
+from mpsearch.profiling.store import Profile, merge_profiles, remove_profile_file, writer_lock
 
 __all__ = ["Launch", "Session", "detect_launch", "distributed_session", "launch_device", "profile_sharded",
            "shard_file", "WAIT_TIMEOUT"]
@@ -346,9 +346,11 @@ def profile_sharded(pipe, config: ProfileConfig, out, session: Session, *, progr
 
 def _merge(out: Path, mine: Path, payloads: list) -> Profile:
     """Rank 0: merge ``out`` (if there), its own shard file and the other ranks' (``payloads``: file bytes) into
-    ``out``, atomically."""
+    ``out``, atomically, holding ``out``'s writer lock (so a profile another process is writing into ``out`` is
+    never replaced)."""
     temps = []
     out.parent.mkdir(parents=True, exist_ok=True)  # rank 0 may have had nothing to measure here
+    lock = writer_lock(out)
     try:
         inputs = [out] if out.is_file() and out.stat().st_size > 0 else []
         if mine.exists():
@@ -372,5 +374,6 @@ def _merge(out: Path, mine: Path, payloads: list) -> Profile:
     finally:
         for t in temps:
             remove_profile_file(t)
+        lock.release()
     merged.path = out
     return merged

@@ -26,7 +26,7 @@ from mpsearch.runtime.generation import generate
 from mpsearch.models import check_finite_weights, describe, get_denoiser, weights_digest
 from mpsearch.offload import loaded_tensors, materialized, offload_aware_replay
 from mpsearch.plan import versions
-from mpsearch.profiling.store import Profile, ProfileWriter, remove_profile_file, resumable_units, stored_weights
+from mpsearch.profiling.store import Profile, ProfileWriter, resumable_units, stored_weights
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import first_tensor
 from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
@@ -357,16 +357,19 @@ def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (
     """Measure shard ``(i, n)``'s units (u % n == i) into the profile file ``out``, except those already in it
     and those in ``skip`` (finished elsewhere), and return the units the file then holds.
 
-    The file is opened (or created) and checked even when there is nothing left to measure. A file that fails
-    before finishing any unit is removed again (and a folder made for it); finished units are kept.
+    The file is opened (or created) and checked even when there is nothing left to measure; another process
+    writing it is refused (``ProfileBusyError``). A file this call created that fails before finishing any unit
+    is removed again (and a folder made for it); finished units are kept, and a file another process created is
+    never removed.
     """
     i, n = check_shard(shard)
     out = Path(out)
     denoiser = get_denoiser(pipe)
     info = describe(denoiser, ("fp", *config.formats))
     check_finite_weights(denoiser)  # before any file is made
-    created, folder_created = not out.exists(), not out.parent.exists()
-    writer = ProfileWriter(out, info, config.to_dict(), versions(), weights=_digest(denoiser, info, out))
+    folder_created = not out.parent.exists()
+    writer = ProfileWriter(out, info, config.to_dict(), versions(), weights=_digest(denoiser, info, out),
+                           shard=(i, n))
     try:
         done = writer.done_units()
         skip = set(skip)
@@ -376,9 +379,9 @@ def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (
         return writer.done_units()
     except BaseException:
         # a profile that failed before finishing any unit leaves no file behind; finished units are kept
-        if created and not writer.done_units():
-            writer.close()
-            remove_profile_file(out)
+        removed = writer.created and not writer.done_units()
+        writer.abandon()
+        if removed:
             if folder_created:
                 try:
                     out.parent.rmdir()

@@ -134,7 +134,7 @@ def test_stored_and_reloaded_identically_and_replaced_whole(table, prof_path, tm
 
 
 def test_a_failed_write_leaves_the_old_table(table, prof_path, tmp_path, monkeypatch):
-    import mpsearch.profiling.store as ps
+    import mpsearch.profiling.store.latency as ps
 
     path = tmp_path / "p.sqlite"
     shutil.copy(prof_path, path)

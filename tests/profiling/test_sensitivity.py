@@ -123,8 +123,9 @@ def test_shards_merge_to_the_same_sensitivity(dit_pipe, tmp_path, prof):
 def test_older_profile_without_sensitivity(prof, tmp_path):
     old = tmp_path / "old.sqlite"
     shutil.copy(prof.path, old)
-    with sqlite3.connect(old) as conn:
+    with sqlite3.connect(old) as conn:  # as schema 1 wrote it before sensitivity was measured
         conn.execute("DROP TABLE sensitivity")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
     p = Profile.load(old)
     assert p.sensitivity is None and "gn" not in p.metrics
     with pytest.raises(ProfileError, match="no output-sensitivity measurements"):

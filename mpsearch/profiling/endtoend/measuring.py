@@ -21,10 +21,9 @@ from mpsearch.errors import UsageError
 from mpsearch.formats import get_format
 from mpsearch.runtime.generation import generate
 from mpsearch.models import get_denoiser
-from mpsearch.profiling.store import Profile, _connect
+from mpsearch.profiling.store import EndToEndWriter, Profile
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import step_state
-from mpsearch.profiling.endtoend.results import _TABLES
 from mpsearch.profiling.endtoend.scores import default_scorers, score_images
 from mpsearch.profiling.endtoend.units import FP_UNIT
 
@@ -107,11 +106,8 @@ def measure(pipe, profile: Profile, units, *, content_scorer=None, features=None
     gen = lambda: np.concatenate([generate(pipe, conditions, s, steps, guidance, size) for s in seeds])  # noqa: E731
     units = [FP_UNIT] + [u for u in units if u.key != FP_UNIT.key]
     t_all = time.perf_counter()
-    with contextlib.closing(_connect(profile.path)) as conn:
-        conn.executescript(_TABLES)
-        with conn:
-            conn.execute("INSERT OR IGNORE INTO e2e_runs VALUES (?, ?)", (run, json.dumps(config, sort_keys=True)))
-        done = {u for (u,) in conn.execute("SELECT unit FROM e2e_units WHERE run = ?", (run,))}
+    with EndToEndWriter(profile.path) as store:
+        done = store.begin_run(run, config)
         todo = [u for u in units if u.key not in done]
         out = {"run": run, "measured": 0, "skipped": len(units) - len(todo), "generations": 0}
         if todo:
@@ -133,12 +129,8 @@ def measure(pipe, profile: Profile, units, *, content_scorer=None, features=None
                     out["generations"] += len(seeds)
                 scores = score_images(ref, images, labels, content_scorer, features, ref_features)
                 start, stop = u.window if u.window is not None else (0, steps)
-                with conn:
-                    conn.execute("INSERT OR REPLACE INTO e2e_units VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                 (run, u.key, json.dumps(list(u.layers)), u.format, start, stop, u.kind,
-                                  time.perf_counter() - t0))
-                    conn.executemany("INSERT OR REPLACE INTO e2e VALUES (?, ?, ?, ?)",
-                                     [(run, u.key, m, float(v)) for m, v in scores.items()])
+                store.write_unit(run, u.key, u.layers, u.format, start, stop, u.kind, time.perf_counter() - t0,
+                                 scores)
                 out["measured"] += 1
     out["seconds"] = time.perf_counter() - t_all
     return out

@@ -1,19 +1,13 @@
-"""The end-to-end tables of a profile file and reading them back: :data:`_TABLES`, :class:`E2EResults`,
-:func:`load_results`.
+"""The end-to-end results of a profile file, read back: :class:`E2EResults`, :func:`load_results`.
 
-A profile file stores every end-to-end run beside the local tier::
-
-  e2e_runs(run, config)                        one row per measuring setup (seeds, steps, scorer, features)
-  e2e_units(run, unit, layers, format, start, stop, kind, seconds)
-  e2e(run, unit, metric, value)                raw metric values; the "fp" unit holds full precision's own
-
-:mod:`~mpsearch.profiling.endtoend.measuring` writes them; :func:`load_results` reads one run back as raw values and, through
-:meth:`E2EResults.damages`, as damages against full precision. Old profiles have none of these tables.
+A profile file stores every end-to-end run beside the local tier (the tables are the store's:
+:mod:`mpsearch.profiling.store.endtoend`). :mod:`~mpsearch.profiling.endtoend.measuring` writes them;
+:func:`load_results` reads one run back as raw values and, through :meth:`E2EResults.damages`, as damages
+against full precision.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from mpsearch.errors import ProfileError
-from mpsearch.profiling.store import _connect
+from mpsearch.profiling.store import read_end_to_end
 from mpsearch.profiling.endtoend.scores import METRIC_KIND, damage
 
 __all__ = ["E2EResults", "load_results"]
-
-_TABLES = """
-CREATE TABLE IF NOT EXISTS e2e_runs (run TEXT PRIMARY KEY, config TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS e2e_units (run TEXT, unit TEXT, layers TEXT, format TEXT, start INTEGER, stop INTEGER,
-    kind TEXT, seconds REAL, PRIMARY KEY (run, unit));
-CREATE TABLE IF NOT EXISTS e2e (run TEXT, unit TEXT, metric TEXT, value REAL, PRIMARY KEY (run, unit, metric));
-"""
 
 
 @dataclass
@@ -61,32 +48,21 @@ class E2EResults:
 def load_results(path, run: str | None = None) -> E2EResults | None:
     """The end-to-end results stored in a profile file (``run``: one setup; default the latest), or None."""
     path = Path(path)
-    with contextlib.closing(_connect(path, readonly=True)) as conn:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "e2e_runs" not in tables:
-            return None
-        runs = conn.execute("SELECT run, config FROM e2e_runs ORDER BY rowid").fetchall()
-        if run is not None:
-            runs = [r for r in runs if r[0] == run]
-            if not runs:
-                raise ProfileError(f"{path} has no end-to-end run {run!r}; leave the run out to use the latest")
-        if not runs:
-            return None
-        run, config = runs[-1]
-        try:
-            config = json.loads(config)
-            rows = conn.execute("SELECT unit, layers, format, start, stop, kind, seconds FROM e2e_units WHERE run = ? "
-                                "ORDER BY rowid", (run,)).fetchall()
-            values: dict[str, dict] = {}
-            for unit, metric, value in conn.execute("SELECT unit, metric, value FROM e2e WHERE run = ?", (run,)):
-                if not isinstance(value, (int, float)) or not np.isfinite(value):
-                    raise ValueError(f"metric {metric} of {unit} is {value!r}")
-                values.setdefault(unit, {})[metric] = float(value)
-            units = [{"key": k, "layers": json.loads(l), "format": f, "start": int(a), "stop": int(b), "kind": kind,
-                      "seconds": float(s), "values": values.get(k, {})} for k, l, f, a, b, kind, s in rows]
-        except (ValueError, TypeError, json.JSONDecodeError) as e:
-            raise ProfileError(f"{path} has corrupt end-to-end tables ({e}); delete them or profile again") from None
+    rows = read_end_to_end(path, run)
+    if rows is None:
+        return None
+    try:
+        config = json.loads(rows.config)
+        values: dict[str, dict] = {}
+        for unit, metric, value in rows.values:
+            if not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ValueError(f"metric {metric} of {unit} is {value!r}")
+            values.setdefault(unit, {})[metric] = float(value)
+        units = [{"key": k, "layers": json.loads(l), "format": f, "start": int(a), "stop": int(b), "kind": kind,
+                  "seconds": float(s), "values": values.get(k, {})} for k, l, f, a, b, kind, s in rows.units]
+    except (ValueError, TypeError, json.JSONDecodeError) as e:
+        raise ProfileError(f"{path} has corrupt end-to-end tables ({e}); delete them or profile again") from None
     fp = next((u["values"] for u in units if u["kind"] == "fp"), None)
     if fp is None:
         return None
-    return E2EResults(run, config, [u for u in units if u["kind"] != "fp"], fp)
+    return E2EResults(rows.run, config, [u for u in units if u["kind"] != "fp"], fp)
