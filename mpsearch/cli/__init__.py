@@ -3,8 +3,10 @@
 Every command that produces a result takes ``--json`` and then prints one JSON object on stdout.
 Errors print one line on stderr: exit code 2 for usage errors, 1 for failures; ``--debug`` shows the traceback.
 
-The package: ``common`` (shared helpers), ``parser`` (every command and flag), one module per group of
-commands (``inspecting``, ``profiling``, ``solving``, ``results``); :func:`main` runs one command.
+The package: ``common`` (shared helpers), ``parser`` (every command and flag), ``commands`` (the command
+functions, imported on first use so that ``--help`` and ``--version`` import no torch), ``noise`` (other
+libraries' import-time messages, dropped), one module per group of commands (``inspecting``, ``profiling``,
+``solving``, ``results``, ``exporting``); :func:`main` runs one command.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import sys
 
 from mpsearch.errors import MpsearchError
+from mpsearch.cli.noise import silence_library_noise
 from mpsearch.cli.parser import build_parser
 
 
@@ -43,6 +46,7 @@ def _quiet_libraries():
 
 
 def main(argv=None) -> int:
+    """Run one `mpsearch` command (``argv``: its arguments, default ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
@@ -50,6 +54,8 @@ def main(argv=None) -> int:
         if not getattr(args, "fn", None):
             build_parser().print_help()
             return 2
+        if not debug:  # before the command's module imports diffusers
+            silence_library_noise()
         with _quiet_libraries():
             return args.fn(args)
     except MpsearchError as e:
