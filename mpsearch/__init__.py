@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-from mpsearch.version import __version__  # noqa: F401
+from mpsearch.version import __version__
 
 # public name -> module (below mpsearch.) that defines it (imported on first use, so `import mpsearch` stays cheap)
 _LAZY = {

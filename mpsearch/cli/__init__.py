@@ -14,9 +14,9 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from mpsearch.errors import MpsearchError
 from mpsearch.cli.noise import silence_library_noise
 from mpsearch.cli.parser import build_parser
+from mpsearch.errors import MpsearchError
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 # command function -> the module of mpsearch.cli that defines it
 _WHERE = {

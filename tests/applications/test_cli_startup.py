@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def _python(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, *args], check=False, capture_output=True, text=True, env=env,
+                          timeout=300)
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["inspect"]])
