@@ -19,6 +19,7 @@ import torch
 
 from mpsearch.errors import PlanError
 from mpsearch.formats import get_format
+from mpsearch.formats.kernel_errors import is_out_of_memory
 from mpsearch.models import describe, get_denoiser, measured_bytes
 from mpsearch.offload import has_offloaded_weights
 from mpsearch.plan import Plan
@@ -209,6 +210,8 @@ def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto", ignore_weights
         try:
             packed = get_format(fmt_name).quantize(module.weight.detach())
         except Exception as e:  # noqa: BLE001 - re-raised with the layer's name
+            if is_out_of_memory(e):  # not a problem of the plan: the caller may free memory and retry
+                raise
             raise PlanError(f"cannot quantize layer {name!r} to {fmt_name}: {e}") from None
         qmod = quantized_module(module, packed, windows.get(name, ()))
         built.append((name, module, qmod))

@@ -133,7 +133,9 @@ def _version(t: torch.Tensor) -> int:
     be modified in place outside it, so their storage identifies them."""
     try:
         return t._version
-    except RuntimeError:
+    except RuntimeError as e:
+        if "do not track version counter" not in str(e):  # torch: "Inference tensors do not track version counter."
+            raise
         return -1
 
 

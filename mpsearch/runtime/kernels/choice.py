@@ -8,6 +8,7 @@ import time
 from typing import Callable
 
 from mpsearch.errors import UsageError
+from mpsearch.formats.kernel_errors import is_unsupported
 
 
 @contextlib.contextmanager
@@ -34,10 +35,13 @@ def best_time(fn: Callable, n: int = 3) -> float:
 
 def faster_than(fast: Callable, reference: Callable, factor: float = 1.5) -> bool:
     """Whether ``fast()`` runs at least ``factor`` times faster than ``reference()`` (best of three each); an
-    op that raises (not implemented here) is not faster."""
+    op with no kernel here (:func:`~mpsearch.formats.kernel_errors.is_unsupported`) is not faster; any other
+    error, out of memory included, propagates."""
     try:
         t_fast = best_time(fast)
-    except (RuntimeError, NotImplementedError):
+    except RuntimeError as e:  # NotImplementedError included
+        if not is_unsupported(e):
+            raise
         return False
     return t_fast * factor < best_time(reference)
 

@@ -115,7 +115,9 @@ def _njit(**options):
     def decorate(fn):
         try:
             return njit(cache=True, error_model="numpy", **options)(fn)
-        except RuntimeError:
+        except RuntimeError as e:  # numba: "cannot cache function 'f': no locator available for file ..."
+            if "cannot cache function" not in str(e):
+                raise
             return njit(cache=False, error_model="numpy", **options)(fn)
     return decorate
 
