@@ -7,8 +7,8 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import tiny_dit, tiny_unet
+
 from mpsearch.cache_units import compute_shares
 from mpsearch.formats import get_format
 from mpsearch.formats.int8 import int8_matmul
@@ -148,7 +148,7 @@ def test_cuda_int4_and_nvfp4_kernels_propagate_real_failures(monkeypatch, failur
 
 
 def test_speed_probe_propagates_real_failures_and_rates_a_missing_kernel_slower():
-    ref = lambda: None  # noqa: E731
+    ref = lambda: None
     with pytest.raises(torch.OutOfMemoryError):
         choice.faster_than(_raising(_oom), ref)
     with pytest.raises(RuntimeError, match="illegal memory access"):
