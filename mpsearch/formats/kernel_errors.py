@@ -33,8 +33,10 @@ UNSUPPORTED_MESSAGES = (
     "multiple of 8",                 # torch._int_mm on CUDA: "... needs to be greater than 0 and a multiple of 8"
     "not compiled for",              # "_int_mm_out_cuda not compiled for CUDA 11060" / "for this platform"
     "not available for build",       # tinygemm: "_weight_int4pack_mm_cuda is not available for build."
-    "only supported on",             # "torch._scaled_mm is only supported on CUDA devices with compute capability"
-    "CUBLAS_STATUS_NOT_SUPPORTED",   # cuBLASLt refuses the int8 GEMM on this GPU
+    "only supported on",             # "torch._scaled_mm is only supported on CUDA devices with compute capability",
+                                     # "_convert_weight_to_int4pack_cuda is only supported on AMD gpu arch ..."
+    "STATUS_NOT_SUPPORTED",          # cuBLASLt / hipBLASLt refuse the GEMM on this GPU (CUBLAS_STATUS_NOT_SUPPORTED)
+    "STATUS_ARCH_MISMATCH",          # cuBLAS: the GEMM needs a feature this GPU's architecture lacks
     "no kernel image is available",  # the op was not compiled for this GPU's architecture
 )
 
