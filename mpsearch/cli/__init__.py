@@ -1,7 +1,8 @@
 """`mpsearch` command line: a thin argparse layer over library functions that return data.
 
 Every command that produces a result takes ``--json`` and then prints one JSON object on stdout.
-Errors print one line on stderr: exit code 2 for usage errors, 1 for failures; ``--debug`` shows the traceback.
+Errors print one line on stderr: exit code 2 for usage errors, 1 for failures; ``--debug`` shows the traceback
+(and leaves on the other libraries' import-time messages that :mod:`.noise` otherwise drops).
 
 The package: ``common`` (shared helpers), ``parser`` (every command and flag), ``commands`` (the command
 functions, imported on first use so that ``--help`` and ``--version`` import no torch), ``noise`` (other
