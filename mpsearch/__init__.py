@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-from mpsearch import _compat
-
-from mpsearch.version import __version__  # noqa: E402,F401
+from mpsearch.version import __version__
 
 # public name -> module (below mpsearch.) that defines it (imported on first use, so `import mpsearch` stays cheap)
 _LAZY = {
@@ -42,8 +40,6 @@ _SUBMODULES = ("formats", "models", "plan", "budget", "metrics", "errors", "io",
                "workflow", "demo", "evaluate")
 
 __all__ = sorted(_LAZY) + ["formats", "__version__"]
-
-_compat.install()
 
 
 def __getattr__(name):

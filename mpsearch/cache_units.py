@@ -132,7 +132,9 @@ def example_inputs(denoiser: nn.Module) -> dict | None:
 
 def compute_shares(denoiser: nn.Module, units=None, inputs: dict | None = None) -> dict[str, float | None]:
     """Fraction of one denoiser call's FLOPs (torch's FlopCounterMode: matmuls and convolutions) that each
-    unit skips on a reuse step. None for every unit when no example input can be built for the model."""
+    unit skips on a reuse step. None for every unit when no example input can be built for the model, or when
+    the model rejects the example's arguments (a TypeError or ValueError: e.g. SDXL's UNet wants added
+    conditions); any other error of the forward, out of memory included, propagates."""
     units = cache_units(denoiser) if units is None else units
     inputs = inputs if inputs is not None else example_inputs(denoiser)
     if inputs is None or not units:
@@ -142,7 +144,7 @@ def compute_shares(denoiser: nn.Module, units=None, inputs: dict | None = None) 
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             denoiser(**inputs)
-    except Exception:  # noqa: BLE001 - a model needing inputs we cannot build (e.g. SDXL's added conditions)
+    except (TypeError, ValueError):  # a model needing inputs we cannot build (e.g. SDXL's added conditions)
         return {u.name: None for u in units}
     counts = {k: sum(v.values()) for k, v in fc.get_flop_counts().items()}
     root = type(denoiser).__name__

@@ -26,6 +26,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 
 from mpsearch.errors import ModelError, UsageError
+from mpsearch.formats.kernel_errors import is_out_of_memory
 from mpsearch.runtime.checkpoint import is_checkpoint, load_quantized, read_index
 
 NUM_CLASSES = 10
@@ -236,6 +237,8 @@ def load_pipeline(name_or_path="default", device=None) -> DiffusionPipeline:
         else:
             pipe = DiffusionPipeline.from_pretrained(path, **_LOAD_KWARGS)
     except Exception as exc:  # diffusers raises many types (OSError, ValueError, EnvironmentError, ...)
+        if is_out_of_memory(exc):  # the folder is fine: the device is full
+            raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
             f"cannot load the pipeline at {path} ({type(exc).__name__}: {first}); check that it is a complete "

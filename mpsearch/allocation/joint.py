@@ -19,9 +19,7 @@ from mpsearch.cache_units import CacheUnit, compute_shares, get_unit
 from mpsearch.allocation.formulation import formulate
 from mpsearch.cache_section import validate_cache_section
 from mpsearch.profiling.cache_costs import measure_costs
-
-#: solve/schedule rounds of :func:`solve_joint` (and `mpsearch solve --rounds`)
-DEFAULT_ROUNDS = 2
+from mpsearch.allocation.defaults import DEFAULT_ROUNDS
 
 
 def resolve_full_computations(steps: int, full_computations=None, speedup=None, share=None) -> int:

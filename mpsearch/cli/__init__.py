@@ -1,10 +1,13 @@
 """`mpsearch` command line: a thin argparse layer over library functions that return data.
 
 Every command that produces a result takes ``--json`` and then prints one JSON object on stdout.
-Errors print one line on stderr: exit code 2 for usage errors, 1 for failures; ``--debug`` shows the traceback.
+Errors print one line on stderr: exit code 2 for usage errors, 1 for failures; ``--debug`` shows the traceback
+(and leaves on the other libraries' import-time messages that :mod:`.noise` otherwise drops).
 
-The package: ``common`` (shared helpers), ``parser`` (every command and flag), one module per group of
-commands (``inspecting``, ``profiling``, ``solving``, ``results``); :func:`main` runs one command.
+The package: ``common`` (shared helpers), ``parser`` (every command and flag), ``commands`` (the command
+functions, imported on first use so that ``--help`` and ``--version`` import no torch), ``noise`` (other
+libraries' import-time messages, dropped), one module per group of commands (``inspecting``, ``profiling``,
+``solving``, ``results``, ``exporting``); :func:`main` runs one command.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from mpsearch.errors import MpsearchError
+from mpsearch.cli.noise import silence_library_noise
 from mpsearch.cli.parser import build_parser
+from mpsearch.errors import MpsearchError
 
 
 @contextlib.contextmanager
@@ -43,6 +47,7 @@ def _quiet_libraries():
 
 
 def main(argv=None) -> int:
+    """Run one `mpsearch` command (``argv``: its arguments, default ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
@@ -50,6 +55,8 @@ def main(argv=None) -> int:
         if not getattr(args, "fn", None):
             build_parser().print_help()
             return 2
+        if not debug:  # before the command's module imports diffusers
+            silence_library_noise()
         with _quiet_libraries():
             return args.fn(args)
     except MpsearchError as e:

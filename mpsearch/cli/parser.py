@@ -7,12 +7,9 @@ import sys
 
 from mpsearch.version import __version__
 from mpsearch.cli.common import _Parser, _int_list, _shard, _share, _str_list
-from mpsearch.cli.exporting import cmd_export
-from mpsearch.cli.inspecting import cmd_generate, cmd_inspect
-from mpsearch.cli.profiling import cmd_profile, cmd_profile_merge
-from mpsearch.cli.results import cmd_demo, cmd_eval, cmd_report
-from mpsearch.cli.solving import cmd_solve
-from mpsearch.allocation.joint import DEFAULT_ROUNDS
+from mpsearch.cli.commands import (cmd_demo, cmd_eval, cmd_export, cmd_generate, cmd_inspect, cmd_profile,
+                                   cmd_profile_merge, cmd_report, cmd_solve)
+from mpsearch.allocation.defaults import DEFAULT_ROUNDS
 
 
 def _deprecated(new: str, *, const=None, append: bool = False):

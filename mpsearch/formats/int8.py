@@ -17,6 +17,7 @@ import torch
 from mpsearch.errors import FormatError
 from mpsearch.formats.base import (Format, Packed, amin_amax, check_finite, matrix_shape, records_grad,
                                    with_gradient_of)
+from mpsearch.formats.kernel_errors import is_unsupported
 from mpsearch.formats.patches import patch_amax, patch_view
 from mpsearch.formats.registry import register_format
 
@@ -64,7 +65,11 @@ def rescale(acc: torch.Tensor, sx: torch.Tensor, scale: torch.Tensor) -> torch.T
 
 
 def int8_matmul(qx: torch.Tensor, qw: torch.Tensor) -> torch.Tensor:
-    """Exact ``qx @ qw.T`` for int8 qx (m, k) and qw (n, k); int32 result (int64 when k is too large)."""
+    """Exact ``qx @ qw.T`` for int8 qx (m, k) and qw (n, k); int32 result (int64 when k is too large).
+
+    ``torch._int_mm`` where it has a kernel for these shapes on this device; where it has none
+    (:func:`~mpsearch.formats.kernel_errors.is_unsupported`) an exact int32 (CPU) or float64 product. Any other
+    error of ``torch._int_mm``, out of memory included, propagates."""
     k = qx.shape[1]
     if k > _INT32_SAFE_K:
         return qx.to(torch.int64) @ qw.t().to(torch.int64)
@@ -73,7 +78,9 @@ def int8_matmul(qx: torch.Tensor, qw: torch.Tensor) -> torch.Tensor:
     b = qw.reshape(1, qw.shape[0]) if k == 1 else qw.t()
     try:
         return torch._int_mm(qx, b)
-    except (RuntimeError, NotImplementedError):
+    except RuntimeError as e:  # NotImplementedError included
+        if not is_unsupported(e):  # out of memory, a launch failure, a bug: not a missing kernel
+            raise
         if qx.device.type == "cpu":
             return qx.to(torch.int32) @ b.to(torch.int32)
         # integer matmul is not implemented on every accelerator; float64 sums of int8 products are exact

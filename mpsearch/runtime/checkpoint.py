@@ -34,6 +34,7 @@ import yaml
 
 from mpsearch.errors import ModelError, PlanError
 from mpsearch.formats import Packed
+from mpsearch.formats.kernel_errors import is_out_of_memory
 from mpsearch.io import apply_umask_tree, atomic_write_text, staging_folder
 from mpsearch.models import describe, get_denoiser, measured_bytes
 from mpsearch.plan import Plan
@@ -331,6 +332,8 @@ def load_quantized(folder, device=None, *, pipeline_class=None, **from_pretraine
     try:
         pipe = (pipeline_class or DiffusionPipeline).from_pretrained(folder, **{component: denoiser}, **kwargs)
     except Exception as exc:  # diffusers raises many types
+        if is_out_of_memory(exc):  # the folder is fine: the device is full
+            raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot load the other components of {folder} ({type(exc).__name__}: {first}); "
                               f"copy the folder again or {_REEXPORT}") from exc

@@ -20,6 +20,7 @@ import torch
 
 from mpsearch.errors import PlanError
 from mpsearch.formats import get_format
+from mpsearch.formats.kernel_errors import is_out_of_memory
 from mpsearch.models import describe, get_denoiser, measured_bytes
 from mpsearch.offload import has_offloaded_weights
 from mpsearch.plan import Plan
@@ -248,6 +249,8 @@ def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto", ignore_weights
         try:
             packed[a.name] = get_format(a.format).quantize(module.weight.detach())
         except Exception as e:  # noqa: BLE001 - re-raised with the layer's name
+            if is_out_of_memory(e):  # not a problem of the plan: the caller may free memory and retry
+                raise
             raise PlanError(f"cannot quantize layer {a.name!r} to {a.format}: {e}") from None
         report.append(LayerReport(a.name, a.format, before, packed[a.name].nbytes))
     originals = {name: modules[name] for name in packed}

@@ -335,3 +335,13 @@ def test_cli_export_then_generate_matches_generate_with_the_plan(tmp_path, capsy
     assert main(["export", "--model", "default", "--plan", str(tmp_path / "nope.yaml"), "--out",
                  str(tmp_path / "r")]) == 1
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+def test_out_of_memory_loading_the_other_components_is_not_blamed_on_the_folder(copy, monkeypatch):
+    from mpsearch.pipeline import DigitsPipeline
+
+    def full(cls, *a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(DigitsPipeline, "from_pretrained", classmethod(full))
+    with pytest.raises(torch.OutOfMemoryError):
+        checkpoint.load_quantized(copy, pipeline_class=DigitsPipeline)

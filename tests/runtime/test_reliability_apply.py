@@ -11,7 +11,7 @@ import torch
 import yaml
 
 import mpsearch
-from mpsearch import executor
+from mpsearch.runtime import executor
 from mpsearch.runtime import install as install_mod
 from mpsearch.cli import main
 from mpsearch.errors import PlanError

@@ -23,6 +23,24 @@ derives from the packed weight (tinygemm's int4pack, swizzled NVFP4 scales) are 
 and kept there, as plain attributes, never as parameters or buffers: the plan's bytes, ``measured_bytes``,
 ``state_dict`` and the exported checkpoint hold the packed form only (see :mod:`.cuda` for what each layout
 costs on the device).
+
+**Choosing the kernel paths: one switch.** ``MPSEARCH_KERNELS`` (read when this package is imported; from
+Python, :func:`select_kernels` with the same text) takes comma-separated settings, each with its default:
+
+* ``kernels=on|reference`` (or the word ``reference``): ``reference`` runs every call on the formats'
+  reference arithmetic, no kernel at all (as :func:`reference_only` does inside a block);
+* ``int8=auto|int_mm|float``: the CPU's INT8 product on ``torch._int_mm`` or on the float GEMM; ``auto``
+  measures which is faster, once per process (:mod:`.cpu_int8`). Both are bit for bit the reference;
+* ``nvfp4=auto|bf16|float``: the CPU's NVFP4 W4A4 GEMM in bfloat16 (NVFP4 hardware's arithmetic, not bit for
+  bit) or float32 (bit for bit); ``auto`` measures (:mod:`.cpu_nvfp4`);
+* ``jit=on|off``: numba's one-pass loops for the 4-bit formats, or torch's (:mod:`.cpu_jit`); bit for bit.
+
+E.g. ``MPSEARCH_KERNELS=int8=float,nvfp4=float,jit=off`` (every CPU path bit for bit, nothing measured).
+Unset, every path is as it was measured or defaulted. A setting made in Python (:func:`select_kernels`,
+``cpu_int8_path()``, ``cpu_nvfp4_path()``, the ``using_*`` blocks) wins over the environment; the older
+per-kernel variables ``MPSEARCH_CPU_INT8``, ``MPSEARCH_CPU_NVFP4`` and ``MPSEARCH_JIT`` are still read and win
+over ``MPSEARCH_KERNELS``. :func:`kernel_settings` says what is in force. The ``torch.compile`` kernels stay
+opt-in from Python (``mpsearch.compiled_cpu_kernels()``: they compile for tens of seconds and need a compiler).
 """
 
 from __future__ import annotations
@@ -35,11 +53,15 @@ import torch.nn.functional as F
 from mpsearch.errors import FormatError
 from mpsearch.formats import Packed, get_format
 from mpsearch.formats.base import records_grad
-from mpsearch.runtime.kernels.choice import toggled
+from mpsearch.runtime.kernels.choice import (
+    env_kernel_setting,
+    parse_kernel_spec,
+    toggled,
+)
 
 OPS = ("linear", "patches", "conv")
 _KERNELS: dict[tuple[str, str, bool, str], Callable] = {}
-_STATE = {"enabled": True, "cache_layouts": True}
+_STATE = {"enabled": env_kernel_setting("kernels") != "reference", "cache_layouts": True}
 
 
 def register_kernel(device: str, formats, *, activations: bool, op: str = "linear"):
@@ -133,7 +155,9 @@ def _version(t: torch.Tensor) -> int:
     be modified in place outside it, so their storage identifies them."""
     try:
         return t._version
-    except RuntimeError:
+    except RuntimeError as e:
+        if "do not track version counter" not in str(e):  # torch: "Inference tensors do not track version counter."
+            raise
         return -1
 
 
@@ -181,9 +205,35 @@ def conv(x: torch.Tensor, packed: Packed, bias, stride, padding, dilation, *,
 
 # Importing the device modules registers their kernels (they need no device to import).
 from mpsearch.runtime.kernels import cuda  # noqa: E402,F401  isort: skip
-from mpsearch.runtime.kernels import cpu_int8  # noqa: E402,F401  isort: skip
+from mpsearch.runtime.kernels import cpu_int8  # noqa: E402  isort: skip
 from mpsearch.runtime.kernels import cpu_decode  # noqa: E402,F401  isort: skip
-from mpsearch.runtime.kernels import cpu_nvfp4  # noqa: E402,F401  isort: skip  (after cpu_decode: it wraps it)
+from mpsearch.runtime.kernels import cpu_nvfp4  # noqa: E402  isort: skip  (after cpu_decode: it wraps it)
+from mpsearch.runtime.kernels import cpu_jit  # noqa: E402  isort: skip  (imported by cpu_decode)
+
+
+def select_kernels(spec: str) -> dict[str, str]:
+    """Set this process's kernel paths from ``spec``, in ``MPSEARCH_KERNELS``'s syntax (e.g.
+    ``"int8=float,jit=off"``; see the module docstring); settings it does not name stay. Returns
+    :func:`kernel_settings`. UsageError (nothing changed) on an unknown setting."""
+    settings = parse_kernel_spec(spec, where="select_kernels")
+    for key, value in settings.items():
+        if key == "kernels":
+            _STATE["enabled"] = value == "on"
+        elif key == "int8":
+            cpu_int8.cpu_int8_path(value)
+        elif key == "nvfp4":
+            cpu_nvfp4.cpu_nvfp4_path(value)
+        elif key == "jit":
+            cpu_jit._STATE["enabled"] = value == "on"
+    return kernel_settings()
+
+
+def kernel_settings() -> dict[str, str]:
+    """The kernel paths in force now, as ``MPSEARCH_KERNELS`` names them (``auto`` paths not yet measured)."""
+    return {"kernels": "on" if _STATE["enabled"] else "reference", "int8": cpu_int8.cpu_int8_path(),
+            "nvfp4": cpu_nvfp4.cpu_nvfp4_path(), "jit": "on" if cpu_jit._STATE["enabled"] else "off"}
+
 
 __all__ = ["register_kernel", "unregister_kernel", "registered", "find_kernel", "reference_only",
-           "layouts_per_call", "LayoutCache", "linear", "patches", "conv", "OPS"]
+           "layouts_per_call", "LayoutCache", "linear", "patches", "conv", "OPS", "select_kernels",
+           "kernel_settings"]

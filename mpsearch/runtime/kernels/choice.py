@@ -1,4 +1,7 @@
-"""Switches the CPU kernels read: a path chosen by measurement (or by the user), and flags set inside a block."""
+"""Switches the CPU kernels read: a path chosen by measurement (or by the user), and flags set inside a block.
+
+The one user-facing switch is the environment variable ``MPSEARCH_KERNELS`` (:data:`KERNELS_ENV`), parsed by
+:func:`parse_kernel_spec`; :func:`mpsearch.runtime.kernels.select_kernels` sets the same from Python."""
 
 from __future__ import annotations
 
@@ -8,6 +11,39 @@ import time
 from typing import Callable
 
 from mpsearch.errors import UsageError
+from mpsearch.formats.kernel_errors import is_unsupported
+
+#: the environment variable that selects the kernel paths (see :mod:`mpsearch.runtime.kernels`)
+KERNELS_ENV = "MPSEARCH_KERNELS"
+#: its keys and the values each takes (the first is the default)
+KERNEL_SWITCHES: dict[str, tuple[str, ...]] = {
+    "kernels": ("on", "reference"),      # reference: every call runs the formats' reference arithmetic
+    "int8": ("auto", "int_mm", "float"),  # the CPU's INT8 product (mpsearch.runtime.kernels.cpu_int8)
+    "nvfp4": ("auto", "bf16", "float"),   # the CPU's NVFP4 W4A4 GEMM (mpsearch.runtime.kernels.cpu_nvfp4)
+    "jit": ("on", "off"),                 # numba's loops for the 4-bit formats (mpsearch.runtime.kernels.cpu_jit)
+}
+
+
+def parse_kernel_spec(spec: str, where: str = KERNELS_ENV) -> dict[str, str]:
+    """``{key: value}`` of a comma-separated spec such as ``"int8=float,jit=off"`` (keys and values:
+    :data:`KERNEL_SWITCHES`; the bare word ``reference`` is ``kernels=reference``); UsageError on anything else."""
+    out: dict[str, str] = {}
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=") if item != "reference" else ("kernels", "=", "reference")
+        key, value = key.strip(), value.strip()
+        if not sep or key not in KERNEL_SWITCHES or value not in KERNEL_SWITCHES[key]:
+            expected = ", ".join(f"{k}={'|'.join(v)}" for k, v in KERNEL_SWITCHES.items())
+            raise UsageError(f"{where}: {item!r} is not a kernel setting; expected comma-separated {expected} "
+                             "(or the word reference), e.g. int8=float,jit=off")
+        out[key] = value
+    return out
+
+
+def env_kernel_setting(key: str) -> str | None:
+    """The value ``MPSEARCH_KERNELS`` gives ``key`` (None: not set there)."""
+    return parse_kernel_spec(os.environ.get(KERNELS_ENV, "")).get(key)
 
 
 @contextlib.contextmanager
@@ -34,18 +70,22 @@ def best_time(fn: Callable, n: int = 3) -> float:
 
 def faster_than(fast: Callable, reference: Callable, factor: float = 1.5) -> bool:
     """Whether ``fast()`` runs at least ``factor`` times faster than ``reference()`` (best of three each); an
-    op that raises (not implemented here) is not faster."""
+    op with no kernel here (:func:`~mpsearch.formats.kernel_errors.is_unsupported`) is not faster; any other
+    error, out of memory included, propagates."""
     try:
         t_fast = best_time(fast)
-    except (RuntimeError, NotImplementedError):
+    except RuntimeError as e:  # NotImplementedError included
+        if not is_unsupported(e):
+            raise
         return False
     return t_fast * factor < best_time(reference)
 
 
 class PathChoice:
     """A CPU path: ``fast``, ``"float"`` or ``"auto"`` (``measure()`` decides, once per process). Set in
-    Python (:meth:`path`, :meth:`using`) or by the environment variable ``env``; ``state`` holds the path set
-    (None: the environment's) and the measurement (None until measured)."""
+    Python (:meth:`path`, :meth:`using`), else by the environment variable ``env`` (the older per-kernel
+    variable), else by ``MPSEARCH_KERNELS``'s entry ``what=...``; ``state`` holds the path set (None: the
+    environment's) and the measurement (None until measured)."""
 
     def __init__(self, what: str, env: str, fast: str, measure: Callable[[], bool]):
         self.what, self.env, self.fast, self._measure = what, env, fast, measure
@@ -58,7 +98,7 @@ class PathChoice:
             if path not in self.paths:
                 raise UsageError(f"unknown CPU {self.what} path {path!r}; use one of {', '.join(self.paths)}")
             self.state["path"] = path
-        return self.state["path"] or os.environ.get(self.env, "auto")
+        return self.state["path"] or os.environ.get(self.env) or env_kernel_setting(self.what) or "auto"
 
     @contextlib.contextmanager
     def using(self, path: str):
@@ -84,4 +124,5 @@ class PathChoice:
         return path == self.fast or (path == "auto" and self.faster())
 
 
-__all__ = ["toggled", "best_time", "faster_than", "PathChoice"]
+__all__ = ["KERNELS_ENV", "KERNEL_SWITCHES", "parse_kernel_spec", "env_kernel_setting", "toggled", "best_time",
+           "faster_than", "PathChoice"]

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from mpsearch.formats.base import amin_amax
 from mpsearch.formats.patches import patch_amax
 from mpsearch.formats.int8 import _INT32_SAFE_K, int8_matmul, quantize_with_scales, rescale, row_scales
+from mpsearch.formats.kernel_errors import is_unsupported
 from mpsearch.runtime.kernels import register_kernel
 from mpsearch.runtime.kernels.choice import PathChoice, faster_than
 from mpsearch.runtime.kernels.workspace import reusable, rows_per_block, scratch
@@ -72,7 +73,9 @@ def _product_into(qx, qw, sx, scale, dtype, resc):
     acc = scratch("int8_acc", (qx.shape[0], qw.shape[0]), torch.int32, qx.device)
     try:
         torch._int_mm(qx, qw.t(), out=acc)
-    except (RuntimeError, NotImplementedError):
+    except RuntimeError as e:  # NotImplementedError included; out of memory and other failures propagate
+        if not is_unsupported(e):
+            raise
         return _product(qx, qw, sx, scale, dtype, resc)
     return resc(acc, sx, scale).to(dtype)
 

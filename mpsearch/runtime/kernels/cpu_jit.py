@@ -17,7 +17,8 @@ over the data, run on all of torch's threads:
 Every loop computes in float32 with the reference's operations in the reference's order (numba does not
 contract a multiply and an add into an FMA without ``fastmath``), so each output equals the torch kernel's bit
 for bit (``tests/runtime/test_cpu_jit.py``). Compiled on first use (about a second each; cached on disk
-where numba can write). Off where numba is not installed, with ``MPSEARCH_JIT=0`` / :func:`using_jit`, and in
+where numba can write). Off where numba is not installed, with ``MPSEARCH_KERNELS=jit=off`` (or the older
+``MPSEARCH_JIT=0``) / :func:`using_jit`, and in
 a process forked from one that may have run them (GNU OpenMP is not fork-safe): the torch kernels run.
 """
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from mpsearch.formats.nvfp4 import SIGNED_GRID
-from mpsearch.runtime.kernels.choice import toggled
+from mpsearch.runtime.kernels.choice import env_kernel_setting, toggled
 
 try:
     import numba
@@ -37,7 +38,8 @@ try:
 except ImportError:  # pragma: no cover - numba is a declared dependency
     numba = None
 
-_STATE = {"enabled": os.environ.get("MPSEARCH_JIT", "1") != "0", "forked": False}
+_STATE = {"enabled": (os.environ["MPSEARCH_JIT"] != "0" if "MPSEARCH_JIT" in os.environ
+                     else env_kernel_setting("jit") != "off"), "forked": False}
 
 _F0, _F1, _F6 = np.float32(0.0), np.float32(1.0), np.float32(6.0)
 _TENSOR_DIV = np.float32(6.0 * 448.0)  # E2M1_MAX * E4M3_MAX
@@ -116,7 +118,9 @@ def _njit(**options):
     def decorate(fn):
         try:
             return njit(cache=True, error_model="numpy", **options)(fn)
-        except RuntimeError:
+        except RuntimeError as e:  # numba: "cannot cache function 'f': no locator available for file ..."
+            if "cannot cache function" not in str(e):
+                raise
             return njit(cache=False, error_model="numpy", **options)(fn)
     return decorate
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from mpsearch.formats import get_format, matrix_shape
 from mpsearch.formats.int8 import _INT32_SAFE_K, quantize_with_scales, rescale, row_scales
+from mpsearch.formats.kernel_errors import is_unsupported
 from mpsearch.formats.nvfp4 import nvfp4_encode
 from mpsearch.formats.packing import pack_nibbles
 from mpsearch.formats.patches import patch_amax, patch_view
@@ -39,7 +40,9 @@ from mpsearch.runtime.kernels import LayoutCache, register_kernel
 from mpsearch.runtime.kernels.layouts import (TINYGEMM_GROUPS, as_fp4x2, inner_k_tiles, swap_nibbles,
                                               tinygemm_scales_and_zeros, to_blocked)
 
-_UNSUPPORTED: set = set()  # (kernel name, device) pairs that raised once: the reference runs from then on
+# (kernel name, device) pairs whose op said once that it has no kernel there (formats.kernel_errors.is_unsupported):
+# the reference runs from then on. Any other error (out of memory included) propagates and turns nothing off.
+_UNSUPPORTED: set = set()
 
 
 def _round_up(a: int, b: int) -> int:
@@ -68,7 +71,7 @@ def _int8_product(qx_int8, packed, sx, cache, dtype):
     qw, scale = packed.tensors["qweight"], packed.tensors["scale"]
     try:
         acc = int_mm_padded(qx_int8, qw, cache)
-    except (RuntimeError, NotImplementedError) as e:
+    except RuntimeError as e:  # NotImplementedError included
         _give_up("int_mm", qx_int8.device, e)
         return None
     return rescale(acc, sx, scale).to(dtype)
@@ -124,7 +127,7 @@ def int4_linear(x2, packed, *, cache=None, dequantized=None):
     try:
         wpack, sz = cache.get("tinygemm", (t["qweight"], t["scale"], t["zero"]), lambda: tinygemm_layout(packed))
         return torch._weight_int4pack_mm(x2.contiguous(), wpack, group, sz)
-    except (RuntimeError, NotImplementedError) as e:  # e.g. a build or device without tinygemm (sm < 80)
+    except RuntimeError as e:  # e.g. a build or device without tinygemm (sm < 80)
         _give_up("tinygemm", x2.device, e)
         return None
 
@@ -161,12 +164,16 @@ def nvfp4_linear(x2, packed, *, cache=None, dequantized=None):
         codes, bs8, s_t = nvfp4_encode(x2)
         return nvfp4_scaled_mm(as_fp4x2(pack_nibbles(codes)), to_blocked(bs8), s_t, b_codes, b_blocked,
                                t["tensor_scale"], x2.dtype)
-    except (RuntimeError, NotImplementedError, TypeError) as e:
-        _give_up("scaled_mm_fp4", x2.device, e)
+    except (RuntimeError, TypeError) as e:
+        _give_up("scaled_mm_fp4", x2.device, e, signature_mismatch=isinstance(e, TypeError))
         return None
 
 
-def _give_up(name: str, device, err) -> None:
+def _give_up(name: str, device, err: BaseException, signature_mismatch: bool = False) -> None:
+    """Turn kernel ``name`` off on ``device`` if ``err`` says it has no kernel there (or, with
+    ``signature_mismatch``, a ``TypeError``: this torch's op takes other arguments); else re-raise ``err``."""
+    if not (signature_mismatch or is_unsupported(err)):
+        raise err
     _UNSUPPORTED.add((name, torch.device(device)))
     warnings.warn(f"mpsearch: the {name} kernel failed on {device} ({str(err).splitlines()[0]}); the reference "
                   "arithmetic runs instead from now on", RuntimeWarning, stacklevel=3)
