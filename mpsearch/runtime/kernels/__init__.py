@@ -40,7 +40,7 @@ Unset, every path is as it was measured or defaulted. A setting made in Python (
 ``cpu_int8_path()``, ``cpu_nvfp4_path()``, the ``using_*`` blocks) wins over the environment; the older
 per-kernel variables ``MPSEARCH_CPU_INT8``, ``MPSEARCH_CPU_NVFP4`` and ``MPSEARCH_JIT`` are still read and win
 over ``MPSEARCH_KERNELS``. :func:`kernel_settings` says what is in force. The ``torch.compile`` kernels stay
-opt-in from Python (``mpsearch.compiled_cpu_kernels()``: they compile for tens of seconds and need a compiler).
+opt-in from Python (``mpsearch.compiled_cpu_kernels()``: they compile on first use and need a compiler).
 """
 
 from __future__ import annotations
