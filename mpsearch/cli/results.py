@@ -19,8 +19,8 @@ def cmd_eval(args) -> int:
 
     pipe = pipeline.load_pipeline(args.model)
     plan = Plan.load(args.plan) if args.plan else None
-    conditions = _conditions(args)
-    text = bool(args.prompts)  # the bundled classifier knows the digits only
+    conditions = _conditions(args, pipe)
+    text = any(isinstance(c, str) for c in conditions)  # the bundled classifier knows the digits only
     scores = evaluate_plan(pipe, plan, labels=tuple(conditions), seeds=tuple(args.seeds), steps=args.steps,
                            classifier=None if text else load_classifier())
     data = {"plan": args.plan, **scores}

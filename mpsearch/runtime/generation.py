@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from mpsearch.errors import UsageError
+from mpsearch.prompts import DEFAULT_EVAL_PROMPTS, builtin_prompts
 
 
 @contextlib.contextmanager
@@ -32,6 +33,15 @@ def takes_prompts(pipe) -> bool:
     except (TypeError, ValueError):
         return False
     return "prompt" in params and "class_labels" not in params
+
+
+def default_conditions(pipe) -> list:
+    """What to generate or evaluate on when no conditions are given: for a text-to-image ``pipe``, the first
+    ``DEFAULT_EVAL_PROMPTS`` held-out prompts of the built-in set (never calibration ones, :mod:`mpsearch.prompts`);
+    else the class labels 0..9."""
+    if takes_prompts(pipe):
+        return list(builtin_prompts(DEFAULT_EVAL_PROMPTS, "heldout").prompts)
+    return list(range(10))
 
 
 def _conditions(pipe, conditions) -> tuple[str, list]:
