@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from mpsearch.errors import UsageError
@@ -60,7 +60,7 @@ def read_prompts(path) -> list[str]:
     return prompts
 
 
-@lru_cache(maxsize=None)
+@cache
 def _part(part: str) -> tuple[str, ...]:
     if part not in PARTS:
         raise UsageError(f"unknown part {part!r} of the built-in prompts; expected one of {', '.join(PARTS)}")

@@ -16,7 +16,7 @@ from mpsearch.prompts import builtin_prompts, builtin_set
 
 pytest.importorskip("transformers")
 
-from mpsearch.testing import build_tiny_pipeline, save_tiny_pipeline  # noqa: E402
+from mpsearch.testing import build_tiny_pipeline, save_tiny_pipeline
 
 CALIBRATION_4 = list(builtin_prompts(4).prompts)
 HELDOUT_4 = list(builtin_prompts(4, "heldout").prompts)
@@ -53,7 +53,7 @@ def test_cli_profile_with_a_file_records_no_builtin_set(pixart_dir, tmp_path, ca
 
 def test_python_profile_takes_none_a_count_a_list_or_a_path(tmp_path, capsys):
     pipe = build_tiny_pipeline("pixart-sigma")
-    kw = dict(steps=1, seeds=(0,), size=16)
+    kw = {"steps": 1, "seeds": (0,), "size": 16}
     prof = mpsearch.profile(pipe, out=tmp_path / "a.sqlite", **kw)
     assert prof.config["prompts"] == CALIBRATION_4 and "built-in" in prof.config["prompt_set"]
     assert "prompts: 4 of the built-in calibration set" in capsys.readouterr().err

@@ -1,14 +1,20 @@
 """The built-in prompt set (calibration and held-out parts) and how --prompts N|FILE chooses prompts."""
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from mpsearch.cli import main
 from mpsearch.errors import UsageError
-from mpsearch.prompts import (DEFAULT_PROFILE_PROMPTS, PROMPTS_DIR, builtin_prompts, builtin_set, choose_prompts,
-                              read_prompts)
+from mpsearch.prompts import (
+    DEFAULT_PROFILE_PROMPTS,
+    PROMPTS_DIR,
+    builtin_prompts,
+    builtin_set,
+    choose_prompts,
+    read_prompts,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
