@@ -33,6 +33,11 @@ def cmd_demo(args) -> int:
     return _emit(args, result, result.pop("lines") if not args.json else [])
 
 
+def _default_conditions(args) -> bool:
+    """Neither --prompts nor --labels of one's own: the report picks (held-out prompts for text-to-image)."""
+    return args.prompts is None and list(args.labels) == list(range(10))
+
+
 def cmd_report(args) -> int:
 
     profile = args.profile
@@ -40,7 +45,7 @@ def cmd_report(args) -> int:
         profile = default_profile_path(args.model)
     log = None if args.json else (lambda msg: print(f"report: {msg}", file=sys.stderr))
     r = report(profile, args.plan or [], None if args.no_images else args.model, out=args.out,
-               labels=_conditions(args), seed=args.seed, steps=args.steps, metric=args.metric, points=args.points,
+               labels=None if _default_conditions(args) else _conditions(args), seed=args.seed, steps=args.steps, metric=args.metric, points=args.points,
                log=log)
     data = {"folder": r["folder"], "index": r["index"], "files": r["files"],
             "profile": str(profile) if profile else None, "variants": [v.to_dict() for v in r["data"].variants]}

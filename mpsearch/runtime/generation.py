@@ -36,9 +36,9 @@ def takes_prompts(pipe) -> bool:
 
 
 def default_conditions(pipe) -> list:
-    """What to generate or evaluate on when no conditions are given: for a text-to-image ``pipe``, the first
-    ``DEFAULT_EVAL_PROMPTS`` held-out prompts of the built-in set (never calibration ones, :mod:`mpsearch.prompts`);
-    else the class labels 0..9."""
+    """What to generate or evaluate on when no conditions are given: for a text-to-image ``pipe``,
+    ``DEFAULT_EVAL_PROMPTS`` held-out prompts of the built-in set (seed 0; never calibration ones,
+    :mod:`mpsearch.prompts`); else the class labels 0..9."""
     if takes_prompts(pipe):
         return list(builtin_prompts(DEFAULT_EVAL_PROMPTS, "heldout").prompts)
     return list(range(10))

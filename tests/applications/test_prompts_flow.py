@@ -107,3 +107,16 @@ def test_eval_defaults_to_heldout_prompts(pixart_dir, capsys, monkeypatch):
     seen.clear()
     mpsearch.evaluate.evaluate_plan(build_tiny_pipeline("pixart-sigma"), None, steps=1, seeds=(1000,))
     assert seen == [HELDOUT_4, HELDOUT_4]
+
+
+def test_report_images_default_to_heldout_prompts(pixart_dir, tmp_path, capsys, monkeypatch):
+    seen = []
+
+    def fake_generate(pipe, conditions, *a, **k):
+        seen.append(list(conditions))
+        return np.zeros((len(conditions), 16, 16, 3))
+
+    monkeypatch.setattr("mpsearch.report.gather.generate", fake_generate)
+    assert main(["report", "--model", pixart_dir, "--steps", "1", "--points", "0", "--out", str(tmp_path / "r")]) == 0
+    assert seen and all(c == HELDOUT_4 for c in seen)  # full precision and each uniform baseline
+    assert "report: prompts: 4 of the built-in held-out set (seed 0)" in capsys.readouterr().err
