@@ -49,12 +49,12 @@ def _conditions(pipe, conditions) -> tuple[str, list]:
     conditions = list(conditions)
     if not conditions:
         raise UsageError("no conditions to generate: give at least one label (e.g. --labels 0,1,2) "
-                         "or, for a text-to-image pipeline, prompts (--prompts FILE)")
+                         "or, for a text-to-image pipeline, prompts (--prompts FILE or N)")
     text = takes_prompts(pipe)
     if text:
         if not all(isinstance(c, str) for c in conditions):
             raise UsageError(f"{type(pipe).__name__} is conditioned on text: give prompts (--prompts FILE, one "
-                             f"per line), not class labels {conditions[:5]}")
+                             f"per line, or --prompts N built-in ones), not class labels {conditions[:5]}")
         return "prompt", conditions
     if any(isinstance(c, str) for c in conditions):
         raise UsageError(f"{type(pipe).__name__} is class-conditional: give class labels (--labels 0,1,2), "
