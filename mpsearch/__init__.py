@@ -37,7 +37,7 @@ _LAZY = {
 }
 _SUBMODULES = ("formats", "models", "plan", "budget", "metrics", "errors", "io", "cache_units", "runtime",
                "profiling", "allocation", "pipeline", "classifier", "cli", "report", "archs", "testing",
-               "workflow", "demo", "evaluate")
+               "workflow", "demo", "evaluate", "prompts")
 
 __all__ = sorted(_LAZY) + ["formats", "__version__"]
 

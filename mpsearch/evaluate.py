@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from mpsearch.runtime.generation import generate_many
+from mpsearch.runtime.generation import default_conditions, generate_many
 from mpsearch.metrics import class_agreement, frechet_distance, mse, psnr, ssim
 from mpsearch.models import measured_bytes
 from mpsearch.classifier import to_tensor
@@ -39,12 +39,16 @@ def image_scores(ref: np.ndarray, out: np.ndarray, labels=None, classifier=None)
     return scores
 
 
-def evaluate_plan(pipe, plan, *, labels=tuple(range(10)), seeds=HELD_OUT_SEEDS, steps: int = 20,
+def evaluate_plan(pipe, plan, *, labels=None, seeds=HELD_OUT_SEEDS, steps: int = 20,
                   guidance_scale=None, reference: np.ndarray | None = None, classifier=None) -> dict:
     """Generate with ``plan`` applied (None: full precision) and score against full precision.
 
+    ``labels``: class ids or prompts; None: ``mpsearch.runtime.generation.default_conditions`` (held-out built-in
+    prompts for a text-to-image pipeline, never calibration ones; else the labels 0..9).
     Returns scores plus ``bytes`` (measured) and ``seconds`` (generation wall time).
     """
+    if labels is None:
+        labels = tuple(default_conditions(pipe))
 
     if reference is None:
         reference = generate_many(pipe, labels, seeds, steps, guidance_scale)

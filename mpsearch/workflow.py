@@ -6,6 +6,7 @@ It sits above both stages because it needs both; each stage on its own imports o
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from mpsearch.allocation.endtoend import run_end_to_end
@@ -13,6 +14,7 @@ from mpsearch.errors import UsageError
 from mpsearch.profiling.distributed import detect_launch, distributed_session, pipeline_device, profile_sharded
 from mpsearch.profiling.profiler import (ProfileConfig, default_profile_path, make_config, model_name,
                                          profile_local)
+from mpsearch.profiling.prompting import calibration_config
 from mpsearch.profiling.store import Profile
 
 __all__ = ["profile", "ProfileConfig", "default_profile_path"]
@@ -24,6 +26,9 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
     """Profile ``pipe``'s denoiser (local tier) into the SQLite file ``out`` and return the loaded Profile.
 
     ``options`` override fields of the default ProfileConfig (labels, seeds, steps, guidance_scale, formats).
+    ``prompts`` (text-to-image pipelines) may be a number of built-in calibration prompts, a prompts file or a
+    list of prompts; left out, a text-to-image pipeline is profiled on ``mpsearch.prompts.DEFAULT_PROFILE_PROMPTS``
+    prompts of the built-in calibration set (:mod:`mpsearch.profiling.prompting`), said on stderr with ``progress``.
     Running again with the same file and configuration resumes: finished units are skipped.
     ``shard=(i, n)`` measures only the units u with u % n == i.
 
@@ -40,6 +45,10 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
     digit classifier's condition score and feature space (e.g. a local CLIP or Inception model).
     """
     launch = detect_launch() if distributed is not False else None
+    config, said = calibration_config(pipe, config, options)
+    options = {}
+    if said and progress and (launch is None or launch.rank == 0):
+        print(said, file=sys.stderr)
     if distributed and launch is None:
         raise UsageError("distributed=True, but this process is not part of a distributed launch (WORLD_SIZE > 1); "
                          "start it with torchrun or accelerate launch, or leave distributed unset")

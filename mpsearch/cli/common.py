@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import sys
 
 from mpsearch.errors import UsageError
+from mpsearch.prompts import DEFAULT_EVAL_PROMPTS, choose_prompts, prompt_spec
+from mpsearch.prompts import read_prompts  # noqa: F401 (re-exported: it lived here)
+from mpsearch.runtime.generation import takes_prompts
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,22 +50,28 @@ def _share(text: str) -> float:
     return v
 
 
-def read_prompts(path) -> list[str]:
-    """Prompts from a text file: one per line; blank lines and lines starting with '#' are skipped."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"cannot read the prompts file {p} ({e.strerror or e}); give a text file, one prompt per line") from None
-    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise UsageError(f"the prompts file {p} has no prompts; write one prompt per line")
-    return prompts
+def _prompts_arg(text: str) -> int | str:
+    """--prompts: a whole number N (N built-in prompts) or a prompts file."""
+    spec = prompt_spec(text)
+    if spec == 0:
+        raise argparse.ArgumentTypeError("expected a number of built-in prompts of at least 1, or a prompts file "
+                                         "(one prompt per line)")
+    return spec
 
 
-def _conditions(args) -> list:
-    """The prompts (--prompts FILE) if given, else the class labels."""
-    return read_prompts(args.prompts) if getattr(args, "prompts", None) else list(args.labels)
+def _conditions(args, pipe=None) -> list:
+    """The prompts (--prompts FILE, or --prompts N built-in held-out prompts) if given; else, for a text-to-image
+    ``pipe`` given no --labels of its own (the default labels), the first built-in held-out prompts; else the
+    class labels. Built-in prompts are said on stderr (unless --json)."""
+    spec = getattr(args, "prompts", None)
+    chosen = choose_prompts(spec, "heldout") if spec is not None else None
+    if chosen is None and pipe is not None and list(args.labels) == list(range(10)) and takes_prompts(pipe):
+        chosen = choose_prompts(None, "heldout", default=DEFAULT_EVAL_PROMPTS)
+    if chosen is None:
+        return list(args.labels)
+    if chosen.builtin and not getattr(args, "json", False):
+        print(chosen.line, file=sys.stderr)
+    return list(chosen.prompts)
 
 
 def _emit(args, data: dict, lines: list[str]) -> int:

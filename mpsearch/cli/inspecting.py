@@ -71,7 +71,7 @@ def cmd_generate(args) -> int:
     pipe = pipeline.load_pipeline(args.model)
     with apply_plan(pipe, plan, ignore_weights=args.ignore_weights) if plan else contextlib.nullcontext():
         t0 = time.perf_counter()
-        conditions = _conditions(args)
+        conditions = _conditions(args, pipe)
         images = generate(pipe, conditions, args.seed, args.steps, args.guidance, args.size)
         seconds = time.perf_counter() - t0
         nbytes = measured_bytes(pipe)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from mpsearch.version import __version__
-from mpsearch.cli.common import _Parser, _int_list, _shard, _share, _str_list
+from mpsearch.cli.common import _Parser, _int_list, _prompts_arg, _shard, _share, _str_list
 from mpsearch.cli.commands import (cmd_demo, cmd_eval, cmd_export, cmd_generate, cmd_inspect, cmd_profile,
                                    cmd_profile_merge, cmd_report, cmd_solve)
 from mpsearch.allocation.defaults import DEFAULT_ROUNDS
@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--steps", type=int, default=20)
     sp.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
-    sp.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (text-to-image pipelines)")
+    sp.add_argument("--prompts", metavar="N|FILE", type=_prompts_arg,
+                    help="text prompts (text-to-image pipelines): N built-in held-out prompts, or a file, one "
+                    "per line (default: 4 built-in held-out prompts)")
     sp.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the pipeline's)")
     sp.add_argument("--out", default="out", help="folder for the PNGs")
 
@@ -79,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--labels", type=_int_list, default=None, help="default 0,...,9")
     sp.add_argument("--seeds", type=_int_list, default=None, help="default 0,1")
     sp.add_argument("--guidance", type=float, default=None)
-    sp.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (replaces --labels)")
+    sp.add_argument("--prompts", metavar="N|FILE", type=_prompts_arg,
+                    help="text prompts (replace --labels): N of the built-in calibration set, or a file, one "
+                    "per line (default for a text-to-image pipeline: 4 built-in)")
     sp.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the pipeline's)")
     sp.add_argument("--shard", type=_shard, default=(0, 1), help="measure only shard i of n (i/n); under torchrun "
                     "or accelerate launch each rank takes its shard by itself and rank 0 merges")
@@ -184,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--plan", help="plan YAML (omit for full precision)")
     sp.add_argument("--labels", type=_int_list, default=list(range(10)))
     sp.add_argument("--seeds", type=_int_list, default=[1000, 1001])
-    sp.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (replaces --labels)")
+    sp.add_argument("--prompts", metavar="N|FILE", type=_prompts_arg,
+                    help="text prompts (replace --labels): N of the built-in held-out set, or a file, one "
+                    "per line (default for a text-to-image pipeline: 4 built-in)")
     sp.add_argument("--steps", type=int, default=20)
 
     sp = add("demo", cmd_demo, "the whole flow on the embedded default: profile, solve, compare with uniform formats")
@@ -197,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="report", help="folder for index.html and its PNGs (an older report there "
                     "is replaced)")
     sp.add_argument("--labels", type=_int_list, default=list(range(10)), help="class labels of the image grid")
-    sp.add_argument("--prompts", metavar="FILE", help="text prompts, one per line (replaces --labels)")
+    sp.add_argument("--prompts", metavar="N|FILE", type=_prompts_arg,
+                    help="text prompts (replace --labels): N of the built-in held-out set, or a file, one "
+                    "per line (default for a text-to-image pipeline: 4 built-in)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--steps", type=int, default=None, help="denoising steps (default: the plans' cache schedule, "
                     "else 20)")

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 from mpsearch.errors import UsageError
-from mpsearch.cli.common import _emit, read_prompts
+from mpsearch.cli.common import _emit
+from mpsearch.prompts import choose_prompts
 from mpsearch import pipeline
 
 from mpsearch.profiling.distributed import detect_launch, distributed_session, launch_device
 from mpsearch.profiling.estimate import estimate_profile
 from mpsearch.profiling.latency import measure_latency
 from mpsearch.profiling.profiler import ProfileConfig
+from mpsearch.profiling.prompting import calibration_config
 from mpsearch.profiling.store import merge_profiles, stored_config, write_latency
 from mpsearch.workflow import default_profile_path, profile
 
@@ -36,10 +39,18 @@ def _profile_config(args, out):
     value = lambda name: getattr(args, name) if getattr(args, name) is not None else _PROFILE_DEFAULTS[name]  # noqa: E731
     return ProfileConfig(labels=tuple(value("labels")), seeds=tuple(value("seeds")), steps=value("steps"),
                          guidance_scale=args.guidance, formats=tuple(value("formats")),
-                         prompts=tuple(read_prompts(args.prompts)) if args.prompts else (), size=args.size,
+                         **_prompts(args.prompts), size=args.size,
                          sample=args.sample, replay_steps=args.replay_steps, replay_batch=args.replay_batch,
                          replay_rows=args.replay_rows,
                          replay_checkpoint=getattr(args, "replay_checkpoint", None) or False)
+
+
+def _prompts(spec) -> dict:
+    """ProfileConfig's prompt fields for --prompts N|FILE (N: that many of the built-in calibration set)."""
+    chosen = choose_prompts(spec, "calibration")
+    if chosen is None:
+        return {"prompts": ()}
+    return {"prompts": chosen.prompts, "prompt_set": chosen.source if chosen.builtin else None}
 
 
 def _latency_lines(summary: dict) -> list[str]:
@@ -79,6 +90,10 @@ def cmd_profile(args) -> int:
 def _profile(args, out, config, device, session) -> int:
     main = session is None or session.is_main
     pipe = pipeline.load_pipeline(args.model, device=None if device.type == "cpu" else device)
+    # a text-to-image pipeline given neither --prompts nor --labels: the built-in calibration set
+    config, said = calibration_config(pipe, config, {}, labels_given=args.labels is not None)
+    if main and not args.json and (said or config.prompt_set):
+        print(said or f"prompts: {config.prompt_set}", file=sys.stderr)
     if args.estimate:
         e = estimate_profile(pipe, config)
         line = (f"estimated profile of {args.model}: {e['seconds']:.1f} s, peak memory {e['peak_bytes'] / 1e9:.2f} GB "

@@ -19,8 +19,8 @@ def cmd_eval(args) -> int:
 
     pipe = pipeline.load_pipeline(args.model)
     plan = Plan.load(args.plan) if args.plan else None
-    conditions = _conditions(args)
-    text = bool(args.prompts)  # the bundled classifier knows the digits only
+    conditions = _conditions(args, pipe)
+    text = any(isinstance(c, str) for c in conditions)  # the bundled classifier knows the digits only
     scores = evaluate_plan(pipe, plan, labels=tuple(conditions), seeds=tuple(args.seeds), steps=args.steps,
                            classifier=None if text else load_classifier())
     data = {"plan": args.plan, **scores}
@@ -33,6 +33,11 @@ def cmd_demo(args) -> int:
     return _emit(args, result, result.pop("lines") if not args.json else [])
 
 
+def _default_conditions(args) -> bool:
+    """Neither --prompts nor --labels of one's own: the report picks (held-out prompts for text-to-image)."""
+    return args.prompts is None and list(args.labels) == list(range(10))
+
+
 def cmd_report(args) -> int:
 
     profile = args.profile
@@ -40,7 +45,7 @@ def cmd_report(args) -> int:
         profile = default_profile_path(args.model)
     log = None if args.json else (lambda msg: print(f"report: {msg}", file=sys.stderr))
     r = report(profile, args.plan or [], None if args.no_images else args.model, out=args.out,
-               labels=_conditions(args), seed=args.seed, steps=args.steps, metric=args.metric, points=args.points,
+               labels=None if _default_conditions(args) else _conditions(args), seed=args.seed, steps=args.steps, metric=args.metric, points=args.points,
                log=log)
     data = {"folder": r["folder"], "index": r["index"], "files": r["files"],
             "profile": str(profile) if profile else None, "variants": [v.to_dict() for v in r["data"].variants]}

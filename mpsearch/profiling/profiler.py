@@ -67,11 +67,17 @@ class ProfileConfig:
     #: saving for half the recomputation). How the profile runs, not what it measures: not stored, a run
     #: resumes with or without it
     replay_checkpoint: bool | float = False
+    #: where ``prompts`` came from when they are built in (e.g. "4 of the built-in calibration set (seed 0)",
+    #: :mod:`mpsearch.prompts`); None for the user's own prompts. Stored, so a resume with other prompts is refused
+    prompt_set: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
         if any(not isinstance(p, str) or not p.strip() for p in self.prompts):
             raise UsageError(f"prompts must be non-empty strings, got {list(self.prompts)[:5]}")
+        if self.prompt_set is not None and (not isinstance(self.prompt_set, str) or not self.prompts):
+            raise UsageError(f"prompt_set names where the prompts came from and needs prompts, got "
+                             f"{self.prompt_set!r} with {len(self.prompts)} prompts; leave prompt_set out")
         object.__setattr__(self, "labels", () if self.prompts else tuple(int(l) for l in self.labels))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "formats", tuple(self.formats))
@@ -116,7 +122,8 @@ class ProfileConfig:
         d.pop("replay_checkpoint")
         if not self.prompts:  # label-conditioned profiles keep the keys they always had (resume stays valid)
             d.pop("prompts")
-        for key in ("size", "sample", "replay_steps", "replay_batch", "replay_rows"):  # absent when unset: older files resume
+        for key in ("size", "sample", "replay_steps", "replay_batch", "replay_rows",
+                    "prompt_set"):  # absent when unset: older files resume
             if d[key] is None:
                 d.pop(key)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -26,8 +26,9 @@ from mpsearch.models import describe, measured_bytes
 from mpsearch.pipeline import load_pipeline
 from mpsearch.plan import Plan
 from mpsearch.profiling.store import LOCAL_METRICS, Profile
+from mpsearch.prompts import builtin_prompts
 from mpsearch.runtime.executor import apply_plan
-from mpsearch.runtime.generation import generate
+from mpsearch.runtime.generation import default_conditions, generate
 
 __all__ = ["gather_report"]
 
@@ -53,14 +54,15 @@ def _variant_from_plan(name: str, kind: str, plan, source=None) -> Variant:
                    formats=plan.format_counts(), cache=cache, cache_label=label)
 
 
-def gather_report(profile=None, plans=(), model=None, *, labels=tuple(range(10)), seed: int = 0,
+def gather_report(profile=None, plans=(), model=None, *, labels=None, seed: int = 0,
                   steps: int | None = None, metric: str = "auto", points: int = 12, images: bool = True,
                   uniform_formats=None, log: Callable[[str], None] | None = None) -> ReportData:
     """Collect a report's data.
 
     ``profile``: a Profile or its path (None: no heatmaps, no frontier). ``plans``: plan files or Plan objects.
     ``model``: a pipeline object or a name/folder for ``load_pipeline`` (None: no images). Images use
-    ``labels`` (class ids or prompts), one ``seed`` and ``steps`` steps (default: the plans' cache schedule
+    ``labels`` (class ids or prompts; None: ``mpsearch.runtime.generation.default_conditions``, held-out built-in
+    prompts for a text-to-image pipeline, else 0..9), one ``seed`` and ``steps`` steps (default: the plans' cache schedule
     length, else 20). ``points``: budgets of the Pareto sweep. ``uniform_formats``: the uniform baselines
     (default: the profile's formats, or every primary format).
     """
@@ -158,6 +160,10 @@ def gather_report(profile=None, plans=(), model=None, *, labels=tuple(range(10))
     if not loaded:
         data.notes.append("no plan given (--plan): the plan-along-the-network and cache sections are left out")
     if pipe is not None:
+        if labels is None:
+            labels = default_conditions(pipe)
+            if labels and isinstance(labels[0], str):
+                say(builtin_prompts(len(labels), "heldout").line)
         _gather_images(data, pipe, plan_objects, list(labels), seed, steps, say)
     elif images and model is None:
         data.notes.append("no model given: the report has no images")

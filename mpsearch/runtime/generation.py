@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from mpsearch.errors import UsageError
+from mpsearch.prompts import DEFAULT_EVAL_PROMPTS, builtin_prompts
 
 
 @contextlib.contextmanager
@@ -34,17 +35,26 @@ def takes_prompts(pipe) -> bool:
     return "prompt" in params and "class_labels" not in params
 
 
+def default_conditions(pipe) -> list:
+    """What to generate or evaluate on when no conditions are given: for a text-to-image ``pipe``,
+    ``DEFAULT_EVAL_PROMPTS`` held-out prompts of the built-in set (seed 0; never calibration ones,
+    :mod:`mpsearch.prompts`); else the class labels 0..9."""
+    if takes_prompts(pipe):
+        return list(builtin_prompts(DEFAULT_EVAL_PROMPTS, "heldout").prompts)
+    return list(range(10))
+
+
 def _conditions(pipe, conditions) -> tuple[str, list]:
     """('prompt', [str]) or ('class_labels', [int]) for ``pipe``, or a UsageError naming the right option."""
     conditions = list(conditions)
     if not conditions:
         raise UsageError("no conditions to generate: give at least one label (e.g. --labels 0,1,2) "
-                         "or, for a text-to-image pipeline, prompts (--prompts FILE)")
+                         "or, for a text-to-image pipeline, prompts (--prompts FILE or N)")
     text = takes_prompts(pipe)
     if text:
         if not all(isinstance(c, str) for c in conditions):
             raise UsageError(f"{type(pipe).__name__} is conditioned on text: give prompts (--prompts FILE, one "
-                             f"per line), not class labels {conditions[:5]}")
+                             f"per line, or --prompts N built-in ones), not class labels {conditions[:5]}")
         return "prompt", conditions
     if any(isinstance(c, str) for c in conditions):
         raise UsageError(f"{type(pipe).__name__} is class-conditional: give class labels (--labels 0,1,2), "

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2] / "mpsearch"
 # the core every stage may use; ``classifier`` is the shipped digit classifier, the default feature space of the
 # content and quality metrics (model weights like a metric's, importing nothing but errors)
 CORE = {"formats", "models", "offload", "layer_types", "plan", "budget", "metrics", "errors", "io", "version", "cache_units",
-        "cache_section", "classifier"}
+        "cache_section", "classifier", "prompts"}
 STAGES = {"runtime": 1, "profiling": 2, "allocation": 3}
 APPLICATION = 4
 
