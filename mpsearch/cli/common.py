@@ -8,8 +8,6 @@ import sys
 
 from mpsearch.errors import UsageError
 from mpsearch.prompts import DEFAULT_EVAL_PROMPTS, choose_prompts, prompt_spec
-from mpsearch.prompts import read_prompts  # noqa: F401 (re-exported: it lived here)
-from mpsearch.runtime.generation import takes_prompts
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +63,8 @@ def _conditions(args, pipe=None) -> list:
     class labels. Built-in prompts are said on stderr (unless --json)."""
     spec = getattr(args, "prompts", None)
     chosen = choose_prompts(spec, "heldout") if spec is not None else None
+    from mpsearch.runtime.generation import takes_prompts  # imports torch: only for commands that have a pipe
+
     if chosen is None and pipe is not None and list(args.labels) == list(range(10)) and takes_prompts(pipe):
         chosen = choose_prompts(None, "heldout", default=DEFAULT_EVAL_PROMPTS)
     if chosen is None:
