@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mpsearch import pipeline
 from mpsearch.budget import format_bytes
-from mpsearch.cli.common import _emit
+from mpsearch.cli.common import emit
 from mpsearch.plan import Plan
 from mpsearch.runtime.checkpoint import export, read_manifest
 
@@ -21,4 +21,4 @@ def cmd_export(args) -> int:
     ratio = f" ({manifest.bytes / fp_bytes:.0%} of full precision)" if fp_bytes else ""
     lines = [f"wrote {out}: {manifest.denoiser_class} packed to {format_bytes(manifest.bytes)}{ratio}; "
              f"load it with `mpsearch generate --model {out}` or mpsearch.load_pipeline({str(out)!r})"]
-    return _emit(args, data, lines)
+    return emit(args, data, lines)

@@ -6,7 +6,7 @@ import contextlib
 import time
 from pathlib import Path
 
-from mpsearch.cli.common import _conditions, _emit, _table
+from mpsearch.cli.common import condition_list, emit, text_table
 from mpsearch.cli.solving import _cache_units
 from mpsearch.archs import arch_report
 from mpsearch.budget import format_bytes
@@ -34,14 +34,14 @@ def cmd_inspect(args) -> int:
     data["cache_units"] = _cache_units(pipeline.load_pipeline(args.model))
     rows = [[l.name, l.kind, "x".join(map(str, l.shape)), l.role.value, ",".join(l.eligible)] for l in info.layers]
     lines = [f"{info.denoiser_class} ({args.model}), {len(info.layers)} candidate layers, fingerprint {info.fingerprint}"]
-    lines += _table(rows, ["layer", "kind", "shape", "role", "eligible"])
+    lines += text_table(rows, ["layer", "kind", "shape", "role", "eligible"])
     lines += ["", f"fixed (never quantized): {format_bytes(info.fixed_bytes)}"]
     lines += [f"uniform {f:6s}: {format_bytes(b)} ({b:,} B)" for f, b in uniform.items()]
     lines += [f"smallest possible: {format_bytes(lo)} ({lo:,} B); largest: {format_bytes(hi)} ({hi:,} B)"]
     lines += [f"cache unit {u['name']} ({u['kind']}: {', '.join(u['modules'])}): "
               + (f"{u['share']:.0%} of a step's FLOPs" if u["share"] is not None else "share of compute unknown")
               for u in data["cache_units"]]
-    return _emit(args, data, lines)
+    return emit(args, data, lines)
 
 
 def _inspect_arch(args) -> int:
@@ -49,17 +49,17 @@ def _inspect_arch(args) -> int:
     r = arch_report(args.arch, dtype=args.dtype)
     lines = [f"{r['title']} ({r['arch']}): {r['class']}, {r['params']:,} parameters, {r['dtype']}, "
              f"{r['layers']} candidate layers; built on the meta device from {r['source']}", ""]
-    lines += _table([[f, format_bytes(b), f"{b:,}"] for f, b in r["uniform_bytes"].items()],
+    lines += text_table([[f, format_bytes(b), f"{b:,}"] for f, b in r["uniform_bytes"].items()],
                     ["uniform", "size", "bytes"])
     lines += ["", f"smallest possible: {format_bytes(r['min_bytes'])}; with the default pins: "
               f"{format_bytes(r['min_bytes_default_pins'])}; largest: {format_bytes(r['max_bytes'])}", ""]
-    lines += _table([[b["budget"], "yes" if b["feasible"] else "no", "yes" if b["feasible_default_pins"] else "no",
+    lines += text_table([[b["budget"], "yes" if b["feasible"] else "no", "yes" if b["feasible_default_pins"] else "no",
                       "yes" if b["fits_fp"] else "no"] for b in r["budgets"]],
                     ["budget", "feasible", "with default pins", "fits unquantized"])
-    lines += [""] + _table([[role, v["layers"], f"{v['params']:,}", format_bytes(v["fp_bytes"])]
+    lines += [""] + text_table([[role, v["layers"], f"{v['params']:,}", format_bytes(v["fp_bytes"])]
                             for role, v in sorted(r["roles"].items(), key=lambda kv: -kv[1]["params"])],
                            ["role", "layers", "params", "size"])
-    return _emit(args, r, lines)
+    return emit(args, r, lines)
 
 
 def cmd_generate(args) -> int:
@@ -71,7 +71,7 @@ def cmd_generate(args) -> int:
     pipe = pipeline.load_pipeline(args.model)
     with apply_plan(pipe, plan, ignore_weights=args.ignore_weights) if plan else contextlib.nullcontext():
         t0 = time.perf_counter()
-        conditions = _conditions(args, pipe)
+        conditions = condition_list(args, pipe)
         images = generate(pipe, conditions, args.seed, args.steps, args.guidance, args.size)
         seconds = time.perf_counter() - t0
         nbytes = measured_bytes(pipe)
@@ -90,4 +90,4 @@ def cmd_generate(args) -> int:
         name = f"{i:03d}_prompt.png" if isinstance(label, str) else f"{i:03d}_label{label}.png"
         paths.append(str(atomic_write_bytes(out / name, buf.getvalue())))
     data = {"images": paths, "plan": args.plan, "denoiser_bytes": nbytes, "seconds": seconds}
-    return _emit(args, data, [f"wrote {len(paths)} images to {out} ({seconds:.2f} s, denoiser {nbytes:,} B)"])
+    return emit(args, data, [f"wrote {len(paths)} images to {out} ({seconds:.2f} s, denoiser {nbytes:,} B)"])

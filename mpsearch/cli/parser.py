@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from mpsearch.version import __version__
-from mpsearch.cli.common import _Parser, _int_list, _prompts_arg, _shard, _share, _str_list
+from mpsearch.cli.arguments import Parser, int_list, prompts_arg, shard, share, str_list
 from mpsearch.cli.commands import (cmd_demo, cmd_eval, cmd_export, cmd_generate, cmd_inspect, cmd_profile,
                                    cmd_profile_merge, cmd_report, cmd_solve)
 from mpsearch.allocation.defaults import DEFAULT_ROUNDS
@@ -32,10 +32,10 @@ def _deprecated(new: str, *, const=None, append: bool = False):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="mpsearch", description="Mixed-precision bit allocation and cache scheduling for diffusers models.")
+    p = Parser(prog="mpsearch", description="Mixed-precision bit allocation and cache scheduling for diffusers models.")
     p.add_argument("--version", action="version", version=f"mpsearch {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
 
     def add(name, fn, help_):
         sp = sub.add_parser(name, help=help_, description=help_)
@@ -56,11 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--plan", help="plan YAML to apply")
     sp.add_argument("--ignore-weights", action="store_true",
                     help="apply the plan even if the model's weights differ from those it was made from")
-    sp.add_argument("--labels", type=_int_list, default=list(range(10)), help="comma-separated class labels")
+    sp.add_argument("--labels", type=int_list, default=list(range(10)), help="comma-separated class labels")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--steps", type=int, default=20)
     sp.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
-    sp.add_argument("--prompts", metavar="N|FILE", type=_prompts_arg,
+    sp.add_argument("--prompts", metavar="N|FILE", type=prompts_arg,
                     help="text prompts (text-to-image pipelines): N built-in held-out prompts, or a file, one "
                     "per line (default: 4 built-in held-out prompts)")
     sp.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the pipeline's)")
@@ -76,16 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("profile", cmd_profile, "measure per-layer, per-format, per-step sensitivity (local tier)")
     sp.add_argument("--model", default="default", help=model_help)
     sp.add_argument("--out", help="profile file (default profiles/<model>.sqlite); an existing one is resumed")
-    sp.add_argument("--formats", type=_str_list, default=None, help="default int8,nvfp4,int4")
+    sp.add_argument("--formats", type=str_list, default=None, help="default int8,nvfp4,int4")
     sp.add_argument("--steps", type=int, default=None, help="default 20")
-    sp.add_argument("--labels", type=_int_list, default=None, help="default 0,...,9")
-    sp.add_argument("--seeds", type=_int_list, default=None, help="default 0,1")
+    sp.add_argument("--labels", type=int_list, default=None, help="default 0,...,9")
+    sp.add_argument("--seeds", type=int_list, default=None, help="default 0,1")
     sp.add_argument("--guidance", type=float, default=None)
-    sp.add_argument("--prompts", metavar="N|FILE", type=_prompts_arg,
+    sp.add_argument("--prompts", metavar="N|FILE", type=prompts_arg,
                     help="text prompts (replace --labels): N of the built-in calibration set, or a file, one "
                     "per line (default for a text-to-image pipeline: 4 built-in)")
     sp.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the pipeline's)")
-    sp.add_argument("--shard", type=_shard, default=(0, 1), help="measure only shard i of n (i/n); under torchrun "
+    sp.add_argument("--shard", type=shard, default=(0, 1), help="measure only shard i of n (i/n); under torchrun "
                     "or accelerate launch each rank takes its shard by itself and rank 0 merges")
     sp.add_argument("--device", choices=("cpu", "cuda"), default=None,
                     help="where to profile (default: cpu; under torchrun or accelerate launch cuda:LOCAL_RANK when "
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--replay-rows", type=int, default=None, metavar="R",
                     help="replay only R rows of each denoiser call's batch, drawn at random and scaled up (1: one "
                     "half of a guidance batch): an unbiased estimate for R/batch of the replay's time")
-    sp.add_argument("--replay-checkpoint", nargs="?", type=_share, const=1.0, default=None, metavar="SHARE",
+    sp.add_argument("--replay-checkpoint", nargs="?", type=share, const=1.0, default=None, metavar="SHARE",
                     help="checkpoint the denoiser's blocks in the replay: the same numbers, one block's "
                     "activations instead of all, for about one more forward pass per replayed call; SHARE in "
                     "(0, 1]: checkpoint that share of the blocks (default 1: all)")
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "file without configuration options, the file's configuration is used")
     sp.add_argument("--latency-min-time", type=float, default=0.05, metavar="S",
                     help="with --latency: least run time of each timing, seconds (default 0.05)")
-    merge = sp.add_subparsers(dest="profile_command", parser_class=_Parser, metavar="merge")
+    merge = sp.add_subparsers(dest="profile_command", parser_class=Parser, metavar="merge")
     help_ = "merge shard files (--shard i/n) of one profile into one file, atomically"
     mp = merge.add_parser("merge", help=help_, description=help_)
     mp.set_defaults(fn=cmd_profile_merge)
@@ -181,14 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "sqlite:///studies/<profile>.db); share it to run workers on several machines")
     sp.add_argument("--sampler", default="nsga2", choices=("nsga2", "tpe"), help="with --search optuna")
     sp.add_argument("--search-steps", type=int, default=8, help="with --search optuna: denoising steps per trial")
-    sp.add_argument("--search-seeds", type=_int_list, default=[500], help="with --search optuna: seeds per trial")
+    sp.add_argument("--search-seeds", type=int_list, default=[500], help="with --search optuna: seeds per trial")
 
     sp = add("eval", cmd_eval, "score a plan against full precision on held-out seeds")
     sp.add_argument("--model", default="default", help=model_help)
     sp.add_argument("--plan", help="plan YAML (omit for full precision)")
-    sp.add_argument("--labels", type=_int_list, default=list(range(10)))
-    sp.add_argument("--seeds", type=_int_list, default=[1000, 1001])
-    sp.add_argument("--prompts", metavar="N|FILE", type=_prompts_arg,
+    sp.add_argument("--labels", type=int_list, default=list(range(10)))
+    sp.add_argument("--seeds", type=int_list, default=[1000, 1001])
+    sp.add_argument("--prompts", metavar="N|FILE", type=prompts_arg,
                     help="text prompts (replace --labels): N of the built-in held-out set, or a file, one "
                     "per line (default for a text-to-image pipeline: 4 built-in)")
     sp.add_argument("--steps", type=int, default=20)
@@ -202,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default="default", help=model_help + "; images are generated with it")
     sp.add_argument("--out", default="report", help="folder for index.html and its PNGs (an older report there "
                     "is replaced)")
-    sp.add_argument("--labels", type=_int_list, default=list(range(10)), help="class labels of the image grid")
-    sp.add_argument("--prompts", metavar="N|FILE", type=_prompts_arg,
+    sp.add_argument("--labels", type=int_list, default=list(range(10)), help="class labels of the image grid")
+    sp.add_argument("--prompts", metavar="N|FILE", type=prompts_arg,
                     help="text prompts (replace --labels): N of the built-in held-out set, or a file, one "
                     "per line (default for a text-to-image pipeline: 4 built-in)")
     sp.add_argument("--seed", type=int, default=0)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from mpsearch.errors import UsageError
-from mpsearch.cli.common import _emit
+from mpsearch.cli.common import emit
 from mpsearch.prompts import choose_prompts
 from mpsearch import pipeline
 
@@ -100,7 +100,7 @@ def _profile(args, out, config, device, session) -> int:
                 f"on {e['device']} ({e['units']} units x {e['steps']} steps, {e['replayed_steps']} replayed; from a "
                 f"one-step run: setup {e['setup_seconds']:.1f} s, {e['step_seconds']:.2f} s per step, "
                 f"{e['replay_seconds']:.2f} s per replayed step)")
-        return _emit(args, {"model": args.model, "estimate": e, **{k: e[k] for k in ("seconds", "peak_bytes")}}, [line])
+        return emit(args, {"model": args.model, "estimate": e, **{k: e[k] for k in ("seconds", "peak_bytes")}}, [line])
     t0 = time.perf_counter()
     prof = profile(pipe, config, out=out, shard=args.shard, progress=not args.json and main,
                    end_to_end=args.end_to_end, shortlist=args.shortlist, windows=args.windows)
@@ -138,7 +138,7 @@ def _profile(args, out, config, device, session) -> int:
     if table is not None:
         lines += _latency_lines(data["latency"]) + ([] if args.latency else [
             "(the latency table was measured earlier; --latency measures it again on this machine)"])
-    return _emit(args, data, lines)
+    return emit(args, data, lines)
 
 
 def cmd_profile_merge(args) -> int:
@@ -152,4 +152,4 @@ def cmd_profile_merge(args) -> int:
     if table is not None:
         lines += [f"latency table carried over: measured on {table.device} at {table.meta.get('measured_at')} (the "
                   "latest of the inputs')"]
-    return _emit(args, data, lines)
+    return emit(args, data, lines)

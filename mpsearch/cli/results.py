@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from mpsearch.cli.common import _conditions, _emit
+from mpsearch.cli.common import condition_list, emit
 from mpsearch.classifier import load_classifier
 from mpsearch.demo import run_demo
 from mpsearch.evaluate import evaluate_plan
@@ -19,18 +19,18 @@ def cmd_eval(args) -> int:
 
     pipe = pipeline.load_pipeline(args.model)
     plan = Plan.load(args.plan) if args.plan else None
-    conditions = _conditions(args, pipe)
+    conditions = condition_list(args, pipe)
     text = any(isinstance(c, str) for c in conditions)  # the bundled classifier knows the digits only
     scores = evaluate_plan(pipe, plan, labels=tuple(conditions), seeds=tuple(args.seeds), steps=args.steps,
                            classifier=None if text else load_classifier())
     data = {"plan": args.plan, **scores}
-    return _emit(args, data, [f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in data.items()])
+    return emit(args, data, [f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in data.items()])
 
 
 def cmd_demo(args) -> int:
 
     result = run_demo(model=args.model, progress=not args.json)
-    return _emit(args, result, result.pop("lines") if not args.json else [])
+    return emit(args, result, result.pop("lines") if not args.json else [])
 
 
 def _default_conditions(args) -> bool:
@@ -45,9 +45,9 @@ def cmd_report(args) -> int:
         profile = default_profile_path(args.model)
     log = None if args.json else (lambda msg: print(f"report: {msg}", file=sys.stderr))
     r = report(profile, args.plan or [], None if args.no_images else args.model, out=args.out,
-               labels=None if _default_conditions(args) else _conditions(args), seed=args.seed, steps=args.steps, metric=args.metric, points=args.points,
+               labels=None if _default_conditions(args) else condition_list(args), seed=args.seed, steps=args.steps, metric=args.metric, points=args.points,
                log=log)
     data = {"folder": r["folder"], "index": r["index"], "files": r["files"],
             "profile": str(profile) if profile else None, "variants": [v.to_dict() for v in r["data"].variants]}
     lines = [f"report {r['index']}: {len(r['files'])} files"] + [f"note: {n}" for n in r["data"].notes]
-    return _emit(args, data, lines)
+    return emit(args, data, lines)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mpsearch.errors import UsageError
-from mpsearch.cli.common import _budget_slug, _emit, _table
+from mpsearch.cli.common import budget_slug, emit, text_table
 from mpsearch.allocation.formulation import check_compute, formulate
 from mpsearch.allocation.joint import solve_joint
 from mpsearch.allocation.pareto import pareto
@@ -75,7 +75,7 @@ def cmd_solve(args) -> int:
                          act_windows=args.act_windows, pipe=pipe)
     form = formulate(prof, None if sweeping else args.budget, **objective)
     compute_info = form.compute_info()
-    slug = _budget_slug(args.budget or f"pareto{args.pareto}") + (f"-c{_budget_slug(args.compute)}" if args.compute else "")
+    slug = budget_slug(args.budget or f"pareto{args.pareto}") + (f"-c{budget_slug(args.compute)}" if args.compute else "")
     if sweeping:
         out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{slug}"
         r = pareto(form, None if args.pareto is not None else args.budget, n=args.pareto, solver=args.solver,
@@ -83,11 +83,11 @@ def cmd_solve(args) -> int:
         points = [p.to_dict() for p in r["points"]]
         data = {"folder": str(out), "files": r["files"], "points": points, "uniform": r["uniform"],
                 "compute": compute_info}
-        lines = _table([[format_bytes(p["budget_bytes"]), p["status"],
+        lines = text_table([[format_bytes(p["budget_bytes"]), p["status"],
                          "-" if p["total_bytes"] is None else format_bytes(p["total_bytes"]),
                          "-" if p["objective"] is None else f"{p['objective']:.4g}", "*" if p["on_frontier"] else ""]
                         for p in points], ["budget", "status", "bytes", "objective", "frontier"])
-        return _emit(args, data, lines + [f"wrote {', '.join(r['files'].values())} and {sum(1 for p in points if p['plan'])} "
+        return emit(args, data, lines + [f"wrote {', '.join(r['files'].values())} and {sum(1 for p in points if p['plan'])} "
                                           f"plans under {out}/plans"])
     report = None
     if args.search == "optuna":
@@ -102,7 +102,7 @@ def cmd_solve(args) -> int:
         compute_info = form.compute_info(form.compute.encode(plan.layers, plan.overrides))
     out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{slug}.yaml"
     plan.save(out)
-    return _emit(args, *_plan_report(args, plan, out, form, compute_info, report))
+    return emit(args, *_plan_report(args, plan, out, form, compute_info, report))
 
 
 def _plan_report(args, plan, out, form, compute_info, report) -> tuple[dict, list[str]]:
@@ -146,16 +146,16 @@ def _solve_arch(args) -> int:
     lines = [f"{args.arch} ({r['class']}) under {args.budget} ({r['budget']['bytes']:,} B), without weights:",
              f"feasible: {'yes' if r['feasible'] else 'no'} (smallest possible {format_bytes(r['min_bytes'])}, "
              f"unquantized {format_bytes(r['fp_bytes'])})", ""]
-    lines += _table([[f, format_bytes(u["bytes"]), "fits" if u["fits"] else "-"] for f, u in r["uniform"].items()],
+    lines += text_table([[f, format_bytes(u["bytes"]), "fits" if u["fits"] else "-"] for f, u in r["uniform"].items()],
                     ["uniform plan", "size", ""])
-    lines += [""] + _table([[s["step"], format_bytes(s["bytes"]), "fits" if s["fits"] else "-"] for s in r["role_ladder"]],
+    lines += [""] + text_table([[s["step"], format_bytes(s["bytes"]), "fits" if s["fits"] else "-"] for s in r["role_ladder"]],
                            ["role-based plan", "size", ""])
     r["plan"] = None
     if assignment is not None:
         plan = Plan.from_assignment(info, assignment, budget=r["budget"],
                                     provenance={"solver": "role-ladder", "arch": args.arch, "status": "no profile",
                                                 "role_pins": r["role_pins"], "step": r["role_plan"]["step"]})
-        out = Path(args.out) if args.out else Path("plans") / f"{args.arch}-roles-{_budget_slug(args.budget)}.yaml"
+        out = Path(args.out) if args.out else Path("plans") / f"{args.arch}-roles-{budget_slug(args.budget)}.yaml"
         plan.save(out)
         r["plan"] = str(out)
         lines += ["", f"role-based plan: {r['role_plan']['step']} -> {format_bytes(r['role_plan']['bytes'])}, "
@@ -164,7 +164,7 @@ def _solve_arch(args) -> int:
         lines += ["", "no role-based plan fits this budget" + (" with the default pins (try --role-pins none)"
                                                               if r["feasible"] and role_pins is None else "")]
     lines += [f"needs a profile: {r['needs_profile']}"]
-    return _emit(args, r, lines)
+    return emit(args, r, lines)
 
 
 def _cache_units(pipe) -> list[dict]:
@@ -188,7 +188,7 @@ def _solve_with_cache(args, prof, prof_path) -> int:
     plan = solve_joint(prof, pipe, args.budget, full_computations=args.full_computations, speedup=args.speedup,
                        method=args.cache_method, unit=args.cache_unit, warmup=args.warmup,
                        max_reuse=args.max_reuse, rounds=args.rounds, solver=args.solver, **objective)
-    slug = f"{_budget_slug(args.budget)}-{args.cache_method}{sum(plan.cache['compute'])}"
+    slug = f"{budget_slug(args.budget)}-{args.cache_method}{sum(plan.cache['compute'])}"
     out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{slug}.yaml"
     plan.save(out)
     counts, c = plan.format_counts(), plan.predictions["cache"]
@@ -197,7 +197,7 @@ def _solve_with_cache(args, prof, prof_path) -> int:
             "status": plan.provenance.get("status"), "cache": plan.cache, "cache_predictions": c,
             "rounds": plan.provenance.get("cache_rounds")}
     pattern = "".join("C" if x else "." for x in plan.cache["compute"])
-    return _emit(args, data, [
+    return emit(args, data, [
         f"plan {out}: {format_bytes(plan.predicted_bytes)} ({plan.predicted_bytes:,} B) <= budget {args.budget}; "
         + ", ".join(f"{k}: {v}" for k, v in counts.items()),
         f"cache ({plan.cache['method']}, unit {plan.cache['unit']['name']}): {c['full_computations']}/{c['steps']} "

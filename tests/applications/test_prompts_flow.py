@@ -9,7 +9,7 @@ import pytest
 
 import mpsearch
 from mpsearch.cli import main
-from mpsearch.cli.common import _conditions
+from mpsearch.cli.common import condition_list
 from mpsearch.profiling.prompting import calibration_config
 from mpsearch.profiling.store import stored_config
 from mpsearch.prompts import builtin_prompts, builtin_set
@@ -69,7 +69,7 @@ def test_class_conditional_pipelines_keep_their_labels(dit_pipe):
     config, said = calibration_config(dit_pipe, None, {})
     assert said is None and config.labels == tuple(range(10)) and not config.prompts
     args = argparse.Namespace(prompts=None, labels=list(range(10)), json=True)
-    assert _conditions(args, dit_pipe) == list(range(10))
+    assert condition_list(args, dit_pipe) == list(range(10))
 
 
 def test_explicit_labels_on_a_text_pipeline_stay_an_error_naming_prompts():

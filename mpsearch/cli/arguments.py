@@ -1,0 +1,61 @@
+"""Argument types and the parser class of the command line. Light on purpose: `mpsearch --help` imports only
+this, the parser and the prompt set, never torch or diffusers."""
+
+from __future__ import annotations
+
+import argparse
+
+from mpsearch.errors import UsageError
+from mpsearch.prompts import prompt_spec
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one-line UsageError (exit code 2)."""
+
+    def error(self, message):  # one line, exit code 2
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def int_list(text: str) -> list[int]:
+    """Comma-separated integers (at least one)."""
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return vals
+
+
+def str_list(text: str) -> list[str]:
+    """Comma-separated names, blanks dropped."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def shard(text: str) -> tuple[int, int]:
+    """A shard ``i/n``."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected i/n (e.g. 0/2), got {text!r}") from None
+    return i, n
+
+
+def share(text: str) -> float:
+    """A share in (0, 1] (e.g. of the blocks to checkpoint)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], e.g. 0.5, got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], e.g. 0.5, got {text!r}")
+    return v
+
+
+def prompts_arg(text: str) -> int | str:
+    """--prompts: a whole number N (N built-in prompts) or a prompts file."""
+    spec = prompt_spec(text)
+    if spec == 0:
+        raise argparse.ArgumentTypeError("expected a number of built-in prompts of at least 1, or a prompts file "
+                                         "(one prompt per line)")
+    return spec
