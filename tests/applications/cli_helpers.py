@@ -35,12 +35,28 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def run_process(*argv: str, cwd, timeout: float = 60) -> tuple[int, str, str]:
-    """`python -m mpsearch ARGV` as a real process (raises subprocess.TimeoutExpired past ``timeout``)."""
+_CHILD = """
+import resource, signal, sys
+if {memory}:
+    resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))
+from mpsearch.cli import main
+if {deadline}:
+    signal.alarm({deadline})  # SIGALRM ends the process (exit -14) when the command runs past the deadline
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run_process(*argv: str, cwd, deadline: int = 0, memory: int = 0, timeout: float = 300) -> tuple[int, str, str]:
+    """`mpsearch ARGV` as a real process: (exit code, stdout, stderr less third-party import noise).
+
+    ``deadline``: seconds the command may run once mpsearch is imported (the process is ended by SIGALRM, exit
+    code -14, past it); ``memory``: its address-space limit in bytes (0: none); ``timeout``: a last resort for
+    the whole process, imports included (subprocess.TimeoutExpired)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "mpsearch", *map(str, argv)], cwd=cwd, env=env, capture_output=True,
-                       text=True, timeout=timeout)
+    code = _CHILD.format(deadline=int(deadline), memory=int(memory))
+    r = subprocess.run([sys.executable, "-c", code, *map(str, argv)], check=False, cwd=cwd, env=env,
+                       capture_output=True, text=True, errors="replace", timeout=timeout)
     return r.returncode, r.stdout, strip_import_noise(r.stderr)
 
 
@@ -71,14 +87,23 @@ def parse_json(out: str) -> dict:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every file under ``root`` (symlinks not followed) with its sha256, folders as "dir", links as their target."""
+    """Every entry under ``root`` (symlinks not followed): a file's sha256 (size and mtime past 64 MiB, where
+    hashing would be slow), "dir" for a folder, a link's target."""
     out = {}
     for p in sorted(Path(root).rglob("*")):
         rel = str(p.relative_to(root))
         if p.is_symlink():
             out[rel] = "link:" + os.readlink(p)
         elif p.is_file():
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+            st = p.stat()
+            if st.st_size > 64 << 20:
+                out[rel] = f"size:{st.st_size}:mtime:{st.st_mtime_ns}"
+                continue
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            out[rel] = h.hexdigest()
         else:
             out[rel] = "dir"
     return out

@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cli_helpers import exception_names, own_stderr, parse_json, run
 
 from mpsearch.cli import main
 from mpsearch.plan import Plan
 from mpsearch.runtime.checkpoint import read_manifest
-
-from cli_helpers import exception_names, own_stderr, parse_json, run
 
 MODELS = ["default", "default-unet"]
 STEPS = 3  # the least that leaves a cache schedule a choice (first and last step are always computed)
@@ -235,8 +234,9 @@ def test_text_output(flow, capsys):
 # ---------------------------------------------------------------- the tiny real architectures (slow: CI runs them)
 
 try:
-    from mpsearch.testing import TINY_BUILDERS, save_tiny_pipeline
     import transformers  # noqa: F401 - the text pipelines need it
+
+    from mpsearch.testing import TINY_BUILDERS, save_tiny_pipeline
     ARCHS = list(TINY_BUILDERS)
 except ImportError:  # pragma: no cover - depends on the environment
     ARCHS = []
