@@ -125,9 +125,7 @@ def _long_plan(d, b):
     text = (b / "plan.yaml").read_text()
     with open(d / "p.yaml", "w") as f:
         f.write(text)
-        line = "# " + "x" * 1000 + "\n"
-        for _ in range(64 * 1024):  # 64 MB
-            f.write(line)
+        f.writelines(["# " + "x" * 1000 + "\n"] * (64 * 1024))  # 64 MB
     return {"p": "p.yaml"}
 
 
@@ -179,6 +177,7 @@ PLAN_CASES = [
 
 # rows that could hang or exhaust memory on a careless reader: a real process with a deadline and a memory cap
 PLAN_PROCESS_CASES = [
+    ("plan-not-yaml-process", _plan_text(lambda t: t + "\n{{{ broken"), PLAN_GEN, 1),  # the harness's control
     ("plan-billion-laughs", _plan_text(_bomb), PLAN_GEN, 1),
     ("plan-symlink-dev-zero", _symlink("/dev/zero", "p.yaml"), PLAN_GEN, 1),
     ("plan-huge-sparse", _sparse("p.yaml", 2 << 30, b"schema_version: 1\n# "), PLAN_GEN, 1),
@@ -316,8 +315,8 @@ EXPORT_CASES = [
     ("export-model-index-list", _exported(lambda q, d: (q / "model_index.json").write_text("[1, 2]")), INSPECT_Q, 1),
     ("export-scheduler-steps-negative", _exported(_edit_json("scheduler/scheduler_config.json",
                                                              lambda c: c.update(num_train_timesteps=-5))), GEN_Q, 1),
-    ("export-scheduler-unknown-class", _exported(_edit_json("scheduler/scheduler_config.json",
-                                                            lambda c: c.update(_class_name="NoSuchScheduler"))),
+    ("export-scheduler-unknown-schedule", _exported(_edit_json("scheduler/scheduler_config.json",
+                                                               lambda c: c.update(beta_schedule="no-such"))),
      GEN_Q, 1),
     ("export-manifest-missing", _exported(lambda q, d: (q / MANIFEST).unlink()), GEN_Q, 1),
     ("export-manifest-not-json", _exported(lambda q, d: (q / MANIFEST).write_text("not json at all")), INSPECT_Q, 1),
@@ -521,7 +520,7 @@ def test_hostile_process(setup, argv, code, base, tmp_path):
 
 def test_partial_profile_solves_with_allow_partial(base, capsys, tmp_path):
     """The partial profile refused above solves when asked for explicitly (the flag the refusal names)."""
-    code, out, err = run(capsys, "solve", "--profile", base / "partial.sqlite", "--budget", "60%", "--allow-partial",
+    code, _, err = run(capsys, "solve", "--profile", base / "partial.sqlite", "--budget", "60%", "--allow-partial",
                          "--out", tmp_path / "p.yaml", "--json")
     assert code == 0, err
     Plan.load(tmp_path / "p.yaml")
