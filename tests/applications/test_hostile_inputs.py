@@ -42,7 +42,7 @@ def base(tmp_path_factory):
     another model (a tiny DiT saved as a pipeline folder)."""
     d = tmp_path_factory.mktemp("hostile-base")
     pipe = load_pipeline("default")
-    prof = profile(pipe, out=d / "prof.sqlite", steps=2, seeds=(0,), labels=(0,), progress=False)
+    prof = profile(pipe, out=d / "prof.sqlite", steps=3, seeds=(0,), labels=(0,), progress=False)
     plan = mpsearch.solve(prof, "60%")
     plan.save(d / "plan.yaml")
     export(pipe, plan, d / "q")
@@ -537,3 +537,25 @@ def test_case_counts():
     """At least 60 hostile rows, and no name used twice (the ids select single rows)."""
     names = [r[1] for r in IN_PROCESS] + [r[0] for r in PLAN_PROCESS_CASES]
     assert len(names) >= 60 and len(names) == len(set(names))
+
+
+# the commands of the tables with valid inputs: a row is refused for its own input, not for the rest of its command
+CONTROLS = [
+    ("generate-plan", lambda d, b: {"p": str(b / "plan.yaml")}, PLAN_GEN),
+    ("export-plan", lambda d, b: {"p": str(b / "plan.yaml")}, PLAN_EXPORT),
+    ("eval-plan", lambda d, b: {"p": str(b / "plan.yaml")}, PLAN_EVAL),
+    ("solve-profile", _with_profile(), SOLVE),
+    ("generate-exported", _exported(lambda q, d: None), GEN_Q),
+    ("inspect-exported", _exported(lambda q, d: None), INSPECT_Q),
+    ("solve-arch", None, [*ARCH_SOLVE, "60%"]),
+    ("solve-cache", _with_profile(), ["solve", "--profile", "{pf}", "--budget", "100%", "--full-computations", "2",
+                                      "--warmup", "1", "--out", "p.yaml"]),
+]
+
+
+@pytest.mark.parametrize("setup,argv", [c[1:] for c in CONTROLS], ids=[c[0] for c in CONTROLS])
+def test_table_commands_accept_valid_input(setup, argv, base, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *_prepare(setup, argv, tmp_path, base), "--json")
+    assert code == 0, err
+    json.loads(out)
