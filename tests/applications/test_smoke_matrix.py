@@ -3,7 +3,7 @@ the tiny real architectures. Each model is profiled once (module-scoped); every 
 from the profile (no --model where the profile knows it). Each case: exit code 0, the output exists and parses
 (plans through Plan.load), --json parses, nothing on stderr but mpsearch's own lines.
 
-    OMP_NUM_THREADS=1 python -m pytest -q tests/applications/test_smoke_matrix.py --durations=0
+    OMP_NUM_THREADS=1 python -m pytest -q tests/applications/test_smoke_matrix.py --durations=0   # -m "not slow": the defaults
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ SOLVES = {
     "bits": lambda f: ["--budget", "20bits"],
     "highs-tie-pins": lambda f: ["--budget", "70%", "--solver", "highs", "--tie", "--role-pins", "none"],
     "cache-schedule": lambda f: ["--budget", "100%", "--full-computations", "2", "--warmup", "1"],
-    "joint-quant-cache": lambda f: ["--budget", "60%", "--full-computations", "2", "--warmup", "1", "--rounds", "2"],
+    "joint-quant-cache": lambda f: ["--budget", "60%", "--full-computations", "2", "--warmup", "1", "--rounds", "1"],
     "compute-budget": lambda f: ["--budget", "60%", "--compute", "90%"],
 }
 
