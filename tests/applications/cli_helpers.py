@@ -1,0 +1,109 @@
+"""Shared helpers of the CLI smoke matrix and the hostile-input suite: run `mpsearch` in-process or as a real
+process and check that what it wrote to stderr is mpsearch's own."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from mpsearch.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Python exception class names that must never reach a user: an mpsearch message is expected instead
+EXCEPTION_NAMES = re.compile(r"\b(Traceback|[A-Z][A-Za-z]*(Error|Exception)|KeyboardInterrupt|StopIteration)\b")
+# mpsearch's own error classes may be named in a message (none is today, but they are not crashes)
+OWN_ERRORS = {"MpsearchError", "UsageError", "PlanError", "ProfileError", "ModelError", "BudgetError",
+              "FormatError", "InfeasibleError", "CheckpointError", "OptionalDependencyError"}
+
+# What third-party libraries print while they are imported in a fresh process on this machine (torchao's
+# prebuilt CUDA extensions that do not load, torch's pytree deprecation): not mpsearch's output, dropped
+# before a real process's stderr is checked. In-process runs import them once, before any test.
+_IMPORT_NOISE = re.compile(r"^(Failed to load .*torchao.*|W\d{4} .*torch/utils/_pytree\.py.*|"
+                           r"Unable to import `torchao` Tensor objects.*)$")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    """`mpsearch ARGV` in-process: (exit code, stdout, stderr)."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+_CHILD = """
+import resource, signal, sys
+if {memory}:
+    resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))
+from mpsearch.cli import main
+if {deadline}:
+    signal.alarm({deadline})  # SIGALRM ends the process (exit -14) when the command runs past the deadline
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run_process(*argv: str, cwd, deadline: int = 0, memory: int = 0, timeout: float = 300) -> tuple[int, str, str]:
+    """`mpsearch ARGV` as a real process: (exit code, stdout, stderr less third-party import noise).
+
+    ``deadline``: seconds the command may run once mpsearch is imported (the process is ended by SIGALRM, exit
+    code -14, past it); ``memory``: its address-space limit in bytes (0: none); ``timeout``: a last resort for
+    the whole process, imports included (subprocess.TimeoutExpired)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1")
+    code = _CHILD.format(deadline=int(deadline), memory=int(memory))
+    r = subprocess.run([sys.executable, "-c", code, *map(str, argv)], check=False, cwd=cwd, env=env,
+                       capture_output=True, text=True, errors="replace", timeout=timeout)
+    return r.returncode, r.stdout, strip_import_noise(r.stderr)
+
+
+def strip_import_noise(err: str) -> str:
+    return "".join(line for line in err.splitlines(keepends=True) if not _IMPORT_NOISE.match(line.rstrip("\n")))
+
+
+def own_stderr(err: str) -> list[str]:
+    """The lines of ``err`` that are not mpsearch's own (``mpsearch: ...``, ``report: ...`` or a progress bar)."""
+    foreign = []
+    for line in err.replace("\r", "\n").splitlines():
+        if not line.strip() or re.match(r"^(mpsearch|report)[: ]", line) or re.search(r"\d+%\|", line):
+            continue
+        foreign.append(line)
+    return foreign
+
+
+def exception_names(text: str) -> list[str]:
+    """Python exception class names (and "Traceback") in ``text``, other than mpsearch's own error classes."""
+    return [m.group(1) for m in EXCEPTION_NAMES.finditer(text) if m.group(1) not in OWN_ERRORS]
+
+
+def parse_json(out: str) -> dict:
+    """The one JSON object that --json prints on stdout."""
+    data = json.loads(out)
+    assert isinstance(data, dict), out
+    return data
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` (symlinks not followed): a file's sha256 (size and mtime past 64 MiB, where
+    hashing would be slow), "dir" for a folder, a link's target."""
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = "link:" + os.readlink(p)
+        elif p.is_file():
+            st = p.stat()
+            if st.st_size > 64 << 20:
+                out[rel] = f"size:{st.st_size}:mtime:{st.st_mtime_ns}"
+                continue
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            out[rel] = h.hexdigest()
+        else:
+            out[rel] = "dir"
+    return out
