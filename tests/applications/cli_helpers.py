@@ -21,13 +21,6 @@ EXCEPTION_NAMES = re.compile(r"\b(Traceback|[A-Z][A-Za-z]*(Error|Exception)|Keyb
 OWN_ERRORS = {"MpsearchError", "UsageError", "PlanError", "ProfileError", "ModelError", "BudgetError",
               "FormatError", "InfeasibleError", "CheckpointError", "OptionalDependencyError"}
 
-# What third-party libraries print while they are imported in a fresh process on this machine (torchao's
-# prebuilt CUDA extensions that do not load, torch's pytree deprecation): not mpsearch's output, dropped
-# before a real process's stderr is checked. In-process runs import them once, before any test.
-_IMPORT_NOISE = re.compile(r"^(Failed to load .*torchao.*|W\d{4} .*torch/utils/_pytree\.py.*|"
-                           r"Unable to import `torchao` Tensor objects.*)$")
-
-
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     """`mpsearch ARGV` in-process: (exit code, stdout, stderr)."""
     code = main([str(a) for a in argv])
@@ -47,7 +40,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def run_process(*argv: str, cwd, deadline: int = 0, memory: int = 0, timeout: float = 300) -> tuple[int, str, str]:
-    """`mpsearch ARGV` as a real process: (exit code, stdout, stderr less third-party import noise).
+    """`mpsearch ARGV` as a real process: (exit code, stdout, stderr).
 
     ``deadline``: seconds the command may run once mpsearch is imported (the process is ended by SIGALRM, exit
     code -14, past it); ``memory``: its address-space limit in bytes (0: none); ``timeout``: a last resort for
@@ -57,11 +50,7 @@ def run_process(*argv: str, cwd, deadline: int = 0, memory: int = 0, timeout: fl
     code = _CHILD.format(deadline=int(deadline), memory=int(memory))
     r = subprocess.run([sys.executable, "-c", code, *map(str, argv)], check=False, cwd=cwd, env=env,
                        capture_output=True, text=True, errors="replace", timeout=timeout)
-    return r.returncode, r.stdout, strip_import_noise(r.stderr)
-
-
-def strip_import_noise(err: str) -> str:
-    return "".join(line for line in err.splitlines(keepends=True) if not _IMPORT_NOISE.match(line.rstrip("\n")))
+    return r.returncode, r.stdout, r.stderr
 
 
 def own_stderr(err: str) -> list[str]:
