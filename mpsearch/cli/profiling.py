@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from mpsearch.errors import UsageError
 from mpsearch.cli.common import _emit, read_prompts
 from mpsearch import pipeline
 
+from mpsearch.profiling.auto import parse_max_memory
 from mpsearch.profiling.distributed import detect_launch, distributed_session, launch_device
 from mpsearch.profiling.estimate import estimate_profile
 from mpsearch.profiling.latency import measure_latency
@@ -68,6 +70,13 @@ def cmd_profile(args) -> int:
     if args.latency and args.shard != (0, 1):
         raise UsageError("--latency measures the whole model on this machine: merge the shards first, then run "
                          "`mpsearch profile --latency --out MERGED`")
+    if args.exact and (args.max_time is not None or args.max_memory is not None):
+        raise UsageError("--max-time and --max-memory steer the automatic mode; leave them out with --exact")
+    if args.max_memory is not None:
+        parse_max_memory(args.max_memory)  # a bad value fails before the model is loaded
+    if args.max_time is not None and not args.max_time > 0:
+        raise UsageError(f"--max-time must be a positive number of generations, got {args.max_time}; pass e.g. "
+                         "--max-time 3")
     config = _profile_config(args, out)
     if args.estimate and (args.end_to_end or args.latency or args.shard != (0, 1)):
         raise UsageError("--estimate predicts the local profile alone: leave out --end-to-end, --latency and --shard")
@@ -88,7 +97,10 @@ def _profile(args, out, config, device, session) -> int:
         return _emit(args, {"model": args.model, "estimate": e, **{k: e[k] for k in ("seconds", "peak_bytes")}}, [line])
     t0 = time.perf_counter()
     prof = profile(pipe, config, out=out, shard=args.shard, progress=not args.json and main,
-                   end_to_end=args.end_to_end, shortlist=args.shortlist, windows=args.windows)
+                   end_to_end=args.end_to_end, shortlist=args.shortlist, windows=args.windows,
+                   mode="exact" if args.exact else "auto", max_memory=args.max_memory,
+                   **({"max_time": args.max_time} if args.max_time is not None else {}),
+                   say=lambda line: print(line, file=sys.stderr, flush=True) if main else None)
     if args.latency:
 
         def latency():

@@ -67,6 +67,11 @@ class ProfileConfig:
     #: saving for half the recomputation). How the profile runs, not what it measures: not stored, a run
     #: resumes with or without it
     replay_checkpoint: bool | float = False
+    #: how the approximations were chosen: "auto" when the automatic mode chose them (recorded in the profile
+    #: with ``reason``); "exact" asks ``mpsearch.profile`` for today's exact mode; None: the default (auto)
+    mode: str | None = None
+    #: with mode "auto": why the automatic mode chose these settings (recorded)
+    reason: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -90,6 +95,9 @@ class ProfileConfig:
                              f"(0, 1], got {rc!r}; pass e.g. --replay-checkpoint 0.5")
         if not isinstance(rc, bool) and rc == 1:
             object.__setattr__(self, "replay_checkpoint", True)  # a share of 1 is every block
+        if self.mode not in (None, "auto", "exact"):
+            raise UsageError(f"mode must be 'auto' or 'exact', got {self.mode!r}; pass mode='exact' for the exact "
+                             "profile (--exact) or leave it unset for the automatic choice")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UsageError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}; "
                              "pass e.g. --seeds 0,1")
@@ -113,7 +121,12 @@ class ProfileConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.pop("replay_checkpoint")
+        auto = self.mode == "auto" and self.reason is not None  # recorded only when the auto mode chose
+        if not (auto and self.replay_checkpoint):  # how the profile runs; the auto mode's choice keeps it
+            d.pop("replay_checkpoint")
+        if not auto:
+            d.pop("mode")
+            d.pop("reason")
         if not self.prompts:  # label-conditioned profiles keep the keys they always had (resume stays valid)
             d.pop("prompts")
         for key in ("size", "sample", "replay_steps", "replay_batch", "replay_rows"):  # absent when unset: older files resume
