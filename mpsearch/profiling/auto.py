@@ -289,9 +289,9 @@ def choose_profile(pipe, config: ProfileConfig, *, max_time: float = MAX_TIME, m
         else:
             fits = [c for c in ladder if c.peak <= free]
             if not fits:
-                every = [predict(k, r, s) for k in sorted({min(k, steps) for k in _REPLAY_STEPS}, reverse=True)
-                         for r in (None, 1) for s in (_SHARES if p1 else (0.0,))]
-                ok = sorted((c for c in every if c.peak <= free), key=lambda c: c.seconds)
+                # the least approximation that would fit, the given replay settings kept where they can be
+                every = [predict(k, r, s) for k in ks for r in row_opts for s in (_SHARES if p1 else (0.0,))]
+                ok = [c for c in every if c.peak <= free]
                 hint = (f"these fit: {_flags(ok[0])} ({_gb(ok[0].peak)})" if ok else
                         "no checked setting fits: free memory, or profile fewer conditions per unit or a smaller --size")
                 raise ResourceError(f"profile: predicted peak {_gb(min(c.peak for c in ladder))} exceeds the "
