@@ -70,15 +70,16 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
     def auto():
         resumed = resume_choice(config, stored_config(out) if out.is_file() else None)
         if resumed is not None:
-            return resumed, f"profile: auto -> resuming the choice recorded in {out}: {resumed.reason}"
+            return resumed, f"profile: auto -> resuming the choice recorded in {out}: {resumed.reason}", None
         choice = choose_profile(pipe, config, max_time=max_time, max_memory=max_memory)
-        return choice.config, choice.line
+        return choice.config, choice.line, choice.forecast
 
     if launch is None:
+        forecast = None
         if mode == "auto":
-            config, line = auto()
+            config, line, forecast = auto()
             say(line)
-        loaded = profile_local(pipe, config, out=out, shard=shard, progress=progress)
+        loaded = profile_local(pipe, config, out=out, shard=shard, progress=progress, forecast=forecast)
         if e2e:
             loaded.end_to_end = tier2(loaded, progress)
         return loaded
@@ -88,7 +89,7 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
                          "torch.distributed; leave out --shard (shard=)")
     with distributed_session(pipeline_device(pipe), launch=launch) as session:
         if mode == "auto":  # rank 0 chooses, every rank profiles with its choice
-            config, line = session.on_main(auto, what="waiting for rank 0 to choose the profile's settings")
+            config, line, _ = session.on_main(auto, what="waiting for rank 0 to choose the profile's settings")
             say(line)
         loaded = profile_sharded(pipe, config, out, session, progress=progress)
         if e2e:

@@ -64,6 +64,8 @@ class AutoChoice:
     peak_bytes: int | None = None
     generation_seconds: float | None = None
     generation_peak_bytes: int | None = None
+    #: predicted seconds of a probed step and of a unit's replay (``profile_local(forecast=...)``: the bar's ETA)
+    forecast: dict | None = None
 
 
 def parse_max_memory(spec) -> tuple[int | None, float | None]:
@@ -169,6 +171,7 @@ class _Candidate:
     share: float
     seconds: float
     peak: int
+    replay: float  # seconds of one unit's replay
 
 
 def _describe(config: ProfileConfig) -> str:
@@ -271,7 +274,7 @@ def choose_profile(pipe, config: ProfileConfig, *, max_time: float = MAX_TIME, m
         replay = r * (per_row + share * (per_row_ck - per_row))
         seconds = overhead + p0["setup_seconds"] + units * (steps * p0["step_seconds"] + n * replay)
         peak = p0["peak_bytes"] + share * ((p1["peak_bytes"] if p1 else p0["peak_bytes"]) - p0["peak_bytes"])
-        return _Candidate(k, rows, share, seconds, int(peak))
+        return _Candidate(k, rows, share, seconds, int(peak), n * replay)
 
     ks = [config.replay_steps] if "replay_steps" in fixed else \
         sorted({min(k, steps) for k in _REPLAY_STEPS}, reverse=True)
@@ -309,7 +312,8 @@ def choose_profile(pipe, config: ProfileConfig, *, max_time: float = MAX_TIME, m
             f"({_secs(chosen.seconds)}), peak {_gb(chosen.peak)} ({chosen.peak / gen['peak_bytes']:.2f}x); "
             f"probe {_secs(probe_seconds)}")
     return AutoChoice(result, line, exact=False, seconds=chosen.seconds, peak_bytes=chosen.peak,
-                      generation_seconds=gen["seconds"], generation_peak_bytes=gen["peak_bytes"])
+                      generation_seconds=gen["seconds"], generation_peak_bytes=gen["peak_bytes"],
+                      forecast={"step": p0["step_seconds"], "replay": chosen.replay})
 
 
 def resume_choice(config: ProfileConfig, stored: dict | None) -> ProfileConfig | None:

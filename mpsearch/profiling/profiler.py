@@ -312,7 +312,8 @@ def default_profile_path(model: str = "default") -> Path:
 
 
 def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple[int, int] = (0, 1),
-                  progress: bool = True, timings: dict | None = None, **options) -> Profile:
+                  progress: bool = True, timings: dict | None = None, forecast: dict | None = None,
+                  **options) -> Profile:
     """Profile ``pipe``'s denoiser (local tier) into the SQLite file ``out`` and return the loaded Profile.
 
     ``options`` override fields of the default ProfileConfig (labels, seeds, steps, guidance_scale, formats).
@@ -320,10 +321,12 @@ def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard:
     ``shard=(i, n)`` measures only the units u with u % n == i.
     ``timings``, if given, receives the seconds spent building the probes (``setup``) and, per unit, in the
     probed generation (``generate``) and in the output-sensitivity replay (``replay``).
+    ``forecast`` (``{"step": s, "replay": s}``: predicted seconds of a probed step and of a unit's replay, e.g.
+    from the auto mode's probe) makes the progress bar count predicted seconds, so its ETA covers the replays.
     """
     config = make_config(config, options)
     out = Path(out) if out is not None else default_profile_path(model_name(pipe))
-    record_units(pipe, config, out, shard=shard, progress=progress, timings=timings)
+    record_units(pipe, config, out, shard=shard, progress=progress, timings=timings, forecast=forecast)
     return Profile.load(out)
 
 
@@ -366,7 +369,7 @@ def _digest(denoiser, info, path) -> str:
 
 
 def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (0, 1), skip=(),
-                 progress: bool = True, timings: dict | None = None) -> set[int]:
+                 progress: bool = True, timings: dict | None = None, forecast: dict | None = None) -> set[int]:
     """Measure shard ``(i, n)``'s units (u % n == i) into the profile file ``out``, except those already in it
     and those in ``skip`` (finished elsewhere), and return the units the file then holds.
 
@@ -385,7 +388,7 @@ def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (
         skip = set(skip)
         todo = [u for u in range(len(config.seeds)) if u % n == i and u not in done and u not in skip]
         if todo:
-            _run_units(pipe, denoiser, info, config, writer, todo, progress, timings)
+            _run_units(pipe, denoiser, info, config, writer, todo, progress, timings, forecast)
         return writer.done_units()
     except BaseException:
         # a profile that failed before finishing any unit leaves no file behind; finished units are kept
@@ -402,7 +405,21 @@ def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (
         writer.close()
 
 
-def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=None):
+def _progress_bar(units: int, steps: int, progress: bool, forecast: dict | None):
+    """The profile's bar and what a step and a unit's replay add to it: denoising steps, or with a ``forecast``
+    predicted seconds of work (replays included), so tqdm's rate and ETA follow the whole profile."""
+    if not forecast:
+        return tqdm(total=units * steps, desc="profile", unit="step", disable=not progress), 1, 0
+    step, replay = float(forecast["step"]), float(forecast["replay"])
+    total = units * (steps * step + replay)
+    digits = 0 if total >= 10 else 1
+    bar = tqdm(total=total, desc="profile", disable=not progress,
+               bar_format=f"{{l_bar}}{{bar}}| {{n:.{digits}f}}/{{total:.{digits}f}} s of predicted work "
+                          "[{elapsed}<{remaining}]")
+    return bar, step, replay
+
+
+def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=None, forecast=None):
     timings = {} if timings is None else timings
     timings.update(setup=0.0, generate=[], replay=[])
     t_setup = time.perf_counter()
@@ -423,10 +440,11 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
             handles.append(modules[block].register_forward_hook(_BlockProbe(bi, step_state, acc_ref)))
         timings["setup"] = time.perf_counter() - t_setup
         L, F, S, B = len(info.layers), len(formats), config.steps, len(info.blocks)
-        bar = tqdm(total=len(todo) * S, desc="profile", unit="step", disable=not progress)
+        bar, step_work, replay_work = _progress_bar(len(todo), S, progress, forecast)
+
         def tick(*_):
             if acc_ref[0] is not None:
-                bar.update(1)  # returns None: a forward hook that returns a value would replace the output
+                bar.update(step_work)  # returns None: a forward hook that returns a value would replace the output
 
         handles.append(denoiser.register_forward_hook(tick))
         for unit in todo:
@@ -446,6 +464,8 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
             finally:
                 recorder.paused = False
                 recorder.calls.clear()
+            if replay_work:
+                bar.update(replay_work)
             timings["generate"].append(t1 - t0)
             timings["replay"].append(time.perf_counter() - t1)
             rows = [(li, fi, s, *map(float, acc.stats[li, fi, s]))

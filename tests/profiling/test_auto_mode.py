@@ -172,3 +172,18 @@ def test_a_bad_max_memory_is_a_usage_error(bad):
 def test_mode_must_be_auto_or_exact():
     with pytest.raises(UsageError, match="mode"):
         ProfileConfig(mode="fast")
+
+
+def test_the_bar_counts_predicted_seconds_with_a_forecast(dit_pipe, tmp_path, monkeypatch):
+    from mpsearch.profiling import profiler
+
+    bar, step, replay = profiler._progress_bar(2, 3, False, {"step": 1.5, "replay": 4.0})
+    assert (bar.total, step, replay) == (2 * (3 * 1.5 + 4.0), 1.5, 4.0)
+    bar, step, replay = profiler._progress_bar(2, 3, False, None)
+    assert (bar.total, step, replay) == (6, 1, 0)  # no forecast: denoising steps, as before
+    _simulate(monkeypatch, gen=10.0)
+    seen = []
+    real = profiler._progress_bar
+    monkeypatch.setattr(profiler, "_progress_bar", lambda *a: seen.append(a[3]) or real(*a))
+    profile(dit_pipe, out=tmp_path / "p.sqlite", progress=False, say=lambda _: None, **BASE)
+    assert seen == [{"step": 1.0, "replay": 3 * 2 * 1.0}]  # 3 replayed steps x 2 rows x 1 s
