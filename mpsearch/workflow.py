@@ -46,7 +46,8 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
     caller left unset so the profile stays within ``max_time`` generations and the ``max_memory`` cap (bytes,
     ``"20GB"`` or ``"1.5x"`` a generation's peak; :func:`mpsearch.profiling.auto.choose_profile`: small models
     stay exact, without a probe), records the choice in the profile, and says it in one line (``say``, default:
-    stderr when ``progress``); a file made by the auto mode resumes with its own choice. ``"exact"`` profiles
+    stderr when ``progress``; a small model's exact profile is chosen silently); a file made by the auto mode
+    resumes with its own choice. ``"exact"`` profiles
     with the settings as given (every element, every step, unless set).
     """
     launch = detect_launch() if distributed is not False else None
@@ -72,13 +73,14 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
         if resumed is not None:
             return resumed, f"profile: auto -> resuming the choice recorded in {out}: {resumed.reason}", None
         choice = choose_profile(pipe, config, max_time=max_time, max_memory=max_memory)
-        return choice.config, choice.line, choice.forecast
+        return choice.config, (None if choice.exact else choice.line), choice.forecast  # exact: silent, as ever
 
     if launch is None:
         forecast = None
         if mode == "auto":
             config, line, forecast = auto()
-            say(line)
+            if line:
+                say(line)
         loaded = profile_local(pipe, config, out=out, shard=shard, progress=progress, forecast=forecast)
         if e2e:
             loaded.end_to_end = tier2(loaded, progress)
@@ -90,7 +92,8 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
     with distributed_session(pipeline_device(pipe), launch=launch) as session:
         if mode == "auto":  # rank 0 chooses, every rank profiles with its choice
             config, line, _ = session.on_main(auto, what="waiting for rank 0 to choose the profile's settings")
-            say(line)
+            if line:
+                say(line)
         loaded = profile_sharded(pipe, config, out, session, progress=progress)
         if e2e:
             loaded.end_to_end = session.on_main(lambda: tier2(loaded, progress),

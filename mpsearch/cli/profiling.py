@@ -121,6 +121,9 @@ def _profile(args, out, config, device, session) -> int:
             "formats": list(prof.formats), "steps": prof.steps, "units_done": len(prof.units),
             "units_total": len(config.seeds), "seconds": seconds, "digest": prof.digest,
             "processes": 1 if session is None else session.world_size}
+    if prof.config.get("mode") == "auto":  # the automatic mode chose approximations: which and why
+        data["auto"] = {k: prof.config[k] for k in ("sample", "replay_steps", "replay_batch", "replay_rows",
+                                                     "replay_checkpoint", "reason") if k in prof.config}
     lines = [f"profile {out}: {len(prof.info.layers)} layers x {len(prof.formats)} formats x "
              f"{prof.steps} steps, {len(prof.units)}/{len(config.seeds)} units ({seconds:.1f} s)"]
     if prof.end_to_end is not None:

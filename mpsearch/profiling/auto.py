@@ -37,10 +37,9 @@ from mpsearch.profiling.estimate import _PeakRSS, _rss, estimate_profile
 from mpsearch.profiling.profiler import ProfileConfig
 from mpsearch.profiling.sensitivity import replayed_steps
 from mpsearch.runtime.generation import generate
-from mpsearch.runtime.steps import first_tensor
 
-__all__ = ["AutoChoice", "EXACT_PARAMS", "MAX_TIME", "MEMORY_FACTOR", "choose_profile", "parse_max_memory",
-           "APPROXIMATIONS"]
+__all__ = ["APPROXIMATIONS", "EXACT_PARAMS", "MAX_TIME", "MEMORY_FACTOR", "AutoChoice", "choose_profile",
+           "parse_max_memory", "resume_choice"]
 
 #: below this many denoiser parameters the auto mode profiles exactly, without probing
 EXACT_PARAMS = 100_000_000
@@ -59,6 +58,7 @@ class AutoChoice:
 
     config: ProfileConfig
     line: str
+    #: exact, chosen by size without a probe (``mpsearch.profile`` then says nothing: the profile of old)
     exact: bool
     seconds: float | None = None
     peak_bytes: int | None = None
@@ -81,15 +81,15 @@ def parse_max_memory(spec) -> tuple[int | None, float | None]:
         f = float(m.group(1))
         return (None, f) if f > 0 else _bad_memory(spec)
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", s, re.IGNORECASE)
-    if not m:
-        _bad_memory(spec)
+    if m is None:
+        return _bad_memory(spec)
     units = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
              "tib": 2**40}
     n = int(float(m.group(1)) * units[m.group(2).lower()])
     return (n, None) if n > 0 else _bad_memory(spec)
 
 
-def _bad_memory(spec):
+def _bad_memory(spec) -> tuple[int | None, float | None]:
     raise UsageError(f"max memory must be a size (20GB, 16GiB) or a factor of a generation's peak (1.5x), got "
                      f"{spec!r}; pass e.g. --max-memory 20GB or --max-memory 1.5x")
 
@@ -111,7 +111,7 @@ def free_memory(device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_allocated(device))
     try:
-        import psutil
+        import psutil  # type: ignore[import-untyped]
 
         available = int(psutil.virtual_memory().available)
     except ImportError:
@@ -276,7 +276,7 @@ def choose_profile(pipe, config: ProfileConfig, *, max_time: float = MAX_TIME, m
         peak = p0["peak_bytes"] + share * ((p1["peak_bytes"] if p1 else p0["peak_bytes"]) - p0["peak_bytes"])
         return _Candidate(k, rows, share, seconds, int(peak), n * replay)
 
-    ks = [config.replay_steps] if "replay_steps" in fixed else \
+    ks: list[int] = [int(config.replay_steps or steps)] if "replay_steps" in fixed else \
         sorted({min(k, steps) for k in _REPLAY_STEPS}, reverse=True)
     row_opts = [config.replay_rows] if "replay_rows" in fixed else [None, 1]
     shares = [fixed_share] if fixed_share is not None else ([s for s in _SHARES] if p1 else [0.0])

@@ -14,7 +14,7 @@ from mpsearch.profiling import auto
 from mpsearch.profiling.store import stored_config
 from mpsearch.workflow import ProfileConfig, profile
 
-BASE = dict(labels=(0, 1), seeds=(0,), steps=3, formats=("int8", "nvfp4"))
+BASE = {"labels": (0, 1), "seeds": (0,), "steps": 3, "formats": ("int8", "nvfp4")}
 GB = 10**9
 
 
@@ -54,7 +54,9 @@ def test_small_models_stay_exact_without_a_probe(dit_pipe, tmp_path, monkeypatch
     assert a.config == e.config and "sample" not in a.config and "mode" not in a.config
     np.testing.assert_array_equal(a.stats, e.stats)
     np.testing.assert_array_equal(a.sensitivity, e.sensitivity)
-    assert len(lines) == 1 and "auto -> exact" in lines[0] and "no probe" in lines[0]
+    assert lines == []  # exact as ever: nothing more to say (errors stay one line, the demo's output the same)
+    choice = auto.choose_profile(dit_pipe, ProfileConfig(**BASE))
+    assert choice.exact and choice.config == ProfileConfig(**BASE) and "auto -> exact" in choice.line
 
 
 def test_the_embedded_default_profiles_exactly_by_default(tmp_path, capsys, monkeypatch):
@@ -187,3 +189,14 @@ def test_the_bar_counts_predicted_seconds_with_a_forecast(dit_pipe, tmp_path, mo
     monkeypatch.setattr(profiler, "_progress_bar", lambda *a: seen.append(a[3]) or real(*a))
     profile(dit_pipe, out=tmp_path / "p.sqlite", progress=False, say=lambda _: None, **BASE)
     assert seen == [{"step": 1.0, "replay": 3 * 2 * 1.0}]  # 3 replayed steps x 2 rows x 1 s
+
+
+def test_the_cli_says_the_choice_and_reports_it(tmp_path, capsys, monkeypatch):
+    _simulate(monkeypatch, gen=10.0)
+    rc = main(["profile", "--out", str(tmp_path / "p.sqlite"), "--steps", "3", "--seeds", "0", "--labels", "0,1",
+               "--json"])
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    said = [line for line in captured.err.splitlines() if line.startswith("profile: auto")]
+    assert rc == 0 and len(said) == 1 and "predicted" in said[0]
+    assert data["auto"]["sample"] == 64 and data["auto"]["replay_steps"] == 3 and "exact" in data["auto"]["reason"]
