@@ -73,7 +73,7 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
         if resumed is not None:
             return resumed, f"profile: auto -> resuming the choice recorded in {out}: {resumed.reason}", None
         choice = choose_profile(pipe, config, max_time=max_time, max_memory=max_memory)
-        return choice.config, (None if choice.exact else choice.line), choice.forecast  # exact: silent, as ever
+        return choice.config, (choice.line if choice.probed else None), choice.forecast  # small: silent, as ever
 
     if launch is None:
         forecast = None

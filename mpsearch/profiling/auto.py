@@ -58,8 +58,9 @@ class AutoChoice:
 
     config: ProfileConfig
     line: str
-    #: exact, chosen by size without a probe (``mpsearch.profile`` then says nothing: the profile of old)
-    exact: bool
+    #: whether the choice came from a probe; without one (a small model) the config is the caller's, unchanged,
+    #: and ``mpsearch.profile`` says nothing: the profile of old
+    probed: bool
     seconds: float | None = None
     peak_bytes: int | None = None
     generation_seconds: float | None = None
@@ -225,7 +226,7 @@ def choose_profile(pipe, config: ProfileConfig, *, max_time: float = MAX_TIME, m
     if params < EXACT_PARAMS:
         how = "exact" if not fixed else _describe(config)
         return AutoChoice(config, f"profile: auto -> {how} (denoiser {_count(params)} params, below "
-                          f"{_count(EXACT_PARAMS)}: exact is cheap at this size; no probe)", exact=not fixed)
+                          f"{_count(EXACT_PARAMS)}: exact is cheap at this size; no probe)", probed=False)
     gen = measure_generation(pipe, config)
     device = gen["device"]
     base = config
@@ -311,7 +312,7 @@ def choose_profile(pipe, config: ProfileConfig, *, max_time: float = MAX_TIME, m
     line = (f"profile: auto -> {_describe(result)} ({why}); predicted {ratio:.1f}x a generation "
             f"({_secs(chosen.seconds)}), peak {_gb(chosen.peak)} ({chosen.peak / gen['peak_bytes']:.2f}x); "
             f"probe {_secs(probe_seconds)}")
-    return AutoChoice(result, line, exact=False, seconds=chosen.seconds, peak_bytes=chosen.peak,
+    return AutoChoice(result, line, probed=True, seconds=chosen.seconds, peak_bytes=chosen.peak,
                       generation_seconds=gen["seconds"], generation_peak_bytes=gen["peak_bytes"],
                       forecast={"step": p0["step_seconds"], "replay": chosen.replay})
 

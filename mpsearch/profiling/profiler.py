@@ -65,7 +65,7 @@ class ProfileConfig:
     #: numbers for one block's activations instead of all of them, at about one more forward pass per
     #: replayed call; a number in (0, 1]: that share of the blocks, evenly spread (0.5: about half the
     #: saving for half the recomputation). How the profile runs, not what it measures: not stored, a run
-    #: resumes with or without it
+    #: resumes with or without it (except the auto mode's choice, stored with it: such a file resumes whole)
     replay_checkpoint: bool | float = False
     #: how the approximations were chosen: "auto" when the automatic mode chose them (recorded in the profile
     #: with ``reason``); "exact" asks ``mpsearch.profile`` for today's exact mode; None: the default (auto)

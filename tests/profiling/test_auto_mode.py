@@ -56,7 +56,9 @@ def test_small_models_stay_exact_without_a_probe(dit_pipe, tmp_path, monkeypatch
     np.testing.assert_array_equal(a.sensitivity, e.sensitivity)
     assert lines == []  # exact as ever: nothing more to say (errors stay one line, the demo's output the same)
     choice = auto.choose_profile(dit_pipe, ProfileConfig(**BASE))
-    assert choice.exact and choice.config == ProfileConfig(**BASE) and "auto -> exact" in choice.line
+    assert not choice.probed and choice.config == ProfileConfig(**BASE) and "auto -> exact" in choice.line
+    given = ProfileConfig(**BASE, sample=8)  # flags on a small model: kept as given, silently
+    assert auto.choose_profile(dit_pipe, given).config == given
 
 
 def test_the_embedded_default_profiles_exactly_by_default(tmp_path, capsys, monkeypatch):
