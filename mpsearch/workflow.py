@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mpsearch.allocation.endtoend import run_end_to_end
 from mpsearch.errors import UsageError
-from mpsearch.profiling.auto import MAX_TIME, choose_profile, resume_choice
+from mpsearch.profiling.auto import MAX_TIME, choose_profile, resume_choice, would_probe
 from mpsearch.profiling.distributed import detect_launch, distributed_session, pipeline_device, profile_sharded
 from mpsearch.profiling.profiler import (ProfileConfig, default_profile_path, make_config, model_name,
                                          profile_local)
@@ -72,6 +72,11 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
         resumed = resume_choice(config, stored_config(out) if out.is_file() else None)
         if resumed is not None:
             return resumed, f"profile: auto -> resuming the choice recorded in {out}: {resumed.reason}", None
+        if tuple(shard) != (0, 1) and would_probe(pipe):
+            raise UsageError(f"shard {shard[0]}/{shard[1]}: the automatic mode chooses the settings in each process "
+                             "from its own probe, so separate shards could differ and not merge; pass the settings "
+                             "with --exact (mode='exact'), e.g. --exact --sample 64 --replay-steps 1 --replay-batch 1 "
+                             "--replay-rows 1, or run under torchrun, where rank 0 chooses for every rank")
         choice = choose_profile(pipe, config, max_time=max_time, max_memory=max_memory)
         return choice.config, (choice.line if choice.probed else None), choice.forecast  # small: silent, as ever
 

@@ -39,7 +39,7 @@ from mpsearch.profiling.sensitivity import replayed_steps
 from mpsearch.runtime.generation import generate
 
 __all__ = ["APPROXIMATIONS", "EXACT_PARAMS", "MAX_TIME", "MEMORY_FACTOR", "AutoChoice", "choose_profile",
-           "parse_max_memory", "resume_choice"]
+           "parse_max_memory", "resume_choice", "would_probe"]
 
 #: below this many denoiser parameters the auto mode profiles exactly, without probing
 EXACT_PARAMS = 100_000_000
@@ -103,6 +103,11 @@ def fixed_fields(config: ProfileConfig) -> set[str]:
 
 def denoiser_params(pipe) -> int:
     return sum(p.numel() for p in get_denoiser(pipe).parameters())
+
+
+def would_probe(pipe) -> bool:
+    """Whether the auto mode probes ``pipe`` (its denoiser has at least ``EXACT_PARAMS`` parameters)."""
+    return denoiser_params(pipe) >= EXACT_PARAMS
 
 
 def free_memory(device) -> int:
@@ -223,7 +228,7 @@ def choose_profile(pipe, config: ProfileConfig, *, max_time: float = MAX_TIME, m
     cap_bytes, cap_factor = parse_max_memory(max_memory)
     params = denoiser_params(pipe)
     fixed = fixed_fields(config)
-    if params < EXACT_PARAMS:
+    if not would_probe(pipe):
         how = "exact" if not fixed else _describe(config)
         return AutoChoice(config, f"profile: auto -> {how} (denoiser {_count(params)} params, below "
                           f"{_count(EXACT_PARAMS)}: exact is cheap at this size; no probe)", probed=False)

@@ -202,3 +202,12 @@ def test_the_cli_says_the_choice_and_reports_it(tmp_path, capsys, monkeypatch):
     said = [line for line in captured.err.splitlines() if line.startswith("profile: auto")]
     assert rc == 0 and len(said) == 1 and "predicted" in said[0]
     assert data["auto"]["sample"] == 64 and data["auto"]["replay_steps"] == 3 and "exact" in data["auto"]["reason"]
+
+
+def test_separate_shards_of_a_large_model_need_explicit_settings(dit_pipe, tmp_path, monkeypatch):
+    probes = _simulate(monkeypatch)
+    with pytest.raises(UsageError, match="shard 0/2.*--exact"):
+        profile(dit_pipe, out=tmp_path / "p.sqlite", progress=False, shard=(0, 2), **BASE)
+    assert not probes and not (tmp_path / "p.sqlite").exists()
+    p = profile(dit_pipe, out=tmp_path / "p.sqlite", progress=False, shard=(0, 2), mode="exact", sample=64, **BASE)
+    assert p.config["sample"] == 64 and "mode" not in p.config
