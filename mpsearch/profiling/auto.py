@@ -16,11 +16,13 @@ The rule (``choose_profile``):
   replay scales with replayed steps and rows; checkpointing's time and memory are interpolated between the
   probe and a second probe with every block checkpointed, run only when memory needs it).
 * The least approximation whose predicted time is within ``max_time`` generations and whose peak is within the
-  memory cap wins (fewer replayed steps or rows count as more approximation; checkpointing does not, since it
-  changes no number). If none is within both, the fastest within the memory cap, then the smallest peak that
+  memory cap wins, in the order 5 replayed steps x every row, 5 x one row, 4 x every row, ... 1 x one row
+  (checkpointing counts as no approximation, since it changes no number: the least share that fits is taken). If none is within both, the fastest within the memory cap, then the smallest peak that
   fits in free memory; if nothing fits in free memory, a one-line ResourceError names what would.
 
-Fields the caller set (a ``sample``, ``replay_steps``, ... that is not the default) are kept as given.
+Fields the caller set (a ``sample``, ``replay_steps``, ... that is not the default) are kept as given; below
+``EXACT_PARAMS`` the caller's config is used unchanged. The probe's time is not part of the prediction: it is a
+one-step generation and a one-step profile, whatever the profile's steps.
 """
 
 from __future__ import annotations
@@ -138,16 +140,21 @@ def measure_generation(pipe, config: ProfileConfig) -> dict:
     calls: list = []
     rows: list[int] = []
 
+    cuda = device.type == "cuda"
+
     def pre(module, args, kwargs):
         t = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
         rows.append(int(t.shape[0]) if t is not None and t.dim() else 1)
+        if cuda:
+            torch.cuda.synchronize(device)  # the call's own time, not the launches'
         calls.append(time.perf_counter())
 
     def post(module, args, output):
+        if cuda:
+            torch.cuda.synchronize(device)
         calls[-1] = time.perf_counter() - calls[-1]
 
     handles = [denoiser.register_forward_pre_hook(pre, with_kwargs=True), denoiser.register_forward_hook(post)]
-    cuda = device.type == "cuda"
     try:
         if cuda:
             torch.cuda.synchronize(device)
