@@ -9,7 +9,7 @@ from mpsearch.version import __version__
 from mpsearch.cli.common import _Parser, _int_list, _shard, _share, _str_list
 from mpsearch.cli.exporting import cmd_export
 from mpsearch.cli.inspecting import cmd_generate, cmd_inspect
-from mpsearch.cli.profiling import cmd_profile, cmd_profile_merge
+from mpsearch.cli.profiling import cmd_profile, cmd_profile_merge, generations
 from mpsearch.cli.results import cmd_demo, cmd_eval, cmd_report
 from mpsearch.cli.solving import cmd_solve
 from mpsearch.allocation.joint import DEFAULT_ROUNDS
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(0, 1]: checkpoint that share of the blocks (default 1: all)")
     sp.add_argument("--exact", action="store_true",
                     help="measure every element at every step (no automatic approximations; flags still apply)")
-    sp.add_argument("--max-time", type=float, default=None, metavar="X",
+    sp.add_argument("--max-time", type=generations, default=None, metavar="X",
                     help="automatic mode: keep the profile within X generations' time (default 3)")
     sp.add_argument("--max-memory", default=None, metavar="SIZE|Xx",
                     help="automatic mode: memory cap, e.g. 20GB or 1.5x a generation's peak (default 1.25x on the "

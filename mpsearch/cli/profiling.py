@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,17 @@ def _profile_config(args, out):
                          replay_checkpoint=getattr(args, "replay_checkpoint", None) or False)
 
 
+def generations(value: str) -> float:
+    """``--max-time``: a positive number of generations, ``3`` or ``3x``."""
+    try:
+        f = float(value.strip().rstrip("xX"))
+    except ValueError:
+        f = float("nan")
+    if not f > 0 or f == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of generations, e.g. 3 or 3x, got {value!r}")
+    return f
+
+
 def _latency_lines(summary: dict) -> list[str]:
     totals = summary["totals"]
     shares = ", ".join(f"{name} {t['vs_fp']:.2f}x" for name, t in totals.items()
@@ -74,9 +86,6 @@ def cmd_profile(args) -> int:
         raise UsageError("--max-time and --max-memory steer the automatic mode; leave them out with --exact")
     if args.max_memory is not None:
         parse_max_memory(args.max_memory)  # a bad value fails before the model is loaded
-    if args.max_time is not None and not args.max_time > 0:
-        raise UsageError(f"--max-time must be a positive number of generations, got {args.max_time}; pass e.g. "
-                         "--max-time 3")
     config = _profile_config(args, out)
     if args.estimate and (args.end_to_end or args.latency or args.shard != (0, 1)):
         raise UsageError("--estimate predicts the local profile alone: leave out --end-to-end, --latency and --shard")

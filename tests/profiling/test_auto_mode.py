@@ -142,6 +142,12 @@ def test_exact_and_flags_override_the_choice(tmp_path, capsys, monkeypatch):
     assert code == 2 and "leave them out with --exact" in capsys.readouterr().err
     assert main([*argv, "--out", str(tmp_path / "h.sqlite"), "--max-memory", "lots"]) == 2
     assert "--max-memory 20GB" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "i.sqlite"), "--max-time", "0x"]) == 2
+    assert "positive number of generations" in capsys.readouterr().err
+    n = len(probes)
+    assert main([*argv, "--out", str(tmp_path / "j.sqlite"), "--max-time", "1.5x", "--max-memory", "2x"]) == 0
+    assert len(probes) == n + 1 and "1.5x a generation and 2x its peak" in stored_config(tmp_path / "j.sqlite")["reason"]
+    assert not any(tmp_path.glob("[ghi].sqlite"))
 
 
 def test_a_profile_of_the_auto_mode_resumes_with_its_choice(dit_pipe, tmp_path, monkeypatch):
