@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from mpsearch.allocation.endtoend import run_end_to_end
-from mpsearch.errors import UsageError
+from mpsearch.errors import ProfileError, UsageError
 from mpsearch.profiling.auto import MAX_TIME, choose_profile, resume_choice, would_probe
 from mpsearch.profiling.distributed import detect_launch, distributed_session, pipeline_device, profile_sharded
 from mpsearch.profiling.profiler import (ProfileConfig, default_profile_path, make_config, model_name,
@@ -47,8 +47,8 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
     ``"20GB"`` or ``"1.5x"`` a generation's peak; :func:`mpsearch.profiling.auto.choose_profile`: small models
     stay exact, without a probe), records the choice in the profile, and says it in one line (``say``, default:
     stderr when ``progress``; a small model's exact profile is chosen silently); a file made by the auto mode
-    resumes with its own choice. ``"exact"`` profiles
-    with the settings as given (every element, every step, unless set).
+    resumes with its own choice. ``"exact"`` profiles with the settings as given (every element, every step,
+    unless set).
     """
     launch = detect_launch() if distributed is not False else None
     if distributed and launch is None:
@@ -69,7 +69,13 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
         say = _stderr if progress and (launch is None or launch.rank == 0) else (lambda line: None)
 
     def auto():
-        resumed = resume_choice(config, stored_config(out) if out.is_file() else None)
+        if not would_probe(pipe):  # a small model: the config as given (exact unless set), silently
+            return config, None, None
+        try:
+            stored = stored_config(out) if out.is_file() else None
+        except ProfileError:
+            stored = None  # not a profile file: the writer says so
+        resumed = resume_choice(config, stored)
         if resumed is not None:
             return resumed, f"profile: auto -> resuming the choice recorded in {out}: {resumed.reason}", None
         if tuple(shard) != (0, 1) and would_probe(pipe):
@@ -78,7 +84,7 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
                              "with --exact (mode='exact'), e.g. --exact --sample 64 --replay-steps 1 --replay-batch 1 "
                              "--replay-rows 1, or run under torchrun, where rank 0 chooses for every rank")
         choice = choose_profile(pipe, config, max_time=max_time, max_memory=max_memory)
-        return choice.config, (choice.line if choice.probed else None), choice.forecast  # small: silent, as ever
+        return choice.config, choice.line, choice.forecast
 
     if launch is None:
         forecast = None

@@ -217,3 +217,14 @@ def test_separate_shards_of_a_large_model_need_explicit_settings(dit_pipe, tmp_p
     assert not probes and not (tmp_path / "p.sqlite").exists()
     p = profile(dit_pipe, out=tmp_path / "p.sqlite", progress=False, shard=(0, 2), mode="exact", sample=64, **BASE)
     assert p.config["sample"] == 64 and "mode" not in p.config
+
+
+def test_a_foreign_out_file_is_still_the_writers_one_line_error(dit_pipe, tmp_path, monkeypatch):
+    from mpsearch.errors import ProfileError
+
+    _simulate(monkeypatch)
+    out = tmp_path / "p.sqlite"
+    out.write_bytes(b"not a database" * 100)
+    with pytest.raises(ProfileError, match="p.sqlite"):
+        profile(dit_pipe, out=out, progress=False, **BASE)
+    assert out.read_bytes() == b"not a database" * 100
