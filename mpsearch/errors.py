@@ -43,3 +43,7 @@ class InfeasibleError(MpsearchError):
 
 class OptionalDependencyError(MpsearchError):
     """An optional package is needed for this feature; the message names it."""
+
+
+class ResourceError(MpsearchError):
+    """The machine lacks the memory a run needs; the message names settings that would fit."""

@@ -10,19 +10,21 @@ import sys
 from pathlib import Path
 
 from mpsearch.allocation.endtoend import run_end_to_end
-from mpsearch.errors import UsageError
+from mpsearch.errors import ProfileError, UsageError
+from mpsearch.profiling.auto import MAX_TIME, choose_profile, resume_choice, would_probe
 from mpsearch.profiling.distributed import detect_launch, distributed_session, pipeline_device, profile_sharded
 from mpsearch.profiling.profiler import (ProfileConfig, default_profile_path, make_config, model_name,
                                          profile_local)
 from mpsearch.profiling.prompting import calibration_config
-from mpsearch.profiling.store import Profile
+from mpsearch.profiling.store import Profile, stored_config
 
 __all__ = ["profile", "ProfileConfig", "default_profile_path"]
 
 
 def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple[int, int] = (0, 1),
             progress: bool = True, end_to_end: bool | None = None, shortlist: int = 8, windows: int = 4,
-            content_scorer=None, features=None, distributed: bool | None = None, **options) -> Profile:
+            content_scorer=None, features=None, distributed: bool | None = None, mode: str | None = None,
+            max_time: float = MAX_TIME, max_memory=None, say=None, **options) -> Profile:
     """Profile ``pipe``'s denoiser (local tier) into the SQLite file ``out`` and return the loaded Profile.
 
     ``options`` override fields of the default ProfileConfig (labels, seeds, steps, guidance_scale, formats).
@@ -43,6 +45,14 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
     distributed launch, rank 0 runs it on the merged profile while the other ranks wait.
     ``content_scorer(images, conditions) -> (N,)`` and ``features(images) -> (N, D)`` replace the default
     digit classifier's condition score and feature space (e.g. a local CLIP or Inception model).
+
+    ``mode`` (default ``config.mode``, else ``"auto"``): ``"auto"`` chooses the sampling and replay settings the
+    caller left unset so the profile stays within ``max_time`` generations and the ``max_memory`` cap (bytes,
+    ``"20GB"`` or ``"1.5x"`` a generation's peak; :func:`mpsearch.profiling.auto.choose_profile`: small models
+    stay exact, without a probe), records the choice in the profile, and says it in one line (``say``, default:
+    stderr when ``progress``; a small model's exact profile is chosen silently); a file made by the auto mode
+    resumes with its own choice. ``"exact"`` profiles with the settings as given (every element, every step,
+    unless set).
     """
     launch = detect_launch() if distributed is not False else None
     config, said = calibration_config(pipe, config, options)
@@ -58,8 +68,39 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
         return run_end_to_end(pipe, loaded, shortlist_n=shortlist, windows=windows, content_scorer=content_scorer,
                               features=features, progress=show)
 
+    config = make_config(config, options)
+    mode = mode or config.mode or "auto"
+    if mode not in ("auto", "exact"):
+        raise UsageError(f"mode must be 'auto' or 'exact', got {mode!r}; leave it unset for the automatic choice")
+    out = Path(out) if out is not None else default_profile_path(model_name(pipe))
+    if say is None:
+        say = _stderr if progress and (launch is None or launch.rank == 0) else (lambda line: None)
+
+    def auto():
+        if not would_probe(pipe):  # a small model: the config as given (exact unless set), silently
+            return config, None, None
+        try:
+            stored = stored_config(out) if out.is_file() else None
+        except ProfileError:
+            stored = None  # not a profile file: the writer says so
+        resumed = resume_choice(config, stored)
+        if resumed is not None:
+            return resumed, f"profile: auto -> resuming the choice recorded in {out}: {resumed.reason}", None
+        if tuple(shard) != (0, 1) and would_probe(pipe):
+            raise UsageError(f"shard {shard[0]}/{shard[1]}: the automatic mode chooses the settings in each process "
+                             "from its own probe, so separate shards could differ and not merge; pass the settings "
+                             "with --exact (mode='exact'), e.g. --exact --sample 64 --replay-steps 1 --replay-batch 1 "
+                             "--replay-rows 1, or run under torchrun, where rank 0 chooses for every rank")
+        choice = choose_profile(pipe, config, max_time=max_time, max_memory=max_memory)
+        return choice.config, choice.line, choice.forecast
+
     if launch is None:
-        loaded = profile_local(pipe, config, out=out, shard=shard, progress=progress, **options)
+        forecast = None
+        if mode == "auto":
+            config, line, forecast = auto()
+            if line:
+                say(line)
+        loaded = profile_local(pipe, config, out=out, shard=shard, progress=progress, forecast=forecast)
         if e2e:
             loaded.end_to_end = tier2(loaded, progress)
         return loaded
@@ -67,11 +108,17 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
         raise UsageError(f"shard {shard[0]}/{shard[1]} given under a distributed launch (rank {launch.rank} of "
                          f"{launch.world_size}), which already splits the work: each rank takes its shard from "
                          "torch.distributed; leave out --shard (shard=)")
-    config = make_config(config, options)
-    out = Path(out) if out is not None else default_profile_path(model_name(pipe))
     with distributed_session(pipeline_device(pipe), launch=launch) as session:
+        if mode == "auto":  # rank 0 chooses, every rank profiles with its choice
+            config, line, _ = session.on_main(auto, what="waiting for rank 0 to choose the profile's settings")
+            if line:
+                say(line)
         loaded = profile_sharded(pipe, config, out, session, progress=progress)
         if e2e:
             loaded.end_to_end = session.on_main(lambda: tier2(loaded, progress),
                                                 what="waiting for rank 0 to run the end-to-end tier")
     return loaded
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

@@ -10,6 +10,10 @@ between phases through /proc/self/clear_refs; torch.cuda.max_memory_allocated on
 them all.
 
     python scripts/bench_scale.py --models sd15 --size 64 --steps 2 --label after [--sample 256]
+
+With no profile option the profile runs in its default, automatic mode (its one-step probe counted in the
+profile's time; the settings it chose are recorded as ``auto``); options given run exactly those settings
+(``mode="exact"``), and ``--exact`` alone the exact profile.
 """
 
 from __future__ import annotations
@@ -82,17 +86,23 @@ def bench_model(name, args, device, options) -> dict:
         with tempfile.TemporaryDirectory() as d:
             _reset_peak(device)
             t0 = time.perf_counter()
-            profile(pipe, out=Path(d) / "p.sqlite", progress=False, formats=FORMATS, steps=args.steps,
-                    guidance_scale=guidance, seeds=(0,), size=size, **{key: conds}, **options)
+            prof = profile(pipe, out=Path(d) / "p.sqlite", progress=False, formats=FORMATS, steps=args.steps,
+                           guidance_scale=guidance, seeds=(0,), size=size, **{key: conds}, **options,
+                           mode="exact" if options or args.exact else "auto", say=print)
             t_prof, m_prof = time.perf_counter() - t0, _peak(device)
+            chosen = {k: prof.config[k] for k in ("sample", "replay_steps", "replay_batch", "replay_rows",
+                                                  "replay_checkpoint") if k in prof.config}
         rows.append({"gen_s": t_gen, "profile_s": t_prof, "gen_peak_gb": m_gen, "profile_peak_gb": m_prof,
                      "idle_gb": base})
+        if not options and not args.exact:
+            rows[-1]["auto"] = chosen
         print(f"{name} repeat {r}: generation {t_gen:.1f} s, {m_gen:.2f} GB; profile {t_prof:.1f} s, "
               f"{m_prof:.2f} GB -> {t_prof / t_gen:.1f}x time, {m_prof / m_gen:.2f}x memory", flush=True)
     time_ratio = sorted(r["profile_s"] / r["gen_s"] for r in rows)[len(rows) // 2]
     mem_ratio = max(r["profile_peak_gb"] / r["gen_peak_gb"] for r in rows)
+    shown = options if options or args.exact else {"auto": rows[-1]["auto"]}
     out = {"model": name, "params_m": params / 1e6, "device": device, "size": size, "steps": args.steps,
-           "guidance": guidance, "options": options, "repeats": rows, "time_ratio": time_ratio,
+           "guidance": guidance, "options": shown, "repeats": rows, "time_ratio": time_ratio,
            "memory_ratio": mem_ratio}
     if args.estimate:
         from mpsearch.profiling.estimate import estimate_profile
@@ -123,7 +133,9 @@ def _table(results: dict) -> str:
             p = sorted(x["profile_s"] for x in r)[len(r) // 2]
             worst = max(r, key=lambda x: x["profile_peak_gb"] / x["gen_peak_gb"])  # the repeat of the memory ratio
             mg, mp = worst["gen_peak_gb"], worst["profile_peak_gb"]
-            opts = ", ".join(f"{k}={v}" for k, v in e["options"].items()) or "exact"
+            opts = ", ".join(f"{k}={v}" for k, v in e["options"].items() if k != "auto") or "exact"
+            if "auto" in e["options"]:
+                opts = "auto: " + (", ".join(f"{k}={v}" for k, v in e["options"]["auto"].items()) or "exact")
             est = e.get("estimate")
             est_s = (f"{est['seconds']:.0f} s, {est['peak_gb']:.1f} GB (measured {est['measured_s']:.0f} s, "
                      f"{est['measured_peak_gb']:.1f} GB)") if est else ""
@@ -157,6 +169,7 @@ def main(argv=None) -> None:
     ap.add_argument("--replay-rows", type=int, default=None, help="ProfileConfig.replay_rows")
     ap.add_argument("--replay-checkpoint", nargs="?", type=float, const=1.0, default=None, metavar="SHARE",
                     help="ProfileConfig.replay_checkpoint (a share of the blocks; default 1: all)")
+    ap.add_argument("--exact", action="store_true", help="the exact profile (default with no option: the auto mode)")
     ap.add_argument("--estimate", action="store_true", help="also run --estimate and show it beside the run")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-doc", action="store_true")

@@ -59,3 +59,14 @@ def prompts_arg(text: str) -> int | str:
         raise argparse.ArgumentTypeError("expected a number of built-in prompts of at least 1, or a prompts file "
                                          "(one prompt per line)")
     return spec
+
+
+def generations(value: str) -> float:
+    """``--max-time``: a positive number of generations, ``3`` or ``3x``."""
+    try:
+        f = float(value.strip().rstrip("xX"))
+    except ValueError:
+        f = float("nan")
+    if not f > 0 or f == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of generations, e.g. 3 or 3x, got {value!r}")
+    return f

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from mpsearch.version import __version__
-from mpsearch.cli.arguments import Parser, int_list, prompts_arg, shard, share, str_list
+from mpsearch.cli.arguments import Parser, int_list, prompts_arg, generations, shard, share, str_list
 from mpsearch.cli.commands import (cmd_demo, cmd_eval, cmd_export, cmd_generate, cmd_inspect, cmd_profile,
                                    cmd_profile_merge, cmd_report, cmd_solve)
 from mpsearch.allocation.defaults import DEFAULT_ROUNDS
@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="checkpoint the denoiser's blocks in the replay: the same numbers, one block's "
                     "activations instead of all, for about one more forward pass per replayed call; SHARE in "
                     "(0, 1]: checkpoint that share of the blocks (default 1: all)")
+    sp.add_argument("--exact", action="store_true",
+                    help="measure every element at every step (no automatic approximations; flags still apply)")
+    sp.add_argument("--max-time", type=generations, default=None, metavar="X",
+                    help="automatic mode: keep the profile within X generations' time (default 3)")
+    sp.add_argument("--max-memory", default=None, metavar="SIZE|Xx",
+                    help="automatic mode: memory cap, e.g. 20GB or 1.5x a generation's peak (default 1.25x on the "
+                    "CPU, the device's free memory on a GPU)")
     sp.add_argument("--estimate", action="store_true",
                     help="measure a one-step, one-unit profile and print the predicted time and peak memory of "
                     "the whole profile, without writing it")

@@ -11,6 +11,7 @@ from mpsearch.cli.common import emit
 from mpsearch.prompts import choose_prompts
 from mpsearch import pipeline
 
+from mpsearch.profiling.auto import parse_max_memory
 from mpsearch.profiling.distributed import detect_launch, distributed_session, launch_device
 from mpsearch.profiling.estimate import estimate_profile
 from mpsearch.profiling.latency import measure_latency
@@ -79,6 +80,10 @@ def cmd_profile(args) -> int:
     if args.latency and args.shard != (0, 1):
         raise UsageError("--latency measures the whole model on this machine: merge the shards first, then run "
                          "`mpsearch profile --latency --out MERGED`")
+    if args.exact and (args.max_time is not None or args.max_memory is not None):
+        raise UsageError("--max-time and --max-memory steer the automatic mode; leave them out with --exact")
+    if args.max_memory is not None:
+        parse_max_memory(args.max_memory)  # a bad value fails before the model is loaded
     config = _profile_config(args, out)
     if args.estimate and (args.end_to_end or args.latency or args.shard != (0, 1)):
         raise UsageError("--estimate predicts the local profile alone: leave out --end-to-end, --latency and --shard")
@@ -103,7 +108,10 @@ def _profile(args, out, config, device, session) -> int:
         return emit(args, {"model": args.model, "estimate": e, **{k: e[k] for k in ("seconds", "peak_bytes")}}, [line])
     t0 = time.perf_counter()
     prof = profile(pipe, config, out=out, shard=args.shard, progress=not args.json and main,
-                   end_to_end=args.end_to_end, shortlist=args.shortlist, windows=args.windows)
+                   end_to_end=args.end_to_end, shortlist=args.shortlist, windows=args.windows,
+                   mode="exact" if args.exact else "auto", max_memory=args.max_memory,
+                   **({"max_time": args.max_time} if args.max_time is not None else {}),
+                   say=lambda line: print(line, file=sys.stderr, flush=True) if main else None)
     if args.latency:
 
         def latency():
@@ -124,6 +132,9 @@ def _profile(args, out, config, device, session) -> int:
             "formats": list(prof.formats), "steps": prof.steps, "units_done": len(prof.units),
             "units_total": len(config.seeds), "seconds": seconds, "digest": prof.digest,
             "processes": 1 if session is None else session.world_size}
+    if prof.config.get("mode") == "auto":  # the automatic mode chose approximations: which and why
+        data["auto"] = {k: prof.config[k] for k in ("sample", "replay_steps", "replay_batch", "replay_rows",
+                                                     "replay_checkpoint", "reason") if k in prof.config}
     lines = [f"profile {out}: {len(prof.info.layers)} layers x {len(prof.formats)} formats x "
              f"{prof.steps} steps, {len(prof.units)}/{len(config.seeds)} units ({seconds:.1f} s)"]
     if prof.end_to_end is not None:

@@ -65,11 +65,16 @@ class ProfileConfig:
     #: numbers for one block's activations instead of all of them, at about one more forward pass per
     #: replayed call; a number in (0, 1]: that share of the blocks, evenly spread (0.5: about half the
     #: saving for half the recomputation). How the profile runs, not what it measures: not stored, a run
-    #: resumes with or without it
+    #: resumes with or without it (except the auto mode's choice, stored with it: such a file resumes whole)
     replay_checkpoint: bool | float = False
     #: where ``prompts`` came from when they are built in (e.g. "4 of the built-in calibration set (seed 0)",
     #: :mod:`mpsearch.prompts`); None for the user's own prompts. Stored, so a resume with other prompts is refused
     prompt_set: str | None = None
+    #: how the approximations were chosen: "auto" when the automatic mode chose them (recorded in the profile
+    #: with ``reason``); "exact" asks ``mpsearch.profile`` for today's exact mode; None: the default (auto)
+    mode: str | None = None
+    #: with mode "auto": why the automatic mode chose these settings (recorded)
+    reason: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -96,6 +101,9 @@ class ProfileConfig:
                              f"(0, 1], got {rc!r}; pass e.g. --replay-checkpoint 0.5")
         if not isinstance(rc, bool) and rc == 1:
             object.__setattr__(self, "replay_checkpoint", True)  # a share of 1 is every block
+        if self.mode not in (None, "auto", "exact"):
+            raise UsageError(f"mode must be 'auto' or 'exact', got {self.mode!r}; pass mode='exact' for the exact "
+                             "profile (--exact) or leave it unset for the automatic choice")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UsageError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}; "
                              "pass e.g. --seeds 0,1")
@@ -119,7 +127,12 @@ class ProfileConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.pop("replay_checkpoint")
+        auto = self.mode == "auto" and self.reason is not None  # recorded only when the auto mode chose
+        if not (auto and self.replay_checkpoint):  # how the profile runs; the auto mode's choice keeps it
+            d.pop("replay_checkpoint")
+        if not auto:
+            d.pop("mode")
+            d.pop("reason")
         if not self.prompts:  # label-conditioned profiles keep the keys they always had (resume stays valid)
             d.pop("prompts")
         for key in ("size", "sample", "replay_steps", "replay_batch", "replay_rows",
@@ -306,7 +319,8 @@ def default_profile_path(model: str = "default") -> Path:
 
 
 def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple[int, int] = (0, 1),
-                  progress: bool = True, timings: dict | None = None, **options) -> Profile:
+                  progress: bool = True, timings: dict | None = None, forecast: dict | None = None,
+                  **options) -> Profile:
     """Profile ``pipe``'s denoiser (local tier) into the SQLite file ``out`` and return the loaded Profile.
 
     ``options`` override fields of the default ProfileConfig (labels, seeds, steps, guidance_scale, formats).
@@ -314,10 +328,12 @@ def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard:
     ``shard=(i, n)`` measures only the units u with u % n == i.
     ``timings``, if given, receives the seconds spent building the probes (``setup``) and, per unit, in the
     probed generation (``generate``) and in the output-sensitivity replay (``replay``).
+    ``forecast`` (``{"step": s, "replay": s}``: predicted seconds of a probed step and of a unit's replay, e.g.
+    from the auto mode's probe) makes the progress bar count predicted seconds, so its ETA covers the replays.
     """
     config = make_config(config, options)
     out = Path(out) if out is not None else default_profile_path(model_name(pipe))
-    record_units(pipe, config, out, shard=shard, progress=progress, timings=timings)
+    record_units(pipe, config, out, shard=shard, progress=progress, timings=timings, forecast=forecast)
     return Profile.load(out)
 
 
@@ -360,7 +376,7 @@ def _digest(denoiser, info, path) -> str:
 
 
 def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (0, 1), skip=(),
-                 progress: bool = True, timings: dict | None = None) -> set[int]:
+                 progress: bool = True, timings: dict | None = None, forecast: dict | None = None) -> set[int]:
     """Measure shard ``(i, n)``'s units (u % n == i) into the profile file ``out``, except those already in it
     and those in ``skip`` (finished elsewhere), and return the units the file then holds.
 
@@ -382,7 +398,7 @@ def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (
         skip = set(skip)
         todo = [u for u in range(len(config.seeds)) if u % n == i and u not in done and u not in skip]
         if todo:
-            _run_units(pipe, denoiser, info, config, writer, todo, progress, timings)
+            _run_units(pipe, denoiser, info, config, writer, todo, progress, timings, forecast)
         return writer.done_units()
     except BaseException:
         # a profile that failed before finishing any unit leaves no file behind; finished units are kept
@@ -399,7 +415,21 @@ def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (
         writer.close()
 
 
-def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=None):
+def _progress_bar(units: int, steps: int, progress: bool, forecast: dict | None):
+    """The profile's bar and what a step and a unit's replay add to it: denoising steps, or with a ``forecast``
+    predicted seconds of work (replays included), so tqdm's rate and ETA follow the whole profile."""
+    if not forecast:
+        return tqdm(total=units * steps, desc="profile", unit="step", disable=not progress), 1, 0
+    step, replay = float(forecast["step"]), float(forecast["replay"])
+    total = units * (steps * step + replay)
+    digits = 0 if total >= 10 else 1
+    bar = tqdm(total=total, desc="profile", disable=not progress,
+               bar_format=f"{{l_bar}}{{bar}}| {{n:.{digits}f}}/{{total:.{digits}f}} s of predicted work "
+                          "[{elapsed}<{remaining}]")
+    return bar, step, replay
+
+
+def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=None, forecast=None):
     timings = {} if timings is None else timings
     timings.update(setup=0.0, generate=[], replay=[])
     t_setup = time.perf_counter()
@@ -420,10 +450,11 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
             handles.append(modules[block].register_forward_hook(_BlockProbe(bi, step_state, acc_ref)))
         timings["setup"] = time.perf_counter() - t_setup
         L, F, S, B = len(info.layers), len(formats), config.steps, len(info.blocks)
-        bar = tqdm(total=len(todo) * S, desc="profile", unit="step", disable=not progress)
+        bar, step_work, replay_work = _progress_bar(len(todo), S, progress, forecast)
+
         def tick(*_):
             if acc_ref[0] is not None:
-                bar.update(1)  # returns None: a forward hook that returns a value would replace the output
+                bar.update(step_work)  # returns None: a forward hook that returns a value would replace the output
 
         handles.append(denoiser.register_forward_hook(tick))
         for unit in todo:
@@ -443,6 +474,8 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
             finally:
                 recorder.paused = False
                 recorder.calls.clear()
+            if replay_work:
+                bar.update(replay_work)
             timings["generate"].append(t1 - t0)
             timings["replay"].append(time.perf_counter() - t1)
             rows = [(li, fi, s, *map(float, acc.stats[li, fi, s]))

@@ -1,0 +1,346 @@
+"""The automatic profile mode (the default): choose the profile's approximations from the model's size and a
+measured one-step probe, so that the profile stays within a time factor and a memory cap.
+
+The rule (``choose_profile``):
+
+* A denoiser below ``EXACT_PARAMS`` parameters (the embedded defaults, the tiny test architectures) is
+  profiled exactly, without a probe: at that size exact is cheap in absolute terms, and the choice is then
+  deterministic (the same profile, bit for bit, as ``mode="exact"``).
+* A larger denoiser is probed: one plain one-step generation (its time per denoising step, its peak memory)
+  and a one-step, one-unit profile with the cheapest checked statistics (``sample=64``, ``replay_batch=1``, one
+  replayed row: :func:`mpsearch.profiling.estimate.estimate_profile`). Exact is not a candidate there (its
+  probe alone would cost several generations; docs/benchmarks.md, section ``scale``). The candidates are the
+  settings whose decisions were checked (docs/benchmarks.md, ``scale-approx`` and ``scale-approx-rows``):
+  ``sample=64``, ``replay_batch=1``, ``replay_steps`` 5 down to 1, every row or ``replay_rows=1``, and a
+  checkpointed share of the blocks of 0, 0.5 or 1. Their times and peaks follow linearly from the probe (the
+  replay scales with replayed steps and rows; checkpointing's time and memory are interpolated between the
+  probe and a second probe with every block checkpointed, run only when memory needs it).
+* The least approximation whose predicted time is within ``max_time`` generations and whose peak is within the
+  memory cap wins, in the order 5 replayed steps x every row, 5 x one row, 4 x every row, ... 1 x one row
+  (checkpointing counts as no approximation, since it changes no number: the least share that fits is taken). If none is within both, the fastest within the memory cap, then the smallest peak that
+  fits in free memory; if nothing fits in free memory, a one-line ResourceError names what would.
+
+Fields the caller set (a ``sample``, ``replay_steps``, ... that is not the default) are kept as given; below
+``EXACT_PARAMS`` the caller's config is used unchanged. The probe's time is not part of the prediction: it is a
+one-step generation and a one-step profile, whatever the profile's steps.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from mpsearch.errors import ResourceError, UsageError
+from mpsearch.models import get_denoiser
+from mpsearch.profiling.estimate import _PeakRSS, _rss, estimate_profile
+from mpsearch.profiling.profiler import ProfileConfig
+from mpsearch.profiling.sensitivity import replayed_steps
+from mpsearch.runtime.generation import generate
+
+__all__ = ["APPROXIMATIONS", "EXACT_PARAMS", "MAX_TIME", "MEMORY_FACTOR", "AutoChoice", "choose_profile",
+           "parse_max_memory", "resume_choice", "would_probe"]
+
+#: below this many denoiser parameters the auto mode profiles exactly, without probing
+EXACT_PARAMS = 100_000_000
+#: the default time target: the profile within this many generations of the same conditions
+MAX_TIME = 3.0
+#: the default memory cap on the CPU: this factor of a generation's peak (on a GPU: the device's free memory)
+MEMORY_FACTOR = 1.25
+#: the settings the auto mode chooses (the others are the caller's)
+APPROXIMATIONS = ("sample", "replay_steps", "replay_batch", "replay_rows", "replay_checkpoint")
+_SAMPLE, _REPLAY_STEPS, _SHARES = 64, (5, 4, 3, 2, 1), (0.0, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """The auto mode's decision: the config to profile with, the one line that says why, and the prediction."""
+
+    config: ProfileConfig
+    line: str
+    #: whether the choice came from a probe; without one (a small model) the config is the caller's, unchanged,
+    #: and ``mpsearch.profile`` says nothing: the profile of old
+    probed: bool
+    seconds: float | None = None
+    peak_bytes: int | None = None
+    generation_seconds: float | None = None
+    generation_peak_bytes: int | None = None
+    #: predicted seconds of a probed step and of a unit's replay (``profile_local(forecast=...)``: the bar's ETA)
+    forecast: dict | None = None
+
+
+def parse_max_memory(spec) -> tuple[int | None, float | None]:
+    """``--max-memory``: ``"20GB"`` (bytes, as budgets parse them) -> (bytes, None); ``"1.5x"`` (a factor of one
+    generation's peak) -> (None, factor); None -> (None, None)."""
+    if spec is None:
+        return None, None
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return (int(spec), None) if spec > 0 else _bad_memory(spec)
+    s = str(spec).strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*x", s, re.IGNORECASE)
+    if m:
+        f = float(m.group(1))
+        return (None, f) if f > 0 else _bad_memory(spec)
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", s, re.IGNORECASE)
+    if m is None:
+        return _bad_memory(spec)
+    units = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+             "tib": 2**40}
+    n = int(float(m.group(1)) * units[m.group(2).lower()])
+    return (n, None) if n > 0 else _bad_memory(spec)
+
+
+def _bad_memory(spec) -> tuple[int | None, float | None]:
+    raise UsageError(f"max memory must be a size (20GB, 16GiB) or a factor of a generation's peak (1.5x), got "
+                     f"{spec!r}; pass e.g. --max-memory 20GB or --max-memory 1.5x")
+
+
+def fixed_fields(config: ProfileConfig) -> set[str]:
+    """The approximation fields ``config`` sets (not at their defaults): the auto mode keeps them."""
+    default = ProfileConfig()
+    return {k for k in APPROXIMATIONS if getattr(config, k) != getattr(default, k)}
+
+
+def denoiser_params(pipe) -> int:
+    return sum(p.numel() for p in get_denoiser(pipe).parameters())
+
+
+def would_probe(pipe) -> bool:
+    """Whether the auto mode probes ``pipe`` (its denoiser has at least ``EXACT_PARAMS`` parameters)."""
+    return denoiser_params(pipe) >= EXACT_PARAMS
+
+
+def free_memory(device) -> int:
+    """Bytes a profile could reach on ``device``: on a GPU what is allocated plus what is free there; on the CPU
+    this process's resident set plus the memory the system has available."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_allocated(device))
+    try:
+        import psutil  # type: ignore[import-untyped]
+
+        available = int(psutil.virtual_memory().available)
+    except ImportError:
+        available = 0
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    return _rss() + available
+
+
+def measure_generation(pipe, config: ProfileConfig) -> dict:
+    """One plain one-step generation of ``config``'s first unit: its seconds, the denoiser's seconds per step,
+    the rows of a denoiser call, and the peak memory; the generation of ``config.steps`` steps is predicted
+    as the one-step run plus ``steps - 1`` more steps of the denoiser."""
+    denoiser = get_denoiser(pipe)
+    device = next(denoiser.parameters()).device
+    calls: list = []
+    rows: list[int] = []
+
+    cuda = device.type == "cuda"
+
+    def pre(module, args, kwargs):
+        t = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        rows.append(int(t.shape[0]) if t is not None and t.dim() else 1)
+        if cuda:
+            torch.cuda.synchronize(device)  # the call's own time, not the launches'
+        calls.append(time.perf_counter())
+
+    def post(module, args, output):
+        if cuda:
+            torch.cuda.synchronize(device)
+        calls[-1] = time.perf_counter() - calls[-1]
+
+    handles = [denoiser.register_forward_pre_hook(pre, with_kwargs=True), denoiser.register_forward_hook(post)]
+    try:
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        with _PeakRSS() as rss:
+            generate(pipe, config.conditions, config.seeds[0], 1, config.guidance_scale, config.size)
+        seconds = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated(device) if cuda else rss.peak
+    finally:
+        for h in handles:
+            h.remove()
+    step = float(sum(calls))
+    return {"seconds": seconds + (config.steps - 1) * step, "one_step_seconds": seconds, "step_seconds": step,
+            "rows": max(rows, default=1), "peak_bytes": int(peak), "device": device}
+
+
+def _probe(pipe, config: ProfileConfig, checkpoint) -> dict:
+    """``estimate_profile`` of ``config`` with ``replay_checkpoint=checkpoint``: a one-step, one-unit profile."""
+    return estimate_profile(pipe, replace(config, replay_checkpoint=checkpoint))
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    replay_steps: int
+    replay_rows: int | None
+    share: float
+    seconds: float
+    peak: int
+    replay: float  # seconds of one unit's replay
+
+
+def _describe(config: ProfileConfig) -> str:
+    if config.sample is None and config.replay_steps is None and config.replay_rows is None \
+            and config.replay_batch is None and not config.replay_checkpoint:
+        return "exact"
+    parts = [f"sample {config.sample}" if config.sample else "every element"]
+    k = len(replayed_steps(config.steps, config.replay_steps))
+    rows = "every row" if config.replay_rows is None else f"{config.replay_rows} row" + "s" * (config.replay_rows > 1)
+    parts.append(f"replay {k} step{'s' * (k > 1)} x {rows}")
+    if config.replay_batch:
+        parts.append(f"micro-batch {config.replay_batch}")
+    rc = config.replay_checkpoint
+    if rc:
+        parts.append("checkpoint every block" if rc is True else f"checkpoint {rc:g} of blocks")
+    return ", ".join(parts)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n < 1e10 else f"{n / 1e9:.0f} GB"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.0f}M" if n >= 1e7 else f"{n / 1e6:.2g}M"
+
+
+def _secs(t: float) -> str:
+    return f"{t:.0f} s" if t >= 10 else f"{t:.1f} s"
+
+
+def _flags(c: _Candidate) -> str:
+    s = f"--replay-steps {c.replay_steps}"
+    if c.replay_rows:
+        s += f" --replay-rows {c.replay_rows}"
+    if c.share:
+        s += " --replay-checkpoint" + ("" if c.share == 1 else f" {c.share:g}")
+    return s
+
+
+def choose_profile(pipe, config: ProfileConfig, *, max_time: float = MAX_TIME, max_memory=None) -> AutoChoice:
+    """The auto mode's profile configuration for ``pipe`` and ``config`` (see the module's docstring for the
+    rule). ``max_time``: generations of the same conditions; ``max_memory``: bytes, ``"20GB"`` or ``"1.5x"`` (a
+    factor of a generation's peak; default 1.25x on the CPU, the device's free memory on a GPU). Raises a
+    ResourceError, before anything large is allocated, when no setting's predicted peak fits in free memory."""
+    if isinstance(max_time, bool) or not isinstance(max_time, (int, float)) or not max_time > 0:
+        raise UsageError(f"max_time must be a positive number of generations, got {max_time!r}; pass e.g. "
+                         "--max-time 3")
+    cap_bytes, cap_factor = parse_max_memory(max_memory)
+    params = denoiser_params(pipe)
+    fixed = fixed_fields(config)
+    if not would_probe(pipe):
+        how = "exact" if not fixed else _describe(config)
+        return AutoChoice(config, f"profile: auto -> {how} (denoiser {_count(params)} params, below "
+                          f"{_count(EXACT_PARAMS)}: exact is cheap at this size; no probe)", probed=False)
+    gen = measure_generation(pipe, config)
+    device = gen["device"]
+    base = config
+    if "sample" not in fixed:
+        base = replace(base, sample=_SAMPLE)
+    if "replay_batch" not in fixed:
+        base = replace(base, replay_batch=1)
+    probe_rows = config.replay_rows if "replay_rows" in fixed else 1
+    probe_cfg = replace(base, replay_rows=probe_rows)
+    fixed_share = None
+    if "replay_checkpoint" in fixed:
+        rc = config.replay_checkpoint
+        fixed_share = 1.0 if rc is True else float(rc)
+    t_probe = time.perf_counter()
+    p0 = _probe(pipe, probe_cfg, False)
+    free = free_memory(device)
+    if cap_bytes is not None:
+        cap = cap_bytes
+    elif cap_factor is not None:
+        cap = int(cap_factor * gen["peak_bytes"])
+    elif device.type == "cuda":
+        cap = free
+    else:
+        cap = int(MEMORY_FACTOR * gen["peak_bytes"])
+    cap_eff = min(cap, free)
+    cap_text = (_gb(cap_bytes) if cap_bytes is not None else f"{cap_factor:g}x its peak" if cap_factor is not None
+                else "the device's free memory" if device.type == "cuda" else f"{MEMORY_FACTOR:g}x its peak")
+    p1 = None
+    if p0["peak_bytes"] > cap_eff or fixed_share:
+        try:
+            p1 = _probe(pipe, probe_cfg, True)
+        except UsageError:
+            p1 = None  # the denoiser has no activation checkpointing
+    probe_seconds = time.perf_counter() - t_probe
+
+    rows_b = gen["rows"]
+    rows_probe = min(probe_rows or rows_b, rows_b)
+    overhead = max(0.0, p0["measured_seconds"] - p0["setup_seconds"] - p0["step_seconds"] - p0["replay_seconds"])
+    per_row = p0["replay_seconds"] / rows_probe
+    per_row_ck = p1["replay_seconds"] / rows_probe if p1 else per_row
+    units, steps = len(config.seeds), config.steps
+
+    def predict(k: int, rows: int | None, share: float) -> _Candidate:
+        n = len(replayed_steps(steps, k))
+        r = min(rows or rows_b, rows_b)
+        replay = r * (per_row + share * (per_row_ck - per_row))
+        seconds = overhead + p0["setup_seconds"] + units * (steps * p0["step_seconds"] + n * replay)
+        peak = p0["peak_bytes"] + share * ((p1["peak_bytes"] if p1 else p0["peak_bytes"]) - p0["peak_bytes"])
+        return _Candidate(k, rows, share, seconds, int(peak), n * replay)
+
+    ks: list[int] = [int(config.replay_steps or steps)] if "replay_steps" in fixed else \
+        sorted({min(k, steps) for k in _REPLAY_STEPS}, reverse=True)
+    row_opts = [config.replay_rows] if "replay_rows" in fixed else [None, 1]
+    shares = [fixed_share] if fixed_share is not None else ([s for s in _SHARES] if p1 else [0.0])
+    ladder = [predict(k, r, s) for k in ks for r in row_opts for s in shares]
+    t_cap = max_time * gen["seconds"]
+    targets = f"within {max_time:g}x a generation and {cap_text}"
+    chosen = next((c for c in ladder if c.seconds <= t_cap and c.peak <= cap_eff), None)
+    if chosen is None:
+        within = [c for c in ladder if c.peak <= cap_eff]
+        if within:
+            chosen = min(within, key=lambda c: c.seconds)
+            targets = f"nothing checked is within {max_time:g}x a generation: the fastest within {cap_text}"
+        else:
+            fits = [c for c in ladder if c.peak <= free]
+            if not fits:
+                # the least approximation that would fit, the given replay settings kept where they can be
+                every = [predict(k, r, s) for k in ks for r in row_opts for s in (_SHARES if p1 else (0.0,))]
+                ok = [c for c in every if c.peak <= free]
+                hint = (f"these fit: {_flags(ok[0])} ({_gb(ok[0].peak)})" if ok else
+                        "no checked setting fits: free memory, or profile fewer conditions per unit or a smaller --size")
+                raise ResourceError(f"profile: predicted peak {_gb(min(c.peak for c in ladder))} exceeds the "
+                                    f"{_gb(free)} free on {device}; {hint}")
+            chosen = min(fits, key=lambda c: (c.peak, c.seconds))
+            targets = f"nothing checked is within {cap_text}: the smallest peak"
+    share = chosen.share if chosen.share not in (0.0, 1.0) else bool(chosen.share)
+    result = replace(base, replay_steps=chosen.replay_steps, replay_rows=chosen.replay_rows,
+                     replay_checkpoint=config.replay_checkpoint if fixed_share is not None else share)
+    why = (f"denoiser {_count(params)} params, at least {_count(EXACT_PARAMS)}: exact is not probed; "
+           + (f"the least checked approximation {targets}" if targets.startswith("within") else targets))
+    result = replace(result, mode="auto", reason=why)
+    ratio = chosen.seconds / gen["seconds"]
+    line = (f"profile: auto -> {_describe(result)} ({why}); predicted {ratio:.1f}x a generation "
+            f"({_secs(chosen.seconds)}), peak {_gb(chosen.peak)} ({chosen.peak / gen['peak_bytes']:.2f}x); "
+            f"probe {_secs(probe_seconds)}")
+    return AutoChoice(result, line, probed=True, seconds=chosen.seconds, peak_bytes=chosen.peak,
+                      generation_seconds=gen["seconds"], generation_peak_bytes=gen["peak_bytes"],
+                      forecast={"step": p0["step_seconds"], "replay": chosen.replay})
+
+
+def resume_choice(config: ProfileConfig, stored: dict | None) -> ProfileConfig | None:
+    """The configuration an existing profile file recorded, if the auto mode chose it and ``config`` asks for
+    the same conditions (the fields the caller set agreeing): resuming keeps the file's choice without a probe.
+    None otherwise (a new choice is made; the file then says if it differs)."""
+    if not stored or stored.get("mode") != "auto":
+        return None
+    try:
+        recorded = ProfileConfig(**stored)
+    except (TypeError, UsageError):
+        return None
+    fixed = fixed_fields(config)
+    same = all(getattr(recorded, k) == getattr(config, k) for k in ProfileConfig.__dataclass_fields__
+               if k not in APPROXIMATIONS and k not in ("mode", "reason"))
+    agree = all(getattr(recorded, k) == getattr(config, k) for k in fixed)
+    return recorded if same and agree else None
