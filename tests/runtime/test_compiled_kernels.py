@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from mpsearch.formats import get_format
-from mpsearch.runtime.kernels import cpu_int8, find_kernel, reference_only
-from mpsearch.runtime.kernels.cpu_compiled import compiled_cpu_kernels
-from mpsearch.runtime.kernels.cpu_jit import using_jit
+from mpsearch.runtime.kernels import find_kernel, reference_only, using_kernels
+from mpsearch.runtime.kernels.cpu import int8 as cpu_int8
+from mpsearch.runtime.kernels.cpu.compiled import compiled_cpu_kernels
 from mpsearch.runtime.qmodules import quantized_module
 
 
@@ -33,7 +33,7 @@ def test_compiled_kernels_match_the_reference_bit_for_bit(fmt, int_mm):
     with torch.no_grad():
         with reference_only():
             ref = [m(x) for m, x in calls]
-        with compiled_cpu_kernels(), using_jit(False):  # numba's loops off: the compiled ones run
+        with compiled_cpu_kernels(), using_kernels("jit=off"):  # numba's loops off: the compiled ones run
             assert find_kernel("cpu", fmt, act, "linear") not in (None, before)
             got = [m(x) for m, x in calls]
         with compiled_cpu_kernels():  # where numba's loops run, the 4-bit formats take them instead
@@ -46,7 +46,7 @@ def test_compiled_kernels_match_the_reference_bit_for_bit(fmt, int_mm):
 
 
 def test_compiled_kernels_are_off_until_asked_and_can_be_turned_off():
-    from mpsearch.runtime.kernels import cpu_nvfp4
+    from mpsearch.runtime.kernels.cpu import nvfp4 as cpu_nvfp4
 
     eager = find_kernel("cpu", "nvfp4", True, "patches")
     assert eager is cpu_nvfp4.nvfp4_patches_bf16  # the eager kernel (bfloat16 or workspace path) until asked
@@ -62,7 +62,7 @@ def test_a_failed_compilation_is_one_line_naming_the_fix(monkeypatch):
     import torch._dynamo.exc as dynamo_exc
 
     from mpsearch.errors import UsageError
-    from mpsearch.runtime.kernels import cpu_compiled
+    from mpsearch.runtime.kernels.cpu import compiled as cpu_compiled
 
     def broken(fn, **kw):
         def run(*args):

@@ -11,7 +11,8 @@ from torch import nn
 from mpsearch.formats import get_format
 from mpsearch.formats.nvfp4 import nvfp4_fake_quantize
 from mpsearch.runtime import kernels
-from mpsearch.runtime.kernels import cpu_decode, workspace
+from mpsearch.runtime.kernels.cpu import decode as cpu_decode
+from mpsearch.runtime.kernels.cpu import workspace
 from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 
 FORMATS = ["int4", "int4-g64", "int4-g32", "nvfp4"]

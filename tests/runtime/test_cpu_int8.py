@@ -10,7 +10,8 @@ from torch import nn
 from mpsearch.errors import UsageError
 from mpsearch.formats import get_format
 from mpsearch.runtime import kernels
-from mpsearch.runtime.kernels import cpu_int8, workspace
+from mpsearch.runtime.kernels.cpu import int8 as cpu_int8
+from mpsearch.runtime.kernels.cpu import workspace
 from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 
 INT8 = get_format("int8")
@@ -64,14 +65,14 @@ def test_quantized_modules_give_the_same_numbers_on_either_path():
     x, img = torch.randn(3, 5, 96), torch.randn(2, 6, 8, 8)
     out = {}
     for path in ("float", "int_mm"):
-        with cpu_int8.using_cpu_int8_path(path):
+        with kernels.using_kernels(f"int8={path}"):
             out[path] = (ql(x), qc(img))
     assert all(torch.equal(a, b) for a, b in zip(out["float"], out["int_mm"]))
 
 
 def test_float_path_declines_so_the_reference_runs():
     was = cpu_int8._STATE["path"]
-    with cpu_int8.using_cpu_int8_path("float"):
+    with kernels.using_kernels("int8=float"):
         packed = INT8.quantize(_weight(4, 16))
         assert cpu_int8.int8_linear_cpu(torch.randn(3, 16), packed) is None
         assert cpu_int8.int8_patches_cpu(torch.randn(1, 16, 2, 2), INT8.quantize(_weight(4, 16).view(4, 16, 1, 1)),
@@ -89,14 +90,16 @@ def test_auto_measures_once_and_a_bad_choice_is_a_one_line_error(monkeypatch):
     finally:
         cpu_int8._STATE["measured"] = measured
     with pytest.raises(UsageError, match="unknown CPU int8 path 'fast'"):
-        cpu_int8.cpu_int8_path("fast")
+        cpu_int8._CHOICE.path("fast")
+    with pytest.raises(UsageError, match="select_kernels: 'int8=fast' is not a kernel setting"):
+        kernels.select_kernels("int8=fast")
     was = cpu_int8._STATE["path"]
     try:
         cpu_int8._STATE["path"] = None
-        monkeypatch.setenv("MPSEARCH_CPU_INT8", "vnni")
-        with pytest.raises(UsageError, match="MPSEARCH_CPU_INT8='vnni'.*int_mm, float"):
+        monkeypatch.setenv("MPSEARCH_KERNELS", "int8=vnni")
+        with pytest.raises(UsageError, match="MPSEARCH_KERNELS: 'int8=vnni'.*int8=auto.int_mm.float"):
             cpu_int8.int8_linear_cpu(torch.randn(2, 8), INT8.quantize(_weight(3, 8)))
-        monkeypatch.setenv("MPSEARCH_CPU_INT8", "float")
-        assert cpu_int8.cpu_int8_path() == "float"
+        monkeypatch.setenv("MPSEARCH_KERNELS", "int8=float")
+        assert kernels.kernel_settings()["int8"] == "float"
     finally:
         cpu_int8._STATE["path"] = was

@@ -13,7 +13,10 @@ from mpsearch.formats import get_format
 from mpsearch.formats.base import abs_max
 from mpsearch.formats.nvfp4 import nvfp4_fake_quantize
 from mpsearch.formats.patches import im2col, patch_amax, patch_view
-from mpsearch.runtime.kernels import cpu_decode, cpu_jit, cpu_nvfp4
+from mpsearch.runtime.kernels import using_kernels
+from mpsearch.runtime.kernels.cpu import decode as cpu_decode
+from mpsearch.runtime.kernels.cpu import loops as cpu_jit
+from mpsearch.runtime.kernels.cpu import nvfp4 as cpu_nvfp4
 from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 
 pytestmark = pytest.mark.skipif(cpu_jit.numba is None, reason="numba is not installed")
@@ -39,7 +42,7 @@ def _weights(rows, cols, seed):
 def test_nvfp4_weight_decode_float32_and_bfloat16_equal_torch(rows, cols):
     packed = get_format("nvfp4").quantize(_weights(rows, cols, rows))
     for dtype, tensor_scale in ((torch.float32, True), (torch.float32, False), (torch.bfloat16, False)):
-        with cpu_jit.using_jit(False):
+        with using_kernels("jit=off"):
             ref = cpu_decode.decode_into(packed, torch.empty(rows, cols, dtype=dtype), tensor_scale=tensor_scale)
         out = cpu_decode.decode_into(packed, torch.full((rows, cols), 7.0, dtype=dtype), tensor_scale=tensor_scale)
         assert same_bits(out, ref), (dtype, tensor_scale)
@@ -53,7 +56,7 @@ def test_int4_weight_decode_equals_torch_and_dequantize(name):
     fmt = get_format(name)
     w = _weights(24, 512, 3)
     packed = fmt.quantize(w)
-    with cpu_jit.using_jit(False):
+    with using_kernels("jit=off"):
         ref = cpu_decode.decode_into(packed, torch.empty(24, 512))
     out = cpu_decode.decode_into(packed, torch.empty(24, 512))
     assert same_bits(out, ref)
@@ -76,7 +79,7 @@ def test_nvfp4_rows_equal_the_reference_fake_quantization_and_the_bf16_kernel(m,
     amax = abs_max(x)
     assert same_bits(cpu_jit.nvfp4_rows_into(x, amax, torch.empty(m, k)), nvfp4_fake_quantize(x, amax))
     ref = torch.empty(m, k, dtype=torch.bfloat16)
-    with cpu_jit.using_jit(False):
+    with using_kernels("jit=off"):
         cpu_nvfp4._activation_into(x, ref, amax)
     assert same_bits(cpu_jit.nvfp4_rows_into(x, amax, torch.empty(m, k, dtype=torch.bfloat16)), ref)
     # a larger tensor's amax (the rows of a block of a bigger activation), and in place
@@ -110,7 +113,7 @@ def test_nvfp4_patches_read_from_the_input_equal_im2col_then_quantize(shape, k, 
     got = cpu_jit.nvfp4_patches_into(xp.contiguous(), k, stride, dilation, oh, ow, amax, torch.empty(cols.shape))
     assert same_bits(got, nvfp4_fake_quantize(cols, amax))
     ref = torch.empty(cols.shape, dtype=torch.bfloat16)
-    with cpu_jit.using_jit(False):
+    with using_kernels("jit=off"):
         cpu_nvfp4._activation_into(cols, ref, amax)
     got = cpu_jit.nvfp4_patches_into(xp, k, stride, dilation, oh, ow, amax, torch.empty(cols.shape, dtype=torch.bfloat16))
     assert same_bits(got, ref)
@@ -128,9 +131,9 @@ def test_modules_give_the_same_outputs_with_the_loops_on_and_off(path, fmt, monk
     x_lin, x_conv = torch.randn(2, 9, 256), torch.randn(2, 128, 8, 8)
     q_lin = QuantLinear(get_format(fmt).quantize(lin.weight.detach()), lin.bias)  # nvfp4: W4A4
     q_conv = QuantConv2d(conv, get_format(fmt).quantize(conv.weight.detach()), conv.bias)
-    with torch.inference_mode(), cpu_nvfp4.using_cpu_nvfp4_path(path):
+    with torch.inference_mode(), using_kernels(f"nvfp4={path}"):
         on = q_lin(x_lin), q_conv(x_conv)
-        with cpu_jit.using_jit(False):
+        with using_kernels("jit=off"):
             off = q_lin(x_lin), q_conv(x_conv)
     for a, b in zip(on, off):
         assert same_bits(a, b)
@@ -151,7 +154,7 @@ def test_calls_the_loops_do_not_take_run_the_torch_kernels(monkeypatch):
     out = torch.empty(4, 32, dtype=torch.half)
     cpu_decode._quantized_rows_into(x16, out, abs_max(x16))
     assert same_bits(out, nvfp4_fake_quantize(x16, abs_max(x16)).half())
-    with cpu_jit.using_jit(False):
+    with using_kernels("jit=off"):
         assert not cpu_jit.takes(x)
     assert cpu_jit.takes(x) and not cpu_jit.takes(x.t()) and not cpu_jit.takes(x.requires_grad_())
 

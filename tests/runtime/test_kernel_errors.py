@@ -13,7 +13,9 @@ from mpsearch.cache_units import compute_shares
 from mpsearch.formats import get_format
 from mpsearch.formats.int8 import int8_matmul
 from mpsearch.formats.kernel_errors import is_out_of_memory, is_unsupported
-from mpsearch.runtime.kernels import LayoutCache, choice, cpu_int8, cpu_jit, cuda
+from mpsearch.runtime.kernels import LayoutCache, choice, cuda
+from mpsearch.runtime.kernels.cpu import int8 as cpu_int8
+from mpsearch.runtime.kernels.cpu import loops as cpu_jit
 
 UNSUPPORTED = RuntimeError("self.size(0) needs to be greater than 16, but got 4")
 

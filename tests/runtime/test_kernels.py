@@ -20,7 +20,9 @@ from mpsearch.formats.nvfp4 import nvfp4_decode, nvfp4_encode
 from mpsearch.formats.packing import pack_nibbles, unpack_nibbles
 from mpsearch.models import measured_bytes
 from mpsearch.runtime import kernels
-from mpsearch.runtime.kernels import cpu_int8, cuda, layouts
+from mpsearch.runtime.kernels import cuda
+from mpsearch.runtime.kernels.cpu import int8 as cpu_int8
+from mpsearch.runtime.kernels.cuda import layouts
 from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 
 
