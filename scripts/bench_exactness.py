@@ -58,8 +58,8 @@ def main(argv=None) -> None:
         del m
     body = ("One SD1.5 UNet call at real size (`real_size_pipeline(\"sd15\")`, random weights, fp32, 32x32 latents, "
             "CFG batch 2) per uniform plan, through the CPU kernels and through the formats' reference "
-            "(`mpsearch.runtime.kernels.reference_only()`); each path also with numba's loops (`mpsearch.runtime.kernels.cpu.loops`) off, the torch "
-            "loops they replace.\n\n" + "\n".join(lines))
+            "(`mpsearch.runtime.kernels.reference_only()`); each path also with numba's loops "
+            "(`mpsearch.runtime.kernels.cpu.loops`) off, the torch loops they replace.\n\n" + "\n".join(lines))
     print(body)
     if not args.no_doc:
         write_section("exactness", "CPU kernels against the reference at real size (SD1.5)", body,

@@ -50,7 +50,7 @@ Unset, every path is as it was measured or defaulted. A setting made in Python w
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F

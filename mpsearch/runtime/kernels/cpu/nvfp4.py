@@ -14,8 +14,8 @@ whole network the differences move downstream activations across rounding bounda
 against fp32 (``scripts/bench_exactness.py``). The codes and scales, what the plan stores, are the same bits.
 
 The choice is measured once per process (:func:`bf16_is_faster`: both GEMMs on one shape, briefly);
-``MPSEARCH_KERNELS=nvfp4=bf16|float`` (or :func:`mpsearch.runtime.kernels.select_kernels`) fixes it. On the float path, and for calls this
-kernel does not take (weight-only NVFP4, where activations are not exact in bfloat16; grad-recording calls;
+``MPSEARCH_KERNELS=nvfp4=bf16|float`` (or :func:`mpsearch.runtime.kernels.select_kernels`) fixes it. On
+the float path, and for calls this kernel does not take (weight-only NVFP4, where activations are not exact in bfloat16; grad-recording calls;
 other dtypes), :mod:`.decode`'s bit-for-bit kernels or the reference run.
 """
 
@@ -27,8 +27,8 @@ from mpsearch.formats import Packed
 from mpsearch.formats.base import abs_max
 from mpsearch.formats.nvfp4 import BLOCK, E2M1_MAX, E4M3_MAX, _round_e2m1, _scales
 from mpsearch.runtime.kernels import register_kernel
-from mpsearch.runtime.kernels.cpu import decode, loops
 from mpsearch.runtime.kernels.choice import PathChoice, faster_than
+from mpsearch.runtime.kernels.cpu import decode, loops
 from mpsearch.runtime.kernels.cpu.workspace import reusable, rows_per_block, scratch
 
 
