@@ -30,7 +30,7 @@ _LAZY = {
     "PlanHandle": "runtime.executor",
     "export": "runtime.checkpoint",
     "to_torchao": "runtime.torchao_interop",
-    "compiled_cpu_kernels": "runtime.kernels.cpu_compiled",
+    "compiled_cpu_kernels": "runtime.kernels.cpu.compiled",
     "describe": "models",
     "parse_budget": "budget",
     "MpsearchError": "errors",

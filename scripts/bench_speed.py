@@ -9,7 +9,7 @@ median over rounds; each ratio is to fp32 timed in the same rounds). Also: the d
     python scripts/bench_speed.py [--rounds 5] [--threads 2] [--steps 4] [--profile] [--compile]
 
 ``--compile`` adds a row per plan run through the optional compiled CPU kernels
-(``mpsearch.runtime.kernels.cpu_compiled``: bit for bit the same output, fused loops).
+(``mpsearch.runtime.kernels.cpu.compiled``: bit for bit the same output, fused loops).
 
 ``--profile`` prints where the time of one call goes (torch.profiler, by op) for each plan instead.
 """
@@ -30,11 +30,12 @@ from mpsearch.archs import plan_without_weights
 from mpsearch.models import describe, measured_bytes
 from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
-from mpsearch.runtime.kernels.cpu_compiled import compiled_cpu_kernels
-from mpsearch.runtime.kernels.cpu_jit import jit_enabled, using_jit
-from mpsearch.runtime.kernels.cpu_int8 import int_mm_is_faster, using_cpu_int8_path
-from mpsearch.runtime.kernels.cpu_nvfp4 import bf16_is_faster, using_cpu_nvfp4_path
-from mpsearch.runtime.kernels.workspace import workspace_bytes
+from mpsearch.runtime.kernels import using_kernels
+from mpsearch.runtime.kernels.cpu.compiled import compiled_cpu_kernels
+from mpsearch.runtime.kernels.cpu.int8 import int_mm_is_faster
+from mpsearch.runtime.kernels.cpu.loops import jit_enabled
+from mpsearch.runtime.kernels.cpu.nvfp4 import bf16_is_faster
+from mpsearch.runtime.kernels.cpu.workspace import workspace_bytes
 from mpsearch.testing import real_size_pipeline
 
 PROMPT = "a photograph of an astronaut riding a horse"
@@ -109,16 +110,16 @@ def main(argv=None) -> None:
     for name in [n for n in plans if "nvfp4" in n and "uniform" in n]:  # bit for bit, float32 GEMM
         models[f"{name}, float32 path"] = models[name]
         nbytes[f"{name}, float32 path"] = nbytes[name]
-    for name in [n for n in plans if ("nvfp4" in n or "int4" in n) and "uniform" in n]:  # without cpu_jit
+    for name in [n for n in plans if ("nvfp4" in n or "int4" in n) and "uniform" in n]:  # without numba's loops
         models[f"{name}, torch loops"] = models[name]
         nbytes[f"{name}, torch loops"] = nbytes[name]
 
     @contextlib.contextmanager
     def kernels(name):
-        with (using_cpu_int8_path("float") if name.endswith("float GEMM path") else contextlib.nullcontext(),
-              using_cpu_nvfp4_path("float") if name.endswith("float32 path") else contextlib.nullcontext(),
-              compiled_cpu_kernels() if name in compiled else contextlib.nullcontext(),
-              using_jit(not name.endswith("torch loops"))):
+        spec = ",".join(["jit=off" if name.endswith("torch loops") else "jit=on"]
+                        + (["int8=float"] if name.endswith("float GEMM path") else [])
+                        + (["nvfp4=float"] if name.endswith("float32 path") else []))
+        with using_kernels(spec), (compiled_cpu_kernels() if name in compiled else contextlib.nullcontext()):
             yield
 
     for name, m in models.items():  # warm-up (and compilation)
@@ -164,16 +165,16 @@ def main(argv=None) -> None:
             f"guidance 7.5, pixels in [0, 1]. CPU: {cpu_model()} (torch capability "
             f"{torch.backends.cpu.get_cpu_capability()}). INT8 is W8A8 with its exact integer product "
             f"on `torch._int_mm` where that is measured faster than the float GEMM (here: "
-            f"{'yes' if int_mm_is_faster() else 'no'}; `mpsearch.runtime.kernels.cpu_int8`), else on the CPU's "
+            f"{'yes' if int_mm_is_faster() else 'no'}; `mpsearch.runtime.kernels.cpu.int8`), else on the CPU's "
             "float GEMM in slices of at most 1040 inputs; the `float GEMM path` row runs the same model through "
             "the latter (both bit for bit the same numbers). NVFP4 is W4A4: where the bfloat16 GEMM is measured faster "
-            f"than the float32 one (here: {'yes' if bf16_is_faster() else 'no'}; `mpsearch.runtime.kernels.cpu_nvfp4`) "
+            f"than the float32 one (here: {'yes' if bf16_is_faster() else 'no'}; `mpsearch.runtime.kernels.cpu.nvfp4`) "
             "it runs NVFP4 hardware's arithmetic (element x block-scale values exact in bfloat16, float32 sums "
             "rounded to bfloat16, then the tensor scales: within 2^-8 of the reference), else, and in the "
             "`float32 path` row, the reference emulated in float32 bit for bit; INT4 is weight-only (decoded per "
             "call). The 4-bit weights are decoded per call, and the NVFP4 activations quantized (a conv's patches "
             "read straight from its input, no im2col copy), by one native loop each (`mpsearch.runtime.kernels."
-            f"cpu_jit`, compiled by numba: {'on' if jit_enabled() else 'OFF'}), bit for bit the torch kernels "
+            f"cpu.loops`, compiled by numba: {'on' if jit_enabled() else 'OFF'}), bit for bit the torch kernels "
             "the `torch loops` rows run instead (one pass over memory per step, a block of rows at a time), into "
             f"a reused per-thread workspace ({workspace_bytes() / 1e6:.0f} MB after the run: about the largest "
             "layer's decoded weight and activations). `compiled` rows run the "

@@ -4,14 +4,17 @@ import os
 
 # NVFP4 W4A4 on the CPU runs on the bfloat16 GEMM where that is faster (not bit for bit the reference); the
 # tests pin the float path, bit for bit the reference on any CPU, and test the bfloat16 path on its own
-os.environ.setdefault("MPSEARCH_CPU_NVFP4", "float")
+# (``nvfp4=float`` added to MPSEARCH_KERNELS unless it names an NVFP4 path itself)
+_SPEC = os.environ.get("MPSEARCH_KERNELS", "")
+if "nvfp4=" not in _SPEC.replace(" ", ""):
+    os.environ["MPSEARCH_KERNELS"] = ",".join(s for s in (_SPEC.strip(), "nvfp4=float") if s)
 
 import pytest  # noqa: E402
 import torch
 from diffusers import DDIMScheduler, DiTTransformer2DModel, UNet2DModel
 
 from mpsearch.pipeline import DigitsPipeline
-from mpsearch.runtime.kernels.cpu_int8 import using_cpu_int8_path
+from mpsearch.runtime.kernels import using_kernels
 
 
 def tiny_dit(seed: int = 0) -> DiTTransformer2DModel:
@@ -81,5 +84,5 @@ class Tiny(torch.nn.Module):
 @pytest.fixture
 def int_mm():
     """INT8 on torch._int_mm (what the int8 CPU kernels, compiled or not, run), on any CPU."""
-    with using_cpu_int8_path("int_mm"):
+    with using_kernels("int8=int_mm"):
         yield

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from mpsearch.formats import get_format
-from mpsearch.runtime.kernels import cpu_int8, find_kernel, reference_only
-from mpsearch.runtime.kernels.cpu_compiled import compiled_cpu_kernels
-from mpsearch.runtime.kernels.cpu_jit import using_jit
+from mpsearch.runtime.kernels import find_kernel, reference_only, using_kernels
+from mpsearch.runtime.kernels.cpu import int8
+from mpsearch.runtime.kernels.cpu.compiled import compiled_cpu_kernels
 from mpsearch.runtime.qmodules import quantized_module
 
 
@@ -33,7 +33,7 @@ def test_compiled_kernels_match_the_reference_bit_for_bit(fmt, int_mm):
     with torch.no_grad():
         with reference_only():
             ref = [m(x) for m, x in calls]
-        with compiled_cpu_kernels(), using_jit(False):  # numba's loops off: the compiled ones run
+        with compiled_cpu_kernels(), using_kernels("jit=off"):  # numba's loops off: the compiled ones run
             assert find_kernel("cpu", fmt, act, "linear") not in (None, before)
             got = [m(x) for m, x in calls]
         with compiled_cpu_kernels():  # where numba's loops run, the 4-bit formats take them instead
@@ -42,14 +42,14 @@ def test_compiled_kernels_match_the_reference_bit_for_bit(fmt, int_mm):
         assert _same(r, g) and _same(r, j)
     # off again outside the block: int8's own CPU kernel (torch._int_mm, uncompiled) is back, the others none
     assert find_kernel("cpu", fmt, act, "linear") is before
-    assert (before is cpu_int8.int8_linear_cpu) == (fmt == "int8")
+    assert (before is int8.int8_linear_cpu) == (fmt == "int8")
 
 
 def test_compiled_kernels_are_off_until_asked_and_can_be_turned_off():
-    from mpsearch.runtime.kernels import cpu_nvfp4
+    from mpsearch.runtime.kernels.cpu import nvfp4
 
     eager = find_kernel("cpu", "nvfp4", True, "patches")
-    assert eager is cpu_nvfp4.nvfp4_patches_bf16  # the eager kernel (bfloat16 or workspace path) until asked
+    assert eager is nvfp4.nvfp4_patches_bf16  # the eager kernel (bfloat16 or workspace path) until asked
     compiled_cpu_kernels()
     try:
         assert find_kernel("cpu", "nvfp4", True, "patches") not in (None, eager)
@@ -62,13 +62,13 @@ def test_a_failed_compilation_is_one_line_naming_the_fix(monkeypatch):
     import torch._dynamo.exc as dynamo_exc
 
     from mpsearch.errors import UsageError
-    from mpsearch.runtime.kernels import cpu_compiled
+    from mpsearch.runtime.kernels.cpu import compiled
 
     def broken(fn, **kw):
         def run(*args):
             raise dynamo_exc.BackendCompilerFailed(lambda *a: None, RuntimeError("no C++ compiler found"), None)
         return run
-    monkeypatch.setattr(cpu_compiled.torch, "compile", broken)
-    monkeypatch.setattr(cpu_compiled, "_COMPILED", {})
+    monkeypatch.setattr(compiled.torch, "compile", broken)
+    monkeypatch.setattr(compiled, "_COMPILED", {})
     with pytest.raises(UsageError, match="could not be compiled.*compiled_cpu_kernels\\(False\\)"):
-        cpu_compiled._activations(torch.randn(4, 32))
+        compiled._activations(torch.randn(4, 32))

@@ -11,7 +11,7 @@ from torch import nn
 from mpsearch.formats import get_format
 from mpsearch.formats.nvfp4 import nvfp4_fake_quantize
 from mpsearch.runtime import kernels
-from mpsearch.runtime.kernels import cpu_decode, workspace
+from mpsearch.runtime.kernels.cpu import decode, workspace
 from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 
 FORMATS = ["int4", "int4-g64", "int4-g32", "nvfp4"]
@@ -36,7 +36,7 @@ def test_decode_into_is_dequantize(blocks, fmt):
     w[3, :128] = 0  # an all-zero group / block
     packed = f.quantize(w)
     out = torch.full((37, 256), float("nan"))
-    assert torch.equal(cpu_decode.decode_into(packed, out), f.dequantize(packed))
+    assert torch.equal(decode.decode_into(packed, out), f.dequantize(packed))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -97,7 +97,7 @@ def test_modules_match_the_reference_and_leave_grad_passes_to_it(fmt):
             assert qc is None or torch.equal(yc, qc(xc))
     # a grad-recording pass: the kernel steps aside (the workspace would be overwritten under autograd)
     xg = x.clone().requires_grad_(True)
-    assert cpu_decode._linear(f.quantizes_activations)(xg, q.packed(), cache=None, dequantized=None) is None
+    assert decode._linear(f.quantizes_activations)(xg, q.packed(), cache=None, dequantized=None) is None
     q(xg).sum().backward()
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
 

@@ -10,7 +10,7 @@ from torch import nn
 from mpsearch.errors import UsageError
 from mpsearch.formats import get_format
 from mpsearch.runtime import kernels
-from mpsearch.runtime.kernels import cpu_int8, workspace
+from mpsearch.runtime.kernels.cpu import int8, workspace
 from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 
 INT8 = get_format("int8")
@@ -39,7 +39,7 @@ def test_linear_is_the_reference_bit_for_bit(int_mm, temporaries, m, k, n):
     for dtype in (torch.float32, torch.bfloat16):
         x = (torch.randn(m, k) * 3).to(dtype)
         x[0] = 0  # a row whose scale is 0
-        y = cpu_int8.int8_linear_cpu(x, packed, cache=kernels.LayoutCache())
+        y = int8.int8_linear_cpu(x, packed, cache=kernels.LayoutCache())
         assert y.dtype == dtype and torch.equal(y, INT8.matmul(x, packed, quantize_activations=True))
 
 
@@ -52,7 +52,7 @@ def test_conv_patches_are_the_reference_bit_for_bit(int_mm, temporaries, cin, co
     args = (conv.kernel_size, conv.dilation, conv.padding, conv.stride)
     for x in (torch.randn(2, cin, 9, 7) * 2, torch.randn(2, 9, 7, cin).permute(0, 3, 1, 2)):  # NCHW, strided
         x[1, :, 2:4] = 0
-        y, oh, ow = cpu_int8.int8_patches_cpu(x, packed, *args, cache=kernels.LayoutCache())
+        y, oh, ow = int8.int8_patches_cpu(x, packed, *args, cache=kernels.LayoutCache())
         ref, rh, rw = INT8.matmul_patches(x, packed, *args, quantize_activations=True)
         assert (oh, ow) == (rh, rw) and torch.equal(y, ref)
 
@@ -64,39 +64,41 @@ def test_quantized_modules_give_the_same_numbers_on_either_path():
     x, img = torch.randn(3, 5, 96), torch.randn(2, 6, 8, 8)
     out = {}
     for path in ("float", "int_mm"):
-        with cpu_int8.using_cpu_int8_path(path):
+        with kernels.using_kernels(f"int8={path}"):
             out[path] = (ql(x), qc(img))
     assert all(torch.equal(a, b) for a, b in zip(out["float"], out["int_mm"]))
 
 
 def test_float_path_declines_so_the_reference_runs():
-    was = cpu_int8._STATE["path"]
-    with cpu_int8.using_cpu_int8_path("float"):
+    was = int8._STATE["path"]
+    with kernels.using_kernels("int8=float"):
         packed = INT8.quantize(_weight(4, 16))
-        assert cpu_int8.int8_linear_cpu(torch.randn(3, 16), packed) is None
-        assert cpu_int8.int8_patches_cpu(torch.randn(1, 16, 2, 2), INT8.quantize(_weight(4, 16).view(4, 16, 1, 1)),
+        assert int8.int8_linear_cpu(torch.randn(3, 16), packed) is None
+        assert int8.int8_patches_cpu(torch.randn(1, 16, 2, 2), INT8.quantize(_weight(4, 16).view(4, 16, 1, 1)),
                                          (1, 1), (1, 1), (0, 0), (1, 1)) is None
-    assert cpu_int8._STATE["path"] == was  # restored after the block
+    assert int8._STATE["path"] == was  # restored after the block
 
 
 def test_auto_measures_once_and_a_bad_choice_is_a_one_line_error(monkeypatch):
-    measured = cpu_int8._STATE["measured"]
+    measured = int8._STATE["measured"]
     try:
-        cpu_int8._STATE["measured"] = None
-        first = cpu_int8.int_mm_is_faster()
-        assert isinstance(first, bool) and cpu_int8._STATE["measured"] is first
-        assert cpu_int8.int_mm_is_faster() is first  # not measured again
+        int8._STATE["measured"] = None
+        first = int8.int_mm_is_faster()
+        assert isinstance(first, bool) and int8._STATE["measured"] is first
+        assert int8.int_mm_is_faster() is first  # not measured again
     finally:
-        cpu_int8._STATE["measured"] = measured
+        int8._STATE["measured"] = measured
     with pytest.raises(UsageError, match="unknown CPU int8 path 'fast'"):
-        cpu_int8.cpu_int8_path("fast")
-    was = cpu_int8._STATE["path"]
+        int8._CHOICE.path("fast")
+    with pytest.raises(UsageError, match="select_kernels: 'int8=fast' is not a kernel setting"):
+        kernels.select_kernels("int8=fast")
+    was = int8._STATE["path"]
     try:
-        cpu_int8._STATE["path"] = None
-        monkeypatch.setenv("MPSEARCH_CPU_INT8", "vnni")
-        with pytest.raises(UsageError, match="MPSEARCH_CPU_INT8='vnni'.*int_mm, float"):
-            cpu_int8.int8_linear_cpu(torch.randn(2, 8), INT8.quantize(_weight(3, 8)))
-        monkeypatch.setenv("MPSEARCH_CPU_INT8", "float")
-        assert cpu_int8.cpu_int8_path() == "float"
+        int8._STATE["path"] = None
+        monkeypatch.setenv("MPSEARCH_KERNELS", "int8=vnni")
+        with pytest.raises(UsageError, match="MPSEARCH_KERNELS: 'int8=vnni'.*int8=auto.int_mm.float"):
+            int8.int8_linear_cpu(torch.randn(2, 8), INT8.quantize(_weight(3, 8)))
+        monkeypatch.setenv("MPSEARCH_KERNELS", "int8=float")
+        assert kernels.kernel_settings()["int8"] == "float"
     finally:
-        cpu_int8._STATE["path"] = was
+        int8._STATE["path"] = was

@@ -1,5 +1,5 @@
-"""The numba loops (``cpu_jit``) equal the torch kernels they replace, bit for bit: NVFP4 and INT4 weight decode,
-NVFP4 activation rows and conv patches (float32 fake quantization and bfloat16 element x block scale), on
+"""The numba loops (``mpsearch.runtime.kernels.cpu.loops``) equal the torch kernels they replace, bit for bit:
+NVFP4 and INT4 weight decode, NVFP4 activation rows and conv patches (float32 fake quantization and bfloat16 element x block scale), on
 shapes, signs, zeros, dead blocks and conv geometries the models hit; the modules give the same outputs with the
 loops on and off; calls the loops do not take (non-finite amax, other dtypes) run the torch kernels."""
 
@@ -13,10 +13,11 @@ from mpsearch.formats import get_format
 from mpsearch.formats.base import abs_max
 from mpsearch.formats.nvfp4 import nvfp4_fake_quantize
 from mpsearch.formats.patches import im2col, patch_amax, patch_view
-from mpsearch.runtime.kernels import cpu_decode, cpu_jit, cpu_nvfp4
+from mpsearch.runtime.kernels import using_kernels
+from mpsearch.runtime.kernels.cpu import decode, loops, nvfp4
 from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 
-pytestmark = pytest.mark.skipif(cpu_jit.numba is None, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(loops.numba is None, reason="numba is not installed")
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -39,12 +40,12 @@ def _weights(rows, cols, seed):
 def test_nvfp4_weight_decode_float32_and_bfloat16_equal_torch(rows, cols):
     packed = get_format("nvfp4").quantize(_weights(rows, cols, rows))
     for dtype, tensor_scale in ((torch.float32, True), (torch.float32, False), (torch.bfloat16, False)):
-        with cpu_jit.using_jit(False):
-            ref = cpu_decode.decode_into(packed, torch.empty(rows, cols, dtype=dtype), tensor_scale=tensor_scale)
-        out = cpu_decode.decode_into(packed, torch.full((rows, cols), 7.0, dtype=dtype), tensor_scale=tensor_scale)
+        with using_kernels("jit=off"):
+            ref = decode.decode_into(packed, torch.empty(rows, cols, dtype=dtype), tensor_scale=tensor_scale)
+        out = decode.decode_into(packed, torch.full((rows, cols), 7.0, dtype=dtype), tensor_scale=tensor_scale)
         assert same_bits(out, ref), (dtype, tensor_scale)
     # and the float32 decode is the format's own dequantize
-    assert same_bits(cpu_decode.decode_into(packed, torch.empty(rows, cols)),
+    assert same_bits(decode.decode_into(packed, torch.empty(rows, cols)),
                      get_format("nvfp4").dequantize(packed).reshape(rows, cols))
 
 
@@ -53,9 +54,9 @@ def test_int4_weight_decode_equals_torch_and_dequantize(name):
     fmt = get_format(name)
     w = _weights(24, 512, 3)
     packed = fmt.quantize(w)
-    with cpu_jit.using_jit(False):
-        ref = cpu_decode.decode_into(packed, torch.empty(24, 512))
-    out = cpu_decode.decode_into(packed, torch.empty(24, 512))
+    with using_kernels("jit=off"):
+        ref = decode.decode_into(packed, torch.empty(24, 512))
+    out = decode.decode_into(packed, torch.empty(24, 512))
     assert same_bits(out, ref)
     assert same_bits(out, fmt.dequantize(packed).reshape(24, 512).float())
 
@@ -74,22 +75,22 @@ def _activations(m, k, seed):
 def test_nvfp4_rows_equal_the_reference_fake_quantization_and_the_bf16_kernel(m, k):
     x = _activations(m, k, m)
     amax = abs_max(x)
-    assert same_bits(cpu_jit.nvfp4_rows_into(x, amax, torch.empty(m, k)), nvfp4_fake_quantize(x, amax))
+    assert same_bits(loops.nvfp4_rows_into(x, amax, torch.empty(m, k)), nvfp4_fake_quantize(x, amax))
     ref = torch.empty(m, k, dtype=torch.bfloat16)
-    with cpu_jit.using_jit(False):
-        cpu_nvfp4._activation_into(x, ref, amax)
-    assert same_bits(cpu_jit.nvfp4_rows_into(x, amax, torch.empty(m, k, dtype=torch.bfloat16)), ref)
+    with using_kernels("jit=off"):
+        nvfp4._activation_into(x, ref, amax)
+    assert same_bits(loops.nvfp4_rows_into(x, amax, torch.empty(m, k, dtype=torch.bfloat16)), ref)
     # a larger tensor's amax (the rows of a block of a bigger activation), and in place
     big = amax * 3
     y = x.clone()
-    cpu_jit.nvfp4_rows_into(y, big, y)
+    loops.nvfp4_rows_into(y, big, y)
     assert same_bits(y, nvfp4_fake_quantize(x, big))
 
 
 def test_all_zero_and_tiny_tensors():
     for x in (torch.zeros(4, 32), torch.full((2, 16), 1e-40), -torch.zeros(3, 16)):
         amax = abs_max(x)
-        assert same_bits(cpu_jit.nvfp4_rows_into(x, amax, torch.empty_like(x)), nvfp4_fake_quantize(x, amax))
+        assert same_bits(loops.nvfp4_rows_into(x, amax, torch.empty_like(x)), nvfp4_fake_quantize(x, amax))
 
 
 @pytest.mark.parametrize("shape,k,stride,dilation,padding", [
@@ -107,12 +108,12 @@ def test_nvfp4_patches_read_from_the_input_equal_im2col_then_quantize(shape, k, 
     view, xp, oh, ow = patch_view(x, k, dilation, padding, stride)
     cols, _, _ = im2col(x, k, dilation, padding, stride)
     amax = patch_amax(xp, k, stride, dilation).amax()
-    got = cpu_jit.nvfp4_patches_into(xp.contiguous(), k, stride, dilation, oh, ow, amax, torch.empty(cols.shape))
+    got = loops.nvfp4_patches_into(xp.contiguous(), k, stride, dilation, oh, ow, amax, torch.empty(cols.shape))
     assert same_bits(got, nvfp4_fake_quantize(cols, amax))
     ref = torch.empty(cols.shape, dtype=torch.bfloat16)
-    with cpu_jit.using_jit(False):
-        cpu_nvfp4._activation_into(cols, ref, amax)
-    got = cpu_jit.nvfp4_patches_into(xp, k, stride, dilation, oh, ow, amax, torch.empty(cols.shape, dtype=torch.bfloat16))
+    with using_kernels("jit=off"):
+        nvfp4._activation_into(cols, ref, amax)
+    got = loops.nvfp4_patches_into(xp, k, stride, dilation, oh, ow, amax, torch.empty(cols.shape, dtype=torch.bfloat16))
     assert same_bits(got, ref)
 
 
@@ -121,16 +122,16 @@ def test_nvfp4_patches_read_from_the_input_equal_im2col_then_quantize(shape, k, 
 def test_modules_give_the_same_outputs_with_the_loops_on_and_off(path, fmt, monkeypatch):
     ran = []
     for name in ("nvfp4_decode_into", "int4_decode_into", "nvfp4_rows_into", "nvfp4_patches_into"):
-        fn = getattr(cpu_jit, name)
-        monkeypatch.setattr(cpu_jit, name, lambda *a, _fn=fn, _n=name: ran.append(_n) or _fn(*a))
+        fn = getattr(loops, name)
+        monkeypatch.setattr(loops, name, lambda *a, _fn=fn, _n=name: ran.append(_n) or _fn(*a))
     torch.manual_seed(0)
     lin, conv = nn.Linear(256, 40), nn.Conv2d(128, 24, 3, padding=1)
     x_lin, x_conv = torch.randn(2, 9, 256), torch.randn(2, 128, 8, 8)
     q_lin = QuantLinear(get_format(fmt).quantize(lin.weight.detach()), lin.bias)  # nvfp4: W4A4
     q_conv = QuantConv2d(conv, get_format(fmt).quantize(conv.weight.detach()), conv.bias)
-    with torch.inference_mode(), cpu_nvfp4.using_cpu_nvfp4_path(path):
+    with torch.inference_mode(), using_kernels(f"nvfp4={path}"):
         on = q_lin(x_lin), q_conv(x_conv)
-        with cpu_jit.using_jit(False):
+        with using_kernels("jit=off"):
             off = q_lin(x_lin), q_conv(x_conv)
     for a, b in zip(on, off):
         assert same_bits(a, b)
@@ -142,31 +143,31 @@ def test_calls_the_loops_do_not_take_run_the_torch_kernels(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the numba loop ran")
 
-    monkeypatch.setattr(cpu_jit, "nvfp4_rows_into", boom)
+    monkeypatch.setattr(loops, "nvfp4_rows_into", boom)
     x = torch.randn(4, 32)
     x[0, 0] = float("inf")  # a non-finite amax: the torch kernel's arithmetic, whatever it gives
     dst = torch.empty(4, 32)
-    cpu_decode._quantized_rows_into(x, dst, abs_max(x))
+    decode._quantized_rows_into(x, dst, abs_max(x))
     x16 = torch.randn(4, 32).half()  # another dtype
     out = torch.empty(4, 32, dtype=torch.half)
-    cpu_decode._quantized_rows_into(x16, out, abs_max(x16))
+    decode._quantized_rows_into(x16, out, abs_max(x16))
     assert same_bits(out, nvfp4_fake_quantize(x16, abs_max(x16)).half())
-    with cpu_jit.using_jit(False):
-        assert not cpu_jit.takes(x)
-    assert cpu_jit.takes(x) and not cpu_jit.takes(x.t()) and not cpu_jit.takes(x.requires_grad_())
+    with using_kernels("jit=off"):
+        assert not loops.takes(x)
+    assert loops.takes(x) and not loops.takes(x.t()) and not loops.takes(x.requires_grad_())
 
 
 def test_a_forked_child_runs_the_torch_loops():
     import os
 
     x = torch.randn(8, 32)
-    cpu_jit.nvfp4_rows_into(x, abs_max(x), torch.empty(8, 32))  # the parent has run a parallel loop
+    loops.nvfp4_rows_into(x, abs_max(x), torch.empty(8, 32))  # the parent has run a parallel loop
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: no parallel loop (GNU OpenMP would terminate it), the same bits
-        ok = not cpu_jit.jit_enabled()
+        ok = not loops.jit_enabled()
         dst = torch.empty(8, 32)
-        cpu_decode._quantized_rows_into(x, dst, abs_max(x))
+        decode._quantized_rows_into(x, dst, abs_max(x))
         ok = ok and same_bits(dst, nvfp4_fake_quantize(x, abs_max(x)))
         os.write(w, b"1" if ok else b"0")
         os._exit(0)
@@ -174,7 +175,7 @@ def test_a_forked_child_runs_the_torch_loops():
     got = os.read(r, 1)
     os.waitpid(pid, 0)
     assert got == b"1"
-    assert cpu_jit.jit_enabled()
+    assert loops.jit_enabled()
 
 
 def test_no_writable_cache_compiles_per_process_instead_of_failing(monkeypatch):
@@ -184,12 +185,12 @@ def test_no_writable_cache_compiles_per_process_instead_of_failing(monkeypatch):
         calls.append(cache)
         if cache:
             raise RuntimeError("cannot cache function 'f': no locator available for file")
-        return cpu_jit.numba.njit(cache=False, **options)
+        return loops.numba.njit(cache=False, **options)
 
-    monkeypatch.setattr(cpu_jit, "njit", njit)
+    monkeypatch.setattr(loops, "njit", njit)
 
     def double(a):
         return a * 2
 
-    f = cpu_jit._njit()(double)
+    f = loops._njit()(double)
     assert calls == [True, False] and f(21) == 42

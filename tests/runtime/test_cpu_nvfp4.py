@@ -14,7 +14,7 @@ from mpsearch.formats import get_format
 from mpsearch.formats.nvfp4 import nvfp4_decode_packed, nvfp4_encode
 from mpsearch.formats.packing import unpack_nibbles
 from mpsearch.runtime import kernels
-from mpsearch.runtime.kernels import cpu_nvfp4, workspace
+from mpsearch.runtime.kernels.cpu import nvfp4, workspace
 from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 
 NVFP4 = get_format("nvfp4")
@@ -22,7 +22,7 @@ NVFP4 = get_format("nvfp4")
 
 @pytest.fixture
 def bf16():
-    with cpu_nvfp4.using_cpu_nvfp4_path("bf16"):
+    with kernels.using_kernels("nvfp4=bf16"):
         yield
 
 
@@ -95,7 +95,7 @@ def test_modules_weight_only_and_grad_calls_take_the_bit_for_bit_path(bf16):
         y = q(x)
         with kernels.reference_only():
             ref = q(x)
-    assert kernels.find_kernel("cpu", "nvfp4", True) is cpu_nvfp4.nvfp4_linear_bf16
+    assert kernels.find_kernel("cpu", "nvfp4", True) is nvfp4.nvfp4_linear_bf16
     assert ((y - ref).abs() <= _tolerance(x, packed, ref - lin.bias) + 1e-6).all()
     # weight-only NVFP4 (activations are not exact in bfloat16): bit for bit the reference
     w_only = kernels.linear(x, packed, activations=False)
@@ -117,26 +117,28 @@ def test_modules_weight_only_and_grad_calls_take_the_bit_for_bit_path(bf16):
 def test_float_path_is_bit_for_bit_and_the_choice_is_measured_once_or_set():
     packed = NVFP4.quantize(torch.randn(8, 32))
     x = torch.randn(3, 32)
-    with cpu_nvfp4.using_cpu_nvfp4_path("float"):
+    with kernels.using_kernels("nvfp4=float"):
         y = kernels.linear(x, packed, activations=True)
         with kernels.reference_only():
             assert torch.equal(y, kernels.linear(x, packed, activations=True))
-    measured = cpu_nvfp4._STATE["measured"]
+    measured = nvfp4._STATE["measured"]
     try:
-        cpu_nvfp4._STATE["measured"] = None
-        first = cpu_nvfp4.bf16_is_faster()
-        assert isinstance(first, bool) and cpu_nvfp4.bf16_is_faster() is first
+        nvfp4._STATE["measured"] = None
+        first = nvfp4.bf16_is_faster()
+        assert isinstance(first, bool) and nvfp4.bf16_is_faster() is first
     finally:
-        cpu_nvfp4._STATE["measured"] = measured
+        nvfp4._STATE["measured"] = measured
     with pytest.raises(UsageError, match="unknown CPU nvfp4 path 'fast'"):
-        cpu_nvfp4.cpu_nvfp4_path("fast")
-    with cpu_nvfp4.using_cpu_nvfp4_path("float"):
+        nvfp4._CHOICE.path("fast")
+    with pytest.raises(UsageError, match="select_kernels: 'nvfp4=fast' is not a kernel setting"):
+        kernels.select_kernels("nvfp4=fast")
+    with kernels.using_kernels("nvfp4=float"):
         pass
-    assert cpu_nvfp4._STATE["path"] is None  # restored
+    assert nvfp4._STATE["path"] is None  # restored
 
 
 def test_a_bad_environment_choice_is_a_one_line_error(monkeypatch):
-    monkeypatch.setenv("MPSEARCH_CPU_NVFP4", "fastest")
-    monkeypatch.setitem(cpu_nvfp4._STATE, "path", None)
-    with pytest.raises(UsageError, match="MPSEARCH_CPU_NVFP4='fastest'"):
-        cpu_nvfp4.uses_bf16()
+    monkeypatch.setenv("MPSEARCH_KERNELS", "nvfp4=fastest")
+    monkeypatch.setitem(nvfp4._STATE, "path", None)
+    with pytest.raises(UsageError, match="MPSEARCH_KERNELS: 'nvfp4=fastest' is not a kernel setting"):
+        nvfp4.uses_bf16()

@@ -13,7 +13,8 @@ from mpsearch.cache_units import compute_shares
 from mpsearch.formats import get_format
 from mpsearch.formats.int8 import int8_matmul
 from mpsearch.formats.kernel_errors import is_out_of_memory, is_unsupported
-from mpsearch.runtime.kernels import LayoutCache, choice, cpu_int8, cpu_jit, cuda
+from mpsearch.runtime.kernels import LayoutCache, choice, cuda
+from mpsearch.runtime.kernels.cpu import int8, loops
 
 UNSUPPORTED = RuntimeError("self.size(0) needs to be greater than 16, but got 4")
 
@@ -88,7 +89,7 @@ def test_cpu_int8_workspace_product_propagates_real_failures(monkeypatch, failur
         return real(*a, **k)
     monkeypatch.setattr(torch, "_int_mm", int_mm)
     with pytest.raises(RuntimeError):
-        cpu_int8._product_into(qx, qw, sx, scale, torch.float32, cpu_int8.rescale)
+        int8._product_into(qx, qw, sx, scale, torch.float32, int8.rescale)
 
 
 def test_cpu_int8_workspace_product_falls_back_where_int_mm_has_no_out_kernel(monkeypatch):
@@ -101,8 +102,8 @@ def test_cpu_int8_workspace_product_falls_back_where_int_mm_has_no_out_kernel(mo
             raise NotImplementedError("Could not run 'aten::_int_mm.out'")
         return real(*a, **k)
     monkeypatch.setattr(torch, "_int_mm", int_mm)
-    out = cpu_int8._product_into(qx, qw, sx, scale, torch.float32, cpu_int8.rescale)
-    assert torch.equal(out, cpu_int8.rescale(_exact(qx, qw), sx, scale))
+    out = int8._product_into(qx, qw, sx, scale, torch.float32, int8.rescale)
+    assert torch.equal(out, int8.rescale(_exact(qx, qw), sx, scale))
 
 
 def _int8_packed(n=8, k=32):
@@ -157,16 +158,16 @@ def test_speed_probe_propagates_real_failures_and_rates_a_missing_kernel_slower(
 
 
 def test_numba_cache_fallback_takes_only_the_no_cache_location_error(monkeypatch):
-    if cpu_jit.numba is None:
+    if loops.numba is None:
         pytest.skip("numba is not installed")
 
     def njit(**options):
         if options.get("cache"):
             raise RuntimeError("numba internal error while compiling")
         return lambda fn: fn
-    monkeypatch.setattr(cpu_jit, "njit", njit)
+    monkeypatch.setattr(loops, "njit", njit)
     with pytest.raises(RuntimeError, match="internal error"):
-        cpu_jit._njit()(lambda v: v)
+        loops._njit()(lambda v: v)
 
 
 @pytest.mark.parametrize("failure", ["oom", "unrelated"])

@@ -20,7 +20,9 @@ from mpsearch.formats.nvfp4 import nvfp4_decode, nvfp4_encode
 from mpsearch.formats.packing import pack_nibbles, unpack_nibbles
 from mpsearch.models import measured_bytes
 from mpsearch.runtime import kernels
-from mpsearch.runtime.kernels import cpu_int8, cuda, layouts
+from mpsearch.runtime.kernels import cuda
+from mpsearch.runtime.kernels.cpu import int8
+from mpsearch.runtime.kernels.cuda import layouts
 from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 
 
@@ -45,7 +47,7 @@ def test_cpu_runs_the_reference_bit_for_bit():
         # workspace) are bit for bit the reference too
         assert kernels.find_kernel("cpu", fmt, act) is not None
         if fmt == "int8":
-            assert kernels.find_kernel("cpu", fmt, act) is cpu_int8.int8_linear_cpu
+            assert kernels.find_kernel("cpu", fmt, act) is int8.int8_linear_cpu
 
 
 @pytest.fixture
@@ -303,3 +305,17 @@ def test_tinygemm_layout_shapes_on_meta():
     assert wpack.shape == (6, 8, 32, 4) and wpack.dtype == torch.int32
     assert wpack.numel() * 4 == p.tensors["qweight"].numel()
     assert sz.shape == (8, 48, 2) and sz.dtype == torch.bfloat16
+
+
+def test_kernels_are_grouped_by_device_and_format():
+    """The CPU kernels live in ``kernels.cpu`` (a module per format, or by what it does), the CUDA ones in
+    ``kernels.cuda``; the flat per-mechanism modules are gone and every registered kernel comes from its device's."""
+    import importlib.util
+
+    for old in ("cpu_int8", "cpu_nvfp4", "cpu_decode", "cpu_jit", "cpu_compiled", "workspace", "layouts"):
+        assert importlib.util.find_spec(f"mpsearch.runtime.kernels.{old}") is None, old
+    for new in ("cpu.int8", "cpu.nvfp4", "cpu.decode", "cpu.loops", "cpu.compiled", "cpu.workspace", "cuda.layouts"):
+        assert importlib.util.find_spec(f"mpsearch.runtime.kernels.{new}") is not None, new
+    for device, fmt, act, op in kernels.registered():
+        fn = kernels.find_kernel(device, fmt, act, op)
+        assert fn.__module__.startswith(f"mpsearch.runtime.kernels.{device}"), (device, fmt, act, op, fn.__module__)

@@ -26,7 +26,8 @@ from mpsearch.formats import get_format
 from mpsearch.formats.nvfp4 import nvfp4_decode, nvfp4_encode
 from mpsearch.models import measured_bytes
 from mpsearch.runtime import kernels
-from mpsearch.runtime.kernels import cuda, layouts
+from mpsearch.runtime.kernels import cuda
+from mpsearch.runtime.kernels.cuda import layouts
 from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 
 pytestmark = pytest.mark.gpu

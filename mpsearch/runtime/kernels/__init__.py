@@ -24,28 +24,33 @@ and kept there, as plain attributes, never as parameters or buffers: the plan's 
 ``state_dict`` and the exported checkpoint hold the packed form only (see :mod:`.cuda` for what each layout
 costs on the device).
 
+**Where the kernels are.** :mod:`.cpu` (a module per format where the code is one format's: :mod:`.cpu.int8`,
+:mod:`.cpu.nvfp4`; :mod:`.cpu.decode` for the 4-bit formats' shared decode; :mod:`.cpu.loops` numba's loops,
+:mod:`.cpu.compiled` the ``torch.compile`` kernels, :mod:`.cpu.workspace` their reused memory) and :mod:`.cuda`
+(with :mod:`.cuda.layouts`, its weight layouts); :mod:`.choice` parses the switch below.
+
 **Choosing the kernel paths: one switch.** ``MPSEARCH_KERNELS`` (read when this package is imported; from
-Python, :func:`select_kernels` with the same text) takes comma-separated settings, each with its default:
+Python, :func:`select_kernels` with the same text, or :func:`using_kernels` inside a block) takes
+comma-separated settings, each with its default:
 
 * ``kernels=on|reference`` (or the word ``reference``): ``reference`` runs every call on the formats'
   reference arithmetic, no kernel at all (as :func:`reference_only` does inside a block);
 * ``int8=auto|int_mm|float``: the CPU's INT8 product on ``torch._int_mm`` or on the float GEMM; ``auto``
-  measures which is faster, once per process (:mod:`.cpu_int8`). Both are bit for bit the reference;
+  measures which is faster, once per process (:mod:`.cpu.int8`). Both are bit for bit the reference;
 * ``nvfp4=auto|bf16|float``: the CPU's NVFP4 W4A4 GEMM in bfloat16 (NVFP4 hardware's arithmetic, not bit for
-  bit) or float32 (bit for bit); ``auto`` measures (:mod:`.cpu_nvfp4`);
-* ``jit=on|off``: numba's one-pass loops for the 4-bit formats, or torch's (:mod:`.cpu_jit`); bit for bit.
+  bit) or float32 (bit for bit); ``auto`` measures (:mod:`.cpu.nvfp4`);
+* ``jit=on|off``: numba's one-pass loops for the 4-bit formats, or torch's (:mod:`.cpu.loops`); bit for bit.
 
 E.g. ``MPSEARCH_KERNELS=int8=float,nvfp4=float,jit=off`` (every CPU path bit for bit, nothing measured).
-Unset, every path is as it was measured or defaulted. A setting made in Python (:func:`select_kernels`,
-``cpu_int8_path()``, ``cpu_nvfp4_path()``, the ``using_*`` blocks) wins over the environment; the older
-per-kernel variables ``MPSEARCH_CPU_INT8``, ``MPSEARCH_CPU_NVFP4`` and ``MPSEARCH_JIT`` are still read and win
-over ``MPSEARCH_KERNELS``. :func:`kernel_settings` says what is in force. The ``torch.compile`` kernels stay
-opt-in from Python (``mpsearch.compiled_cpu_kernels()``: they compile on first use and need a compiler).
+Unset, every path is as it was measured or defaulted. A setting made in Python wins over the environment.
+:func:`kernel_settings` says what is in force. The ``torch.compile`` kernels stay opt-in from Python
+(``mpsearch.compiled_cpu_kernels()``: they compile on first use and need a compiler).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -100,8 +105,9 @@ def find_kernel(device: str, fmt: str, activations: bool, op: str = "linear") ->
 
 
 def reference_only():
-    """Within the block every call runs the formats' reference arithmetic (for comparisons)."""
-    return toggled(_STATE, "enabled", False)
+    """Within the block every call runs the formats' reference arithmetic (for comparisons):
+    ``using_kernels("reference")``."""
+    return using_kernels("reference")
 
 
 def layouts_per_call():
@@ -203,12 +209,17 @@ def conv(x: torch.Tensor, packed: Packed, bias, stride, padding, dilation, *,
     return F.conv2d(x, w.to(x.dtype), bias, stride, padding, dilation)
 
 
-# Importing the device modules registers their kernels (they need no device to import).
+# Importing the device packages registers their kernels (they need no device to import).
 from mpsearch.runtime.kernels import cuda  # noqa: E402,F401  isort: skip
-from mpsearch.runtime.kernels import cpu_int8  # noqa: E402  isort: skip
-from mpsearch.runtime.kernels import cpu_decode  # noqa: E402,F401  isort: skip
-from mpsearch.runtime.kernels import cpu_nvfp4  # noqa: E402  isort: skip  (after cpu_decode: it wraps it)
-from mpsearch.runtime.kernels import cpu_jit  # noqa: E402  isort: skip  (imported by cpu_decode)
+from mpsearch.runtime.kernels.cpu import int8 as _cpu_int8  # noqa: E402  isort: skip
+from mpsearch.runtime.kernels.cpu import loops as _cpu_loops  # noqa: E402  isort: skip
+from mpsearch.runtime.kernels.cpu import nvfp4 as _cpu_nvfp4  # noqa: E402  isort: skip
+
+
+def _switches() -> dict[str, tuple[dict, str]]:
+    """Where each setting of ``MPSEARCH_KERNELS`` is held: ``{key: (state dict, its entry)}``."""
+    return {"kernels": (_STATE, "enabled"), "int8": (_cpu_int8._STATE, "path"),
+            "nvfp4": (_cpu_nvfp4._STATE, "path"), "jit": (_cpu_loops._STATE, "enabled")}
 
 
 def select_kernels(spec: str) -> dict[str, str]:
@@ -220,20 +231,36 @@ def select_kernels(spec: str) -> dict[str, str]:
         if key == "kernels":
             _STATE["enabled"] = value == "on"
         elif key == "int8":
-            cpu_int8.cpu_int8_path(value)
+            _cpu_int8._CHOICE.path(value)
         elif key == "nvfp4":
-            cpu_nvfp4.cpu_nvfp4_path(value)
+            _cpu_nvfp4._CHOICE.path(value)
         elif key == "jit":
-            cpu_jit._STATE["enabled"] = value == "on"
+            _cpu_loops._STATE["enabled"] = value == "on"
     return kernel_settings()
+
+
+@contextlib.contextmanager
+def using_kernels(spec: str) -> Iterator[dict[str, str]]:
+    """Inside the block the settings ``spec`` names are as :func:`select_kernels` sets them; after it, as
+    they were (a setting the environment gave is the environment's again). Yields :func:`kernel_settings`."""
+    keys = parse_kernel_spec(spec, where="using_kernels")  # a refused spec raises before anything changes
+    held = _switches()
+    saved = {key: held[key][0][held[key][1]] for key in keys}
+    settings = select_kernels(spec)
+    try:
+        yield settings
+    finally:
+        for key, value in saved.items():
+            state, entry = held[key]
+            state[entry] = value
 
 
 def kernel_settings() -> dict[str, str]:
     """The kernel paths in force now, as ``MPSEARCH_KERNELS`` names them (``auto`` paths not yet measured)."""
-    return {"kernels": "on" if _STATE["enabled"] else "reference", "int8": cpu_int8.cpu_int8_path(),
-            "nvfp4": cpu_nvfp4.cpu_nvfp4_path(), "jit": "on" if cpu_jit._STATE["enabled"] else "off"}
+    return {"kernels": "on" if _STATE["enabled"] else "reference", "int8": _cpu_int8._CHOICE.path(),
+            "nvfp4": _cpu_nvfp4._CHOICE.path(), "jit": "on" if _cpu_loops._STATE["enabled"] else "off"}
 
 
 __all__ = ["register_kernel", "unregister_kernel", "registered", "find_kernel", "reference_only",
            "layouts_per_call", "LayoutCache", "linear", "patches", "conv", "OPS", "select_kernels",
-           "kernel_settings"]
+           "kernel_settings", "using_kernels"]

@@ -18,9 +18,9 @@ KERNELS_ENV = "MPSEARCH_KERNELS"
 #: its keys and the values each takes (the first is the default)
 KERNEL_SWITCHES: dict[str, tuple[str, ...]] = {
     "kernels": ("on", "reference"),      # reference: every call runs the formats' reference arithmetic
-    "int8": ("auto", "int_mm", "float"),  # the CPU's INT8 product (mpsearch.runtime.kernels.cpu_int8)
-    "nvfp4": ("auto", "bf16", "float"),   # the CPU's NVFP4 W4A4 GEMM (mpsearch.runtime.kernels.cpu_nvfp4)
-    "jit": ("on", "off"),                 # numba's loops for the 4-bit formats (mpsearch.runtime.kernels.cpu_jit)
+    "int8": ("auto", "int_mm", "float"),  # the CPU's INT8 product (mpsearch.runtime.kernels.cpu.int8)
+    "nvfp4": ("auto", "bf16", "float"),   # the CPU's NVFP4 W4A4 GEMM (mpsearch.runtime.kernels.cpu.nvfp4)
+    "jit": ("on", "off"),                 # numba's loops for the 4-bit formats (mpsearch.runtime.kernels.cpu.loops)
 }
 
 
@@ -82,13 +82,13 @@ def faster_than(fast: Callable, reference: Callable, factor: float = 1.5) -> boo
 
 
 class PathChoice:
-    """A CPU path: ``fast``, ``"float"`` or ``"auto"`` (``measure()`` decides, once per process). Set in
-    Python (:meth:`path`, :meth:`using`), else by the environment variable ``env`` (the older per-kernel
-    variable), else by ``MPSEARCH_KERNELS``'s entry ``what=...``; ``state`` holds the path set (None: the
-    environment's) and the measurement (None until measured)."""
+    """A CPU path: ``fast``, ``"float"`` or ``"auto"`` (``measure()`` decides, once per process). Set from
+    Python (:func:`mpsearch.runtime.kernels.select_kernels`, which calls :meth:`path`), else by
+    ``MPSEARCH_KERNELS``'s entry ``what=...``; ``state`` holds the path set (None: the environment's) and the
+    measurement (None until measured)."""
 
-    def __init__(self, what: str, env: str, fast: str, measure: Callable[[], bool]):
-        self.what, self.env, self.fast, self._measure = what, env, fast, measure
+    def __init__(self, what: str, fast: str, measure: Callable[[], bool]):
+        self.what, self.fast, self._measure = what, fast, measure
         self.paths = ("auto", fast, "float")
         self.state: dict = {"path": None, "measured": None}
 
@@ -98,17 +98,7 @@ class PathChoice:
             if path not in self.paths:
                 raise UsageError(f"unknown CPU {self.what} path {path!r}; use one of {', '.join(self.paths)}")
             self.state["path"] = path
-        return self.state["path"] or os.environ.get(self.env) or env_kernel_setting(self.what) or "auto"
-
-    @contextlib.contextmanager
-    def using(self, path: str):
-        """Inside the block the path is ``path``; after it, as it was."""
-        was = self.state["path"]
-        self.path(path)
-        try:
-            yield
-        finally:
-            self.state["path"] = was
+        return self.state["path"] or env_kernel_setting(self.what) or "auto"
 
     def faster(self) -> bool:
         """The measurement (taken on first use)."""
@@ -118,9 +108,7 @@ class PathChoice:
 
     def uses_fast(self) -> bool:
         """Whether calls take the fast path now."""
-        path = self.path()
-        if path not in self.paths:
-            raise UsageError(f"{self.env}={path!r} is not a CPU {self.what} path; use one of {', '.join(self.paths)}")
+        path = self.path()  # MPSEARCH_KERNELS's value is checked by parse_kernel_spec
         return path == self.fast or (path == "auto" and self.faster())
 
 

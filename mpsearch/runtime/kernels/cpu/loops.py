@@ -17,9 +17,10 @@ over the data, run on all of torch's threads:
 Every loop computes in float32 with the reference's operations in the reference's order (numba does not
 contract a multiply and an add into an FMA without ``fastmath``), so each output equals the torch kernel's bit
 for bit (``tests/runtime/test_cpu_jit.py``). Compiled on first use (about a second each; cached on disk
-where numba can write). Off where numba is not installed, with ``MPSEARCH_KERNELS=jit=off`` (or the older
-``MPSEARCH_JIT=0``) / :func:`using_jit`, and in
-a process forked from one that may have run them (GNU OpenMP is not fork-safe): the torch kernels run.
+where numba can write). Off where numba is not installed, with ``MPSEARCH_KERNELS=jit=off`` (or
+:func:`mpsearch.runtime.kernels.select_kernels` / :func:`~mpsearch.runtime.kernels.using_kernels` with
+``"jit=off"``), and in a process forked from one that may have run them (GNU OpenMP is not fork-safe): the
+torch kernels run.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from mpsearch.formats.nvfp4 import SIGNED_GRID
-from mpsearch.runtime.kernels.choice import env_kernel_setting, toggled
+from mpsearch.runtime.kernels.choice import env_kernel_setting
 
 try:
     import numba
@@ -38,8 +39,7 @@ try:
 except ImportError:  # pragma: no cover - numba is a declared dependency
     numba = None
 
-_STATE = {"enabled": (os.environ["MPSEARCH_JIT"] != "0" if "MPSEARCH_JIT" in os.environ
-                     else env_kernel_setting("jit") != "off"), "forked": False}
+_STATE = {"enabled": env_kernel_setting("jit") != "off", "forked": False}
 
 _F0, _F1, _F6 = np.float32(0.0), np.float32(1.0), np.float32(6.0)
 _TENSOR_DIV = np.float32(6.0 * 448.0)  # E2M1_MAX * E4M3_MAX
@@ -62,11 +62,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def using_jit(enabled: bool):
-    """Inside the block the numba loops run (``True``) or the torch kernels do (``False``)."""
-    return toggled(_STATE, "enabled", bool(enabled))
 
 
 def takes(*tensors: torch.Tensor) -> bool:
@@ -294,5 +289,5 @@ def nvfp4_patches_into(xp: torch.Tensor, kernel, stride, dilation, oh: int, ow: 
     return out
 
 
-__all__ = ["jit_enabled", "using_jit", "takes", "takes_activations", "nvfp4_decode_into", "int4_decode_into", "nvfp4_rows_into",
+__all__ = ["jit_enabled", "takes", "takes_activations", "nvfp4_decode_into", "int4_decode_into", "nvfp4_rows_into",
            "nvfp4_patches_into"]

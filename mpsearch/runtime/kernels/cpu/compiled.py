@@ -4,10 +4,10 @@ On a CPU without FP4/INT4 matrix units the 4-bit formats run as dequantized weig
 fake-quantized activations) through fp32 GEMMs. In eager mode each of those element-wise steps is a pass over
 memory: NVFP4's activation rounding takes about half a GEMM's time at SD1.5 size. Compiled, each becomes one
 fused loop, bit for bit the formats' reference arithmetic (``tests/runtime/test_compiled_kernels.py``).
-INT8, where it runs on ``torch._int_mm`` (:mod:`.cpu_int8`), gets its activation codes (division, rounding,
+INT8, where it runs on ``torch._int_mm`` (:mod:`.int8`), gets its activation codes (division, rounding,
 clamp and the int8 cast: four passes in eager mode, a fifth of a call's time) and its rescale as one loop each.
 
-Where numba's loops run (:mod:`.cpu_jit`, the default) the 4-bit formats take those instead: one native
+Where numba's loops run (:mod:`.loops`, the default) the 4-bit formats take those instead: one native
 pass each, faster than these; INT8 keeps its compiled loops.
 
 Off by default: the first call of each shape family compiles (slow on a small CPU) and needs a C++
@@ -25,9 +25,10 @@ from mpsearch.formats.int4 import Int4
 from mpsearch.formats.nvfp4 import BLOCK, nvfp4_decode_packed, nvfp4_fake_quantize
 from mpsearch.formats.patches import im2col
 from mpsearch.formats.registry import available_formats
-from mpsearch.runtime.kernels import _KERNELS, cpu_jit, register_kernel, unregister_kernel
-from mpsearch.runtime.kernels.cpu_int8 import linear_int_mm, patches_int_mm, uses_int_mm
-from mpsearch.runtime.kernels.cpu_nvfp4 import nvfp4_linear_bf16, nvfp4_patches_bf16, uses_bf16
+from mpsearch.runtime.kernels import _KERNELS, register_kernel, unregister_kernel
+from mpsearch.runtime.kernels.cpu import loops
+from mpsearch.runtime.kernels.cpu.int8 import linear_int_mm, patches_int_mm, uses_int_mm
+from mpsearch.runtime.kernels.cpu.nvfp4 import nvfp4_linear_bf16, nvfp4_patches_bf16, uses_bf16
 
 _COMPILED: dict = {}
 _ON = {"enabled": False}
@@ -158,10 +159,10 @@ _REPLACED: dict = {}  # the kernels the compiled ones stand in for (int8's _int_
 
 
 def _prefer_jit(compiled, eager):
-    """``compiled``, except where the numba loops run (:mod:`.cpu_jit`): they fuse the 4-bit steps too, faster,
+    """``compiled``, except where the numba loops run (:mod:`.loops`): they fuse the 4-bit steps too, faster,
     so ``eager`` (the kernel that uses them) runs then."""
     def kernel(*args, **kwargs):
-        if eager is not None and cpu_jit.jit_enabled():
+        if eager is not None and loops.jit_enabled():
             return eager(*args, **kwargs)
         return compiled(*args, **kwargs)
     return kernel

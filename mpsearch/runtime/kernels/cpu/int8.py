@@ -4,9 +4,9 @@ On a CPU with int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX) ``torc
 times faster than a float32 GEMM of the same shape (see docs/benchmarks.md, bench_speed); on a CPU
 without them (AVX2 only) it is many times *slower*, and the formats' reference path (the exact integer product on
 the float GEMM, ``formats/int8.py``) is the fast one. So the choice is measured, once per process, on the
-first INT8 call: :func:`int_mm_is_faster` times both on one shape (one short measurement). ``MPSEARCH_CPU_INT8``
-(``int_mm`` / ``float``) or :func:`cpu_int8_path` fixes it instead. Both paths are bit for bit the reference:
-the integer product is exact either way and the activation codes and the rescale are the same float32 ops.
+first INT8 call: :func:`int_mm_is_faster` times both on one shape (one short measurement).
+``MPSEARCH_KERNELS=int8=int_mm|float`` (or :func:`mpsearch.runtime.kernels.select_kernels`) fixes it
+instead. Both paths are bit for bit the reference: the integer product is exact either way and the activation codes and the rescale are the same float32 ops.
 
 Convolutions quantize their im2col rows from a channels-last copy of the input, so that the division pass
 reads and writes memory in order (the patch's columns ordered (kh, kw, C) instead of the weight's (C, kh,
@@ -25,7 +25,7 @@ from mpsearch.formats.int8 import _INT32_SAFE_K, int8_matmul, quantize_with_scal
 from mpsearch.formats.kernel_errors import is_unsupported
 from mpsearch.runtime.kernels import register_kernel
 from mpsearch.runtime.kernels.choice import PathChoice, faster_than
-from mpsearch.runtime.kernels.workspace import reusable, rows_per_block, scratch
+from mpsearch.runtime.kernels.cpu.workspace import reusable, rows_per_block, scratch
 
 def _measure() -> bool:
     g = torch.Generator().manual_seed(0)
@@ -35,19 +35,9 @@ def _measure() -> bool:
     return faster_than(lambda: torch._int_mm(a, b), lambda: af @ bf)
 
 
-_CHOICE = PathChoice("int8", "MPSEARCH_CPU_INT8", "int_mm", _measure)
+#: the CPU's INT8 path, ``int8=`` of ``MPSEARCH_KERNELS`` / :func:`mpsearch.runtime.kernels.select_kernels`
+_CHOICE = PathChoice("int8", "int_mm", _measure)
 _STATE = _CHOICE.state
-
-
-def cpu_int8_path(path: str | None = None) -> str:
-    """The CPU's INT8 path: ``"int_mm"``, ``"float"`` or ``"auto"`` (measured on first use); with an argument,
-    set it (``None``: leave it). Returns the path now in force (``"auto"`` until measured)."""
-    return _CHOICE.path(path)
-
-
-def using_cpu_int8_path(path: str):
-    """Inside the block the CPU's INT8 path is ``path`` (see :func:`cpu_int8_path`); after it, as it was."""
-    return _CHOICE.using(path)
 
 
 def int_mm_is_faster() -> bool:
@@ -57,7 +47,7 @@ def int_mm_is_faster() -> bool:
 
 
 def uses_int_mm() -> bool:
-    """Whether INT8 calls on the CPU run their product on ``torch._int_mm`` now (see :func:`cpu_int8_path`)."""
+    """Whether INT8 calls on the CPU run their product on ``torch._int_mm`` now (``int8=`` of ``MPSEARCH_KERNELS``)."""
     return _CHOICE.uses_fast()
 
 
@@ -195,5 +185,5 @@ def int8_patches_cpu(x, packed, kernel, dilation, padding, stride, *, cache=None
     return patches_int_mm(x, packed, kernel, dilation, padding, stride) if uses_int_mm() else None
 
 
-__all__ = ["cpu_int8_path", "using_cpu_int8_path", "int_mm_is_faster", "uses_int_mm", "linear_int_mm", "patches_int_mm",
+__all__ = ["int_mm_is_faster", "uses_int_mm", "linear_int_mm", "patches_int_mm",
            "int8_linear_cpu", "int8_patches_cpu"]

@@ -14,9 +14,9 @@ whole network the differences move downstream activations across rounding bounda
 against fp32 (``scripts/bench_exactness.py``). The codes and scales, what the plan stores, are the same bits.
 
 The choice is measured once per process (:func:`bf16_is_faster`: both GEMMs on one shape, briefly);
-``MPSEARCH_CPU_NVFP4=bf16|float`` or :func:`cpu_nvfp4_path` fixes it. On the float path, and for calls this
-kernel does not take (weight-only NVFP4, where activations are not exact in bfloat16; grad-recording calls;
-other dtypes), :mod:`.cpu_decode`'s bit-for-bit kernels or the reference run.
+``MPSEARCH_KERNELS=nvfp4=bf16|float`` (or :func:`mpsearch.runtime.kernels.select_kernels`) fixes it. On
+the float path, and for calls this kernel does not take (weight-only NVFP4, where activations are not exact in bfloat16; grad-recording calls;
+other dtypes), :mod:`.decode`'s bit-for-bit kernels or the reference run.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ import torch
 from mpsearch.formats import Packed
 from mpsearch.formats.base import abs_max
 from mpsearch.formats.nvfp4 import BLOCK, E2M1_MAX, E4M3_MAX, _round_e2m1, _scales
-from mpsearch.runtime.kernels import cpu_decode, cpu_jit, register_kernel
+from mpsearch.runtime.kernels import register_kernel
 from mpsearch.runtime.kernels.choice import PathChoice, faster_than
-from mpsearch.runtime.kernels.workspace import reusable, rows_per_block, scratch
+from mpsearch.runtime.kernels.cpu import decode, loops
+from mpsearch.runtime.kernels.cpu.workspace import reusable, rows_per_block, scratch
 
 
 def _measure() -> bool:
@@ -38,19 +39,9 @@ def _measure() -> bool:
     return faster_than(lambda: ab @ bb, lambda: a @ b)
 
 
-_CHOICE = PathChoice("nvfp4", "MPSEARCH_CPU_NVFP4", "bf16", _measure)
+#: the CPU's NVFP4 W4A4 path, ``nvfp4=`` of ``MPSEARCH_KERNELS`` / :func:`mpsearch.runtime.kernels.select_kernels`
+_CHOICE = PathChoice("nvfp4", "bf16", _measure)
 _STATE = _CHOICE.state
-
-
-def cpu_nvfp4_path(path: str | None = None) -> str:
-    """The CPU's NVFP4 W4A4 path: ``"bf16"``, ``"float"`` or ``"auto"`` (measured on first use); with an
-    argument, set it (``None``: leave it). Returns the path now in force."""
-    return _CHOICE.path(path)
-
-
-def using_cpu_nvfp4_path(path: str):
-    """Inside the block the CPU's NVFP4 path is ``path`` (see :func:`cpu_nvfp4_path`); after it, as it was."""
-    return _CHOICE.using(path)
 
 
 def bf16_is_faster() -> bool:
@@ -69,8 +60,8 @@ def _activation_into(src: torch.Tensor, dst: torch.Tensor, amax: torch.Tensor) -
     block's E4M3 scale (exact in bfloat16), a block of rows at a time, with the tensor amax ``amax``. The codes
     are the reference's: the same ``|x| / (block scale * tensor scale)``."""
     rows, cols = dst.shape
-    if cpu_jit.takes_activations(src, amax, dst):
-        cpu_jit.nvfp4_rows_into(src, amax, dst)  # one native loop, the same numbers
+    if loops.takes_activations(src, amax, dst):
+        loops.nvfp4_rows_into(src, amax, dst)  # one native loop, the same numbers
         return
     step = rows_per_block(cols)
     for r0 in range(0, rows, step):
@@ -86,7 +77,7 @@ def _product(a_bf16: torch.Tensor, amax: torch.Tensor, packed: Packed, dtype: to
     """``(A @ W.T)`` on the bfloat16 GEMM (bfloat16 out), to float32, times both tensor scales (the
     activation's from its amax, as ``_scales`` computes it)."""
     w = packed.tensors["qweight"]
-    w_bf16 = cpu_decode.decode_into(packed, scratch("nvfp4_weight_bf16", (w.shape[0], w.shape[1] * 2),
+    w_bf16 = decode.decode_into(packed, scratch("nvfp4_weight_bf16", (w.shape[0], w.shape[1] * 2),
                                                     torch.bfloat16, w.device), tensor_scale=False)
     s_a = (amax / (E2M1_MAX * E4M3_MAX)).reshape(1)
     y = a_bf16 @ w_bf16.t()
@@ -97,7 +88,7 @@ def nvfp4_linear_bf16(x2, packed, *, cache, dequantized):
     """W4A4 ``x2 @ W.T`` on the bfloat16 GEMM (None: the float path is in force or the call is not taken)."""
     if not uses_bf16() or dequantized is not None or x2.dim() != 2 or not x2.numel() or x2.shape[1] % BLOCK \
             or x2.dtype not in (torch.float32, torch.bfloat16, torch.float16) or not reusable(x2):
-        return cpu_decode.nvfp4_linear_cpu(x2, packed, cache=cache, dequantized=dequantized)
+        return decode.nvfp4_linear_cpu(x2, packed, cache=cache, dequantized=dequantized)
     a = scratch("nvfp4_act_bf16", x2.shape, torch.bfloat16, x2.device)
     amax = abs_max(x2)
     _activation_into(x2, a, amax)
@@ -108,17 +99,17 @@ def nvfp4_patches_bf16(x, packed, kernel_size, dilation, padding, stride, *, cac
     """The W4A4 conv on the bfloat16 GEMM: im2col rows quantized a block at a time into the workspace."""
     if not uses_bf16() or dequantized is not None or x.dim() != 4 or not reusable(x) \
             or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        return cpu_decode.nvfp4_patches_cpu(x, packed, kernel_size, dilation, padding, stride, cache=cache,
+        return decode.nvfp4_patches_cpu(x, packed, kernel_size, dilation, padding, stride, cache=cache,
                                             dequantized=dequantized)
-    setup = cpu_decode.nvfp4_patches(x, kernel_size, dilation, padding, stride)
+    setup = decode.nvfp4_patches(x, kernel_size, dilation, padding, stride)
     if setup is None:
         return None
     view, xp, oh, ow, cols_n, amax = setup
     a = scratch("nvfp4_act_bf16", (view.shape[0] * oh * ow, cols_n), torch.bfloat16, x.device)
-    if cpu_decode.jit_patches_into(x, xp, kernel_size, dilation, stride, oh, ow, amax, a):
+    if decode.jit_patches_into(x, xp, kernel_size, dilation, stride, oh, ow, amax, a):
         return _product(a, amax, packed, x.dtype), oh, ow
     rows = None
-    for r0, r1, src in cpu_decode.patch_rows(view):
+    for r0, r1, src in decode.patch_rows(view):
         if rows is None:  # the first block is the largest
             rows = scratch("nvfp4_patch_rows", (r1 - r0, cols_n), x.dtype, x.device)
         blk = rows[:r1 - r0]
@@ -130,5 +121,5 @@ def nvfp4_patches_bf16(x, packed, kernel_size, dilation, padding, stride, *, cac
 register_kernel("cpu", "nvfp4", activations=True)(nvfp4_linear_bf16)
 register_kernel("cpu", "nvfp4", activations=True, op="patches")(nvfp4_patches_bf16)
 
-__all__ = ["cpu_nvfp4_path", "using_cpu_nvfp4_path", "bf16_is_faster", "uses_bf16", "nvfp4_linear_bf16",
+__all__ = ["bf16_is_faster", "uses_bf16", "nvfp4_linear_bf16",
            "nvfp4_patches_bf16"]

@@ -1,7 +1,7 @@
 """Pure-tensor conversions from mpsearch's packed formats to the layouts of the GPU kernels, and back.
 
-They run on any device (tests check them on the CPU); the CUDA kernels in :mod:`.cuda` call them once per
-weight and device.
+They run on any device (tests check them on the CPU); the CUDA kernels in :mod:`mpsearch.runtime.kernels.cuda`
+call them once per weight and device.
 
 INT4 -> tinygemm (``torch._weight_int4pack_mm``). mpsearch stores ``q`` in 0..15, two per byte with element 2k
 in the low nibble, and float16 ``scale``/``zero`` per group of G with ``x^ = (q - 8) * scale + zero``.

@@ -32,8 +32,9 @@ from mpsearch.formats.nvfp4 import BLOCK, SIGNED_GRID, nvfp4_fake_quantize
 from mpsearch.formats.packing import decode_words_into
 from mpsearch.formats.patches import patch_amax, patch_view
 from mpsearch.formats.registry import available_formats
-from mpsearch.runtime.kernels import cpu_jit, register_kernel
-from mpsearch.runtime.kernels.workspace import reusable, rows_per_block, scratch
+from mpsearch.runtime.kernels import register_kernel
+from mpsearch.runtime.kernels.cpu import loops
+from mpsearch.runtime.kernels.cpu.workspace import reusable, rows_per_block, scratch
 
 
 def decode_into(packed: Packed, out: torch.Tensor, *, tensor_scale: bool = True) -> torch.Tensor:
@@ -43,13 +44,13 @@ def decode_into(packed: Packed, out: torch.Tensor, *, tensor_scale: bool = True)
     q = packed.tensors["qweight"]
     rows, cols = out.shape
     nvfp4 = packed.format == "nvfp4"
-    if cpu_jit.takes(q, out) and (out.dtype == torch.float32 or (nvfp4 and not tensor_scale
+    if loops.takes(q, out) and (out.dtype == torch.float32 or (nvfp4 and not tensor_scale
                                                                  and out.dtype == torch.bfloat16)):
         t = packed.tensors
-        if nvfp4:  # one native loop (cpu_jit), the same numbers
-            return cpu_jit.nvfp4_decode_into(q, t["block_scale"].contiguous(),
+        if nvfp4:  # one native loop (:mod:`.loops`), the same numbers
+            return loops.nvfp4_decode_into(q, t["block_scale"].contiguous(),
                                              t["tensor_scale"] if tensor_scale else None, out)
-        return cpu_jit.int4_decode_into(q, t["scale"], t["zero"], get_format(packed.format).group, out)
+        return loops.int4_decode_into(q, t["scale"], t["zero"], get_format(packed.format).group, out)
     step = rows_per_block(cols)
     # a float32 block to decode into when ``out`` is not float32 (the block is then converted into it)
     tmp = None if out.dtype == torch.float32 else scratch("decoded_f32", (min(step, rows), cols), torch.float32,
@@ -98,8 +99,8 @@ def _quantized_rows_into(src, dst: torch.Tensor, amax: torch.Tensor) -> None:
     """``dst`` (float rows, contiguous) = NVFP4 fake quantization of ``src`` (same shape, any strides) with
     the tensor amax ``amax``, a block of rows at a time (``src`` may be ``dst``)."""
     rows, cols = dst.shape
-    if dst.dtype == torch.float32 and cpu_jit.takes_activations(src, amax, dst):
-        cpu_jit.nvfp4_rows_into(src, amax, dst)  # one native loop (cpu_jit), the same numbers
+    if dst.dtype == torch.float32 and loops.takes_activations(src, amax, dst):
+        loops.nvfp4_rows_into(src, amax, dst)  # one native loop (:mod:`.loops`), the same numbers
         return
     step = rows_per_block(cols)
     for r0 in range(0, rows, step):
@@ -149,11 +150,11 @@ def nvfp4_patches(x, kernel_size, dilation, padding, stride):
 
 
 def jit_patches_into(x, xp, kernel_size, dilation, stride, oh, ow, amax, out) -> bool:
-    """The quantized patches written into ``out`` by :func:`cpu_jit.nvfp4_patches_into` (read from the padded
-    input, no im2col copy) where it takes the call (:func:`cpu_jit.takes_activations`); False where not."""
-    if not cpu_jit.takes_activations(x, amax, out):
+    """The quantized patches written into ``out`` by :func:`loops.nvfp4_patches_into` (read from the padded
+    input, no im2col copy) where it takes the call (:func:`loops.takes_activations`); False where not."""
+    if not loops.takes_activations(x, amax, out):
         return False
-    cpu_jit.nvfp4_patches_into(xp.contiguous(), kernel_size, stride, dilation, oh, ow, amax, out)
+    loops.nvfp4_patches_into(xp.contiguous(), kernel_size, stride, dilation, oh, ow, amax, out)
     return True
 
 
