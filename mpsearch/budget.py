@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import re
-from fractions import Fraction
 from dataclasses import dataclass
+from fractions import Fraction
 
 from mpsearch.errors import BudgetError
 
@@ -30,10 +30,11 @@ class Budget:
     bytes: int
 
     def to_dict(self) -> dict:
+        """The plan's ``budget`` record: ``{spec, bytes}``."""
         return {"spec": self.spec, "bytes": self.bytes}
 
 
-def parse_budget(spec, *, fp_bytes: int | None = None, fixed_bytes: int = 0,
+def parse_budget(spec: Budget | str | float | None, *, fp_bytes: int | None = None, fixed_bytes: int = 0,
                  quantizable_numel: int | None = None) -> Budget:
     """Parse ``spec`` into exact bytes.
 
@@ -58,10 +59,12 @@ def parse_budget(spec, *, fp_bytes: int | None = None, fixed_bytes: int = 0,
         raise BudgetError(f"budget {text!r} must be a positive size; {_HELP}")
     exact = Fraction(number)  # exact decimal arithmetic: 2048.001TiB must not round up by a byte
     if unit in ("", "b") or unit in _UNITS:
-        nbytes = exact * _UNITS.get(unit or "b")
+        nbytes = exact * _UNITS[unit or "b"]
     elif unit == "%":
         if fp_bytes is None:
-            raise BudgetError(f"budget {text!r} is relative, but the model's full-precision size is unknown; give bytes")
+            raise BudgetError(
+                f"budget {text!r} is relative, but the model's full-precision size is unknown; give bytes"
+            )
         nbytes = exact / 100 * fp_bytes
     elif unit in ("bit", "bits"):
         if quantizable_numel is None:

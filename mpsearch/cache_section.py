@@ -16,8 +16,8 @@
 
 from __future__ import annotations
 
-from mpsearch.errors import PlanError
 from mpsearch.cache_units import CacheUnit
+from mpsearch.errors import PlanError
 
 METHODS = ("dp", "uniform", "threshold")
 COST_SOURCES = ("measured", "measured-quantized", "profile")
@@ -25,12 +25,14 @@ REQUIRED = ("method", "unit", "compute")
 OPTIONAL = ("warmup", "max_reuse", "costs", "predicted_error", "share")
 
 
-def validate_cache_section(cache) -> None:
+def validate_cache_section(cache: object) -> None:
     """Raise PlanError (naming the field, the value and the fix) unless ``cache`` is a valid cache section."""
 
     where = "plan cache"
     if not isinstance(cache, dict):
-        raise PlanError(f"{where} must be a mapping with keys {', '.join(REQUIRED + OPTIONAL)}; got {type(cache).__name__}")
+        raise PlanError(
+            f"{where} must be a mapping with keys {', '.join(REQUIRED + OPTIONAL)}; got {type(cache).__name__}"
+        )
     unknown = [k for k in cache if k not in REQUIRED + OPTIONAL]
     if unknown:
         raise PlanError(f"{where} has unknown key {unknown[0]!r}; allowed keys: {', '.join(REQUIRED + OPTIONAL)}")

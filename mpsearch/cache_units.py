@@ -34,7 +34,7 @@ class CacheUnit:
     kind: str
     modules: tuple[str, ...]
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise PlanError(f"cache unit kind {self.kind!r} is unknown; expected one of {', '.join(KINDS)}")
         if not self.modules or not all(isinstance(m, str) and m for m in self.modules):
@@ -47,10 +47,12 @@ class CacheUnit:
         return self.modules[-1]
 
     def to_dict(self) -> dict:
+        """The plan's ``cache.unit`` record: ``{name, kind, modules}``."""
         return {"name": self.name, "kind": self.kind, "modules": list(self.modules)}
 
     @classmethod
-    def from_dict(cls, d, where: str = "cache.unit") -> "CacheUnit":
+    def from_dict(cls, d: object, where: str = "cache.unit") -> CacheUnit:
+        """The unit a ``cache.unit`` record ``d`` describes; PlanError naming ``where`` when it is malformed."""
         if not isinstance(d, dict) or set(d) != {"name", "kind", "modules"}:
             raise PlanError(f"{where} must have exactly the keys name, kind and modules; got {d!r}")
         if not isinstance(d["name"], str) or not isinstance(d["modules"], list):
@@ -124,13 +126,15 @@ def example_inputs(denoiser: nn.Module) -> dict | None:
     if name == "UNet2DConditionModel":
         dim = cfg.get("cross_attention_dim")
         dim = dim[0] if isinstance(dim, (list, tuple)) else dim
-        return {"sample": x, "timestep": t, "encoder_hidden_states": torch.randn(1, 8, dim, dtype=p.dtype, device=p.device)}
+        text = torch.randn(1, 8, dim, dtype=p.dtype, device=p.device)
+        return {"sample": x, "timestep": t, "encoder_hidden_states": text}
     if name == "DiTTransformer2DModel":
         return {"hidden_states": x, "timestep": t, "class_labels": torch.zeros(1, dtype=torch.long, device=p.device)}
     return None
 
 
-def compute_shares(denoiser: nn.Module, units=None, inputs: dict | None = None) -> dict[str, float | None]:
+def compute_shares(denoiser: nn.Module, units: list[CacheUnit] | None = None,
+                   inputs: dict | None = None) -> dict[str, float | None]:
     """Fraction of one denoiser call's FLOPs (torch's FlopCounterMode: matmuls and convolutions) that each
     unit skips on a reuse step. None for every unit when no example input can be built for the model, or when
     the model rejects the example's arguments (a TypeError or ValueError: e.g. SDXL's UNet wants added

@@ -36,7 +36,7 @@ class BudgetError(UsageError):
 class InfeasibleError(MpsearchError):
     """No assignment satisfies the constraints; the message names the smallest feasible budget."""
 
-    def __init__(self, message: str, min_bytes: int | None = None):
+    def __init__(self, message: str, min_bytes: int | None = None) -> None:
         super().__init__(message)
         self.min_bytes = min_bytes
 

@@ -11,10 +11,14 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from mpsearch.errors import MpsearchError
+
+#: a file-system path as the functions here take it
+StrPath = str | os.PathLike[str]
 
 
 def current_umask() -> int:
@@ -31,7 +35,7 @@ def current_umask() -> int:
     return mask
 
 
-def apply_umask(target, *, folder: bool = False) -> None:
+def apply_umask(target: StrPath | int, *, folder: bool = False) -> None:
     """Give ``target`` (a path or an open file descriptor) the mode a plain ``open``/``mkdir`` would have given
     it: ``0o666 & ~umask`` (``0o777`` for a ``folder``). For files made by ``tempfile.mkstemp``/``mkdtemp``."""
     mode = (0o777 if folder else 0o666) & ~current_umask()
@@ -41,7 +45,7 @@ def apply_umask(target, *, folder: bool = False) -> None:
         os.chmod(target, mode)
 
 
-def apply_umask_tree(folder) -> None:
+def apply_umask_tree(folder: StrPath) -> None:
     """:func:`apply_umask` on ``folder`` and everything under it (symlinks left alone): for a staging folder
     that libraries wrote into with their own modes (safetensors writes 0600)."""
     apply_umask(folder, folder=True)
@@ -52,7 +56,7 @@ def apply_umask_tree(folder) -> None:
                 apply_umask(path, folder=name in dirnames)
 
 
-def atomic_write_bytes(path, data: bytes) -> Path:
+def atomic_write_bytes(path: StrPath, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename; the file
     gets the user's umask."""
     path = Path(path)
@@ -79,7 +83,7 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     return path
 
 
-def atomic_write_text(path, text: str) -> Path:
+def atomic_write_text(path: StrPath, text: str) -> Path:
     """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
     return atomic_write_bytes(path, text.encode("utf-8"))
 
@@ -103,7 +107,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_staging(parent) -> list[Path]:
+def remove_stale_staging(parent: StrPath) -> list[Path]:
     """Remove the staging folders in ``parent`` left by a writer on this machine whose process is gone (killed
     mid-write); folders of live processes, of other machines and anything else are kept. Returns those removed."""
     removed: list[Path] = []
@@ -121,7 +125,8 @@ def remove_stale_staging(parent) -> list[Path]:
     return removed
 
 
-def staging_folder(out, error=MpsearchError, fix: str = "choose a writable output folder", *,
+def staging_folder(out: StrPath, error: type[MpsearchError] = MpsearchError,
+                   fix: str = "choose a writable output folder", *,
                    suffix: str = ".tmp") -> Path:
     """A new empty folder beside ``out`` (with the user's umask) to write a whole folder into before renaming
     it into place; an ``error`` naming ``out`` and ``fix`` when it cannot be made. Its name carries this
@@ -141,14 +146,14 @@ def staging_folder(out, error=MpsearchError, fix: str = "choose a writable outpu
 class _Dumper(yaml.SafeDumper):
     """Safe dumping that writes every value out in full: no anchors or aliases (mpsearch refuses them on load)."""
 
-    def ignore_aliases(self, data) -> bool:
+    def ignore_aliases(self, data: Any) -> bool:
         return True
 
 
 class _Refused(yaml.YAMLError):
     """Valid YAML that mpsearch refuses to read: ``problem`` says what, ``mark`` where."""
 
-    def __init__(self, problem: str, mark):
+    def __init__(self, problem: str, mark: Any) -> None:
         super().__init__(problem)
         self.problem, self.mark = problem, mark
 
@@ -157,16 +162,16 @@ class _Loader(yaml.SafeLoader):
     """Safe loading that refuses anchors, aliases and duplicate keys: an alias can expand a small file into
     gigabytes ("billion laughs"), and a duplicate key silently drops the first value."""
 
-    def compose_node(self, parent, index):
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise _Refused("uses a YAML anchor or alias (&name / *name), which mpsearch does not read (one can "
                            "expand a small file into gigabytes); write each value out in full", event.start_mark)
         return super().compose_node(parent, index)
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
-            seen = set()
+            seen: set[Any] = set()
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=True)
                 try:
@@ -180,9 +185,9 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def dump_yaml(data) -> str:
+def dump_yaml(data: Any) -> str:
     """``data`` as safe YAML, keys in their order, every value written out in full (no anchors or aliases)."""
-    kw = {"Dumper": _Dumper, "sort_keys": False, "default_flow_style": False, "width": 120}
+    kw: dict[str, Any] = {"Dumper": _Dumper, "sort_keys": False, "default_flow_style": False, "width": 120}
     text = yaml.dump(data, allow_unicode=True, **kw)
     if yaml.safe_load(text) != data:
         # some characters (U+0085, U+2028, ...) are written raw but read back as line breaks: escape them all
@@ -190,7 +195,7 @@ def dump_yaml(data) -> str:
     return text
 
 
-def load_yaml(path, what: str = "file", error=MpsearchError):
+def load_yaml(path: StrPath, what: str = "file", error: type[MpsearchError] = MpsearchError) -> Any:
     """Read YAML with safe loading only, refusing anchors, aliases and duplicate keys; errors name the file and
     the line."""
     path = Path(path)

@@ -7,6 +7,8 @@ quantized module of each kind (``mpsearch.runtime.qmodules.register_qmodule``). 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -40,7 +42,8 @@ class LayerType:
     def macs(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
         """Multiply-accumulates of one call with input ``x`` and output ``y``: by default each output element
         takes one input row of the weight (Linear: tokens x out x in; Conv2d: pixels x out x in x kh x kw)."""
-        return y.numel() * (module.weight.numel() // module.weight.shape[0])
+        weight = cast(torch.Tensor, module.weight)
+        return y.numel() * (weight.numel() // weight.shape[0])
 
 
 _LAYER_TYPES: dict[str, LayerType] = {}
@@ -97,7 +100,8 @@ class Conv2dType(LayerType):
     kind = "conv2d"
     module_type = nn.Conv2d
 
-    def unsupported(self, module):
+    def unsupported(self, module: nn.Module) -> str | None:
+        """Why ``module`` cannot be quantized: a grouped conv, a padding mode other than zeros, or string padding."""
         if module.groups != 1:
             return f"grouped conv (groups={module.groups})"
         if module.padding_mode != "zeros":

@@ -17,36 +17,50 @@ metric knowledge. Per metric it holds:
 from __future__ import annotations
 
 import warnings
-
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Protocol, TypeVar, overload
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
 from mpsearch.errors import UsageError
 
+#: images as the image metrics take them: a tensor or anything numpy reads, (N, H, W, C) or (N, C, H, W) in [0, 1]
+Images = torch.Tensor | npt.ArrayLike
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+class MetricDecorator(Protocol):
+    """What :func:`register_metric` returns: registers a function (returned unchanged) or None."""
+
+    @overload
+    def __call__(self, fn: None) -> None: ...
+    @overload
+    def __call__(self, fn: _Fn) -> _Fn: ...
+
 _EPS = 1e-20
 _TINY = 1e-30  # the floor of the profile's stored sums
 
 
-def _identity(value, reference=None):
+def _identity(value: npt.ArrayLike, reference: float | None = None) -> np.ndarray:
     """The value is already an error (lower is better, 0 = none)."""
     return np.asarray(value, dtype=float)
 
 
-def _decibels(value, reference=None):
+def _decibels(value: npt.ArrayLike, reference: float | None = None) -> np.ndarray:
     """10^(-dB/10): the relative squared error a dB figure stands for."""
     return 10.0 ** (-np.asarray(value, dtype=float) / 10.0)
 
 
-def _one_minus(value, reference=None):
+def _one_minus(value: npt.ArrayLike, reference: float | None = None) -> np.ndarray:
     """1 - value, for similarities that are 1 when identical."""
     return 1.0 - np.asarray(value, dtype=float)
 
 
-def _drop(value, reference=None):
+def _drop(value: npt.ArrayLike, reference: float | None = None) -> np.ndarray:
     """The drop from full precision's own score (negative where the quantized model scores higher)."""
     if reference is None:
         raise UsageError("this metric's error is the drop from full precision's score; pass that score as reference")
@@ -69,11 +83,11 @@ class Metric:
     normalization: str = "max"
     end_to_end: str | None = None
 
-    def error(self, value, reference=None) -> np.ndarray:
+    def error(self, value: npt.ArrayLike, reference: float | None = None) -> np.ndarray:
         """``value`` (an array or a number) as an error: 0 = no damage, larger = worse."""
         return self.error_fn(value, reference)
 
-    def normalize(self, cost) -> np.ndarray:
+    def normalize(self, cost: npt.ArrayLike) -> np.ndarray:
         """A table of errors on this metric's common scale; inf (ineligible) entries stay inf."""
         return normalize(cost, self.normalization)
 
@@ -89,7 +103,7 @@ _NORMALIZATIONS = ("max",)
 
 def register_metric(name: str, *, higher_is_better: bool, kind: str, error: Callable = _identity,
                     from_stats: Callable | None = None, needs_sensitivity: bool = False,
-                    normalization: str = "max", end_to_end: str | None = None, doc: str = ""):
+                    normalization: str = "max", end_to_end: str | None = None, doc: str = "") -> MetricDecorator:
     """Decorator: register ``fn`` (or None, via ``register_metric(...)(None)``, for metrics that only the
     profile's statistics or a user's scorer give) under ``name``."""
     if kind not in ("layer", "content", "quality") or end_to_end not in (None, "content", "quality"):
@@ -98,7 +112,7 @@ def register_metric(name: str, *, higher_is_better: bool, kind: str, error: Call
     if normalization not in _NORMALIZATIONS:
         raise UsageError(f"metric {name!r}: normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
 
-    def deco(fn):
+    def deco(fn: Any) -> Any:
         text = (fn.__doc__ or "").strip() if fn is not None else doc
         _REGISTRY[name] = Metric(name, fn, higher_is_better, kind, text, error, from_stats, needs_sensitivity,
                                  normalization, end_to_end)
@@ -128,7 +142,7 @@ def end_to_end_metrics() -> dict[str, str]:
     return {n: m.end_to_end for n, m in _REGISTRY.items() if m.end_to_end is not None}
 
 
-def normalize(cost, how: str = "max") -> np.ndarray:
+def normalize(cost: npt.ArrayLike, how: str = "max") -> np.ndarray:
     """``"max"``: ``cost`` divided by its largest finite entry (unchanged when that is not positive)."""
     if how not in _NORMALIZATIONS:
         raise UsageError(f"normalization must be one of {_NORMALIZATIONS}, got {how!r}")
@@ -138,26 +152,26 @@ def normalize(cost, how: str = "max") -> np.ndarray:
     return cost / top if top > 0 else cost
 
 
-def _stats(stats):
+def _stats(stats: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(stats[..., i] for i in range(4))  # err2, ref2, out2, dot
 
 
-def _rel_mse_stats(stats, sensitivity=None):
+def _rel_mse_stats(stats: np.ndarray, sensitivity: np.ndarray | None = None) -> np.ndarray:
     err2, ref2, _, _ = _stats(stats)
     return err2 / np.maximum(ref2, _TINY)
 
 
-def _sqnr_stats(stats, sensitivity=None):
+def _sqnr_stats(stats: np.ndarray, sensitivity: np.ndarray | None = None) -> np.ndarray:
     err2, ref2, _, _ = _stats(stats)
     return np.minimum(200.0, 10 * np.log10(np.maximum(ref2, _TINY) / np.maximum(err2, _TINY)))
 
 
-def _cosine_stats(stats, sensitivity=None):
+def _cosine_stats(stats: np.ndarray, sensitivity: np.ndarray | None = None) -> np.ndarray:
     _, ref2, out2, dot = _stats(stats)
     return dot / np.maximum(np.sqrt(ref2 * out2), _TINY)
 
 
-def _gn_stats(stats, sensitivity):
+def _gn_stats(stats: np.ndarray, sensitivity: np.ndarray) -> np.ndarray:
     err2 = stats[..., 0]
     g2, n = sensitivity[..., 0], sensitivity[..., 1]
     return err2 * (g2 / np.maximum(n, 1.0))[:, None, :]
@@ -201,7 +215,7 @@ register_metric("gn", higher_is_better=False, kind="layer", from_stats=_gn_stats
 
 # ---- image metrics
 
-def _nchw(x) -> torch.Tensor:
+def _nchw(x: Images) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).double()
     if x.ndim == 3:
         x = x[None]
@@ -215,13 +229,13 @@ def _nchw(x) -> torch.Tensor:
 
 
 @register_metric("mse", higher_is_better=False, kind="quality")
-def mse(ref, out) -> float:
+def mse(ref: Images, out: Images) -> float:
     """Mean squared error of images in [0, 1]."""
     return float(((_nchw(ref) - _nchw(out)) ** 2).mean())
 
 
 @register_metric("psnr", higher_is_better=True, kind="quality", error=_decibels, end_to_end="quality")
-def psnr(ref, out) -> float:
+def psnr(ref: Images, out: Images) -> float:
     """Peak signal-to-noise ratio in dB for images in [0, 1], averaged over images; capped at 100."""
     err = ((_nchw(ref) - _nchw(out)) ** 2).flatten(1).mean(1)
     vals = torch.where(err > 0, 10 * torch.log10(1.0 / err.clamp_min(1e-10)), torch.full_like(err, 100.0))
@@ -235,7 +249,8 @@ def _gaussian(size: int, sigma: float) -> torch.Tensor:
 
 
 @register_metric("ssim", higher_is_better=True, kind="content", error=_one_minus, end_to_end="content")
-def ssim(ref, out, window: int = 7, sigma: float = 1.5, per_image: bool = False):
+def ssim(ref: Images, out: Images, window: int = 7, sigma: float = 1.5,
+         per_image: bool = False) -> float | np.ndarray:
     """Structural similarity (Wang et al. 2004), Gaussian window, data range 1, averaged over images
     (``per_image``: an (N,) array, one value per image, whose mean is the average)."""
     a, b = _nchw(ref), _nchw(out)
@@ -256,7 +271,7 @@ def ssim(ref, out, window: int = 7, sigma: float = 1.5, per_image: bool = False)
 
 
 @register_metric("frechet", higher_is_better=False, kind="quality", end_to_end="quality")
-def frechet_distance(feats_a, feats_b) -> float:
+def frechet_distance(feats_a: npt.ArrayLike, feats_b: npt.ArrayLike) -> float:
     """Frechet distance between Gaussians fitted to two feature sets (rows are samples)."""
     from scipy import linalg
 
@@ -285,7 +300,7 @@ register_metric("condition", higher_is_better=True, kind="content", error=_drop,
 
 
 @register_metric("class_agreement", higher_is_better=True, kind="content", error=_drop, end_to_end="content")
-def class_agreement(labels, predicted) -> float:
+def class_agreement(labels: npt.ArrayLike, predicted: npt.ArrayLike) -> float:
     """Fraction of images whose predicted class equals the requested one."""
     labels = np.asarray(labels)
     predicted = np.asarray(predicted)

@@ -10,7 +10,9 @@ import enum
 import hashlib
 import json
 import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import blake3
 import torch
@@ -19,8 +21,14 @@ from torch import nn
 from mpsearch.errors import ModelError
 from mpsearch.formats import available_formats, get_format
 from mpsearch.formats.base import all_finite
-from mpsearch.layer_types import (_LAYER_TYPES, LayerType, layer_type, layer_type_of,  # noqa: F401 (also here)
-                                  register_layer_type, unregister_layer_type)
+from mpsearch.layer_types import (  # noqa: F401 (also here)
+    _LAYER_TYPES,
+    LayerType,
+    layer_type,
+    layer_type_of,
+    register_layer_type,
+    unregister_layer_type,
+)
 from mpsearch.offload import materialized
 
 
@@ -75,7 +83,7 @@ def classify_role(name: str, module: nn.Module, parent: nn.Module | None = None)
     return Role.CONV if isinstance(module, nn.Conv2d) else Role.OTHER
 
 
-def get_denoiser(pipe_or_model) -> nn.Module:
+def get_denoiser(pipe_or_model: object) -> nn.Module:
     """The UNet or transformer of a pipeline, or the module itself."""
     for attr in ("transformer", "unet", "denoiser"):
         mod = getattr(pipe_or_model, attr, None)
@@ -84,7 +92,8 @@ def get_denoiser(pipe_or_model) -> nn.Module:
     if isinstance(pipe_or_model, nn.Module):
         return pipe_or_model
     raise ModelError(
-        f"expected a diffusers pipeline with a 'transformer' or 'unet', or a torch module; got {type(pipe_or_model).__name__}"
+        "expected a diffusers pipeline with a 'transformer' or 'unet', or a torch module; "
+        f"got {type(pipe_or_model).__name__}"
     )
 
 
@@ -102,6 +111,7 @@ class LayerInfo:
 
     @property
     def numel(self) -> int:
+        """Elements of the weight."""
         n = 1
         for s in self.shape:
             n *= s
@@ -112,6 +122,7 @@ class LayerInfo:
         return get_format(fmt).weight_bytes(self.shape, getattr(torch, self.dtype))
 
     def to_dict(self) -> dict:
+        """The layer as a JSON/YAML-ready mapping (shape and lists as lists, role as its value)."""
         return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "dtype": self.dtype,
                 "role": self.role.value, "eligible": list(self.eligible), "ineligible": dict(self.ineligible)}
 
@@ -128,12 +139,14 @@ class ModelInfo:
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The candidate layers' names, in discovery order."""
         return tuple(layer.name for layer in self.layers)
 
     def layer(self, name: str) -> LayerInfo:
+        """The candidate layer called ``name`` (KeyError if there is none)."""
         return self._by_name()[name]
 
-    def _by_name(self) -> dict:
+    def _by_name(self) -> dict[str, LayerInfo]:
         cache = self.__dict__.get("_by_name_cache")
         if cache is None:
             cache = {layer.name: layer for layer in self.layers}
@@ -148,6 +161,7 @@ class ModelInfo:
 
     @property
     def quantizable_numel(self) -> int:
+        """Elements of all candidate weights together (the denominator of a bits-per-weight budget)."""
         return sum(layer.numel for layer in self.layers)
 
     @property
@@ -179,7 +193,8 @@ DEFAULT_ROLE_PINS: dict[Role, str] = {
 }
 
 
-def resolve_role_pins(info: ModelInfo, formats, role_pins=None) -> dict[str, str]:
+def resolve_role_pins(info: ModelInfo, formats: Collection[str],
+                      role_pins: Mapping[Role | str, str] | None = None) -> dict[str, str]:
     """Per-layer pins from role pins: {layer name: format}. ``role_pins=None`` means ``DEFAULT_ROLE_PINS``.
 
     A role pinned to a format that is not among ``formats`` or that the layer cannot take falls back to ``fp``
@@ -200,10 +215,11 @@ _TIE_SETS = (("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj"
 def _tie_groups(names: list[str]) -> list[tuple[str, ...]]:
     """Layers that read one input: q/k/v of a self-attention; k/v of a cross-attention."""
     present = set(names)
-    groups = []
+    groups: list[tuple[str, ...]] = []
     parents = sorted({n.rsplit(".", 1)[0] for n in names if "." in n})
     for parent in parents:
-        for members in _TIE_SETS:
+        for tie_set in _TIE_SETS:
+            members: tuple[str, ...] = tie_set
             if re.search(r"(^|\.)attn2$", parent) and members[0] == "to_q":
                 members = members[1:]  # cross-attn: k and v read the text, q reads the image
             group = tuple(f"{parent}.{m}" for m in members if f"{parent}.{m}" in present)
@@ -217,7 +233,7 @@ def _tie_groups(names: list[str]) -> list[tuple[str, ...]]:
 
 def cacheable_blocks(denoiser: nn.Module) -> list[str]:
     """Blocks whose outputs a cache can reuse, in execution order (exact module names)."""
-    out = []
+    out: list[str] = []
     for attr in ("down_blocks", "mid_block", "up_blocks", "transformer_blocks", "single_transformer_blocks"):
         mod = getattr(denoiser, attr, None)
         if isinstance(mod, nn.ModuleList):
@@ -227,7 +243,7 @@ def cacheable_blocks(denoiser: nn.Module) -> list[str]:
     return out
 
 
-def describe(pipe_or_model, formats=None) -> ModelInfo:
+def describe(pipe_or_model: object, formats: Sequence[str] | None = None) -> ModelInfo:
     """Discover the candidate layers of a pipeline's denoiser (or of a module)."""
     denoiser = get_denoiser(pipe_or_model)
     fmts = [get_format(f) for f in (formats or available_formats())]
@@ -274,7 +290,7 @@ def describe(pipe_or_model, formats=None) -> ModelInfo:
                      tuple(cacheable_blocks(denoiser)))
 
 
-def measured_bytes(pipe_or_model) -> int:
+def measured_bytes(pipe_or_model: object) -> int:
     """Bytes the denoiser's parameters and buffers take right now (each tensor counted once)."""
     denoiser = get_denoiser(pipe_or_model)
     seen, total = set(), 0
@@ -292,7 +308,7 @@ DIGEST_SCHEMES = ("blake3",)
 RETIRED_DIGEST_SCHEMES = ("sha256t", "sha256")
 
 
-def _layer_bytes(w: torch.Tensor):
+def _layer_bytes(w: torch.Tensor) -> memoryview:
     return w.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data
 
 
@@ -307,7 +323,7 @@ def check_digest_scheme(scheme: str) -> None:
                          f"{', '.join(DIGEST_SCHEMES)}); it was recorded by a newer mpsearch: upgrade mpsearch")
 
 
-def weights_digest(pipe_or_model, names=None, *, scheme: str = "blake3") -> str:
+def weights_digest(pipe_or_model: object, names: Sequence[str] | None = None, *, scheme: str = "blake3") -> str:
     """A digest of the candidate layers' weights (name, dtype, shape and every byte), in layer order.
 
     The fingerprint says which layers a model has; this says whether their weights are the ones a profile
@@ -328,22 +344,22 @@ def weights_digest(pipe_or_model, names=None, *, scheme: str = "blake3") -> str:
     return f"{scheme}:" + h.hexdigest()[:24]
 
 
-def same_weights(recorded: str, pipe_or_model, names=None) -> tuple[bool, str]:
+def same_weights(recorded: str, pipe_or_model: object, names: Sequence[str] | None = None) -> tuple[bool, str]:
     """(whether the model's weights are those of the digest ``recorded``, the model's digest in its scheme)."""
     scheme = recorded.split(":", 1)[0] if isinstance(recorded, str) and ":" in recorded else "?"
     now = weights_digest(pipe_or_model, names, scheme=scheme)
     return now == recorded, now
 
 
-def _digest_weight(module, name) -> torch.Tensor:
-    w = module.weight.detach()
+def _digest_weight(module: nn.Module, name: str) -> torch.Tensor:
+    w = cast(torch.Tensor, module.weight).detach()
     if w.device.type == "meta":
         raise ModelError(f"layer {name}'s weight is on the meta device and no accelerate offload hook on it "
                          "holds its values; load the model's weights before digesting or profiling it")
     return w
 
 
-def check_finite_weights(pipe_or_model) -> None:
+def check_finite_weights(pipe_or_model: object) -> None:
     """Raise ModelError naming the first parameter of the denoiser that holds NaN or inf (offloaded weights are
     read where accelerate keeps them, one module at a time)."""
     for prefix, module in get_denoiser(pipe_or_model).named_modules():

@@ -16,14 +16,14 @@ import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from mpsearch.errors import ModelError, PlanError
-from mpsearch.formats import available_formats
-from mpsearch.io import atomic_write_text, dump_yaml, load_yaml
-from mpsearch.models import ModelInfo, describe, same_weights, weights_digest
 from mpsearch.cache_section import validate_cache_section
 from mpsearch.cache_units import CacheUnit
+from mpsearch.errors import ModelError, PlanError
+from mpsearch.formats import available_formats
+from mpsearch.io import StrPath, atomic_write_text, dump_yaml, load_yaml
+from mpsearch.models import ModelInfo, describe, same_weights, weights_digest
 from mpsearch.version import __version__
 
 SCHEMA_VERSION = 1
@@ -54,14 +54,14 @@ def versions() -> dict:
 # ---- typed records: the plan's sections, parsed and validated once (Plan.__post_init__)
 
 
-def _int(value, where: str, lo: int, hi: int) -> int:
+def _int(value: object, where: str, lo: int, hi: int) -> int:
     """``value`` if it is an integer (not a bool) in [lo, hi], else a one-line PlanError."""
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise PlanError(f"{where} must be an integer in [{lo}, {hi:,}], got {value!r}; {_REGEN}")
     return value
 
 
-def check_plain_data(value, where: str, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> None:
+def check_plain_data(value: object, where: str, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> None:
     """Raise PlanError unless ``value`` is plain data (mappings with string keys, lists, strings, finite numbers,
     booleans, None) at most ``max_depth`` deep and ``max_nodes`` values large. Shared sub-objects count once per
     reference, so a structure that would expand when written out is refused, not expanded."""
@@ -97,7 +97,7 @@ class LayerAssignment:
     name: str
     format: str
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not isinstance(self.format, str):
             raise PlanError(f"plan layer entry {self.name!r}: {self.format!r} must map a module name to a format "
                             f"name; {_REGEN}")
@@ -124,7 +124,7 @@ class ActivationOverride:
     activations: tuple[tuple[str, str], ...]
     where: str = field(default="plan override", compare=False, repr=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for v in (self.start, self.stop):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise PlanError(f"{self.where}.steps must be two integers [start, stop); got "
@@ -139,7 +139,8 @@ class ActivationOverride:
                 raise PlanError(f"{self.where} sets layer {name!r} activations to {mode!r}; expected fp or quant")
 
     @classmethod
-    def from_dict(cls, ov, where: str = "plan override") -> "ActivationOverride":
+    def from_dict(cls, ov: object, where: str = "plan override") -> ActivationOverride:
+        """The override an ``overrides`` entry ``ov`` describes; PlanError naming ``where`` when it is malformed."""
         if not isinstance(ov, dict) or set(ov) != set(_OVERRIDE_KEYS):
             raise PlanError(f"{where} must have exactly the keys steps and activations; got {ov!r}; {_REGEN}")
         steps, acts = ov["steps"], ov["activations"]
@@ -151,6 +152,7 @@ class ActivationOverride:
         return cls(steps[0], steps[1], tuple(acts.items()), where)
 
     def to_dict(self) -> dict:
+        """The plan's ``overrides`` entry: ``{steps: [start, stop], activations: {layer: fp|quant}}``."""
         return {"steps": [self.start, self.stop], "activations": dict(self.activations)}
 
 
@@ -168,7 +170,7 @@ class CacheSection:
     predicted_error: float | None = None
     share: float | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.unit, CacheUnit):
             raise PlanError(f"plan cache.unit must be a CacheUnit, got {type(self.unit).__name__}")
         if not 0 < len(self.compute) <= MAX_STEPS:
@@ -180,7 +182,8 @@ class CacheSection:
                 raise PlanError(f"plan cache.{key} is {v!r}; expected a finite number or null; {_REGEN}")
 
     @classmethod
-    def from_dict(cls, cache) -> "CacheSection":
+    def from_dict(cls, cache: Any) -> CacheSection:
+        """The section a plan's ``cache`` mapping describes (validated: PlanError naming the field)."""
         validate_cache_section(cache)
         return cls(method=cache["method"], unit=CacheUnit.from_dict(cache["unit"], "plan cache.unit"),
                    compute=tuple(cache["compute"]), warmup=cache.get("warmup", 1), max_reuse=cache.get("max_reuse"),
@@ -197,14 +200,15 @@ class Predictions:
     fixed_bytes: int | None = None
     fp_bytes: int | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for key in ("bytes", "fixed_bytes", "fp_bytes"):
             v = getattr(self, key)
             if v is not None:
                 _int(v, f"plan predictions.{key}", 0, MAX_BYTES)
 
     @classmethod
-    def from_dict(cls, predictions: dict) -> "Predictions":
+    def from_dict(cls, predictions: dict) -> Predictions:
+        """The predictions of a plan's ``predictions`` mapping (keys other than the byte counts are ignored)."""
         return cls(**{k: predictions[k] for k in ("bytes", "fixed_bytes", "fp_bytes") if k in predictions})
 
 
@@ -226,13 +230,13 @@ class PlanRecords:
         return {k: tuple(v) for k, v in out.items()}
 
 
-def _parse_layers(layers) -> tuple[LayerAssignment, ...]:
+def _parse_layers(layers: object) -> tuple[LayerAssignment, ...]:
     if not isinstance(layers, dict) or not layers:
         raise PlanError(f"plan 'layers' must be a non-empty mapping of module name to format; {_REGEN}")
     return tuple(LayerAssignment(name, fmt) for name, fmt in layers.items())
 
 
-def _parse_overrides(source) -> tuple[ActivationOverride, ...]:
+def _parse_overrides(source: tuple[object, dict[str, str]]) -> tuple[ActivationOverride, ...]:
     overrides, layers = source
     if not isinstance(overrides, list):
         raise PlanError("plan 'overrides' must be a list of {steps: [start, stop], activations: {layer: fp|quant}}")
@@ -246,11 +250,11 @@ def _parse_overrides(source) -> tuple[ActivationOverride, ...]:
     return tuple(parsed)
 
 
-def _parse_cache(cache) -> CacheSection | None:
+def _parse_cache(cache: object) -> CacheSection | None:
     return None if cache is None else CacheSection.from_dict(cache)
 
 
-def _parse_predictions(predictions) -> Predictions:
+def _parse_predictions(predictions: object) -> Predictions:
     if not isinstance(predictions, dict):
         raise PlanError(f"plan 'predictions' must be a mapping, got {type(predictions).__name__}")
     if "bytes" in predictions and (isinstance(predictions["bytes"], bool) or not isinstance(predictions["bytes"], int)):
@@ -284,7 +288,7 @@ class Plan:
 
     _parsed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
             raise PlanError(f"plan schema_version is {self.schema_version!r}, this mpsearch reads {SCHEMA_VERSION}; "
                             "regenerate the plan with `mpsearch solve`")
@@ -295,7 +299,7 @@ class Plan:
         if self.weights is not None and not isinstance(self.weights, str):
             raise PlanError(f"plan model.weights must be a digest string, got {self.weights!r}; {_REGEN}")
 
-    def _record(self, key: str):
+    def _record(self, key: str) -> Any:
         """The typed record of section ``key``: parsed once, and again only if the section was edited since."""
         source_of, parse = _PARSERS[key]
         source = source_of(self)
@@ -346,6 +350,7 @@ class Plan:
         return predicted
 
     def format_counts(self) -> dict[str, int]:
+        """How many layers the plan puts in each format."""
         counts: dict[str, int] = {}
         for fmt in self.layers.values():
             counts[fmt] = counts.get(fmt, 0) + 1
@@ -356,7 +361,7 @@ class Plan:
     @classmethod
     def from_assignment(cls, info: ModelInfo, assignment: dict[str, str], *, budget: dict | None = None,
                         predictions: dict | None = None, provenance: dict | None = None,
-                        overrides: list | None = None, weights: str | None = None) -> "Plan":
+                        overrides: list | None = None, weights: str | None = None) -> Plan:
         """A plan for ``info`` with every candidate layer named (unlisted layers stay ``fp``).
 
         ``weights`` is the digest of the weights the plan was made from; ``apply_plan`` checks it."""
@@ -366,7 +371,8 @@ class Plan:
         layers = {name: assignment.get(name, "fp") for name in info.names}
         for name, fmt in layers.items():
             if fmt not in info.layer(name).eligible:
-                raise PlanError(f"layer {name!r} cannot take {fmt!r}: {info.layer(name).ineligible.get(fmt, 'not eligible')}")
+                why = info.layer(name).ineligible.get(fmt, "not eligible")
+                raise PlanError(f"layer {name!r} cannot take {fmt!r}: {why}")
         preds = {"bytes": info.bytes_for(layers), "fixed_bytes": info.fixed_bytes, "fp_bytes": info.fp_bytes}
         preds.update(predictions or {})
         prov = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **versions()}
@@ -375,7 +381,7 @@ class Plan:
                    overrides=list(overrides or []), predictions=preds, provenance=prov, weights=weights)
 
     @classmethod
-    def uniform(cls, pipe_or_model, fmt: str) -> "Plan":
+    def uniform(cls, pipe_or_model: object, fmt: str) -> Plan:
         """Every eligible layer in ``fmt``, the others in fp: the baseline every result is compared with."""
         if fmt not in available_formats():
             raise PlanError(f"unknown format {fmt!r}; expected one of {', '.join(available_formats())}")
@@ -408,7 +414,7 @@ class Plan:
                 raise PlanError(f"plan puts layer {name!r} in {fmt!r}, which cannot take shape "
                                 f"{layer.shape}: {layer.ineligible.get(fmt, 'not eligible')}; {_REGEN}")
 
-    def check_weights(self, pipe_or_model, info: ModelInfo | None = None) -> None:
+    def check_weights(self, pipe_or_model: object, info: ModelInfo | None = None) -> None:
         """Raise PlanError if the model's weights are not those the plan was made from (when it records them)."""
         if self.weights is None:
             return
@@ -426,6 +432,7 @@ class Plan:
     # ---- files
 
     def to_dict(self) -> dict:
+        """The plan as the mapping its YAML file holds (see docs/design.md, The plan file)."""
         return {
             "schema_version": self.schema_version,
             "model": {"class": self.model_class, "fingerprint": self.fingerprint,
@@ -439,7 +446,9 @@ class Plan:
         }
 
     @classmethod
-    def from_dict(cls, data, source: str = "plan") -> "Plan":
+    def from_dict(cls, data: object, source: str = "plan") -> Plan:
+        """The plan a plan file's mapping ``data`` describes; PlanError (naming ``source``) for unknown or missing
+        keys, a different schema version or a malformed section."""
         if not isinstance(data, dict):
             raise PlanError(f"{source} must be a YAML mapping with keys {', '.join(_TOP_KEYS)}; got "
                             f"{type(data).__name__}; {_REGEN}")
@@ -465,12 +474,12 @@ class Plan:
                    predictions=data.get("predictions") or {}, provenance=data.get("provenance") or {},
                    schema_version=data["schema_version"], weights=model.get("weights"))
 
-    def save(self, path) -> Path:
+    def save(self, path: StrPath) -> Path:
         """Write the plan as YAML, atomically."""
         return atomic_write_text(path, dump_yaml(self.to_dict()))
 
     @classmethod
-    def load(cls, path) -> "Plan":
+    def load(cls, path: StrPath) -> Plan:
         """Read a plan strictly (safe YAML; unknown keys, formats and versions are errors)."""
         data = load_yaml(path, what="plan", error=PlanError)
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -45,13 +46,15 @@ class PromptSet:
         return f"prompts: {self.source}"
 
 
-def read_prompts(path) -> list[str]:
+def read_prompts(path: str | os.PathLike[str]) -> list[str]:
     """Prompts from a text file: one per line; blank lines and lines starting with '#' are skipped."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
-        raise UsageError(f"cannot read the prompts file {p} ({e.strerror or e}); give a text file, one prompt per line") from None
+        raise UsageError(
+            f"cannot read the prompts file {p} ({e.strerror or e}); give a text file, one prompt per line"
+        ) from None
     except UnicodeDecodeError:
         raise UsageError(f"the prompts file {p} is not UTF-8 text; give a text file, one prompt per line") from None
     prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
@@ -91,7 +94,8 @@ def prompt_spec(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
-def choose_prompts(spec, part: str = "calibration", *, default: int | None = None, seed: int = 0) -> PromptSet | None:
+def choose_prompts(spec: int | str | os.PathLike[str] | Sequence[str] | None, part: str = "calibration", *,
+                   default: int | None = None, seed: int = 0) -> PromptSet | None:
     """The prompts ``spec`` names: None (``default`` built-in prompts, or None if no default), a count of
     built-in prompts of ``part``, a prompts file (a path; a string of digits is a count), or a list of prompts."""
     if spec is None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -27,10 +29,11 @@ class Packed:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of all the stored tensors: the weight's size in this format."""
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
-def matrix_shape(shape) -> tuple[int, int]:
+def matrix_shape(shape: Sequence[int]) -> tuple[int, int]:
     """``(out, in)`` of a Linear or Conv weight; a conv's input dimension is in_channels*kh*kw."""
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2:
@@ -49,11 +52,11 @@ def all_finite(t: torch.Tensor) -> bool:
 
 class _WithGradientOf(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, values, source):
+    def forward(ctx: Any, values: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         return values.clone()
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[None, torch.Tensor]:
         return None, g
 
 
@@ -84,6 +87,7 @@ def amin_amax(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def check_finite(w: torch.Tensor, what: str = "weight") -> None:
+    """Raise FormatError (``what`` has N NaN/inf values) unless every element of ``w`` is finite."""
     if not all_finite(w):
         bad = (~torch.isfinite(w)).sum().item()
         raise FormatError(f"{what} has {bad} NaN/inf values; fix the model's weights before quantizing")
@@ -102,22 +106,23 @@ class Format(abc.ABC):
     #: True when the format quantizes activations at run time (W8A8, W4A4)
     quantizes_activations: bool = False
 
-    def eligible(self, shape) -> bool:
+    def eligible(self, shape: Sequence[int]) -> bool:
         """Whether a weight of this shape can be stored in this format."""
         return self.why_ineligible(shape) is None
 
-    def why_ineligible(self, shape) -> str | None:
+    def why_ineligible(self, shape: Sequence[int]) -> str | None:
         """None if eligible, else a short reason (e.g. 'input dim 36 is not a multiple of 16')."""
         matrix_shape(shape)
         return None
 
-    def check_eligible(self, shape) -> None:
+    def check_eligible(self, shape: Sequence[int]) -> None:
+        """Raise FormatError (naming the format, the shape and the reason) unless ``shape`` is eligible."""
         reason = self.why_ineligible(shape)
         if reason is not None:
             raise FormatError(f"format {self.name!r} cannot take shape {tuple(shape)}: {reason}")
 
     @abc.abstractmethod
-    def weight_bytes(self, shape, dtype: torch.dtype = torch.float32) -> int:
+    def weight_bytes(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> int:
         """Exact bytes a weight of ``shape`` takes in this format, scales included."""
 
     @abc.abstractmethod
@@ -139,7 +144,7 @@ class Format(abc.ABC):
         out, inp = matrix_shape(w.shape)
         return self.quantize(w.detach().reshape(out, inp)[rows])
 
-    def matmul_rows(self, x: torch.Tensor, packed: Packed, *, tensor_amax=None,
+    def matmul_rows(self, x: torch.Tensor, packed: Packed, *, tensor_amax: torch.Tensor | float | None = None,
                     quantize_activations: bool | None = None, dequantized: torch.Tensor | None = None) -> torch.Tensor:
         """``matmul`` for ``x`` = some rows of a larger activation whose amax is ``tensor_amax``: the same rows
         of the whole product. The default is right for activations quantized per row (or not at all)."""
@@ -162,7 +167,8 @@ class Format(abc.ABC):
         w = self.dequantize(packed) if dequantized is None else dequantized
         return x @ w.reshape(w.shape[0], -1).to(x.dtype).t()
 
-    def matmul_patches(self, x: torch.Tensor, packed: Packed, kernel, dilation, padding, stride, *,
+    def matmul_patches(self, x: torch.Tensor, packed: Packed, kernel: Sequence[int], dilation: Sequence[int],
+                       padding: Sequence[int], stride: Sequence[int], *,
                        quantize_activations: bool | None = None,
                        dequantized: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
         """A conv of the NCHW ``x`` with the packed weight, as ``matmul(im2col(x), packed)``: returns the

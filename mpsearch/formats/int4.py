@@ -16,6 +16,8 @@ nibble, along the row-major (out, in) order), ``scale`` float16 (out, in // G), 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from mpsearch.errors import FormatError
@@ -29,6 +31,8 @@ _CENTRED = tuple(float(q - 8) for q in range(16))
 
 @register_format
 class Int4(Format):
+    """Weight-only asymmetric 4-bit with float16 scale and zero per group of ``group`` inputs (see the module)."""
+
     name = "int4"
     family = "int4"
     group = 128
@@ -36,18 +40,22 @@ class Int4(Format):
     bits = 4.0
     quantizes_activations = False
 
-    def why_ineligible(self, shape) -> str | None:
+    def why_ineligible(self, shape: Sequence[int]) -> str | None:
+        """A reason unless the input dimension is a multiple of the group size."""
         _, inp = matrix_shape(shape)
         if inp % self.group:
             return f"input dim {inp} is not a multiple of the group size {self.group}"
         return None
 
-    def weight_bytes(self, shape, dtype: torch.dtype = torch.float32) -> int:
+    def weight_bytes(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> int:
+        """Half a byte per element plus a float16 scale and zero per group (``dtype`` does not matter)."""
         self.check_eligible(shape)
         out, inp = matrix_shape(shape)
         return out * inp // 2 + 4 * out * (inp // self.group)
 
     def quantize(self, w: torch.Tensor) -> Packed:
+        """Codes (two per byte), scales and zeros of ``w``; FormatError for NaN/inf, an ineligible shape or
+        values beyond float16's range."""
         self.check_eligible(w.shape)
         check_finite(w)
         out, inp = matrix_shape(w.shape)
@@ -71,6 +79,7 @@ class Int4(Format):
         return Packed(self.name, tuple(w.shape), w.dtype, {"qweight": qweight, "scale": scale16, "zero": zero16})
 
     def dequantize(self, packed: Packed) -> torch.Tensor:
+        """``(q - 8) * scale + zero`` per element, in the original shape and dtype."""
         if packed.format != self.name:
             raise FormatError(f"format {self.name!r} was given a weight packed as {packed.format!r}; use that format")
         out, inp = matrix_shape(packed.shape)
@@ -84,6 +93,8 @@ class Int4(Format):
 
 @register_format
 class Int4G64(Int4):
+    """``int4`` with groups of 64."""
+
     name = "int4-g64"
     group = 64
     variant = True
@@ -91,6 +102,8 @@ class Int4G64(Int4):
 
 @register_format
 class Int4G32(Int4):
+    """``int4`` with groups of 32."""
+
     name = "int4-g32"
     group = 32
     variant = True

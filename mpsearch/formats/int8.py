@@ -12,11 +12,12 @@ rescales by ``s_x[:, None] * scale[None, :]``. The int32 accumulator is exact fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from mpsearch.errors import FormatError
-from mpsearch.formats.base import (Format, Packed, amin_amax, check_finite, matrix_shape, records_grad,
-                                   with_gradient_of)
+from mpsearch.formats.base import Format, Packed, amin_amax, check_finite, matrix_shape, records_grad, with_gradient_of
 from mpsearch.formats.kernel_errors import is_unsupported
 from mpsearch.formats.patches import patch_amax, patch_view
 from mpsearch.formats.registry import register_format
@@ -31,8 +32,9 @@ def row_scales(amax: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_with_scales(xf: torch.Tensor, scale: torch.Tensor, as_float: bool = False) -> torch.Tensor:
-    """int8 codes (float32 holding them if ``as_float``) ``clamp(round(xf / scale), -127, 127)`` of float32 ``xf`` whose last dims are divided by
-    ``scale`` (broadcast against ``xf``); a row whose scale is 0 (or NaN) gets codes 0.
+    """int8 codes (float32 holding them if ``as_float``) ``clamp(round(xf / scale), -127, 127)`` of float32
+    ``xf`` whose last dims are divided by ``scale`` (broadcast against ``xf``); a row whose scale is 0 (or NaN)
+    gets codes 0.
 
     One division pass that writes a fresh float32 tensor (so ``xf`` may be a strided view, e.g. im2col
     patches, and is copied and divided at once), rounding and clamping in place, then the int8 cast."""
@@ -109,6 +111,7 @@ def int8_matmul_f32(qx: torch.Tensor, qw: torch.Tensor) -> torch.Tensor:
         acc = part.to(torch.float64) if acc is None else acc.add_(part)
     if k > 2**53 // (_QMAX * _QMAX):  # pragma: no cover - far beyond any layer
         raise FormatError(f"int8 inner dim {k} is too large for an exact product")
+    assert acc is not None  # k > _F32_EXACT_K: the loop ran
     return acc.to(torch.float32).add_(0.0)
 
 
@@ -121,16 +124,21 @@ def _product(qx_float: torch.Tensor, qw: torch.Tensor) -> torch.Tensor:
 
 @register_format
 class Int8(Format):
+    """W8A8: symmetric int8 weights with a float32 scale per output row, activations per token (see the
+    module)."""
+
     name = "int8"
     bits = 8.0
     quantizes_activations = True
 
-    def weight_bytes(self, shape, dtype: torch.dtype = torch.float32) -> int:
+    def weight_bytes(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> int:
+        """A byte per element plus a float32 scale per row (``dtype`` does not matter)."""
         self.check_eligible(shape)
         out, inp = matrix_shape(shape)
         return out * inp + 4 * out
 
     def quantize(self, w: torch.Tensor) -> Packed:
+        """Codes and row scales of ``w``; FormatError for NaN/inf or an ineligible shape."""
         self.check_eligible(w.shape)
         check_finite(w)
         out, inp = matrix_shape(w.shape)
@@ -138,6 +146,7 @@ class Int8(Format):
         return Packed(self.name, tuple(w.shape), w.dtype, {"qweight": q, "scale": scale})
 
     def dequantize(self, packed: Packed) -> torch.Tensor:
+        """Codes times row scales, in the original shape and dtype."""
         if packed.format != self.name:
             raise FormatError(f"format 'int8' was given a weight packed as {packed.format!r}; use that format")
         q, scale = packed.tensors["qweight"], packed.tensors["scale"]
@@ -152,6 +161,8 @@ class Int8(Format):
 
     def matmul(self, x: torch.Tensor, packed: Packed, *, quantize_activations: bool | None = None,
                dequantized: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ W.T`` as W8A8 runs it: per-token int8 activations, the exact integer product, rescaled (with
+        the float product's gradient, straight through, when autograd records ``x``)."""
         act = self.quantizes_activations if quantize_activations is None else quantize_activations
         if not act:
             return super().matmul(x, packed, quantize_activations=False, dequantized=dequantized)
@@ -177,7 +188,8 @@ class Int8(Format):
         out = rescale(_product(quantize_with_scales(xf, sx[:, None], as_float=True), qw), sx, scale)
         return out.reshape(*x.shape[:-1], qw.shape[0]).to(x.dtype)
 
-    def matmul_patches(self, x: torch.Tensor, packed: Packed, kernel, dilation, padding, stride, *,
+    def matmul_patches(self, x: torch.Tensor, packed: Packed, kernel: Sequence[int], dilation: Sequence[int],
+                       padding: Sequence[int], stride: Sequence[int], *,
                        quantize_activations: bool | None = None,
                        dequantized: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
         """The conv without a float im2col copy: a patch's amax is the max-pool of the per-pixel channel amax

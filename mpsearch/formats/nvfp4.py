@@ -18,11 +18,12 @@ Storage: ``qweight`` uint8 (out, in // 2), element 2k in the low nibble, 2k+1 in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from mpsearch.errors import FormatError
-from mpsearch.formats.base import (Format, Packed, abs_max, check_finite, matrix_shape, records_grad,
-                                   with_gradient_of)
+from mpsearch.formats.base import Format, Packed, abs_max, check_finite, matrix_shape, records_grad, with_gradient_of
 from mpsearch.formats.packing import decode_nibbles, pack_nibbles
 from mpsearch.formats.registry import register_format
 
@@ -36,10 +37,10 @@ E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 _MIDS_TIE_DOWN = (0.25, 1.25, 2.5, 5.0)  # between codes (0,1), (2,3), (4,5), (6,7)
 _MIDS_TIE_UP = (0.75, 1.75, 3.5)  # between codes (1,2), (3,4), (5,6)
 
-_cache: dict = {}
+_cache: dict[tuple[str, str], torch.Tensor] = {}
 
 
-def _const(key: str, values, device) -> torch.Tensor:
+def _const(key: str, values: Sequence[float], device: torch.device | str) -> torch.Tensor:
     k = (key, str(device))
     t = _cache.get(k)
     if t is None:
@@ -61,7 +62,8 @@ def e2m1_codes(a: torch.Tensor) -> torch.Tensor:
     return code.clamp_(0, 7).to(torch.uint8)
 
 
-def _scales(x2: torch.Tensor, tensor_amax):
+def _scales(x2: torch.Tensor, tensor_amax: torch.Tensor | float | None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The recipe's scales of a 2-D tensor: (x as float32 blocks (rows, cols // 16, 16), |x|, block scales
     float8_e4m3fn, tensor scale float32 (1,), effective scale per block float32, whether that scale is > 0)."""
     rows, cols = x2.shape
@@ -162,22 +164,29 @@ def nvfp4_fake_quantize(x2: torch.Tensor, tensor_amax: torch.Tensor | float | No
 
 @register_format
 class NVFP4(Format):
+    """NVFP4 (W4A4): E2M1 values with a float8 scale per block of 16 and a float32 tensor scale, for weights
+    and activations (see the module)."""
+
     name = "nvfp4"
     bits = 4.0
     quantizes_activations = True
 
-    def why_ineligible(self, shape) -> str | None:
+    def why_ineligible(self, shape: Sequence[int]) -> str | None:
+        """A reason unless the input dimension is a multiple of the block size (16)."""
         _, inp = matrix_shape(shape)
         if inp % BLOCK:
             return f"input dim {inp} is not a multiple of the block size {BLOCK}"
         return None
 
-    def weight_bytes(self, shape, dtype: torch.dtype = torch.float32) -> int:
+    def weight_bytes(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> int:
+        """Half a byte per element, a byte per block scale and 4 for the tensor scale (``dtype`` does not matter)."""
         self.check_eligible(shape)
         out, inp = matrix_shape(shape)
         return out * inp // 2 + out * inp // BLOCK + 4
 
     def quantize(self, w: torch.Tensor) -> Packed:
+        """Codes (two per byte), block scales and tensor scale of ``w``; FormatError for NaN/inf or an
+        ineligible shape."""
         self.check_eligible(w.shape)
         check_finite(w)
         out, inp = matrix_shape(w.shape)
@@ -197,8 +206,9 @@ class NVFP4(Format):
         tensors = {"qweight": pack_nibbles(codes), "block_scale": bs8, "tensor_scale": s_t}
         return Packed(self.name, (len(rows), inp), w.dtype, tensors)
 
-    def matmul_rows(self, x: torch.Tensor, packed: Packed, *, tensor_amax=None, quantize_activations=None,
-                    dequantized=None) -> torch.Tensor:
+    def matmul_rows(self, x: torch.Tensor, packed: Packed, *, tensor_amax: torch.Tensor | float | None = None,
+                    quantize_activations: bool | None = None,
+                    dequantized: torch.Tensor | None = None) -> torch.Tensor:
         """Rows of ``matmul(X, packed)`` for ``x`` = some rows of a larger activation ``X`` whose amax is
         ``tensor_amax`` (the tensor scale of NVFP4 activations is the whole activation's)."""
         act = self.quantizes_activations if quantize_activations is None else quantize_activations
@@ -212,6 +222,7 @@ class NVFP4(Format):
         return xq @ w.reshape(w.shape[0], -1).to(x.dtype).t()
 
     def dequantize(self, packed: Packed) -> torch.Tensor:
+        """The E2M1 values times their block and tensor scales, in the original shape and dtype."""
         if packed.format != self.name:
             raise FormatError(f"format 'nvfp4' was given a weight packed as {packed.format!r}; use that format")
         x = nvfp4_decode_packed(packed.tensors["qweight"], packed.tensors["block_scale"],

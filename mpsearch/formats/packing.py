@@ -34,7 +34,7 @@ def decode_nibbles(packed: torch.Tensor, values: tuple[float, ...]) -> torch.Ten
     return out.reshape(*packed.shape[:-1], packed.shape[-1] * 2)
 
 
-def pair_table(values: tuple[float, ...], device) -> torch.Tensor:
+def pair_table(values: tuple[float, ...], device: torch.device | str) -> torch.Tensor:
     """float32 (256, 2): row b holds ``(values[b & 15], values[b >> 4])``, the two values byte b decodes to."""
     if len(values) != 16:
         raise FormatError(f"a nibble table needs a value for each of the 16 codes, got {len(values)}")
@@ -48,7 +48,7 @@ def pair_table(values: tuple[float, ...], device) -> torch.Tensor:
     return table
 
 
-def quad_table(values: tuple[float, ...], device) -> torch.Tensor:
+def quad_table(values: tuple[float, ...], device: torch.device | str) -> torch.Tensor:
     """float32 (65536, 4): row k holds the values of the four codes in the two bytes of the little-endian
     16-bit word k (1 MB; gathering a word's four values at once is faster than two byte gathers)."""
     key = ("quad", tuple(values), str(device))

@@ -6,13 +6,16 @@ int4 variants ``int4-g64`` and ``int4-g32``.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from mpsearch.errors import FormatError
 from mpsearch.formats.base import Format
 
 _REGISTRY: dict[str, Format] = {}
+_F = TypeVar("_F", bound=type[Format])
 
 
-def register_format(cls):
+def register_format(cls: _F) -> _F:
     """Class decorator: instantiate ``cls()`` and register the instance under its ``name``.
 
     Re-registering a class of the same qualified name (a module reload) replaces the old instance;
@@ -45,7 +48,7 @@ def available_formats(variants: bool = False) -> list[str]:
     return primary + [n for n, f in _REGISTRY.items() if getattr(f, "variant", False)]
 
 
-def get_format(name, group: int | None = None) -> Format:
+def get_format(name: str | Format, group: int | None = None) -> Format:
     """The registered instance for ``name``; ``get_format("int4", group=64)`` is ``get_format("int4-g64")``.
 
     A ``Format`` instance passes through unchanged. Unknown names raise FormatError listing valid ones.
@@ -53,11 +56,12 @@ def get_format(name, group: int | None = None) -> Format:
     if isinstance(name, Format):
         fmt = name
     else:
-        fmt = _REGISTRY.get(name) if isinstance(name, str) else None
-        if fmt is None:
+        found = _REGISTRY.get(name) if isinstance(name, str) else None
+        if found is None:
             raise FormatError(
                 f"unknown format {name!r}; expected one of {', '.join(available_formats(variants=True))}"
             )
+        fmt = found
     if group is None:
         return fmt
     fmt_group = getattr(fmt, "group", None)
@@ -65,10 +69,13 @@ def get_format(name, group: int | None = None) -> Format:
         raise FormatError(f"format {fmt.name!r} has no group size; pass group only with int4")
     if int(group) == fmt_group:
         return fmt
-    for other in _REGISTRY.values():
-        if getattr(other, "family", None) == getattr(fmt, "family", None) and getattr(other, "group", None) == int(group):
+    # group variants are the registered formats of fmt's family; a format without a family has only its own group
+    family = getattr(fmt, "family", None)
+    siblings = [f for f in _REGISTRY.values() if family is not None and getattr(f, "family", None) == family]
+    for other in siblings:
+        if getattr(other, "group", None) == int(group):
             return other
-    allowed = sorted(g for f in _REGISTRY.values() if getattr(f, "family", None) == fmt.family for g in [f.group])
+    allowed = sorted({g for f in siblings if (g := getattr(f, "group", None)) is not None} | {fmt_group})
     raise FormatError(
         f"format {fmt.name!r} does not offer group size {group}; expected one of {', '.join(map(str, allowed))}"
     )

@@ -244,6 +244,24 @@ def test_get_format_names_and_groups():
         get_format("nvfp4", group=64)
 
 
+def test_get_format_group_of_a_format_without_family():
+    """A format with a group size but no ``family`` (e.g. a plug-in) offers only its own group: asking for
+    another is a one-line FormatError, not an AttributeError, and never returns an unrelated format."""
+    int4 = get_format("int4")
+
+    class Grouped(Format):
+        name = "grouped-test"
+        group = 128
+        weight_bytes = int4.weight_bytes
+        quantize = int4.quantize
+        dequantize = int4.dequantize
+
+    fmt = Grouped()
+    assert get_format(fmt, group=128) is fmt
+    with pytest.raises(FormatError, match=r"does not offer group size 64; expected one of 128$"):
+        get_format(fmt, group=64)
+
+
 def test_unknown_format_message():
     with pytest.raises(FormatError) as e:
         get_format("x")
