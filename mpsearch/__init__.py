@@ -9,7 +9,8 @@
 
 The package follows the flow: a core every stage may use (``formats``, ``models``, ``plan``, ``budget``,
 ``metrics``, ``errors``, ``io``, ``cache_units``), then ``runtime`` (runs a plan), ``profiling`` (measures),
-``allocation`` (decides), then the applications (``cli``, ``report``, ``demo``, ``evaluate``, ``workflow``).
+``allocation`` (decides), then the applications under ``apps`` (``cli``, ``report``, ``profile``, ``pipeline``,
+``evaluate``, ``demo``, ``testing``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from mpsearch.version import __version__
 
 # public name -> module (below mpsearch.) that defines it (imported on first use, so `import mpsearch` stays cheap)
 _LAZY = {
-    "load_pipeline": "pipeline",
-    "DigitsPipeline": "pipeline",
-    "profile": "workflow",
+    "load_pipeline": "apps.pipeline",
+    "DigitsPipeline": "apps.pipeline",
+    "profile": "apps.profile",
     "Profile": "profiling.store",
     "solve": "allocation.solving",
     "Plan": "plan",
@@ -36,8 +37,7 @@ _LAZY = {
     "MpsearchError": "errors",
 }
 _SUBMODULES = ("formats", "models", "plan", "budget", "metrics", "errors", "io", "cache_units", "runtime",
-               "profiling", "allocation", "pipeline", "classifier", "cli", "report", "archs", "testing",
-               "workflow", "demo", "evaluate", "prompts")
+               "profiling", "allocation", "apps", "classifier", "archs", "prompts")
 
 __all__ = sorted(_LAZY) + ["formats", "__version__"]
 

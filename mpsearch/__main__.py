@@ -1,3 +1,3 @@
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 
 raise SystemExit(main())

@@ -1,6 +1,6 @@
 """A small digit classifier for the content metrics of the embedded default (class agreement, Frechet distance).
 
-It reads what :class:`mpsearch.pipeline.DigitsPipeline` writes: (N, 1, 16, 16) tensors in [0, 1] (a numpy
+It reads what :class:`mpsearch.apps.pipeline.DigitsPipeline` writes: (N, 1, 16, 16) tensors in [0, 1] (a numpy
 (N, 16, 16, 1) batch from ``pipe(...).images`` goes through :func:`to_tensor` first). It was trained by
 ``scripts/train_default.py`` on scikit-learn's digits (8x8, upsampled to 16x16 bilinearly, divided by 16), and
 its weights ship as ``assets/classifier.safetensors``.

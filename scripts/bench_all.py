@@ -9,12 +9,12 @@ For each default model (the DiT and the UNet):
   mpsearch.allocation.autoquantize), HAWQ-style (Hutchinson traces over the same 40 calls, one backward pass
   each, as many as mpsearch's `gn`), MixDQ-style (every layer x format quantized alone and generated, content
   and quality damage measured separately; two ILPs, budget split chosen on a search seed);
-- byte budgets across the model's feasible range (mpsearch.evidence.evidence_budgets: three between the
+- byte budgets across the model's feasible range (mpsearch.apps.evidence.evidence_budgets: three between the
   smallest feasible plan and uniform NVFP4, uniform NVFP4, two between NVFP4 and INT8; none above INT8);
 - at each budget the plans of MixDQ-style, AutoQuantize (at the stated budget, marked **over** where its real
   bytes exceed it, and re-run at the largest budget whose real bytes fit), HAWQ-style, greedy, random,
   mpsearch local (`gn`, the default, and `rel_mse`), decoupled (the cheap end-to-end tier), Optuna-refined;
-- every plan scored on the test seeds (mpsearch.evidence.TEST_SEEDS: 10 seeds x 10 labels = 100 images per cell)
+- every plan scored on the test seeds (mpsearch.apps.evidence.TEST_SEEDS: 10 seeds x 10 labels = 100 images per cell)
   against full precision; mpsearch local against every other method by a paired per-image Wilcoxon test
   (Holm-corrected over all comparisons) and a bootstrap interval of the mean-MSE ratio: better / worse only
   when both say so, else a tie;
@@ -73,15 +73,15 @@ from mpsearch.allocation.solving import solve  # noqa: E402
 from mpsearch.budget import format_bytes  # noqa: E402
 from mpsearch.cache_units import compute_shares, get_unit  # noqa: E402
 from mpsearch.classifier import load_classifier  # noqa: E402
-from mpsearch.evaluate import evaluate_plan  # noqa: E402
-from mpsearch.evidence import BUDGET_NAMES, PROFILE_SEEDS, SEARCH_SEEDS, SPLITS, evidence_budgets  # noqa: E402
+from mpsearch.apps.evaluate import evaluate_plan  # noqa: E402
+from mpsearch.apps.evidence import BUDGET_NAMES, PROFILE_SEEDS, SEARCH_SEEDS, SPLITS, evidence_budgets  # noqa: E402
 from mpsearch.models import describe, get_denoiser  # noqa: E402
 from mpsearch.plan import Plan  # noqa: E402
 from mpsearch.profiling.cache_costs import measure_costs  # noqa: E402
 from mpsearch.profiling.store import Profile  # noqa: E402
-from mpsearch.report.significance import compare, summary, verdicts  # noqa: E402
+from mpsearch.apps.report.significance import compare, summary, verdicts  # noqa: E402
 from mpsearch.runtime.generation import generate_many  # noqa: E402
-from mpsearch.workflow import ProfileConfig, profile  # noqa: E402
+from mpsearch.apps.profile import ProfileConfig, profile  # noqa: E402
 
 WARMUP = 2
 SPLITS_MIXDQ = (0.2, 0.35, 0.5, 0.65, 0.8)
@@ -331,7 +331,7 @@ def render(results, args, seconds) -> str:
     an = analyse(results)
     n_img = len(args.seeds) * len(args.labels)
     lines = [
-        f"**Seeds** (mpsearch/evidence.py): measurement on profile seeds {list(PROFILE_SEEDS)}; Optuna and "
+        f"**Seeds** (mpsearch/apps/evidence.py): measurement on profile seeds {list(PROFILE_SEEDS)}; Optuna and "
         f"MixDQ's split on search seeds {list(SEARCH_SEEDS)}; scored on the **{args.split}** seeds "
         f"{list(args.seeds)} x labels {list(args.labels)} = {n_img} images per cell, {args.steps} DDIM steps, "
         "against full precision. Per-image MSE: mean, median, 90th percentile. `vs local`: mean-MSE ratio of the "
@@ -483,7 +483,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="default,default-unet")
     ap.add_argument("--split", choices=("test", "dev"), default="test",
-                    help="which seeds score the plans (mpsearch/evidence.py); only a test run writes the docs")
+                    help="which seeds score the plans (mpsearch/apps/evidence.py); only a test run writes the docs")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--ks", default="6,7,8,9,10,11,12")
     ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")

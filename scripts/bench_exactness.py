@@ -18,7 +18,7 @@ from mpsearch.models import describe
 from mpsearch.plan import Plan
 from mpsearch.runtime import kernels
 from mpsearch.runtime.executor import apply_plan
-from mpsearch.testing import real_size_pipeline
+from mpsearch.apps.testing import real_size_pipeline
 
 
 def main(argv=None) -> None:

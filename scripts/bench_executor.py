@@ -16,11 +16,11 @@ import time
 import torch
 
 from benchdoc import write_section
-from mpsearch.evaluate import HELD_OUT_SEEDS, image_scores
+from mpsearch.apps.evaluate import HELD_OUT_SEEDS, image_scores
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.generation import generate_many
 from mpsearch.models import get_denoiser, measured_bytes
-from mpsearch.pipeline import load_pipeline
+from mpsearch.apps.pipeline import load_pipeline
 from mpsearch.plan import Plan
 
 LABELS = tuple(range(10))

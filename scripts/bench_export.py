@@ -1,7 +1,7 @@
 """Quantized checkpoints at SD1.5 size: peak host memory of loading a plan.
 
 The SD1.5 UNet (``mpsearch/archs/sd15.json``, 859.5M parameters, float32, random weights) in a pipeline whose
-other components are the tiny ones of ``mpsearch.testing`` (so the denoiser is what is measured). For each
+other components are the tiny ones of ``mpsearch.apps.testing`` (so the denoiser is what is measured). For each
 uniform plan, each in a fresh process, peak RSS (``getrusage`` maxrss) of
 
 * (a) ``load_pipeline(fp folder)`` + ``apply_plan``: today's path (the fp model, then its packed copy);
@@ -42,7 +42,7 @@ def child_build(workdir: Path, formats: list[str]) -> dict:
     from mpsearch.archs import build_meta_denoiser
     from mpsearch.models import describe
     from mpsearch.plan import Plan
-    from mpsearch.testing import tiny_sd15
+    from mpsearch.apps.testing import tiny_sd15
 
     unet = build_meta_denoiser("sd15", "float32").to_empty(device="cpu")
     gen = torch.Generator().manual_seed(0)
@@ -62,7 +62,7 @@ def child_base(workdir: Path) -> dict:
     """Imports and the small components only: the constant cost of any process."""
     import mpsearch  # noqa: F401
     from mpsearch.runtime import checkpoint  # noqa: F401
-    from mpsearch.testing import tiny_sd15
+    from mpsearch.apps.testing import tiny_sd15
 
     tiny_sd15()
     return {"peak": _peak_bytes()}
@@ -71,7 +71,7 @@ def child_base(workdir: Path) -> dict:
 def child_apply(workdir: Path, fmt: str) -> dict:
     """(a) fp load + apply_plan; then, after its peak is read, the export of the same plan."""
     from mpsearch.models import measured_bytes
-    from mpsearch.pipeline import load_pipeline
+    from mpsearch.apps.pipeline import load_pipeline
     from mpsearch.plan import Plan
     from mpsearch.runtime.checkpoint import export
     from mpsearch.runtime.executor import apply_plan
@@ -93,7 +93,7 @@ def child_apply(workdir: Path, fmt: str) -> dict:
 def child_load(workdir: Path, fmt: str) -> dict:
     """(b) the exported folder, loaded without full-precision weights."""
     from mpsearch.models import measured_bytes
-    from mpsearch.pipeline import load_pipeline
+    from mpsearch.apps.pipeline import load_pipeline
 
     t0 = time.perf_counter()
     pipe = load_pipeline(workdir / f"q-{fmt}")

@@ -11,7 +11,7 @@ from benchdoc import write_section
 from mpsearch.formats import get_format
 from mpsearch.metrics import sqnr
 from mpsearch.models import describe, get_denoiser
-from mpsearch.pipeline import load_pipeline
+from mpsearch.apps.pipeline import load_pipeline
 
 FORMATS = ("int8", "nvfp4", "int4")
 

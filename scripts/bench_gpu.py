@@ -1,6 +1,6 @@
 """Speed and memory of applied plans on one GPU, at SDXL and FLUX size (random weights), in one run.
 
-For each model (``mpsearch.testing.real_size_pipeline``: the real-size denoiser, built on the GPU in bfloat16,
+For each model (``mpsearch.apps.testing.real_size_pipeline``: the real-size denoiser, built on the GPU in bfloat16,
 around small text encoders and VAE), one denoiser call at 1024 px (SDXL: 128x128 latents, CFG batch 2, 77
 tokens; FLUX.1-dev: 4096 image tokens, 512 text tokens, batch 1), timed for bf16 and for the plans uniform
 int8 / int4 / nvfp4 and a solved plan, each applied to the same model in turn (``apply_plan``, full-precision
@@ -39,12 +39,12 @@ import torch
 from benchdoc import write_section
 from mpsearch.allocation.solvers import Problem, get_solver
 from mpsearch.models import describe, measured_bytes
-from mpsearch.pipeline import load_pipeline
+from mpsearch.apps.pipeline import load_pipeline
 from mpsearch.plan import Plan
 from mpsearch.runtime.checkpoint import export
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.kernels import cuda as cuda_kernels
-from mpsearch.testing import build_tiny_pipeline, real_size_pipeline
+from mpsearch.apps.testing import build_tiny_pipeline, real_size_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "bench_gpu_results.json"

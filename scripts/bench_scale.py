@@ -1,6 +1,6 @@
 """Profiling at real size: one plain generation vs `mpsearch.profile` of the same conditions, side by side.
 
-Builds the published denoisers (sd15, pixart-sigma, dit-xl; ``mpsearch.testing.real_size_pipeline``) at their
+Builds the published denoisers (sd15, pixart-sigma, dit-xl; ``mpsearch.apps.testing.real_size_pipeline``) at their
 real size with random weights, inside pipelines with small text encoders and a small VAE, and measures in one
 process, alternating: one plain generation and one profile (formats int8/nvfp4/int4) of the same prompt,
 seed, size, steps and guidance. Reports the time ratio and the peak-memory ratio (peak RSS on the CPU, reset
@@ -33,8 +33,8 @@ from benchdoc import machine, write_section
 from mpsearch.models import get_denoiser
 from mpsearch.profiling.profiler import ProfileConfig
 from mpsearch.runtime.generation import generate
-from mpsearch.testing import real_size_pipeline
-from mpsearch.workflow import profile
+from mpsearch.apps.testing import real_size_pipeline
+from mpsearch.apps.profile import profile
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "bench_scale_results.json"
 FORMATS = ("int8", "nvfp4", "int4")

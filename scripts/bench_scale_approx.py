@@ -23,13 +23,13 @@ from scipy.stats import spearmanr, wilcoxon
 
 from benchdoc import write_section
 from mpsearch.allocation.solving import solve
-from mpsearch.demo import comparison_budgets
-from mpsearch.evaluate import HELD_OUT_SEEDS
+from mpsearch.apps.demo import comparison_budgets
+from mpsearch.apps.evaluate import HELD_OUT_SEEDS
 from mpsearch.models import describe
-from mpsearch.pipeline import load_pipeline
+from mpsearch.apps.pipeline import load_pipeline
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.generation import generate_many
-from mpsearch.workflow import ProfileConfig, profile
+from mpsearch.apps.profile import ProfileConfig, profile
 
 
 def _per_image_mse(pipe, plan, reference) -> np.ndarray:

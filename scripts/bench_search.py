@@ -20,13 +20,13 @@ from bench_solver import synthetic_problem
 from benchdoc import write_section
 from mpsearch.budget import format_bytes
 from mpsearch.classifier import load_classifier
-from mpsearch.demo import comparison_budgets
-from mpsearch.evaluate import evaluate_plan
+from mpsearch.apps.demo import comparison_budgets
+from mpsearch.apps.evaluate import evaluate_plan
 from mpsearch.runtime.generation import generate_many
 from mpsearch.models import describe
-from mpsearch.pipeline import load_pipeline
+from mpsearch.apps.pipeline import load_pipeline
 from mpsearch.plan import Plan
-from mpsearch.workflow import ProfileConfig, profile
+from mpsearch.apps.profile import ProfileConfig, profile
 from mpsearch.allocation.solving import solve
 from mpsearch.allocation.solvers import get_solver
 

@@ -61,10 +61,10 @@ def synthetic(lines: list[str]) -> None:
 def default_dit(lines: list[str], trials: int, budget: str) -> None:
     import mpsearch
     from mpsearch.classifier import load_classifier
-    from mpsearch.evaluate import evaluate_plan
+    from mpsearch.apps.evaluate import evaluate_plan
     from mpsearch.runtime.generation import generate_many
     from mpsearch.plan import Plan
-    from mpsearch.workflow import profile
+    from mpsearch.apps.profile import profile
     from mpsearch.allocation.refine import refine
     from mpsearch.allocation.solving import build_problem
 
@@ -149,7 +149,7 @@ def _latency(lines: list[str], *, budget: str = "60%", bops: str = "50%", steps:
     from mpsearch.runtime.generation import generate
     from mpsearch.profiling.latency import measure_latency
     from mpsearch.plan import Plan
-    from mpsearch.workflow import profile
+    from mpsearch.apps.profile import profile
     from mpsearch.allocation.solving import build_problem
 
     labels = tuple(labels)

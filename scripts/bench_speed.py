@@ -36,7 +36,7 @@ from mpsearch.runtime.kernels.cpu.int8 import int_mm_is_faster
 from mpsearch.runtime.kernels.cpu.loops import jit_enabled
 from mpsearch.runtime.kernels.cpu.nvfp4 import bf16_is_faster
 from mpsearch.runtime.kernels.cpu.workspace import workspace_bytes
-from mpsearch.testing import real_size_pipeline
+from mpsearch.apps.testing import real_size_pipeline
 
 PROMPT = "a photograph of an astronaut riding a horse"
 SEED = 1234
@@ -158,7 +158,7 @@ def main(argv=None) -> None:
                      f"{mse_out:.3g} | {mse_img:.3g} |")
         print(lines[-1], flush=True)
     pipe.unet = fp_unet
-    body = (f"One UNet call of the real-size SD1.5 pipeline (`mpsearch.testing.real_size_pipeline(\"sd15\")`, "
+    body = (f"One UNet call of the real-size SD1.5 pipeline (`mpsearch.apps.testing.real_size_pipeline(\"sd15\")`, "
             f"random weights, fp32): 32x32 latents, CFG batch 2, 77 text tokens; torch threads = {args.threads}; "
             f"{args.rounds} rounds, every plan timed once per round, interleaved; the ratio is the median of "
             f"the per-round ratios to fp32. Image: `{PROMPT}`, seed {SEED}, 64 px, {args.steps} DDIM steps, "

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 import torch
 from diffusers import DDIMScheduler, DiTTransformer2DModel, UNet2DModel
 
-from mpsearch.pipeline import DigitsPipeline
+from mpsearch.apps.pipeline import DigitsPipeline
 from mpsearch.runtime.kernels import using_kernels
 
 

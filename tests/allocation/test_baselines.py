@@ -8,7 +8,7 @@ from mpsearch.allocation.baselines import (CONTENT_ROLES, autoquantize_problem, 
                                 mixdq_plans, nominal_bytes, output_jacobian_traces, record_denoiser_calls)
 from mpsearch.errors import UsageError
 from mpsearch.formats import get_format
-from mpsearch.workflow import profile
+from mpsearch.apps.profile import profile
 from mpsearch.allocation.solvers import get_solver
 from conftest import Tiny  # a two-layer MLP whose Jacobians are worked out by hand
 

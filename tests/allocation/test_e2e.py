@@ -9,7 +9,7 @@ import pytest
 
 import mpsearch
 from mpsearch.allocation import endtoend as e2e
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.profiling.store import Profile
 
@@ -28,7 +28,7 @@ def e2e_profile(tmp_path_factory):
     """A tiny DiT profiled locally and end to end (shortlist 4, 2 windows), with plugins that record calls."""
     from conftest import _scheduler, tiny_dit
 
-    from mpsearch.pipeline import DigitsPipeline
+    from mpsearch.apps.pipeline import DigitsPipeline
 
     pipe = DigitsPipeline(scheduler=_scheduler(), transformer=tiny_dit())
     pipe.set_progress_bar_config(disable=True)

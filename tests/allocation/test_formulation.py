@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 import mpsearch
-from mpsearch import cli
+from mpsearch.apps import cli
 from mpsearch.allocation import formulation as formulation_mod
 from mpsearch.allocation.formulation import Formulation, formulate
 from mpsearch.allocation.joint import solve_joint
 from mpsearch.allocation.pareto import pareto
 from mpsearch.allocation.solvers import HighsSolver, IlpSolver, get_solver
-from mpsearch.cli.parser import build_parser
+from mpsearch.apps.cli.parser import build_parser
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.plan import Plan
-from mpsearch.workflow import profile
+from mpsearch.apps.profile import profile
 
 SAME = ("solver", "metric", "tie", "pins", "role_pins", "step_weights", "profile_digest", "profile_config")
 
@@ -96,7 +96,7 @@ def test_compute_budget_from_python_matches_the_cli(prof, dit_pipe, tmp_path, mo
     assert plan.predictions["compute_cost"] == "bops" and plan.predictions["compute_share"] <= 0.5 + 1e-9
     assert plan.provenance["compute"] == "50%" and plan.provenance["compute_cost"] == "bops"
     assert plan.provenance["role_pins"] == {}  # the provenance the CLI's compute path used to drop
-    monkeypatch.setattr("mpsearch.pipeline.load_pipeline", lambda *a, **k: dit_pipe)
+    monkeypatch.setattr("mpsearch.apps.pipeline.load_pipeline", lambda *a, **k: dit_pipe)
     monkeypatch.chdir(tmp_path)
     assert cli.main(["solve", "--profile", "p.sqlite", "--budget", "80%", "--compute", "50%", "--role-pins", "none",
                      "--out", "c.yaml", "--json"]) == 0
@@ -158,7 +158,7 @@ def test_rounds_default_is_the_same_on_both_sides():
 
 
 def test_role_pins_flag_reads_roles():
-    from mpsearch.cli.solving import parse_role_pins
+    from mpsearch.apps.cli.solving import parse_role_pins
 
     assert parse_role_pins("none") == {} and parse_role_pins("default") is None and parse_role_pins(None) is None
     assert parse_role_pins("time_embed=fp,modulation=int8") == {"time_embed": "fp", "modulation": "int8"}

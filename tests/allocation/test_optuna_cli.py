@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from mpsearch import cli
+from mpsearch.apps import cli
 from mpsearch.plan import Plan
 
 
 def test_search_optuna_refines_and_resumes(dit_pipe, tmp_path, monkeypatch, capsys):
-    from mpsearch.workflow import profile
+    from mpsearch.apps.profile import profile
 
     profile(dit_pipe, out=tmp_path / "p.sqlite", steps=3, seeds=(0,), labels=(1, 2), progress=False)
-    monkeypatch.setattr("mpsearch.pipeline.load_pipeline", lambda *a, **k: dit_pipe)
+    monkeypatch.setattr("mpsearch.apps.pipeline.load_pipeline", lambda *a, **k: dit_pipe)
     monkeypatch.chdir(tmp_path)
     argv = ["solve", "--profile", "p.sqlite", "--budget", "45%", "--role-pins", "none", "--search", "optuna",
             "--search-steps", "2", "--json"]
@@ -36,7 +36,7 @@ def _refine_with_scores(dit_pipe, tmp_path, monkeypatch, validation_favours_pick
 
     import mpsearch.allocation.refine as refine_mod
     from mpsearch.allocation.formulation import build_problem
-    from mpsearch.workflow import profile
+    from mpsearch.apps.profile import profile
     from mpsearch.allocation.solvers import get_solver
 
     prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=2, seeds=(0,), labels=(1,), progress=False)
@@ -110,7 +110,7 @@ def test_evaluation_objective_per_image_scores_average_to_the_totals(dit_pipe, t
     from mpsearch.metrics import ssim
     from mpsearch.runtime.executor import apply_plan
     from mpsearch.runtime.generation import generate
-    from mpsearch.workflow import profile
+    from mpsearch.apps.profile import profile
 
     prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=2, seeds=(0,), labels=(1,), progress=False)
     problem = build_problem(prof, int(0.45 * prof.info.fp_bytes), role_pins={})

@@ -47,12 +47,12 @@ def test_sweep_matches_solving_each_budget_and_marks_the_frontier():
 
 
 def test_cli_sweep_and_compute_on_a_tiny_profile(dit_pipe, tmp_path, monkeypatch, capsys):
-    from mpsearch import cli
+    from mpsearch.apps import cli
     from mpsearch.allocation.compute import compute_problem, record_layer_calls
     from mpsearch.runtime.executor import apply_plan
     from mpsearch.runtime.generation import generate
     from mpsearch.plan import Plan
-    from mpsearch.workflow import profile
+    from mpsearch.apps.profile import profile
     from mpsearch.allocation.solving import build_problem
 
     prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=4, seeds=(0,), labels=(1, 2), progress=False)
@@ -90,7 +90,7 @@ def test_cli_sweep_and_compute_on_a_tiny_profile(dit_pipe, tmp_path, monkeypatch
     # the executor takes the overrides: the same formats without them give other images
     assert not np.array_equal(images(plan), images(Plan.from_assignment(prof.info, assignment)))
 
-    monkeypatch.setattr("mpsearch.pipeline.load_pipeline", lambda *a, **k: dit_pipe)
+    monkeypatch.setattr("mpsearch.apps.pipeline.load_pipeline", lambda *a, **k: dit_pipe)
     monkeypatch.chdir(tmp_path)
     code = cli.main(["solve", "--profile", "p.sqlite", "--pareto", "4", "--role-pins", "none", "--out", "sweep",
                      "--compute", "50%", "--json"])

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ _CHILD = """
 import resource, signal, sys
 if {memory}:
     resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 if {deadline}:
     signal.alarm({deadline})  # SIGALRM ends the process (exit -14) when the command runs past the deadline
 sys.exit(main(sys.argv[1:]))

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from mpsearch.archs import arch_report, available_archs, build_meta_denoiser, describe_arch, plan_without_weights
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 from mpsearch.models import DEFAULT_ROLE_PINS, Role, describe, resolve_role_pins
 
 pytest.importorskip("transformers")
 
-from mpsearch.testing import TINY_BUILDERS, build_tiny_pipeline  # noqa: E402
+from mpsearch.apps.testing import TINY_BUILDERS, build_tiny_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="module")

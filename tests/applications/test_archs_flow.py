@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 
 pytest.importorskip("transformers")
 
-from mpsearch.testing import TINY_BUILDERS, save_tiny_pipeline  # noqa: E402
+from mpsearch.apps.testing import TINY_BUILDERS, save_tiny_pipeline  # noqa: E402
 
 TEXT = [n for n in TINY_BUILDERS if n != "dit"]
 SLOW = {"sd15", "sdxl"}  # the UNets take a few seconds per step on two CPU cores
@@ -73,7 +73,7 @@ def test_apply_and_remove_bit_for_bit_on_flux(tiny_dirs):
     from mpsearch import apply_plan
     from mpsearch.runtime.generation import generate
     from mpsearch.models import describe
-    from mpsearch.pipeline import load_pipeline
+    from mpsearch.apps.pipeline import load_pipeline
     from mpsearch.plan import Plan
 
     pipe = load_pipeline(tiny_dirs["flux"])
@@ -92,7 +92,7 @@ def test_apply_and_remove_bit_for_bit_on_flux(tiny_dirs):
 def test_classifier_free_guidance_reaches_the_denoiser(tiny_dirs, guidance, batch):
     """With guidance > 1 the denoiser sees one batch [uncond, cond]: the profiler's hooks measure both halves."""
     from mpsearch.runtime.generation import generate
-    from mpsearch.pipeline import load_pipeline
+    from mpsearch.apps.pipeline import load_pipeline
 
     pipe = load_pipeline(tiny_dirs["pixart-sigma"])
     seen = []

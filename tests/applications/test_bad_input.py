@@ -17,14 +17,14 @@ import torch
 import yaml
 
 import mpsearch
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 from mpsearch.errors import MpsearchError, UsageError
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.models import describe, get_denoiser
-from mpsearch.pipeline import load_pipeline
+from mpsearch.apps.pipeline import load_pipeline
 from mpsearch.plan import Plan
 from mpsearch.profiling.store import Profile
-from mpsearch.workflow import ProfileConfig, profile
+from mpsearch.apps.profile import ProfileConfig, profile
 
 from conftest import tiny_dit, _scheduler
 
@@ -268,7 +268,7 @@ CLI_CASES = [
 ]
 
 
-# the pipeline's own label check (mpsearch/pipeline.py) names the problem but not yet the fix
+# the pipeline's own label check (mpsearch/apps/pipeline.py) names the problem but not yet the fix
 NO_FIX_YET = {"profile-label-out-of-range"}
 
 

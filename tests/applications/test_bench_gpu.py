@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mpsearch.testing import real_size_pipeline
+from mpsearch.apps.testing import real_size_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 

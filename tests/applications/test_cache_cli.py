@@ -2,7 +2,7 @@
 
 import json
 
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 from mpsearch.plan import Plan
 
 

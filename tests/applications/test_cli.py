@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 
 
 def run(capsys, *argv):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mpsearch.cli.noise import NOISE, silence_library_noise
+from mpsearch.apps.cli.noise import NOISE, silence_library_noise
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,7 @@ def test_commands_show_no_library_messages_on_stderr(argv):
 
 
 def test_help_and_version_import_no_heavy_library():
-    code = ("import sys\nfrom mpsearch.cli import main\n"
+    code = ("import sys\nfrom mpsearch.apps.cli import main\n"
             "for argv in (['--help'], ['--version'], ['solve', '--help']):\n"
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
             "import json\n"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mpsearch.evidence import DEV_SEEDS, PROFILE_SEEDS, SEARCH_SEEDS, SPLITS, TEST_SEEDS
-from mpsearch.report.significance import compare, holm, summary, verdicts
+from mpsearch.apps.evidence import DEV_SEEDS, PROFILE_SEEDS, SEARCH_SEEDS, SPLITS, TEST_SEEDS
+from mpsearch.apps.report.significance import compare, holm, summary, verdicts
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,7 +18,7 @@ def test_seed_sets_disjoint():
 
 
 def test_test_seeds_appear_nowhere_else():
-    # no code, script or test names a test seed: only mpsearch/evidence.py holds them
+    # no code, script or test names a test seed: only mpsearch/apps/evidence.py holds them
     lo, hi = min(TEST_SEEDS), max(TEST_SEEDS)
     for path in list((ROOT / "mpsearch").rglob("*.py")) + list((ROOT / "scripts").glob("*.py")):
         if path.name == "evidence.py":
@@ -46,7 +46,7 @@ def test_significance_on_known_data():
 def test_budgets_between_formats():
     import mpsearch
     from mpsearch.allocation.formulation import build_problem  # noqa: F401
-    from mpsearch.evidence import evidence_budgets
+    from mpsearch.apps.evidence import evidence_budgets
     from mpsearch.models import describe
     from mpsearch.plan import Plan
 

@@ -24,10 +24,10 @@ from cli_helpers import exception_names, run, run_process, snapshot
 from conftest import _scheduler, tiny_dit
 
 import mpsearch
-from mpsearch.pipeline import load_pipeline
+from mpsearch.apps.pipeline import load_pipeline
 from mpsearch.plan import Plan
 from mpsearch.runtime.checkpoint import MANIFEST, export
-from mpsearch.workflow import profile
+from mpsearch.apps.profile import profile
 
 ASSETS = Path(mpsearch.__file__).parent / "assets"
 GEN = ["--labels", "0", "--steps", "1", "--seed", "0"]

@@ -8,7 +8,7 @@ import torch
 
 from mpsearch.classifier import DigitClassifier, load_classifier, to_tensor
 from mpsearch.errors import ModelError, UsageError
-from mpsearch.pipeline import NULL_CLASS, DigitsPipeline, load_pipeline
+from mpsearch.apps.pipeline import NULL_CLASS, DigitsPipeline, load_pipeline
 
 LABELS = [0, 3, 7, 9]
 
@@ -120,7 +120,7 @@ def test_loading_is_deterministic():
 
 
 def test_shipped_folders_are_plain_diffusers_safetensors_folders():
-    from mpsearch.pipeline import EMBEDDED
+    from mpsearch.apps.pipeline import EMBEDDED
 
     for name, comp in (("default", "transformer"), ("default-unet", "unet")):
         folder = EMBEDDED[name]

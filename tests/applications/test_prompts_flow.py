@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 import mpsearch
-from mpsearch.cli import main
-from mpsearch.cli.common import condition_list
+from mpsearch.apps.cli import main
+from mpsearch.apps.cli.common import condition_list
 from mpsearch.profiling.prompting import calibration_config
 from mpsearch.profiling.store import stored_config
 from mpsearch.prompts import builtin_prompts, builtin_set
 
 pytest.importorskip("transformers")
 
-from mpsearch.testing import build_tiny_pipeline, save_tiny_pipeline
+from mpsearch.apps.testing import build_tiny_pipeline, save_tiny_pipeline
 
 CALIBRATION_4 = list(builtin_prompts(4).prompts)
 HELDOUT_4 = list(builtin_prompts(4, "heldout").prompts)
@@ -85,7 +85,7 @@ def test_generate_defaults_to_heldout_prompts(pixart_dir, tmp_path, capsys, monk
         seen.append(list(conditions))
         return np.zeros((len(conditions), 16, 16, 3))
 
-    monkeypatch.setattr("mpsearch.cli.inspecting.generate", fake_generate)
+    monkeypatch.setattr("mpsearch.apps.cli.inspecting.generate", fake_generate)
     assert main(["generate", "--model", pixart_dir, "--steps", "1", "--out", str(tmp_path / "imgs")]) == 0
     assert seen == [HELDOUT_4] and not set(seen[0]) & set(builtin_set("calibration"))
     assert "prompts: 4 of the built-in held-out set (seed 0)" in capsys.readouterr().err
@@ -100,12 +100,12 @@ def test_eval_defaults_to_heldout_prompts(pixart_dir, capsys, monkeypatch):
         seen.append(list(labels))
         return np.zeros((len(labels) * len(seeds), 16, 16, 3))
 
-    monkeypatch.setattr("mpsearch.evaluate.generate_many", fake_generate_many)
+    monkeypatch.setattr("mpsearch.apps.evaluate.generate_many", fake_generate_many)
     assert main(["eval", "--model", pixart_dir, "--steps", "1", "--seeds", "1000", "--json"]) == 0
     assert seen == [HELDOUT_4, HELDOUT_4]  # full precision and the plan; no digit classifier on prompts
     assert "class_agreement" not in json.loads(capsys.readouterr().out)
     seen.clear()
-    mpsearch.evaluate.evaluate_plan(build_tiny_pipeline("pixart-sigma"), None, steps=1, seeds=(1000,))
+    mpsearch.apps.evaluate.evaluate_plan(build_tiny_pipeline("pixart-sigma"), None, steps=1, seeds=(1000,))
     assert seen == [HELDOUT_4, HELDOUT_4]
 
 
@@ -116,7 +116,7 @@ def test_report_images_default_to_heldout_prompts(pixart_dir, tmp_path, capsys, 
         seen.append(list(conditions))
         return np.zeros((len(conditions), 16, 16, 3))
 
-    monkeypatch.setattr("mpsearch.report.gather.generate", fake_generate)
+    monkeypatch.setattr("mpsearch.apps.report.gather.generate", fake_generate)
     assert main(["report", "--model", pixart_dir, "--steps", "1", "--points", "0", "--out", str(tmp_path / "r")]) == 0
     assert seen and all(c == HELDOUT_4 for c in seen)  # full precision and each uniform baseline
     assert "report: prompts: 4 of the built-in held-out set (seed 0)" in capsys.readouterr().err

@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from mpsearch.errors import MpsearchError, PlanError, ProfileError
-from mpsearch.pipeline import DigitsPipeline, load_pipeline
+from mpsearch.apps.pipeline import DigitsPipeline, load_pipeline
 from mpsearch.plan import Plan
 from mpsearch.profiling.store import Profile, ProfileWriter
-from mpsearch.workflow import profile
+from mpsearch.apps.profile import profile
 
 from conftest import _scheduler, tiny_dit
 

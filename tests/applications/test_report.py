@@ -22,9 +22,9 @@ def tiny(tmp_path_factory):
     import mpsearch
     from mpsearch.cache_units import cache_units
     from mpsearch.models import get_denoiser
-    from mpsearch.pipeline import DigitsPipeline
+    from mpsearch.apps.pipeline import DigitsPipeline
     from mpsearch.plan import Plan
-    from mpsearch.workflow import profile
+    from mpsearch.apps.profile import profile
 
     root = tmp_path_factory.mktemp("report")
     pipe = DigitsPipeline(scheduler=_scheduler(), transformer=tiny_dit())
@@ -41,7 +41,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rendered(tiny):
-    from mpsearch.report import report
+    from mpsearch.apps.report import report
 
     out = tiny["root"] / "site"
     r = report(tiny["profile"], tiny["plans"], tiny["pipe"], out=out, labels=(0, 1, 2), seed=0, points=4)
@@ -86,7 +86,7 @@ def test_report_page_references_existing_pngs_only(tiny, rendered):
 
 
 def test_an_error_leaves_no_report_and_an_old_report_is_replaced(tiny, tmp_path, monkeypatch):
-    from mpsearch import report as rep
+    from mpsearch.apps import report as rep
     from mpsearch.errors import UsageError
 
     data = rep.gather_report(tiny["profile"], tiny["plans"][:1], None, points=3)
@@ -97,7 +97,7 @@ def test_an_error_leaves_no_report_and_an_old_report_is_replaced(tiny, tmp_path,
 
     out = tmp_path / "site"
     with monkeypatch.context() as m:
-        m.setattr("mpsearch.report.render._network_png", boom)  # where render_report looks it up
+        m.setattr("mpsearch.apps.report.render._network_png", boom)  # where render_report looks it up
         with pytest.raises(RuntimeError, match="drawing failed"):
             rep.render_report(data, out)
     assert list(tmp_path.iterdir()) == []  # neither the report nor its temporary folder
@@ -117,7 +117,7 @@ def test_an_error_leaves_no_report_and_an_old_report_is_replaced(tiny, tmp_path,
 
 
 def test_a_report_gets_the_users_umask(tiny, tmp_path):
-    from mpsearch import report as rep
+    from mpsearch.apps import report as rep
 
     data = rep.gather_report(tiny["profile"], tiny["plans"][:1], None, points=3)
     old = os.umask(0o027)
@@ -130,7 +130,7 @@ def test_a_report_gets_the_users_umask(tiny, tmp_path):
 
 
 def test_cli_report_json_and_one_line_errors(tiny, tmp_path, capsys):
-    from mpsearch.cli import main
+    from mpsearch.apps.cli import main
 
     out = tmp_path / "r"
     plan = str(tiny["plans"][0])

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import exception_names, own_stderr, parse_json, run
 
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 from mpsearch.plan import Plan
 from mpsearch.runtime.checkpoint import read_manifest
 
@@ -236,7 +236,7 @@ def test_text_output(flow, capsys):
 try:
     import transformers  # noqa: F401 - the text pipelines need it
 
-    from mpsearch.testing import TINY_BUILDERS, save_tiny_pipeline
+    from mpsearch.apps.testing import TINY_BUILDERS, save_tiny_pipeline
     ARCHS = list(TINY_BUILDERS)
 except ImportError:  # pragma: no cover - depends on the environment
     ARCHS = []

@@ -84,7 +84,7 @@ def test_levels_of_known_modules():
     assert level("mpsearch.runtime.executor") == 1
     assert level("mpsearch.profiling.store") == 2
     assert level("mpsearch.allocation.solvers.ilp_pulp") == 3
-    assert level("mpsearch.cli.solving") == level("mpsearch.report") == APPLICATION
+    assert level("mpsearch.apps.cli.solving") == level("mpsearch.apps.report") == APPLICATION
 
 
 def test_checker_sees_function_level_and_relative_imports(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 from mpsearch.errors import UsageError
 from mpsearch.prompts import (
     DEFAULT_PROFILE_PROMPTS,

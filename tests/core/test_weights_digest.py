@@ -13,7 +13,7 @@ import mpsearch
 from mpsearch.errors import ModelError
 from mpsearch.models import describe, get_denoiser, same_weights, weights_digest
 from mpsearch.profiling.store import stored_weights
-from mpsearch.workflow import profile
+from mpsearch.apps.profile import profile
 
 
 def _single_stream(pipe, h=None, prefix: str = "sha256") -> str:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 from mpsearch.errors import UsageError
 from mpsearch.profiling.sensitivity import output_sensitivity, replayed_steps
-from mpsearch.workflow import ProfileConfig, profile
+from mpsearch.apps.profile import ProfileConfig, profile
 
 BASE = dict(labels=(0, 1, 2), seeds=(0,), steps=3, formats=("int8", "nvfp4"))
 
@@ -166,8 +166,8 @@ def test_replay_checkpoint_on_a_denoiser_without_it_is_a_usage_error():
 
 
 def test_the_cli_takes_a_share_or_all_blocks(tmp_path):
-    from mpsearch.cli.parser import build_parser
-    from mpsearch.cli.profiling import _profile_config
+    from mpsearch.apps.cli.parser import build_parser
+    from mpsearch.apps.cli.profiling import _profile_config
 
     p = build_parser()
 

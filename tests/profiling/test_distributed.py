@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import mpsearch
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.profiling.distributed import Launch, detect_launch, launch_device, profile_sharded, shard_file
 from mpsearch.profiling.profiler import ProfileConfig
@@ -34,7 +34,7 @@ ARGS = ["--model", "default", "--steps", "2", "--seeds", "0,1", "--labels", "0,1
 # folder (rank 0's view, taken before it joins the next step, so no rank has written into it yet) of each step
 WORKER = r"""
 import contextlib, io, json, os, sqlite3, sys
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 from mpsearch.errors import ProfileError
 import mpsearch.profiling.profiler as profiler
 

@@ -19,9 +19,9 @@ from conftest import _scheduler, tiny_dit
 from mpsearch.errors import InfeasibleError, ProfileError, UsageError
 from mpsearch.formats import get_format
 from mpsearch.profiling.latency import LatencyTable, measure_latency
-from mpsearch.pipeline import DigitsPipeline
+from mpsearch.apps.pipeline import DigitsPipeline
 from mpsearch.profiling.store import Profile, merge_profiles, write_latency
-from mpsearch.workflow import profile
+from mpsearch.apps.profile import profile
 
 MIN_TIME = 1e-4  # seconds per timing: the structure is under test, not the numbers
 
@@ -265,7 +265,7 @@ def test_latency_priced_compute_errors(pipe, prof_path, table):
 # ------------------------------------------------------------------------------------------- CLI
 
 def _run(capsys, *argv):
-    from mpsearch.cli import main
+    from mpsearch.apps.cli import main
 
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -275,7 +275,7 @@ def _run(capsys, *argv):
 def test_cli_profile_latency_then_solve_with_latency_cost(pipe, tmp_path, monkeypatch, capsys):
     from mpsearch.plan import Plan
 
-    monkeypatch.setattr("mpsearch.pipeline.load_pipeline", lambda *a, **k: pipe)
+    monkeypatch.setattr("mpsearch.apps.pipeline.load_pipeline", lambda *a, **k: pipe)
     monkeypatch.chdir(tmp_path)
     base = ["--out", "p.sqlite", "--steps", "4", "--seeds", "0", "--labels", "1,2"]
     code, out, err = _run(capsys, "profile", *base, "--json")

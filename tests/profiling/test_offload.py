@@ -18,12 +18,12 @@ from mpsearch.errors import PlanError, UsageError
 from mpsearch.models import get_denoiser, weights_digest
 from mpsearch.offload import (execution_device, has_offloaded_weights, loaded_tensors, materialized,
                               model_offload_hook, offloads_weights)
-from mpsearch.pipeline import DigitsPipeline
+from mpsearch.apps.pipeline import DigitsPipeline
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.generation import generate
 from mpsearch.runtime.steps import acquire_step_state, release_step_state
 from mpsearch.allocation.solving import solve
-from mpsearch.workflow import profile
+from mpsearch.apps.profile import profile
 
 # two units: under model offload diffusers re-installs its hooks between them
 OPTIONS = dict(labels=(1,), seeds=(0, 1), steps=2, progress=False)
@@ -176,7 +176,7 @@ def _close(a, b, rtol=1e-4):
 
 @pytest.fixture
 def tiny_sd15():
-    from mpsearch.testing import build_tiny_pipeline
+    from mpsearch.apps.testing import build_tiny_pipeline
 
     return lambda: build_tiny_pipeline("sd15")
 

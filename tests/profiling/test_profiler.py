@@ -8,7 +8,7 @@ from torch import nn
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.formats import get_format
 from mpsearch.profiling.store import Profile
-from mpsearch.workflow import ProfileConfig, profile
+from mpsearch.apps.profile import ProfileConfig, profile
 
 
 class HandDenoiser(nn.Module):

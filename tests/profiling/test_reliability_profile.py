@@ -18,10 +18,10 @@ import time
 import numpy as np
 import pytest
 
-from mpsearch.cli import main
-from mpsearch.pipeline import DigitsPipeline
+from mpsearch.apps.cli import main
+from mpsearch.apps.pipeline import DigitsPipeline
 from mpsearch.profiling.store import Profile, merge_profiles
-from mpsearch.workflow import profile
+from mpsearch.apps.profile import profile
 
 from conftest import _scheduler, tiny_dit, tiny_unet
 

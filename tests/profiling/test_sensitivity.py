@@ -11,7 +11,7 @@ import mpsearch
 from mpsearch.errors import ProfileError
 from mpsearch.allocation.formulation import layer_costs, resolve_metric
 from mpsearch.profiling.store import Profile, merge_profiles
-from mpsearch.workflow import profile
+from mpsearch.apps.profile import profile
 from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
 from conftest import Tiny  # a two-layer MLP whose Jacobians are worked out by hand
 

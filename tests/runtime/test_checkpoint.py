@@ -13,10 +13,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import mpsearch
 from mpsearch.cache_units import get_unit
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 from mpsearch.errors import PlanError
 from mpsearch.models import describe, get_denoiser, measured_bytes
-from mpsearch.pipeline import load_pipeline
+from mpsearch.apps.pipeline import load_pipeline
 from mpsearch.plan import Plan
 from mpsearch.runtime import checkpoint
 from mpsearch.runtime.checkpoint import MANIFEST, CheckpointError, export, load_denoiser
@@ -92,7 +92,7 @@ def test_plan_with_activation_windows_and_cache_round_trips(tmp_path):
 
 
 pytest.importorskip("transformers")
-from mpsearch.testing import TINY_BUILDERS, save_tiny_pipeline  # noqa: E402
+from mpsearch.apps.testing import TINY_BUILDERS, save_tiny_pipeline  # noqa: E402
 
 SLOW = {"sd15", "sdxl"}  # the UNets take a few seconds per step on two CPU cores
 
@@ -338,7 +338,7 @@ def test_cli_export_then_generate_matches_generate_with_the_plan(tmp_path, capsy
 
 
 def test_out_of_memory_loading_the_other_components_is_not_blamed_on_the_folder(copy, monkeypatch):
-    from mpsearch.pipeline import DigitsPipeline
+    from mpsearch.apps.pipeline import DigitsPipeline
 
     def full(cls, *a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 from mpsearch.io import atomic_write_bytes, staging_folder
-from mpsearch.pipeline import load_pipeline
+from mpsearch.apps.pipeline import load_pipeline
 from mpsearch.plan import Plan
 from mpsearch.runtime import checkpoint
 from mpsearch.runtime.checkpoint import MANIFEST, CheckpointError, export
@@ -253,7 +253,7 @@ def test_exported_folders_plans_and_files_get_the_umask(umask, tmp_path):
 
 def test_merged_profiles_get_the_umask(umask, dit_pipe, tmp_path):
     from mpsearch.profiling.store import merge_profiles
-    from mpsearch.workflow import profile
+    from mpsearch.apps.profile import profile
 
     shards = [tmp_path / f"s{i}.sqlite" for i in range(2)]
     for i, s in enumerate(shards):

@@ -63,7 +63,7 @@ def test_install_is_all_or_nothing(monkeypatch):
 
 
 def test_apply_plan_and_load_denoiser_both_use_install(monkeypatch, tmp_path):
-    from mpsearch.pipeline import load_pipeline
+    from mpsearch.apps.pipeline import load_pipeline
 
     calls = []
 

@@ -207,7 +207,7 @@ def test_load_pipeline_lets_out_of_memory_through(monkeypatch):
     import diffusers
 
     from mpsearch.errors import ModelError
-    from mpsearch.pipeline import DigitsPipeline, load_pipeline
+    from mpsearch.apps.pipeline import DigitsPipeline, load_pipeline
 
     for cls in (DigitsPipeline, diffusers.DiffusionPipeline):
         monkeypatch.setattr(cls, "from_pretrained", classmethod(lambda cls, *a, **k: (_ for _ in ()).throw(_oom())))

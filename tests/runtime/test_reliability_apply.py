@@ -13,13 +13,13 @@ import yaml
 import mpsearch
 from mpsearch.runtime import executor
 from mpsearch.runtime import install as install_mod
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 from mpsearch.errors import PlanError
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.models import describe, get_denoiser, weights_digest
-from mpsearch.pipeline import DigitsPipeline
+from mpsearch.apps.pipeline import DigitsPipeline
 from mpsearch.plan import Plan
-from mpsearch.workflow import profile
+from mpsearch.apps.profile import profile
 
 from conftest import _scheduler, tiny_dit
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from mpsearch.cli.noise import silence_library_noise
-from mpsearch.cli.parser import build_parser
+from mpsearch.apps.cli.noise import silence_library_noise
+from mpsearch.apps.cli.parser import build_parser
 from mpsearch.errors import MpsearchError
 
 

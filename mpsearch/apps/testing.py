@@ -5,7 +5,7 @@ classes and the real wiring of the published model, only a few channels wide, so
 flow (profile, solve, generate, apply) runs on it in seconds on a CPU. Nothing is downloaded: the text
 encoders are built from configs and the tokenizers from a vocabulary written here.
 
-    from mpsearch.testing import save_tiny_pipeline
+    from mpsearch.apps.testing import save_tiny_pipeline
     save_tiny_pipeline("sd3", "/tmp/tiny-sd3")     # then: mpsearch profile --model /tmp/tiny-sd3 --prompts p.txt
 
 Dimensions are multiples of 16 (so NVFP4 is eligible), and the FFN down-projections read 128 features (so

@@ -1,6 +1,6 @@
 """What a report shows, as plain data: :class:`Variant` (one way of running the model) and :class:`ReportData`.
 
-:func:`~mpsearch.report.gather.gather_report` fills a :class:`ReportData` once (it runs the solver sweep and the
+:func:`~mpsearch.apps.report.gather.gather_report` fills a :class:`ReportData` once (it runs the solver sweep and the
 pipeline); the figures, the page and the folder writer only read it. :meth:`ReportData.summary` is the JSON
 written beside the page.
 """

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mpsearch.errors import UsageError
-from mpsearch.cli.common import budget_slug, emit, text_table
+from mpsearch.apps.cli.common import budget_slug, emit, text_table
 from mpsearch.allocation.formulation import check_compute, formulate
 from mpsearch.allocation.joint import solve_joint
 from mpsearch.allocation.pareto import pareto
@@ -15,7 +15,7 @@ from mpsearch.archs import plan_without_weights
 from mpsearch.budget import format_bytes, parse_budget
 from mpsearch.cache_units import cache_units, compute_shares
 from mpsearch.models import Role, get_denoiser
-from mpsearch import pipeline
+from mpsearch.apps import pipeline
 
 from mpsearch.plan import Plan
 from mpsearch.profiling.profiler import default_profile_path

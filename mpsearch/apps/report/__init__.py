@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mpsearch.report.data import ReportData, Variant
-from mpsearch.report.gather import gather_report
-from mpsearch.report.render import _check_out, render_report
+from mpsearch.apps.report.data import ReportData, Variant
+from mpsearch.apps.report.gather import gather_report
+from mpsearch.apps.report.render import _check_out, render_report
 
 __all__ = ["ReportData", "Variant", "gather_report", "render_report", "report"]
 

@@ -14,9 +14,9 @@ import uuid
 from pathlib import Path
 
 from mpsearch.errors import MpsearchError, UsageError
-from mpsearch.report.data import ReportData
-from mpsearch.report.figures import _cache_png, _frontier_png, _grid_png, _heatmap_png, _network_png
-from mpsearch.report.page import _page
+from mpsearch.apps.report.data import ReportData
+from mpsearch.apps.report.figures import _cache_png, _frontier_png, _grid_png, _heatmap_png, _network_png
+from mpsearch.apps.report.page import _page
 from mpsearch.io import atomic_write_bytes, staging_folder
 
 __all__ = ["render_report"]

@@ -7,8 +7,8 @@ from __future__ import annotations
 import html
 import math
 
-from mpsearch.report.data import ReportData
-from mpsearch.report.figures import _METRIC_TEXT
+from mpsearch.apps.report.data import ReportData
+from mpsearch.apps.report.figures import _METRIC_TEXT
 from mpsearch.budget import format_bytes
 
 

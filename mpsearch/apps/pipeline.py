@@ -35,7 +35,7 @@ IMAGE_SIZE = 16
 DEFAULT_GUIDANCE_SCALE = 1.5
 DEFAULT_STEPS = 20
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 EMBEDDED = {
     "default": ASSETS_DIR / "default-dit",
     "default-dit": ASSETS_DIR / "default-dit",

@@ -1,4 +1,4 @@
-"""The report's figures, each drawn from :class:`~mpsearch.report.data.ReportData` into PNG bytes.
+"""The report's figures, each drawn from :class:`~mpsearch.apps.report.data.ReportData` into PNG bytes.
 
 Sensitivity heatmaps (layer x step, one panel per format), the Pareto frontier with the uniform formats and the
 plans as points, each plan's format per layer along the network beside the layers' roles, the cache timeline,
@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from mpsearch.report.data import ReportData, Variant
+from mpsearch.apps.report.data import ReportData, Variant
 from mpsearch.budget import format_bytes
 from mpsearch.formats import available_formats
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mpsearch import pipeline
+from mpsearch.apps import pipeline
 from mpsearch.budget import format_bytes
-from mpsearch.cli.common import emit
+from mpsearch.apps.cli.common import emit
 from mpsearch.plan import Plan
 from mpsearch.runtime.checkpoint import export, read_manifest
 

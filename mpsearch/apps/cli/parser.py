@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from mpsearch.version import __version__
-from mpsearch.cli.arguments import Parser, int_list, prompts_arg, generations, shard, share, str_list
-from mpsearch.cli.commands import (cmd_demo, cmd_eval, cmd_export, cmd_generate, cmd_inspect, cmd_profile,
+from mpsearch.apps.cli.arguments import Parser, int_list, prompts_arg, generations, shard, share, str_list
+from mpsearch.apps.cli.commands import (cmd_demo, cmd_eval, cmd_export, cmd_generate, cmd_inspect, cmd_profile,
                                    cmd_profile_merge, cmd_report, cmd_solve)
 from mpsearch.allocation.defaults import DEFAULT_ROUNDS
 

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from mpsearch.errors import UsageError
-from mpsearch.cli.common import emit
+from mpsearch.apps.cli.common import emit
 from mpsearch.prompts import choose_prompts
-from mpsearch import pipeline
+from mpsearch.apps import pipeline
 
 from mpsearch.profiling.auto import parse_max_memory
 from mpsearch.profiling.distributed import detect_launch, distributed_session, launch_device
@@ -18,7 +18,7 @@ from mpsearch.profiling.latency import measure_latency
 from mpsearch.profiling.profiler import ProfileConfig
 from mpsearch.profiling.prompting import calibration_config
 from mpsearch.profiling.store import merge_profiles, stored_config, write_latency
-from mpsearch.workflow import default_profile_path, profile
+from mpsearch.apps.profile import default_profile_path, profile
 
 
 _PROFILE_DEFAULTS = {"formats": ["int8", "nvfp4", "int4"], "steps": 20, "labels": list(range(10)), "seeds": [0, 1]}

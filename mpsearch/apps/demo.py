@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 
 from mpsearch.budget import format_bytes
-from mpsearch.evaluate import HELD_OUT_SEEDS, evaluate_plan
+from mpsearch.apps.evaluate import HELD_OUT_SEEDS, evaluate_plan
 from mpsearch.runtime.generation import generate_many
 from mpsearch.plan import Plan
-from mpsearch.workflow import ProfileConfig, default_profile_path, profile
+from mpsearch.apps.profile import ProfileConfig, default_profile_path, profile
 from mpsearch.allocation.solving import solve
 from mpsearch.classifier import load_classifier
 from mpsearch.models import describe
-from mpsearch.pipeline import load_pipeline
+from mpsearch.apps.pipeline import load_pipeline
 
 
 def comparison_budgets(info) -> dict[str, int]:

@@ -17,13 +17,13 @@ from typing import Callable
 import numpy as np
 
 from mpsearch.errors import PlanError, ProfileError, UsageError
-from mpsearch.report.data import ReportData, Variant
+from mpsearch.apps.report.data import ReportData, Variant
 from mpsearch.allocation.formulation import build_problem, resolve_metric
 from mpsearch.allocation.pareto import pareto
-from mpsearch.evaluate import image_scores
+from mpsearch.apps.evaluate import image_scores
 from mpsearch.formats import available_formats
 from mpsearch.models import describe, measured_bytes
-from mpsearch.pipeline import load_pipeline
+from mpsearch.apps.pipeline import load_pipeline
 from mpsearch.plan import Plan
 from mpsearch.profiling.store import LOCAL_METRICS, Profile
 from mpsearch.prompts import builtin_prompts

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-# command function -> the module of mpsearch.cli that defines it
+# command function -> the module of mpsearch.apps.cli that defines it
 _WHERE = {
     "cmd_inspect": "inspecting", "cmd_generate": "inspecting", "cmd_export": "exporting",
     "cmd_profile": "profiling", "cmd_profile_merge": "profiling", "cmd_solve": "solving",
@@ -16,10 +16,10 @@ _WHERE = {
 
 def _lazy(name: str) -> Callable[..., int]:
     def run(args) -> int:
-        return getattr(importlib.import_module(f"mpsearch.cli.{_WHERE[name]}"), name)(args)
+        return getattr(importlib.import_module(f"mpsearch.apps.cli.{_WHERE[name]}"), name)(args)
 
     run.__name__ = run.__qualname__ = name
-    run.__doc__ = f"`{name}` of mpsearch.cli.{_WHERE[name]}, imported on the first call."
+    run.__doc__ = f"`{name}` of mpsearch.apps.cli.{_WHERE[name]}, imported on the first call."
     return run
 
 

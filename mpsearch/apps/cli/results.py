@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from mpsearch.cli.common import condition_list, emit
+from mpsearch.apps.cli.common import condition_list, emit
 from mpsearch.classifier import load_classifier
-from mpsearch.demo import run_demo
-from mpsearch.evaluate import evaluate_plan
-from mpsearch import pipeline
+from mpsearch.apps.demo import run_demo
+from mpsearch.apps.evaluate import evaluate_plan
+from mpsearch.apps import pipeline
 
 from mpsearch.plan import Plan
 from mpsearch.profiling.profiler import default_profile_path
-from mpsearch.report import report
+from mpsearch.apps.report import report
 
 
 def cmd_eval(args) -> int:

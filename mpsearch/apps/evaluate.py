@@ -13,9 +13,9 @@ from mpsearch.metrics import class_agreement, frechet_distance, mse, psnr, ssim
 from mpsearch.models import measured_bytes
 from mpsearch.classifier import to_tensor
 from mpsearch.runtime.executor import apply_plan
-from mpsearch.evidence import DEV_SEEDS
+from mpsearch.apps.evidence import DEV_SEEDS
 
-#: seeds never used for profiling by default (profiling uses 0, 1, ...): development seeds (mpsearch.evidence)
+#: seeds never used for profiling by default (profiling uses 0, 1, ...): development seeds (mpsearch.apps.evidence)
 HELD_OUT_SEEDS = DEV_SEEDS[:2]
 
 
