@@ -27,6 +27,7 @@ _LAZY = {
     "profile": "workflow",
     "Profile": "profiling.store",
     "solve": "allocation.solving",
+    "SolveConfig": "allocation.config",
     "Plan": "plan",
     "apply_plan": "runtime.executor",
     "PlanHandle": "runtime.executor",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from mpsearch.allocation.formulation import Formulation, as_formulation
-from mpsearch.allocation.solvers import get_solver
+from mpsearch.allocation.solvers import DEFAULT_SOLVER, get_solver
 from mpsearch.allocation.solvers.optuna_search import problem_digest
 from mpsearch.metrics import ssim
 from mpsearch.plan import Plan
@@ -80,15 +80,16 @@ def validate_pick(pick: dict, base: dict, alpha: float = VALIDATION_ALPHA) -> di
             "kept": "search" if ratio < 1.0 and p < alpha else "ilp"}
 
 
-def refine(profile, pipe, budget="60%", *, trials: int = 30, storage: str | None = None,
+def refine(profile, pipe, budget=None, *, trials: int = 30, storage: str | None = None,
            study_name: str | None = None, sampler: str = "nsga2", seed: int = 0, labels=tuple(range(10)),
            seeds=SEARCH_SEEDS, steps: int = 8, progress: bool = False, validation_seeds=VALIDATION_SEEDS,
-           **objective):
+           config=None, **objective):
     """Search from the ILP's plans with real generations; returns ``(plan, report)``.
 
-    ``profile`` is a Profile, its path, or a :class:`~mpsearch.allocation.formulation.Formulation`; the
-    ``objective`` keywords (``metric``, ``pins``, ``role_pins``, ``tie``, ``compute``, ...) are
-    :func:`~mpsearch.allocation.formulation.formulate`'s (a compute budget's layer calls are recorded on ``pipe``).
+    ``profile`` is a Profile, its path, or a :class:`~mpsearch.allocation.formulation.Formulation`; ``config``
+    (a :class:`~mpsearch.allocation.config.SolveConfig`) and the ``objective`` keywords (``metric``, ``pins``,
+    ``role_pins``, ``tie``, ``compute``, ...) are :func:`~mpsearch.allocation.formulation.formulate`'s (a
+    compute budget's layer calls are recorded on ``pipe``). ``budget``: default the config's, else 60%.
 
     A search on a few seeds can fit them rather than the model: when it picks a plan other than the ILP's, both
     are scored again on ``validation_seeds`` and the ILP's plan is kept unless the pick is significantly better
@@ -100,7 +101,10 @@ def refine(profile, pipe, budget="60%", *, trials: int = 30, storage: str | None
     from tqdm.auto import tqdm
 
     extra = {} if isinstance(profile, Formulation) else {"pipe": pipe}  # a Formulation carries its own
-    form = as_formulation(profile, budget, "refine", **extra, **objective)
+    if budget is None:  # the Formulation's or config's own budget, else 60%
+        own = profile.budget if isinstance(profile, Formulation) else None if config is None else config.budget
+        budget = "60%" if own is None else own
+    form = as_formulation(profile, budget, "refine", config=config, **extra, **objective)
     info, problem, decode = form.profile.info, form.problem, form.decode
     settings = {"labels": list(labels), "seeds": list(seeds), "steps": int(steps), "sampler": sampler, "seed": seed}
     if study_name is None:
@@ -120,7 +124,7 @@ def refine(profile, pipe, budget="60%", *, trials: int = 30, storage: str | None
     report.update(settings=settings, storage=storage)
     chosen, reference = report.get("chosen"), report.get("reference")
     if validation_seeds and chosen and reference and chosen["trial"] != reference["trial"]:
-        ilp = get_solver("ilp").solve(problem)
+        ilp = get_solver(DEFAULT_SOLVER).solve(problem)
         check = evaluation_objective(pipe, info, problem, decode=decode, labels=labels, seeds=validation_seeds,
                                      steps=steps, per_image=True)
         verdict = validate_pick(check(sol.choice), check(ilp.choice))
@@ -130,7 +134,7 @@ def refine(profile, pipe, budget="60%", *, trials: int = 30, storage: str | None
     plan = form.to_plan(
         sol, predictions={"search": {k: report.get(k) for k in ("reference", "chosen", "trials", "feasible_trials",
                                                                   "validation")}},
-        provenance={"solver": "optuna", "seconds": round(float(seconds), 4), "seeded_by": "ilp",
+        provenance={"solver": "optuna", "seconds": round(float(seconds), 4), "seeded_by": DEFAULT_SOLVER,
                     "study": study_name, "search": settings})
     return plan, report
 

@@ -102,7 +102,7 @@ def test_autoquantize_problem_scores_absolute_error(small_profile):
     assert np.allclose(ratio, ratio[0])  # one common scale: the raw summed error, not per-layer normalized
     assert np.array_equal(p.nbytes, nominal_bytes(info, small_profile.formats))
     assert not p.pins  # like every compared method: no role pins
-    sol = get_solver("ilp").solve(p)
+    sol = get_solver("cbc").solve(p)
     assert sol.status == "optimal" and sol.total_bytes <= p.budget_bytes
 
 

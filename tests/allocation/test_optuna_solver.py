@@ -25,7 +25,7 @@ def test_seeded_search_never_does_worse_than_the_ilp_on_its_own_objective():
         base = problem.objective(choice)
         return base + (10.0 if choice[0] == 2 and choice[1] == 2 else 0.0)
 
-    ilp = get_solver("ilp").solve(problem)
+    ilp = get_solver("cbc").solve(problem)
     solver = get_solver("optuna", trials=25, evaluate=interacting)
     sol = solver.solve(problem)
     assert sol.total_bytes <= problem.budget_bytes
