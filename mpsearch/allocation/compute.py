@@ -21,6 +21,7 @@ layer, format and window in the same recording forward.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -82,6 +83,8 @@ def parse_compute(spec, full: float, unit: str = "bops") -> float:
         hint = "a share of full precision (50%) or bit operations per denoiser call (3.2e9)"
     if not ok or float(m.group(1)) <= 0:
         raise UsageError(f"--compute {text!r} does not parse; use {hint}")
+    if not math.isfinite(float(m.group(1))):
+        raise UsageError(f"--compute {text!r} is not a finite number; use {hint}")
     value = float(m.group(1))
     if suffix == "%":
         return value / 100 * full
