@@ -21,6 +21,7 @@ import numpy as np
 from mpsearch.allocation.formulation import Formulation, as_formulation
 from mpsearch.allocation.solvers import DEFAULT_SOLVER, get_solver
 from mpsearch.allocation.solvers.optuna_search import problem_digest
+from mpsearch.errors import UsageError
 from mpsearch.metrics import ssim
 from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
@@ -80,6 +81,17 @@ def validate_pick(pick: dict, base: dict, alpha: float = VALIDATION_ALPHA) -> di
             "kept": "search" if ratio < 1.0 and p < alpha else "ilp"}
 
 
+def _check_search(seeds, validation_seeds, steps) -> None:
+    """The search's seeds (distinct integers >= 0; the validation ones may be empty) and steps (>= 1)."""
+    for name, given, empty_ok in (("search seeds", seeds, False), ("validation seeds", validation_seeds, True)):
+        values = list(given)
+        if (not values and not empty_ok) or len(set(values)) != len(values) or any(
+                isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in values):
+            raise UsageError(f"{name} must be distinct integers >= 0, got {values}; pass e.g. 500,501")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise UsageError(f"search steps must be an integer >= 1 (denoising steps per trial), got {steps!r}; pass e.g. 8")
+
+
 def refine(profile, pipe, budget=None, *, trials: int = 30, storage: str | None = None,
            study_name: str | None = None, sampler: str = "nsga2", seed: int = 0, labels=tuple(range(10)),
            seeds=SEARCH_SEEDS, steps: int = 8, progress: bool = False, validation_seeds=VALIDATION_SEEDS,
@@ -101,6 +113,7 @@ def refine(profile, pipe, budget=None, *, trials: int = 30, storage: str | None 
     from tqdm.auto import tqdm
 
     extra = {} if isinstance(profile, Formulation) else {"pipe": pipe}  # a Formulation carries its own
+    _check_search(seeds, validation_seeds or (), steps)
     if budget is None:  # the Formulation's or config's own budget, else 60%
         own = profile.budget if isinstance(profile, Formulation) else None if config is None else config.budget
         budget = "60%" if own is None else own

@@ -146,3 +146,16 @@ def test_joint_solve_when_round_two_changes_formats(which, dit_pipe, unet_pipe, 
 
 def test_errors_are_mpsearch_errors():
     assert issubclass(UsageError, MpsearchError) and issubclass(ProfileError, MpsearchError)
+
+
+@pytest.mark.parametrize("options, needle", [
+    (dict(seeds=(500, 500)), "search seeds must be distinct integers >= 0"),
+    (dict(seeds=(-1,)), "search seeds must be distinct integers >= 0"),
+    (dict(validation_seeds=(501, 501)), "validation seeds must be distinct integers >= 0"),
+    (dict(steps=0), "search steps must be an integer >= 1"),
+])
+def test_refine_checks_its_seeds_and_steps(prof, dit_pipe, options, needle):
+    from mpsearch.allocation.refine import refine
+
+    with pytest.raises(UsageError, match=needle):
+        refine(prof, dit_pipe, "60%", trials=1, labels=(1,), **options)
