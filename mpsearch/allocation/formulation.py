@@ -75,7 +75,7 @@ class Formulation:
     pins: dict
     role_pins: dict | None
     tie: bool
-    step_weights: list | None = None
+    step_weights: np.ndarray | None = None  # one weight per step, or (layers, steps)
     objective_weights: object = None
     fp_act_windows: int = 0
     end_to_end: dict | None = None

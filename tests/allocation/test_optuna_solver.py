@@ -31,7 +31,7 @@ def test_seeded_search_never_does_worse_than_the_ilp_on_its_own_objective():
     assert sol.total_bytes <= problem.budget_bytes
     assert interacting(sol.choice) <= interacting(ilp.choice)
     rep = solver.report
-    assert rep["reference"]["source"] == f"ilp@{problem.budget_bytes}"
+    assert rep["reference"]["source"] == f"cbc@{problem.budget_bytes}"
     assert rep["chosen"]["score_vs_reference"] <= 1.0
     assert rep["trials"] == 25
 

@@ -55,6 +55,8 @@ def test_commands_take_the_model_from_the_profile_or_plan(capsys, tmp_path, monk
     assert "profile unet.sqlite was made for a UNet2DModel" in err and not (tmp_path / "d.yaml").exists()
     gen = run_json(capsys, "generate", "--plan", "u.yaml", "--labels", "1", "--steps", "2", "--out", "imgs")
     assert len(gen["images"]) == 1
+    scores = run_json(capsys, "eval", "--plan", "u.yaml", "--labels", "1", "--seeds", "1000", "--steps", "2")
+    assert scores["plan"] == "u.yaml"
     code = main(["generate", "--plan", "u.yaml", "--model", "default", "--labels", "1", "--steps", "2"])
     err = capsys.readouterr().err
     assert code == 1 and "plan u.yaml was made for a UNet2DModel" in err and err.count("\n") == 1
