@@ -111,14 +111,6 @@ class ComputeModel:
     def unit(self) -> str:
         return "s" if self.kind == "latency" else "bops"
 
-    @property
-    def full_bops(self) -> float:  # the names of the bit-operation-only version, kept for its callers
-        return self.full
-
-    @property
-    def limit_bops(self) -> float:
-        return self.limit
-
     def decode(self, choice) -> tuple[dict, list]:
         """A per-layer choice -> (layer -> format, plan overrides for the fp-activation windows)."""
         names = self.problem.layer_names
@@ -150,9 +142,6 @@ class ComputeModel:
     def value(self, choice) -> float:
         """The predicted compute cost of a per-layer choice, in ``unit`` per denoiser call."""
         return float(self.problem.extra[-1].value(np.asarray(choice))) * self.full
-
-    def bops(self, choice) -> float:
-        return self.value(choice)
 
     def predictions(self, choice) -> dict:
         """The plan's compute predictions: which cost, the predicted value, the limit and full precision's."""
