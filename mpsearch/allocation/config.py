@@ -15,6 +15,7 @@ from numbers import Real
 import numpy as np
 
 from mpsearch.allocation.compute import parse_compute
+from mpsearch.allocation.endtoend.costs import parse_weights
 from mpsearch.allocation.objective import parse_pins
 from mpsearch.allocation.solvers import BaseSolver
 from mpsearch.allocation.solvers.registry import DEFAULT_SOLVER
@@ -83,7 +84,6 @@ class SolveConfig:
         if self.step_weights is not None:
             self._check_step_weights()
         if self.objective_weights is not None:
-            from mpsearch.allocation.endtoend.costs import parse_weights
             parse_weights(self.objective_weights)
         if self.max_damage is not None and (isinstance(self.max_damage, bool) or not isinstance(self.max_damage, Real)
                                             or not 0 < float(self.max_damage) <= 1):
