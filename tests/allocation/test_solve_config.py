@@ -51,10 +51,10 @@ def test_config_and_keywords_make_the_same_plan(prof):
 
 
 @pytest.mark.parametrize("keywords, needle", [
-    (dict(budget=math.nan), "must be a positive size"),
+    (dict(budget=math.nan), "is not a finite number"),
     (dict(budget="nanGB"), "does not parse"),
     (dict(budget="-5%"), "must be a positive size"),
-    (dict(budget="1e400B"), "must be a positive size"),
+    (dict(budget="1e400B"), "is not a finite number"),
     (dict(objective_weights="content=nan"), "must be a finite number"),
     (dict(objective_weights={"content": math.inf}), "must be a finite number"),
     (dict(step_weights=[1, math.nan, 1, 1]), "step_weights must be"),
@@ -73,7 +73,7 @@ def test_bad_numbers_are_one_line_errors_before_any_work(prof, dit_pipe, keyword
     with pytest.raises(UsageError) as e:
         mpsearch.solve(prof, pipe=dit_pipe, **keywords)
     assert needle in str(e.value) and "\n" not in str(e.value)
-    if "budget" in keywords and needle.startswith(("must be a positive", "does not")):
+    if needle.startswith(("must be a positive", "does not", "is not a finite")):
         assert isinstance(e.value, BudgetError)
 
 
