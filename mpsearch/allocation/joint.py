@@ -9,6 +9,7 @@ every step that reuses those features), until the formats stop changing or ``rou
 
 from __future__ import annotations
 
+import math
 
 import numpy as np
 
@@ -106,8 +107,8 @@ def solve_joint(profile, pipe, budget=None, *, full_computations=None, speedup=N
     cfg = make_config(config, "solve_joint", **objective)
     if cfg.budget is None:
         cfg = cfg.replace(budget="60%")
-    default = SolveConfig()
-    not_here = sorted(f for f in _NOT_JOINT if getattr(cfg, f) != getattr(default, f))
+    not_here = [f for f in _NOT_JOINT if getattr(cfg, f) is not None and not (f == "fp_act_windows" and
+                                                                           cfg.fp_act_windows == 0)]
     if not_here:
         raise UsageError(f"solve_joint takes the local objective only (metric, pins, tie, role_pins), not "
                          f"{', '.join(not_here)}: the cache schedule sets the step weights")
@@ -117,8 +118,9 @@ def solve_joint(profile, pipe, budget=None, *, full_computations=None, speedup=N
     profile, info, steps = form.profile, form.profile.info, form.profile.steps
     if full_computations is not None or speedup is None:  # a bad cache budget fails before any solving
         resolve_full_computations(steps, full_computations, None)
-    else:
-        full_computations_for_speedup(speedup, steps, 1.0)
+    elif isinstance(speedup, bool) or not isinstance(speedup, (int, float)) or not math.isfinite(speedup) \
+            or speedup < 1:
+        raise UsageError(f"speedup must be a number >= 1, got {speedup!r}; pass e.g. --speedup 1.5")
     plan = form.to_plan(form.solve())
     history = []
     section = sched = None

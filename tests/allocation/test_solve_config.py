@@ -141,7 +141,9 @@ def test_joint_solve_when_round_two_changes_formats(which, dit_pipe, unet_pipe, 
     with pytest.raises(UsageError, match=r"full computations \(cache steps\) must be an integer in 1..6"):
         solve_joint(p, pipe, budget, full_computations=0, role_pins={})
     with pytest.raises(UsageError, match="solve_joint takes the local objective only"):
-        solve_joint(p, pipe, budget, full_computations=3, step_weights=[1] * 6)
+        solve_joint(p, pipe, budget, full_computations=3, step_weights=np.ones(6))
+    with pytest.raises(UsageError, match="speedup must be a number >= 1"):
+        solve_joint(p, pipe, budget, speedup=math.nan, role_pins={})
 
 
 def test_errors_are_mpsearch_errors():
