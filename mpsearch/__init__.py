@@ -26,6 +26,7 @@ _LAZY = {
     "profile": "apps.profile",
     "Profile": "profiling.store",
     "solve": "allocation.solving",
+    "SolveConfig": "allocation.config",
     "Plan": "plan",
     "apply_plan": "runtime.executor",
     "PlanHandle": "runtime.executor",

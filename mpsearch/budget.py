@@ -55,7 +55,9 @@ def parse_budget(spec: Budget | str | float | None, *, fp_bytes: int | None = No
             raise BudgetError(f"budget {text!r} does not parse; {_HELP}")
         value, unit = float(m.group(1)), m.group(2).lower()
         number = m.group(1)
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value):
+        raise BudgetError(f"budget {text!r} is not a finite number; {_HELP}")
+    if value <= 0:
         raise BudgetError(f"budget {text!r} must be a positive size; {_HELP}")
     exact = Fraction(number)  # exact decimal arithmetic: 2048.001TiB must not round up by a byte
     if unit in ("", "b") or unit in _UNITS:

@@ -122,7 +122,7 @@ def allocation_plans(pipe, prof, e2e_prof, meas, budget, args):
                                     provenance={"solver": "autoquantize"})
         out[name] = (plan, t, f"{r['status']}, cap {format_bytes(int(r['cap']))} effective")
     hq = baselines.hawq_problem(prof, pipe, meas["hawq"], budget)
-    sol = get_solver("ilp").solve(hq)
+    sol = get_solver("cbc").solve(hq)
     out["HAWQ-style"] = (_plan(info, hq, sol, "hawq"), sol.seconds, "")
     for name in ("greedy", "random"):
         sol = get_solver(name).solve(local)

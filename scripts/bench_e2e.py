@@ -26,7 +26,7 @@ from benchdoc import write_section  # noqa: E402
 
 import mpsearch  # noqa: E402
 from mpsearch.allocation import endtoend as e2e  # noqa: E402
-from mpsearch.allocation.baselines import mixdq_plans  # noqa: E402
+from mpsearch.allocation.baselines import CONTENT_ROLES, mixdq_measured_plans  # noqa: E402
 from mpsearch.runtime.generation import generate  # noqa: E402
 from mpsearch.profiling.store import Profile  # noqa: E402
 from mpsearch.models import DEFAULT_ROLE_PINS  # noqa: E402
@@ -36,6 +36,15 @@ from mpsearch.allocation.solvers import min_feasible_bytes  # noqa: E402
 HELD_OUT = (1000,)
 METRICS = ("ssim", "condition", "class_agreement", "psnr", "frechet")
 
+
+def role_grouped_mixdq(local, budget: int, splits) -> dict:
+    """MixDQ-style plans on local costs, the groups by role (content roles vs the rest), with the default role
+    pins like the solve() plans here: ``mixdq_measured_plans`` on each group's local cost."""
+    cost = build_problem(local, None, role_pins={}).cost
+    content = np.array([l.role.value in CONTENT_ROLES for l in local.info.layers])[:, None]
+    fin = np.where(np.isfinite(cost), cost, 0.0) + 1e-9  # every layer has some damage in its own group
+    return mixdq_measured_plans(local, np.where(content, fin, 0.0), np.where(content, 0.0, fin), budget, splits,
+                                role_pins=DEFAULT_ROLE_PINS)
 
 def images(pipe, labels, seeds, steps, plan=None):
     handle = mpsearch.apply_plan(pipe, plan) if plan is not None else None
@@ -102,7 +111,7 @@ def run_model(model, args, tmp):
     scorer, feats = e2e.default_scorers(pipe, labels)
     fp_prof = images(pipe, labels, (0,), args.steps)
     fp = e2e.score_images(fp_prof, fp_prof, list(labels), scorer, feats)
-    mix = mixdq_plans(local, budget, args.splits, role_pins=DEFAULT_ROLE_PINS)  # like the solve() plans here
+    mix = role_grouped_mixdq(local, budget, args.splits)
     picked = {a: scores(pipe, fp_prof, labels, (0,), args.steps, p, scorer, feats) for a, p in mix.items()}
     best = min(combined(picked).items(), key=lambda kv: kv[1])[0] if picked else None
     if best is not None:

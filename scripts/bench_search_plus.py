@@ -32,7 +32,7 @@ from mpsearch.allocation.solvers import Problem, format_bytes, get_solver  # noq
 def synthetic(lines: list[str]) -> None:
     problem, compute = synthetic_problem(2000, 0)
     full = problem.fixed_bytes + int(problem.nbytes[:, 0].sum())
-    for name in ("ilp", "highs", "greedy", "random"):  # warm imports
+    for name in ("cbc", "highs", "greedy", "random"):  # warm imports
         get_solver(name).solve(problem.with_budget(full))
     p = Problem(problem.layer_names, problem.formats, problem.cost, problem.nbytes, fixed_bytes=problem.fixed_bytes,
                 budget_bytes=int(0.45 * full), groups=problem.groups, extra=(compute,))
@@ -41,7 +41,7 @@ def synthetic(lines: list[str]) -> None:
               "| solver | seconds | objective | vs ILP | bytes | compute / limit | status |",
               "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     best = None
-    for name in ("ilp", "highs", "greedy", "random"):
+    for name in ("cbc", "highs", "greedy", "random"):
         sol = get_solver(name).solve(p)
         best = sol.objective if best is None else best
         lines.append(f"| {name} | {sol.seconds:.2f} | {sol.objective:.6g} | {sol.objective / best - 1:+.2%} | "
@@ -81,7 +81,7 @@ def default_dit(lines: list[str], trials: int, budget: str) -> None:
     problem = build_problem(prof, problem_budget)
     reference = generate_many(pipe, labels, held_out, steps)
     plans = {}
-    for name in ("ilp", "greedy", "random"):
+    for name in ("cbc", "greedy", "random"):
         sol = get_solver(name).solve(problem)
         plans[name] = (Plan.from_assignment(info, sol.assignment(problem)), sol.objective, sol.seconds)
     t0 = time.perf_counter()
@@ -172,13 +172,13 @@ def _latency(lines: list[str], *, budget: str = "60%", bops: str = "50%", steps:
     calls = record_layer_calls(pipe, info, steps=steps, windows=2, formats=prof.formats[1:])
     plans: dict[str, tuple] = {"fp": (None, None, "-")}
     cm = compute_problem(prof, base, calls, bops)
-    sol = get_solver("ilp").solve(cm.problem)
+    sol = get_solver("cbc").solve(cm.problem)
     plans[f"bops <= {bops} of fp"] = (cm, sol.choice, f"{sol.objective:.4g}")
     chosen, tried = None, []
     for share in shares:
         try:
             cm = compute_problem(prof, base, calls, share, cost=table)
-            sol = get_solver("ilp").solve(cm.problem)
+            sol = get_solver("cbc").solve(cm.problem)
         except InfeasibleError:
             tried.append(share)
             continue

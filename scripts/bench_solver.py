@@ -22,7 +22,7 @@ import numpy as np
 from mpsearch.allocation.solvers import Constraint, Problem, format_bytes, get_solver, min_feasible_bytes
 
 FORMATS = ("fp", "int8", "nvfp4", "int4")
-SOLVERS = ("ilp", "highs", "greedy")
+SOLVERS = ("cbc", "highs", "greedy")
 BUDGET_FRACTIONS = (0.35, 0.45, 0.60)  # of the full-precision bytes
 
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                         break
                     best_time = min(best_time, sol.seconds)
                 results[name] = (best_time, sol)
-            optimum = results["ilp"][1].objective if not isinstance(results["ilp"][1], Exception) else None
+            optimum = results["cbc"][1].objective if not isinstance(results["cbc"][1], Exception) else None
             for name, (seconds, sol) in results.items():
                 label = f"{fraction:.0%} of fp ({format_bytes(budget)})"
                 limit = "55% of fp" if extra else "none"

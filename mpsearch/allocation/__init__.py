@@ -12,4 +12,11 @@ cached features.
   quantization and caching solved together.
 * :mod:`~mpsearch.allocation.endtoend`: the end-to-end tier's shortlist and its decoupled objective.
 * :mod:`~mpsearch.allocation.baselines`: the anchors' allocation methods, for the evidence suite.
+* :mod:`~mpsearch.allocation.config`: :class:`SolveConfig`, the budget, objective and constraints that
+  ``solve``, ``formulate``, ``pareto``, ``refine``, ``solve_joint`` and the CLI share.
 """
+
+from mpsearch.allocation.config import COMPUTE_COSTS, SolveConfig, make_config
+from mpsearch.allocation.solvers.registry import DEFAULT_SOLVER
+
+__all__ = ["COMPUTE_COSTS", "DEFAULT_SOLVER", "SolveConfig", "make_config"]

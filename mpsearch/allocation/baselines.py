@@ -6,7 +6,6 @@ plans; what differs is what each method measures and how it counts bytes:
 - **AutoQuantize** (NVIDIA ModelOpt, ``auto_quantize(method="gradient")``): see
   :mod:`mpsearch.allocation.autoquantize`: ModelOpt's gradient score ``sum (dL/dY)^2 (Y_q - Y)^2`` on the
   denoising loss, effective-bits costs (NVFP4 and INT4 at 4.0 bits), its PuLP/CBC 0/1 program. Re-exported here.
-  (:func:`autoquantize_problem`, the former unweighted-error stand-in, is kept for old callers only.)
 - **HAWQ-style** (HAWQ-V2/V3): ``Tr(H_i) / n_i * ||Q(W_i) - W_i||^2`` with the trace of each layer's block of
   the Gauss-Newton Hessian of the output-matching loss ``0.5 ||f(x; W) - f(x; W_fp)||^2`` at inputs from real
   sampling trajectories, estimated by Hutchinson's method on the output side:
@@ -19,7 +18,7 @@ plans; what differs is what each method measures and how it counts bytes:
   images (the PSNR's error; lower PSNR, higher damage). Each layer joins the group whose normalized damage it
   raises most (content or quality); :func:`mixdq_measured_plans` solves one ILP per group on that group's own
   metric, the bytes above the groups' smallest sizes split by a sweep chosen with generations on search seeds
-  (:func:`choose_split`). :func:`mixdq_plans` is the former role-grouped variant on local costs.
+  (:func:`choose_split`).
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import torch
 
 from mpsearch.errors import UsageError
 from mpsearch.allocation.formulation import build_problem
-from mpsearch.allocation.solvers import get_solver, min_feasible_bytes
+from mpsearch.allocation.solvers import DEFAULT_SOLVER, get_solver, min_feasible_bytes
 from mpsearch.formats import get_format
 from mpsearch.metrics import normalize, ssim
 from mpsearch.models import describe, get_denoiser
@@ -43,8 +42,8 @@ from mpsearch.runtime.generation import generate, generate_many
 from mpsearch.allocation.autoquantize import (aq_score, autoquantize_scores, autoquantize_search,  # noqa: F401
                                               autoquantize_select, denoising_batches, gradient_scores)
 
-__all__ = ["NOMINAL_BITS", "autoquantize_problem", "nominal_bytes", "output_jacobian_traces", "hawq_traces",
-           "hawq_problem", "CONTENT_ROLES", "mixdq_plans", "choose_split", "mixdq_sensitivity", "mixdq_groups",
+__all__ = ["NOMINAL_BITS", "nominal_bytes", "output_jacobian_traces", "hawq_traces",
+           "hawq_problem", "CONTENT_ROLES", "choose_split", "mixdq_sensitivity", "mixdq_groups",
            "mixdq_measured_plans", "autoquantize_scores", "autoquantize_search", "autoquantize_select",
            "gradient_scores"]
 
@@ -71,16 +70,6 @@ def nominal_bytes(info, formats) -> np.ndarray:
                 raise UsageError(f"AutoQuantize-style costing has no nominal bits for format {f!r}; add it to "
                                  "mpsearch.allocation.baselines.NOMINAL_BITS")
     return out
-
-
-def autoquantize_problem(profile, budget_bytes: int | None):
-    """AutoQuantize-style problem: absolute output squared error summed over steps, nominal bytes."""
-
-    base = build_problem(profile, budget_bytes, role_pins={})
-    err2 = np.nansum(profile.stats[..., 0], axis=-1)  # (L, F): ||y_q - y||^2 over every step and condition
-    cost = np.where(np.isfinite(base.cost), err2, np.inf)
-    cost[:, 0] = 0.0
-    return replace(base, cost=normalize(cost), nbytes=nominal_bytes(profile.info, profile.formats))
 
 
 def output_jacobian_traces(model: torch.nn.Module, calls, params: dict[str, torch.Tensor], *, samples: int = 4,
@@ -158,41 +147,6 @@ def hawq_problem(profile, pipe, traces: np.ndarray, budget_bytes: int | None):
     return replace(base, cost=normalize(cost))
 
 
-def mixdq_plans(profile, budget_bytes: int, splits, *, solver: str = "ilp", role_pins=None) -> dict:
-    """MixDQ-style plans, one per budget split ``a``: two separate ILPs on the local costs, the content group
-    given its smallest size plus the share ``a`` of the bytes left above both groups' smallest sizes, the
-    quality group the rest. Returns ``{a: Plan}``; empty when the budget is below the smallest size.
-    ``role_pins`` as in :func:`mpsearch.allocation.objective.build_problem` (default here: none, like the
-    compared methods)."""
-
-    base = build_problem(profile, None, role_pins={} if role_pins is None else role_pins)
-    layers = profile.info.layers
-    content = [i for i, l in enumerate(layers) if l.role.value in CONTENT_ROLES]
-    quality = [i for i in range(len(layers)) if i not in content]
-    subs = []
-    for idx in (content, quality):
-        pos = {li: k for k, li in enumerate(idx)}
-        subs.append((idx, replace(base, layer_names=tuple(base.layer_names[i] for i in idx), cost=base.cost[idx],
-                                  nbytes=base.nbytes[idx], fixed_bytes=0, groups=(),
-                                  pins={pos[i]: f for i, f in base.pins.items() if i in pos})))
-    lows = [min_feasible_bytes(sub) if idx else 0 for idx, sub in subs]
-    spare = budget_bytes - base.fixed_bytes - sum(lows)
-    plans = {}
-    if spare < 0:
-        return plans
-    for a in splits:
-        if not 0.0 <= a <= 1.0:
-            raise UsageError(f"a MixDQ-style split is the content group's share, from 0 to 1; got {a}")
-        choice = np.zeros(len(layers), dtype=int)
-        for (idx, sub), low, share in zip(subs, lows, (a, 1.0 - a)):
-            if idx:
-                choice[idx] = get_solver(solver).solve(sub.with_budget(low + int(spare * share))).choice
-        assignment = {n: base.formats[c] for n, c in zip(base.layer_names, choice)}
-        plans[a] = Plan.from_assignment(profile.info, assignment, weights=profile.weights,
-                                        provenance={"solver": f"mixdq-split-{a}"})
-    return plans
-
-
 def choose_split(pipe, plans: dict, *, labels=tuple(range(10)), seeds=(500,), steps: int = 8):
     """The split whose plan scores best on search seeds: ``content`` (1 - SSIM) plus ``quality`` (relative
     MSE), each divided by its smallest value over the splits. Returns ``(split, {split: scores})``."""
@@ -252,21 +206,29 @@ def mixdq_groups(content: np.ndarray, quality: np.ndarray) -> np.ndarray:
 
 
 def mixdq_measured_plans(profile, content: np.ndarray, quality: np.ndarray, budget_bytes: int, splits, *,
-                         solver: str = "ilp") -> dict:
+                         solver: str = DEFAULT_SOLVER, role_pins=None) -> dict:
     """MixDQ-style plans from :func:`mixdq_sensitivity`: content layers solved on content damage, quality
-    layers on quality damage, two ILPs, the spare bytes split ``a`` / ``1 - a``. Returns ``{a: Plan}``."""
+    layers on quality damage, two ILPs, the content group given its smallest size plus the share ``a`` of the
+    bytes left above both groups' smallest sizes, the quality group the rest. Returns ``{a: Plan}``; empty when
+    the budget is below the smallest size. ``role_pins`` as in :func:`mpsearch.solve` (default here: none,
+    like the compared methods)."""
 
-    base = build_problem(profile, None, role_pins={})
+    base = build_problem(profile, None, role_pins={} if role_pins is None else role_pins)
     is_content = mixdq_groups(content, quality)
     groups = [np.flatnonzero(is_content), np.flatnonzero(~is_content)]
     subs = []
     for idx, metric in zip(groups, (normalize(content), normalize(quality))):
+        pos = {int(li): k for k, li in enumerate(idx)}
         cost = np.where(np.isfinite(base.cost[idx]), metric[idx], np.inf)
         subs.append((idx, replace(base, layer_names=tuple(base.layer_names[i] for i in idx), cost=cost,
-                                  nbytes=base.nbytes[idx], fixed_bytes=0, groups=(), pins={})))
+                                  nbytes=base.nbytes[idx], fixed_bytes=0, groups=(),
+                                  pins={pos[i]: f for i, f in base.pins.items() if i in pos})))
     lows = [min_feasible_bytes(sub) if len(idx) else 0 for idx, sub in subs]
     spare = budget_bytes - base.fixed_bytes - sum(lows)
     plans = {}
+    for a in splits:
+        if not 0.0 <= a <= 1.0:
+            raise UsageError(f"a MixDQ-style split is the content group's share, from 0 to 1; got {a}")
     if spare < 0:
         return plans
     for a in splits:

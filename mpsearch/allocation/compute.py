@@ -21,6 +21,7 @@ layer, format and window in the same recording forward.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -82,6 +83,8 @@ def parse_compute(spec, full: float, unit: str = "bops") -> float:
         hint = "a share of full precision (50%) or bit operations per denoiser call (3.2e9)"
     if not ok or float(m.group(1)) <= 0:
         raise UsageError(f"--compute {text!r} does not parse; use {hint}")
+    if not math.isfinite(float(m.group(1))):
+        raise UsageError(f"--compute {text!r} is not a finite number; use {hint}")
     value = float(m.group(1))
     if suffix == "%":
         return value / 100 * full
@@ -107,14 +110,6 @@ class ComputeModel:
     @property
     def unit(self) -> str:
         return "s" if self.kind == "latency" else "bops"
-
-    @property
-    def full_bops(self) -> float:  # the names of the bit-operation-only version, kept for its callers
-        return self.full
-
-    @property
-    def limit_bops(self) -> float:
-        return self.limit
 
     def decode(self, choice) -> tuple[dict, list]:
         """A per-layer choice -> (layer -> format, plan overrides for the fp-activation windows)."""
@@ -147,9 +142,6 @@ class ComputeModel:
     def value(self, choice) -> float:
         """The predicted compute cost of a per-layer choice, in ``unit`` per denoiser call."""
         return float(self.problem.extra[-1].value(np.asarray(choice))) * self.full
-
-    def bops(self, choice) -> float:
-        return self.value(choice)
 
     def predictions(self, choice) -> dict:
         """The plan's compute predictions: which cost, the predicted value, the limit and full precision's."""

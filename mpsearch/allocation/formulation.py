@@ -12,24 +12,24 @@ live in :mod:`mpsearch.allocation.objective` and are importable from here too.
 from __future__ import annotations
 
 import dataclasses
-import warnings
+import hashlib
 from dataclasses import dataclass
 
+import numpy as np
+
 from mpsearch.allocation.compute import ComputeModel, compute_problem, parse_compute, record_layer_calls
+from mpsearch.allocation.config import COMPUTE_COSTS, SolveConfig, make_config
 from mpsearch.allocation.endtoend import activation_overrides, e2e_costs
 from mpsearch.allocation.objective import build_problem, layer_costs, parse_pins, resolve_metric, step_errors
-from mpsearch.allocation.solvers import Problem, Solution, get_solver, min_feasible_bytes
+from mpsearch.allocation.solvers import DEFAULT_SOLVER, Problem, Solution, get_solver, min_feasible_bytes
 from mpsearch.budget import Budget, format_bytes, parse_budget
 from mpsearch.errors import InfeasibleError, UsageError
 from mpsearch.models import DEFAULT_ROLE_PINS, resolve_role_pins
 from mpsearch.plan import Plan
 from mpsearch.profiling.store import Profile
 
-__all__ = ["COMPUTE_COSTS", "Formulation", "build_problem", "budget_keywords", "check_compute", "formulate",
+__all__ = ["COMPUTE_COSTS", "Formulation", "SolveConfig", "build_problem", "budget_keywords", "check_compute", "formulate",
            "layer_costs", "parse_pins", "parse_profile_budget", "resolve_metric", "step_errors"]
-
-#: what a compute budget can be priced in: bit operations, or the profile's measured latency table
-COMPUTE_COSTS = ("bops", "latency")
 
 
 def budget_keywords(info) -> dict:
@@ -74,23 +74,28 @@ class Formulation:
     pins: dict
     role_pins: dict | None
     tie: bool
-    step_weights: list | None = None
+    step_weights: np.ndarray | None = None  # one weight per step, or (layers, steps)
     objective_weights: object = None
     fp_act_windows: int = 0
     end_to_end: dict | None = None
     compute: ComputeModel | None = None
     compute_spec: str | None = None
     latency: object = None
+    config: SolveConfig | None = None
 
     def with_budget(self, budget) -> "Formulation":
         """The same formulation under another budget (any budget form, bytes, or None for none)."""
         b = None if budget is None else parse_profile_budget(self.profile, budget)
-        return dataclasses.replace(self, budget=b, problem=self.problem.with_budget(None if b is None else b.bytes))
+        config = None if self.config is None else self.config.replace(budget=b)
+        return dataclasses.replace(self, budget=b, problem=self.problem.with_budget(None if b is None else b.bytes),
+                                   config=config)
 
-    def solve(self, solver="ilp") -> Solution:
-        """Solve the problem with ``solver`` (a registered name or a solver instance). An infeasible budget
-        raises InfeasibleError with the smallest feasible size (and, under the default role pins, the size
-        without them)."""
+    def solve(self, solver=None) -> Solution:
+        """Solve the problem with ``solver`` (a registered name or a solver instance; None: the config's). An
+        infeasible budget raises InfeasibleError with the smallest feasible size (and, under the default role
+        pins, the size without them)."""
+        if solver is None:
+            solver = DEFAULT_SOLVER if self.config is None else self.config.solver
         try:
             return get_solver(solver).solve(self.problem)
         except InfeasibleError as e:
@@ -109,7 +114,7 @@ class Formulation:
                "metric": self.metric, "tie": bool(self.tie), "pins": dict(self.pins),
                "role_pins": {getattr(r, "value", r): f for r, f in
                              (DEFAULT_ROLE_PINS if self.role_pins is None else self.role_pins).items()},
-               "step_weights": None if self.step_weights is None else [float(x) for x in self.step_weights],
+               "step_weights": _step_weights_record(self.step_weights),
                "profile_digest": self.profile.digest, "profile_config": self.profile.config}
         if self.end_to_end is not None:
             out["end_to_end"] = self.end_to_end
@@ -165,72 +170,77 @@ class Formulation:
                                f"({format_bytes(lowest)}))", min_bytes=err.min_bytes)
 
 
-def formulate(profile, budget=None, *, metric: str = "auto", objective_weights=None, step_weights=None,
-              pins=None, role_pins=None, tie: bool = False, max_damage: float | None = None,
-              fp_act_windows: int = 0, compute=None, compute_cost: str = "bops", act_windows: int = 2,
-              pipe=None, layer_calls=None, weights=None) -> Formulation:
-    """Profile (or its path) + budget + objective -> :class:`Formulation`.
+def formulate(profile, budget=None, *, config: SolveConfig | None = None, pipe=None, layer_calls=None,
+              **keywords) -> Formulation:
+    """Profile (or its path) + :class:`~mpsearch.allocation.config.SolveConfig` -> :class:`Formulation`.
 
-    * ``budget``: any docs/design.md budget form or bytes; None for a sweep (``Formulation.with_budget`` sets one).
-    * ``metric``: ``"auto"`` (``gn`` where measured, else ``rel_mse``) or a profile metric.
-    * ``step_weights``: one weight per profiled step (or an (layers, steps) array) for the local costs.
-    * ``pins`` ({regex: format} or 'regex=format' strings) override the role pins; ``role_pins`` ({role:
-      format}; None: ``models.DEFAULT_ROLE_PINS``; ``{}``: none); ``tie``: layers reading one input share a format.
-    * ``objective_weights`` ('content=1,quality=1' or a dict), ``max_damage``, ``fp_act_windows``: the
-      decoupled end-to-end objective (``mpsearch profile --end-to-end``), see ``endtoend.e2e_costs``.
-    * ``compute`` ('50%', '3.2e9', or with ``compute_cost="latency"`` '12ms'): a compute budget beside memory,
-      with activation precision per window of steps (``act_windows`` windows) as a choice; it needs the
-      model's layer calls: ``pipe`` (recorded here) or ``layer_calls`` (``compute.record_layer_calls``).
-    * ``weights``: the old name of ``objective_weights`` (deprecated).
+    ``config`` holds the budget, objective and constraints; ``keywords`` (its field names: ``metric``, ``pins``,
+    ``role_pins``, ``tie``, ``step_weights``, ``objective_weights``, ``compute``, ...) build one or replace its
+    fields, and ``budget`` (any budget form of docs/design.md or bytes; None: the config's, or none for a sweep) replaces its
+    budget. A compute budget needs the model's layer calls: ``pipe`` (recorded here) or ``layer_calls``
+    (``compute.record_layer_calls``). A profile that lacks some of its units is refused unless
+    ``allow_partial``.
     """
-    if weights is not None:
-        warnings.warn("weights= is deprecated (it is not the weights digest); use objective_weights=",
-                      DeprecationWarning, stacklevel=3)
-        if objective_weights is not None:
-            raise UsageError("give objective_weights= only (weights= is its deprecated old name), not both")
-        objective_weights = weights
+    if budget is not None:
+        keywords["budget"] = budget
+    cfg = make_config(config, "formulate", **keywords)
     if not isinstance(profile, Profile):
         profile = Profile.load(profile)
+    if not cfg.allow_partial:
+        profile.check_complete()
     info = profile.info
-    metric = resolve_metric(profile, metric)
-    b = None if budget is None else parse_profile_budget(profile, budget)
+    metric = resolve_metric(profile, cfg.metric)
+    b = None if cfg.budget is None else parse_profile_budget(profile, cfg.budget)
     nbytes = None if b is None else b.bytes
-    decoupled = objective_weights is not None or max_damage is not None or bool(fp_act_windows)
-    if compute is not None and decoupled:
+    step_weights = cfg.step_weights
+    if cfg.compute is not None and cfg.decoupled:
         raise UsageError("a compute budget prices the local objective; it does not combine with objective_weights, "
                          "max_damage or fp_act_windows (fp-activation windows are its own choice): drop one")
     cost, e2e = None, None
-    if decoupled:
-        keep = resolve_role_pins(info, profile.formats, role_pins)  # minimax never rules out a role pin
-        cost, e2e = e2e_costs(profile, objective_weights, step_weights=step_weights, max_damage=max_damage,
+    if cfg.decoupled:
+        keep = resolve_role_pins(info, profile.formats, cfg.role_pins)  # minimax never rules out a role pin
+        cost, e2e = e2e_costs(profile, cfg.objective_weights, step_weights=step_weights, max_damage=cfg.max_damage,
                               keep=keep)
         metric, step_weights = "e2e", e2e["step_weights"]
     problem = build_problem(profile, nbytes, metric="rel_mse" if cost is not None else metric,
-                            step_weights=step_weights, pins=pins, tie=tie, role_pins=role_pins, cost=cost)
-    form = Formulation(profile, problem, b, metric, parse_pins(pins), role_pins, tie,
-                       step_weights=None if step_weights is None else list(step_weights),
-                       objective_weights=objective_weights, fp_act_windows=int(fp_act_windows or 0),
-                       end_to_end=e2e)
-    if compute is None:
+                            step_weights=step_weights, pins=cfg.pins, tie=cfg.tie, role_pins=cfg.role_pins, cost=cost)
+    form = Formulation(profile, problem, b, metric, parse_pins(cfg.pins), cfg.role_pins, cfg.tie,
+                       step_weights=None if step_weights is None else np.array(step_weights, dtype=float),
+                       objective_weights=cfg.objective_weights, fp_act_windows=int(cfg.fp_act_windows),
+                       end_to_end=e2e, config=cfg)
+    if cfg.compute is None:
         return form
-    priced = check_compute(profile, compute, compute_cost)
+    priced = check_compute(profile, cfg.compute, cfg.compute_cost)
     if layer_calls is None:
         if pipe is None:
             raise UsageError("a compute budget needs the model's layer calls: pass pipe=load_pipeline(...) (or "
                              "layer_calls=record_layer_calls(...))")
-        layer_calls = record_layer_calls(pipe, info, steps=profile.steps, windows=act_windows,
+        layer_calls = record_layer_calls(pipe, info, steps=profile.steps, windows=cfg.act_windows,
                                          formats=profile.formats[1:])
-    cm = compute_problem(profile, problem, layer_calls, compute, metric=metric, cost=priced)
-    return dataclasses.replace(form, problem=cm.problem, compute=cm, compute_spec=str(compute),
+    cm = compute_problem(profile, problem, layer_calls, cfg.compute, metric=metric, cost=priced)
+    return dataclasses.replace(form, problem=cm.problem, compute=cm, compute_spec=str(cfg.compute),
                                latency=None if isinstance(priced, str) else priced)
 
 
-def as_formulation(profile, budget, caller: str, **objective) -> Formulation:
+def _step_weights_record(weights) -> list | dict | None:
+    """What a plan's provenance records of the step weights: one weight per step as numbers; per-layer weights
+    (a (layers, steps) array, e.g. the joint solve's schedule usage) by their shape and digest."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=float)
+    if w.ndim == 1:
+        return [float(x) for x in w]
+    return {"shape": list(w.shape), "sha256": hashlib.sha256(np.ascontiguousarray(w).tobytes()).hexdigest()[:16]}
+
+
+def as_formulation(profile, budget, caller: str, config: SolveConfig | None = None, **objective) -> Formulation:
     """``profile`` as a Formulation at ``budget``: a Formulation given as is (re-budgeted), else
-    ``formulate(profile, budget, **objective)``; objective keywords beside a Formulation are an error."""
+    ``formulate(profile, budget, config=config, **objective)``; a config or objective keywords beside a
+    Formulation are an error."""
     if isinstance(profile, Formulation):
-        if objective:
-            raise UsageError(f"{caller} got a Formulation and objective keywords ({', '.join(objective)}); put "
-                             "them in formulate() instead")
+        if objective or config is not None:
+            given = ", ".join([*objective, *(["config"] if config is not None else [])])
+            raise UsageError(f"{caller} got a Formulation and objective keywords ({given}); put them in "
+                             "formulate() instead")
         return profile.with_budget(budget)
-    return formulate(profile, budget, **objective)
+    return formulate(profile, budget, config=config, **objective)

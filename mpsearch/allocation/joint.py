@@ -9,6 +9,7 @@ every step that reuses those features), until the formats stop changing or ``rou
 
 from __future__ import annotations
 
+import math
 
 import numpy as np
 
@@ -16,10 +17,14 @@ from mpsearch.errors import UsageError
 from mpsearch.models import get_denoiser
 from mpsearch.allocation.cache_scheduler import Schedule, full_computations_for_speedup, ideal_speedup, make_schedule
 from mpsearch.cache_units import CacheUnit, compute_shares, get_unit
+from mpsearch.allocation.config import SolveConfig, make_config
 from mpsearch.allocation.formulation import formulate
 from mpsearch.cache_section import validate_cache_section
 from mpsearch.profiling.cache_costs import measure_costs
 from mpsearch.allocation.defaults import DEFAULT_ROUNDS
+
+#: SolveConfig fields the joint solve sets itself or does not combine with
+_NOT_JOINT = ("step_weights", "objective_weights", "max_damage", "fp_act_windows", "compute")
 
 
 def resolve_full_computations(steps: int, full_computations=None, speedup=None, share=None) -> int:
@@ -83,26 +88,39 @@ def usage_weights(info, unit: CacheUnit, schedule: Schedule) -> np.ndarray:
     return w
 
 
-def solve_joint(profile, pipe, budget="60%", *, full_computations=None, speedup=None, method: str = "dp",
+def solve_joint(profile, pipe, budget=None, *, full_computations=None, speedup=None, method: str = "dp",
                 unit: str | None = None, warmup: int = 2, max_reuse=None, rounds: int = DEFAULT_ROUNDS,
-                solver="ilp", guidance_scale=None, measure_options=None, **objective):
+                guidance_scale=None, measure_options=None, config: SolveConfig | None = None, **objective):
     """One plan with layer formats and a cache section, solved and scheduled together (see module docstring).
 
-    ``objective`` holds :func:`~mpsearch.allocation.formulation.formulate`'s keywords for the local objective
-    (``metric``, ``pins``, ``role_pins``, ``tie``; not ``step_weights``: the schedule sets them, nor the
-    end-to-end or compute ones); ``measure_options`` go to :func:`~mpsearch.profiling.cache_costs.measure_costs`.
-    ``rounds`` (default 2, as ``mpsearch solve --rounds``) bounds the solve/schedule rounds.
+    ``config`` (a :class:`~mpsearch.allocation.config.SolveConfig`) and the ``objective`` keywords (its fields)
+    set the budget (``budget``: default the config's, else 60%), the solver and the local objective
+    (``metric``, ``pins``, ``role_pins``, ``tie``, ``allow_partial``; not ``step_weights``: the schedule sets
+    them, nor the end-to-end or compute ones); ``measure_options`` go to
+    :func:`~mpsearch.profiling.cache_costs.measure_costs`. ``rounds`` (default 2, as ``mpsearch solve
+    --rounds``) bounds the solve/schedule rounds.
     """
     measure_options = dict(measure_options or {})
-    not_here = sorted(set(objective) - {"metric", "pins", "tie", "role_pins"})
+    if budget is not None:
+        objective["budget"] = budget
+    cfg = make_config(config, "solve_joint", **objective)
+    if cfg.budget is None:
+        cfg = cfg.replace(budget="60%")
+    not_here = [f for f in _NOT_JOINT if getattr(cfg, f) is not None and not (f == "fp_act_windows" and
+                                                                           cfg.fp_act_windows == 0)]
     if not_here:
         raise UsageError(f"solve_joint takes the local objective only (metric, pins, tie, role_pins), not "
                          f"{', '.join(not_here)}: the cache schedule sets the step weights")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise UsageError(f"rounds must be an integer >= 1, got {rounds!r}")
-    form = formulate(profile, budget, **objective)
+    form = formulate(profile, config=cfg)
     profile, info, steps = form.profile, form.profile.info, form.profile.steps
-    plan = form.to_plan(form.solve(solver))
+    if full_computations is not None or speedup is None:  # a bad cache budget fails before any solving
+        resolve_full_computations(steps, full_computations, None)
+    elif isinstance(speedup, bool) or not isinstance(speedup, (int, float)) or not math.isfinite(speedup) \
+            or speedup < 1:
+        raise UsageError(f"speedup must be a number >= 1, got {speedup!r}; pass e.g. --speedup 1.5")
+    plan = form.to_plan(form.solve())
     history = []
     section = sched = None
     for r in range(rounds):
@@ -116,8 +134,8 @@ def solve_joint(profile, pipe, budget="60%", *, full_computations=None, speedup=
             break
         # re-solve with each layer's error weighted by how the schedule uses it
         usage = usage_weights(info, CacheUnit.from_dict(section["unit"]), sched)
-        weighted = formulate(profile, budget, step_weights=usage, **objective)
-        sol = weighted.solve(solver)
+        weighted = formulate(profile, config=cfg, step_weights=usage)
+        sol = weighted.solve()
         if sol.assignment(weighted.problem) == plan.layers:
             break
         created = plan.provenance["created"]

@@ -19,7 +19,7 @@ import numpy as np
 
 from mpsearch.errors import InfeasibleError, UsageError
 from mpsearch.allocation.formulation import as_formulation, budget_keywords
-from mpsearch.allocation.solvers import Solution, get_solver, min_feasible_bytes
+from mpsearch.allocation.solvers import DEFAULT_SOLVER, Solution, get_solver, min_feasible_bytes
 from mpsearch.budget import format_bytes, parse_budget
 from mpsearch.io import atomic_write_bytes
 
@@ -101,7 +101,7 @@ def frontier_flags(points: list[ParetoPoint]) -> None:
         seen.add(key)
 
 
-def sweep(problem, budgets, *, solver="ilp", solver_options: dict | None = None,
+def sweep(problem, budgets, *, solver=DEFAULT_SOLVER, solver_options: dict | None = None,
           progress: bool = False) -> list[ParetoPoint]:
     """Solve ``problem`` under each budget (bytes); points come back in ascending budget order.
 
@@ -207,18 +207,20 @@ def _plot(points, uniform, title) -> bytes:
     return out.getvalue()
 
 
-def pareto(profile, budgets=None, *, n: int | None = None, solver="ilp", out=None, progress: bool = False,
-           **objective) -> dict:
+def pareto(profile, budgets=None, *, n: int | None = None, solver=None, out=None, progress: bool = False,
+           config=None, **objective) -> dict:
     """Sweep a profile over budgets (a list of budget specs or bytes, a ``start:stop:step`` string, or ``n``
     evenly spaced points) and, with ``out``, write the frontier files and one plan per solved budget.
 
-    ``profile`` is a Profile, its path, or a :class:`~mpsearch.allocation.formulation.Formulation`; the
-    ``objective`` keywords (``metric``, ``pins``, ``role_pins``, ``tie``, ``compute``, ``pipe``, ...) are
-    :func:`~mpsearch.allocation.formulation.formulate`'s. ``solver``: a name or a solver instance. Returns
+    ``profile`` is a Profile, its path, or a :class:`~mpsearch.allocation.formulation.Formulation`; ``config``
+    (a :class:`~mpsearch.allocation.config.SolveConfig`, its budget unused) and the ``objective`` keywords
+    (``metric``, ``pins``, ``role_pins``, ``tie``, ``compute``, ``pipe``, ...) are
+    :func:`~mpsearch.allocation.formulation.formulate`'s. ``solver``: a name or a solver instance (None: the
+    config's). Returns
     ``{"points": [...], "uniform": {...}, "files": {...}}`` with the ParetoPoint objects under ``points``.
     """
 
-    form = as_formulation(profile, None, "pareto", **objective)
+    form = as_formulation(profile, None, "pareto", config=config, **objective)
     profile, problem, metric = form.profile, form.problem, form.metric
     info = profile.info
     kw = budget_keywords(info)
@@ -232,6 +234,8 @@ def pareto(profile, budgets=None, *, n: int | None = None, solver="ilp", out=Non
         byte_budgets = [parse_budget(b, **kw).bytes for b in budgets]
     else:
         raise UsageError("a Pareto sweep needs budgets (START:STOP:STEP) or --pareto N")
+    if solver is None:
+        solver = DEFAULT_SOLVER if form.config is None else form.config.solver
     engine = get_solver(solver)
     points = sweep(problem, byte_budgets, solver=engine, progress=progress)
     uniform = {k: v for k, v in uniform_points(problem).items() if k in profile.formats}  # not the variants

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 from mpsearch.allocation.formulation import Formulation, as_formulation
-from mpsearch.allocation.solvers import get_solver
+from mpsearch.allocation.solvers import DEFAULT_SOLVER, get_solver
 from mpsearch.allocation.solvers.optuna_search import problem_digest
+from mpsearch.errors import UsageError
 from mpsearch.metrics import ssim
 from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
@@ -80,15 +81,27 @@ def validate_pick(pick: dict, base: dict, alpha: float = VALIDATION_ALPHA) -> di
             "kept": "search" if ratio < 1.0 and p < alpha else "ilp"}
 
 
-def refine(profile, pipe, budget="60%", *, trials: int = 30, storage: str | None = None,
+def _check_search(seeds, validation_seeds, steps) -> None:
+    """The search's seeds (distinct integers >= 0; the validation ones may be empty) and steps (>= 1)."""
+    for name, given, empty_ok in (("search seeds", seeds, False), ("validation seeds", validation_seeds, True)):
+        values = list(given)
+        if (not values and not empty_ok) or len(set(values)) != len(values) or any(
+                isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in values):
+            raise UsageError(f"{name} must be distinct integers >= 0, got {values}; pass e.g. 500,501")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise UsageError(f"search steps must be an integer >= 1 (denoising steps per trial), got {steps!r}; pass e.g. 8")
+
+
+def refine(profile, pipe, budget=None, *, trials: int = 30, storage: str | None = None,
            study_name: str | None = None, sampler: str = "nsga2", seed: int = 0, labels=tuple(range(10)),
            seeds=SEARCH_SEEDS, steps: int = 8, progress: bool = False, validation_seeds=VALIDATION_SEEDS,
-           **objective):
+           config=None, **objective):
     """Search from the ILP's plans with real generations; returns ``(plan, report)``.
 
-    ``profile`` is a Profile, its path, or a :class:`~mpsearch.allocation.formulation.Formulation`; the
-    ``objective`` keywords (``metric``, ``pins``, ``role_pins``, ``tie``, ``compute``, ...) are
-    :func:`~mpsearch.allocation.formulation.formulate`'s (a compute budget's layer calls are recorded on ``pipe``).
+    ``profile`` is a Profile, its path, or a :class:`~mpsearch.allocation.formulation.Formulation`; ``config``
+    (a :class:`~mpsearch.allocation.config.SolveConfig`) and the ``objective`` keywords (``metric``, ``pins``,
+    ``role_pins``, ``tie``, ``compute``, ...) are :func:`~mpsearch.allocation.formulation.formulate`'s (a
+    compute budget's layer calls are recorded on ``pipe``). ``budget``: default the config's, else 60%.
 
     A search on a few seeds can fit them rather than the model: when it picks a plan other than the ILP's, both
     are scored again on ``validation_seeds`` and the ILP's plan is kept unless the pick is significantly better
@@ -100,7 +113,11 @@ def refine(profile, pipe, budget="60%", *, trials: int = 30, storage: str | None
     from tqdm.auto import tqdm
 
     extra = {} if isinstance(profile, Formulation) else {"pipe": pipe}  # a Formulation carries its own
-    form = as_formulation(profile, budget, "refine", **extra, **objective)
+    _check_search(seeds, validation_seeds or (), steps)
+    if budget is None:  # the Formulation's or config's own budget, else 60%
+        own = profile.budget if isinstance(profile, Formulation) else None if config is None else config.budget
+        budget = "60%" if own is None else own
+    form = as_formulation(profile, budget, "refine", config=config, **extra, **objective)
     info, problem, decode = form.profile.info, form.problem, form.decode
     settings = {"labels": list(labels), "seeds": list(seeds), "steps": int(steps), "sampler": sampler, "seed": seed}
     if study_name is None:
@@ -120,7 +137,7 @@ def refine(profile, pipe, budget="60%", *, trials: int = 30, storage: str | None
     report.update(settings=settings, storage=storage)
     chosen, reference = report.get("chosen"), report.get("reference")
     if validation_seeds and chosen and reference and chosen["trial"] != reference["trial"]:
-        ilp = get_solver("ilp").solve(problem)
+        ilp = get_solver(DEFAULT_SOLVER).solve(problem)
         check = evaluation_objective(pipe, info, problem, decode=decode, labels=labels, seeds=validation_seeds,
                                      steps=steps, per_image=True)
         verdict = validate_pick(check(sol.choice), check(ilp.choice))
@@ -130,7 +147,7 @@ def refine(profile, pipe, budget="60%", *, trials: int = 30, storage: str | None
     plan = form.to_plan(
         sol, predictions={"search": {k: report.get(k) for k in ("reference", "chosen", "trials", "feasible_trials",
                                                                   "validation")}},
-        provenance={"solver": "optuna", "seconds": round(float(seconds), 4), "seeded_by": "ilp",
+        provenance={"solver": "optuna", "seconds": round(float(seconds), 4), "seeded_by": DEFAULT_SOLVER,
                     "study": study_name, "search": settings})
     return plan, report
 

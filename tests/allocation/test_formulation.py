@@ -14,7 +14,7 @@ from mpsearch.allocation import formulation as formulation_mod
 from mpsearch.allocation.formulation import Formulation, formulate
 from mpsearch.allocation.joint import solve_joint
 from mpsearch.allocation.pareto import pareto
-from mpsearch.allocation.solvers import HighsSolver, IlpSolver, get_solver
+from mpsearch.allocation.solvers import CbcSolver, HighsSolver, get_solver
 from mpsearch.apps.cli.parser import build_parser
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.plan import Plan
@@ -84,11 +84,11 @@ def test_solver_by_instance(prof):
     by_name = mpsearch.solve(prof, b, role_pins={}, solver="highs")
     by_instance = mpsearch.solve(prof, b, role_pins={}, solver=HighsSolver(time_limit=30))
     assert by_instance.layers == by_name.layers and by_instance.provenance["solver"] == "highs"
-    ilp = mpsearch.solve(prof, b, role_pins={}, solver=IlpSolver(time_limit=30))
-    assert ilp.provenance["solver"] == "ilp"
+    ilp = mpsearch.solve(prof, b, role_pins={}, solver=CbcSolver(time_limit=30))
+    assert ilp.provenance["solver"] == "cbc"
     assert ilp.predictions["objective"] == pytest.approx(by_name.predictions["objective"], abs=1e-9)
     with pytest.raises(UsageError, match="already built"):
-        get_solver(IlpSolver(), time_limit=5)
+        get_solver(CbcSolver(), time_limit=5)
 
 
 def test_compute_budget_from_python_matches_the_cli(prof, dit_pipe, tmp_path, monkeypatch, capsys):
@@ -123,31 +123,19 @@ def test_budget_keywords_are_parsed_in_one_place(prof, monkeypatch):
     assert form.budget.bytes == int(0.6 * info.fp_bytes) or abs(form.budget.bytes - 0.6 * info.fp_bytes) <= 1
 
 
-def test_deprecated_keyword_and_flags_still_work(prof, tmp_path, monkeypatch, capsys):
-    with pytest.warns(DeprecationWarning, match="objective_weights"):
-        with pytest.raises(ProfileError, match="end-to-end"):  # routed to the decoupled objective: needs e2e data
-            mpsearch.solve(prof, "60%", weights="content=1")
-    with pytest.raises(UsageError, match="not both"):
-        with pytest.warns(DeprecationWarning):
-            mpsearch.solve(prof, "60%", weights="content=1", objective_weights="content=1")
-
-    old = build_parser().parse_args(["solve", "--budget", "1B", "--pin", "a=fp", "--no-default-pins",
-                                     "--cache-steps", "3", "--weights", "content=1"])
-    err = capsys.readouterr().err
-    for flag, new in (("--pin", "--pins"), ("--no-default-pins", "--role-pins none"),
-                      ("--cache-steps", "--full-computations"), ("--weights", "--objective-weights")):
-        assert f"{flag} is deprecated; use {new}" in err
+def test_removed_spellings_are_clear_errors(prof, tmp_path, monkeypatch, capsys):
+    """The deprecated keyword and flags are gone (no release had them): each is a one-line error."""
+    with pytest.raises(UsageError, match=r"solve\(\) got unknown keyword\(s\) weights; valid: budget, metric"):
+        mpsearch.solve(prof, "60%", weights="content=1")
+    monkeypatch.chdir(tmp_path)
+    for flag in (["--no-default-pins"], ["--cache-steps", "3"], ["--weights", "content=1"]):
+        assert cli.main(["solve", "--profile", "p.sqlite", "--budget", "60%", *flag]) == 2
+        err = capsys.readouterr().err
+        assert "unrecognized arguments" in err and err.count("\n") == 1
     new = build_parser().parse_args(["solve", "--budget", "1B", "--pins", "a=fp", "--role-pins", "none",
                                      "--full-computations", "3", "--objective-weights", "content=1"])
-    for key in ("pins", "role_pins", "full_computations", "objective_weights", "rounds"):
-        assert getattr(old, key) == getattr(new, key)
-
-    monkeypatch.chdir(tmp_path)
-    b = f"{_budget(prof)}B"
-    assert cli.main(["solve", "--profile", "p.sqlite", "--budget", b, "--pin", "proj_out=fp", "--no-default-pins",
-                     "--out", "old.yaml"]) == 0
-    assert "deprecated" in capsys.readouterr().err
-    assert Plan.load(tmp_path / "old.yaml").layers == mpsearch.solve(prof, b, pins="proj_out=fp", role_pins={}).layers
+    assert (new.pins, new.role_pins, new.full_computations, new.objective_weights) == (["a=fp"], "none", 3,
+                                                                                        "content=1")
 
 
 def test_rounds_default_is_the_same_on_both_sides():

@@ -41,7 +41,7 @@ def _refine_with_scores(dit_pipe, tmp_path, monkeypatch, validation_favours_pick
 
     prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=2, seeds=(0,), labels=(1,), progress=False)
     problem = build_problem(prof, int(0.45 * prof.info.fp_bytes), role_pins={})
-    ilp = get_solver("ilp").solve(problem).choice
+    ilp = get_solver("cbc").solve(problem).choice
     int4 = problem.formats.index("int4")
 
     def fake(pipe, info, prob, *, seeds, **kw):
@@ -114,7 +114,7 @@ def test_evaluation_objective_per_image_scores_average_to_the_totals(dit_pipe, t
 
     prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=2, seeds=(0,), labels=(1,), progress=False)
     problem = build_problem(prof, int(0.45 * prof.info.fp_bytes), role_pins={})
-    choice = get_solver("ilp").solve(problem).choice
+    choice = get_solver("cbc").solve(problem).choice
     kw = dict(labels=(1, 2), seeds=(7, 8), steps=2)
     out = evaluation_objective(dit_pipe, prof.info, problem, per_image=True, **kw)(choice)
     whole = evaluation_objective(dit_pipe, prof.info, problem, **kw)(choice)

@@ -63,9 +63,9 @@ def test_cli_sweep_and_compute_on_a_tiny_profile(dit_pipe, tmp_path, monkeypatch
     assert calls.macs[name] == 2 * 2 * 16 * 32 * 32
     base = build_problem(prof, None, role_pins={})
     cm = compute_problem(prof, base, calls, "30%")
-    assert "int8[a16:0-2]" in cm.problem.formats and cm.limit_bops == pytest.approx(0.3 * cm.full_bops)
-    sol = get_solver("ilp").solve(cm.problem)
-    assert cm.bops(sol.choice) <= cm.limit_bops * (1 + 1e-9)
+    assert "int8[a16:0-2]" in cm.problem.formats and cm.limit == pytest.approx(0.3 * cm.full)
+    sol = get_solver("cbc").solve(cm.problem)
+    assert cm.value(sol.choice) <= cm.limit * (1 + 1e-9)
     assignment, overrides = cm.decode(sol.choice)
     # decoding by hand: a choice "fmt[a16:a-b]" is fmt's weights, with fp activations in steps a..b
     expected_fmt, expected_fp_acts = {}, {}

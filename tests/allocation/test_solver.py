@@ -376,8 +376,8 @@ class ExactSolverConformance(SolverConformance):
 
 
 
-class TestIlpConformance(ExactSolverConformance):
-    solver_name = "ilp"
+class TestCbcConformance(ExactSolverConformance):
+    solver_name = "cbc"
 
 
 class TestHighsConformance(ExactSolverConformance):
@@ -501,7 +501,7 @@ def test_problem_copies_and_freezes_its_arrays():
 
 def test_a_pin_inside_a_group_pins_the_group():
     problem = Problem(**_good(groups=((0, 2),), pins={2: 1}, budget_bytes=100))
-    sol = get_solver("ilp").solve(problem)
+    sol = get_solver("cbc").solve(problem)
     assert sol.assignment(problem) == {"a": "int8", "b": "fp", "c": "int8"}
 
 
@@ -566,30 +566,31 @@ def test_format_bytes_uses_decimal_units():
 
 
 def test_registry_names_aliases_and_options():
-    assert set(available_solvers()) == {"ilp", "highs", "greedy", "bruteforce", "optuna", "random"}
-    assert get_solver("cbc").name == "ilp"
-    assert get_solver(" ILP ").name == "ilp"
-    assert get_solver("ilp", time_limit=30).time_limit == 30.0
-    with pytest.raises(UsageError, match=r"unknown solver 'simplex'; valid names: bruteforce, greedy, highs, ilp, optuna, random"):
+    assert set(available_solvers()) == {"cbc", "highs", "greedy", "bruteforce", "optuna", "random"}
+    assert get_solver(" CBC ").name == "cbc"
+    assert get_solver("cbc", time_limit=30).time_limit == 30.0
+    with pytest.raises(UsageError, match=r"unknown solver 'simplex'; valid names: bruteforce, cbc, greedy, highs, optuna, random"):
         get_solver("simplex")
+    with pytest.raises(UsageError, match=r"the exact ILP solvers are cbc \(CBC, the default\) and highs"):
+        get_solver("ilp")  # the engines are named for what they run: "ilp" would not say which
     with pytest.raises(UsageError, match=r"solver 'greedy' does not take option\(s\) 'threads'; it takes: no options"):
         get_solver("greedy", threads=4)
     with pytest.raises(UsageError, match="it takes: time_limit"):
         get_solver("highs", gap=0.1)
     with pytest.raises(UsageError, match="time_limit must be a number of seconds > 0"):
-        get_solver("ilp", time_limit=0)
+        get_solver("cbc", time_limit=0)
 
 
 def test_register_solver_refuses_a_taken_name():
     from mpsearch.allocation.solvers import register_solver
 
     class Impostor(BaseSolver):
-        name = "ilp"
+        name = "cbc"
 
         def _solve(self, problem):
             raise AssertionError
 
-    with pytest.raises(UsageError, match="solver name 'ilp' is taken by PulpCbcSolver"):
+    with pytest.raises(UsageError, match="solver name 'cbc' is taken by PulpCbcSolver"):
         register_solver(Impostor)
 
 
@@ -611,10 +612,10 @@ def test_bruteforce_refuses_huge_problems():
     n = 11  # 4**11 > 1e6
     problem = Problem(tuple(f"l{i}" for i in range(n)), ("a", "b", "c", "d"), np.tile([0.0, 1, 2, 3], (n, 1)),
                       np.tile([8, 4, 2, 1], (n, 1)), budget_bytes=3 * n)
-    with pytest.raises(UsageError, match=r"4,194,304 assignments, more than its limit of 1,000,000; use --solver ilp"):
+    with pytest.raises(UsageError, match=r"4,194,304 assignments, more than its limit of 1,000,000; use --solver cbc"):
         get_solver("bruteforce").solve(problem)
     assert get_solver("bruteforce", max_combinations=5_000_000).solve(problem).objective == pytest.approx(
-        get_solver("ilp").solve(problem).objective)
+        get_solver("cbc").solve(problem).objective)
 
 
 def test_ilp_and_highs_agree_on_a_mid_sized_problem():
@@ -629,7 +630,7 @@ def test_ilp_and_highs_agree_on_a_mid_sized_problem():
                       groups=groups, pins={200: 1})
     budget = (min_feasible_bytes(problem) + int(nbytes[:, 0].sum())) // 2
     problem = problem.with_budget(budget)
-    ilp, highs, greedy = (get_solver(s).solve(problem) for s in ("ilp", "highs", "greedy"))
+    ilp, highs, greedy = (get_solver(s).solve(problem) for s in ("cbc", "highs", "greedy"))
     assert ilp.objective == pytest.approx(highs.objective, rel=1e-7)
     assert greedy.objective >= ilp.objective * (1 - 1e-9)
     for sol in (ilp, highs, greedy):
@@ -647,7 +648,7 @@ def test_large_byte_counts_stay_exact():
                       fixed_bytes=123_456_789)
     for budget in (min_feasible_bytes(problem), min_feasible_bytes(problem) + 1, int(nbytes[:, 1].sum()) + 123_456_789):
         p = problem.with_budget(budget)
-        a, b = get_solver("ilp").solve(p), get_solver("highs").solve(p)
+        a, b = get_solver("cbc").solve(p), get_solver("highs").solve(p)
         assert a.total_bytes <= budget and b.total_bytes <= budget
         assert a.objective == pytest.approx(b.objective, rel=1e-7, abs=1e-9)
 
@@ -664,9 +665,19 @@ def test_solvers_print_nothing_and_leave_stdout_working(capfd):
     assert out == "still here\n" and err == ""
 
 
-@pytest.mark.parametrize("name", ["ilp", "highs"])
+@pytest.mark.parametrize("name", ["cbc", "highs"])
 def test_time_limit(name):
     problem = random_problem(13, budget="tight")  # the budget binds: the backend runs
     assert get_solver(name, time_limit=60).solve(problem).status == "optimal"
     with pytest.raises(SolverError, match="time_limit of 1e-09 s ran out before an answer"):
         get_solver(name, time_limit=1e-9).solve(problem)
+
+
+def test_the_command_lines_solver_names_are_the_registrys():
+    """`mpsearch solve --solver` lists its choices without importing the solvers (a light --help): the list must
+    stay the registry's engines, less optuna (which refines through --search optuna)."""
+    from mpsearch.allocation.defaults import DEFAULT_SOLVER, SOLVER_NAMES
+    from mpsearch.allocation.solvers import available_solvers
+
+    assert SOLVER_NAMES == tuple(s for s in available_solvers() if s != "optuna")
+    assert DEFAULT_SOLVER in SOLVER_NAMES

@@ -186,7 +186,7 @@ CLI_CASES = [
     ("plan-layers-list", _mutated(lambda x: x.update(layers=["a", "b"])), ["generate", "--plan", "{}"], 1, "layers"),
     ("plan-ineligible-format", _mutated(lambda x: x["layers"].update({"pos_embed.proj": "int4"})), ["generate", "--plan", "{}"], 1, "pos_embed.proj"),
     ("plan-fingerprint-mismatch", _mutated(lambda x: x["model"].update(fingerprint="sha256:0123456789abcdef01234567")), ["generate", "--plan", "{}"], 1, "fingerprint"),
-    ("plan-for-another-model", _copy("unet_plan.yaml"), ["generate", "--plan", "{}"], 1, "UNet2DModel"),
+    ("plan-for-another-model", _copy("unet_plan.yaml"), ["generate", "--plan", "{}", "--model", "default"], 1, "UNet2DModel"),  # without --model: the plan's model
     ("plan-bad-override", _mutated(lambda x: x.update(overrides=[{"steps": [5, 2], "activations": {}}])), ["generate", "--plan", "{}"], 1, "steps"),
     ("plan-cache-section", _mutated(lambda x: x.update(cache={"compute": [True, False]})), ["generate", "--plan", "{}"], 1, "cache"),
     ("plan-bytes-not-int", _mutated(lambda x: x["predictions"].update(bytes="lots")), ["generate", "--plan", "{}"], 1, "predictions.bytes"),

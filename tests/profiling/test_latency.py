@@ -226,7 +226,7 @@ def test_latency_priced_compute_respects_the_table_and_matches_brute_force(pipe,
         cm = compute_problem(prof, base, calls, spec, cost=table)
         assert cm.kind == "latency" and cm.unit == "s" and cm.full == pytest.approx(fp_total)
         assert "int8[a16:0-2]" in cm.problem.formats
-        ilp = get_solver("ilp").solve(cm.problem)
+        ilp = get_solver("cbc").solve(cm.problem)
         brute = get_solver("bruteforce").solve(cm.problem)
         assert ilp.objective == pytest.approx(brute.objective, rel=1e-6, abs=1e-12)
         for sol in (ilp, brute):

@@ -129,7 +129,7 @@ def e2e_costs(profile: Profile, weights=None, *, res: E2EResults | None = None, 
         res = load_results(profile.path) if profile.path is not None else None
     if res is None or not res.of_kind("layer"):
         raise ProfileError(f"profile {profile.path} has no end-to-end measurements of single layers; run "
-                           "`mpsearch profile --end-to-end` first (or solve without --weights)")
+                           "`mpsearch profile --end-to-end` first (or solve without --objective-weights)")
     if step_weights is None:
         step_weights = window_step_weights(profile, res, weights)
     local = layer_costs(profile, "auto", step_weights)

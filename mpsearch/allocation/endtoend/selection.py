@@ -33,7 +33,7 @@ def budget_sweep(profile: Profile, count: int = 5, role_pins=None) -> list[tuple
     out = []
     for frac in np.linspace(0, 1, count + 2)[1:-1]:
         b = int(lo + frac * (hi - lo))
-        sol = get_solver("ilp").solve(replace(problem, budget_bytes=b))
+        sol = get_solver("cbc").solve(replace(problem, budget_bytes=b))
         out.append((b, np.asarray(sol.choice)))
     return out
 

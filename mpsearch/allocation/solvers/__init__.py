@@ -2,9 +2,9 @@
 
 Array-level only; building a Problem from a profile is the caller's job. Solvers by name
 (``get_solver(name, **options)``), or as instances of the classes exported here (every ``solver=`` takes either:
-``solver="ilp"`` or ``solver=IlpSolver(time_limit=5)``):
+``solver="cbc"`` or ``solver=CbcSolver(time_limit=5)``):
 
-* ``"ilp"`` (alias ``"cbc"``): exact, CBC through PuLP.
+* ``"cbc"`` (the default, ``DEFAULT_SOLVER``): exact, CBC through PuLP.
 * ``"highs"``: exact, HiGHS through scipy.optimize.milp (same formulation; a cross-check).
 * ``"greedy"``: fast heuristic, status "feasible".
 * ``"bruteforce"``: exact enumeration for small problems (the test oracle).
@@ -24,7 +24,7 @@ from mpsearch.budget import format_bytes
 from mpsearch.allocation.solvers.base import BaseSolver, NoSolutionFoundError, SolverError
 from mpsearch.allocation.solvers.feasibility import check_assignment, min_feasible_bytes
 from mpsearch.allocation.solvers.problem import Constraint, Decisions, Problem
-from mpsearch.allocation.solvers.registry import available_solvers, get_solver, register_solver
+from mpsearch.allocation.solvers.registry import DEFAULT_SOLVER, available_solvers, get_solver, register_solver
 from mpsearch.allocation.solvers.solution import Solution
 
 # Importing the solver modules registers them.
@@ -35,17 +35,18 @@ from mpsearch.allocation.solvers.ilp_pulp import PulpCbcSolver
 from mpsearch.allocation.solvers.optuna_search import OptunaSolver
 from mpsearch.allocation.solvers.randomized import RandomSolver
 
-#: the ``"ilp"`` solver (CBC through PuLP), by its role: ``solve(..., solver=IlpSolver(time_limit=5))``
-IlpSolver = PulpCbcSolver
+#: the ``"cbc"`` solver (CBC through PuLP): ``solve(..., solver=CbcSolver(time_limit=5))``
+CbcSolver = PulpCbcSolver
 
 __all__ = [
+    "DEFAULT_SOLVER",
     "BaseSolver",
     "BruteForceSolver",
+    "CbcSolver",
     "Constraint",
     "Decisions",
     "GreedySolver",
     "HighsSolver",
-    "IlpSolver",
     "NoSolutionFoundError",
     "OptunaSolver",
     "Problem",

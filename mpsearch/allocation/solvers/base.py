@@ -87,7 +87,7 @@ class BaseSolver(abc.ABC):
     answer with :func:`check_assignment`. Subclasses do not override :meth:`solve`.
     """
 
-    #: Registry name, e.g. ``"ilp"``; what ``get_solver`` and the CLI's ``--solver`` take.
+    #: Registry name, e.g. ``"cbc"``; what ``get_solver`` and the CLI's ``--solver`` take.
     name: str = ""
     #: Other names ``get_solver`` accepts for this solver.
     aliases: tuple[str, ...] = ()

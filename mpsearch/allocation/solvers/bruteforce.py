@@ -39,7 +39,7 @@ class BruteForceSolver(BaseSolver):
         if total > self.max_combinations:
             raise UsageError(
                 f"bruteforce would enumerate {total:,} assignments, more than its limit of {self.max_combinations:,}; "
-                "use --solver ilp, which is exact and fast at any size"
+                "use --solver cbc, which is exact and fast at any size"
             )
         width = int(radices.max()) if len(radices) else 1
         table = np.zeros((dec.count, width), dtype=np.int64)  # table[d, i] = i-th allowed format of d

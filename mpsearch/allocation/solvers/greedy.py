@@ -67,7 +67,7 @@ class GreedySolver(BaseSolver):
                 names = ", ".join(["budget"] * (problem.budget_bytes is not None) + [repr(c.name) for c in problem.extra])
                 raise NoSolutionFoundError(
                     f"greedy found no plan meeting {names} together (it is a heuristic); "
-                    "use --solver ilp to find one or prove there is none"
+                    "use --solver cbc to find one or prove there is none"
                 )
             score = np.where(candidate, d_cost / np.where(candidate, removed, 1.0), np.inf)
             ties = score == score.min()

@@ -1,5 +1,5 @@
 """Exact solver "highs": the 0/1 program of :mod:`mpsearch.allocation.solvers._ilp`, solved by HiGHS through
-``scipy.optimize.milp``. The same formulation as "ilp" with another backend, for cross-checking."""
+``scipy.optimize.milp``. The same formulation as "cbc" with another backend, for cross-checking."""
 
 from __future__ import annotations
 
@@ -78,4 +78,4 @@ class HighsSolver(IlpBackend):
         if res.status == 1 and res.x is not None:
             return RunResult("feasible", res.x, raw)
         limit = f" within the time limit of {self.time_limit} s" if self.time_limit else ""
-        raise SolverError(f"HiGHS found no plan{limit} ({raw}); raise time_limit or use --solver ilp")
+        raise SolverError(f"HiGHS found no plan{limit} ({raw}); raise time_limit or use --solver cbc")

@@ -1,4 +1,4 @@
-"""Exact solver "ilp" (alias "cbc"): the 0/1 program of :mod:`mpsearch.allocation.solvers._ilp`, solved by CBC through PuLP.
+"""Exact solver "cbc": the 0/1 program of :mod:`mpsearch.allocation.solvers._ilp`, solved by CBC through PuLP.
 
 CBC runs single-threaded (deterministic), silent, with relative and absolute gaps 0 so that "optimal" means
 proven optimal. A ``cbc`` on the PATH (``pip install pulp[cbc]``) is used when there is one; otherwise the
@@ -21,7 +21,7 @@ def _import_pulp():
     try:
         import pulp
     except ImportError:  # pragma: no cover - pulp is a core dependency
-        raise OptionalDependencyError("the 'ilp' solver needs PuLP: pip install pulp") from None
+        raise OptionalDependencyError("the 'cbc' solver needs PuLP: pip install pulp") from None
     return pulp
 
 
@@ -29,8 +29,7 @@ def _import_pulp():
 class PulpCbcSolver(IlpBackend):
     """Exact: CBC through PuLP. Options: ``time_limit`` (seconds, default None = none)."""
 
-    name = "ilp"
-    aliases = ("cbc",)
+    name = "cbc"
     backend = "CBC"
 
     def _cbc(self, pulp, time_limit: float | None):
@@ -50,7 +49,7 @@ class PulpCbcSolver(IlpBackend):
             bundled = pulp.PULP_CBC_CMD(**options)
         if not bundled.available():
             raise OptionalDependencyError(
-                "the 'ilp' solver found no CBC: pip install 'pulp[cbc]', or use --solver highs"
+                "the 'cbc' solver found no CBC: pip install 'pulp[cbc]', or use --solver highs"
             )
         return bundled
 

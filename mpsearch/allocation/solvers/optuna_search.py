@@ -7,7 +7,7 @@ scoring each candidate with an ``evaluate`` callback (e.g. a few real generation
 
 How a solve runs
 ----------------
-1. The seed solver (default ``"ilp"``) solves the problem at the budget and at a few smaller budgets
+1. The seed solver (default ``"cbc"``, the exact ILP) solves the problem at the budget and at a few smaller budgets
    (``seed_fractions``); each distinct answer, then each of ``seeds`` (explicit per-layer choices), goes into
    the study as a first trial (``study.enqueue_trial``). The exact answer at the full budget comes first
    and is the reference every other trial is compared with.
@@ -42,7 +42,7 @@ from mpsearch.errors import InfeasibleError, OptionalDependencyError, UsageError
 from mpsearch.allocation.solvers.base import BaseSolver, NoSolutionFoundError
 from mpsearch.allocation.solvers.feasibility import _extra_tolerance, min_feasible_bytes
 from mpsearch.allocation.solvers.problem import Problem
-from mpsearch.allocation.solvers.registry import get_solver, register_solver
+from mpsearch.allocation.solvers.registry import DEFAULT_SOLVER, get_solver, register_solver
 
 SAMPLERS = ("nsga2", "tpe")
 
@@ -89,7 +89,7 @@ class OptunaSolver(BaseSolver):
     ``objectives`` (names of the values ``evaluate`` returns; default ``("predicted",)``), ``weights`` (one
     per objective for choosing the answer, default all 1), ``sampler`` ("nsga2" or "tpe"), ``seed``,
     ``storage`` (None: in memory; or an SQLAlchemy URL), ``study_name`` (default: a digest of the problem),
-    ``seed_solver`` (default "ilp"; None for none), ``seed_fractions`` (budgets, as fractions of the budget,
+    ``seed_solver`` (default "cbc"; None for none), ``seed_fractions`` (budgets, as fractions of the budget,
     at which the seed solver's answers are enqueued), ``seeds`` (more per-layer choices to enqueue),
     ``callback`` (called after each trial with the finished trial, e.g. to show progress).
     """
@@ -98,7 +98,7 @@ class OptunaSolver(BaseSolver):
 
     def __init__(self, *, trials: int = 50, evaluate: Callable | None = None, objectives: Sequence[str] = ("predicted",),
                  weights: Sequence[float] | None = None, sampler: str = "nsga2", seed: int = 0,
-                 storage: str | None = None, study_name: str | None = None, seed_solver: str | None = "ilp",
+                 storage: str | None = None, study_name: str | None = None, seed_solver: str | None = DEFAULT_SOLVER,
                  seed_fractions: Sequence[float] = (1.0, 0.99, 0.98, 0.96, 0.93, 0.9), seeds: Sequence = (),
                  callback: Callable | None = None):
         if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
@@ -233,7 +233,7 @@ class OptunaSolver(BaseSolver):
         if not feasible:
             raise NoSolutionFoundError(
                 f"optuna found no plan meeting every constraint in {len(done)} trials; raise --trials or keep the "
-                "seed solver (seed_solver='ilp'), whose answer is always a first trial")
+                "seed solver (seed_solver='cbc'), whose answer is always a first trial")
         reference = next((t for t in feasible if t.user_attrs.get("source", "").endswith(f"@{problem.budget_bytes}")),
                          feasible[0])
         ref = [max(abs(v), 1e-30) for v in reference.values[1:]]

@@ -59,11 +59,11 @@ class RandomSolver(BaseSolver):
             movable = np.flatnonzero(gain > 1e-12)
             if not len(movable):
                 raise NoSolutionFoundError("random found no plan meeting every constraint (it is a baseline); "
-                                           "use --solver ilp to find one or prove there is none")
+                                           "use --solver cbc to find one or prove there is none")
             d = int(rng.choice(movable))
             cur[d] = int(np.argmin(score[d]))
         else:  # pragma: no cover - each move strictly lowers the overrun
-            raise NoSolutionFoundError("random did not converge; use --solver ilp")
+            raise NoSolutionFoundError("random did not converge; use --solver cbc")
 
         moved = problem.budget_bytes is not None
         while moved:  # fill the budget: move up where it still fits, until nothing can

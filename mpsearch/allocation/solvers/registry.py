@@ -10,11 +10,11 @@ from __future__ import annotations
 import inspect
 from typing import Callable, TypeVar
 
+from mpsearch.allocation.defaults import DEFAULT_SOLVER
 from mpsearch.errors import UsageError
 from mpsearch.allocation.solvers.base import BaseSolver
 
-__all__ = ["available_solvers", "get_solver", "register_solver"]
-
+__all__ = ["DEFAULT_SOLVER", "available_solvers", "get_solver", "register_solver"]
 
 _REGISTRY: dict[str, type[BaseSolver]] = {}
 _ALIASES: dict[str, str] = {}
@@ -44,8 +44,8 @@ def available_solvers() -> tuple[str, ...]:
 
 
 def get_solver(name: "str | BaseSolver", **options: object) -> BaseSolver:
-    """A new solver instance by name or alias, e.g. ``get_solver("ilp", time_limit=60)``; a solver instance
-    (``IlpSolver(time_limit=5)``) is returned as it is, so every ``solver=`` takes either."""
+    """A new solver instance by name or alias, e.g. ``get_solver("cbc", time_limit=60)``; a solver instance
+    (``CbcSolver(time_limit=5)``) is returned as it is, so every ``solver=`` takes either."""
     if isinstance(name, BaseSolver):
         if options:
             raise UsageError(f"options {', '.join(sorted(options))} go to the solver's constructor; {name!r} is "
@@ -61,6 +61,7 @@ def get_solver(name: "str | BaseSolver", **options: object) -> BaseSolver:
         raise UsageError(
             f"unknown solver {name!r}; valid names: {', '.join(available_solvers())}"
             + (f" (aliases: {aliases})" if aliases else "")
+            + f"; the exact ILP solvers are {DEFAULT_SOLVER} (CBC, the default) and highs (HiGHS)"
         )
     params = inspect.signature(cls).parameters
     accepted = [p for p in params if params[p].kind is inspect.Parameter.KEYWORD_ONLY]

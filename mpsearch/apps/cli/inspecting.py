@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mpsearch.apps.cli.common import condition_list, emit, text_table
 from mpsearch.apps.cli.solving import _cache_units
+from mpsearch.apps.cli.model_source import pipeline_for
 from mpsearch.archs import arch_report
 from mpsearch.budget import format_bytes
 from mpsearch.formats import available_formats
@@ -68,7 +69,7 @@ def cmd_generate(args) -> int:
 
 
     plan = Plan.load(args.plan) if args.plan else None
-    pipe = pipeline.load_pipeline(args.model)
+    pipe = pipeline_for(args.model, plans=[(args.plan, plan)] if plan else ())
     with apply_plan(pipe, plan, ignore_weights=args.ignore_weights) if plan else contextlib.nullcontext():
         t0 = time.perf_counter()
         conditions = condition_list(args, pipe)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from mpsearch.version import __version__
 from mpsearch.apps.cli.arguments import Parser, int_list, prompts_arg, generations, shard, share, str_list
@@ -11,24 +10,7 @@ from mpsearch.apps.cli.commands import (cmd_demo, cmd_eval, cmd_export, cmd_gene
                                    cmd_profile_merge, cmd_report, cmd_solve)
 from mpsearch.allocation.defaults import DEFAULT_ROUNDS
 
-
-def _deprecated(new: str, *, const=None, append: bool = False):
-    """An argparse action for an old flag kept as a hidden alias of ``new``: one line to stderr, then the same
-    effect as ``new`` (``const``: what a value-less old flag stores)."""
-
-    class Deprecated(argparse.Action):
-        def __init__(self, option_strings, dest, **kw):
-            super().__init__(option_strings, dest, nargs=0 if const is not None else None, **kw)
-
-        def __call__(self, parser, namespace, values, option_string=None):
-            print(f"mpsearch: {option_string} is deprecated; use {new}", file=sys.stderr)
-            if const is not None:
-                values = const
-            if append:
-                values = (getattr(namespace, self.dest, None) or []) + [values]
-            setattr(namespace, self.dest, values)
-
-    return Deprecated
+from mpsearch.allocation.defaults import DEFAULT_SOLVER, SOLVER_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dtype", help="with --arch: float16, bfloat16 or float32 (default: the model's own)")
 
     sp = add("generate", cmd_generate, "generate images, optionally with a plan applied")
-    sp.add_argument("--model", default="default", help=model_help)
+    sp.add_argument("--model", default=None, help=model_help + " (default: the plan's model, else default)")
     sp.add_argument("--plan", help="plan YAML to apply")
     sp.add_argument("--ignore-weights", action="store_true",
                     help="apply the plan even if the model's weights differ from those it was made from")
@@ -138,15 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--budget", help="e.g. 600KB, 4GB, 4GiB, 60%%, 4.5bits; START:STOP:STEP sweeps a Pareto frontier")
     sp.add_argument("--profile", help="profile file (default profiles/default.sqlite)")
     sp.add_argument("--metric", default="auto", help="auto (gn where the profile has it, else rel_mse), gn, rel_mse, sqnr or cosine")
-    sp.add_argument("--solver", default="ilp", help="ilp (CBC), highs, greedy")
+    sp.add_argument("--solver", default=DEFAULT_SOLVER, choices=SOLVER_NAMES,
+                    help=f"{DEFAULT_SOLVER} (exact, CBC; the default), highs (exact, HiGHS), greedy, ...")
     sp.add_argument("--pins", action="append", default=None, metavar="REGEX=FORMAT",
                     help="keep matching layers in a format (repeat for more)")
-    sp.add_argument("--pin", dest="pins", action=_deprecated("--pins", append=True), help=argparse.SUPPRESS)
     sp.add_argument("--tie", action="store_true", help="layers that read one input (q/k/v) share a format")
     sp.add_argument("--objective-weights", metavar="content=1,quality=1",
                     help="decoupled end-to-end objective (needs `profile --end-to-end`): weights per kind or metric")
-    sp.add_argument("--weights", dest="objective_weights", action=_deprecated("--objective-weights"),
-                    help=argparse.SUPPRESS)
     sp.add_argument("--max-damage", type=float, metavar="F",
                     help="minimax: rule out any layer/format whose end-to-end damage exceeds F x the largest")
     sp.add_argument("--fp-act-windows", type=int, default=0, metavar="K",
@@ -154,12 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     cache = sp.add_mutually_exclusive_group()
     cache.add_argument("--full-computations", type=int, metavar="K",
                        help="also schedule a feature cache: K full computations")
-    cache.add_argument("--cache-steps", dest="full_computations", type=int,
-                       action=_deprecated("--full-computations"), help=argparse.SUPPRESS)
     cache.add_argument("--speedup", type=float, metavar="X", help="also schedule a feature cache for an ideal speedup X")
     sp.add_argument("--cache-method", default="dp", choices=("dp", "uniform", "threshold"), help="cache scheduler")
     sp.add_argument("--cache-unit", help="cacheable unit (default: the largest; see `mpsearch inspect`)")
-    sp.add_argument("--model", default="default", help="with a cache: the pipeline the reuse costs are measured on")
+    sp.add_argument("--model", default=None, help="with a cache, --compute or --search optuna: the pipeline (default: "
+                    "the profile's model)")
+    sp.add_argument("--allow-partial", action="store_true",
+                    help="solve from a profile that lacks some of its units (one shard of --shard i/n)")
     sp.add_argument("--warmup", type=int, default=2, help="with a cache: first steps always computed")
     sp.add_argument("--max-reuse", type=int, default=None, help="with a cache: at most this many reuses in a row")
     sp.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
@@ -167,8 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--role-pins", default=None, metavar="default|none|ROLE=FORMAT,...",
                     help="pin fragile layers by role: default (embedders, first/last projections: fp; AdaLN: int8), "
                     "none, or your own, e.g. time_embed=fp,modulation=int8")
-    sp.add_argument("--no-default-pins", dest="role_pins", action=_deprecated("--role-pins none", const="none"),
-                    help=argparse.SUPPRESS)
     sp.add_argument("--arch", help="plan without weights for a real architecture (" + arch_help.split(": ")[1] + ")")
     sp.add_argument("--dtype", help="with --arch: float16, bfloat16 or float32 (default: the model's own)")
     sp.add_argument("--out", help="plan path (default plans/<profile>-<budget>.yaml); a folder for a sweep")
@@ -191,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--search-seeds", type=int_list, default=[500], help="with --search optuna: seeds per trial")
 
     sp = add("eval", cmd_eval, "score a plan against full precision on held-out seeds")
-    sp.add_argument("--model", default="default", help=model_help)
+    sp.add_argument("--model", default=None, help=model_help + " (default: the plan's model, else default)")
     sp.add_argument("--plan", help="plan YAML (omit for full precision)")
     sp.add_argument("--labels", type=int_list, default=list(range(10)))
     sp.add_argument("--seeds", type=int_list, default=[1000, 1001])
@@ -206,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("report", cmd_report, "write an HTML page with figures: sensitivity, Pareto frontier, plans, cache, images")
     sp.add_argument("--profile", help="profile file (default profiles/<model>.sqlite if it exists)")
     sp.add_argument("--plan", action="extend", nargs="+", metavar="PLAN", help="plan YAML files to show")
-    sp.add_argument("--model", default="default", help=model_help + "; images are generated with it")
+    sp.add_argument("--model", default=None, help=model_help + "; images are generated with it (default: the "
+                    "profile's or plan's model)")
     sp.add_argument("--out", default="report", help="folder for index.html and its PNGs (an older report there "
                     "is replaced)")
     sp.add_argument("--labels", type=int_list, default=list(range(10)), help="class labels of the image grid")

@@ -5,20 +5,20 @@ from __future__ import annotations
 import sys
 
 from mpsearch.apps.cli.common import condition_list, emit
+from mpsearch.apps.cli.model_source import model_for, pipeline_for
 from mpsearch.classifier import load_classifier
 from mpsearch.apps.demo import run_demo
 from mpsearch.apps.evaluate import evaluate_plan
-from mpsearch.apps import pipeline
-
 from mpsearch.plan import Plan
 from mpsearch.profiling.profiler import default_profile_path
+from mpsearch.profiling.store import Profile
 from mpsearch.apps.report import report
 
 
 def cmd_eval(args) -> int:
 
-    pipe = pipeline.load_pipeline(args.model)
     plan = Plan.load(args.plan) if args.plan else None
+    pipe = pipeline_for(args.model, plans=[(args.plan, plan)] if plan else ())
     conditions = condition_list(args, pipe)
     text = any(isinstance(c, str) for c in conditions)  # the bundled classifier knows the digits only
     scores = evaluate_plan(pipe, plan, labels=tuple(conditions), seeds=tuple(args.seeds), steps=args.steps,
@@ -41,10 +41,15 @@ def _default_conditions(args) -> bool:
 def cmd_report(args) -> int:
 
     profile = args.profile
-    if profile is None and default_profile_path(args.model).is_file():
-        profile = default_profile_path(args.model)
+    if profile is None and default_profile_path(args.model or "default").is_file():
+        profile = default_profile_path(args.model or "default")
+    model = args.model
+    if not args.no_images and model is None:  # the model the profile (else the first plan) was made for
+        prof = Profile.load(profile) if profile else None
+        plans = [(p, Plan.load(p)) for p in (args.plan or [])[:1]] if prof is None else ()
+        model = model_for(None, profile=prof, plans=plans)
     log = None if args.json else (lambda msg: print(f"report: {msg}", file=sys.stderr))
-    r = report(profile, args.plan or [], None if args.no_images else args.model, out=args.out,
+    r = report(profile, args.plan or [], None if args.no_images else model, out=args.out,
                labels=None if _default_conditions(args) else condition_list(args), seed=args.seed, steps=args.steps, metric=args.metric, points=args.points,
                log=log)
     data = {"folder": r["folder"], "index": r["index"], "files": r["files"],

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mpsearch.errors import UsageError
 from mpsearch.apps.cli.common import budget_slug, emit, text_table
+from mpsearch.allocation.config import SolveConfig
 from mpsearch.allocation.formulation import check_compute, formulate
 from mpsearch.allocation.joint import solve_joint
 from mpsearch.allocation.pareto import pareto
@@ -15,11 +16,11 @@ from mpsearch.archs import plan_without_weights
 from mpsearch.budget import format_bytes, parse_budget
 from mpsearch.cache_units import cache_units, compute_shares
 from mpsearch.models import Role, get_denoiser
-from mpsearch.apps import pipeline
 
 from mpsearch.plan import Plan
 from mpsearch.profiling.profiler import default_profile_path
 from mpsearch.profiling.store import Profile
+from mpsearch.apps.cli.model_source import pipeline_for
 
 
 def parse_role_pins(spec):
@@ -39,11 +40,14 @@ def parse_role_pins(spec):
     return out
 
 
-def _objective(args) -> dict:
-    """The solve flags as :func:`~mpsearch.allocation.formulation.formulate`'s keywords (same names)."""
-    return dict(metric=args.metric, pins=args.pins, tie=args.tie, role_pins=parse_role_pins(args.role_pins),
-                objective_weights=args.objective_weights, max_damage=args.max_damage,
-                fp_act_windows=args.fp_act_windows)
+def solve_config(args, *, budget=None) -> SolveConfig:
+    """The solve flags as a :class:`~mpsearch.allocation.config.SolveConfig` (the field names are the flags')."""
+    compute = dict(compute=args.compute, compute_cost=args.compute_cost or "bops",
+                   act_windows=args.act_windows) if args.compute else {}
+    return SolveConfig(budget=budget, metric=args.metric, solver=args.solver, pins=args.pins, tie=args.tie,
+                       role_pins=parse_role_pins(args.role_pins), objective_weights=args.objective_weights,
+                       max_damage=args.max_damage, fp_act_windows=args.fp_act_windows,
+                       allow_partial=args.allow_partial, **compute)
 
 
 def cmd_solve(args) -> int:
@@ -63,22 +67,24 @@ def cmd_solve(args) -> int:
         parse_budget(args.budget, fp_bytes=1, quantizable_numel=1)  # a malformed budget fails before any work
     if args.arch:
         return _solve_arch(args)
+    # every flag checked before any work (a malformed one is a one-line error)
+    config = solve_config(args, budget=None if sweeping else args.budget)
     prof_path = Path(args.profile) if args.profile else default_profile_path()
     prof = Profile.load(prof_path)
+    if not config.allow_partial:
+        prof.check_complete()
     if args.full_computations is not None or args.speedup is not None:
-        return _solve_with_cache(args, prof, prof_path)
-    objective, pipe = _objective(args), None
+        return _solve_with_cache(args, prof, prof_path, config)
+    pipe = None
     if args.compute:
         check_compute(prof, args.compute, args.compute_cost)  # malformed, or no latency table: before any work
-        pipe = pipeline.load_pipeline(args.model)
-        objective.update(compute=args.compute, compute_cost=args.compute_cost or "bops",
-                         act_windows=args.act_windows, pipe=pipe)
-    form = formulate(prof, None if sweeping else args.budget, **objective)
+        pipe = pipeline_for(args.model, profile=prof)
+    form = formulate(prof, config=config, pipe=pipe)
     compute_info = form.compute_info()
     slug = budget_slug(args.budget or f"pareto{args.pareto}") + (f"-c{budget_slug(args.compute)}" if args.compute else "")
     if sweeping:
         out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{slug}"
-        r = pareto(form, None if args.pareto is not None else args.budget, n=args.pareto, solver=args.solver,
+        r = pareto(form, None if args.pareto is not None else args.budget, n=args.pareto, solver=config.solver,
                    out=out, progress=not args.json)
         points = [p.to_dict() for p in r["points"]]
         data = {"folder": str(out), "files": r["files"], "points": points, "uniform": r["uniform"],
@@ -91,13 +97,13 @@ def cmd_solve(args) -> int:
                                           f"plans under {out}/plans"])
     report = None
     if args.search == "optuna":
-        pipe = pipe or pipeline.load_pipeline(args.model)
+        pipe = pipe or pipeline_for(args.model, profile=prof)
         plan, report = refine(form, pipe, args.budget, trials=args.trials,
                               storage=args.storage or default_storage(prof_path), sampler=args.sampler,
                               seeds=tuple(args.search_seeds), steps=args.search_steps, progress=not args.json)
         slug += "-optuna"
     else:
-        plan = form.to_plan(form.solve(args.solver))
+        plan = form.to_plan(form.solve())
     if form.compute is not None:
         compute_info = form.compute_info(form.compute.encode(plan.layers, plan.overrides))
     out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{slug}.yaml"
@@ -176,18 +182,19 @@ def _cache_units(pipe) -> list[dict]:
     return [u.to_dict() | {"share": shares[u.name]} for u in units]
 
 
-def _solve_with_cache(args, prof, prof_path) -> int:
+def _solve_with_cache(args, prof, prof_path, config: SolveConfig) -> int:
     """solve --full-computations K | --speedup X: formats and cache schedule in one plan (mpsearch.allocation.joint)."""
 
-    objective = _objective(args)
-    if objective.pop("objective_weights") is not None or objective.pop("max_damage") is not None \
-            or objective.pop("fp_act_windows"):
+    if config.decoupled:
         raise UsageError("a cache schedule solves the local objective; --objective-weights, --max-damage and "
                          "--fp-act-windows do not combine with --full-computations/--speedup: run them separately")
-    pipe = pipeline.load_pipeline(args.model)
-    plan = solve_joint(prof, pipe, args.budget, full_computations=args.full_computations, speedup=args.speedup,
+    if args.full_computations is not None and not 1 <= args.full_computations <= prof.steps:
+        raise UsageError(f"--full-computations must be an integer in 1..{prof.steps} (the profile's steps), got "
+                         f"{args.full_computations}; pass e.g. --full-computations {max(1, prof.steps // 2)}")
+    pipe = pipeline_for(args.model, profile=prof)
+    plan = solve_joint(prof, pipe, full_computations=args.full_computations, speedup=args.speedup,
                        method=args.cache_method, unit=args.cache_unit, warmup=args.warmup,
-                       max_reuse=args.max_reuse, rounds=args.rounds, solver=args.solver, **objective)
+                       max_reuse=args.max_reuse, rounds=args.rounds, config=config)
     slug = f"{budget_slug(args.budget)}-{args.cache_method}{sum(plan.cache['compute'])}"
     out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{slug}.yaml"
     plan.save(out)
