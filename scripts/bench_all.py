@@ -62,9 +62,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mpsearch  # noqa: E402
 from mpsearch.allocation import baselines  # noqa: E402
-from mpsearch.allocation import endtoend as e2e  # noqa: E402
+from mpsearch.allocation import decoupled as e2e  # noqa: E402
 from mpsearch.allocation.cache_scheduler import make_schedule  # noqa: E402
-from mpsearch.allocation.endtoend.costs import e2e_costs  # noqa: E402
+from mpsearch.allocation.decoupled.costs import e2e_costs  # noqa: E402
 from mpsearch.allocation.joint import cache_section  # noqa: E402
 from mpsearch.allocation.objective import build_problem  # noqa: E402
 from mpsearch.allocation.refine import refine  # noqa: E402

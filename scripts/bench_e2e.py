@@ -1,4 +1,4 @@
-"""Benchmark the end-to-end tier (mpsearch.allocation.endtoend) on both embedded defaults; writes a section of
+"""Benchmark the end-to-end tier (mpsearch.allocation.decoupled) on both embedded defaults; writes a section of
 docs/benchmarks.md.
 
 For each model: a local profile; the exhaustive end-to-end run (every layer x eligible format: the reference)
@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import write_section  # noqa: E402
 
 import mpsearch  # noqa: E402
-from mpsearch.allocation import endtoend as e2e  # noqa: E402
+from mpsearch.allocation import decoupled as e2e
+from mpsearch.profiling import endtoend as measured  # noqa: E402
 from mpsearch.allocation.baselines import CONTENT_ROLES, mixdq_measured_plans  # noqa: E402
 from mpsearch.runtime.generation import generate  # noqa: E402
 from mpsearch.profiling.store import Profile  # noqa: E402
@@ -57,11 +58,11 @@ def images(pipe, labels, seeds, steps, plan=None):
 
 def scores(pipe, ref, labels, seeds, steps, plan, scorer, feats):
     out = images(pipe, labels, seeds, steps, plan)
-    return e2e.score_images(ref, out, [l for _ in seeds for l in labels], scorer, feats)
+    return measured.score_images(ref, out, [l for _ in seeds for l in labels], scorer, feats)
 
 
 def combined(rows: dict) -> dict:
-    return e2e._combine({k: {m: float(e2e.damage(m, v[m], fp[m])) for m in v if m in fp}
+    return e2e.combine({k: {m: float(measured.damage(m, v[m], fp[m])) for m in v if m in fp}
                          for k, v in rows.items()}, {"content": 1, "quality": 1})
 
 
@@ -77,14 +78,14 @@ def run_model(model, args, tmp):
     shutil.copy(local.path, ref_path)
     shutil.copy(local.path, cheap_path)
     ref_prof, cheap_prof = Profile.load(ref_path), Profile.load(cheap_path)
-    units = e2e.exhaustive_units(local.info, local.formats)
+    units = measured.exhaustive_units(local.info, local.formats)
     t0 = time.perf_counter()
-    e2e.measure(pipe, ref_prof, units)
+    measured.measure(pipe, ref_prof, units)
     t_ref = time.perf_counter() - t0
     t0 = time.perf_counter()
     cheap = e2e.run_end_to_end(pipe, cheap_prof, shortlist_n=args.shortlist, windows=args.windows)
     t_cheap = time.perf_counter() - t0
-    ref = e2e.load_results(ref_path)
+    ref = measured.load_results(ref_path)
     index = {n: i for i, n in enumerate(local.info.names)}
     pairs = [(index[u["layers"][0]], local.formats.index(u["format"]), res) for u in ref.of_kind("layer")
              for res in [ref.damages(u)]]
@@ -108,16 +109,16 @@ def run_model(model, args, tmp):
              "decoupled, exhaustive reference": mpsearch.solve(ref_prof, spec, objective_weights="content=1,quality=1"),
              "decoupled, cheap + fp activations in 1 window": mpsearch.solve(cheap_prof, spec, objective_weights="content=1,quality=1",
                                                                              fp_act_windows=1)}
-    scorer, feats = e2e.default_scorers(pipe, labels)
+    scorer, feats = measured.default_scorers(pipe, labels)
     fp_prof = images(pipe, labels, (0,), args.steps)
-    fp = e2e.score_images(fp_prof, fp_prof, list(labels), scorer, feats)
+    fp = measured.score_images(fp_prof, fp_prof, list(labels), scorer, feats)
     mix = role_grouped_mixdq(local, budget, args.splits)
     picked = {a: scores(pipe, fp_prof, labels, (0,), args.steps, p, scorer, feats) for a, p in mix.items()}
     best = min(combined(picked).items(), key=lambda kv: kv[1])[0] if picked else None
     if best is not None:
         plans[f"MixDQ-style (2 ILPs, split {best} chosen of {sorted(mix)})"] = mix[best]
     ref_imgs = images(pipe, labels, HELD_OUT, args.steps)
-    fp = e2e.score_images(ref_imgs, ref_imgs, [l for _ in HELD_OUT for l in labels], scorer, feats)
+    fp = measured.score_images(ref_imgs, ref_imgs, [l for _ in HELD_OUT for l in labels], scorer, feats)
     held = {name: scores(pipe, ref_imgs, labels, HELD_OUT, args.steps, p, scorer, feats) for name, p in plans.items()}
     comb = combined(held)
     nbytes = {name: p.predicted_bytes for name, p in plans.items()}

@@ -10,7 +10,7 @@ cached features.
   budget sweeps, compute budgets, Optuna refinement with real generations.
 * :mod:`~mpsearch.allocation.cache_scheduler`, :mod:`~mpsearch.allocation.joint`: the DP cache scheduler, and
   quantization and caching solved together.
-* :mod:`~mpsearch.allocation.endtoend`: the end-to-end tier's shortlist and its decoupled objective.
+* :mod:`~mpsearch.allocation.decoupled`: the end-to-end tier's shortlist and its decoupled objective.
 * :mod:`~mpsearch.allocation.baselines`: the anchors' allocation methods, for the evidence suite.
 * :mod:`~mpsearch.allocation.config`: :class:`SolveConfig`, the budget, objective and constraints that
   ``solve``, ``formulate``, ``pareto``, ``refine``, ``solve_joint`` and the CLI share.

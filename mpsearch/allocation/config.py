@@ -15,7 +15,7 @@ from numbers import Real
 import numpy as np
 
 from mpsearch.allocation.compute import parse_compute
-from mpsearch.allocation.endtoend.costs import parse_weights
+from mpsearch.allocation.decoupled.costs import parse_weights
 from mpsearch.allocation.objective import parse_pins
 from mpsearch.allocation.solvers import BaseSolver
 from mpsearch.allocation.solvers.registry import DEFAULT_SOLVER

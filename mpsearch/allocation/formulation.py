@@ -19,7 +19,7 @@ import numpy as np
 
 from mpsearch.allocation.compute import ComputeModel, compute_problem, parse_compute, record_layer_calls
 from mpsearch.allocation.config import COMPUTE_COSTS, SolveConfig, make_config
-from mpsearch.allocation.endtoend import activation_overrides, e2e_costs
+from mpsearch.allocation.decoupled import activation_overrides, e2e_costs
 from mpsearch.allocation.objective import build_problem, layer_costs, parse_pins, resolve_metric, step_errors
 from mpsearch.allocation.solvers import DEFAULT_SOLVER, Problem, Solution, get_solver, min_feasible_bytes
 from mpsearch.budget import Budget, format_bytes, parse_budget

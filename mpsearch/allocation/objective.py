@@ -4,7 +4,7 @@
 normalisation come from :mod:`mpsearch.metrics`' registry), :func:`parse_pins` reads regex pins, and
 :func:`build_problem` assembles the array-level :class:`~mpsearch.allocation.solvers.Problem`. The one path from a
 profile and an objective to a Plan, on top of these, is :mod:`mpsearch.allocation.formulation`; this module sits
-below it and below :mod:`mpsearch.allocation.endtoend` and :mod:`mpsearch.allocation.compute`, which it feeds.
+below it and below :mod:`mpsearch.allocation.decoupled` and :mod:`mpsearch.allocation.compute`, which it feeds.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def build_problem(profile: Profile, budget_bytes: int | None, *, metric="auto", 
     """The solver Problem for a profile (costs, exact bytes, pins, tie groups).
 
     ``role_pins`` ({role: format}; None: ``models.DEFAULT_ROLE_PINS``, {}: none) pin layers by role first;
-    ``pins`` (regexes) then override them. ``cost`` ((layers, formats), e.g. ``endtoend.e2e_costs``) replaces
+    ``pins`` (regexes) then override them. ``cost`` ((layers, formats), e.g. ``decoupled.e2e_costs``) replaces
     the local metric's costs.
     """
 

@@ -1,5 +1,5 @@
 """The stages composed for users: ``mpsearch.profile`` runs the local tier (:mod:`mpsearch.profiling`) and, when
-asked, the end-to-end tier, whose shortlist is chosen by solving (:mod:`mpsearch.allocation.endtoend`).
+asked, the end-to-end tier, whose shortlist is chosen by solving (:mod:`mpsearch.allocation.decoupled`).
 
 It sits above both stages because it needs both; each stage on its own imports only what lies below it.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mpsearch.allocation.endtoend import run_end_to_end
+from mpsearch.allocation.decoupled import run_end_to_end
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.profiling.auto import MAX_TIME, choose_profile, resume_choice, would_probe
 from mpsearch.profiling.distributed import detect_launch, distributed_session, pipeline_device, profile_sharded
@@ -40,7 +40,7 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
     rank returns the merged Profile; ``shard`` must then be left alone. Progress is shown by rank 0 only.
 
     ``end_to_end`` (on by default when ``content_scorer`` or ``features`` is given) then runs the cheap
-    end-to-end tier (``mpsearch.allocation.endtoend.run_end_to_end``: ``shortlist`` layers, ``windows`` step
+    end-to-end tier (``mpsearch.allocation.decoupled.run_end_to_end``: ``shortlist`` layers, ``windows`` step
     windows) into the same file; its summary (cost_ratio, spearman) is ``profile.end_to_end``. Under a
     distributed launch, rank 0 runs it on the merged profile while the other ranks wait.
     ``content_scorer(images, conditions) -> (N,)`` and ``features(images) -> (N, D)`` replace the default

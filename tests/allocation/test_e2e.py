@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import mpsearch
-from mpsearch.allocation import endtoend as e2e
+from mpsearch.allocation import decoupled as e2e
+from mpsearch.profiling import endtoend as measured
 from mpsearch.apps.cli import main
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.profiling.store import Profile
@@ -53,11 +54,11 @@ def test_plugins_are_called_and_summary_reported(e2e_profile):
     s = prof.end_to_end
     units = s["units"]  # fp + shortlist pairs + windows x formats
     assert calls["scorer"] == units and calls["features"] >= units
-    assert 0 < s["cost_ratio"] < 0.5 and s["exhaustive_units"] == 1 + len(e2e.exhaustive_units(prof.info, prof.formats))
+    assert 0 < s["cost_ratio"] < 0.5 and s["exhaustive_units"] == 1 + len(measured.exhaustive_units(prof.info, prof.formats))
     assert set(s["spearman"]) == {"ssim", "condition", "psnr", "sqnr", "frechet"}  # no class_agreement: user scorer
     # rho recomputed from first principles: ranks (ties averaged) of the local tier's gn summed over steps
     # and of the stored end-to-end damage, and Pearson's correlation of the ranks
-    res = e2e.load_results(path)
+    res = measured.load_results(path)
     units = [u for u in res.of_kind("layer") if u["start"] == 0 and u["stop"] == prof.steps]
     gn = prof.metric("gn").sum(axis=-1)
     local = [gn[prof.info.names.index(u["layers"][0]), prof.formats.index(u["format"])] for u in units]
@@ -76,7 +77,7 @@ def test_plugins_are_called_and_summary_reported(e2e_profile):
 
 def test_results_stored_per_metric_and_old_readers_unaffected(e2e_profile):
     pipe, prof, path, _ = e2e_profile
-    res = e2e.load_results(path)
+    res = measured.load_results(path)
     assert res.fp["ssim"] == pytest.approx(1.0) and res.fp["psnr"] == 100.0
     assert len(res.of_kind("layer")) == len(prof.end_to_end["shortlist"]) and res.of_kind("window")
     for u in res.units:
@@ -96,13 +97,13 @@ def test_resume_measures_nothing_twice(e2e_profile, tmp_path):
     shutil.copy(path, copy)
     prof = Profile.load(copy)
     name = prof.info.names[4]
-    first = e2e.measure(pipe, prof, [e2e.Unit((name,), "int8")])  # default scorers: a second run in the file
-    again = e2e.measure(pipe, prof, [e2e.Unit((name,), "int8"), e2e.Unit((name,), "nvfp4")])
+    first = measured.measure(pipe, prof, [measured.Unit((name,), "int8")])  # default scorers: a second run in the file
+    again = measured.measure(pipe, prof, [measured.Unit((name,), "int8"), measured.Unit((name,), "nvfp4")])
     assert first["run"] == again["run"] and first["measured"] == 2  # fp reference + the unit
     assert again["skipped"] == 2 and again["measured"] == 1
-    res = e2e.load_results(copy)  # the latest run, with the default classifier's metrics
+    res = measured.load_results(copy)  # the latest run, with the default classifier's metrics
     assert res.run == first["run"] and "class_agreement" in res.metrics and len(res.units) == 2
-    assert e2e.load_results(copy, e2e.load_results(path).run).run != res.run  # the first run stays readable
+    assert measured.load_results(copy, measured.load_results(path).run).run != res.run  # the first run stays readable
 
 
 def test_window_unit_quantizes_only_inside_its_window(dit_pipe, tmp_path):
@@ -110,11 +111,11 @@ def test_window_unit_quantizes_only_inside_its_window(dit_pipe, tmp_path):
 
     name = "transformer_blocks.0.ff.net.0.proj"
     ref = generate(dit_pipe, [1, 2], 0, 4)
-    with e2e.quantized(dit_pipe, [name], "nvfp4", window=(9, 10)):  # a window past the last step: no effect
+    with measured.quantized(dit_pipe, [name], "nvfp4", window=(9, 10)):  # a window past the last step: no effect
         same = generate(dit_pipe, [1, 2], 0, 4)
-    with e2e.quantized(dit_pipe, [name], "nvfp4", window=(0, 1)):
+    with measured.quantized(dit_pipe, [name], "nvfp4", window=(0, 1)):
         early = generate(dit_pipe, [1, 2], 0, 4)
-    with e2e.quantized(dit_pipe, [name], "nvfp4"):
+    with measured.quantized(dit_pipe, [name], "nvfp4"):
         full = generate(dit_pipe, [1, 2], 0, 4)
     assert np.array_equal(ref, same)
     assert not np.array_equal(ref, early) and not np.array_equal(early, full)
@@ -157,8 +158,8 @@ def test_activation_overrides_from_windows(e2e_profile, dit_pipe):
     _, prof, path, _ = e2e_profile
     plan = mpsearch.solve(path, "60%", objective_weights="ssim=1", fp_act_windows=1)
     per_window = {}
-    for u in e2e.load_results(path).of_kind("window"):
-        d = max(e2e.load_results(path).damages(u)["ssim"], 0.0)
+    for u in measured.load_results(path).of_kind("window"):
+        d = max(measured.load_results(path).damages(u)["ssim"], 0.0)
         per_window[(u["start"], u["stop"])] = per_window.get((u["start"], u["stop"]), 0.0) + d
     assert sorted(per_window) == [(0, 2), (2, 4)] and len(set(per_window.values())) == 2
     worst = max(per_window, key=per_window.get)
@@ -195,7 +196,7 @@ def test_bad_input_is_refused(e2e_profile, tmp_path):
     with sqlite3.connect(path) as src, sqlite3.connect(local_only) as dst:
         src.backup(dst)
         dst.executescript("DELETE FROM e2e; DELETE FROM e2e_units; DELETE FROM e2e_runs;")  # a local-only profile
-    assert e2e.load_results(local_only) is None
+    assert measured.load_results(local_only) is None
     with pytest.raises(ProfileError, match="--end-to-end"):
         mpsearch.solve(local_only, "60%", objective_weights="content=1")
 

@@ -45,7 +45,7 @@ class Profile:
     block_stats: np.ndarray  # (B, S, 2): diff2, ref2; NaN at step 0
     digest: str
     weights: str | None = None  # digest of the candidate layers' weights when profiled (None: older profile)
-    end_to_end: dict | None = None  # summary of the end-to-end run made with it (mpsearch.allocation.endtoend), if any
+    end_to_end: dict | None = None  # summary of the end-to-end run made with it (mpsearch.allocation.decoupled), if any
     sensitivity: np.ndarray | None = None  # (L, S, 2): g2, n of the output sensitivity; None: not measured
     shards: tuple[tuple[int, int], ...] = ()  # the (i, n) of the shard runs that wrote the file; () if unknown
 

@@ -77,7 +77,7 @@ def window_step_weights(profile: Profile, res: E2EResults, weights: dict) -> np.
     wins = res.of_kind("window")
     if not wins:
         return None
-    combined = _combine({u["key"]: res.damages(u) for u in wins}, weights)
+    combined = combine({u["key"]: res.damages(u) for u in wins}, weights)
     err = np.nan_to_num(profile.metric(resolve_metric(profile)))
     index = {n: i for i, n in enumerate(profile.info.names)}
     per_window: dict[tuple[int, int], list[float]] = {}
@@ -97,7 +97,7 @@ def window_step_weights(profile: Profile, res: E2EResults, weights: dict) -> np.
     return w / w.sum()
 
 
-def _combine(damages: dict[str, dict], weights: dict) -> dict[str, float]:
+def combine(damages: dict[str, dict], weights: dict) -> dict[str, float]:
     """Combine per-metric damages of several entries: each metric normalized by its largest value over the
     entries, averaged within its kind, kinds (or single metrics) weighted by ``weights``."""
     metrics = sorted({m for d in damages.values() for m in d})
@@ -192,7 +192,7 @@ def activation_overrides(profile: Profile, assignment: dict, windows: int, res: 
     if res is None or not res.of_kind("window"):
         raise ProfileError("per-window activation overrides need window measurements; run `mpsearch profile "
                            "--end-to-end` with --windows > 0")
-    combined = _combine({u["key"]: res.damages(u) for u in res.of_kind("window")}, parse_weights(weights))
+    combined = combine({u["key"]: res.damages(u) for u in res.of_kind("window")}, parse_weights(weights))
     per: dict[tuple[int, int], float] = {}
     for u in res.of_kind("window"):
         per[(u["start"], u["stop"])] = per.get((u["start"], u["stop"]), 0.0) + combined[u["key"]]

@@ -1,7 +1,7 @@
 """The cheap end-to-end tier in one call, and how well the local tier ranks layers like it.
 
 :func:`run_end_to_end` measures the shortlist per layer and one unit per step window
-(:mod:`~mpsearch.allocation.endtoend.selection`, :mod:`~mpsearch.profiling.endtoend.measuring`) and returns the summary
+(:mod:`~mpsearch.allocation.decoupled.selection`, :mod:`~mpsearch.profiling.endtoend.measuring`) and returns the summary
 ``mpsearch profile --end-to-end --json`` prints; :func:`spearman` is the rank agreement, per metric, between the
 local tier's sensitivity and the measured end-to-end damage.
 """
@@ -15,7 +15,7 @@ from mpsearch.allocation.objective import layer_costs
 from mpsearch.profiling.store import Profile
 from mpsearch.profiling.endtoend.measuring import measure
 from mpsearch.profiling.endtoend.results import E2EResults, load_results
-from mpsearch.allocation.endtoend.selection import shortlist, window_units
+from mpsearch.allocation.decoupled.selection import shortlist, window_units
 from mpsearch.profiling.endtoend.units import exhaustive_units, layer_units, step_windows
 
 __all__ = ["run_end_to_end", "spearman"]
