@@ -39,7 +39,7 @@ def safetensors_header(path: Path) -> dict[str, dict]:
         size = os.fstat(fh.fileno()).st_size
     header = json.loads(raw.decode("utf-8"))
     if not isinstance(header, dict):
-        raise ValueError("the header is not a JSON object")
+        raise ValueError("the header is not a JSON object")  # noqa: TRY004 (a damaged file, not a caller's type)
     header.pop("__metadata__", None)
     end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
     if size != 8 + n + end:

@@ -28,7 +28,12 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from mpsearch.errors import ModelError, UsageError
 from mpsearch.formats.kernel_errors import is_out_of_memory
 from mpsearch.meta_load import meta_denoiser_from_folder
-from mpsearch.runtime.checkpoint import is_checkpoint, load_quantized, meta_denoiser, read_index
+from mpsearch.runtime.checkpoint import (
+    is_checkpoint,
+    load_quantized,
+    meta_denoiser,
+    read_index,
+)
 
 NUM_CLASSES = 10
 NULL_CLASS = 10

@@ -102,10 +102,10 @@ def run(args) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = [f"first contact, {result['arch']} (size {result['size'] or 'default'}, steps "
+    title = (f"first contact, {result['arch']} (size {result['size'] or 'default'}, steps "
              f"{result['steps'] or 'default'}, budget {result['budget']}: {result['plan_bytes']:,} B "
-             f"{result['plan_formats']}); exported images equal apply_plan's: {result['exported_equals_applied']}",
-             "", "| command | wall (s) | peak RSS (MB) | target | ok |", "|---|---:|---:|---|---|"]
+             f"{result['plan_formats']}); exported images equal apply_plan's: {result['exported_equals_applied']}")
+    lines = [title, "", "| command | wall (s) | peak RSS (MB) | target | ok |", "|---|---:|---:|---|---|"]
     for r in result["rows"]:
         ok = "" if r["ok"] is None else ("yes" if r["ok"] else "**no**")
         lines.append(f"| {r['command']} | {r['wall_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['target'] or ''} | {ok} |")
