@@ -27,7 +27,13 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 
 from mpsearch.errors import ModelError, UsageError
 from mpsearch.formats.kernel_errors import is_out_of_memory
-from mpsearch.runtime.checkpoint import is_checkpoint, load_quantized, read_index
+from mpsearch.meta_load import meta_denoiser_from_folder
+from mpsearch.runtime.checkpoint import (
+    is_checkpoint,
+    load_quantized,
+    meta_denoiser,
+    read_index,
+)
 
 NUM_CLASSES = 10
 NULL_CLASS = 10
@@ -192,18 +198,8 @@ def _resolve(name_or_path) -> Path:
 _LOAD_KWARGS = dict(use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False)
 
 
-def load_pipeline(name_or_path="default", device=None) -> DiffusionPipeline:
-    """Load the embedded default (``"default"`` = DiT, ``"default-unet"``) or a local diffusers pipeline folder.
-
-    Only safetensors weights are read and nothing is downloaded. A folder whose ``model_index.json`` names
-    ``DigitsPipeline`` loads as :class:`DigitsPipeline`; any other loads through
-    ``diffusers.DiffusionPipeline.from_pretrained(path, local_files_only=True)``. A folder written by
-    ``mpsearch.export`` loads its packed denoiser straight onto ``device``, never in full precision.
-
-    Raises:
-        ModelError: the folder is missing, has no ``model_index.json``, or does not load (CheckpointError, a
-            ModelError, for an exported folder that is incomplete, tampered with or mismatched).
-    """
+def _folder(name_or_path) -> tuple[Path, bool]:
+    """The pipeline folder ``name_or_path`` names, and whether it is an embedded default (ModelError if none)."""
     path = _resolve(name_or_path)
     embedded = isinstance(name_or_path, str) and name_or_path in EMBEDDED
     if not path.is_dir():
@@ -216,11 +212,10 @@ def load_pipeline(name_or_path="default", device=None) -> DiffusionPipeline:
             f"no pipeline folder at {path}; pass 'default', 'default-unet' or a local diffusers pipeline "
             f"folder (one saved with save_pretrained)"
         )
-    if is_checkpoint(path):  # an exported quantized checkpoint: the denoiser is built from its packed weights
-        digits = read_index(path).get("_class_name") == DigitsPipeline.__name__  # its digest checked first
-        pipe = load_quantized(path, device, pipeline_class=DigitsPipeline if digits else None, **_LOAD_KWARGS)
-        pipe.mpsearch_name = name_or_path if embedded else path.name  # names its default profile file
-        return pipe
+    return path, embedded
+
+
+def _read_model_index(path: Path) -> dict:
     index_file = path / "model_index.json"
     if not index_file.is_file():
         raise ModelError(
@@ -228,9 +223,34 @@ def load_pipeline(name_or_path="default", device=None) -> DiffusionPipeline:
             f"pipe.save_pretrained({str(path)!r}) or pass the folder that holds model_index.json"
         )
     try:
-        class_name = json.loads(index_file.read_text()).get("_class_name")
+        index = json.loads(index_file.read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read {index_file}: {exc}; fix or re-save the pipeline folder") from None
+    if not isinstance(index, dict):
+        raise ModelError(f"cannot read {index_file}: it holds {type(index).__name__}, not a JSON object; fix or "
+                         f"re-save the pipeline folder")
+    return index
+
+
+def load_pipeline(name_or_path="default", device=None) -> DiffusionPipeline:
+    """Load the embedded default (``"default"`` = DiT, ``"default-unet"``) or a local diffusers pipeline folder.
+
+    Only safetensors weights are read and nothing is downloaded. A folder whose ``model_index.json`` names
+    ``DigitsPipeline`` loads as :class:`DigitsPipeline`; any other loads through
+    ``diffusers.DiffusionPipeline.from_pretrained(path, local_files_only=True)``. A folder written by
+    ``mpsearch.export`` loads its packed denoiser straight onto ``device``, never in full precision.
+
+    Raises:
+        ModelError: the folder is missing, has no ``model_index.json``, or does not load (CheckpointError, a
+            ModelError, for an exported folder that is incomplete, tampered with or mismatched).
+    """
+    path, embedded = _folder(name_or_path)
+    if is_checkpoint(path):  # an exported quantized checkpoint: the denoiser is built from its packed weights
+        digits = read_index(path).get("_class_name") == DigitsPipeline.__name__  # its digest checked first
+        pipe = load_quantized(path, device, pipeline_class=DigitsPipeline if digits else None, **_LOAD_KWARGS)
+        pipe.mpsearch_name = name_or_path if embedded else path.name  # names its default profile file
+        return pipe
+    class_name = _read_model_index(path).get("_class_name")
     try:
         if class_name == DigitsPipeline.__name__:
             pipe = DigitsPipeline.from_pretrained(path, **_LOAD_KWARGS)
@@ -250,4 +270,24 @@ def load_pipeline(name_or_path="default", device=None) -> DiffusionPipeline:
     return pipe
 
 
-__all__ = ["DigitsPipeline", "load_pipeline", "NUM_CLASSES", "NULL_CLASS", "DEFAULT_GUIDANCE_SCALE"]
+def load_meta_denoiser(name_or_path="default") -> torch.nn.Module:
+    """The denoiser of ``name_or_path`` (as :func:`load_pipeline` takes it) on the meta device, built from its
+    config: real layer names, shapes and dtypes, no weights read (for ``inspect``). For an exported folder it is
+    the denoiser before quantization, checked against the folder's plan.
+
+    Raises:
+        ModelError: as :func:`load_pipeline` would for the same folder.
+    """
+    path, _ = _folder(name_or_path)
+    if is_checkpoint(path):
+        return meta_denoiser(path)
+    index = _read_model_index(path)
+    for component in ("transformer", "unet"):
+        entry = index.get(component)
+        if isinstance(entry, (list, tuple)) and any(e is not None for e in entry):
+            return meta_denoiser_from_folder(path, component, entry)
+    raise ModelError(f"the pipeline at {path} ({index.get('_class_name')}) has no 'transformer' or 'unet' "
+                     f"component to plan; pass a diffusion pipeline folder whose model_index.json names one")
+
+
+__all__ = ["DigitsPipeline", "load_pipeline", "load_meta_denoiser", "NUM_CLASSES", "NULL_CLASS", "DEFAULT_GUIDANCE_SCALE"]

@@ -248,20 +248,12 @@ def read_index(folder) -> dict:
     return _json(read_verified(folder, manifest, "model_index.json"), folder / "model_index.json")
 
 
-def load_denoiser(folder, device=None) -> tuple[torch.nn.Module, Plan]:
-    """The planned denoiser of an exported folder and its plan, built without full-precision weights.
-
-    The denoiser is built on the meta device from its config; the packed and remaining tensors are read
-    straight onto ``device`` (default CPU); the plan's activation windows and feature cache are installed.
-    Raises CheckpointError (one line) for a missing, truncated or tampered file, a path out of the folder, a
-    damaged manifest or a plan that does not match.
-    """
+def _build_meta(folder: Path) -> tuple[torch.nn.Module, Plan, Manifest]:
+    """The exported denoiser on the meta device (unquantized, from its checked config), its plan and manifest."""
     import diffusers
 
-    folder = Path(folder).expanduser()
     manifest = read_manifest(folder)
     check_files(folder, manifest)
-    device = torch.device(device or "cpu")
     plan = _read_plan(folder, manifest)
     config_path = folder / manifest.config
     denoiser_config = _json(read_verified(folder, manifest, manifest.config), config_path)
@@ -281,6 +273,37 @@ def load_denoiser(folder, device=None) -> tuple[torch.nn.Module, Plan]:
     except PlanError as e:
         raise CheckpointError(f"the plan {folder / manifest.plan} does not fit the denoiser its config describes "
                               f"({str(e).partition(';')[0]}); {_REEXPORT}") from None
+    return model, plan, manifest
+
+
+def meta_denoiser(folder) -> torch.nn.Module:
+    """An exported folder's denoiser as it was before quantization, on the meta device (no tensor file read),
+    checked against the folder's manifest and plan; for describing it (``inspect``)."""
+    model, _, manifest = _build_meta(Path(folder).expanduser())
+    dtypes = {name: rec["dtype"] for name, rec in manifest.tensors.items()}  # the saved dtypes, not the default
+    dtypes.update({f"{name}.weight": rec.dtype for name, rec in manifest.layers.items()})
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        dtype = getattr(torch, str(dtypes.get(name, "")), None)
+        if isinstance(dtype, torch.dtype) and dtype != t.dtype:
+            owner_name, _, attr = name.rpartition(".")
+            owner = model.get_submodule(owner_name) if owner_name else model
+            moved = torch.empty_like(t, dtype=dtype, device="meta")
+            setattr(owner, attr, torch.nn.Parameter(moved, t.requires_grad) if isinstance(t, torch.nn.Parameter)
+                    else moved)
+    return model.eval()
+
+
+def load_denoiser(folder, device=None) -> tuple[torch.nn.Module, Plan]:
+    """The planned denoiser of an exported folder and its plan, built without full-precision weights.
+
+    The denoiser is built on the meta device from its config; the packed and remaining tensors are read
+    straight onto ``device`` (default CPU); the plan's activation windows and feature cache are installed.
+    Raises CheckpointError (one line) for a missing, truncated or tampered file, a path out of the folder, a
+    damaged manifest or a plan that does not match.
+    """
+    folder = Path(folder).expanduser()
+    device = torch.device(device or "cpu")
+    model, plan, manifest = _build_meta(folder)
     tensors = read_tensors(inside(folder, manifest.tensors_file), device, file_bytes=manifest.file_bytes,
                            digest=manifest.files[manifest.tensors_file].digest, expected=manifest.tensors,
                            error=CheckpointError, fix=f"copy the folder again or {_REEXPORT}",
@@ -349,6 +372,7 @@ __all__ = [
     "is_checkpoint",
     "load_denoiser",
     "load_quantized",
+    "meta_denoiser",
     "read_index",
     "read_manifest",
 ]

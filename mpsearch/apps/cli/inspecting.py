@@ -25,14 +25,15 @@ def cmd_inspect(args) -> int:
 
     if args.arch:
         return _inspect_arch(args)
-    info = describe(pipeline.load_pipeline(args.model))
+    denoiser = pipeline.load_meta_denoiser(args.model)  # from the configs: no weights read
+    info = describe(denoiser)
     lo, hi = info.size_range()
     uniform = {f: info.bytes_for({l.name: f for l in info.layers if f in l.eligible}) for f in available_formats()}
     data = {"model": args.model, "class": info.denoiser_class, "fingerprint": info.fingerprint,
             "layers": [l.to_dict() | {"numel": l.numel} for l in info.layers], "fixed_bytes": info.fixed_bytes,
             "fp_bytes": info.fp_bytes, "uniform_bytes": uniform, "min_bytes": lo, "max_bytes": hi,
             "tie_groups": [list(g) for g in info.tie_groups], "cacheable_blocks": list(info.blocks)}
-    data["cache_units"] = _cache_units(pipeline.load_pipeline(args.model))
+    data["cache_units"] = _cache_units(denoiser)
     rows = [[l.name, l.kind, "x".join(map(str, l.shape)), l.role.value, ",".join(l.eligible)] for l in info.layers]
     lines = [f"{info.denoiser_class} ({args.model}), {len(info.layers)} candidate layers, fingerprint {info.fingerprint}"]
     lines += text_table(rows, ["layer", "kind", "shape", "role", "eligible"])
