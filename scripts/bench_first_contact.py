@@ -1,7 +1,7 @@
 """A user's first contact at real size: each CLI command as its own process, with its wall time and peak RSS.
 
 Saves a pipeline whose denoiser is the real-size SD1.5 UNet with random weights
-(``mpsearch.testing.real_size_pipeline("sd15")``, small text encoder and VAE) to a temporary folder, then runs
+(``mpsearch.apps.testing.real_size_pipeline("sd15")``, small text encoder and VAE) to a temporary folder, then runs
 ``mpsearch --help``, ``--version``, ``inspect``, ``profile``, ``solve --budget 1GB``, ``solve`` again on the
 existing profile, ``export``, and ``generate`` from the export and from the plan applied to the folder with the
 same seed, each as ``python -m mpsearch ...`` in a separate process (peak RSS from that process's own rusage,
@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"--help": ("wall_s", 0.5), "--version": ("wall_s", 0.5), "solve (existing profile)": ("wall_s", 2.0),
            "inspect": ("peak_rss_mb", 1024.0)}
 SAVE = {
-    "sd15": "from mpsearch.testing import real_size_pipeline as b; b('sd15').save_pretrained({path!r}, "
+    "sd15": "from mpsearch.apps.testing import real_size_pipeline as b; b('sd15').save_pretrained({path!r}, "
             "safe_serialization=True)",
-    "tiny": "from mpsearch.testing import save_tiny_pipeline as s; s('sd15', {path!r})",
+    "tiny": "from mpsearch.apps.testing import save_tiny_pipeline as s; s('sd15', {path!r})",
 }
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mpsearch.cli import main
-from mpsearch.testing import build_tiny_pipeline
+from mpsearch.apps.cli import main
+from mpsearch.apps.testing import build_tiny_pipeline
 
 
 def run_json(capsys, *argv) -> dict:
@@ -60,7 +60,7 @@ def test_first_contact_from_the_cli(capsys, tmp_path, monkeypatch):
 def test_exported_images_equal_apply_plan_bit_for_bit(tmp_path):
     """The float images (before PNG rounding) of the export and of apply_plan, for a plan with every format."""
     from mpsearch.models import describe
-    from mpsearch.pipeline import load_pipeline
+    from mpsearch.apps.pipeline import load_pipeline
     from mpsearch.plan import Plan
     from mpsearch.runtime.checkpoint import export
     from mpsearch.runtime.executor import apply_plan

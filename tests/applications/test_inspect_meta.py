@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from mpsearch.cli import main
+from mpsearch.apps.cli import main
 from mpsearch.models import describe
-from mpsearch.pipeline import load_meta_denoiser, load_pipeline
+from mpsearch.apps.pipeline import load_meta_denoiser, load_pipeline
 from mpsearch.plan import Plan
 from mpsearch.runtime.checkpoint import export
-from mpsearch.testing import build_tiny_pipeline
+from mpsearch.apps.testing import build_tiny_pipeline
 
 
 def inspect_json(capsys, model) -> dict:
