@@ -13,7 +13,7 @@ from mpsearch.evaluate import image_scores
 def test_eval_passes_size_to_generation(capsys, tmp_path, monkeypatch):
     """--size reaches the pipeline (the digits model has a fixed size, so it says so), not 'unrecognized'."""
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, "eval", "--size", "16", "--labels", "0", "--seeds", "1000", "--steps", "1")
+    code, _, err = run(capsys, "eval", "--size", "16", "--labels", "0", "--seeds", "1000", "--steps", "1")
     assert code == 2 and "fixed image size" in err and err.count("\n") == 1, err
 
 
