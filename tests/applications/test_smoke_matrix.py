@@ -165,7 +165,7 @@ def _export(flow, capsys) -> Path:
         q = flow.root / "q"
         data = _ok(capsys, "export", "--model", flow.model, "--plan", flow.plan, "--out", q)
         assert data["out"] == str(q) and data["denoiser_bytes"] == Plan.load(flow.plan).predicted_bytes
-        assert read_manifest(q)["bytes"] == data["denoiser_bytes"]
+        assert read_manifest(q).bytes == data["denoiser_bytes"]
         flow.made["export"] = q
     return flow.made["export"]
 
