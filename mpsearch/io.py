@@ -217,7 +217,7 @@ def read_regular_text(path, what: str = "file", error=MpsearchError, *, max_byte
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise error(f"{what} {path} does not exist; {fix}") from None
+        raise error(f"cannot read {what} {path}: it does not exist; {fix}") from None
     except OSError as e:
         raise error(f"cannot read {what} {path}: {e.strerror or e}; {fix} and permissions") from None
     try:

@@ -62,3 +62,16 @@ def test_text_that_is_not_utf8_or_missing_is_one_line(tmp_path):
     path.write_bytes(bytes(range(256)))
     _quick_error(lambda: load_yaml(path, "plan"), "not UTF-8 text")
     _quick_error(lambda: load_yaml(tmp_path / "none.yaml", "plan"), "does not exist")
+
+
+def test_a_prompts_file_is_read_the_same_bounded_way(tmp_path):
+    """A prompts file that is /dev/zero or a pipe hung (reading forever, or waiting for a writer)."""
+    from mpsearch.errors import UsageError
+    from mpsearch.prompts import read_prompts
+
+    os.symlink("/dev/zero", tmp_path / "zero.txt")
+    _quick_error(lambda: read_prompts(tmp_path / "zero.txt"), "is a device, expected a regular file", UsageError)
+    os.mkfifo(tmp_path / "fifo.txt")
+    _quick_error(lambda: read_prompts(tmp_path / "fifo.txt"), "is a pipe, expected a regular file", UsageError)
+    (tmp_path / "ok.txt").write_text("a cat\n# no\n\na dog\n")
+    assert read_prompts(tmp_path / "ok.txt") == ["a cat", "a dog"]
