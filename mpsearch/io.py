@@ -226,7 +226,7 @@ def read_regular_text(path, what: str = "file", error=MpsearchError, *, max_byte
             raise error(f"{what} {path} is {_kind(st.st_mode)}, expected a regular file; {fix}")
         if st.st_size > max_bytes:
             raise error(f"{what} {path} is {st.st_size:,} bytes, more than the {max_bytes:,} bytes mpsearch reads "
-                        f"from a {what}, so it is not one (or is damaged); {fix}")
+                        f"from such a file, so it is the wrong file or damaged; {fix}")
         chunks, left = [], max_bytes + 1
         while left > 0:  # the file may grow after fstat: never read more than max_bytes + 1
             chunk = os.read(fd, min(left, 1 << 20))
@@ -240,8 +240,8 @@ def read_regular_text(path, what: str = "file", error=MpsearchError, *, max_byte
         os.close(fd)
     data = b"".join(chunks)
     if len(data) > max_bytes:
-        raise error(f"{what} {path} is more than the {max_bytes:,} bytes mpsearch reads from a {what}, so it is "
-                    f"not one (or is damaged); {fix}")
+        raise error(f"{what} {path} holds more than the {max_bytes:,} bytes mpsearch reads from such a file, so it "
+                    f"is the wrong file or damaged; {fix}")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

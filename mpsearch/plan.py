@@ -288,6 +288,7 @@ _PARSERS = {
     "predictions": (lambda p: p.predictions, _parse_predictions),
 }
 
+
 def _is_schema_version(value) -> bool:
     """Whether ``value`` is this mpsearch's schema version: the integer itself, not ``true`` or ``1.0`` (which
     Python counts equal to 1)."""
