@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -195,16 +196,69 @@ def dump_yaml(data: Any) -> str:
     return text
 
 
-def load_yaml(path: StrPath, what: str = "file", error: type[MpsearchError] = MpsearchError) -> Any:
-    """Read YAML with safe loading only, refusing anchors, aliases and duplicate keys; errors name the file and
-    the line."""
+#: the most bytes mpsearch reads from one YAML file: a plan is a few hundred KB even for the largest models, so
+#: a larger file is a wrong path (a checkpoint, a log) or a damaged file, refused before it is read
+MAX_YAML_BYTES = 16 * 2**20
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def read_regular_text(path: StrPath, what: str = "file", error: type[MpsearchError] = MpsearchError, *,
+                      max_bytes: int = MAX_YAML_BYTES, fix: str = "check the path") -> str:
+    """The UTF-8 text of the regular file ``path``, read with a bounded read: a folder, a device (/dev/zero), a
+    pipe, a file over ``max_bytes`` or one that is not UTF-8 is a one-line ``error`` naming ``what``, refused
+    before anything large is read (a pipe is never waited on)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise error(f"{what} {path} does not exist; check the path") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise error(f"cannot read {what} {path}: {e}; check the path and permissions") from None
+        raise error(f"cannot read {what} {path}: it does not exist; {fix}") from None
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror or e}; {fix} and permissions") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{what} {path} is {_kind(st.st_mode)}, expected a regular file; {fix}")
+        if st.st_size > max_bytes:
+            raise error(f"{what} {path} is {st.st_size:,} bytes, more than the {max_bytes:,} bytes mpsearch reads "
+                        f"from such a file, so it is the wrong file or damaged; {fix}")
+        chunks, left = [], max_bytes + 1
+        while left > 0:  # the file may grow after fstat: never read more than max_bytes + 1
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror or e}; {fix} and permissions") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise error(f"{what} {path} holds more than the {max_bytes:,} bytes mpsearch reads from such a file, so it "
+                    f"is the wrong file or damaged; {fix}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {path} is not UTF-8 text (byte {e.start:,}); {fix}") from None
+
+
+def load_yaml(path: StrPath, what: str = "file", error: type[MpsearchError] = MpsearchError, *,
+              max_bytes: int = MAX_YAML_BYTES) -> Any:
+    """Read YAML with safe loading only, refusing anchors, aliases and duplicate keys, and anything but a regular
+    file of at most ``max_bytes`` (read with a bounded read); errors name the file and the line."""
+    path = Path(path)
+    text = read_regular_text(path, what, error, max_bytes=max_bytes, fix=f"give the path of a {what} (YAML)")
     try:
         return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except _Refused as e:

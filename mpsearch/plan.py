@@ -32,6 +32,7 @@ _MODEL_KEYS = ("class", "fingerprint")
 _MODEL_OPTIONAL_KEYS = ("weights",)  # added within schema 1: plans without it still load
 _REGEN = "fix the file or regenerate it with `mpsearch solve`"
 _OVERRIDE_KEYS = ("steps", "activations")
+_BUDGET_KEYS = ("spec", "bytes")  # what budget.Budget.to_dict writes
 #: no sampler runs this many denoising steps: a larger step index in a plan is a typo or a damaged file
 MAX_STEPS = 100_000
 #: an upper bound on any byte count a plan predicts (1 EiB): anything above is not a real model
@@ -262,13 +263,41 @@ def _parse_predictions(predictions: object) -> Predictions:
     return Predictions.from_dict(predictions)
 
 
+def _parse_budget(budget: object) -> dict | None:
+    """The ``budget`` section checked: None, or ``{spec: what the user wrote, bytes: the exact bytes}``."""
+    if budget is None:
+        return None
+    if not isinstance(budget, dict):
+        raise PlanError(f"plan 'budget' must be a mapping with keys {', '.join(_BUDGET_KEYS)}, got "
+                        f"{type(budget).__name__}; {_REGEN}")
+    unknown = [k for k in budget if k not in _BUDGET_KEYS]
+    if unknown:
+        raise PlanError(f"plan budget has unknown key {unknown[0]!r}; allowed keys: {', '.join(_BUDGET_KEYS)}; "
+                        f"{_REGEN}")
+    if "bytes" not in budget:
+        raise PlanError(f"plan budget lacks the key 'bytes' (the budget in bytes); {_REGEN}")
+    _int(budget["bytes"], "plan budget.bytes", 1, MAX_BYTES)
+    if "spec" in budget and not isinstance(budget["spec"], str):
+        raise PlanError(f"plan budget.spec must be the budget as written (a string such as '60%' or '4GB'), got "
+                        f"{budget['spec']!r}; {_REGEN}")
+    return budget
+
+
 #: each typed section: how to get its source from a plan, and its one parser
 _PARSERS = {
+    "budget": (lambda p: p.budget, _parse_budget),
     "layers": (lambda p: p.layers, _parse_layers),
     "overrides": (lambda p: (p.overrides, p.layers), _parse_overrides),
     "cache": (lambda p: p.cache, _parse_cache),
     "predictions": (lambda p: p.predictions, _parse_predictions),
 }
+
+
+def _is_schema_version(value: object) -> bool:
+    """Whether ``value`` is this mpsearch's schema version: the integer itself, not ``true`` or ``1.0`` (which
+    Python counts equal to 1)."""
+    return type(value) is int and value == SCHEMA_VERSION
+
 
 @dataclass
 class Plan:
@@ -289,9 +318,9 @@ class Plan:
     _parsed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.schema_version != SCHEMA_VERSION:
-            raise PlanError(f"plan schema_version is {self.schema_version!r}, this mpsearch reads {SCHEMA_VERSION}; "
-                            "regenerate the plan with `mpsearch solve`")
+        if not _is_schema_version(self.schema_version):
+            raise PlanError(f"plan schema_version is {self.schema_version!r}, this mpsearch reads {SCHEMA_VERSION} "
+                            "(an integer); regenerate the plan with `mpsearch solve`")
         for key in _PARSERS:
             self._record(key)
         for key in ("budget", "predictions", "provenance"):
@@ -458,9 +487,9 @@ class Plan:
         for key in ("schema_version", "model", "layers"):
             if key not in data:
                 raise PlanError(f"{source} lacks the required key {key!r}; regenerate it with `mpsearch solve`")
-        if data["schema_version"] != SCHEMA_VERSION:
+        if not _is_schema_version(data["schema_version"]):
             raise PlanError(f"{source} has schema_version {data['schema_version']!r}, this mpsearch reads "
-                            f"{SCHEMA_VERSION}; regenerate the plan with `mpsearch solve`")
+                            f"{SCHEMA_VERSION} (an integer); regenerate the plan with `mpsearch solve`")
         model = data["model"]
         if (not isinstance(model, dict) or not set(_MODEL_KEYS) <= set(model)
                 or not set(model) <= set(_MODEL_KEYS + _MODEL_OPTIONAL_KEYS)):

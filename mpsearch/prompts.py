@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 from mpsearch.errors import UsageError
+from mpsearch.io import read_regular_text
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "assets" / "prompts"
 PARTS = ("calibration", "heldout")
@@ -49,14 +50,8 @@ class PromptSet:
 def read_prompts(path: str | os.PathLike[str]) -> list[str]:
     """Prompts from a text file: one per line; blank lines and lines starting with '#' are skipped."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError(
-            f"cannot read the prompts file {p} ({e.strerror or e}); give a text file, one prompt per line"
-        ) from None
-    except UnicodeDecodeError:
-        raise UsageError(f"the prompts file {p} is not UTF-8 text; give a text file, one prompt per line") from None
+    # a regular file read with a bounded read: a device (/dev/zero), a pipe or a giant file is refused at once
+    text = read_regular_text(p, "the prompts file", UsageError, fix="give a text file, one prompt per line")
     prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise UsageError(f"the prompts file {p} has no prompts; write one prompt per line")

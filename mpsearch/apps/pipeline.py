@@ -261,7 +261,7 @@ def load_pipeline(name_or_path="default", device=None) -> DiffusionPipeline:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
-            f"cannot load the pipeline at {path} ({type(exc).__name__}: {first}); check that it is a complete "
+            f"cannot load the pipeline at {path} ({first}); check that it is a complete "
             f"diffusers folder with safetensors weights (re-save with save_pretrained(..., safe_serialization=True))"
         ) from exc
     if device is not None:

@@ -31,6 +31,9 @@ from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import first_tensor
 from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
 
+#: the largest seed a profile takes (32-bit, as the command line's --seeds)
+MAX_SEED = 2**32 - 1
+
 
 @dataclass(frozen=True)
 class ProfileConfig:
@@ -106,6 +109,9 @@ class ProfileConfig:
                              "profile (--exact) or leave it unset for the automatic choice")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UsageError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}; "
+                             "pass e.g. --seeds 0,1")
+        if any(not 0 <= s <= MAX_SEED for s in self.seeds):
+            raise UsageError(f"seeds must be integers from 0 to {MAX_SEED:,}, got {list(self.seeds)}; "
                              "pass e.g. --seeds 0,1")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise UsageError(f"steps must be a positive integer, got {self.steps!r}; pass e.g. --steps 20")

@@ -71,6 +71,8 @@ def test_profile_solve_generate_flow(capsys, tmp_path, monkeypatch):
     (["profile", "--formats", "int3"], 2, "formats"),
     (["profile", "--steps", "0"], 2, "steps"),
     (["profile", "--labels", ""], 2, "labels"),
+    (["profile", "--seeds", "-1", "--steps", "1", "--labels", "0"], 2, "expected seeds from 0 to"),
+    (["eval", "--seeds", "0,4294967296", "--steps", "1", "--labels", "0"], 2, "expected seeds from 0 to"),
     (["frobnicate"], 2, "invalid choice"),
 ])
 def test_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, code, needle):

@@ -157,6 +157,19 @@ def test_cli_report_json_and_one_line_errors(tiny, tmp_path, capsys):
     assert code == 1 and "does not exist" in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_report_out_is_a_file_exits_1_like_every_unwritable_out(tiny, tmp_path, capsys):
+    """--out naming a file cannot be written: exit 1 (it was a usage error, exit 2), the file untouched."""
+    from mpsearch.apps.cli import main
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("mine")
+    code = main(["report", "--profile", str(tiny["profile"].path), "--no-images", "--points", "2",
+                 "--out", str(blocker)])
+    _, err = capsys.readouterr()
+    assert code == 1 and "is a file" in err and "--out" in err and len(err.strip().splitlines()) == 1, err
+    assert blocker.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
 _CHECK = """<script>
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);

@@ -165,7 +165,7 @@ def _export(flow, capsys) -> Path:
         q = flow.root / "q"
         data = _ok(capsys, "export", "--model", flow.model, "--plan", flow.plan, "--out", q)
         assert data["out"] == str(q) and data["denoiser_bytes"] == Plan.load(flow.plan).predicted_bytes
-        assert read_manifest(q)["bytes"] == data["denoiser_bytes"]
+        assert read_manifest(q).bytes == data["denoiser_bytes"]
         flow.made["export"] = q
     return flow.made["export"]
 
@@ -280,7 +280,7 @@ ARCH_COMMANDS = {
     "export": lambda f: ["export", "--model", f.model, "--plan", f.plan, "--out", f.root / "q"],
     "generate-exported": lambda f: ["generate", "--model", f.root / "q", *_cond(f), "--steps", "2",
                                     "--out", f.root / "imgs-q"],
-    "eval": lambda f: ["eval", "--model", f.model, "--plan", f.plan, *_cond(f, size=False), "--seeds", "1000",
+    "eval": lambda f: ["eval", "--model", f.model, "--plan", f.plan, *_cond(f), "--seeds", "1000",
                        "--steps", "2"],
 }
 

@@ -173,3 +173,26 @@ def test_a_plan_that_leaves_a_layer_out_is_refused_naming_it(info, tmp_path):
     with pytest.raises(PlanError, match=dropped):
         mpsearch.apply_plan(model, plan)
     assert not any(type(m).__name__.startswith("Quant") for m in model.modules())  # nothing applied
+
+
+# ---- the budget section and schema_version are as strict as the rest (each case was accepted before)
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda d: d.update(budget={"spec": "1GB", "bytes": 10**9, "extra": 1}), "unknown key 'extra'"),
+    (lambda d: d.update(budget={"spec": "1GB", "bytes": -1}), "budget.bytes"),
+    (lambda d: d.update(budget={"spec": "1GB", "bytes": True}), "budget.bytes"),
+    (lambda d: d.update(budget={"spec": "1GB"}), "lacks the key 'bytes'"),
+    (lambda d: d.update(budget={"spec": 5, "bytes": 10**9}), "budget.spec"),
+    (lambda d: d.update(schema_version=True), "schema_version"),
+    (lambda d: d.update(schema_version=1.0), "schema_version"),
+])
+def test_budget_and_schema_version_are_strict(info, tmp_path, edit, match):
+    data = _plan(info, budget={"spec": "1GB", "bytes": 10**9}).to_dict()
+    Plan.from_dict(data)  # the unedited plan loads
+    edit(data)
+    with pytest.raises(PlanError, match=match) as e:
+        Plan.from_dict(data)
+    assert "\n" not in str(e.value)
+    (tmp_path / "p.yaml").write_text(dump_yaml(data))
+    with pytest.raises(PlanError, match=match):
+        Plan.load(tmp_path / "p.yaml")

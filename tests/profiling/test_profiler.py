@@ -124,6 +124,14 @@ def test_bad_files_and_configs(tmp_path):
         ProfileConfig(formats=("int3",))
 
 
+@pytest.mark.parametrize("seeds", [(-1,), (0, -5), (2**32,)])
+def test_seeds_are_non_negative_32_bit(seeds):
+    """A negative seed profiled and wrote a profile before; seeds are 0 .. 2**32 - 1 like --seeds."""
+    with pytest.raises(UsageError, match="seeds must be integers from 0 to 4,294,967,295"):
+        ProfileConfig(seeds=seeds, labels=(0,), steps=1)
+    assert ProfileConfig(seeds=(0, 2**32 - 1), labels=(0,), steps=1).seeds == (0, 2**32 - 1)
+
+
 def test_profile_on_diffusers_models(any_pipe, tmp_path):
     prof = profile(any_pipe, out=tmp_path / "p.sqlite", labels=(1, 2), seeds=(0,), steps=3, progress=False)
     rel = prof.metric("rel_mse")

@@ -27,6 +27,19 @@ def int_list(text: str) -> list[int]:
     return vals
 
 
+#: the largest seed the command line takes: seeds are 32-bit, as in numpy and most samplers
+MAX_SEED = 2**32 - 1
+
+
+def seed_list(text: str) -> list[int]:
+    """Comma-separated seeds: integers from 0 to :data:`MAX_SEED` (at least one)."""
+    vals = int_list(text)
+    bad = [v for v in vals if not 0 <= v <= MAX_SEED]
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected seeds from 0 to {MAX_SEED:,}, got {bad[0]}; pass e.g. 0,1")
+    return vals
+
+
 def str_list(text: str) -> list[str]:
     """Comma-separated names, blanks dropped."""
     return [x.strip() for x in text.split(",") if x.strip()]

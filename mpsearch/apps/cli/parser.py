@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mpsearch.version import __version__
-from mpsearch.apps.cli.arguments import Parser, int_list, prompts_arg, generations, shard, share, str_list
+from mpsearch.apps.cli.arguments import Parser, int_list, prompts_arg, generations, seed_list, shard, share, str_list
 from mpsearch.apps.cli.commands import (cmd_demo, cmd_eval, cmd_export, cmd_generate, cmd_inspect, cmd_profile,
                                    cmd_profile_merge, cmd_report, cmd_solve)
 from mpsearch.allocation.defaults import DEFAULT_ROUNDS
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--formats", type=str_list, default=None, help="default int8,nvfp4,int4")
     sp.add_argument("--steps", type=int, default=None, help="default 20")
     sp.add_argument("--labels", type=int_list, default=None, help="default 0,...,9")
-    sp.add_argument("--seeds", type=int_list, default=None, help="default 0,1")
+    sp.add_argument("--seeds", type=seed_list, default=None, help="default 0,1")
     sp.add_argument("--guidance", type=float, default=None)
     sp.add_argument("--prompts", metavar="N|FILE", type=prompts_arg,
                     help="text prompts (replace --labels): N of the built-in calibration set, or a file, one "
@@ -173,11 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default=None, help=model_help + " (default: the plan's model, else default)")
     sp.add_argument("--plan", help="plan YAML (omit for full precision)")
     sp.add_argument("--labels", type=int_list, default=list(range(10)))
-    sp.add_argument("--seeds", type=int_list, default=[1000, 1001])
+    sp.add_argument("--seeds", type=seed_list, default=[1000, 1001])
     sp.add_argument("--prompts", metavar="N|FILE", type=prompts_arg,
                     help="text prompts (replace --labels): N of the built-in held-out set, or a file, one "
                     "per line (default for a text-to-image pipeline: 4 built-in)")
     sp.add_argument("--steps", type=int, default=20)
+    sp.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the pipeline's)")
 
     sp = add("demo", cmd_demo, "the whole flow on the embedded default: profile, solve, compare with uniform formats")
     sp.add_argument("--model", default="default", help="default or default-unet")

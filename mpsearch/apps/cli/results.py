@@ -22,7 +22,7 @@ def cmd_eval(args) -> int:
     conditions = condition_list(args, pipe)
     text = any(isinstance(c, str) for c in conditions)  # the bundled classifier knows the digits only
     scores = evaluate_plan(pipe, plan, labels=tuple(conditions), seeds=tuple(args.seeds), steps=args.steps,
-                           classifier=None if text else load_classifier())
+                           classifier=None if text else load_classifier(), size=args.size)
     data = {"plan": args.plan, **scores}
     return emit(args, data, [f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in data.items()])
 

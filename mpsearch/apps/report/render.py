@@ -27,7 +27,8 @@ _REPORT_SUFFIXES = (".png", ".html", ".json")
 
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder for the report")
+        # exit 1 like every other "cannot write --out" (export, solve, profile merge)
+        raise MpsearchError(f"cannot write the report to {out}: it is a file; choose a folder for --out")
     if out.is_dir():
         foreign = sorted(p.name for p in out.iterdir() if p.is_dir() or p.suffix not in _REPORT_SUFFIXES)
         if foreign:
