@@ -153,7 +153,6 @@ def refine(profile, pipe, budget=None, *, trials: int = 30, storage: str | None 
 
 
 def default_storage(profile_path) -> str:
-    """``sqlite:///studies/<profile>.db``: the local study file when no ``--storage`` is given."""
-    path = Path("studies") / f"{Path(profile_path).stem}.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    """``sqlite:///studies/<profile>.db``: the local study file when no ``--storage`` is given (its folder is made
+    when the study opens, so a refused search leaves nothing behind)."""
+    return f"sqlite:///{Path('studies') / f'{Path(profile_path).stem}.db'}"

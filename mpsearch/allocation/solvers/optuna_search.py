@@ -30,6 +30,8 @@ Status "feasible" (no optimality proof). Deterministic for a given ``seed`` when
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import contextlib
 import hashlib
 import math
@@ -213,6 +215,7 @@ class OptunaSolver(BaseSolver):
                        optuna.samplers.TPESampler(seed=self.seed, multivariate=True,
                                                   n_startup_trials=max(1, min(10, self.trials // 4)), **cons))
             name = self.study_name or f"mpsearch-{problem_digest(problem, self.objectives)}"
+            _make_sqlite_folder(self.storage)
             study = optuna.create_study(storage=self.storage, sampler=sampler, study_name=name,
                                         directions=["minimize"] * (1 + len(self.objectives)), load_if_exists=True)
             self.study = study
@@ -254,3 +257,10 @@ class OptunaSolver(BaseSolver):
                              if t.user_attrs.get("feasible")],
         }
         return dec.expand(picks), False
+
+
+def _make_sqlite_folder(storage: str | None) -> None:
+    """Create the folder of a local SQLite study file (``sqlite:///studies/x.db``) when the study opens."""
+    prefix = "sqlite:///"
+    if storage and storage.startswith(prefix) and storage[len(prefix):] not in ("", ":memory:"):
+        Path(storage[len(prefix):]).parent.mkdir(parents=True, exist_ok=True)
