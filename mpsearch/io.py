@@ -144,6 +144,26 @@ def staging_folder(out: StrPath, error: type[MpsearchError] = MpsearchError,
         raise error(f"cannot write {out}: {e.strerror or e}; {fix}") from None
 
 
+def replace_folder(tmp: StrPath, out: StrPath, error: type[MpsearchError] = MpsearchError) -> None:
+    """Move the finished staging folder ``tmp`` to ``out``, replacing an older folder there as a whole: the older
+    one is first moved into a staging folder of this process (so a kill leaves nothing the next run cannot
+    remove) and put back if the move fails."""
+    tmp, out = Path(tmp), Path(out)
+    old = None
+    if out.exists():
+        old = staging_folder(out, error, suffix=".old")
+        os.replace(out, old / "folder")
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old is not None:  # put the older folder back
+            os.replace(old / "folder", out)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 class _Dumper(yaml.SafeDumper):
     """Safe dumping that writes every value out in full: no anchors or aliases (mpsearch refuses them on load)."""
 

@@ -35,7 +35,7 @@ import yaml
 from mpsearch.errors import ModelError, PlanError
 from mpsearch.formats import Packed
 from mpsearch.formats.kernel_errors import is_out_of_memory
-from mpsearch.io import apply_umask_tree, atomic_write_text, staging_folder
+from mpsearch.io import apply_umask_tree, atomic_write_text, replace_folder, staging_folder
 from mpsearch.models import describe, get_denoiser, measured_bytes
 from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
@@ -119,23 +119,6 @@ def _check_target(out: Path) -> None:
                               f"older checkpoint there would be replaced)")
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place; an older checkpoint there is replaced as a whole."""
-    old = None
-    if out.exists():
-        old = staging_folder(out, CheckpointError, suffix=".old")  # named for this process, like the new one
-        os.replace(out, old / "folder")
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if old is not None:  # put the older checkpoint back
-            os.replace(old / "folder", out)
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export(pipe, plan: Plan, out, *, ignore_weights: bool = False) -> Path:
     """Write ``pipe`` with its denoiser quantized by ``plan`` as a pipeline folder at ``out``; returns its path.
 
@@ -178,7 +161,7 @@ def export(pipe, plan: Plan, out, *, ignore_weights: bool = False) -> Path:
             tensors={k: {"shape": list(t.shape), "dtype": dtype_name(t.dtype)} for k, t in tensors.items()},
             layers=layers, aliases=aliases)
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest.to_dict(), indent=1) + "\n")
-        _replace(tmp, out)
+        replace_folder(tmp, out, CheckpointError)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):

@@ -208,3 +208,28 @@ def test_report_figures_load_in_a_headless_browser(rendered, tmp_path):
     assert result["count"] == n_figures + 1
     assert result["broken"] == ["no-such-figure.png"]  # every figure loaded; the control did not
     assert all(s != "0x0" for s in result["sizes"][:-1])
+
+
+def test_a_killed_report_replacement_leaves_nothing_the_next_run_keeps(tiny, tmp_path):
+    """The older report is moved aside into a staging folder named for its process: one left by a process that
+    was killed mid-replacement is removed by the next report written there."""
+    import socket
+
+    from mpsearch.apps import report as rep
+
+    dead = 2**22 + 17  # beyond Linux's default pid_max: no such process
+    while True:
+        try:
+            os.kill(dead, 0)
+            dead += 1
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            dead += 1
+    left = tmp_path / f".site.staging-{dead}@{socket.gethostname()}.ab12.old"
+    (left / "folder").mkdir(parents=True)
+    (left / "folder" / "index.html").write_text("killed mid-replacement")
+    data = rep.gather_report(tiny["profile"], tiny["plans"][:1], None, points=3)
+    rep.render_report(data, tmp_path / "site")
+    rep.render_report(data, tmp_path / "site")  # replaces the first: its aside folder goes too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]

@@ -8,16 +8,14 @@ holds anything other than a report's files (:data:`_REPORT_SUFFIXES`) is refused
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 
 from mpsearch.errors import MpsearchError, UsageError
 from mpsearch.apps.report.data import ReportData
 from mpsearch.apps.report.figures import _cache_png, _frontier_png, _grid_png, _heatmap_png, _network_png
 from mpsearch.apps.report.page import _page
-from mpsearch.io import atomic_write_bytes, staging_folder
+from mpsearch.io import atomic_write_bytes, replace_folder, staging_folder
 
 __all__ = ["render_report"]
 
@@ -78,16 +76,6 @@ def _publish(tmp: Path, out: Path) -> None:
     """Rename the finished folder ``tmp`` to ``out``, replacing an older report there."""
     _check_out(out)
     try:
-        if not out.exists():
-            os.replace(tmp, out)
-            return
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            os.replace(old, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, out)
     except OSError as e:
         raise MpsearchError(f"cannot write the report to {out}: {e.strerror or e}; choose a writable --out") from None
