@@ -119,3 +119,93 @@ def test_dotted_mpsearch_names_resolve(folder: str) -> None:
             if not seen[ref]:
                 bad.append(f"{p.relative_to(ROOT)}: {ref}")
     assert not bad, bad
+
+
+def _section(number: int) -> str:
+    """The text of docs/design.md's section ``## <number>.`` (up to the next ``## `` heading)."""
+    text = DESIGN.read_text(encoding="utf-8")
+    match = re.search(rf"^## {number}\. .*?(?=^## |\Z)", text, flags=re.DOTALL | re.MULTILINE)
+    assert match, f"docs/design.md has no section {number}"
+    return match.group(0)
+
+
+def _ticked(text: str) -> set[str]:
+    """Every word in single backticks in ``text``."""
+    return set(re.findall(r"`([^`\n]+)`", text))
+
+
+def test_design_layout_is_the_package_as_it_is():
+    """The layout table lists every entry of ``ls mpsearch/`` and names no module or folder that is not there."""
+    layout = _section(1).split("### Package layout", 1)[1]
+    rows = [line.split("|")[1] for line in layout.splitlines() if line.startswith("| `")]
+    listed = set().union(*(_ticked(r) for r in rows))
+    package = ROOT / "mpsearch"
+    entries = {p.name + ("/" if p.is_dir() else "") for p in package.iterdir()
+               if p.name != "__pycache__" and (p.is_dir() or p.suffix == ".py")}
+    assert entries - listed == set(), "layout misses " + ", ".join(sorted(entries - listed))
+    assert listed - entries == set(), "layout names what is not in mpsearch/: " + ", ".join(sorted(listed - entries))
+    apps = next(line for line in layout.splitlines() if line.startswith("| `apps/`"))
+    modules = {p.stem if p.suffix == ".py" else p.name + "/" for p in (package / "apps").iterdir()
+               if p.name not in ("__init__.py", "__pycache__")}
+    assert modules <= _ticked(apps), "apps row misses " + ", ".join(sorted(modules - _ticked(apps)))
+
+
+def test_design_profile_section_names_every_table_and_the_schema():
+    from mpsearch.profiling.store.files import lock_path
+    from mpsearch.profiling.store.schema import SCHEMA, TABLES
+
+    section = _section(5)
+    assert set(TABLES) <= _ticked(section), sorted(set(TABLES) - _ticked(section))
+    assert f"schema {SCHEMA}" in section.lower() and "migrate_v1" in section
+    assert lock_path("x").name == "x.lock" and "`<file>.lock`" in section
+    for name in ("missing_units()", "check_complete()"):
+        assert f"Profile.{name}" in section
+
+
+def test_design_names_the_solver_engines():
+    from mpsearch.allocation.defaults import DEFAULT_SOLVER
+    from mpsearch.allocation.solvers import available_solvers
+
+    section = _section(6)
+    assert set(available_solvers()) <= _ticked(section), sorted(set(available_solvers()) - _ticked(section))
+    assert f"`{DEFAULT_SOLVER}`" in section and "SolveConfig" in section
+    assert not re.search(r"\bilp\b", DESIGN.read_text(encoding="utf-8")), "the engine 'ilp' is now 'cbc'/'highs'"
+
+
+def test_design_plan_section_states_the_keys_and_limits():
+    from mpsearch import plan
+    from mpsearch.cache_section import OPTIONAL, REQUIRED
+    from mpsearch.io import MAX_YAML_BYTES
+
+    section = _section(8)
+    rows = {line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| `")}
+    keys = {k for r in rows for k in _ticked(r)}
+    assert set(plan._TOP_KEYS) | set(REQUIRED) | set(OPTIONAL) <= keys
+    assert f"{MAX_YAML_BYTES // 2**20} MiB" in section
+    assert f"{plan.MAX_STEPS:,}" in section and f"{plan.MAX_NODES:,}" in section
+    for refused in ("anchors", "aliases", "duplicate keys", "regular file"):
+        assert refused in section, refused
+    for record in ("LayerAssignment", "ActivationOverride", "CacheSection", "Predictions"):
+        assert f"`{record}`" in section, record
+
+
+def test_design_exported_folder_section_is_the_manifest_format():
+    from mpsearch.runtime import manifest
+
+    section = _section(10)
+    assert f"`format_version` ({manifest.FORMAT_VERSION})" in section
+    assert set(manifest._TOP) <= _ticked(section), sorted(set(manifest._TOP) - _ticked(section))
+    assert "BLAKE3" in section and "sha256" not in section.lower()
+
+
+def test_design_public_names_are_the_package_names():
+    import mpsearch
+
+    section = _section(11)
+    named = {re.match(r"\w+", t).group(0) for t in _ticked(section) if re.match(r"\w+", t)}
+    expected = set(mpsearch._LAZY) | set(mpsearch._SUBMODULES)
+    assert expected <= named, sorted(expected - named)
+    flat = " ".join(section.split())
+    for name, module in mpsearch._LAZY.items():  # "`a` from `m`", "`a` and `b` from `m`"
+        said = rf"`{name}` (?:and `\w+` )?from `{re.escape(module)}`|`\w+` and `{name}` from `{re.escape(module)}`"
+        assert re.search(said, flat), f"section 11 does not say {name} comes from {module}"
