@@ -10,7 +10,8 @@ import shutil
 import pytest
 
 from mpsearch.apps.cli import main
-from mpsearch.apps.pipeline import load_pipeline
+from mpsearch.apps.cli.model_source import model_for
+from mpsearch.apps.pipeline import EMBEDDED, load_pipeline
 from mpsearch.plan import Plan
 from mpsearch.profiling.store import Profile
 
@@ -53,6 +54,7 @@ def test_solve_with_a_cache_schedule_and_generate_take_a_folder_model_from_the_p
     ok(capsys, "solve", "--profile", prof, "--budget", "100%", "--full-computations", "2", "--warmup", "1",
        "--out", plan)  # no --model: the profile's
     assert Plan.load(plan).provenance["model_source"] == str(tiny.resolve())
+    assert model_for(None, profile=Profile.load(prof)) == str(tiny.resolve())  # what report loads
     gen = ok(capsys, "generate", "--plan", plan, "--labels", "1", "--steps", "3", "--out", tmp_path / "imgs")
     assert len(gen["images"]) == 1 and gen["denoiser_bytes"] > 0
 
@@ -106,3 +108,11 @@ def test_the_profile_digest_does_not_depend_on_the_folder_path(tiny, tmp_path, c
     pa, pb = Profile.load(tmp_path / "a.sqlite"), Profile.load(tmp_path / "b.sqlite")
     assert pa.model_source != pb.model_source
     assert pa.digest == pb.digest
+
+
+def test_a_gone_folder_falls_back_to_the_embedded_model_it_holds(tmp_path, capsys):
+    copy = shutil.copytree(EMBEDDED["default"], tmp_path / "my-default")
+    prof = tmp_path / "prof.sqlite"
+    ok(capsys, "profile", "--model", copy, "--labels", "1", "--steps", "2", "--seeds", "0", "--out", prof)
+    shutil.rmtree(copy)
+    assert model_for(None, profile=Profile.load(prof)) == "default"
