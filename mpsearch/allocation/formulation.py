@@ -116,6 +116,8 @@ class Formulation:
                              (DEFAULT_ROLE_PINS if self.role_pins is None else self.role_pins).items()},
                "step_weights": _step_weights_record(self.step_weights),
                "profile_digest": self.profile.digest, "profile_config": self.profile.config}
+        if self.profile.model_source is not None:  # where the model was loaded from: commands load it again
+            out["model_source"] = self.profile.model_source
         if self.end_to_end is not None:
             out["end_to_end"] = self.end_to_end
         if self.compute is not None:

@@ -248,7 +248,7 @@ def load_pipeline(name_or_path="default", device=None) -> DiffusionPipeline:
     if is_checkpoint(path):  # an exported quantized checkpoint: the denoiser is built from its packed weights
         digits = read_index(path).get("_class_name") == DigitsPipeline.__name__  # its digest checked first
         pipe = load_quantized(path, device, pipeline_class=DigitsPipeline if digits else None, **_LOAD_KWARGS)
-        pipe.mpsearch_name = name_or_path if embedded else path.name  # names its default profile file
+        _tag(pipe, name_or_path, path, embedded)
         return pipe
     class_name = _read_model_index(path).get("_class_name")
     try:
@@ -266,7 +266,7 @@ def load_pipeline(name_or_path="default", device=None) -> DiffusionPipeline:
         ) from exc
     if device is not None:
         pipe = pipe.to(device)
-    pipe.mpsearch_name = name_or_path if embedded else path.name  # names its default profile file
+    _tag(pipe, name_or_path, path, embedded)
     return pipe
 
 
@@ -288,6 +288,14 @@ def load_meta_denoiser(name_or_path="default") -> torch.nn.Module:
             return meta_denoiser_from_folder(path, component, entry)
     raise ModelError(f"the pipeline at {path} ({index.get('_class_name')}) has no 'transformer' or 'unet' "
                      f"component to plan; pass a diffusion pipeline folder whose model_index.json names one")
+
+
+def _tag(pipe, name_or_path, path: Path, embedded: bool) -> None:
+    """Record on ``pipe`` what it was loaded from: ``mpsearch_name`` names its default profile file,
+    ``mpsearch_source`` (the embedded name or the folder's absolute path) is what its profile records, so a
+    later command can load the same model without ``--model``."""
+    pipe.mpsearch_name = name_or_path if embedded else path.name
+    pipe.mpsearch_source = name_or_path if embedded else str(path.resolve())
 
 
 __all__ = ["DigitsPipeline", "load_pipeline", "load_meta_denoiser", "NUM_CLASSES", "NULL_CLASS", "DEFAULT_GUIDANCE_SCALE"]

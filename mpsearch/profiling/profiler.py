@@ -398,7 +398,7 @@ def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (
     check_finite_weights(denoiser)  # before any file is made
     folder_created = not out.parent.exists()
     writer = ProfileWriter(out, info, config.to_dict(), versions(), weights=_digest(denoiser, info, out),
-                           shard=(i, n))
+                           shard=(i, n), source=getattr(pipe, "mpsearch_source", None))
     try:
         done = writer.done_units()
         skip = set(skip)

@@ -280,8 +280,7 @@ ARCH_COMMANDS = {
     "export": lambda f: ["export", "--model", f.model, "--plan", f.plan, "--out", f.root / "q"],
     "generate-exported": lambda f: ["generate", "--model", f.root / "q", *_cond(f), "--steps", "2",
                                     "--out", f.root / "imgs-q"],
-    "eval": lambda f: ["eval", "--model", f.model, "--plan", f.plan, *_cond(f), "--seeds", "1000",
-                       "--steps", "2"],
+    "eval": lambda f: ["eval", "--plan", f.plan, *_cond(f), "--seeds", "1000", "--steps", "2"],
 }
 
 

@@ -339,3 +339,44 @@ def test_mpsearch_profile_on_a_file_being_written_is_refused_in_one_line(tmp_pat
     finally:
         proc.kill()
     assert Profile.load(path).units == (0, 3)
+
+
+def _made_from(path, source, units=(0, 1, 2, 3), shard=(0, 1)) -> Path:
+    w = ProfileWriter(path, info(), CONFIG, {"mpsearch": "test"}, weights="w:1", shard=shard, source=source)
+    for u in units:
+        write(w, u)
+    w.close()
+    return Path(path)
+
+
+def test_the_model_source_is_recorded_outside_the_digest(tmp_path):
+    plain = Profile.load(made(tmp_path / "plain.sqlite"))
+    a = Profile.load(_made_from(tmp_path / "a.sqlite", "/machine-a/model"))
+    b = Profile.load(_made_from(tmp_path / "b.sqlite", "/machine-b/model"))
+    assert (plain.model_source, a.model_source, b.model_source) == (None, "/machine-a/model", "/machine-b/model")
+    assert plain.digest == a.digest == b.digest
+    assert a.config == plain.config  # not part of the configuration either
+
+
+def test_a_resumed_profile_records_where_the_model_is_now(tmp_path):
+    path = _made_from(tmp_path / "p.sqlite", "/old/model", units=(0, 1))
+    _made_from(path, "/new/model", units=(2, 3))  # the folder moved; the run resumed from there
+    assert Profile.load(path).model_source == "/new/model"
+
+
+def test_merging_shards_from_other_folders_keeps_the_first_inputs_model_source(tmp_path):
+    whole = made(tmp_path / "whole.sqlite")
+    a = _made_from(tmp_path / "a.sqlite", "/host0/model", units=(0, 2), shard=(0, 2))
+    b = _made_from(tmp_path / "b.sqlite", "/host1/model", units=(1, 3), shard=(1, 2))
+    merged = merge_profiles([a, b], tmp_path / "m.sqlite")
+    assert merged.model_source == "/host0/model" and Profile.load(tmp_path / "m.sqlite").model_source == "/host0/model"
+    assert merged.digest == Profile.load(whole).digest
+
+
+def test_a_corrupt_model_source_is_a_profile_error(tmp_path):
+    path = _made_from(tmp_path / "p.sqlite", "/a/model")
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'model_source'", (json.dumps(3),))
+    conn.close()
+    with pytest.raises(ProfileError, match="corrupt model_source"):
+        Profile.load(path)

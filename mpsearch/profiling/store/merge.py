@@ -27,8 +27,10 @@ def merge_profiles(inputs, out) -> Profile:
     """Merge the shard files of one profile (``mpsearch profile --shard i/n``) into ``out``, atomically.
 
     The shards must share the model, its weights, the configuration and the versions that measured them;
-    otherwise nothing is written and the error names what differs. Every finished unit of every shard is
-    copied (a unit found in two shards must hold identical measurements), so the merged file equals, in
+    otherwise nothing is written and the error names what differs. Where each shard loaded the model from
+    (its ``model_source``, a path on its own machine) need not agree: the merged file keeps the first input's.
+    Every finished unit of every shard is copied (a unit found in two shards must hold identical measurements),
+    so the merged file equals, in
     content, the file one process would have written (only the per-unit wall times in ``units`` differ).
     The merge is written beside ``out`` and renamed into place (mode 0o666 less the umask) while holding
     ``out``'s writer lock, so it never replaces a file another process is writing.

@@ -3,7 +3,8 @@
 Metrics (relative MSE, SQNR, cosine; ``gn``: the output error times g2 / n) are computed from the statistics
 summed over units, so a resumed or sharded-and-merged profile gives exactly the numbers of a single run. The
 profile's digest covers the sensitivity measurements and meta (less the latency table, a property of the machine
-that measured it, and the schema version, a property of the file), so migrating a file keeps its digest.
+that measured it, the schema version, a property of the file, and the model source, where the model was loaded
+from), so migrating a file keeps its digest, and so does profiling one model from another folder.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from mpsearch.metrics import get_metric, profile_metrics
 from mpsearch.models import ModelInfo
 from mpsearch.profiling.latency import LatencyTable
 from mpsearch.profiling.store.latency import LATENCY_KEY, read_latency
-from mpsearch.profiling.store.schema import open_current, read_meta
+from mpsearch.profiling.store.schema import MODEL_SOURCE_KEY, open_current, read_meta
 
 __all__ = ["LOCAL_METRICS", "Profile"]
 
@@ -48,6 +49,7 @@ class Profile:
     end_to_end: dict | None = None  # summary of the end-to-end run made with it (mpsearch.allocation.decoupled), if any
     sensitivity: np.ndarray | None = None  # (L, S, 2): g2, n of the output sensitivity; None: not measured
     shards: tuple[tuple[int, int], ...] = ()  # the (i, n) of the shard runs that wrote the file; () if unknown
+    model_source: str | None = None  # the embedded name or folder path the model was loaded from; None: unrecorded
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -206,12 +208,17 @@ def _read(conn, path) -> Profile:
         block_seen[block, step] = True
     sens = _read_sensitivity(conn, path, units, L, S)
     shards = _read_shards(conn, path)
-    # the latency table is the machine's and the schema version the file's: neither is in the digest
-    digest_meta = {k: v for k, v in meta.items() if k not in (LATENCY_KEY, "schema")}
+    # the latency table is the machine's, the schema version the file's, the model source the folder's: none is in
+    # the digest
+    digest_meta = {k: v for k, v in meta.items() if k not in (LATENCY_KEY, "schema", MODEL_SOURCE_KEY)}
+    source = meta.get(MODEL_SOURCE_KEY)
+    if source is not None and (not isinstance(source, str) or not source):
+        raise ProfileError(f"{path} has a corrupt {MODEL_SOURCE_KEY} (expected a model name or folder path, got "
+                           f"{source!r}); delete it and profile again")
     digest = "sha256:" + hashlib.sha256(stats.tobytes() + (b"" if sens is None else sens.tobytes())
                                         + json.dumps(digest_meta, sort_keys=True).encode()).hexdigest()[:24]
     return Profile(path, info, config, meta.get("versions", {}), formats, steps, units, stats, block_stats, digest,
-                   meta.get("weights"), sensitivity=sens, shards=shards)
+                   meta.get("weights"), sensitivity=sens, shards=shards, model_source=source)
 
 
 def _read_shards(conn, path) -> tuple[tuple[int, int], ...]:

@@ -2,7 +2,8 @@
 
 Schema 2 (every table is created with the file, so no reader asks whether a table exists)::
 
-  meta(key, value)                       JSON values: model info, configuration, versions, weights, schema
+  meta(key, value)                       JSON values: model info, configuration, versions, weights, schema,
+                                         and model_source (where the model was loaded from; not in the digest)
   units(unit, seconds)                   units of work that are complete (a unit = one seed's batch of conditions)
   shards(i, n)                           the shards (``--shard i/n``) whose writers wrote into the file; merged
                                          files hold every input's
@@ -32,7 +33,7 @@ from mpsearch.errors import ProfileError
 from mpsearch.models import LayerInfo, ModelInfo, Role
 
 __all__ = ["SCHEMA", "TABLES", "connect", "table_names", "migrate_v1", "open_current", "create_tables",
-           "read_meta", "file_version", "info_to_dict", "info_from_dict", "REQUIRED_TABLES"]
+           "read_meta", "file_version", "info_to_dict", "info_from_dict", "REQUIRED_TABLES", "MODEL_SOURCE_KEY"]
 
 #: the schema version this mpsearch writes; version 1 is migrated (:func:`migrate_v1`), others are refused
 SCHEMA = 2
@@ -55,6 +56,10 @@ TABLES = {
     "e2e": "CREATE TABLE IF NOT EXISTS e2e (run TEXT, unit TEXT, metric TEXT, value REAL, "
            "PRIMARY KEY (run, unit, metric))",
 }
+#: meta key: the embedded model's name or the pipeline folder's absolute path the profiled model was loaded from.
+#: Where the file's model can be found again, not what was measured: it is no part of the configuration, of the
+#: digest, or of the checks that shards agree (shards made on other machines have other paths)
+MODEL_SOURCE_KEY = "model_source"
 #: the tables every profile has had since schema 1; a file without them is not an mpsearch profile
 REQUIRED_TABLES = frozenset({"meta", "units", "local", "block_change"})
 

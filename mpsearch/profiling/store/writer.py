@@ -14,6 +14,7 @@ from mpsearch.io import apply_umask
 from mpsearch.models import ModelInfo
 from mpsearch.profiling.store.files import remove_profile_file, writer_lock
 from mpsearch.profiling.store.schema import (
+    MODEL_SOURCE_KEY,
     REQUIRED_TABLES,
     SCHEMA,
     connect,
@@ -34,11 +35,13 @@ class ProfileWriter:
     writer gets a ``ProfileBusyError`` naming this process. ``weights`` (a digest of the candidate layers'
     weights, see ``models.weights_digest``) is recorded; resuming with other weights is refused, since the
     measurements would mix two models. ``shard`` (i, n) is recorded, so a partial file can say which shards it
-    lacks (:meth:`Profile.missing_shards`). :attr:`created` says whether this writer created the file.
+    lacks (:meth:`Profile.missing_shards`). ``source`` (where the model was loaded from: an embedded name or a
+    folder's absolute path) is recorded as :attr:`Profile.model_source`; a resumed file takes the newest one.
+    :attr:`created` says whether this writer created the file.
     """
 
     def __init__(self, path, info: ModelInfo, config: dict, versions: dict, weights: str | None = None,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), source: str | None = None):
         self.path = Path(path)
         self.info = info
         self.config = config
@@ -52,14 +55,14 @@ class ProfileWriter:
         existed = self.path.exists()
         self.created = not existed
         try:
-            self._open(info, config, versions, weights, shard, check_existing=existed and self.path.is_file()
+            self._open(info, config, versions, weights, shard, source, check_existing=existed and self.path.is_file()
                        and self.path.stat().st_size > 0)
         except BaseException:
             self._discard()
             raise
 
     def _open(self, info: ModelInfo, config: dict, versions: dict, weights: str | None, shard,
-              check_existing: bool) -> None:
+              source: str | None, check_existing: bool) -> None:
         try:
             if check_existing:
                 with contextlib.closing(open_current(self.path, readonly=True)) as probe:
@@ -89,6 +92,8 @@ class ProfileWriter:
                 self.conn.executemany("INSERT INTO meta VALUES (?, ?)",
                                       [(k, json.dumps(v, sort_keys=True)) for k, v in
                                        {**expected, "versions": versions, "weights": weights}.items()])
+            if source is not None:  # where the model is now: a resumed file follows a moved folder
+                self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (MODEL_SOURCE_KEY, json.dumps(source)))
             self.conn.execute("INSERT OR IGNORE INTO shards VALUES (?, ?)", tuple(shard))
 
     def _discard(self) -> None:
