@@ -56,7 +56,7 @@ def parse_budget(spec: Budget | str | float | None, *, fp_bytes: int | None = No
         value, unit = float(m.group(1)), m.group(2).lower()
         number = m.group(1)
     if not math.isfinite(value):
-        raise BudgetError(f"budget {text!r} is not a finite number; {_HELP}")
+        raise BudgetError(f"budget {text!r} is not a finite positive number; {_HELP}")
     if value <= 0:
         raise BudgetError(f"budget {text!r} must be a positive size; {_HELP}")
     exact = Fraction(number)  # exact decimal arithmetic: 2048.001TiB must not round up by a byte

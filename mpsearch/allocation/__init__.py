@@ -16,7 +16,16 @@ cached features.
   ``solve``, ``formulate``, ``pareto``, ``refine``, ``solve_joint`` and the CLI share.
 """
 
-from mpsearch.allocation.config import COMPUTE_COSTS, SolveConfig, make_config
-from mpsearch.allocation.solvers.registry import DEFAULT_SOLVER
+import importlib
+
+# public name -> module below mpsearch.allocation, imported on first use: the command line's parser reads
+# ``allocation.defaults`` to build --help, which must not import the solvers (numpy, PuLP) through this package
+_LAZY = {"COMPUTE_COSTS": "config", "SolveConfig": "config", "make_config": "config", "DEFAULT_SOLVER": "defaults"}
 
 __all__ = ["COMPUTE_COSTS", "DEFAULT_SOLVER", "SolveConfig", "make_config"]
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"mpsearch.allocation.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'mpsearch.allocation' has no attribute {name!r}")

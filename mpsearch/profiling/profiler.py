@@ -26,7 +26,7 @@ from mpsearch.runtime.generation import generate
 from mpsearch.models import check_finite_weights, describe, get_denoiser, weights_digest
 from mpsearch.offload import loaded_tensors, materialized, offload_aware_replay
 from mpsearch.plan import versions
-from mpsearch.profiling.store import Profile, ProfileWriter, resumable_units, stored_weights
+from mpsearch.profiling.store import Profile, ProfileWriter, resumable_units, stored_weights, writer_lock
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import first_tensor
 from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
@@ -397,8 +397,15 @@ def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (
     info = describe(denoiser, ("fp", *config.formats))
     check_finite_weights(denoiser)  # before any file is made
     folder_created = not out.parent.exists()
-    writer = ProfileWriter(out, info, config.to_dict(), versions(), weights=_digest(denoiser, info, out),
-                           shard=(i, n), source=getattr(pipe, "mpsearch_source", None))
+    # a file another process writes is refused before its contents are read (the lock is re-entrant: the writer
+    # takes it again)
+    lock = writer_lock(out) if out.exists() else None
+    try:
+        writer = ProfileWriter(out, info, config.to_dict(), versions(), weights=_digest(denoiser, info, out),
+                               shard=(i, n), source=getattr(pipe, "mpsearch_source", None))
+    finally:
+        if lock is not None:
+            lock.release()
     try:
         done = writer.done_units()
         skip = set(skip)

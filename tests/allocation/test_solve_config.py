@@ -81,7 +81,7 @@ def test_bad_numbers_are_one_line_errors_before_any_work(prof, dit_pipe, keyword
 
 
 def test_a_partial_profile_is_refused_unless_allowed(half):
-    with pytest.raises(ProfileError, match=r"holds 1 of its 2 units \(missing unit\(s\) 1 \(seed 7\)\).*"
+    with pytest.raises(ProfileError, match=r"1 of 2 units measured \(missing unit 1 \(seed 7\)\).*"
                                            r"--allow-partial"):
         mpsearch.solve(half, budget="60%")
     with pytest.raises(ProfileError, match="missing unit"):
@@ -94,7 +94,7 @@ def test_cli_refuses_a_partial_profile(half, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["solve", "--profile", "half.sqlite", "--budget", "60%", "--out", "p.yaml"]) == 1
     err = capsys.readouterr().err
-    assert "missing unit(s) 1 (seed 7)" in err and err.count("\n") == 1
+    assert "missing unit 1 (seed 7)" in err and err.count("\n") == 1
     assert not (tmp_path / "p.yaml").exists()
     assert cli.main(["solve", "--profile", "half.sqlite", "--budget", "60%", "--out", "p.yaml",
                      "--allow-partial"]) == 0

@@ -291,7 +291,7 @@ def test_a_partial_profile_says_which_units_and_shards_it_lacks(tmp_path):
     shard0 = Profile.load(made(tmp_path / "s0.sqlite", units=(0, 2), shard=(0, 2)))
     assert shard0.expected_units == (0, 1, 2, 3) and shard0.missing_units() == (1, 3)
     assert not shard0.is_complete and shard0.missing_shards() == ((1, 2),)
-    with pytest.raises(ProfileError, match=r"2 of 4 units.*missing unit 1, 3.*--shard 1/2"):
+    with pytest.raises(ProfileError, match=r"2 of 4 units.*missing unit 1 \(seed \d+\), 3 \(seed \d+\).*--shard 1/2"):
         shard0.check_complete()
     resumed = Profile.load(made(tmp_path / "r.sqlite", units=(0, 1)))  # one process, stopped early
     assert resumed.missing_units() == (2, 3) and resumed.missing_shards() == ()

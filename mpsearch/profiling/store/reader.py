@@ -91,7 +91,9 @@ class Profile:
         missing = self.missing_units()
         if not missing:
             return
-        listed = ", ".join(map(str, missing[:8])) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        seeds = self.config.get("seeds", ())
+        listed = ", ".join(f"{u} (seed {seeds[u]})" for u in missing[:8]) + (
+            f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         shards = self.missing_shards()
         if shards:
             fix = ("profile the missing shards (" + ", ".join(f"--shard {i}/{n}" for i, n in shards) + ") and "
