@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from mpsearch.errors import ProfileError, UsageError
-from mpsearch.runtime.generation import generate
+from mpsearch.prompts import builtin_prompts
+from mpsearch.runtime.generation import generate, takes_prompts
 from mpsearch.models import get_denoiser
 from mpsearch.runtime.cache_hooks import FeatureCacheConfig, apply_feature_cache
 from mpsearch.cache_units import CacheUnit
@@ -54,6 +55,14 @@ from mpsearch.runtime.steps import first_tensor
 MEASURE_LABELS = (0, 3, 5, 8)
 MEASURE_SEEDS = (0,)
 TARGETS = ("image", "output", "feature")
+
+
+def measuring_conditions(pipe, labels=MEASURE_LABELS) -> list:
+    """What a measuring run generates: ``labels``, except that a text-to-image ``pipe`` given the default
+    labels measures as many prompts of the built-in calibration set (never held-out ones)."""
+    if tuple(labels) == MEASURE_LABELS and takes_prompts(pipe):
+        return list(builtin_prompts(len(MEASURE_LABELS), "calibration").prompts)
+    return list(labels)
 
 
 def _apply_layers(pipe, plan):
@@ -68,6 +77,7 @@ def measure_segment_errors(pipe, unit: CacheUnit, steps: int, *, plan=None, labe
     """``E[p, t]``: mean squared final-image error (against the same model without cache) of computing at ``p``,
     reusing at ``p+1 .. t-1`` and computing everything else, for ``warmup - 1 <= p`` and ``p + 2 <= t < steps``
     (0 elsewhere). Steps up to ``p`` are replayed from a reference run, not recomputed."""
+    labels = measuring_conditions(pipe, labels)
     denoiser = get_denoiser(pipe)
     E = np.zeros((steps, steps))
     with _apply_layers(pipe, plan):
@@ -130,6 +140,7 @@ def measure_costs(pipe, unit: CacheUnit, steps: int, *, plan=None, labels=MEASUR
     computes); earlier entries are left at 0."""
     if target not in TARGETS:
         raise UsageError(f"cost target must be one of {', '.join(TARGETS)}, got {target!r}")
+    labels = measuring_conditions(pipe, labels)
     if target == "image":
         return segment_increments(measure_segment_errors(pipe, unit, steps, plan=plan, labels=labels, seeds=seeds,
                                                          guidance_scale=guidance_scale, warmup=warmup))
