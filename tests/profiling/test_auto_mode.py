@@ -41,7 +41,12 @@ def _simulate(monkeypatch, *, step=1.0, replay_row=1.0, peak=4 * GB, peak_ck=Non
         return {"measured_seconds": 0.5 + step + r, "setup_seconds": 0.5, "step_seconds": step, "replay_seconds": r,
                 "peak_bytes": peak_ck if checkpoint else peak}
 
+    def probe_unit(unit, config, checkpoint, watch):  # the probe of the profile's own first unit
+        p = probe(None, config, checkpoint)
+        return {**p, "overhead_seconds": 0.0, "sens": None}
+
     monkeypatch.setattr(auto, "_probe", probe)
+    monkeypatch.setattr(auto, "_measure_unit", probe_unit)
     return probes
 
 
@@ -74,7 +79,8 @@ def test_the_embedded_default_profiles_exactly_by_default(tmp_path, capsys, monk
 
 def test_a_large_model_gets_the_least_approximation_within_the_targets(dit_pipe, tmp_path, monkeypatch):
     # 3 steps: probed step 1 s each, a replayed row 1 s, 2 rows per call; a generation 10 s, so 30 s allowed:
-    # replaying every step and row would take 0.5 + 0.5 + 3 + 3 x 2 = 10 s: fits
+    # the whole command replaying every step and row: the one-step generation measured (10 / 3 s), setup 0.5 s,
+    # the first unit's 3 probed steps, the probe's replay of one row (1 s), then 3 steps x 2 rows = 13.8 s: fits
     probes = _simulate(monkeypatch, gen=10.0)
     lines = []
     p = profile(dit_pipe, out=tmp_path / "p.sqlite", progress=False, say=lines.append, **BASE)
@@ -82,7 +88,8 @@ def test_a_large_model_gets_the_least_approximation_within_the_targets(dit_pipe,
     assert "replay_rows" not in p.config and len(probes) == 1 and probes[0][0].replay_rows == 1
     assert p.config["mode"] == "auto" and "exact is not probed" in p.config["reason"]
     assert len(lines) == 1 and lines[0].startswith("profile: auto -> sample 64, replay 3 steps x every row")
-    assert "x a generation (9.5 s)" in lines[0] and "peak 4.00 GB" in lines[0]
+    assert "x a generation (14 s, the probe's 4.3 s and its first unit included)" in lines[0]
+    assert "peak 4.00 GB" in lines[0]
 
 
 def test_a_tighter_time_target_approximates_more(dit_pipe, tmp_path, monkeypatch):
