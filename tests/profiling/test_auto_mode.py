@@ -235,3 +235,75 @@ def test_a_foreign_out_file_is_still_the_writers_one_line_error(dit_pipe, tmp_pa
     with pytest.raises(ProfileError, match="p.sqlite"):
         profile(dit_pipe, out=out, progress=False, **BASE)
     assert out.read_bytes() == b"not a database" * 100
+
+
+def _count_work(monkeypatch):
+    """Counts the generations (plain and probed) and the replays the auto mode runs."""
+    from mpsearch.profiling import profiler
+
+    seen = {"generate": 0, "replay": 0}
+    real_generate, real_replay = profiler.generate, profiler.output_sensitivity
+
+    def generate(*a, **k):
+        seen["generate"] += 1
+        return real_generate(*a, **k)
+
+    def replay(*a, **k):
+        seen["replay"] += 1
+        return real_replay(*a, **k)
+
+    monkeypatch.setattr(profiler, "generate", generate)
+    monkeypatch.setattr(auto, "generate", generate)
+    monkeypatch.setattr(profiler, "output_sensitivity", replay)
+    return seen
+
+
+def test_the_probe_is_the_profiles_first_unit_and_its_work_is_kept(dit_pipe, tmp_path, monkeypatch):
+    # the real probe on the tiny model taken for a large one; a time target nothing meets: the fastest setting,
+    # which replays as the probe did (1 step x 1 row), so the probe's replay is the first unit's
+    monkeypatch.setattr(auto, "EXACT_PARAMS", 0)
+    seen = _count_work(monkeypatch)
+    lines = []
+    cfg = dict(BASE, seeds=(0, 1), guidance_scale=2.0)
+    p = profile(dit_pipe, out=tmp_path / "a.sqlite", progress=False, say=lines.append, max_time=1e-6, **cfg)
+    assert (p.config["replay_steps"], p.config["replay_rows"], p.config["sample"]) == (1, 1, 64)
+    # one plain one-step generation, then the profile's two units: no separate probe's generation; one replay
+    # per unit: the probe's replay was the first unit's
+    assert seen == {"generate": 1 + 2, "replay": 2}
+    assert len(lines) == 1 and "its first unit included" in lines[0]
+    # the same numbers as a profile run with those settings from the start
+    given = {k: p.config[k] for k in ("sample", "replay_steps", "replay_batch", "replay_rows")}
+    e = profile(dit_pipe, out=tmp_path / "e.sqlite", progress=False, mode="exact", **cfg, **given)
+    np.testing.assert_array_equal(p.stats, e.stats)
+    np.testing.assert_array_equal(p.sensitivity, e.sensitivity)
+
+
+def test_a_choice_other_than_the_probes_keeps_its_generation_and_replays_once_more(dit_pipe, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setattr(auto, "EXACT_PARAMS", 0)
+    seen = _count_work(monkeypatch)
+    cfg = dict(BASE, guidance_scale=2.0)
+    p = profile(dit_pipe, out=tmp_path / "a.sqlite", progress=False, say=lambda _: None, max_time=1e6, **cfg)
+    assert (p.config["replay_steps"], p.config.get("replay_rows")) == (3, None)  # the least approximation
+    assert seen == {"generate": 1 + 1, "replay": 1 + 1}  # the probe's one-step replay, then the chosen one
+    given = {k: p.config[k] for k in ("sample", "replay_steps", "replay_batch")}
+    e = profile(dit_pipe, out=tmp_path / "e.sqlite", progress=False, mode="exact", **cfg, **given)
+    np.testing.assert_array_equal(p.stats, e.stats)
+    np.testing.assert_array_equal(p.sensitivity, e.sensitivity)
+
+
+def test_the_separate_probes_prediction_counts_the_probe(dit_pipe, monkeypatch):
+    # choose_profile (rank 0 under a distributed launch) probes apart from the profile: its cost is predicted too,
+    # the one-step generation measured (10 / 3 s) on top of the profile's 9.5 s
+    _simulate(monkeypatch, gen=10.0)
+    choice = auto.choose_profile(dit_pipe, ProfileConfig(**BASE))
+    assert choice.config.replay_steps == 3 and choice.seconds >= 9.5 + 10 / 3
+    assert "the probe's" in choice.line and "included" in choice.line
+
+
+def test_a_refusal_after_the_first_units_generation_leaves_no_file_or_folder(dit_pipe, tmp_path, monkeypatch):
+    _simulate(monkeypatch, peak=6 * GB, peak_ck=5 * GB, free=4 * GB)
+    out = tmp_path / "new" / "p.sqlite"
+    with pytest.raises(ResourceError, match="no checked setting fits"):
+        profile(dit_pipe, out=out, progress=False, **BASE)
+    assert not (tmp_path / "new").exists()
