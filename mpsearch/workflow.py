@@ -76,7 +76,7 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
     if say is None:
         say = _stderr if progress and (launch is None or launch.rank == 0) else (lambda line: None)
 
-    def auto(probe_here: bool = False):
+    def auto(probe_here=False):
         """(config, line, forecast) of the auto mode's choice; with ``probe_here``, a large model's choice is
         left to :func:`profile_auto` (config None), which probes the profile's own first unit."""
         if not would_probe(pipe):  # a small model: the config as given (exact unless set), silently

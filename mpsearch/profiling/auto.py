@@ -37,8 +37,8 @@ from mpsearch.errors import ResourceError, UsageError
 from mpsearch.models import get_denoiser
 from mpsearch.profiling.estimate import _PeakRSS, _rss, estimate_profile
 from mpsearch.profiling.profiler import ProfileConfig, UnitProbe, profile_local
-from mpsearch.profiling.store import Profile
 from mpsearch.profiling.sensitivity import replayed_steps
+from mpsearch.profiling.store import Profile
 from mpsearch.runtime.generation import generate
 
 __all__ = ["APPROXIMATIONS", "EXACT_PARAMS", "MAX_TIME", "MEMORY_FACTOR", "AutoChoice", "choose_profile",

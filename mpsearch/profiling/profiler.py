@@ -12,6 +12,7 @@ Results go to the profile file one unit of work (one seed's batch) at a time.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -452,7 +453,7 @@ class UnitProbe:
     steps: int
     setup_seconds: float
     generate_seconds: float
-    replay: object  # Callable[..., np.ndarray]
+    replay: Callable[..., np.ndarray]
 
 
 _REPLAY_FIELDS = ("replay_steps", "replay_rows", "replay_batch", "replay_checkpoint", "mode", "reason")
