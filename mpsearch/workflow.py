@@ -47,11 +47,12 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
     digit classifier's condition score and feature space (e.g. a local CLIP or Inception model).
 
     ``mode`` (default ``config.mode``, else ``"auto"``): ``"auto"`` chooses the sampling and replay settings the
-    caller left unset so the profile stays within ``max_time`` generations and the ``max_memory`` cap (bytes,
-    ``"20GB"`` or ``"1.5x"`` a generation's peak; :func:`mpsearch.profiling.auto.choose_profile`: small models
-    stay exact, without a probe), records the choice in the profile, and says it in one line (``say``, default:
-    stderr when ``progress``; a small model's exact profile is chosen silently); a file made by the auto mode
-    resumes with its own choice. ``"exact"`` profiles with the settings as given (every element, every step,
+    caller left unset so the whole command stays within ``max_time`` generations and the ``max_memory`` cap
+    (bytes, ``"20GB"`` or ``"1.5x"`` a generation's peak; :mod:`mpsearch.profiling.auto`: small models stay
+    exact, without a probe; a large model's probe is the profile's own first unit,
+    :func:`mpsearch.profiling.auto.profile_auto`), records the choice in the profile, and says it in one line
+    (``say``, default: stderr when ``progress``; said after the probe, before the rest of the work; a small
+    model's exact profile is chosen silently); a file made by the auto mode resumes with its own choice. ``"exact"`` profiles with the settings as given (every element, every step,
     unless set).
     """
     launch = detect_launch() if distributed is not False else None

@@ -1,28 +1,38 @@
 """The automatic profile mode (the default): choose the profile's approximations from the model's size and a
-measured one-step probe, so that the profile stays within a time factor and a memory cap.
+measured probe, so that the whole command (the probe included) stays within a time factor and a memory cap.
 
 The rule (``choose_profile``):
 
 * A denoiser below ``EXACT_PARAMS`` parameters (the embedded defaults, the tiny test architectures) is
   profiled exactly, without a probe: at that size exact is cheap in absolute terms, and the choice is then
   deterministic (the same profile, bit for bit, as ``mode="exact"``).
-* A larger denoiser is probed: one plain one-step generation (its time per denoising step, its peak memory)
-  and a one-step, one-unit profile with the cheapest checked statistics (``sample=64``, ``replay_batch=1``, one
-  replayed row: :func:`mpsearch.profiling.estimate.estimate_profile`). Exact is not a candidate there (its
+* A larger denoiser is probed, and the probe is the profile's own first unit (:func:`profile_auto`): one
+  plain one-step generation (the generation's time and peak, which the targets are factors of), then the
+  profile starts with the settings every candidate shares (``sample=64``, ``replay_batch=1``); after its first
+  unit's probed generation (setup, the seconds of a probed step, the generation's peak) one replay of one step
+  and one row (``replay_rows=1``) times a replayed row, and only then is the choice made. The first unit's
+  generation is kept, and so is that replay when the choice replays as it did (1 step x 1 row): no work is
+  thrown away but the one-step generation and, otherwise, one row's replay. Exact is not a candidate there (its
   probe alone would cost several generations; docs/benchmarks.md, section ``scale``). The candidates are the
   settings whose decisions were checked (docs/benchmarks.md, ``scale-approx`` and ``scale-approx-rows``):
   ``sample=64``, ``replay_batch=1``, ``replay_steps`` 5 down to 1, every row or ``replay_rows=1``, and a
   checkpointed share of the blocks of 0, 0.5 or 1. Their times and peaks follow linearly from the probe (the
   replay scales with replayed steps and rows; checkpointing's time and memory are interpolated between the
-  probe and a second probe with every block checkpointed, run only when memory needs it).
-* The least approximation whose predicted time is within ``max_time`` generations and whose peak is within the
+  probe's replay and a second replay with every block checkpointed, run only when memory needs it); a peak is
+  at least the generation's.
+* Every prediction is the whole command's: the one-step generation and the probe included (what was spent
+  before the choice, the remaining units' generations, every unit's replay less the probe's when it is kept).
+  The least approximation whose predicted time is within ``max_time`` generations and whose peak is within the
   memory cap wins, in the order 5 replayed steps x every row, 5 x one row, 4 x every row, ... 1 x one row
-  (checkpointing counts as no approximation, since it changes no number: the least share that fits is taken). If none is within both, the fastest within the memory cap, then the smallest peak that
-  fits in free memory; if nothing fits in free memory, a one-line ResourceError names what would.
+  (checkpointing counts as no approximation, since it changes no number: the least share that fits is taken).
+  If none is within both, the fastest within the memory cap, then the smallest peak that fits in free memory;
+  if nothing fits in free memory, a one-line ResourceError names what would, before the profile's file exists.
 
-Fields the caller set (a ``sample``, ``replay_steps``, ... that is not the default) are kept as given; below
-``EXACT_PARAMS`` the caller's config is used unchanged. The probe's time is not part of the prediction: it is a
-one-step generation and a one-step profile, whatever the profile's steps.
+:func:`choose_profile` makes the same choice from a separate one-step, one-unit probe
+(:func:`mpsearch.profiling.estimate.estimate_profile`), whose work is not kept (rank 0 of a distributed
+launch chooses with it for every rank); its predictions count that probe too. Fields the caller set (a
+``sample``, ``replay_steps``, ... that is not the default) are kept as given; below ``EXACT_PARAMS`` the
+caller's config is used unchanged.
 """
 
 from __future__ import annotations

@@ -511,7 +511,8 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
 
         def tick(*_):
             if acc_ref[0] is not None and bar_ref[0] is not None:
-                bar_ref[0].update(bar_ref[1])  # returns None: a forward hook that returns a value would replace the output
+                # returns None: a forward hook that returns a value would replace the output
+                bar_ref[0].update(bar_ref[1])
 
         handles.append(denoiser.register_forward_hook(tick))
 
