@@ -52,8 +52,8 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
     exact, without a probe; a large model's probe is the profile's own first unit,
     :func:`mpsearch.profiling.auto.profile_auto`), records the choice in the profile, and says it in one line
     (``say``, default: stderr when ``progress``; said after the probe, before the rest of the work; a small
-    model's exact profile is chosen silently); a file made by the auto mode resumes with its own choice. ``"exact"`` profiles with the settings as given (every element, every step,
-    unless set).
+    model's exact profile is chosen silently); a file made by the auto mode resumes with its own choice.
+    ``"exact"`` profiles with the settings as given (every element, every step, unless set).
     """
     launch = detect_launch() if distributed is not False else None
     config, said = calibration_config(pipe, config, options)
