@@ -307,3 +307,19 @@ def test_a_refusal_after_the_first_units_generation_leaves_no_file_or_folder(dit
     with pytest.raises(ResourceError, match="no checked setting fits"):
         profile(dit_pipe, out=out, progress=False, **BASE)
     assert not (tmp_path / "new").exists()
+
+
+def test_a_decision_may_change_only_the_replay(dit_pipe, tmp_path):
+    # the first unit's generation is kept, so a decision that would have generated it otherwise is refused
+    from dataclasses import replace
+
+    from mpsearch.profiling.profiler import profile_local
+
+    cfg = ProfileConfig(**BASE, sample=64)
+    with pytest.raises(UsageError, match="change sample"):
+        profile_local(dit_pipe, cfg, out=tmp_path / "p.sqlite", progress=False,
+                      decide=lambda probe: (replace(probe.config, sample=32), None, None))
+    assert not any(tmp_path.iterdir())
+    p = profile_local(dit_pipe, cfg, out=tmp_path / "q.sqlite", progress=False,
+                      decide=lambda probe: (replace(probe.config, replay_steps=1), None, None))
+    assert p.config["replay_steps"] == 1
