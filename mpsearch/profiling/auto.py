@@ -218,6 +218,7 @@ class _Watch:
         """``run()``'s result, seconds and own peak (the whole process's memory while it ran)."""
         if self.base_peak is None:
             self.base_peak = self.peak_so_far()  # the generation's: probes, recorded calls, the pipeline
+            self.rss.__exit__(None, None, None)  # no more sampling for the rest of the profile
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
