@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mpsearch.allocation.decoupled import run_end_to_end
 from mpsearch.errors import ProfileError, UsageError
-from mpsearch.profiling.auto import MAX_TIME, choose_profile, resume_choice, would_probe
+from mpsearch.profiling.auto import MAX_TIME, choose_profile, profile_auto, resume_choice, would_probe
 from mpsearch.profiling.distributed import detect_launch, distributed_session, pipeline_device, profile_sharded
 from mpsearch.profiling.profiler import (ProfileConfig, default_profile_path, make_config, model_name,
                                          profile_local)
@@ -47,12 +47,13 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
     digit classifier's condition score and feature space (e.g. a local CLIP or Inception model).
 
     ``mode`` (default ``config.mode``, else ``"auto"``): ``"auto"`` chooses the sampling and replay settings the
-    caller left unset so the profile stays within ``max_time`` generations and the ``max_memory`` cap (bytes,
-    ``"20GB"`` or ``"1.5x"`` a generation's peak; :func:`mpsearch.profiling.auto.choose_profile`: small models
-    stay exact, without a probe), records the choice in the profile, and says it in one line (``say``, default:
-    stderr when ``progress``; a small model's exact profile is chosen silently); a file made by the auto mode
-    resumes with its own choice. ``"exact"`` profiles with the settings as given (every element, every step,
-    unless set).
+    caller left unset so the whole command stays within ``max_time`` generations and the ``max_memory`` cap
+    (bytes, ``"20GB"`` or ``"1.5x"`` a generation's peak; :mod:`mpsearch.profiling.auto`: small models stay
+    exact, without a probe; a large model's probe is the profile's own first unit,
+    :func:`mpsearch.profiling.auto.profile_auto`), records the choice in the profile, and says it in one line
+    (``say``, default: stderr when ``progress``; said after the probe, before the rest of the work; a small
+    model's exact profile is chosen silently); a file made by the auto mode resumes with its own choice.
+    ``"exact"`` profiles with the settings as given (every element, every step, unless set).
     """
     launch = detect_launch() if distributed is not False else None
     config, said = calibration_config(pipe, config, options)
@@ -76,7 +77,9 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
     if say is None:
         say = _stderr if progress and (launch is None or launch.rank == 0) else (lambda line: None)
 
-    def auto():
+    def auto(probe_here=False):
+        """(config, line, forecast) of the auto mode's choice; with ``probe_here``, a large model's choice is
+        left to :func:`profile_auto` (config None), which probes the profile's own first unit."""
         if not would_probe(pipe):  # a small model: the config as given (exact unless set), silently
             return config, None, None
         try:
@@ -91,16 +94,22 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
                              "from its own probe, so separate shards could differ and not merge; pass the settings "
                              "with --exact (mode='exact'), e.g. --exact --sample 64 --replay-steps 1 --replay-batch 1 "
                              "--replay-rows 1, or run under torchrun, where rank 0 chooses for every rank")
+        if probe_here:
+            return None, None, None
         choice = choose_profile(pipe, config, max_time=max_time, max_memory=max_memory)
         return choice.config, choice.line, choice.forecast
 
     if launch is None:
-        forecast = None
+        chosen, forecast = config, None
         if mode == "auto":
-            config, line, forecast = auto()
+            chosen, line, forecast = auto(probe_here=True)
             if line:
                 say(line)
-        loaded = profile_local(pipe, config, out=out, shard=shard, progress=progress, forecast=forecast)
+        if chosen is None:  # a large model: its probe is the profile's first unit, the line said in between
+            loaded = profile_auto(pipe, config, out=out, progress=progress, max_time=max_time,
+                                  max_memory=max_memory, say=say)
+        else:
+            loaded = profile_local(pipe, chosen, out=out, shard=shard, progress=progress, forecast=forecast)
         if e2e:
             loaded.end_to_end = tier2(loaded, progress)
         return loaded

@@ -1,28 +1,38 @@
 """The automatic profile mode (the default): choose the profile's approximations from the model's size and a
-measured one-step probe, so that the profile stays within a time factor and a memory cap.
+measured probe, so that the whole command (the probe included) stays within a time factor and a memory cap.
 
 The rule (``choose_profile``):
 
 * A denoiser below ``EXACT_PARAMS`` parameters (the embedded defaults, the tiny test architectures) is
   profiled exactly, without a probe: at that size exact is cheap in absolute terms, and the choice is then
   deterministic (the same profile, bit for bit, as ``mode="exact"``).
-* A larger denoiser is probed: one plain one-step generation (its time per denoising step, its peak memory)
-  and a one-step, one-unit profile with the cheapest checked statistics (``sample=64``, ``replay_batch=1``, one
-  replayed row: :func:`mpsearch.profiling.estimate.estimate_profile`). Exact is not a candidate there (its
+* A larger denoiser is probed, and the probe is the profile's own first unit (:func:`profile_auto`): one
+  plain one-step generation (the generation's time and peak, which the targets are factors of), then the
+  profile starts with the settings every candidate shares (``sample=64``, ``replay_batch=1``); after its first
+  unit's probed generation (setup, the seconds of a probed step, the generation's peak) one replay of one step
+  and one row (``replay_rows=1``) times a replayed row, and only then is the choice made. The first unit's
+  generation is kept, and so is that replay when the choice replays as it did (1 step x 1 row): no work is
+  thrown away but the one-step generation and, otherwise, one row's replay. Exact is not a candidate there (its
   probe alone would cost several generations; docs/benchmarks.md, section ``scale``). The candidates are the
   settings whose decisions were checked (docs/benchmarks.md, ``scale-approx`` and ``scale-approx-rows``):
   ``sample=64``, ``replay_batch=1``, ``replay_steps`` 5 down to 1, every row or ``replay_rows=1``, and a
   checkpointed share of the blocks of 0, 0.5 or 1. Their times and peaks follow linearly from the probe (the
   replay scales with replayed steps and rows; checkpointing's time and memory are interpolated between the
-  probe and a second probe with every block checkpointed, run only when memory needs it).
-* The least approximation whose predicted time is within ``max_time`` generations and whose peak is within the
+  probe's replay and a second replay with every block checkpointed, run only when memory needs it); a peak is
+  at least the generation's.
+* Every prediction is the whole command's: the one-step generation and the probe included (what was spent
+  before the choice, the remaining units' generations, every unit's replay less the probe's when it is kept).
+  The least approximation whose predicted time is within ``max_time`` generations and whose peak is within the
   memory cap wins, in the order 5 replayed steps x every row, 5 x one row, 4 x every row, ... 1 x one row
-  (checkpointing counts as no approximation, since it changes no number: the least share that fits is taken). If none is within both, the fastest within the memory cap, then the smallest peak that
-  fits in free memory; if nothing fits in free memory, a one-line ResourceError names what would.
+  (checkpointing counts as no approximation, since it changes no number: the least share that fits is taken).
+  If none is within both, the fastest within the memory cap, then the smallest peak that fits in free memory;
+  if nothing fits in free memory, a one-line ResourceError names what would, before the profile's file exists.
 
-Fields the caller set (a ``sample``, ``replay_steps``, ... that is not the default) are kept as given; below
-``EXACT_PARAMS`` the caller's config is used unchanged. The probe's time is not part of the prediction: it is a
-one-step generation and a one-step profile, whatever the profile's steps.
+:func:`choose_profile` makes the same choice from a separate one-step, one-unit probe
+(:func:`mpsearch.profiling.estimate.estimate_profile`), whose work is not kept (rank 0 of a distributed
+launch chooses with it for every rank); its predictions count that probe too. Fields the caller set (a
+``sample``, ``replay_steps``, ... that is not the default) are kept as given; below ``EXACT_PARAMS`` the
+caller's config is used unchanged.
 """
 
 from __future__ import annotations
@@ -36,12 +46,13 @@ import torch
 from mpsearch.errors import ResourceError, UsageError
 from mpsearch.models import get_denoiser
 from mpsearch.profiling.estimate import _PeakRSS, _rss, estimate_profile
-from mpsearch.profiling.profiler import ProfileConfig
+from mpsearch.profiling.profiler import ProfileConfig, UnitProbe, profile_local
 from mpsearch.profiling.sensitivity import replayed_steps
+from mpsearch.profiling.store import Profile
 from mpsearch.runtime.generation import generate
 
 __all__ = ["APPROXIMATIONS", "EXACT_PARAMS", "MAX_TIME", "MEMORY_FACTOR", "AutoChoice", "choose_profile",
-           "parse_max_memory", "resume_choice", "would_probe"]
+           "parse_max_memory", "profile_auto", "resume_choice", "would_probe"]
 
 #: below this many denoiser parameters the auto mode profiles exactly, without probing
 EXACT_PARAMS = 100_000_000
@@ -173,8 +184,66 @@ def measure_generation(pipe, config: ProfileConfig) -> dict:
 
 
 def _probe(pipe, config: ProfileConfig, checkpoint) -> dict:
-    """``estimate_profile`` of ``config`` with ``replay_checkpoint=checkpoint``: a one-step, one-unit profile."""
+    """``estimate_profile`` of ``config`` with ``replay_checkpoint=checkpoint``: a one-step, one-unit profile
+    (the separate probe of :func:`choose_profile`; :func:`profile_auto` probes the profile's own first unit)."""
     return estimate_profile(pipe, replace(config, replay_checkpoint=checkpoint))
+
+
+class _Watch:
+    """The profile's clock and peak memory from its start, for the probe of its first unit: the peak of the
+    generation so far (``base_peak``) and each probe replay's own peak (``replay_peak``)."""
+
+    def __init__(self, device):
+        self.device, self.cuda = device, device.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.rss = _PeakRSS().__enter__()
+        self.start = time.perf_counter()
+        self.base_peak: int | None = None
+        return self
+
+    def __exit__(self, *exc):
+        self.rss.__exit__(*exc)
+
+    def peak_so_far(self) -> int:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return int(self.rss.peak)
+
+    def replay(self, run) -> tuple[object, float, int]:
+        """``run()``'s result, seconds and own peak (the whole process's memory while it ran)."""
+        if self.base_peak is None:
+            self.base_peak = self.peak_so_far()  # the generation's: probes, recorded calls, the pipeline
+            self.rss.__exit__(None, None, None)  # no more sampling for the rest of the profile
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t0 = time.perf_counter()
+        with _PeakRSS() as rss:
+            result = run()
+            if self.cuda:
+                torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        peak = int(torch.cuda.max_memory_allocated(self.device)) if self.cuda else int(rss.peak)
+        return result, seconds, peak
+
+
+def _measure_unit(probe: UnitProbe, config: ProfileConfig, checkpoint, watch: _Watch) -> dict:
+    """The probe of the profile's first unit (its probed generation done): the parts ``choose_profile``'s
+    separate probe measures (setup, a probed step, the rest of the profile's overhead), from that generation,
+    plus one replay of ``config``'s rows and micro-batches at one step with ``replay_checkpoint=checkpoint``:
+    its seconds, its peak, the generation's peak (``base_peak_bytes``) and the sensitivity it measured."""
+    elapsed = time.perf_counter() - watch.start
+    sens, seconds, peak = watch.replay(lambda: probe.replay(
+        replay_steps=1, replay_rows=config.replay_rows, replay_batch=config.replay_batch,
+        replay_checkpoint=checkpoint))
+    return {"setup_seconds": probe.setup_seconds, "step_seconds": probe.generate_seconds / probe.steps,
+            "overhead_seconds": max(0.0, elapsed - probe.setup_seconds - probe.generate_seconds),
+            "replay_seconds": seconds, "peak_bytes": peak, "base_peak_bytes": watch.base_peak, "sens": sens}
 
 
 @dataclass(frozen=True)
@@ -224,70 +293,84 @@ def _flags(c: _Candidate) -> str:
     return s
 
 
-def choose_profile(pipe, config: ProfileConfig, *, max_time: float = MAX_TIME, max_memory=None) -> AutoChoice:
-    """The auto mode's profile configuration for ``pipe`` and ``config`` (see the module's docstring for the
-    rule). ``max_time``: generations of the same conditions; ``max_memory``: bytes, ``"20GB"`` or ``"1.5x"`` (a
-    factor of a generation's peak; default 1.25x on the CPU, the device's free memory on a GPU). Raises a
-    ResourceError, before anything large is allocated, when no setting's predicted peak fits in free memory."""
+@dataclass(frozen=True)
+class _Setup:
+    """What a choice starts from: the caller's config, the probe's config, the fields the caller fixed."""
+
+    config: ProfileConfig
+    probe: ProfileConfig  # sample 64, micro-batch 1, one replayed row, unless the caller set them
+    fixed: set
+    fixed_share: float | None
+    cap_bytes: int | None
+    cap_factor: float | None
+
+
+def _setup(config: ProfileConfig, max_time, max_memory) -> _Setup:
     if isinstance(max_time, bool) or not isinstance(max_time, (int, float)) or not max_time > 0:
         raise UsageError(f"max_time must be a positive number of generations, got {max_time!r}; pass e.g. "
                          "--max-time 3")
     cap_bytes, cap_factor = parse_max_memory(max_memory)
-    params = denoiser_params(pipe)
     fixed = fixed_fields(config)
-    if not would_probe(pipe):
-        how = "exact" if not fixed else _describe(config)
-        return AutoChoice(config, f"profile: auto -> {how} (denoiser {_count(params)} params, below "
-                          f"{_count(EXACT_PARAMS)}: exact is cheap at this size; no probe)", probed=False)
-    gen = measure_generation(pipe, config)
-    device = gen["device"]
     base = config
     if "sample" not in fixed:
         base = replace(base, sample=_SAMPLE)
     if "replay_batch" not in fixed:
         base = replace(base, replay_batch=1)
     probe_rows = config.replay_rows if "replay_rows" in fixed else 1
-    probe_cfg = replace(base, replay_rows=probe_rows)
     fixed_share = None
     if "replay_checkpoint" in fixed:
         rc = config.replay_checkpoint
         fixed_share = 1.0 if rc is True else float(rc)
-    t_probe = time.perf_counter()
-    p0 = _probe(pipe, probe_cfg, False)
+    return _Setup(config, replace(base, replay_rows=probe_rows), fixed, fixed_share, cap_bytes, cap_factor)
+
+
+def _cap(st: _Setup, gen: dict, device) -> tuple[int, int, str]:
+    """(the memory cap, the cap within free memory, how the line names the cap)."""
     free = free_memory(device)
-    if cap_bytes is not None:
-        cap = cap_bytes
-    elif cap_factor is not None:
-        cap = int(cap_factor * gen["peak_bytes"])
+    if st.cap_bytes is not None:
+        cap = st.cap_bytes
+    elif st.cap_factor is not None:
+        cap = int(st.cap_factor * gen["peak_bytes"])
     elif device.type == "cuda":
         cap = free
     else:
         cap = int(MEMORY_FACTOR * gen["peak_bytes"])
-    cap_eff = min(cap, free)
-    cap_text = (_gb(cap_bytes) if cap_bytes is not None else f"{cap_factor:g}x its peak" if cap_factor is not None
-                else "the device's free memory" if device.type == "cuda" else f"{MEMORY_FACTOR:g}x its peak")
-    p1 = None
-    if p0["peak_bytes"] > cap_eff or fixed_share:
-        try:
-            p1 = _probe(pipe, probe_cfg, True)
-        except UsageError:
-            p1 = None  # the denoiser has no activation checkpointing
-    probe_seconds = time.perf_counter() - t_probe
+    text = (_gb(st.cap_bytes) if st.cap_bytes is not None else f"{st.cap_factor:g}x its peak"
+            if st.cap_factor is not None else "the device's free memory" if device.type == "cuda"
+            else f"{MEMORY_FACTOR:g}x its peak")
+    return cap, free, text
 
+
+def _choose(pipe, st: _Setup, gen: dict, p0: dict, p1: dict | None, *, spent: float, gen_units: int,
+            reused: bool, max_time: float, probe_text: str) -> AutoChoice:
+    """The choice from the probe's parts ``p0`` (and ``p1``, every block checkpointed). Each candidate's
+    prediction is the whole command's: ``spent`` (the generation's measurement and the probe, already run),
+    ``gen_units`` more probed generations, and every unit's replay; with ``reused``, the probe's replay is the
+    first unit's when the candidate replays as the probe did (it is not run again)."""
+    config, fixed, fixed_share = st.config, st.fixed, st.fixed_share
+    device = gen["device"]
+    cap, free, cap_text = _cap(st, gen, device)
+    cap_eff = min(cap, free)
     rows_b = gen["rows"]
+    probe_rows = st.probe.replay_rows
     rows_probe = min(probe_rows or rows_b, rows_b)
-    overhead = max(0.0, p0["measured_seconds"] - p0["setup_seconds"] - p0["step_seconds"] - p0["replay_seconds"])
     per_row = p0["replay_seconds"] / rows_probe
     per_row_ck = p1["replay_seconds"] / rows_probe if p1 else per_row
+    base_peak = max(p0.get("base_peak_bytes") or 0, (p1 or {}).get("base_peak_bytes") or 0)
     units, steps = len(config.seeds), config.steps
+    probe_steps = replayed_steps(steps, 1)
 
     def predict(k: int, rows: int | None, share: float) -> _Candidate:
         n = len(replayed_steps(steps, k))
         r = min(rows or rows_b, rows_b)
         replay = r * (per_row + share * (per_row_ck - per_row))
-        seconds = overhead + p0["setup_seconds"] + units * (steps * p0["step_seconds"] + n * replay)
+        again = units * n * replay
+        if reused and replayed_steps(steps, k) == probe_steps and rows == probe_rows \
+                and (share == 0 or (share == 1 and p1 is not None)):
+            again -= n * replay  # the first unit's replay is the probe's
+        seconds = spent + gen_units * steps * p0["step_seconds"] + again
         peak = p0["peak_bytes"] + share * ((p1["peak_bytes"] if p1 else p0["peak_bytes"]) - p0["peak_bytes"])
-        return _Candidate(k, rows, share, seconds, int(peak), n * replay)
+        return _Candidate(k, rows, share, seconds, int(max(peak, base_peak)), n * replay)
 
     ks: list[int] = [int(config.replay_steps or steps)] if "replay_steps" in fixed else \
         sorted({min(k, steps) for k in _REPLAY_STEPS}, reverse=True)
@@ -315,18 +398,101 @@ def choose_profile(pipe, config: ProfileConfig, *, max_time: float = MAX_TIME, m
             chosen = min(fits, key=lambda c: (c.peak, c.seconds))
             targets = f"nothing checked is within {cap_text}: the smallest peak"
     share = chosen.share if chosen.share not in (0.0, 1.0) else bool(chosen.share)
+    base = replace(st.probe, replay_rows=config.replay_rows)
     result = replace(base, replay_steps=chosen.replay_steps, replay_rows=chosen.replay_rows,
                      replay_checkpoint=config.replay_checkpoint if fixed_share is not None else share)
-    why = (f"denoiser {_count(params)} params, at least {_count(EXACT_PARAMS)}: exact is not probed; "
+    why = (f"denoiser {_count(denoiser_params(pipe))} params, at least {_count(EXACT_PARAMS)}: exact is not probed; "
            + (f"the least checked approximation {targets}" if targets.startswith("within") else targets))
     result = replace(result, mode="auto", reason=why)
     ratio = chosen.seconds / gen["seconds"]
     line = (f"profile: auto -> {_describe(result)} ({why}); predicted {ratio:.1f}x a generation "
-            f"({_secs(chosen.seconds)}), peak {_gb(chosen.peak)} ({chosen.peak / gen['peak_bytes']:.2f}x); "
-            f"probe {_secs(probe_seconds)}")
+            f"({_secs(chosen.seconds)}, {probe_text}), peak {_gb(chosen.peak)} "
+            f"({chosen.peak / gen['peak_bytes']:.2f}x)")
     return AutoChoice(result, line, probed=True, seconds=chosen.seconds, peak_bytes=chosen.peak,
                       generation_seconds=gen["seconds"], generation_peak_bytes=gen["peak_bytes"],
                       forecast={"step": p0["step_seconds"], "replay": chosen.replay})
+
+
+def _small(pipe, config: ProfileConfig) -> AutoChoice:
+    how = "exact" if not fixed_fields(config) else _describe(config)
+    return AutoChoice(config, f"profile: auto -> {how} (denoiser {_count(denoiser_params(pipe))} params, below "
+                      f"{_count(EXACT_PARAMS)}: exact is cheap at this size; no probe)", probed=False)
+
+
+def choose_profile(pipe, config: ProfileConfig, *, max_time: float = MAX_TIME, max_memory=None) -> AutoChoice:
+    """The auto mode's profile configuration for ``pipe`` and ``config`` (see the module's docstring for the
+    rule), from a separate probe (a one-step, one-unit profile, whose work is not kept: the distributed launch's
+    rank 0 chooses with it; :func:`profile_auto` probes the profile's own first unit instead). ``max_time``:
+    generations of the same conditions; ``max_memory``: bytes, ``"20GB"`` or ``"1.5x"`` (a factor of a
+    generation's peak; default 1.25x on the CPU, the device's free memory on a GPU). The prediction includes
+    the probe's cost. Raises a ResourceError, before anything large is allocated, when no setting's predicted
+    peak fits in free memory."""
+    st = _setup(config, max_time, max_memory)
+    if not would_probe(pipe):
+        return _small(pipe, config)
+    gen = measure_generation(pipe, config)
+    t_probe = time.perf_counter()
+    p0 = _probe(pipe, st.probe, False)
+    cap, free, _ = _cap(st, gen, gen["device"])
+    p1 = None
+    if p0["peak_bytes"] > min(cap, free) or st.fixed_share:
+        try:
+            p1 = _probe(pipe, st.probe, True)
+        except UsageError:
+            p1 = None  # the denoiser has no activation checkpointing
+    probe_seconds = time.perf_counter() - t_probe
+    overhead = max(0.0, p0["measured_seconds"] - p0["setup_seconds"] - p0["step_seconds"] - p0["replay_seconds"])
+    spent = gen["one_step_seconds"] + probe_seconds + overhead + p0["setup_seconds"]
+    return _choose(pipe, st, gen, p0, p1, spent=spent, gen_units=len(config.seeds), reused=False,
+                   max_time=max_time, probe_text=f"the probe's {_secs(gen['one_step_seconds'] + probe_seconds)} "
+                   "included")
+
+
+def profile_auto(pipe, config: ProfileConfig, *, out, progress: bool = True, max_time: float = MAX_TIME,
+                 max_memory=None, say=None) -> Profile:
+    """Profile ``pipe`` into ``out`` in the auto mode, probing the profile's own first unit: one plain one-step
+    generation (the time and peak the targets are factors of), then the profile starts with the settings every
+    candidate shares (``sample=64``, ``replay_batch=1``, unless given); after the first unit's probed generation
+    one replay of one step (one row, unless given; every block checkpointed too when memory needs it) times the
+    replay, the choice is made (:func:`choose_profile`'s rule, each prediction the whole command's, the probe
+    included), said in one line (``say``), and the profile goes on with it: the first unit's generation is kept,
+    and its replay too when the choice replays as the probe did. A refusal (ResourceError) leaves no file."""
+    st = _setup(config, max_time, max_memory)
+    say = say or (lambda line: None)
+    if not would_probe(pipe):
+        choice = _small(pipe, config)
+        return profile_local(pipe, choice.config, out=out, progress=progress)
+    gen = measure_generation(pipe, config)
+    device = gen["device"]
+
+    def decide(probe: UnitProbe):
+        p0 = _measure_unit(probe, st.probe, False, watch)
+        cap, free, _ = _cap(st, gen, device)
+        p1 = None
+        if p0["peak_bytes"] > min(cap, free) or st.fixed_share:
+            try:
+                p1 = _measure_unit(probe, st.probe, True, watch)
+            except UsageError:
+                p1 = None  # the denoiser has no activation checkpointing
+        probe_replays = p0["replay_seconds"] + (p1["replay_seconds"] if p1 else 0.0)
+        spent = (gen["one_step_seconds"] + p0["overhead_seconds"] + p0["setup_seconds"]
+                 + config.steps * p0["step_seconds"] + probe_replays)
+        choice = _choose(pipe, st, gen, p0, p1, spent=spent, gen_units=len(config.seeds) - 1, reused=True,
+                         max_time=max_time, probe_text=f"the probe's {_secs(gen['one_step_seconds'] + probe_replays)}"
+                         " and its first unit included")
+        say(choice.line)
+        c = choice.config
+        sens = None
+        if replayed_steps(c.steps, c.replay_steps) == replayed_steps(c.steps, 1) \
+                and c.replay_rows == st.probe.replay_rows:
+            if not c.replay_checkpoint:
+                sens = p0["sens"]
+            elif c.replay_checkpoint is True and p1 is not None:
+                sens = p1["sens"]
+        return c, choice.forecast, sens
+
+    with _Watch(device) as watch:
+        return profile_local(pipe, st.probe, out=out, progress=progress, decide=decide)
 
 
 def resume_choice(config: ProfileConfig, stored: dict | None) -> ProfileConfig | None:

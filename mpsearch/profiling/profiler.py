@@ -12,7 +12,8 @@ Results go to the profile file one unit of work (one seed's batch) at a time.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -326,7 +327,7 @@ def default_profile_path(model: str = "default") -> Path:
 
 def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple[int, int] = (0, 1),
                   progress: bool = True, timings: dict | None = None, forecast: dict | None = None,
-                  **options) -> Profile:
+                  decide=None, **options) -> Profile:
     """Profile ``pipe``'s denoiser (local tier) into the SQLite file ``out`` and return the loaded Profile.
 
     ``options`` override fields of the default ProfileConfig (labels, seeds, steps, guidance_scale, formats).
@@ -336,10 +337,13 @@ def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard:
     probed generation (``generate``) and in the output-sensitivity replay (``replay``).
     ``forecast`` (``{"step": s, "replay": s}``: predicted seconds of a probed step and of a unit's replay, e.g.
     from the auto mode's probe) makes the progress bar count predicted seconds, so its ETA covers the replays.
+    ``decide`` (the auto mode's probe, :func:`record_units`) settles the replay settings after the first unit's
+    generation; the file is written with the settings it returns.
     """
     config = make_config(config, options)
     out = Path(out) if out is not None else default_profile_path(model_name(pipe))
-    record_units(pipe, config, out, shard=shard, progress=progress, timings=timings, forecast=forecast)
+    record_units(pipe, config, out, shard=shard, progress=progress, timings=timings, forecast=forecast,
+                 decide=decide)
     return Profile.load(out)
 
 
@@ -382,7 +386,8 @@ def _digest(denoiser, info, path) -> str:
 
 
 def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (0, 1), skip=(),
-                 progress: bool = True, timings: dict | None = None, forecast: dict | None = None) -> set[int]:
+                 progress: bool = True, timings: dict | None = None, forecast: dict | None = None,
+                 decide=None) -> set[int]:
     """Measure shard ``(i, n)``'s units (u % n == i) into the profile file ``out``, except those already in it
     and those in ``skip`` (finished elsewhere), and return the units the file then holds.
 
@@ -390,6 +395,12 @@ def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (
     writing it is refused (``ProfileBusyError``). A file this call created that fails before finishing any unit
     is removed again (and a folder made for it); finished units are kept, and a file another process created is
     never removed.
+
+    ``decide(probe: UnitProbe) -> (config, forecast, sensitivity or None)`` (the auto mode): called once, after
+    the first unit's probed generation and before its replay; the first unit is that probe's work, kept. The
+    returned config may change only the replay settings (and ``mode``/``reason``); the file is opened only then,
+    with it, so an error raised by ``decide`` leaves no file. A sensitivity it returns (a replay it ran with the
+    returned settings) is the first unit's, not replayed again.
     """
     i, n = check_shard(shard)
     out = Path(out)
@@ -397,26 +408,40 @@ def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (
     info = describe(denoiser, ("fp", *config.formats))
     check_finite_weights(denoiser)  # before any file is made
     folder_created = not out.parent.exists()
-    # a file another process writes is refused before its contents are read (the lock is re-entrant: the writer
-    # takes it again)
-    lock = writer_lock(out) if out.exists() else None
+    opened: list[ProfileWriter] = []
+
+    def open_writer(cfg: ProfileConfig) -> ProfileWriter:
+        # a file another process writes is refused before its contents are read (the lock is re-entrant: the
+        # writer takes it again)
+        lock = writer_lock(out) if out.exists() else None
+        try:
+            opened.append(ProfileWriter(out, info, cfg.to_dict(), versions(), weights=_digest(denoiser, info, out),
+                                        shard=(i, n), source=getattr(pipe, "mpsearch_source", None)))
+        finally:
+            if lock is not None:
+                lock.release()
+        return opened[0]
+
     try:
-        writer = ProfileWriter(out, info, config.to_dict(), versions(), weights=_digest(denoiser, info, out),
-                               shard=(i, n), source=getattr(pipe, "mpsearch_source", None))
-    finally:
-        if lock is not None:
-            lock.release()
-    try:
-        done = writer.done_units()
         skip = set(skip)
+        if decide is None:
+            done = open_writer(config).done_units()
+        else:
+            done = set()  # the file is opened once the settings are decided
         todo = [u for u in range(len(config.seeds)) if u % n == i and u not in done and u not in skip]
         if todo:
-            _run_units(pipe, denoiser, info, config, writer, todo, progress, timings, forecast)
+            _run_units(pipe, denoiser, info, config, opened[0] if decide is None else open_writer, todo, progress,
+                       timings, forecast, decide)
+        writer = opened[0] if opened else open_writer(config)
         return writer.done_units()
     except BaseException:
-        # a profile that failed before finishing any unit leaves no file behind; finished units are kept
-        removed = writer.created and not writer.done_units()
-        writer.abandon()
+        if opened:
+            # a profile that failed before finishing any unit leaves no file behind; finished units are kept
+            writer = opened[0]
+            removed = writer.created and not writer.done_units()
+            writer.abandon()
+        else:
+            removed = True  # decide refused: no file was made
         if removed:
             if folder_created:
                 try:
@@ -425,7 +450,35 @@ def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (
                     pass
         raise
     finally:
-        writer.close()
+        for writer in opened:
+            writer.close()
+
+
+@dataclass
+class UnitProbe:
+    """What the auto mode's probe sees of the first unit, after its probed generation and before its replay:
+    the seconds spent building the probes (``setup_seconds``) and in the probed generation
+    (``generate_seconds``, ``steps`` denoising steps), and ``replay(**settings)``, which replays the unit's
+    recorded calls with the given replay settings (``replay_steps``, ``replay_rows``, ``replay_batch``,
+    ``replay_checkpoint``; the others as configured) and returns the sensitivity."""
+
+    config: ProfileConfig
+    steps: int
+    setup_seconds: float
+    generate_seconds: float
+    replay: Callable[..., np.ndarray]
+
+
+_REPLAY_FIELDS = ("replay_steps", "replay_rows", "replay_batch", "replay_checkpoint", "mode", "reason")
+
+
+def _check_decided(before: ProfileConfig, after: ProfileConfig) -> None:
+    """A decided config may differ from the probed one only in how the replay runs (the generation is kept)."""
+    changed = [k for k in ProfileConfig.__dataclass_fields__ if k not in _REPLAY_FIELDS
+               and getattr(before, k) != getattr(after, k)]
+    if changed:
+        raise UsageError(f"the profile's settings were decided after its first unit's generation, but they change "
+                         f"{', '.join(changed)}, which that generation measured; decide only the replay settings")
 
 
 def _progress_bar(units: int, steps: int, progress: bool, forecast: dict | None):
@@ -442,7 +495,9 @@ def _progress_bar(units: int, steps: int, progress: bool, forecast: dict | None)
     return bar, step, replay
 
 
-def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=None, forecast=None):
+def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=None, forecast=None, decide=None):
+    """Measure ``todo``'s units into ``writer`` (with ``decide``: a function opening the writer for the config
+    ``decide`` returns, see :func:`record_units`)."""
     timings = {} if timings is None else timings
     timings.update(setup=0.0, generate=[], replay=[])
     t_setup = time.perf_counter()
@@ -453,6 +508,7 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
     step_state = recorder.state
     handles = []
     candidates = [modules[layer.name] for layer in info.layers]
+    bar_ref: list = [None, 1, 0]  # the bar, what a step and what a unit's replay add to it
     try:
         for li, layer in enumerate(info.layers):
             cands = [(fi, f) for fi, f in enumerate(formats) if fi > 0 and f in layer.eligible]
@@ -463,13 +519,26 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
             handles.append(modules[block].register_forward_hook(_BlockProbe(bi, step_state, acc_ref)))
         timings["setup"] = time.perf_counter() - t_setup
         L, F, S, B = len(info.layers), len(formats), config.steps, len(info.blocks)
-        bar, step_work, replay_work = _progress_bar(len(todo), S, progress, forecast)
+        if decide is None:
+            bar_ref[:] = _progress_bar(len(todo), S, progress, forecast)
 
         def tick(*_):
-            if acc_ref[0] is not None:
-                bar.update(step_work)  # returns None: a forward hook that returns a value would replace the output
+            if acc_ref[0] is not None and bar_ref[0] is not None:
+                # returns None: a forward hook that returns a value would replace the output
+                bar_ref[0].update(bar_ref[1])
 
         handles.append(denoiser.register_forward_hook(tick))
+
+        def replay(cfg, unit):
+            recorder.paused = True  # the probes are paused (acc_ref[0] is None) while the calls run with gradients
+            try:
+                with offload_aware_replay(denoiser):
+                    return output_sensitivity(denoiser, recorder.calls, candidates, S, seed=config.seeds[unit],
+                                              replay_steps=cfg.replay_steps, batch=cfg.replay_batch,
+                                              checkpoint=cfg.replay_checkpoint, rows=cfg.replay_rows)
+            finally:
+                recorder.paused = False
+
         for unit in todo:
             acc_ref[0] = _Accumulator(np.zeros((L, F, S, 4)), np.zeros((B, S, 2)), seed=config.seeds[unit])
             step_state.reset()
@@ -478,17 +547,23 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
             generate(pipe, config.conditions, config.seeds[unit], config.steps, config.guidance_scale, config.size)
             t1 = time.perf_counter()
             acc, acc_ref[0] = acc_ref[0], None  # pause the probes while the calls are replayed with gradients
-            recorder.paused = True
+            sens = None
             try:
-                with offload_aware_replay(denoiser):
-                    sens = output_sensitivity(denoiser, recorder.calls, candidates, S, seed=config.seeds[unit],
-                                              replay_steps=config.replay_steps, batch=config.replay_batch,
-                                              checkpoint=config.replay_checkpoint, rows=config.replay_rows)
+                if decide is not None:
+                    probe = UnitProbe(config, S, timings["setup"], t1 - t0,
+                                      lambda _u=unit, _c=config, **kw: replay(replace(_c, **kw), _u))
+                    decided, forecast, sens = decide(probe)
+                    _check_decided(config, decided)
+                    config, decide = decided, None
+                    writer = writer(config)
+                    bar_ref[:] = _progress_bar(len(todo), S, progress, forecast)
+                    bar_ref[0].update(S * bar_ref[1])  # this unit's steps, run before the bar
+                if sens is None:
+                    sens = replay(config, unit)
             finally:
-                recorder.paused = False
                 recorder.calls.clear()
-            if replay_work:
-                bar.update(replay_work)
+            if bar_ref[2]:
+                bar_ref[0].update(bar_ref[2])
             timings["generate"].append(t1 - t0)
             timings["replay"].append(time.perf_counter() - t1)
             rows = [(li, fi, s, *map(float, acc.stats[li, fi, s]))
@@ -498,8 +573,8 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
             srows = [(li, s, float(sens[li, s, 0]), float(sens[li, s, 1])) for li in range(L) for s in range(S)]
             writer.write_unit(unit, time.perf_counter() - t0, rows, brows, srows)
     finally:
-        if "bar" in locals():
-            bar.close()  # also on error, so an error message starts on a line of its own
+        if bar_ref[0] is not None:
+            bar_ref[0].close()  # also on error, so an error message starts on a line of its own
         for h in handles:
             h.remove()
         recorder.remove()

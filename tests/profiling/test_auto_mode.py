@@ -41,7 +41,12 @@ def _simulate(monkeypatch, *, step=1.0, replay_row=1.0, peak=4 * GB, peak_ck=Non
         return {"measured_seconds": 0.5 + step + r, "setup_seconds": 0.5, "step_seconds": step, "replay_seconds": r,
                 "peak_bytes": peak_ck if checkpoint else peak}
 
+    def probe_unit(unit, config, checkpoint, watch):  # the probe of the profile's own first unit
+        p = probe(None, config, checkpoint)
+        return {**p, "overhead_seconds": 0.0, "sens": None}
+
     monkeypatch.setattr(auto, "_probe", probe)
+    monkeypatch.setattr(auto, "_measure_unit", probe_unit)
     return probes
 
 
@@ -74,7 +79,8 @@ def test_the_embedded_default_profiles_exactly_by_default(tmp_path, capsys, monk
 
 def test_a_large_model_gets_the_least_approximation_within_the_targets(dit_pipe, tmp_path, monkeypatch):
     # 3 steps: probed step 1 s each, a replayed row 1 s, 2 rows per call; a generation 10 s, so 30 s allowed:
-    # replaying every step and row would take 0.5 + 0.5 + 3 + 3 x 2 = 10 s: fits
+    # the whole command replaying every step and row: the one-step generation measured (10 / 3 s), setup 0.5 s,
+    # the first unit's 3 probed steps, the probe's replay of one row (1 s), then 3 steps x 2 rows = 13.8 s: fits
     probes = _simulate(monkeypatch, gen=10.0)
     lines = []
     p = profile(dit_pipe, out=tmp_path / "p.sqlite", progress=False, say=lines.append, **BASE)
@@ -82,7 +88,8 @@ def test_a_large_model_gets_the_least_approximation_within_the_targets(dit_pipe,
     assert "replay_rows" not in p.config and len(probes) == 1 and probes[0][0].replay_rows == 1
     assert p.config["mode"] == "auto" and "exact is not probed" in p.config["reason"]
     assert len(lines) == 1 and lines[0].startswith("profile: auto -> sample 64, replay 3 steps x every row")
-    assert "x a generation (9.5 s)" in lines[0] and "peak 4.00 GB" in lines[0]
+    assert "x a generation (14 s, the probe's 4.3 s and its first unit included)" in lines[0]
+    assert "peak 4.00 GB" in lines[0]
 
 
 def test_a_tighter_time_target_approximates_more(dit_pipe, tmp_path, monkeypatch):
@@ -228,3 +235,91 @@ def test_a_foreign_out_file_is_still_the_writers_one_line_error(dit_pipe, tmp_pa
     with pytest.raises(ProfileError, match="p.sqlite"):
         profile(dit_pipe, out=out, progress=False, **BASE)
     assert out.read_bytes() == b"not a database" * 100
+
+
+def _count_work(monkeypatch):
+    """Counts the generations (plain and probed) and the replays the auto mode runs."""
+    from mpsearch.profiling import profiler
+
+    seen = {"generate": 0, "replay": 0}
+    real_generate, real_replay = profiler.generate, profiler.output_sensitivity
+
+    def generate(*a, **k):
+        seen["generate"] += 1
+        return real_generate(*a, **k)
+
+    def replay(*a, **k):
+        seen["replay"] += 1
+        return real_replay(*a, **k)
+
+    monkeypatch.setattr(profiler, "generate", generate)
+    monkeypatch.setattr(auto, "generate", generate)
+    monkeypatch.setattr(profiler, "output_sensitivity", replay)
+    return seen
+
+
+def test_the_probe_is_the_profiles_first_unit_and_its_work_is_kept(dit_pipe, tmp_path, monkeypatch):
+    # the real probe on the tiny model taken for a large one; a time target nothing meets: the fastest setting,
+    # which replays as the probe did (1 step x 1 row), so the probe's replay is the first unit's
+    monkeypatch.setattr(auto, "EXACT_PARAMS", 0)
+    seen = _count_work(monkeypatch)
+    lines = []
+    cfg = dict(BASE, seeds=(0, 1), guidance_scale=2.0)
+    p = profile(dit_pipe, out=tmp_path / "a.sqlite", progress=False, say=lines.append, max_time=1e-6, **cfg)
+    assert (p.config["replay_steps"], p.config["replay_rows"], p.config["sample"]) == (1, 1, 64)
+    # one plain one-step generation, then the profile's two units: no separate probe's generation; one replay
+    # per unit: the probe's replay was the first unit's
+    assert seen == {"generate": 1 + 2, "replay": 2}
+    assert len(lines) == 1 and "its first unit included" in lines[0]
+    # the same numbers as a profile run with those settings from the start
+    given = {k: p.config[k] for k in ("sample", "replay_steps", "replay_batch", "replay_rows")}
+    e = profile(dit_pipe, out=tmp_path / "e.sqlite", progress=False, mode="exact", **cfg, **given)
+    np.testing.assert_array_equal(p.stats, e.stats)
+    np.testing.assert_array_equal(p.sensitivity, e.sensitivity)
+
+
+def test_a_choice_other_than_the_probes_keeps_its_generation_and_replays_once_more(dit_pipe, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setattr(auto, "EXACT_PARAMS", 0)
+    seen = _count_work(monkeypatch)
+    cfg = dict(BASE, guidance_scale=2.0)
+    p = profile(dit_pipe, out=tmp_path / "a.sqlite", progress=False, say=lambda _: None, max_time=1e6, **cfg)
+    assert (p.config["replay_steps"], p.config.get("replay_rows")) == (3, None)  # the least approximation
+    assert seen == {"generate": 1 + 1, "replay": 1 + 1}  # the probe's one-step replay, then the chosen one
+    given = {k: p.config[k] for k in ("sample", "replay_steps", "replay_batch")}
+    e = profile(dit_pipe, out=tmp_path / "e.sqlite", progress=False, mode="exact", **cfg, **given)
+    np.testing.assert_array_equal(p.stats, e.stats)
+    np.testing.assert_array_equal(p.sensitivity, e.sensitivity)
+
+
+def test_the_separate_probes_prediction_counts_the_probe(dit_pipe, monkeypatch):
+    # choose_profile (rank 0 under a distributed launch) probes apart from the profile: its cost is predicted too,
+    # the one-step generation measured (10 / 3 s) on top of the profile's 9.5 s
+    _simulate(monkeypatch, gen=10.0)
+    choice = auto.choose_profile(dit_pipe, ProfileConfig(**BASE))
+    assert choice.config.replay_steps == 3 and choice.seconds >= 9.5 + 10 / 3
+    assert "the probe's" in choice.line and "included" in choice.line
+
+
+def test_a_refusal_after_the_first_units_generation_leaves_no_file_or_folder(dit_pipe, tmp_path, monkeypatch):
+    _simulate(monkeypatch, peak=6 * GB, peak_ck=5 * GB, free=4 * GB)
+    out = tmp_path / "new" / "p.sqlite"
+    with pytest.raises(ResourceError, match="no checked setting fits"):
+        profile(dit_pipe, out=out, progress=False, **BASE)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_decision_may_change_only_the_replay(dit_pipe, tmp_path):
+    # the first unit's generation is kept, so a decision that would have generated it otherwise is refused
+    from dataclasses import replace
+
+    from mpsearch.profiling.profiler import profile_local
+
+    cfg = ProfileConfig(**BASE, sample=64)
+    with pytest.raises(UsageError, match="change sample"):
+        profile_local(dit_pipe, cfg, out=tmp_path / "p.sqlite", progress=False,
+                      decide=lambda probe: (replace(probe.config, sample=32), None, None))
+    assert not any(tmp_path.iterdir())
+    p = profile_local(dit_pipe, cfg, out=tmp_path / "q.sqlite", progress=False,
+                      decide=lambda probe: (replace(probe.config, replay_steps=1), None, None))
+    assert p.config["replay_steps"] == 1
