@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mpsearch.errors import UsageError
+from mpsearch.errors import ModelError, UsageError
 from mpsearch.formats import get_format
 from mpsearch.models import describe, get_denoiser
 from mpsearch.runtime.generation import generate
@@ -114,11 +114,14 @@ def denoising_batches(pipe, labels, seeds, steps: int, guidance_scale=None) -> l
         with CallRecorder(1).install(den) as rec:
             images = generate(pipe, labels, seed, steps, guidance_scale)
         x0 = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() * 2 - 1
-        for _, args, kwargs in rec.calls:
-            args = list(args)
+        for _, call_args, kwargs in rec.calls:
+            args = list(call_args)
             x_t = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
-            t = args[1] if len(args) > 1 else kwargs.get("timestep")
-            t = torch.as_tensor(t).long().reshape(-1)
+            if x_t is None:
+                raise ModelError(f"{type(den).__name__} was called without its noisy input (expected it first, or "
+                                 f"as hidden_states= or sample=; got keywords {sorted(kwargs)}); AutoQuantize "
+                                 "supports diffusers denoisers only")
+            t = torch.as_tensor(args[1] if len(args) > 1 else kwargs.get("timestep")).long().reshape(-1)
             a = alphas[t.cpu()].float().reshape(-1, 1, 1, 1)
             x0b = x0.repeat(x_t.shape[0] // x0.shape[0], 1, 1, 1).to(x_t.device)
             target = (x_t.float() - a.sqrt().to(x_t.device) * x0b) / (1 - a).sqrt().to(x_t.device)

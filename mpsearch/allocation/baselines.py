@@ -225,7 +225,7 @@ def mixdq_measured_plans(profile, content: np.ndarray, quality: np.ndarray, budg
                                   pins={pos[i]: f for i, f in base.pins.items() if i in pos})))
     lows = [min_feasible_bytes(sub) if len(idx) else 0 for idx, sub in subs]
     spare = budget_bytes - base.fixed_bytes - sum(lows)
-    plans = {}
+    plans: dict[float, Plan] = {}
     for a in splits:
         if not 0.0 <= a <= 1.0:
             raise UsageError(f"a MixDQ-style split is the content group's share, from 0 to 1; got {a}")

@@ -81,14 +81,17 @@ def parse_compute(spec, full: float, unit: str = "bops") -> float:
     else:
         ok = m is not None and suffix in (None, "%", "bops")
         hint = "a share of full precision (50%) or bit operations per denoiser call (3.2e9)"
-    if not ok or float(m.group(1)) <= 0:
+    if m is None or not ok or float(m.group(1)) <= 0:
         raise UsageError(f"--compute {text!r} does not parse; use {hint}")
     if not math.isfinite(float(m.group(1))):
         raise UsageError(f"--compute {text!r} is not a finite number; use {hint}")
     value = float(m.group(1))
     if suffix == "%":
         return value / 100 * full
-    return value * _SECONDS[suffix] if unit == "s" else value
+    if unit == "s":
+        assert suffix is not None  # `ok` above: a seconds figure always carries its unit
+        return value * _SECONDS[suffix]
+    return value
 
 
 @dataclass
@@ -99,7 +102,7 @@ class ComputeModel:
     denoiser call from a measured ``LatencyTable``); ``full`` is full precision's cost and ``limit`` the
     budget, in that unit (``unit``: ``"bops"`` or ``"s"``)."""
 
-    problem: object  # mpsearch.allocation.solvers.Problem
+    problem: Problem
     variants: list[tuple[str, frozenset]]  # per column: (format, windows with fp activations)
     windows: list[tuple[int, int]]
     full: float
@@ -114,7 +117,8 @@ class ComputeModel:
     def decode(self, choice) -> tuple[dict, list]:
         """A per-layer choice -> (layer -> format, plan overrides for the fp-activation windows)."""
         names = self.problem.layer_names
-        assignment, per_window = {}, {w: {} for w in range(len(self.windows))}
+        assignment: dict[str, str] = {}
+        per_window: dict[int, dict[str, str]] = {w: {} for w in range(len(self.windows))}
         for name, c in zip(names, np.asarray(choice)):
             fmt, a16 = self.variants[int(c)]
             assignment[name] = fmt

@@ -51,7 +51,7 @@ class SolveConfig:
     * ``allow_partial``: solve a profile that lacks some of its units (a shard) instead of refusing it.
     """
 
-    budget: object = None
+    budget: Budget | str | float | None = None
     metric: str = "auto"
     solver: object = DEFAULT_SOLVER
     pins: object = None

@@ -26,6 +26,7 @@ from mpsearch.budget import Budget, format_bytes, parse_budget
 from mpsearch.errors import InfeasibleError, UsageError
 from mpsearch.models import DEFAULT_ROLE_PINS, resolve_role_pins
 from mpsearch.plan import Plan
+from mpsearch.profiling.latency import LatencyTable
 from mpsearch.profiling.store import Profile
 
 __all__ = ["COMPUTE_COSTS", "Formulation", "SolveConfig", "build_problem", "budget_keywords", "check_compute", "formulate",
@@ -42,19 +43,20 @@ def parse_profile_budget(profile: Profile, budget) -> Budget:
     return parse_budget(budget, **budget_keywords(profile.info))
 
 
-def check_compute(profile: Profile, compute, compute_cost: str | None = "bops"):
+def check_compute(profile: Profile, compute: object, compute_cost: str | None = "bops") -> str | LatencyTable:
     """Check a compute budget before any work: returns its cost, ``"bops"`` or the profile's LatencyTable;
     a malformed budget or a missing latency table is a UsageError naming the fix."""
     compute_cost = "bops" if compute_cost is None else compute_cost
     if compute_cost not in COMPUTE_COSTS:
         raise UsageError(f"compute_cost must be one of {', '.join(COMPUTE_COSTS)}, got {compute_cost!r}")
-    cost = "bops"
+    cost: str | LatencyTable = "bops"
     if compute_cost == "latency":
-        cost = profile.latency()
-        if cost is None:
+        table = profile.latency()
+        if table is None:
             raise UsageError(f"profile {profile.path} has no latency table for --compute-cost latency; measure one "
                              f"on this machine with `mpsearch profile --latency --out {profile.path}` (it keeps the "
                              "profile's measurements)")
+        cost = table
     parse_compute(compute, 1.0, "bops" if isinstance(cost, str) else "s")
     return cost
 
@@ -80,7 +82,7 @@ class Formulation:
     end_to_end: dict | None = None
     compute: ComputeModel | None = None
     compute_spec: str | None = None
-    latency: object = None
+    latency: LatencyTable | None = None
     config: SolveConfig | None = None
 
     def with_budget(self, budget) -> "Formulation":

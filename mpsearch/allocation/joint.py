@@ -141,6 +141,7 @@ def solve_joint(profile, pipe, budget=None, *, full_computations=None, speedup=N
         created = plan.provenance["created"]
         plan = weighted.to_plan(sol, provenance={"step_weights": "cache schedule usage (see cache_rounds)",
                                                  "created": created})
+    assert section is not None and sched is not None  # rounds >= 1: the loop ran
     share = section["share"]
     k = sum(section["compute"])
     plan.cache = section

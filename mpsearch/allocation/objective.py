@@ -120,7 +120,7 @@ def build_problem(profile: Profile, budget_bytes: int | None, *, metric="auto", 
                 raise UsageError(f"pin {pattern}={fmt}: layer {names[i]} cannot take {fmt} "
                                  f"({info.layers[i].ineligible.get(fmt, 'not eligible')})")
             pinned[i] = formats.index(fmt)
-    groups = ()
+    groups: tuple[tuple[int, ...], ...] = ()
     if tie:
         index = {n: i for i, n in enumerate(names)}
         groups = tuple(tuple(index[n] for n in g) for g in info.tie_groups)

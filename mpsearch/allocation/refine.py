@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from mpsearch.allocation.formulation import Formulation, as_formulation
 from mpsearch.allocation.solvers import DEFAULT_SOLVER, get_solver
-from mpsearch.allocation.solvers.optuna_search import problem_digest
+from mpsearch.allocation.solvers.optuna_search import OptunaSolver, problem_digest
 from mpsearch.errors import UsageError
 from mpsearch.metrics import ssim
 from mpsearch.plan import Plan
@@ -53,7 +53,7 @@ def evaluation_objective(pipe, info, problem, *, decode=None, labels=tuple(range
         if not per_image:
             return {"content": max(0.0, 1.0 - float(ssim(reference, images))),
                     "quality": float(np.mean(np.square(images - reference))) / power}
-        content = 1.0 - ssim(reference, images, per_image=True)
+        content = 1.0 - np.asarray(ssim(reference, images, per_image=True))
         quality = np.square(np.asarray(images, np.float64) - reference).reshape(len(images), -1).mean(axis=1) / power
         return {"content": max(0.0, float(content.mean())), "quality": float(quality.mean()),
                 "per_image": {"content": content, "quality": quality}}
@@ -75,7 +75,7 @@ def validate_pick(pick: dict, base: dict, alpha: float = VALIDATION_ALPHA) -> di
     score = lambda per: 0.5 * sum(np.asarray(per[k], np.float64) / scale[k] for k in scale)  # noqa: E731
     s_pick, s_base = score(per_pick), score(per_base)
     ratio = float(np.mean(s_pick) / np.mean(s_base))
-    diff = s_pick - s_base
+    diff = np.asarray(s_pick - s_base)
     p = 1.0 if not np.any(diff) else float(wilcoxon(diff, alternative="less").pvalue)
     return {"score_vs_ilp": ratio, "p_value": p, "images": int(len(diff)),
             "kept": "search" if ratio < 1.0 and p < alpha else "ilp"}
@@ -128,12 +128,13 @@ def refine(profile, pipe, budget=None, *, trials: int = 30, storage: str | None 
     solver = get_solver("optuna", trials=trials, evaluate=evaluate, objectives=("content", "quality"),
                         sampler=sampler, seed=seed, storage=storage, study_name=study_name,
                         callback=lambda t: bar.update(1))
+    assert isinstance(solver, OptunaSolver)  # the "optuna" name; for mypy, which reads get_solver's BaseSolver
     try:
         sol = solver.solve(problem)
     finally:
         bar.close()
     seconds = sol.seconds
-    report = dict(solver.report) if solver.report else {"trials": 0, "note": "the budget does not bind"}
+    report: dict = dict(solver.report) if solver.report else {"trials": 0, "note": "the budget does not bind"}
     report.update(settings=settings, storage=storage)
     chosen, reference = report.get("chosen"), report.get("reference")
     if validation_seeds and chosen and reference and chosen["trial"] != reference["trial"]:

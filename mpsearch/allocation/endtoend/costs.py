@@ -90,8 +90,8 @@ def window_step_weights(profile: Profile, res: E2EResults, weights: dict) -> np.
         d[1] += local
     top = max(d for d, _ in per_window.values())
     w = np.zeros(profile.steps)
-    for (a, b), (d, local) in per_window.items():
-        w[a:b] = max(d, 1e-3 * top) / max(local, 1e-30)
+    for (a, b), (damage, local) in per_window.items():
+        w[a:b] = max(damage, 1e-3 * top) / max(local, 1e-30)
     if not np.isfinite(w).all() or w.sum() <= 0:
         return None
     return w / w.sum()

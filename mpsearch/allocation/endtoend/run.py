@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpsearch.errors import UsageError
+from mpsearch.errors import ProfileError, UsageError
 from mpsearch.allocation.objective import layer_costs
 from mpsearch.profiling.store import Profile
 from mpsearch.profiling.endtoend.measuring import measure
@@ -22,15 +22,16 @@ __all__ = ["run_end_to_end", "spearman"]
 
 
 def spearman(profile: Profile, res: E2EResults) -> dict:
-    """Rank agreement (scipy.stats.spearmanr) between the local tier's sensitivity (the default local metric, ``gn`` where measured, over steps) and
-    the end-to-end damage of the measured single-layer units, per metric: {metric: {rho, p, n}}."""
+    """Rank agreement (scipy.stats.spearmanr) between the local tier's sensitivity (the default local metric,
+    ``gn`` where measured, over steps) and the end-to-end damage of the measured single-layer units, per metric:
+    {metric: {rho, p, n}}."""
     from scipy.stats import spearmanr
 
     local = layer_costs(profile, "auto")
     index = {n: i for i, n in enumerate(profile.info.names)}
     pairs = [(u, local[index[u["layers"][0]], profile.formats.index(u["format"])])
              for u in res.of_kind("layer") if u["start"] == 0 and u["stop"] == profile.steps]
-    out = {}
+    out: dict[str, dict[str, float | int | None]] = {}
     for m in res.metrics:
         x = [c for u, c in pairs if m in u["values"]]
         y = [res.damages(u)[m] for u, _ in pairs if m in u["values"]]
@@ -56,6 +57,9 @@ def run_end_to_end(pipe, profile: Profile, *, shortlist_n: int = 8, windows: int
     done = measure(pipe, profile, units, content_scorer=content_scorer, features=features, seeds=seeds,
                    progress=progress)
     res = load_results(profile.path, done["run"])
+    if res is None:  # measure() always stores the full-precision unit; a missing one means the file changed under us
+        raise ProfileError(f"{profile.path} has no end-to-end results for run {done['run']!r} after measuring it; "
+                           "profile --end-to-end again")
     exhaustive = 1 + len(exhaustive_units(profile.info, profile.formats))
     return {"run": done["run"], "units": 1 + len(units), "shortlist": [list(p) for p in pairs],
             "windows": [list(w) for w in step_windows(profile.steps, windows)] if windows else [],

@@ -22,6 +22,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -180,9 +181,9 @@ class Problem:
                 "finite and >= 0, or inf for a format the layer may not take"
             )
         allowed = np.isfinite(cost)
-        for l in np.flatnonzero(~allowed.any(axis=1)) if n_formats else ():
+        for row in np.flatnonzero(~allowed.any(axis=1)) if n_formats else ():
             raise UsageError(
-                f"Problem.cost row {int(l)} (layer {names[l]!r}) is inf for every format; "
+                f"Problem.cost row {int(row)} (layer {names[row]!r}) is inf for every format; "
                 "each layer needs at least one allowed format (fp usually)"
             )
 
@@ -232,11 +233,11 @@ class Problem:
         set_(self, "_decisions", self._collapse())
 
     @staticmethod
-    def _names(field_name: str, value: object) -> tuple[str, ...]:
+    def _names(field_name: str, value: Any) -> tuple[str, ...]:
         if isinstance(value, str):
             raise UsageError(f"Problem.{field_name} must be a sequence of names, got the string {value!r}")
         try:
-            names = tuple(value)  # type: ignore[arg-type]
+            names = tuple(value)
         except TypeError:
             raise UsageError(f"Problem.{field_name} must be a sequence of names, got {value!r}") from None
         for i, name in enumerate(names):
@@ -248,9 +249,9 @@ class Problem:
         return names
 
     @staticmethod
-    def _groups(value: object, n_layers: int) -> tuple[tuple[int, ...], ...]:
+    def _groups(value: Any, n_layers: int) -> tuple[tuple[int, ...], ...]:
         try:
-            groups = tuple(tuple(g) for g in value)  # type: ignore[union-attr]
+            groups = tuple(tuple(g) for g in value)
         except TypeError:
             raise UsageError(f"Problem.groups must be a sequence of sequences of layer indices, got {value!r}") from None
         owner: dict[int, int] = {}
