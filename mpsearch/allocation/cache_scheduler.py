@@ -72,6 +72,7 @@ class ScheduleProblem:
 
     @property
     def steps(self) -> int:
+        """The number of denoising steps (rows of ``cost``)."""
         return self.cost.shape[0]
 
     @property
@@ -82,6 +83,7 @@ class ScheduleProblem:
 
     @property
     def min_full_computations(self) -> int:
+        """The fewest full computations that keep the warm-up, the last step and ``max_reuse``."""
         S, W = self.steps, min(self.warmup, self.steps)
         free = S - W  # steps after the warm-up; the last of them is forced
         if free <= 0:
@@ -102,10 +104,12 @@ class Schedule:
 
     @property
     def full_computations(self) -> int:
+        """How many steps compute in full (the rest reuse cached features)."""
         return sum(self.compute)
 
     @property
     def steps(self) -> int:
+        """The number of denoising steps the schedule covers."""
         return len(self.compute)
 
     def source(self) -> list[int]:

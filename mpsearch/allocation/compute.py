@@ -112,6 +112,7 @@ class ComputeModel:
 
     @property
     def unit(self) -> str:
+        """The unit of ``full`` and ``limit``: ``"s"`` for a latency cost, else ``"bops"``."""
         return "s" if self.kind == "latency" else "bops"
 
     def decode(self, choice) -> tuple[dict, list]:

@@ -44,6 +44,7 @@ class ParetoPoint:
     choice: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
+        """The point as plain JSON-ready values (the choice array left out)."""
         return {"budget_bytes": self.budget_bytes, "total_bytes": self.total_bytes, "objective": self.objective,
                 "status": self.status, "seconds": round(self.seconds, 6), "formats": dict(self.formats),
                 "reused": self.reused, "on_frontier": self.on_frontier, "plan": self.plan, "extra": dict(self.extra)}

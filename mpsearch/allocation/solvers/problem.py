@@ -102,6 +102,7 @@ class Decisions:
 
     @property
     def count(self) -> int:
+        """The number of decisions (tie groups and untied layers)."""
         return len(self.members)
 
     def expand(self, decision_choice: np.ndarray) -> np.ndarray:
@@ -349,10 +350,12 @@ class Problem:
     # ---------------------------------------------------------------------------------------- views
     @property
     def n_layers(self) -> int:
+        """The number of layers (rows of ``cost``)."""
         return len(self.layer_names)
 
     @property
     def n_formats(self) -> int:
+        """The number of formats (columns of ``cost``)."""
         return len(self.formats)
 
     @property
