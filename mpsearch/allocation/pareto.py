@@ -12,14 +12,17 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mpsearch.errors import InfeasibleError, UsageError
 from mpsearch.allocation.formulation import as_formulation, budget_keywords
-from mpsearch.allocation.solvers import DEFAULT_SOLVER, Solution, get_solver, min_feasible_bytes
+from mpsearch.allocation.solvers import DEFAULT_SOLVER, BaseSolver, Problem, Solution, get_solver, min_feasible_bytes
+from mpsearch.allocation.config import SolveConfig
 from mpsearch.budget import format_bytes, parse_budget
 from mpsearch.io import atomic_write_bytes
 
@@ -79,7 +82,7 @@ def _max_bytes(problem) -> int:
     return problem.fixed_bytes + int(np.where(dec.allowed, dec.nbytes, 0).max(axis=1).sum())
 
 
-def pareto_budgets(problem, n: int) -> list[int]:
+def pareto_budgets(problem: Problem, n: int) -> list[int]:
     """``n`` budgets evenly spaced from the smallest feasible size to the largest (full precision)."""
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
@@ -102,7 +105,7 @@ def frontier_flags(points: list[ParetoPoint]) -> None:
         seen.add(key)
 
 
-def sweep(problem, budgets, *, solver=DEFAULT_SOLVER, solver_options: dict | None = None,
+def sweep(problem: Problem, budgets: Iterable[int], *, solver: str | BaseSolver = DEFAULT_SOLVER, solver_options: dict | None = None,
           progress: bool = False) -> list[ParetoPoint]:
     """Solve ``problem`` under each budget (bytes); points come back in ascending budget order.
 
@@ -142,7 +145,7 @@ def sweep(problem, budgets, *, solver=DEFAULT_SOLVER, solver_options: dict | Non
     return points
 
 
-def uniform_points(problem) -> dict[str, dict]:
+def uniform_points(problem: Problem) -> dict[str, dict]:
     """Reference points: every layer in one format where it may take it, else the first (full-precision) format.
 
     Pins and tie groups are ignored (these are the plain uniform plans, not solver answers).
@@ -157,7 +160,7 @@ def uniform_points(problem) -> dict[str, dict]:
     return out
 
 
-def write_frontier(points: list[ParetoPoint], folder, *, uniform: dict | None = None, title: str = "",
+def write_frontier(points: list[ParetoPoint], folder: str | Path, *, uniform: dict | None = None, title: str = "",
                    meta: dict | None = None) -> dict:
     """Write ``frontier.csv``, ``frontier.json`` and ``frontier.png`` into ``folder``; return their paths."""
 
@@ -208,8 +211,9 @@ def _plot(points, uniform, title) -> bytes:
     return out.getvalue()
 
 
-def pareto(profile, budgets=None, *, n: int | None = None, solver=None, out=None, progress: bool = False,
-           config=None, **objective) -> dict:
+def pareto(profile: Any, budgets: Any = None, *, n: int | None = None, solver: str | BaseSolver | None = None,
+           out: str | Path | None = None, progress: bool = False, config: SolveConfig | None = None,
+           **objective: Any) -> dict:
     """Sweep a profile over budgets (a list of budget specs or bytes, a ``start:stop:step`` string, or ``n``
     evenly spaced points) and, with ``out``, write the frontier files and one plan per solved budget.
 

@@ -153,7 +153,7 @@ def refine(profile, pipe, budget=None, *, trials: int = 30, storage: str | None 
     return plan, report
 
 
-def default_storage(profile_path) -> str:
+def default_storage(profile_path: str | Path) -> str:
     """``sqlite:///studies/<profile>.db``: the local study file when no ``--storage`` is given."""
     path = Path("studies") / f"{Path(profile_path).stem}.db"
     path.parent.mkdir(parents=True, exist_ok=True)

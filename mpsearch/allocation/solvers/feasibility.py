@@ -21,7 +21,7 @@ def _extra_tolerance(rhs: float, coef_scale: float) -> float:
     return 1e-9 * max(1.0, abs(rhs), coef_scale)
 
 
-def resource_tables(problem) -> tuple[np.ndarray, np.ndarray]:
+def resource_tables(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     """Per-decision resource use and limits for heuristics: ``(use (R, D, F), caps (R,))``, one row for the
     byte budget (net of fixed bytes, if any) and one per extra constraint (with half its round-off tolerance)."""
     dec = problem.decisions

@@ -372,7 +372,7 @@ class Problem:
         """The same problem under another budget (e.g. for a Pareto sweep)."""
         return replace(self, budget_bytes=budget_bytes, pins=dict(self.pins))
 
-    def assignment(self, choice) -> dict[str, str]:
+    def assignment(self, choice: Any) -> dict[str, str]:
         """Layer name -> format name of a per-layer ``choice`` (indices into ``formats``), in layer order."""
         choice = np.asarray(choice)
         if choice.shape != (self.n_layers,):
