@@ -16,13 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from mpsearch.allocation.formulation import Formulation, as_formulation
-from mpsearch.allocation.solvers import DEFAULT_SOLVER, get_solver
+from mpsearch.allocation.config import SolveConfig
+from mpsearch.allocation.solvers import DEFAULT_SOLVER, Problem, get_solver
 from mpsearch.allocation.solvers.optuna_search import OptunaSolver, problem_digest
 from mpsearch.errors import UsageError
 from mpsearch.metrics import ssim
+from mpsearch.models import ModelInfo
 from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.generation import generate_many
@@ -35,8 +39,9 @@ VALIDATION_SEEDS = (501, 502, 503)
 VALIDATION_ALPHA = 0.05
 
 
-def evaluation_objective(pipe, info, problem, *, decode=None, labels=tuple(range(10)), seeds=SEARCH_SEEDS,
-                         steps: int = 8, guidance_scale=None, per_image: bool = False):
+def evaluation_objective(pipe: Any, info: ModelInfo, problem: Problem, *, decode: Callable | None = None,
+                         labels: Sequence = tuple(range(10)), seeds: Sequence[int] = SEARCH_SEEDS, steps: int = 8,
+                         guidance_scale: float | None = None, per_image: bool = False) -> Callable[[Any], dict]:
     """A callable ``choice -> {"content": 1 - SSIM, "quality": relative MSE}`` against full precision.
 
     With ``per_image``, the mapping also holds ``"per_image": {"content": (N,), "quality": (N,)}``, each image's
@@ -92,10 +97,11 @@ def _check_search(seeds, validation_seeds, steps) -> None:
         raise UsageError(f"search steps must be an integer >= 1 (denoising steps per trial), got {steps!r}; pass e.g. 8")
 
 
-def refine(profile, pipe, budget=None, *, trials: int = 30, storage: str | None = None,
-           study_name: str | None = None, sampler: str = "nsga2", seed: int = 0, labels=tuple(range(10)),
-           seeds=SEARCH_SEEDS, steps: int = 8, progress: bool = False, validation_seeds=VALIDATION_SEEDS,
-           config=None, **objective):
+def refine(profile: Any, pipe: Any, budget: Any = None, *, trials: int = 30, storage: str | None = None,
+           study_name: str | None = None, sampler: str = "nsga2", seed: int = 0, labels: Sequence = tuple(range(10)),
+           seeds: Sequence[int] = SEARCH_SEEDS, steps: int = 8, progress: bool = False,
+           validation_seeds: Sequence[int] = VALIDATION_SEEDS, config: SolveConfig | None = None,
+           **objective: Any) -> tuple[Plan, dict]:
     """Search from the ILP's plans with real generations; returns ``(plan, report)``.
 
     ``profile`` is a Profile, its path, or a :class:`~mpsearch.allocation.formulation.Formulation`; ``config``
