@@ -26,13 +26,16 @@ Followed: ModelOpt ``modelopt/torch/quantization/algorithms.py`` (``AutoQuantize
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mpsearch.errors import ModelError, UsageError
 from mpsearch.formats import get_format
-from mpsearch.models import describe, get_denoiser
+from mpsearch.models import ModelInfo, describe, get_denoiser
 from mpsearch.runtime.generation import generate
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import first_tensor
@@ -48,7 +51,9 @@ def aq_score(grad_output: torch.Tensor, output_diff: torch.Tensor) -> float:
     return float(x.clamp(-1e10, 1e10).square().sum(dtype=torch.float64))
 
 
-def gradient_scores(model: torch.nn.Module, batches, modules, formats, eligible=None, *, loss_fn=None) -> np.ndarray:
+def gradient_scores(model: torch.nn.Module, batches: Sequence[tuple], modules: Sequence[torch.nn.Module],
+                    formats: Sequence[str], eligible: Sequence[Any] | None = None, *,
+                    loss_fn: Callable | None = None) -> np.ndarray:
     """(L, F) AutoQuantize scores of ``modules`` (in order) under ``formats`` over ``batches`` (a list of
     ``(args, kwargs, target)``; ``loss_fn(output, target)``, default the MSE of the output's first
     ``target.shape[1]`` channels). ``eligible[l]`` is the set of formats layer ``l`` may take (others: inf);
@@ -98,13 +103,14 @@ def gradient_scores(model: torch.nn.Module, batches, modules, formats, eligible=
     finally:
         for h in handles:
             h.remove()
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
             p.grad = None
     return scores
 
 
-def denoising_batches(pipe, labels, seeds, steps: int, guidance_scale=None) -> list:
+def denoising_batches(pipe: Any, labels: Sequence, seeds: Sequence[int], steps: int,
+                      guidance_scale: float | None = None) -> list:
     """Every denoiser call of a full-precision generation per seed, with its noise-prediction target
     ``(x_t - sqrt(a_t) x_0) / sqrt(1 - a_t)``, ``x_0`` the run's own final image in model space."""
     den = get_denoiser(pipe)
@@ -129,8 +135,9 @@ def denoising_batches(pipe, labels, seeds, steps: int, guidance_scale=None) -> l
     return out
 
 
-def autoquantize_scores(pipe, info=None, formats=("fp", "int8", "nvfp4", "int4"), *, labels=tuple(range(10)),
-                        seeds=(0, 1), steps: int = 20, guidance_scale=None) -> np.ndarray:
+def autoquantize_scores(pipe: Any, info: ModelInfo | None = None,
+                        formats: Sequence[str] = ("fp", "int8", "nvfp4", "int4"), *, labels: Sequence = tuple(range(10)), seeds: Sequence[int] = (0, 1), steps: int = 20,
+                        guidance_scale: float | None = None) -> np.ndarray:
     """(L, F) ModelOpt gradient scores of every candidate layer on the profile's calls (see the module doc)."""
     den = get_denoiser(pipe)
     info = info or describe(den)
@@ -140,7 +147,8 @@ def autoquantize_scores(pipe, info=None, formats=("fp", "int8", "nvfp4", "int4")
                            [set(l.eligible) for l in info.layers])
 
 
-def autoquantize_search(scores, costs, max_size: float, *, lower_bounds=(None, 0.99, 0.90)):
+def autoquantize_search(scores: np.ndarray, costs: np.ndarray, max_size: float, *,
+                        lower_bounds: Sequence[float | None] = (None, 0.99, 0.90)) -> tuple[np.ndarray | None, str]:
     """ModelOpt's ``LPS`` for the gradient searcher: 0/1 variables, one-hot per layer, minimize the summed
     scores, ``lower * max_size <= sum costs <= max_size``; tried without a lower bound first, then with each
     lower bound until CBC reports Optimal. ``scores`` / ``costs``: (L, F), inf = not a candidate.
@@ -180,8 +188,8 @@ def autoquantize_search(scores, costs, max_size: float, *, lower_bounds=(None, 0
     return sel, status
 
 
-def autoquantize_select(scores, nominal, real, fixed_bytes: int, budget_bytes: int, *, fit: bool = False,
-                        iterations: int = 14) -> dict:
+def autoquantize_select(scores: np.ndarray, nominal: np.ndarray, real: np.ndarray, fixed_bytes: int,
+                        budget_bytes: int, *, fit: bool = False, iterations: int = 14) -> dict:
     """AutoQuantize at a real byte budget. ``fit=False``: as a user states it to ModelOpt, the cap on the
     effective-bits size is the budget (minus the bytes no layer choice changes); its real bytes may exceed the
     budget. ``fit=True``: the re-run a user makes when it does not fit: the largest cap (bisection) whose

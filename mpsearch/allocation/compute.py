@@ -25,7 +25,6 @@ import math
 from collections.abc import Sequence
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch

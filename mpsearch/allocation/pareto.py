@@ -105,8 +105,8 @@ def frontier_flags(points: list[ParetoPoint]) -> None:
         seen.add(key)
 
 
-def sweep(problem: Problem, budgets: Iterable[int], *, solver: str | BaseSolver = DEFAULT_SOLVER, solver_options: dict | None = None,
-          progress: bool = False) -> list[ParetoPoint]:
+def sweep(problem: Problem, budgets: Iterable[int], *, solver: str | BaseSolver = DEFAULT_SOLVER,
+          solver_options: dict | None = None, progress: bool = False) -> list[ParetoPoint]:
     """Solve ``problem`` under each budget (bytes); points come back in ascending budget order.
 
     ``solver`` is a registered name or a solver instance. A budget below the smallest feasible size gives a

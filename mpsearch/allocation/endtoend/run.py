@@ -8,6 +8,9 @@ local tier's sensitivity and the measured end-to-end damage.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 
 from mpsearch.errors import ProfileError, UsageError
@@ -43,8 +46,9 @@ def spearman(profile: Profile, res: E2EResults) -> dict:
     return out
 
 
-def run_end_to_end(pipe, profile: Profile, *, shortlist_n: int = 8, windows: int = 4, content_scorer=None,
-                   features=None, seeds=None, role_pins=None, progress: bool = False) -> dict:
+def run_end_to_end(pipe: Any, profile: Profile, *, shortlist_n: int = 8, windows: int = 4,
+                   content_scorer: Callable | None = None, features: Callable | None = None,
+                   seeds: Sequence[int] | None = None, role_pins: dict | None = None, progress: bool = False) -> dict:
     """The cheap end-to-end tier: the shortlist per layer, plus one unit per step window; stored in the
     profile. Returns the summary ``mpsearch profile --end-to-end --json`` prints (``cost_ratio``: generations
     made for it / generations of the exhaustive per-layer, per-format run; ``spearman`` per metric)."""
