@@ -136,7 +136,8 @@ def denoising_batches(pipe: Any, labels: Sequence, seeds: Sequence[int], steps: 
 
 
 def autoquantize_scores(pipe: Any, info: ModelInfo | None = None,
-                        formats: Sequence[str] = ("fp", "int8", "nvfp4", "int4"), *, labels: Sequence = tuple(range(10)), seeds: Sequence[int] = (0, 1), steps: int = 20,
+                        formats: Sequence[str] = ("fp", "int8", "nvfp4", "int4"), *,
+                        labels: Sequence = tuple(range(10)), seeds: Sequence[int] = (0, 1), steps: int = 20,
                         guidance_scale: float | None = None) -> np.ndarray:
     """(L, F) ModelOpt gradient scores of every candidate layer on the profile's calls (see the module doc)."""
     den = get_denoiser(pipe)

@@ -172,7 +172,8 @@ def choose_split(pipe: Any, plans: dict, *, labels: Sequence = tuple(range(10)),
 
 
 def mixdq_sensitivity(pipe: Any, info: ModelInfo | None = None,
-                      formats: Sequence[str] = ("fp", "int8", "nvfp4", "int4"), *, labels: Sequence = tuple(range(10)), seeds: Sequence[int] = (0,), steps: int = 20,
+                      formats: Sequence[str] = ("fp", "int8", "nvfp4", "int4"), *,
+                      labels: Sequence = tuple(range(10)), seeds: Sequence[int] = (0,), steps: int = 20,
                       guidance_scale: float | None = None, progress: Any = None) -> dict:
     """MixDQ's own measurement: every layer x format quantized alone, generated, scored against full precision.
     Returns ``{"content": (L, F) 1 - SSIM, "quality": (L, F) relative image MSE, "generations": int}``

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 

@@ -59,7 +59,8 @@ def check_assignment(problem: Problem, choice: np.ndarray) -> list[str]:
     out_of_range = (choice < 0) | (choice >= problem.n_formats)
     if out_of_range.any():
         bad = int(np.flatnonzero(out_of_range)[0])
-        return [f"layer {problem.layer_names[bad]!r} has format index {int(choice[bad])}, not in [0, {problem.n_formats})"]
+        return [f"layer {problem.layer_names[bad]!r} has format index {int(choice[bad])}, "
+                f"not in [0, {problem.n_formats})"]
     problems: list[str] = []
     rows = np.arange(problem.n_layers)
     for row in np.flatnonzero(~problem.allowed[rows, choice]):
