@@ -26,13 +26,16 @@ Followed: ModelOpt ``modelopt/torch/quantization/algorithms.py`` (``AutoQuantize
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mpsearch.errors import UsageError
+from mpsearch.errors import ModelError, UsageError
 from mpsearch.formats import get_format
-from mpsearch.models import describe, get_denoiser
+from mpsearch.models import ModelInfo, describe, get_denoiser
 from mpsearch.runtime.generation import generate
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import first_tensor
@@ -48,7 +51,9 @@ def aq_score(grad_output: torch.Tensor, output_diff: torch.Tensor) -> float:
     return float(x.clamp(-1e10, 1e10).square().sum(dtype=torch.float64))
 
 
-def gradient_scores(model: torch.nn.Module, batches, modules, formats, eligible=None, *, loss_fn=None) -> np.ndarray:
+def gradient_scores(model: torch.nn.Module, batches: Sequence[tuple], modules: Sequence[torch.nn.Module],
+                    formats: Sequence[str], eligible: Sequence[Any] | None = None, *,
+                    loss_fn: Callable | None = None) -> np.ndarray:
     """(L, F) AutoQuantize scores of ``modules`` (in order) under ``formats`` over ``batches`` (a list of
     ``(args, kwargs, target)``; ``loss_fn(output, target)``, default the MSE of the output's first
     ``target.shape[1]`` channels). ``eligible[l]`` is the set of formats layer ``l`` may take (others: inf);
@@ -98,13 +103,14 @@ def gradient_scores(model: torch.nn.Module, batches, modules, formats, eligible=
     finally:
         for h in handles:
             h.remove()
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
             p.grad = None
     return scores
 
 
-def denoising_batches(pipe, labels, seeds, steps: int, guidance_scale=None) -> list:
+def denoising_batches(pipe: Any, labels: Sequence, seeds: Sequence[int], steps: int,
+                      guidance_scale: float | None = None) -> list:
     """Every denoiser call of a full-precision generation per seed, with its noise-prediction target
     ``(x_t - sqrt(a_t) x_0) / sqrt(1 - a_t)``, ``x_0`` the run's own final image in model space."""
     den = get_denoiser(pipe)
@@ -114,11 +120,14 @@ def denoising_batches(pipe, labels, seeds, steps: int, guidance_scale=None) -> l
         with CallRecorder(1).install(den) as rec:
             images = generate(pipe, labels, seed, steps, guidance_scale)
         x0 = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() * 2 - 1
-        for _, args, kwargs in rec.calls:
-            args = list(args)
+        for _, call_args, kwargs in rec.calls:
+            args = list(call_args)
             x_t = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
-            t = args[1] if len(args) > 1 else kwargs.get("timestep")
-            t = torch.as_tensor(t).long().reshape(-1)
+            if x_t is None:
+                raise ModelError(f"{type(den).__name__} was called without its noisy input (expected it first, or "
+                                 f"as hidden_states= or sample=; got keywords {sorted(kwargs)}); AutoQuantize "
+                                 "supports diffusers denoisers only")
+            t = torch.as_tensor(args[1] if len(args) > 1 else kwargs.get("timestep")).long().reshape(-1)
             a = alphas[t.cpu()].float().reshape(-1, 1, 1, 1)
             x0b = x0.repeat(x_t.shape[0] // x0.shape[0], 1, 1, 1).to(x_t.device)
             target = (x_t.float() - a.sqrt().to(x_t.device) * x0b) / (1 - a).sqrt().to(x_t.device)
@@ -126,8 +135,10 @@ def denoising_batches(pipe, labels, seeds, steps: int, guidance_scale=None) -> l
     return out
 
 
-def autoquantize_scores(pipe, info=None, formats=("fp", "int8", "nvfp4", "int4"), *, labels=tuple(range(10)),
-                        seeds=(0, 1), steps: int = 20, guidance_scale=None) -> np.ndarray:
+def autoquantize_scores(pipe: Any, info: ModelInfo | None = None,
+                        formats: Sequence[str] = ("fp", "int8", "nvfp4", "int4"), *,
+                        labels: Sequence = tuple(range(10)), seeds: Sequence[int] = (0, 1), steps: int = 20,
+                        guidance_scale: float | None = None) -> np.ndarray:
     """(L, F) ModelOpt gradient scores of every candidate layer on the profile's calls (see the module doc)."""
     den = get_denoiser(pipe)
     info = info or describe(den)
@@ -137,7 +148,8 @@ def autoquantize_scores(pipe, info=None, formats=("fp", "int8", "nvfp4", "int4")
                            [set(l.eligible) for l in info.layers])
 
 
-def autoquantize_search(scores, costs, max_size: float, *, lower_bounds=(None, 0.99, 0.90)):
+def autoquantize_search(scores: np.ndarray, costs: np.ndarray, max_size: float, *,
+                        lower_bounds: Sequence[float | None] = (None, 0.99, 0.90)) -> tuple[np.ndarray | None, str]:
     """ModelOpt's ``LPS`` for the gradient searcher: 0/1 variables, one-hot per layer, minimize the summed
     scores, ``lower * max_size <= sum costs <= max_size``; tried without a lower bound first, then with each
     lower bound until CBC reports Optimal. ``scores`` / ``costs``: (L, F), inf = not a candidate.
@@ -177,8 +189,8 @@ def autoquantize_search(scores, costs, max_size: float, *, lower_bounds=(None, 0
     return sel, status
 
 
-def autoquantize_select(scores, nominal, real, fixed_bytes: int, budget_bytes: int, *, fit: bool = False,
-                        iterations: int = 14) -> dict:
+def autoquantize_select(scores: np.ndarray, nominal: np.ndarray, real: np.ndarray, fixed_bytes: int,
+                        budget_bytes: int, *, fit: bool = False, iterations: int = 14) -> dict:
     """AutoQuantize at a real byte budget. ``fit=False``: as a user states it to ModelOpt, the cap on the
     effective-bits size is the budget (minus the bytes no layer choice changes); its real bytes may exceed the
     budget. ``fit=True``: the re-run a user makes when it does not fit: the largest cap (bisection) whose

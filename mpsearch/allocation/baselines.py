@@ -24,18 +24,21 @@ plans; what differs is what each method measures and how it counts bytes:
 from __future__ import annotations
 
 from dataclasses import replace
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from mpsearch.errors import UsageError
 from mpsearch.allocation.formulation import build_problem
-from mpsearch.allocation.solvers import DEFAULT_SOLVER, get_solver, min_feasible_bytes
+from mpsearch.allocation.solvers import DEFAULT_SOLVER, Problem, get_solver, min_feasible_bytes
 from mpsearch.formats import get_format
 from mpsearch.metrics import normalize, ssim
-from mpsearch.models import describe, get_denoiser
+from mpsearch.models import ModelInfo, describe, get_denoiser
 from mpsearch.plan import Plan
 from mpsearch.profiling.sensitivity import CallRecorder, hutchinson
+from mpsearch.profiling.store import Profile
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.steps import first_tensor
 from mpsearch.runtime.generation import generate, generate_many
@@ -55,7 +58,7 @@ NOMINAL_BITS = {f: float(get_format(f).bits) for f in ("int8", "nvfp4", "int4", 
 CONTENT_ROLES = frozenset({"self_attn", "cross_attn", "time_embed", "modulation"})
 
 
-def nominal_bytes(info, formats) -> np.ndarray:
+def nominal_bytes(info: ModelInfo, formats: Sequence[str]) -> np.ndarray:
     """(L, F) bytes at nominal bits per element (AutoQuantize's accounting): fp at the dtype's size."""
     out = np.zeros((len(info.layers), len(formats)), dtype=np.int64)
     for li, layer in enumerate(info.layers):
@@ -72,8 +75,8 @@ def nominal_bytes(info, formats) -> np.ndarray:
     return out
 
 
-def output_jacobian_traces(model: torch.nn.Module, calls, params: dict[str, torch.Tensor], *, samples: int = 4,
-                           seed: int = 0) -> dict[str, float]:
+def output_jacobian_traces(model: torch.nn.Module, calls: Sequence[tuple], params: dict[str, torch.Tensor], *,
+                           samples: int = 4, seed: int = 0) -> dict[str, float]:
     """Per parameter: Hutchinson estimate of ``Tr(J^T J)`` (the Gauss-Newton Hessian block of the loss
     ``0.5 ||f - f_fp||^2``), averaged over ``calls`` (a list of ``(args, kwargs)`` for ``model``).
 
@@ -107,7 +110,8 @@ def output_jacobian_traces(model: torch.nn.Module, calls, params: dict[str, torc
     return {n: s / (len(calls) * samples) for n, s in zip(names, sums)}
 
 
-def record_denoiser_calls(pipe, labels, seed: int, steps: int, *, every: int = 1, guidance_scale=None) -> list:
+def record_denoiser_calls(pipe: Any, labels: Sequence, seed: int, steps: int, *, every: int = 1,
+                          guidance_scale: float | None = None) -> list:
     """The ``(args, kwargs)`` of the denoiser's calls in one generation (every ``every``-th step), cloned."""
 
     with CallRecorder(every).install(get_denoiser(pipe)) as recorder:
@@ -115,8 +119,8 @@ def record_denoiser_calls(pipe, labels, seed: int, steps: int, *, every: int = 1
     return [(args, kwargs) for _, args, kwargs in recorder.calls]
 
 
-def hawq_traces(pipe, info=None, *, labels=tuple(range(10)), seed: int = 0, steps: int = 20, every: int = 1,
-                samples: int = 1, seeds=None) -> np.ndarray:
+def hawq_traces(pipe: Any, info: ModelInfo | None = None, *, labels: Sequence = tuple(range(10)), seed: int = 0,
+                steps: int = 20, every: int = 1, samples: int = 1, seeds: Sequence[int] | None = None) -> np.ndarray:
     """(L,) Hessian trace of every candidate layer's weight (see :func:`output_jacobian_traces`), from the
     denoiser's calls at every ``every``-th of ``steps`` steps of one generation of ``labels`` per seed
     (``seeds``, default ``(seed,)``). The defaults match mpsearch's profile: every step, one sample per call."""
@@ -131,7 +135,7 @@ def hawq_traces(pipe, info=None, *, labels=tuple(range(10)), seed: int = 0, step
     return np.array([traces[layer.name] for layer in info.layers])
 
 
-def hawq_problem(profile, pipe, traces: np.ndarray, budget_bytes: int | None):
+def hawq_problem(profile: Profile, pipe: Any, traces: np.ndarray, budget_bytes: int | None) -> Problem:
     """HAWQ-style problem: ``Tr(H_i) / n_i * ||Q_f(W_i) - W_i||^2`` per layer and format, real bytes."""
 
     base = build_problem(profile, budget_bytes, role_pins={})
@@ -147,7 +151,8 @@ def hawq_problem(profile, pipe, traces: np.ndarray, budget_bytes: int | None):
     return replace(base, cost=normalize(cost))
 
 
-def choose_split(pipe, plans: dict, *, labels=tuple(range(10)), seeds=(500,), steps: int = 8):
+def choose_split(pipe: Any, plans: dict, *, labels: Sequence = tuple(range(10)), seeds: Sequence[int] = (500,),
+                 steps: int = 8) -> tuple[float, dict]:
     """The split whose plan scores best on search seeds: ``content`` (1 - SSIM) plus ``quality`` (relative
     MSE), each divided by its smallest value over the splits. Returns ``(split, {split: scores})``."""
 
@@ -166,8 +171,10 @@ def choose_split(pipe, plans: dict, *, labels=tuple(range(10)), seeds=(500,), st
     return best, scores
 
 
-def mixdq_sensitivity(pipe, info=None, formats=("fp", "int8", "nvfp4", "int4"), *, labels=tuple(range(10)),
-                      seeds=(0,), steps: int = 20, guidance_scale=None, progress=None) -> dict:
+def mixdq_sensitivity(pipe: Any, info: ModelInfo | None = None,
+                      formats: Sequence[str] = ("fp", "int8", "nvfp4", "int4"), *,
+                      labels: Sequence = tuple(range(10)), seeds: Sequence[int] = (0,), steps: int = 20,
+                      guidance_scale: float | None = None, progress: Any = None) -> dict:
     """MixDQ's own measurement: every layer x format quantized alone, generated, scored against full precision.
     Returns ``{"content": (L, F) 1 - SSIM, "quality": (L, F) relative image MSE, "generations": int}``
     (fp: 0; ineligible: inf)."""
@@ -205,8 +212,9 @@ def mixdq_groups(content: np.ndarray, quality: np.ndarray) -> np.ndarray:
     return fin(c) > fin(q)
 
 
-def mixdq_measured_plans(profile, content: np.ndarray, quality: np.ndarray, budget_bytes: int, splits, *,
-                         solver: str = DEFAULT_SOLVER, role_pins=None) -> dict:
+def mixdq_measured_plans(profile: Profile, content: np.ndarray, quality: np.ndarray, budget_bytes: int,
+                         splits: Sequence[float], *, solver: str = DEFAULT_SOLVER,
+                         role_pins: dict | None = None) -> dict:
     """MixDQ-style plans from :func:`mixdq_sensitivity`: content layers solved on content damage, quality
     layers on quality damage, two ILPs, the content group given its smallest size plus the share ``a`` of the
     bytes left above both groups' smallest sizes, the quality group the rest. Returns ``{a: Plan}``; empty when
@@ -225,7 +233,7 @@ def mixdq_measured_plans(profile, content: np.ndarray, quality: np.ndarray, budg
                                   pins={pos[i]: f for i, f in base.pins.items() if i in pos})))
     lows = [min_feasible_bytes(sub) if len(idx) else 0 for idx, sub in subs]
     spare = budget_bytes - base.fixed_bytes - sum(lows)
-    plans = {}
+    plans: dict[float, Plan] = {}
     for a in splits:
         if not 0.0 <= a <= 1.0:
             raise UsageError(f"a MixDQ-style split is the content group's share, from 0 to 1; got {a}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,6 +73,7 @@ class ScheduleProblem:
 
     @property
     def steps(self) -> int:
+        """The number of denoising steps (rows of ``cost``)."""
         return self.cost.shape[0]
 
     @property
@@ -82,6 +84,7 @@ class ScheduleProblem:
 
     @property
     def min_full_computations(self) -> int:
+        """The fewest full computations that keep the warm-up, the last step and ``max_reuse``."""
         S, W = self.steps, min(self.warmup, self.steps)
         free = S - W  # steps after the warm-up; the last of them is forced
         if free <= 0:
@@ -102,10 +105,12 @@ class Schedule:
 
     @property
     def full_computations(self) -> int:
+        """How many steps compute in full (the rest reuse cached features)."""
         return sum(self.compute)
 
     @property
     def steps(self) -> int:
+        """The number of denoising steps the schedule covers."""
         return len(self.compute)
 
     def source(self) -> list[int]:
@@ -117,7 +122,7 @@ class Schedule:
         return out
 
 
-def schedule_error(cost: np.ndarray, compute) -> float:
+def schedule_error(cost: np.ndarray, compute: Sequence[bool] | np.ndarray) -> float:
     """Total error of a computed/reused pattern under ``cost`` (step 0 must compute)."""
     compute = list(compute)
     if not compute or not compute[0]:
@@ -131,7 +136,7 @@ def schedule_error(cost: np.ndarray, compute) -> float:
     return total
 
 
-def is_feasible(problem: ScheduleProblem, compute) -> bool:
+def is_feasible(problem: ScheduleProblem, compute: Sequence[bool] | np.ndarray) -> bool:
     """Whether ``compute`` meets every constraint of ``problem`` (K, warm-up, last step, max_reuse)."""
     compute = list(compute)
     if len(compute) != problem.steps or sum(compute) != problem.full_computations:
@@ -277,7 +282,7 @@ _SCHEDULERS = {"dp": schedule_dp, "uniform": schedule_uniform, "threshold": sche
                "bruteforce": schedule_bruteforce}
 
 
-def make_schedule(method: str, cost, full_computations: int, *, warmup: int = 2,
+def make_schedule(method: str, cost: np.ndarray, full_computations: int, *, warmup: int = 2,
                   max_reuse: int | None = None) -> Schedule:
     """Schedule with ``method`` (dp, uniform, threshold, bruteforce) under the given constraints."""
     if method not in _SCHEDULERS:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 import re
 from dataclasses import dataclass, field
 
@@ -36,6 +37,8 @@ from mpsearch.allocation.solvers import Constraint, Problem
 from mpsearch.errors import InfeasibleError
 from mpsearch.formats import get_format
 from mpsearch.profiling.latency import LatencyTable
+from mpsearch.models import ModelInfo
+from mpsearch.profiling.store import Profile
 
 __all__ = ["LayerCalls", "ComputeModel", "record_layer_calls", "bit_ops", "compute_problem", "parse_compute",
            "step_windows"]
@@ -45,7 +48,7 @@ def _dtype_bits(dtype: str) -> int:
     return int(torch.finfo(getattr(torch, dtype)).bits)
 
 
-def bit_ops(info, macs, fmt: str, act_quant: bool = True) -> np.ndarray:
+def bit_ops(info: ModelInfo, macs: Sequence[float] | np.ndarray, fmt: str, act_quant: bool = True) -> np.ndarray:
     """(L,) bit operations per denoiser call of every layer in ``fmt`` (NaN where it may not take it);
     ``act_quant=False``: the format's weights with the dtype's activations."""
 
@@ -69,7 +72,7 @@ def info_fp_name() -> str:
 _SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
 
 
-def parse_compute(spec, full: float, unit: str = "bops") -> float:
+def parse_compute(spec: object, full: float, unit: str = "bops") -> float:
     """``"50%"`` of ``full`` (full precision's cost), or an absolute figure: bit operations per denoiser call
     (``3.2e9``, ``unit="bops"``) or seconds per denoiser call (``12ms``, ``0.012s``, ``800us``, ``unit="s"``)."""
     text = str(spec).strip()
@@ -81,14 +84,17 @@ def parse_compute(spec, full: float, unit: str = "bops") -> float:
     else:
         ok = m is not None and suffix in (None, "%", "bops")
         hint = "a share of full precision (50%) or bit operations per denoiser call (3.2e9)"
-    if not ok or float(m.group(1)) <= 0:
+    if m is None or not ok or float(m.group(1)) <= 0:
         raise UsageError(f"--compute {text!r} does not parse; use {hint}")
     if not math.isfinite(float(m.group(1))):
         raise UsageError(f"--compute {text!r} is not a finite number; use {hint}")
     value = float(m.group(1))
     if suffix == "%":
         return value / 100 * full
-    return value * _SECONDS[suffix] if unit == "s" else value
+    if unit == "s":
+        assert suffix is not None  # `ok` above: a seconds figure always carries its unit
+        return value * _SECONDS[suffix]
+    return value
 
 
 @dataclass
@@ -99,7 +105,7 @@ class ComputeModel:
     denoiser call from a measured ``LatencyTable``); ``full`` is full precision's cost and ``limit`` the
     budget, in that unit (``unit``: ``"bops"`` or ``"s"``)."""
 
-    problem: object  # mpsearch.allocation.solvers.Problem
+    problem: Problem
     variants: list[tuple[str, frozenset]]  # per column: (format, windows with fp activations)
     windows: list[tuple[int, int]]
     full: float
@@ -109,12 +115,14 @@ class ComputeModel:
 
     @property
     def unit(self) -> str:
+        """The unit of ``full`` and ``limit``: ``"s"`` for a latency cost, else ``"bops"``."""
         return "s" if self.kind == "latency" else "bops"
 
-    def decode(self, choice) -> tuple[dict, list]:
+    def decode(self, choice: Sequence[int] | np.ndarray) -> tuple[dict, list]:
         """A per-layer choice -> (layer -> format, plan overrides for the fp-activation windows)."""
         names = self.problem.layer_names
-        assignment, per_window = {}, {w: {} for w in range(len(self.windows))}
+        assignment: dict[str, str] = {}
+        per_window: dict[int, dict[str, str]] = {w: {} for w in range(len(self.windows))}
         for name, c in zip(names, np.asarray(choice)):
             fmt, a16 = self.variants[int(c)]
             assignment[name] = fmt
@@ -123,7 +131,7 @@ class ComputeModel:
         overrides = [{"steps": list(self.windows[w]), "activations": acts} for w, acts in per_window.items() if acts]
         return assignment, overrides
 
-    def encode(self, layers: dict, overrides=()) -> np.ndarray:
+    def encode(self, layers: dict, overrides: Sequence[dict] | None = ()) -> np.ndarray:
         """The inverse of ``decode``: a plan's layer formats and fp-activation overrides -> the column per layer."""
         fp_windows: dict[str, set] = {}
         for ov in overrides or ():
@@ -139,11 +147,11 @@ class ComputeModel:
         except (KeyError, ValueError) as e:
             raise UsageError(f"the plan takes a choice the compute problem does not have ({e})") from None
 
-    def value(self, choice) -> float:
+    def value(self, choice: Sequence[int] | np.ndarray) -> float:
         """The predicted compute cost of a per-layer choice, in ``unit`` per denoiser call."""
         return float(self.problem.extra[-1].value(np.asarray(choice))) * self.full
 
-    def predictions(self, choice) -> dict:
+    def predictions(self, choice: Sequence[int] | np.ndarray) -> dict:
         """The plan's compute predictions: which cost, the predicted value, the limit and full precision's."""
         key = "seconds" if self.kind == "latency" else "bops"
         out = {"compute_cost": self.kind, f"compute_{key}": self.value(choice), f"compute_limit_{key}": self.limit,
@@ -182,8 +190,8 @@ def _cost_columns(info, calls: LayerCalls, formats, cost) -> dict[str, tuple[np.
     return out
 
 
-def compute_problem(profile, base, calls: LayerCalls, compute, *, metric: str = "auto",
-                    variants: bool = True, cost="bops") -> ComputeModel:
+def compute_problem(profile: Profile, base: Problem, calls: LayerCalls, compute: object, *, metric: str = "auto",
+                    variants: bool = True, cost: str | LatencyTable = "bops") -> ComputeModel:
     """``base`` (from ``formulation.build_problem``) with a compute budget ``compute`` (``"50%"`` of full precision,
     or an absolute figure) and, with ``variants``, a column per (format, set of windows whose activations stay
     fp). ``cost``: ``"bops"`` (bit operations, from ``calls``) or a measured ``latency.LatencyTable`` (seconds
@@ -238,7 +246,7 @@ def compute_problem(profile, base, calls: LayerCalls, compute, *, metric: str = 
                       fixed_bytes=base.fixed_bytes, budget_bytes=base.budget_bytes, groups=base.groups, pins=pins,
                       extra=(*base.extra, Constraint("compute", compute_cost / full, limit / full)))
     extra = {"macs_per_call": float(calls.macs.sum()), "windows": [list(w) for w in calls.windows]}
-    if kind == "latency":
+    if kind == "latency" and not isinstance(cost, str):  # kind is "latency" exactly when cost is a table
         extra.update(device=cost.device, torch=cost.meta.get("torch"), threads=cost.meta.get("threads"),
                      measured_at=cost.meta.get("measured_at"))
     return ComputeModel(problem, columns, list(calls.windows), full, limit, extra, kind)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from numbers import Real
+from typing import Any
 
 import numpy as np
 
@@ -51,9 +52,9 @@ class SolveConfig:
     * ``allow_partial``: solve a profile that lacks some of its units (a shard) instead of refusing it.
     """
 
-    budget: object = None
+    budget: Budget | str | float | None = None
     metric: str = "auto"
-    solver: object = DEFAULT_SOLVER
+    solver: str | BaseSolver = DEFAULT_SOLVER
     pins: object = None
     role_pins: dict | None = None
     tie: bool = False
@@ -113,7 +114,7 @@ class SolveConfig:
         """Whether the objective is the decoupled end-to-end one (``profile --end-to-end``)."""
         return self.objective_weights is not None or self.max_damage is not None or bool(self.fp_act_windows)
 
-    def replace(self, **changes) -> "SolveConfig":
+    def replace(self, **changes: Any) -> "SolveConfig":
         """A copy with ``changes`` (validated again)."""
         return make_config(self, **changes)
 
@@ -121,7 +122,7 @@ class SolveConfig:
 _FIELDS = tuple(f.name for f in dataclasses.fields(SolveConfig))
 
 
-def make_config(config: SolveConfig | None = None, caller: str = "solve", **keywords) -> SolveConfig:
+def make_config(config: SolveConfig | None = None, caller: str = "solve", **keywords: Any) -> SolveConfig:
     """``config`` with ``keywords`` replacing its fields (a new default config when None); an unknown keyword is
     a UsageError naming the valid ones."""
     unknown = sorted(set(keywords) - set(_FIELDS))

@@ -14,47 +14,50 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from mpsearch.allocation.compute import ComputeModel, compute_problem, parse_compute, record_layer_calls
+from mpsearch.allocation.compute import ComputeModel, LayerCalls, compute_problem, parse_compute, record_layer_calls
 from mpsearch.allocation.config import COMPUTE_COSTS, SolveConfig, make_config
 from mpsearch.allocation.decoupled import activation_overrides, e2e_costs
 from mpsearch.allocation.objective import build_problem, layer_costs, parse_pins, resolve_metric, step_errors
-from mpsearch.allocation.solvers import DEFAULT_SOLVER, Problem, Solution, get_solver, min_feasible_bytes
+from mpsearch.allocation.solvers import DEFAULT_SOLVER, BaseSolver, Problem, Solution, get_solver, min_feasible_bytes
 from mpsearch.budget import Budget, format_bytes, parse_budget
 from mpsearch.errors import InfeasibleError, UsageError
-from mpsearch.models import DEFAULT_ROLE_PINS, resolve_role_pins
+from mpsearch.models import DEFAULT_ROLE_PINS, ModelInfo, resolve_role_pins
 from mpsearch.plan import Plan
+from mpsearch.profiling.latency import LatencyTable
 from mpsearch.profiling.store import Profile
 
 __all__ = ["COMPUTE_COSTS", "Formulation", "SolveConfig", "build_problem", "budget_keywords", "check_compute", "formulate",
            "layer_costs", "parse_pins", "parse_profile_budget", "resolve_metric", "step_errors"]
 
 
-def budget_keywords(info) -> dict:
+def budget_keywords(info: ModelInfo) -> dict:
     """The model sizes ``parse_budget`` needs for ``%`` and ``bits`` budgets (the one place they are gathered)."""
     return dict(fp_bytes=info.fp_bytes, fixed_bytes=info.fixed_bytes, quantizable_numel=info.quantizable_numel)
 
 
-def parse_profile_budget(profile: Profile, budget) -> Budget:
+def parse_profile_budget(profile: Profile, budget: Budget | str | float) -> Budget:
     """``budget`` (any form of docs/design.md's Budgets, or a byte count) for the profiled model's denoiser."""
     return parse_budget(budget, **budget_keywords(profile.info))
 
 
-def check_compute(profile: Profile, compute, compute_cost: str | None = "bops"):
+def check_compute(profile: Profile, compute: object, compute_cost: str | None = "bops") -> str | LatencyTable:
     """Check a compute budget before any work: returns its cost, ``"bops"`` or the profile's LatencyTable;
     a malformed budget or a missing latency table is a UsageError naming the fix."""
     compute_cost = "bops" if compute_cost is None else compute_cost
     if compute_cost not in COMPUTE_COSTS:
         raise UsageError(f"compute_cost must be one of {', '.join(COMPUTE_COSTS)}, got {compute_cost!r}")
-    cost = "bops"
+    cost: str | LatencyTable = "bops"
     if compute_cost == "latency":
-        cost = profile.latency()
-        if cost is None:
+        table = profile.latency()
+        if table is None:
             raise UsageError(f"profile {profile.path} has no latency table for --compute-cost latency; measure one "
                              f"on this machine with `mpsearch profile --latency --out {profile.path}` (it keeps the "
                              "profile's measurements)")
+        cost = table
     parse_compute(compute, 1.0, "bops" if isinstance(cost, str) else "s")
     return cost
 
@@ -80,17 +83,17 @@ class Formulation:
     end_to_end: dict | None = None
     compute: ComputeModel | None = None
     compute_spec: str | None = None
-    latency: object = None
+    latency: LatencyTable | None = None
     config: SolveConfig | None = None
 
-    def with_budget(self, budget) -> "Formulation":
+    def with_budget(self, budget: Budget | str | float | None) -> "Formulation":
         """The same formulation under another budget (any budget form, bytes, or None for none)."""
         b = None if budget is None else parse_profile_budget(self.profile, budget)
         config = None if self.config is None else self.config.replace(budget=b)
         return dataclasses.replace(self, budget=b, problem=self.problem.with_budget(None if b is None else b.bytes),
                                    config=config)
 
-    def solve(self, solver=None) -> Solution:
+    def solve(self, solver: str | BaseSolver | None = None) -> Solution:
         """Solve the problem with ``solver`` (a registered name or a solver instance; None: the config's). An
         infeasible budget raises InfeasibleError with the smallest feasible size (and, under the default role
         pins, the size without them)."""
@@ -101,7 +104,7 @@ class Formulation:
         except InfeasibleError as e:
             raise self._without_role_pins_hint(e) from None
 
-    def decode(self, choice) -> tuple[dict, list]:
+    def decode(self, choice: Any) -> tuple[dict, list]:
         """A per-layer choice -> (layer -> format, plan overrides)."""
         if self.compute is not None:
             return self.compute.decode(choice)
@@ -145,7 +148,7 @@ class Formulation:
             raise AssertionError(f"plan bytes {plan.predicted_bytes} != solver bytes {solution.total_bytes}")
         return plan
 
-    def compute_info(self, choice=None) -> dict | None:
+    def compute_info(self, choice: Any = None) -> dict | None:
         """The compute budget in numbers (cost, unit, limit, full precision's), with ``choice``'s prediction."""
         cm = self.compute
         if cm is None:
@@ -172,8 +175,8 @@ class Formulation:
                                f"({format_bytes(lowest)}))", min_bytes=err.min_bytes)
 
 
-def formulate(profile, budget=None, *, config: SolveConfig | None = None, pipe=None, layer_calls=None,
-              **keywords) -> Formulation:
+def formulate(profile: Any, budget: Any = None, *, config: SolveConfig | None = None, pipe: Any = None,
+              layer_calls: LayerCalls | None = None, **keywords: Any) -> Formulation:
     """Profile (or its path) + :class:`~mpsearch.allocation.config.SolveConfig` -> :class:`Formulation`.
 
     ``config`` holds the budget, objective and constraints; ``keywords`` (its field names: ``metric``, ``pins``,
@@ -235,7 +238,8 @@ def _step_weights_record(weights) -> list | dict | None:
     return {"shape": list(w.shape), "sha256": hashlib.sha256(np.ascontiguousarray(w).tobytes()).hexdigest()[:16]}
 
 
-def as_formulation(profile, budget, caller: str, config: SolveConfig | None = None, **objective) -> Formulation:
+def as_formulation(profile: Any, budget: Any, caller: str, config: SolveConfig | None = None,
+                   **objective: Any) -> Formulation:
     """``profile`` as a Formulation at ``budget``: a Formulation given as is (re-budgeted), else
     ``formulate(profile, budget, config=config, **objective)``; a config or objective keywords beside a
     Formulation are an error."""

@@ -10,11 +10,13 @@ every step that reuses those features), until the formats stop changing or ``rou
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from mpsearch.errors import UsageError
-from mpsearch.models import get_denoiser
+from mpsearch.models import ModelInfo, get_denoiser
+from mpsearch.plan import Plan
 from mpsearch.allocation.cache_scheduler import Schedule, full_computations_for_speedup, ideal_speedup, make_schedule
 from mpsearch.cache_units import CacheUnit, compute_shares, get_unit
 from mpsearch.allocation.config import SolveConfig, make_config
@@ -27,7 +29,8 @@ from mpsearch.allocation.defaults import DEFAULT_ROUNDS
 _NOT_JOINT = ("step_weights", "objective_weights", "max_damage", "fp_act_windows", "compute")
 
 
-def resolve_full_computations(steps: int, full_computations=None, speedup=None, share=None) -> int:
+def resolve_full_computations(steps: int, full_computations: int | None = None, speedup: float | None = None,
+                              share: float | None = None) -> int:
     """K from either a number of full computations or a target (ideal) speedup."""
     if (full_computations is None) == (speedup is None):
         raise UsageError("give exactly one cache budget: a number of full computations (--full-computations K) "
@@ -41,19 +44,22 @@ def resolve_full_computations(steps: int, full_computations=None, speedup=None, 
     if share is None:
         raise UsageError("the unit's share of compute is unknown for this model, so a --speedup cannot be turned "
                          "into a number of full computations; pass --full-computations K instead")
+    assert speedup is not None  # exactly one of the two was given (checked above)
     return full_computations_for_speedup(speedup, steps, share)
 
 
-def cache_section(unit: CacheUnit, schedule: Schedule, *, warmup: int, max_reuse, costs: str, share) -> dict:
+def cache_section(unit: CacheUnit, schedule: Schedule, *, warmup: int, max_reuse: int | None, costs: str,
+                  share: float | None) -> dict:
     """The plan ``cache`` section for ``schedule`` of ``unit``."""
     return {"method": schedule.method, "unit": unit.to_dict(), "compute": [bool(c) for c in schedule.compute],
             "warmup": int(warmup), "max_reuse": None if max_reuse is None else int(max_reuse), "costs": costs,
             "predicted_error": float(schedule.error), "share": None if share is None else round(float(share), 6)}
 
 
-def schedule_cache(pipe, *, steps: int = 20, full_computations=None, speedup=None, method: str = "dp",
-                   unit: str | None = None, plan=None, warmup: int = 2, max_reuse=None, cost=None,
-                   guidance_scale=None, **measure_options):
+def schedule_cache(pipe: Any, *, steps: int = 20, full_computations: int | None = None, speedup: float | None = None,
+                   method: str = "dp", unit: str | None = None, plan: Plan | None = None, warmup: int = 2,
+                   max_reuse: int | None = None, cost: np.ndarray | None = None, guidance_scale: float | None = None,
+                   **measure_options: Any) -> tuple[dict, Schedule, np.ndarray]:
     """Choose the steps that compute ``unit`` (default: the largest) for ``pipe``.
 
     ``cost`` (an (S, S) matrix) skips the measuring run. Returns ``(section, schedule, cost)``: the plan
@@ -75,7 +81,7 @@ def schedule_cache(pipe, *, steps: int = 20, full_computations=None, speedup=Non
     return section, sched, np.asarray(cost)
 
 
-def usage_weights(info, unit: CacheUnit, schedule: Schedule) -> np.ndarray:
+def usage_weights(info: ModelInfo, unit: CacheUnit, schedule: Schedule) -> np.ndarray:
     """(layers, steps) weight of each layer's error at each step under ``schedule``: 1 everywhere outside the
     unit; inside it, the number of steps that use the features computed at that step (0 where it is reused)."""
     S = schedule.steps
@@ -88,9 +94,10 @@ def usage_weights(info, unit: CacheUnit, schedule: Schedule) -> np.ndarray:
     return w
 
 
-def solve_joint(profile, pipe, budget=None, *, full_computations=None, speedup=None, method: str = "dp",
-                unit: str | None = None, warmup: int = 2, max_reuse=None, rounds: int = DEFAULT_ROUNDS,
-                guidance_scale=None, measure_options=None, config: SolveConfig | None = None, **objective):
+def solve_joint(profile: Any, pipe: Any, budget: Any = None, *, full_computations: int | None = None,
+                speedup: float | None = None, method: str = "dp", unit: str | None = None, warmup: int = 2,
+                max_reuse: int | None = None, rounds: int = DEFAULT_ROUNDS, guidance_scale: float | None = None,
+                measure_options: dict | None = None, config: SolveConfig | None = None, **objective: Any) -> Plan:
     """One plan with layer formats and a cache section, solved and scheduled together (see module docstring).
 
     ``config`` (a :class:`~mpsearch.allocation.config.SolveConfig`) and the ``objective`` keywords (its fields)
@@ -141,6 +148,7 @@ def solve_joint(profile, pipe, budget=None, *, full_computations=None, speedup=N
         created = plan.provenance["created"]
         plan = weighted.to_plan(sol, provenance={"step_weights": "cache schedule usage (see cache_rounds)",
                                                  "created": created})
+    assert section is not None and sched is not None  # rounds >= 1: the loop ran
     share = section["share"]
     k = sum(section["compute"])
     plan.cache = section

@@ -10,6 +10,7 @@ below it and below :mod:`mpsearch.allocation.decoupled` and :mod:`mpsearch.alloc
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def step_errors(profile: Profile, metric: str = "auto") -> np.ndarray:
     return profile.errors(resolve_metric(profile, metric))
 
 
-def layer_costs(profile: Profile, metric: str = "auto", step_weights=None) -> np.ndarray:
+def layer_costs(profile: Profile, metric: str = "auto", step_weights: Any = None) -> np.ndarray:
     """(layers, formats) sensitivity: the metric's error (:func:`step_errors`) averaged over steps with
     ``step_weights`` (default uniform; one weight per step, or one row of them per layer), normalised as the
     metric's registry entry says (the largest entry is 1). NaN -> ineligible (inf)."""
@@ -61,7 +62,7 @@ def layer_costs(profile: Profile, metric: str = "auto", step_weights=None) -> np
     return get_metric(metric).normalize(cost)
 
 
-def parse_pins(pins) -> dict[str, str]:
+def parse_pins(pins: Any) -> dict[str, str]:
     """Pins as {regex: format}; accepts a dict, a list of 'regex=format' strings, or one such string."""
     if pins is None:
         return {}
@@ -87,8 +88,9 @@ def parse_pins(pins) -> dict[str, str]:
     return out
 
 
-def build_problem(profile: Profile, budget_bytes: int | None, *, metric="auto", step_weights=None,
-                  pins=None, tie: bool = False, role_pins=None, cost=None):
+def build_problem(profile: Profile, budget_bytes: int | None, *, metric: str = "auto", step_weights: Any = None,
+                  pins: Any = None, tie: bool = False, role_pins: dict | None = None,
+                  cost: np.ndarray | None = None) -> Problem:
     """The solver Problem for a profile (costs, exact bytes, pins, tie groups).
 
     ``role_pins`` ({role: format}; None: ``models.DEFAULT_ROLE_PINS``, {}: none) pin layers by role first;
@@ -120,7 +122,7 @@ def build_problem(profile: Profile, budget_bytes: int | None, *, metric="auto", 
                 raise UsageError(f"pin {pattern}={fmt}: layer {names[i]} cannot take {fmt} "
                                  f"({info.layers[i].ineligible.get(fmt, 'not eligible')})")
             pinned[i] = formats.index(fmt)
-    groups = ()
+    groups: tuple[tuple[int, ...], ...] = ()
     if tie:
         index = {n: i for i, n in enumerate(names)}
         groups = tuple(tuple(index[n] for n in g) for g in info.tie_groups)

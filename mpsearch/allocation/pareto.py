@@ -12,14 +12,17 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mpsearch.errors import InfeasibleError, UsageError
 from mpsearch.allocation.formulation import as_formulation, budget_keywords
-from mpsearch.allocation.solvers import DEFAULT_SOLVER, Solution, get_solver, min_feasible_bytes
+from mpsearch.allocation.solvers import DEFAULT_SOLVER, BaseSolver, Problem, Solution, get_solver, min_feasible_bytes
+from mpsearch.allocation.config import SolveConfig
 from mpsearch.budget import format_bytes, parse_budget
 from mpsearch.io import atomic_write_bytes
 
@@ -44,12 +47,14 @@ class ParetoPoint:
     choice: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
+        """The point as plain JSON-ready values (the choice array left out)."""
         return {"budget_bytes": self.budget_bytes, "total_bytes": self.total_bytes, "objective": self.objective,
                 "status": self.status, "seconds": round(self.seconds, 6), "formats": dict(self.formats),
                 "reused": self.reused, "on_frontier": self.on_frontier, "plan": self.plan, "extra": dict(self.extra)}
 
 
-def budget_range(spec: str, *, fp_bytes: int, fixed_bytes: int = 0, quantizable_numel: int | None = None) -> list[int] | None:
+def budget_range(spec: str, *, fp_bytes: int, fixed_bytes: int = 0,
+                 quantizable_numel: int | None = None) -> list[int] | None:
     """``"400KB:900KB:50KB"`` (start:stop:step, stop included) -> exact byte budgets; None if ``spec`` has no ':'.
 
     Start and stop take any budget form (``60%``, ``4.5bits``, ``600KB``); the step is a size (or a percent).
@@ -60,8 +65,8 @@ def budget_range(spec: str, *, fp_bytes: int, fixed_bytes: int = 0, quantizable_
     parts = spec.split(":")
     if len(parts) != 3 or not all(p.strip() for p in parts):
         raise UsageError(f"budget range {spec!r} must be START:STOP:STEP, e.g. 400KB:900KB:50KB")
-    kw = dict(fp_bytes=fp_bytes, fixed_bytes=fixed_bytes, quantizable_numel=quantizable_numel)
-    start, stop, step = (parse_budget(p.strip(), **kw).bytes for p in parts)
+    start, stop, step = (parse_budget(p.strip(), fp_bytes=fp_bytes, fixed_bytes=fixed_bytes,
+                                      quantizable_numel=quantizable_numel).bytes for p in parts)
     if stop < start:
         raise UsageError(f"budget range {spec!r} ends below its start; write the smaller size first")
     if step < 1:
@@ -77,7 +82,7 @@ def _max_bytes(problem) -> int:
     return problem.fixed_bytes + int(np.where(dec.allowed, dec.nbytes, 0).max(axis=1).sum())
 
 
-def pareto_budgets(problem, n: int) -> list[int]:
+def pareto_budgets(problem: Problem, n: int) -> list[int]:
     """``n`` budgets evenly spaced from the smallest feasible size to the largest (full precision)."""
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
@@ -88,21 +93,20 @@ def pareto_budgets(problem, n: int) -> list[int]:
 
 def frontier_flags(points: list[ParetoPoint]) -> None:
     """Mark the points no other point beats in both bytes and objective (in place)."""
-    solved = [p for p in points if p.total_bytes is not None]
-    for p in solved:
-        p.on_frontier = not any(
-            (q.total_bytes <= p.total_bytes and q.objective <= p.objective)
-            and (q.total_bytes < p.total_bytes or q.objective < p.objective) for q in solved)
-    seen = set()  # equal points (a reused answer): only the first stays on the frontier
-    for p in solved:
-        key = (p.total_bytes, p.objective)
+    # a solved point has both (sweep sets them together); an infeasible one neither
+    solved = [(p, p.total_bytes, p.objective) for p in points if p.total_bytes is not None and p.objective is not None]
+    for p, b, o in solved:
+        p.on_frontier = not any((qb <= b and qo <= o) and (qb < b or qo < o) for _, qb, qo in solved)
+    seen: set[tuple[int, float]] = set()  # equal points (a reused answer): only the first stays on the frontier
+    for p, b, o in solved:
+        key = (b, o)
         if p.on_frontier and key in seen:
             p.on_frontier = False
         seen.add(key)
 
 
-def sweep(problem, budgets, *, solver=DEFAULT_SOLVER, solver_options: dict | None = None,
-          progress: bool = False) -> list[ParetoPoint]:
+def sweep(problem: Problem, budgets: Iterable[int], *, solver: str | BaseSolver = DEFAULT_SOLVER,
+          solver_options: dict | None = None, progress: bool = False) -> list[ParetoPoint]:
     """Solve ``problem`` under each budget (bytes); points come back in ascending budget order.
 
     ``solver`` is a registered name or a solver instance. A budget below the smallest feasible size gives a
@@ -141,7 +145,7 @@ def sweep(problem, budgets, *, solver=DEFAULT_SOLVER, solver_options: dict | Non
     return points
 
 
-def uniform_points(problem) -> dict[str, dict]:
+def uniform_points(problem: Problem) -> dict[str, dict]:
     """Reference points: every layer in one format where it may take it, else the first (full-precision) format.
 
     Pins and tie groups are ignored (these are the plain uniform plans, not solver answers).
@@ -156,7 +160,7 @@ def uniform_points(problem) -> dict[str, dict]:
     return out
 
 
-def write_frontier(points: list[ParetoPoint], folder, *, uniform: dict | None = None, title: str = "",
+def write_frontier(points: list[ParetoPoint], folder: str | Path, *, uniform: dict | None = None, title: str = "",
                    meta: dict | None = None) -> dict:
     """Write ``frontier.csv``, ``frontier.json`` and ``frontier.png`` into ``folder``; return their paths."""
 
@@ -207,8 +211,9 @@ def _plot(points, uniform, title) -> bytes:
     return out.getvalue()
 
 
-def pareto(profile, budgets=None, *, n: int | None = None, solver=None, out=None, progress: bool = False,
-           config=None, **objective) -> dict:
+def pareto(profile: Any, budgets: Any = None, *, n: int | None = None, solver: str | BaseSolver | None = None,
+           out: str | Path | None = None, progress: bool = False, config: SolveConfig | None = None,
+           **objective: Any) -> dict:
     """Sweep a profile over budgets (a list of budget specs or bytes, a ``start:stop:step`` string, or ``n``
     evenly spaced points) and, with ``out``, write the frontier files and one plan per solved budget.
 
@@ -246,6 +251,7 @@ def pareto(profile, budgets=None, *, n: int | None = None, solver=None, out=None
     for p in points:
         if p.choice is None:
             continue
+        assert p.objective is not None and p.total_bytes is not None  # sweep sets them with the choice
         sol = Solution(p.choice, p.objective, p.total_bytes, p.status, engine.name, p.seconds)
         plan = form.with_budget(f"{p.budget_bytes}B").to_plan(
             sol, predictions={"formats": p.formats, **p.extra}, provenance={"sweep": True})
@@ -253,10 +259,11 @@ def pareto(profile, budgets=None, *, n: int | None = None, solver=None, out=None
         plan.save(path)
         p.plan = str(path)
     solved = [p for p in points if p.total_bytes is not None]
+    solved_bytes = [p.total_bytes for p in points if p.total_bytes is not None]
     meta = {"metric": metric, "solver": engine.name, "profile_digest": profile.digest, "fp_bytes": info.fp_bytes,
-            "smallest_feasible_bytes": min(p.total_bytes for p in solved), "extra": [c.name for c in problem.extra]}
+            "smallest_feasible_bytes": min(solved_bytes), "extra": [c.name for c in problem.extra]}
     title = f"{info.denoiser_class}: {len(solved)} budgets, {format_bytes(byte_budgets[0])} to " \
             f"{format_bytes(byte_budgets[-1])}"
     result["files"] = write_frontier(points, out, uniform=uniform, title=title, meta=meta)
-    assert all(math.isfinite(p.objective) for p in solved)
+    assert all(p.objective is not None and math.isfinite(p.objective) for p in solved)
     return result

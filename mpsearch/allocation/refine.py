@@ -16,13 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from mpsearch.allocation.formulation import Formulation, as_formulation
-from mpsearch.allocation.solvers import DEFAULT_SOLVER, get_solver
-from mpsearch.allocation.solvers.optuna_search import problem_digest
+from mpsearch.allocation.config import SolveConfig
+from mpsearch.allocation.solvers import DEFAULT_SOLVER, Problem, get_solver
+from mpsearch.allocation.solvers.optuna_search import OptunaSolver, problem_digest
 from mpsearch.errors import UsageError
 from mpsearch.metrics import ssim
+from mpsearch.models import ModelInfo
 from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.generation import generate_many
@@ -35,8 +39,9 @@ VALIDATION_SEEDS = (501, 502, 503)
 VALIDATION_ALPHA = 0.05
 
 
-def evaluation_objective(pipe, info, problem, *, decode=None, labels=tuple(range(10)), seeds=SEARCH_SEEDS,
-                         steps: int = 8, guidance_scale=None, per_image: bool = False):
+def evaluation_objective(pipe: Any, info: ModelInfo, problem: Problem, *, decode: Callable | None = None,
+                         labels: Sequence = tuple(range(10)), seeds: Sequence[int] = SEARCH_SEEDS, steps: int = 8,
+                         guidance_scale: float | None = None, per_image: bool = False) -> Callable[[Any], dict]:
     """A callable ``choice -> {"content": 1 - SSIM, "quality": relative MSE}`` against full precision.
 
     With ``per_image``, the mapping also holds ``"per_image": {"content": (N,), "quality": (N,)}``, each image's
@@ -53,7 +58,7 @@ def evaluation_objective(pipe, info, problem, *, decode=None, labels=tuple(range
         if not per_image:
             return {"content": max(0.0, 1.0 - float(ssim(reference, images))),
                     "quality": float(np.mean(np.square(images - reference))) / power}
-        content = 1.0 - ssim(reference, images, per_image=True)
+        content = 1.0 - np.asarray(ssim(reference, images, per_image=True))
         quality = np.square(np.asarray(images, np.float64) - reference).reshape(len(images), -1).mean(axis=1) / power
         return {"content": max(0.0, float(content.mean())), "quality": float(quality.mean()),
                 "per_image": {"content": content, "quality": quality}}
@@ -75,7 +80,7 @@ def validate_pick(pick: dict, base: dict, alpha: float = VALIDATION_ALPHA) -> di
     score = lambda per: 0.5 * sum(np.asarray(per[k], np.float64) / scale[k] for k in scale)  # noqa: E731
     s_pick, s_base = score(per_pick), score(per_base)
     ratio = float(np.mean(s_pick) / np.mean(s_base))
-    diff = s_pick - s_base
+    diff = np.asarray(s_pick - s_base)
     p = 1.0 if not np.any(diff) else float(wilcoxon(diff, alternative="less").pvalue)
     return {"score_vs_ilp": ratio, "p_value": p, "images": int(len(diff)),
             "kept": "search" if ratio < 1.0 and p < alpha else "ilp"}
@@ -92,10 +97,11 @@ def _check_search(seeds, validation_seeds, steps) -> None:
         raise UsageError(f"search steps must be an integer >= 1 (denoising steps per trial), got {steps!r}; pass e.g. 8")
 
 
-def refine(profile, pipe, budget=None, *, trials: int = 30, storage: str | None = None,
-           study_name: str | None = None, sampler: str = "nsga2", seed: int = 0, labels=tuple(range(10)),
-           seeds=SEARCH_SEEDS, steps: int = 8, progress: bool = False, validation_seeds=VALIDATION_SEEDS,
-           config=None, **objective):
+def refine(profile: Any, pipe: Any, budget: Any = None, *, trials: int = 30, storage: str | None = None,
+           study_name: str | None = None, sampler: str = "nsga2", seed: int = 0, labels: Sequence = tuple(range(10)),
+           seeds: Sequence[int] = SEARCH_SEEDS, steps: int = 8, progress: bool = False,
+           validation_seeds: Sequence[int] = VALIDATION_SEEDS, config: SolveConfig | None = None,
+           **objective: Any) -> tuple[Plan, dict]:
     """Search from the ILP's plans with real generations; returns ``(plan, report)``.
 
     ``profile`` is a Profile, its path, or a :class:`~mpsearch.allocation.formulation.Formulation`; ``config``
@@ -128,12 +134,13 @@ def refine(profile, pipe, budget=None, *, trials: int = 30, storage: str | None 
     solver = get_solver("optuna", trials=trials, evaluate=evaluate, objectives=("content", "quality"),
                         sampler=sampler, seed=seed, storage=storage, study_name=study_name,
                         callback=lambda t: bar.update(1))
+    assert isinstance(solver, OptunaSolver)  # the "optuna" name; for mypy, which reads get_solver's BaseSolver
     try:
         sol = solver.solve(problem)
     finally:
         bar.close()
     seconds = sol.seconds
-    report = dict(solver.report) if solver.report else {"trials": 0, "note": "the budget does not bind"}
+    report: dict = dict(solver.report) if solver.report else {"trials": 0, "note": "the budget does not bind"}
     report.update(settings=settings, storage=storage)
     chosen, reference = report.get("chosen"), report.get("reference")
     if validation_seeds and chosen and reference and chosen["trial"] != reference["trial"]:
@@ -152,7 +159,7 @@ def refine(profile, pipe, budget=None, *, trials: int = 30, storage: str | None 
     return plan, report
 
 
-def default_storage(profile_path) -> str:
+def default_storage(profile_path: str | Path) -> str:
     """``sqlite:///studies/<profile>.db``: the local study file when no ``--storage`` is given (its folder is made
     when the study opens, so a refused search leaves nothing behind)."""
     return f"sqlite:///{Path('studies') / f'{Path(profile_path).stem}.db'}"

@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from mpsearch.allocation.compute import LayerCalls
 from mpsearch.allocation.config import SolveConfig, make_config
 from mpsearch.allocation.formulation import build_problem, formulate, layer_costs, parse_pins
 from mpsearch.plan import Plan
@@ -15,9 +18,10 @@ __all__ = ["SolveConfig", "build_problem", "layer_costs", "parse_pins", "solve"]
 DEFAULT_BUDGET = "60%"
 
 
-def solve(profile, budget=None, *, config: SolveConfig | None = None, pipe=None, layer_calls=None,
-          **keywords) -> Plan:
-    """Allocate a format per layer under ``budget`` (any budget form of docs/design.md; default 60%) and return the Plan.
+def solve(profile: Any, budget: Any = None, *, config: SolveConfig | None = None, pipe: Any = None,
+          layer_calls: LayerCalls | None = None, **keywords: Any) -> Plan:
+    """Allocate a format per layer under ``budget`` (any budget form of docs/design.md; default 60%) and return
+    the Plan.
 
     ``config`` is a :class:`~mpsearch.allocation.config.SolveConfig`; ``keywords`` are its field names and
     build one (or replace its fields): ``mpsearch.solve(profile, budget="600KB", tie=True)`` is

@@ -113,3 +113,28 @@ def test_mixdq_groups_by_larger_normalized_damage():
     content = np.array([[0, 0.9, np.inf], [0, 0.1, 0.2]])
     quality = np.array([[0, 0.1, np.inf], [0, 0.5, 1.0]])
     assert mixdq_groups(content, quality).tolist() == [True, False]
+
+
+def test_denoising_batches_names_a_denoiser_called_without_its_noisy_input(monkeypatch):
+    """A denoiser called with neither a positional input nor hidden_states=/sample= is a one-line ModelError
+    (it was an AttributeError on None.shape)."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    import mpsearch.allocation.autoquantize as aq
+    from mpsearch.errors import ModelError
+
+    class Den(torch.nn.Module):
+        def forward(self, x=None, timestep=None):
+            return x
+
+    pipe = SimpleNamespace(unet=Den(), scheduler=SimpleNamespace(alphas_cumprod=torch.linspace(0.9, 0.1, 10)))
+
+    def fake_generate(pipe, labels, seed, steps, guidance_scale):
+        pipe.unet(x=torch.zeros(1, 3, 4, 4), timestep=torch.tensor([1]))
+        return np.zeros((1, 4, 4, 3), np.float32)
+
+    monkeypatch.setattr(aq, "generate", fake_generate)
+    with pytest.raises(ModelError, match=r"without its noisy input .*got keywords \['timestep', 'x'\]"):
+        aq.denoising_batches(pipe, [0], [0], steps=1)

@@ -213,3 +213,21 @@ def test_cli_profile_end_to_end_and_solve_weights(tmp_path, capsys, monkeypatch)
     plan = json.loads(capsys.readouterr().out)
     assert rc == 0 and plan["bytes"] <= plan["budget"]["bytes"]
     assert main(["solve", "--profile", str(out), "--budget", "70%", "--objective-weights", "looks=1"]) == 2
+
+
+def test_run_end_to_end_names_results_missing_after_measuring(monkeypatch):
+    """Results that cannot be read back right after measuring are a one-line ProfileError (it was an
+    AttributeError on None inside spearman)."""
+    from types import SimpleNamespace
+
+    import mpsearch.allocation.decoupled.run as run
+
+    prof = SimpleNamespace(path="p.sqlite", info=SimpleNamespace(names=["a"]), formats=("fp", "int8"), steps=4)
+    monkeypatch.setattr(run, "shortlist", lambda *a, **k: [("a", "int8")])
+    monkeypatch.setattr(run, "exhaustive_units", lambda *a, **k: ["unit"])
+    monkeypatch.setattr(run, "layer_costs", lambda *a, **k: np.zeros((1, 2)))
+    monkeypatch.setattr(run, "layer_units", lambda *a, **k: ["unit"])
+    monkeypatch.setattr(run, "measure", lambda *a, **k: {"run": "r1", "measured": 1, "seconds": 0.0})
+    monkeypatch.setattr(run, "load_results", lambda *a, **k: None)
+    with pytest.raises(ProfileError, match=r"no end-to-end results for run 'r1' after measuring it"):
+        run.run_end_to_end(None, prof, windows=0)

@@ -9,7 +9,7 @@ activation overrides (:func:`activation_overrides`). :func:`e2e_costs` is what `
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -43,7 +43,7 @@ def calibrate(local: np.ndarray, measured: np.ndarray) -> Callable[[np.ndarray],
     return lambda c: np.asarray(c) * ratio
 
 
-def parse_weights(spec) -> dict[str, float]:
+def parse_weights(spec: Any) -> dict[str, float]:
     """'content=1,quality=1' (or a dict) -> {"content": 1.0, "quality": 1.0}; other names are metrics
     (e.g. 'ssim=1,frechet=2') and weigh that metric alone."""
     if spec is None:
@@ -90,8 +90,8 @@ def window_step_weights(profile: Profile, res: E2EResults, weights: dict) -> np.
         d[1] += local
     top = max(d for d, _ in per_window.values())
     w = np.zeros(profile.steps)
-    for (a, b), (d, local) in per_window.items():
-        w[a:b] = max(d, 1e-3 * top) / max(local, 1e-30)
+    for (a, b), (damage, local) in per_window.items():
+        w[a:b] = max(damage, 1e-3 * top) / max(local, 1e-30)
     if not np.isfinite(w).all() or w.sum() <= 0:
         return None
     return w / w.sum()
@@ -113,8 +113,8 @@ def combine(damages: dict[str, dict], weights: dict) -> dict[str, float]:
     return out
 
 
-def e2e_costs(profile: Profile, weights=None, *, res: E2EResults | None = None, step_weights=None,
-              max_damage: float | None = None, keep=None) -> tuple[np.ndarray, dict]:
+def e2e_costs(profile: Profile, weights: Any = None, *, res: E2EResults | None = None, step_weights: Any = None,
+              max_damage: float | None = None, keep: Any = None) -> tuple[np.ndarray, dict]:
     """(layers, formats) costs of the decoupled objective, and a report of how they were made.
 
     Per metric: measured single-layer damages where measured, else the calibrated local estimate
@@ -182,7 +182,7 @@ def e2e_costs(profile: Profile, weights=None, *, res: E2EResults | None = None, 
 
 
 def activation_overrides(profile: Profile, assignment: dict, windows: int, res: E2EResults | None = None,
-                         weights=None) -> list[dict]:
+                         weights: Any = None) -> list[dict]:
     """Per-window activation overrides: in the ``windows`` step windows with the largest measured damage
     (only those above the average window's), the plan's layers whose format quantizes activations keep them
     in fp; weights stay one packed copy per layer."""

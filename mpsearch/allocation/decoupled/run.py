@@ -8,9 +8,12 @@ local tier's sensitivity and the measured end-to-end damage.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 
-from mpsearch.errors import UsageError
+from mpsearch.errors import ProfileError, UsageError
 from mpsearch.allocation.objective import layer_costs
 from mpsearch.profiling.store import Profile
 from mpsearch.profiling.endtoend.measuring import measure
@@ -22,15 +25,16 @@ __all__ = ["run_end_to_end", "spearman"]
 
 
 def spearman(profile: Profile, res: E2EResults) -> dict:
-    """Rank agreement (scipy.stats.spearmanr) between the local tier's sensitivity (the default local metric, ``gn`` where measured, over steps) and
-    the end-to-end damage of the measured single-layer units, per metric: {metric: {rho, p, n}}."""
+    """Rank agreement (scipy.stats.spearmanr) between the local tier's sensitivity (the default local metric,
+    ``gn`` where measured, over steps) and the end-to-end damage of the measured single-layer units, per metric:
+    {metric: {rho, p, n}}."""
     from scipy.stats import spearmanr
 
     local = layer_costs(profile, "auto")
     index = {n: i for i, n in enumerate(profile.info.names)}
     pairs = [(u, local[index[u["layers"][0]], profile.formats.index(u["format"])])
              for u in res.of_kind("layer") if u["start"] == 0 and u["stop"] == profile.steps]
-    out = {}
+    out: dict[str, dict[str, float | int | None]] = {}
     for m in res.metrics:
         x = [c for u, c in pairs if m in u["values"]]
         y = [res.damages(u)[m] for u, _ in pairs if m in u["values"]]
@@ -42,8 +46,9 @@ def spearman(profile: Profile, res: E2EResults) -> dict:
     return out
 
 
-def run_end_to_end(pipe, profile: Profile, *, shortlist_n: int = 8, windows: int = 4, content_scorer=None,
-                   features=None, seeds=None, role_pins=None, progress: bool = False) -> dict:
+def run_end_to_end(pipe: Any, profile: Profile, *, shortlist_n: int = 8, windows: int = 4,
+                   content_scorer: Callable | None = None, features: Callable | None = None,
+                   seeds: Sequence[int] | None = None, role_pins: dict | None = None, progress: bool = False) -> dict:
     """The cheap end-to-end tier: the shortlist per layer, plus one unit per step window; stored in the
     profile. Returns the summary ``mpsearch profile --end-to-end --json`` prints (``cost_ratio``: generations
     made for it / generations of the exhaustive per-layer, per-format run; ``spearman`` per metric)."""
@@ -56,6 +61,9 @@ def run_end_to_end(pipe, profile: Profile, *, shortlist_n: int = 8, windows: int
     done = measure(pipe, profile, units, content_scorer=content_scorer, features=features, seeds=seeds,
                    progress=progress)
     res = load_results(profile.path, done["run"])
+    if res is None:  # measure() always stores the full-precision unit; a missing one means the file changed under us
+        raise ProfileError(f"{profile.path} has no end-to-end results for run {done['run']!r} after measuring it; "
+                           "profile --end-to-end again")
     exhaustive = 1 + len(exhaustive_units(profile.info, profile.formats))
     return {"run": done["run"], "units": 1 + len(units), "shortlist": [list(p) for p in pairs],
             "windows": [list(w) for w in step_windows(profile.steps, windows)] if windows else [],

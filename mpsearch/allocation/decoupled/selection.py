@@ -22,7 +22,7 @@ def _local_problem(profile: Profile, role_pins=None, step_weights=None):
     return build_problem(profile, None, metric="auto", step_weights=step_weights, role_pins=role_pins)
 
 
-def budget_sweep(profile: Profile, count: int = 5, role_pins=None) -> list[tuple[int, np.ndarray]]:
+def budget_sweep(profile: Profile, count: int = 5, role_pins: dict | None = None) -> list[tuple[int, np.ndarray]]:
     """Local-tier plans (budget bytes, per-layer format index) at ``count`` budgets spread between the
     smallest feasible size and full precision."""
     from dataclasses import replace
@@ -38,7 +38,7 @@ def budget_sweep(profile: Profile, count: int = 5, role_pins=None) -> list[tuple
     return out
 
 
-def shortlist(profile: Profile, n: int = 8, budgets: int = 5, role_pins=None) -> list[tuple[str, str]]:
+def shortlist(profile: Profile, n: int = 8, budgets: int = 5, role_pins: dict | None = None) -> list[tuple[str, str]]:
     """The (layer, format) pairs worth measuring end to end: the layers whose format flips across a sweep of
     ``budgets`` local-tier solves (the decisions the budget actually moves), ranked by local sensitivity x bytes
     saved, topped up from the other unpinned layers by the same score; each with the non-fp formats it takes
@@ -65,7 +65,7 @@ def shortlist(profile: Profile, n: int = 8, budgets: int = 5, role_pins=None) ->
     return [(info.layers[li].name, formats[fi]) for _, _, li, taken in rows[:n] for fi in taken]
 
 
-def window_units(profile: Profile, windows: int = 4, role_pins=None) -> list[Unit]:
+def window_units(profile: Profile, windows: int = 4, role_pins: dict | None = None) -> list[Unit]:
     """One unit per step window: the mid-budget local plan's quantized layers, each in its format, quantized
     only inside the window (grouped by format, since a unit has one format: one unit per window and format)."""
     sweep = budget_sweep(profile, 3, role_pins)

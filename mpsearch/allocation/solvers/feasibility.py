@@ -21,7 +21,7 @@ def _extra_tolerance(rhs: float, coef_scale: float) -> float:
     return 1e-9 * max(1.0, abs(rhs), coef_scale)
 
 
-def resource_tables(problem) -> tuple[np.ndarray, np.ndarray]:
+def resource_tables(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     """Per-decision resource use and limits for heuristics: ``(use (R, D, F), caps (R,))``, one row for the
     byte budget (net of fixed bytes, if any) and one per extra constraint (with half its round-off tolerance)."""
     dec = problem.decisions
@@ -58,12 +58,14 @@ def check_assignment(problem: Problem, choice: np.ndarray) -> list[str]:
         return [f"choice must hold integer format indices, got dtype {choice.dtype}"]
     out_of_range = (choice < 0) | (choice >= problem.n_formats)
     if out_of_range.any():
-        l = int(np.flatnonzero(out_of_range)[0])
-        return [f"layer {problem.layer_names[l]!r} has format index {int(choice[l])}, not in [0, {problem.n_formats})"]
+        bad = int(np.flatnonzero(out_of_range)[0])
+        return [f"layer {problem.layer_names[bad]!r} has format index {int(choice[bad])}, "
+                f"not in [0, {problem.n_formats})"]
     problems: list[str] = []
     rows = np.arange(problem.n_layers)
-    for l in np.flatnonzero(~problem.allowed[rows, choice]):
-        problems.append(f"layer {problem.layer_names[l]!r} takes {problem.formats[choice[l]]!r}, which it may not take")
+    for row in np.flatnonzero(~problem.allowed[rows, choice]):
+        problems.append(
+            f"layer {problem.layer_names[row]!r} takes {problem.formats[choice[row]]!r}, which it may not take")
     for l, f in problem.pins.items():
         if choice[l] != f:
             problems.append(

@@ -36,8 +36,9 @@ def _native_stdout_silenced():
         return
     try:
         for stream in (sys.stdout, sys.__stdout__):
-            with contextlib.suppress(Exception):
-                stream.flush()
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    stream.flush()
         with open(os.devnull, "wb") as null:
             os.dup2(null.fileno(), fd)
         yield

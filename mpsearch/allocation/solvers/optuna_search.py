@@ -228,7 +228,8 @@ class OptunaSolver(BaseSolver):
                                         user_attrs={"source": source}, skip_if_exists=True)
             remaining = self.trials - len(finished())
             if remaining > 0:
-                callbacks = [lambda s, t: self.callback(t)] if self.callback else None
+                cb = self.callback
+                callbacks = [lambda s, t: cb(t)] if cb else None
                 study.optimize(objective, n_trials=remaining, callbacks=callbacks, catch=())
             done = finished()
 

@@ -22,6 +22,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -101,6 +102,7 @@ class Decisions:
 
     @property
     def count(self) -> int:
+        """The number of decisions (tie groups and untied layers)."""
         return len(self.members)
 
     def expand(self, decision_choice: np.ndarray) -> np.ndarray:
@@ -180,9 +182,9 @@ class Problem:
                 "finite and >= 0, or inf for a format the layer may not take"
             )
         allowed = np.isfinite(cost)
-        for l in np.flatnonzero(~allowed.any(axis=1)) if n_formats else ():
+        for row in np.flatnonzero(~allowed.any(axis=1)) if n_formats else ():
             raise UsageError(
-                f"Problem.cost row {int(l)} (layer {names[l]!r}) is inf for every format; "
+                f"Problem.cost row {int(row)} (layer {names[row]!r}) is inf for every format; "
                 "each layer needs at least one allowed format (fp usually)"
             )
 
@@ -232,11 +234,11 @@ class Problem:
         set_(self, "_decisions", self._collapse())
 
     @staticmethod
-    def _names(field_name: str, value: object) -> tuple[str, ...]:
+    def _names(field_name: str, value: Any) -> tuple[str, ...]:
         if isinstance(value, str):
             raise UsageError(f"Problem.{field_name} must be a sequence of names, got the string {value!r}")
         try:
-            names = tuple(value)  # type: ignore[arg-type]
+            names = tuple(value)
         except TypeError:
             raise UsageError(f"Problem.{field_name} must be a sequence of names, got {value!r}") from None
         for i, name in enumerate(names):
@@ -248,9 +250,9 @@ class Problem:
         return names
 
     @staticmethod
-    def _groups(value: object, n_layers: int) -> tuple[tuple[int, ...], ...]:
+    def _groups(value: Any, n_layers: int) -> tuple[tuple[int, ...], ...]:
         try:
-            groups = tuple(tuple(g) for g in value)  # type: ignore[union-attr]
+            groups = tuple(tuple(g) for g in value)
         except TypeError:
             raise UsageError(f"Problem.groups must be a sequence of sequences of layer indices, got {value!r}") from None
         owner: dict[int, int] = {}
@@ -348,10 +350,12 @@ class Problem:
     # ---------------------------------------------------------------------------------------- views
     @property
     def n_layers(self) -> int:
+        """The number of layers (rows of ``cost``)."""
         return len(self.layer_names)
 
     @property
     def n_formats(self) -> int:
+        """The number of formats (columns of ``cost``)."""
         return len(self.formats)
 
     @property
@@ -368,7 +372,7 @@ class Problem:
         """The same problem under another budget (e.g. for a Pareto sweep)."""
         return replace(self, budget_bytes=budget_bytes, pins=dict(self.pins))
 
-    def assignment(self, choice) -> dict[str, str]:
+    def assignment(self, choice: Any) -> dict[str, str]:
         """Layer name -> format name of a per-layer ``choice`` (indices into ``formats``), in layer order."""
         choice = np.asarray(choice)
         if choice.shape != (self.n_layers,):
