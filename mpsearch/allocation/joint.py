@@ -122,6 +122,8 @@ def solve_joint(profile: Any, pipe: Any, budget: Any = None, *, full_computation
         raise UsageError(f"rounds must be an integer >= 1, got {rounds!r}")
     form = formulate(profile, config=cfg)
     profile, info, steps = form.profile, form.profile.info, form.profile.steps
+    # reuse costs are measured at the profile's image size (a pipeline's default may not suit the model)
+    measure_options.setdefault("size", profile.config.get("size"))
     if full_computations is not None or speedup is None:  # a bad cache budget fails before any solving
         resolve_full_computations(steps, full_computations, None)
     elif isinstance(speedup, bool) or not isinstance(speedup, (int, float)) or not math.isfinite(speedup) \

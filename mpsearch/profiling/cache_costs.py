@@ -73,7 +73,8 @@ def _apply_layers(pipe, plan):
 
 
 def measure_segment_errors(pipe, unit: CacheUnit, steps: int, *, plan=None, labels=MEASURE_LABELS,
-                           seeds=MEASURE_SEEDS, guidance_scale=None, warmup: int = 2) -> np.ndarray:
+                           seeds=MEASURE_SEEDS, guidance_scale=None, warmup: int = 2,
+                           size: int | None = None) -> np.ndarray:
     """``E[p, t]``: mean squared final-image error (against the same model without cache) of computing at ``p``,
     reusing at ``p+1 .. t-1`` and computing everything else, for ``warmup - 1 <= p`` and ``p + 2 <= t < steps``
     (0 elsewhere). Steps up to ``p`` are replayed from a reference run, not recomputed."""
@@ -91,7 +92,8 @@ def measure_segment_errors(pipe, unit: CacheUnit, steps: int, *, plan=None, labe
                 snaps[(st.step, st.slot)] = (dict(st.outputs), dict(st.residual))
                 return out
 
-            ref = _generate_with(pipe, denoiser, unit, (True,) * steps, record, labels, seed, steps, guidance_scale)
+            ref = _generate_with(pipe, denoiser, unit, (True,) * steps, record, labels, seed, steps, guidance_scale,
+                                 size)
             if len({k[0] for k in outs}) != steps:
                 raise ProfileError(f"the measuring run saw {len({k[0] for k in outs})} of {steps} steps; check "
                                    "that the pipeline calls the denoiser once per step (or once per CFG half)")
@@ -108,15 +110,17 @@ def measure_segment_errors(pipe, unit: CacheUnit, steps: int, *, plan=None, labe
 
                 for t in range(p + 2, steps):
                     compute = tuple(not p < u < t for u in range(steps))
-                    img = _generate_with(pipe, denoiser, unit, compute, replay, labels, seed, steps, guidance_scale)
+                    img = _generate_with(pipe, denoiser, unit, compute, replay, labels, seed, steps,
+                                         guidance_scale, size)
                     E[p, t] += float(np.mean((img.astype(np.float64) - ref) ** 2))
     return E / len(seeds)
 
 
-def _generate_with(pipe, denoiser, unit, compute, intercept, labels, seed, steps, guidance_scale) -> np.ndarray:
+def _generate_with(pipe, denoiser, unit, compute, intercept, labels, seed, steps, guidance_scale,
+                   size=None) -> np.ndarray:
     with apply_feature_cache(denoiser, FeatureCacheConfig(unit, tuple(compute))) as cache:
         cache.state.intercept = intercept
-        return generate(pipe, labels, seed, steps, guidance_scale).astype(np.float64)
+        return generate(pipe, labels, seed, steps, guidance_scale, size).astype(np.float64)
 
 
 def segment_increments(E: np.ndarray) -> np.ndarray:
@@ -133,7 +137,7 @@ def segment_increments(E: np.ndarray) -> np.ndarray:
 
 
 def measure_costs(pipe, unit: CacheUnit, steps: int, *, plan=None, labels=MEASURE_LABELS, seeds=MEASURE_SEEDS,
-                  guidance_scale=None, target: str = "image", warmup: int = 2) -> np.ndarray:
+                  guidance_scale=None, target: str = "image", warmup: int = 2, size: int | None = None) -> np.ndarray:
     """(steps, steps) cost matrix of reusing ``unit``'s features, measured on ``pipe`` (with ``plan``'s formats).
 
     ``warmup`` (image target only): runs start after the first ``warmup`` steps (which every schedule
@@ -143,9 +147,9 @@ def measure_costs(pipe, unit: CacheUnit, steps: int, *, plan=None, labels=MEASUR
     labels = measuring_conditions(pipe, labels)
     if target == "image":
         return segment_increments(measure_segment_errors(pipe, unit, steps, plan=plan, labels=labels, seeds=seeds,
-                                                         guidance_scale=guidance_scale, warmup=warmup))
+                                                         guidance_scale=guidance_scale, warmup=warmup, size=size))
     if target == "output":
-        return _measure_output_costs(pipe, unit, steps, plan, labels, seeds, guidance_scale)
+        return _measure_output_costs(pipe, unit, steps, plan, labels, seeds, guidance_scale, size)
 
     denoiser = get_denoiser(pipe)
     num = np.zeros((steps, steps))
@@ -160,7 +164,7 @@ def measure_costs(pipe, unit: CacheUnit, steps: int, *, plan=None, labels=MEASUR
 
             with apply_feature_cache(denoiser, FeatureCacheConfig(unit, (True,) * steps)) as cache:
                 cache.state.record = record
-                generate(pipe, labels, seed, steps, guidance_scale)
+                generate(pipe, labels, seed, steps, guidance_scale, size)
             for per_step in feats.values():
                 if len(per_step) != steps:
                     raise ProfileError(f"the measuring run saw {len(per_step)} of {steps} steps of {unit.name}; "
@@ -175,7 +179,7 @@ def measure_costs(pipe, unit: CacheUnit, steps: int, *, plan=None, labels=MEASUR
     return np.triu(cost, 1)
 
 
-def _measure_output_costs(pipe, unit, steps, plan, labels, seeds, guidance_scale) -> np.ndarray:
+def _measure_output_costs(pipe, unit, steps, plan, labels, seeds, guidance_scale, size=None) -> np.ndarray:
 
     denoiser = get_denoiser(pipe)
     num = np.zeros((steps, steps))
@@ -212,7 +216,7 @@ def _measure_output_costs(pipe, unit, steps, plan, labels, seeds, guidance_scale
 
             h = denoiser.register_forward_hook(after, with_kwargs=True)
             try:
-                generate(pipe, labels, seed, steps, guidance_scale)
+                generate(pipe, labels, seed, steps, guidance_scale, size)
             finally:
                 h.remove()
                 cache.remove()

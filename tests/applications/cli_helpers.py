@@ -33,6 +33,8 @@ import resource, signal, sys
 if {memory}:
     resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))
 from mpsearch.apps.cli import main
+from mpsearch.apps.cli.noise import silence_library_noise
+silence_library_noise()  # as main() does before a command imports torch and diffusers
 # the command modules (torch, diffusers) are imported before the clock starts: the deadline times mpsearch's own work
 import mpsearch.apps.cli.exporting, mpsearch.apps.cli.inspecting, mpsearch.apps.cli.profiling  # noqa: E401
 import mpsearch.apps.cli.results, mpsearch.apps.cli.solving  # noqa: E401
