@@ -46,7 +46,7 @@ class LayerType:
         return y.numel() * (weight.numel() // weight.shape[0])
 
 
-_LAYER_TYPES: dict[str, LayerType] = {}
+LAYER_TYPES: dict[str, LayerType] = {}
 
 
 def register_layer_type(cls: type[LayerType]) -> type[LayerType]:
@@ -54,19 +54,19 @@ def register_layer_type(cls: type[LayerType]) -> type[LayerType]:
     first, so a subclass of a known module type gets its own layer type)."""
     if not (isinstance(cls, type) and issubclass(cls, LayerType)) or not cls.kind:
         raise ModelError(f"register_layer_type takes a LayerType subclass with a kind, got {cls!r}")
-    _LAYER_TYPES.pop(cls.kind, None)
-    _LAYER_TYPES[cls.kind] = cls()
+    LAYER_TYPES.pop(cls.kind, None)
+    LAYER_TYPES[cls.kind] = cls()
     return cls
 
 
 def unregister_layer_type(kind: str) -> None:
     """Forget the layer type ``kind`` (no error if it is not registered)."""
-    _LAYER_TYPES.pop(kind, None)
+    LAYER_TYPES.pop(kind, None)
 
 
 def layer_type_of(module: nn.Module) -> LayerType | None:
     """The layer type of ``module``: an exact module type match first, then the latest registered match."""
-    types = list(_LAYER_TYPES.values())
+    types = list(LAYER_TYPES.values())
     for lt in types:
         if type(module) is lt.module_type:
             return lt
@@ -79,9 +79,9 @@ def layer_type_of(module: nn.Module) -> LayerType | None:
 def layer_type(kind: str) -> LayerType:
     """The registered layer type named ``kind``."""
     try:
-        return _LAYER_TYPES[kind]
+        return LAYER_TYPES[kind]
     except KeyError:
-        raise ModelError(f"unknown layer kind {kind!r}; known: {', '.join(_LAYER_TYPES)} "
+        raise ModelError(f"unknown layer kind {kind!r}; known: {', '.join(LAYER_TYPES)} "
                          "(register new ones with mpsearch.layer_types.register_layer_type)") from None
 
 

@@ -22,7 +22,7 @@ from mpsearch.errors import ModelError
 from mpsearch.formats import available_formats, get_format
 from mpsearch.formats.base import all_finite
 from mpsearch.layer_types import (  # noqa: F401 (also here)
-    _LAYER_TYPES,
+    LAYER_TYPES,
     LayerType,
     layer_type,
     layer_type_of,
@@ -277,7 +277,7 @@ def describe(pipe_or_model: object, formats: Sequence[str] | None = None) -> Mod
         weight_ids.add(id(module.weight))
     if not layers:
         raise ModelError(f"{type(denoiser).__name__} has no layers to quantize (known layer kinds: "
-                         f"{', '.join(_LAYER_TYPES)}; register others with mpsearch.layer_types.register_layer_type)")
+                         f"{', '.join(LAYER_TYPES)}; register others with mpsearch.layer_types.register_layer_type)")
     fixed = 0
     seen = set()
     for t in list(denoiser.parameters()) + list(denoiser.buffers()):

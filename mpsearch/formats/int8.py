@@ -23,7 +23,7 @@ from mpsearch.formats.patches import patch_amax, patch_view
 from mpsearch.formats.registry import register_format
 
 _QMAX = 127
-_INT32_SAFE_K = (2**31 - 1) // (_QMAX * _QMAX)
+INT32_SAFE_K = (2**31 - 1) // (_QMAX * _QMAX)
 
 
 def row_scales(amax: torch.Tensor) -> torch.Tensor:
@@ -73,7 +73,7 @@ def int8_matmul(qx: torch.Tensor, qw: torch.Tensor) -> torch.Tensor:
     (:func:`~mpsearch.formats.kernel_errors.is_unsupported`) an exact int32 (CPU) or float64 product. Any other
     error of ``torch._int_mm``, out of memory included, propagates."""
     k = qx.shape[1]
-    if k > _INT32_SAFE_K:
+    if k > INT32_SAFE_K:
         return qx.to(torch.int64) @ qw.t().to(torch.int64)
     # qw.t() of a (n, 1) weight has strides (1, 1), which torch 2.13's CPU _int_mm misreads (garbage for
     # n > 1); the row-major (1, n) view holds the same values with unambiguous strides.

@@ -62,7 +62,7 @@ def e2m1_codes(a: torch.Tensor) -> torch.Tensor:
     return code.clamp_(0, 7).to(torch.uint8)
 
 
-def _scales(x2: torch.Tensor, tensor_amax: torch.Tensor | float | None
+def block_scales(x2: torch.Tensor, tensor_amax: torch.Tensor | float | None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The recipe's scales of a 2-D tensor: (x as float32 blocks (rows, cols // 16, 16), |x|, block scales
     float8_e4m3fn, tensor scale float32 (1,), effective scale per block float32, whether that scale is > 0)."""
@@ -93,7 +93,7 @@ def nvfp4_encode(x2: torch.Tensor, tensor_amax: torch.Tensor | float | None = No
     tensor scale float32 of shape (1,)).
     """
     rows, cols = x2.shape
-    x, ax, bs8, s_t, eff, live = _scales(x2, tensor_amax)
+    x, ax, bs8, s_t, eff, live = block_scales(x2, tensor_amax)
     y = ax / torch.where(live, eff, torch.ones_like(eff))[..., None]
     mag = e2m1_codes(y)
     mag = torch.where(live[..., None], mag, torch.zeros_like(mag))
@@ -128,7 +128,7 @@ _EXP_4 = 129 << 23  # ... of 4.0
 _MAGIC = (22 << 23) | 0x400000  # added to an exponent field e: the bits of 1.5 * 2^(e - 127 + 22)
 
 
-def _round_e2m1(y: torch.Tensor) -> torch.Tensor:
+def round_e2m1(y: torch.Tensor) -> torch.Tensor:
     """Non-negative float32 ``y`` (overwritten) rounded onto the E2M1 grid, ties to the even code, saturating
     at 6. The grid's spacing is 0.5 below 2, 1 below 4 and 2 above, i.e. a quarter of y's power of two (at
     least 1's); adding and subtracting c = 1.5 * 2^22 * spacing rounds y to a multiple of the spacing by
@@ -142,7 +142,7 @@ def _round_e2m1(y: torch.Tensor) -> torch.Tensor:
 def nvfp4_fake_quantize(x2: torch.Tensor, tensor_amax: torch.Tensor | float | None = None, *,
                         out: torch.Tensor | None = None) -> torch.Tensor:
     """float32 ``nvfp4_decode(*nvfp4_encode(x2, tensor_amax))`` computed without codes: the magnitude is
-    rounded onto the E2M1 grid arithmetically (:func:`_round_e2m1`), given x's sign and multiplied by the
+    rounded onto the E2M1 grid arithmetically (:func:`round_e2m1`), given x's sign and multiplied by the
     block's effective scale -- the same values as encode + decode, in a fraction of the passes over the
     activation. Bit for bit.
     ``out``: a contiguous float32 (rows, cols) tensor to write the result into (it may be ``x2`` itself)."""
@@ -151,9 +151,9 @@ def nvfp4_fake_quantize(x2: torch.Tensor, tensor_amax: torch.Tensor | float | No
             q = nvfp4_fake_quantize(x2, tensor_amax, out=out)
         return with_gradient_of(q, x2.to(q.dtype))
     rows, cols = x2.shape
-    x, ax, _, _, eff, live = _scales(x2, tensor_amax)
+    x, ax, _, _, eff, live = block_scales(x2, tensor_amax)
     y = ax.div_(torch.where(live, eff, torch.ones_like(eff))[..., None])  # |x| / eff, in place
-    v = _round_e2m1(y)
+    v = round_e2m1(y)
     # a block whose scale is 0 needs no masking: its finite values times eff = 0 are zeros with x's sign,
     # as the reference's zero codes with x's sign bit are
     if out is not None:

@@ -45,7 +45,7 @@ import torch
 
 from mpsearch.errors import ResourceError, UsageError
 from mpsearch.models import get_denoiser
-from mpsearch.profiling.estimate import _PeakRSS, _rss, estimate_profile
+from mpsearch.profiling.estimate import PeakRSS, rss_bytes, estimate_profile
 from mpsearch.profiling.profiler import ProfileConfig, UnitProbe, profile_local
 from mpsearch.profiling.sensitivity import replayed_steps
 from mpsearch.profiling.store import Profile
@@ -139,7 +139,7 @@ def free_memory(device) -> int:
             for line in f:
                 if line.startswith("MemAvailable:"):
                     available = int(line.split()[1]) * 1024
-    return _rss() + available
+    return rss_bytes() + available
 
 
 def measure_generation(pipe, config: ProfileConfig) -> dict:
@@ -171,7 +171,7 @@ def measure_generation(pipe, config: ProfileConfig) -> dict:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        with _PeakRSS() as rss:
+        with PeakRSS() as rss:
             generate(pipe, config.conditions, config.seeds[0], 1, config.guidance_scale, config.size)
         seconds = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(device) if cuda else rss.peak
@@ -200,7 +200,7 @@ class _Watch:
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        self.rss = _PeakRSS().__enter__()
+        self.rss = PeakRSS().__enter__()
         self.start = time.perf_counter()
         self.base_peak: int | None = None
         return self
@@ -223,7 +223,7 @@ class _Watch:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
-        with _PeakRSS() as rss:
+        with PeakRSS() as rss:
             result = run()
             if self.cuda:
                 torch.cuda.synchronize(self.device)

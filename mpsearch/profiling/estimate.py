@@ -25,32 +25,32 @@ from mpsearch.profiling.sensitivity import replayed_steps
 __all__ = ["estimate_profile"]
 
 
-def _rss() -> int:
+def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
 
 
-class _PeakRSS:
+class PeakRSS:
     """Samples the process's resident set every few milliseconds while active (no side effect on it)."""
 
     def __init__(self, interval: float = 0.005):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
 
     def __enter__(self):
-        self.peak = _rss()
+        self.peak = rss_bytes()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, _rss())
+            self.peak = max(self.peak, rss_bytes())
             self._stop.wait(self.interval)
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss())
+        self.peak = max(self.peak, rss_bytes())
 
 
 def estimate_profile(pipe, config: ProfileConfig | None = None, **options) -> dict:
@@ -70,7 +70,7 @@ def estimate_profile(pipe, config: ProfileConfig | None = None, **options) -> di
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        with _PeakRSS() as rss:
+        with PeakRSS() as rss:
             profile_local(pipe, probe_cfg, out=Path(d) / "estimate.sqlite", progress=progress, timings=timings)
         measured = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(device) if cuda else rss.peak

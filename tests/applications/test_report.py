@@ -97,7 +97,7 @@ def test_an_error_leaves_no_report_and_an_old_report_is_replaced(tiny, tmp_path,
 
     out = tmp_path / "site"
     with monkeypatch.context() as m:
-        m.setattr("mpsearch.apps.report.render._network_png", boom)  # where render_report looks it up
+        m.setattr("mpsearch.apps.report.render.network_png", boom)  # where render_report looks it up
         with pytest.raises(RuntimeError, match="drawing failed"):
             rep.render_report(data, out)
     assert list(tmp_path.iterdir()) == []  # neither the report nor its temporary folder

@@ -53,10 +53,10 @@ def test_cpu_runs_the_reference_bit_for_bit():
 @pytest.fixture
 def kept_kernels():
     """The registry as it was (the tests below register fakes over int8's real CPU kernels)."""
-    before = dict(kernels._KERNELS)
+    before = dict(kernels.KERNELS)
     yield
-    kernels._KERNELS.clear()
-    kernels._KERNELS.update(before)
+    kernels.KERNELS.clear()
+    kernels.KERNELS.update(before)
 
 
 def test_a_registered_kernel_runs_and_may_decline(kept_kernels):

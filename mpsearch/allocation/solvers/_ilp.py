@@ -27,7 +27,7 @@ import numpy as np
 
 from mpsearch.errors import UsageError
 from mpsearch.allocation.solvers.base import BaseSolver, SolverError
-from mpsearch.allocation.solvers.feasibility import _extra_tolerance, min_feasible_bytes
+from mpsearch.allocation.solvers.feasibility import extra_tolerance, min_feasible_bytes
 from mpsearch.allocation.solvers.problem import Problem
 
 _MAX_TIGHTENINGS = 4
@@ -142,7 +142,7 @@ def row_excess(problem: Problem, choice: np.ndarray, *, with_budget: bool = True
         out.append(float(problem.total_bytes(choice) - problem.budget_bytes))
     for con in problem.extra:
         scale = float(np.abs(con.coef).max(axis=1).sum()) if con.coef.size else 0.0
-        tol = _extra_tolerance(con.rhs, scale)
+        tol = extra_tolerance(con.rhs, scale)
         over = con.value(choice) - con.rhs
         out.append(over + tol if over > tol else over - tol)
     return np.array(out, dtype=np.float64)

@@ -18,7 +18,7 @@ import numpy as np
 from mpsearch.budget import format_bytes  # one formatter for every size message
 from mpsearch.errors import InfeasibleError, MpsearchError, UsageError
 from mpsearch.allocation.solvers.feasibility import (  # noqa: F401  (re-exported for callers of mpsearch.allocation.solvers.base)
-    _extra_tolerance,
+    extra_tolerance,
     check_assignment,
     min_feasible_bytes,
     resource_tables,
@@ -151,7 +151,7 @@ class BaseSolver(abc.ABC):
         for k, con in enumerate(problem.extra):
             lowest = math.fsum(np.where(dec.allowed, dec.extra[k], np.inf).min(axis=1).tolist())
             scale = float(np.abs(con.coef).max(axis=1).sum()) if con.coef.size else 0.0
-            if lowest > con.rhs + _extra_tolerance(con.rhs, scale):
+            if lowest > con.rhs + extra_tolerance(con.rhs, scale):
                 reasons.append(
                     f"extra constraint {con.name!r} cannot hold: its smallest reachable value is {lowest:.6g}, over "
                     f"its limit {con.rhs:.6g}, whatever the budget; relax {con.name!r} to at least {lowest:.6g}"

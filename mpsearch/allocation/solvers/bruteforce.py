@@ -13,7 +13,7 @@ import numpy as np
 
 from mpsearch.errors import UsageError
 from mpsearch.allocation.solvers.base import BaseSolver, SolverError
-from mpsearch.allocation.solvers.feasibility import _extra_tolerance
+from mpsearch.allocation.solvers.feasibility import extra_tolerance
 from mpsearch.allocation.solvers.problem import Problem
 from mpsearch.allocation.solvers.registry import register_solver
 
@@ -53,7 +53,7 @@ class BruteForceSolver(BaseSolver):
         limits = []
         for con in problem.extra:
             scale = float(np.abs(con.coef).max(axis=1).sum()) if con.coef.size else 0.0
-            limits.append(con.rhs + _extra_tolerance(con.rhs, scale) / 2)
+            limits.append(con.rhs + extra_tolerance(con.rhs, scale) / 2)
 
         best: tuple[float, np.ndarray] | None = None
         min_bytes_under_extra: int | None = None

@@ -4,7 +4,7 @@ every way an assignment breaks the constraints, and the per-decision resource ta
 :func:`min_feasible_bytes` is what infeasible-budget errors quote; :func:`check_assignment` is the check every
 solver's answer passes before it is returned; :func:`resource_tables` gives heuristics the byte budget and the
 extra constraints as one stack of (use, limit) rows. Extra constraints hold up to float round-off
-(:func:`_extra_tolerance`), the byte budget exactly.
+(:func:`extra_tolerance`), the byte budget exactly.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from mpsearch.allocation.solvers.problem import Problem
 __all__ = ["check_assignment", "min_feasible_bytes", "resource_tables"]
 
 
-def _extra_tolerance(rhs: float, coef_scale: float) -> float:
+def extra_tolerance(rhs: float, coef_scale: float) -> float:
     """How far over its limit an extra constraint may be and still count as kept (float round-off only)."""
     return 1e-9 * max(1.0, abs(rhs), coef_scale)
 
@@ -32,7 +32,7 @@ def resource_tables(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     for k, con in enumerate(problem.extra):
         scale = float(np.abs(con.coef).max(axis=1).sum()) if con.coef.size else 0.0
         tables.append(dec.extra[k])
-        caps.append(con.rhs + _extra_tolerance(con.rhs, scale) / 2)
+        caps.append(con.rhs + extra_tolerance(con.rhs, scale) / 2)
     if not tables:
         return np.zeros((0,) + dec.allowed.shape), np.zeros(0)
     return np.stack(tables), np.array(caps)
@@ -83,6 +83,6 @@ def check_assignment(problem: Problem, choice: np.ndarray) -> list[str]:
     for con in problem.extra:
         value = con.value(choice)
         scale = float(np.abs(con.coef).max(axis=1).sum()) if con.coef.size else 0.0
-        if value > con.rhs + _extra_tolerance(con.rhs, scale):
+        if value > con.rhs + extra_tolerance(con.rhs, scale):
             problems.append(f"extra constraint {con.name!r} is {value:.10g}, over its limit {con.rhs:.10g}")
     return problems

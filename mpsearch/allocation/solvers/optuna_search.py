@@ -42,7 +42,7 @@ import numpy as np
 
 from mpsearch.errors import InfeasibleError, OptionalDependencyError, UsageError
 from mpsearch.allocation.solvers.base import BaseSolver, NoSolutionFoundError
-from mpsearch.allocation.solvers.feasibility import _extra_tolerance, min_feasible_bytes
+from mpsearch.allocation.solvers.feasibility import extra_tolerance, min_feasible_bytes
 from mpsearch.allocation.solvers.problem import Problem
 from mpsearch.allocation.solvers.registry import DEFAULT_SOLVER, get_solver, register_solver
 
@@ -180,7 +180,7 @@ class OptunaSolver(BaseSolver):
         limits = []
         for con in problem.extra:
             scale = float(np.abs(con.coef).max(axis=1).sum()) if con.coef.size else 0.0
-            limits.append(con.rhs + _extra_tolerance(con.rhs, scale) / 2)
+            limits.append(con.rhs + extra_tolerance(con.rhs, scale) / 2)
 
         def violations(choice: np.ndarray) -> list[float]:
             out = [] if problem.budget_bytes is None else [float(problem.total_bytes(choice) - problem.budget_bytes)]

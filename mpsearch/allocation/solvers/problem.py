@@ -35,7 +35,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
-def _frozen(array: np.ndarray) -> np.ndarray:
+def frozen(array: np.ndarray) -> np.ndarray:
     array.setflags(write=False)
     return array
 
@@ -71,7 +71,7 @@ class Constraint:
             raise UsageError(f"Constraint {self.name!r}: rhs must be a number, got {self.rhs!r}")
         if not math.isfinite(float(self.rhs)):
             raise UsageError(f"Constraint {self.name!r}: rhs must be finite, got {self.rhs!r}")
-        object.__setattr__(self, "coef", _frozen(coef))
+        object.__setattr__(self, "coef", frozen(coef))
         object.__setattr__(self, "rhs", float(self.rhs))
 
     def value(self, choice: np.ndarray) -> float:
@@ -224,8 +224,8 @@ class Problem:
         set_ = object.__setattr__
         set_(self, "layer_names", names)
         set_(self, "formats", formats)
-        set_(self, "cost", _frozen(cost))
-        set_(self, "nbytes", _frozen(nbytes))
+        set_(self, "cost", frozen(cost))
+        set_(self, "nbytes", frozen(nbytes))
         set_(self, "fixed_bytes", int(self.fixed_bytes))
         set_(self, "budget_bytes", None if self.budget_bytes is None else int(self.budget_bytes))
         set_(self, "groups", groups)
@@ -294,7 +294,7 @@ class Problem:
         members_raw = [sorted(g) for g in self.groups]
         members_raw += [[l] for l in range(n_layers) if layer_decision[l] < 0]
         members_raw.sort(key=lambda m: m[0])
-        members = tuple(_frozen(np.array(m, dtype=np.int64)) for m in members_raw)
+        members = tuple(frozen(np.array(m, dtype=np.int64)) for m in members_raw)
         for d, m in enumerate(members):
             layer_decision[m] = d
 
@@ -340,11 +340,11 @@ class Problem:
             extra[k][~dec_allowed] = 0.0
         return Decisions(
             members=members,
-            layer_decision=_frozen(layer_decision),
-            allowed=_frozen(dec_allowed),
-            cost=_frozen(cost),
-            nbytes=_frozen(nbytes),
-            extra=_frozen(extra),
+            layer_decision=frozen(layer_decision),
+            allowed=frozen(dec_allowed),
+            cost=frozen(cost),
+            nbytes=frozen(nbytes),
+            extra=frozen(extra),
         )
 
     # ---------------------------------------------------------------------------------------- views

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpsearch.errors import UsageError
-from mpsearch.allocation.solvers.problem import Problem, _frozen
+from mpsearch.allocation.solvers.problem import Problem, frozen
 
 __all__ = ["Solution"]
 
@@ -42,7 +42,7 @@ class Solution:
         choice = np.array(self.choice, dtype=np.int64, copy=True)
         if choice.ndim != 1:
             raise UsageError(f"Solution.choice must be 1-D (one format index per layer), got shape {choice.shape}")
-        object.__setattr__(self, "choice", _frozen(choice))
+        object.__setattr__(self, "choice", frozen(choice))
 
     def assignment(self, problem: Problem) -> dict[str, str]:
         """Layer name -> format name, in layer order."""

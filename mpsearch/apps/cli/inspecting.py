@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from mpsearch.apps.cli.common import condition_list, emit, text_table
-from mpsearch.apps.cli.solving import _cache_units
+from mpsearch.apps.cli.solving import cache_unit_rows
 from mpsearch.apps.cli.model_source import pipeline_for
 from mpsearch.archs import arch_report
 from mpsearch.budget import format_bytes
@@ -33,7 +33,7 @@ def cmd_inspect(args) -> int:
             "layers": [l.to_dict() | {"numel": l.numel} for l in info.layers], "fixed_bytes": info.fixed_bytes,
             "fp_bytes": info.fp_bytes, "uniform_bytes": uniform, "min_bytes": lo, "max_bytes": hi,
             "tie_groups": [list(g) for g in info.tie_groups], "cacheable_blocks": list(info.blocks)}
-    data["cache_units"] = _cache_units(denoiser)
+    data["cache_units"] = cache_unit_rows(denoiser)
     rows = [[l.name, l.kind, "x".join(map(str, l.shape)), l.role.value, ",".join(l.eligible)] for l in info.layers]
     lines = [f"{info.denoiser_class} ({args.model}), {len(info.layers)} candidate layers, fingerprint {info.fingerprint}"]
     lines += text_table(rows, ["layer", "kind", "shape", "role", "eligible"])

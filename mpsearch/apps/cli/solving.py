@@ -173,7 +173,7 @@ def _solve_arch(args) -> int:
     return emit(args, r, lines)
 
 
-def _cache_units(pipe) -> list[dict]:
+def cache_unit_rows(pipe) -> list[dict]:
     """inspect: the cacheable units (mpsearch.cache_units) with the share of a step's FLOPs each one skips."""
 
     den = get_denoiser(pipe)

@@ -21,13 +21,13 @@ from pathlib import Path
 
 from mpsearch.apps.report.data import ReportData, Variant
 from mpsearch.apps.report.gather import gather_report
-from mpsearch.apps.report.render import _check_out, render_report
+from mpsearch.apps.report.render import check_out, render_report
 
 __all__ = ["ReportData", "Variant", "gather_report", "render_report", "report"]
 
 
 def report(profile=None, plans=(), model=None, out="report", **options) -> dict:
     """``gather_report`` then ``render_report``: returns ``{"folder", "index", "files", "data"}``."""
-    _check_out(Path(out))  # fail before the expensive part
+    check_out(Path(out))  # fail before the expensive part
     data = gather_report(profile, plans, model, **options)
     return render_report(data, out) | {"data": data}

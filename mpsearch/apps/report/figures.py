@@ -59,7 +59,7 @@ def _layer_ticks(ax, names, axis="y"):
         ax.set_xticklabels([names[i] for i in idx], fontsize=6 if n > 30 else 8, rotation=90)
 
 
-_METRIC_TEXT = {  # how each local metric reads; every colour map makes the sensitive cells dark
+METRIC_TEXT = {  # how each local metric reads; every colour map makes the sensitive cells dark
     "rel_mse": ("relative MSE of the layer output (log scale)", "magma_r", True),
     "sqnr": ("SQNR of the layer output (dB)", "magma", False),
     "cosine": ("cosine similarity to the full-precision output", "magma", False),
@@ -67,13 +67,13 @@ _METRIC_TEXT = {  # how each local metric reads; every colour map makes the sens
 }
 
 
-def _heatmap_png(data: ReportData, metric: str) -> bytes:
+def heatmap_png(data: ReportData, metric: str) -> bytes:
     from matplotlib import colormaps
     from matplotlib.colors import LogNorm, Normalize
 
     values = data.heatmaps[metric]
     fmt_idx = [i for i, f in enumerate(data.formats) if i > 0]  # the first format is full precision
-    label, cmap_name, log = _METRIC_TEXT.get(metric, (metric, "viridis", False))
+    label, cmap_name, log = METRIC_TEXT.get(metric, (metric, "viridis", False))
     shown = values[:, fmt_idx, :]
     finite = shown[np.isfinite(shown)]
     if log:
@@ -114,7 +114,7 @@ def _scale(nbytes):
     return "B", 1.0
 
 
-def _frontier_png(data: ReportData) -> bytes:
+def frontier_png(data: ReportData) -> bytes:
     fr = data.frontier
     pts = [p for curve in fr["curves"].values() for p in curve]
     plans = [v for v in data.variants if v.kind == "plan" and v.bytes is not None and v.objective is not None]
@@ -144,7 +144,7 @@ def _frontier_png(data: ReportData) -> bytes:
     return _png(fig)
 
 
-def _network_png(data: ReportData, plans: list[Variant]) -> bytes:
+def network_png(data: ReportData, plans: list[Variant]) -> bytes:
     from matplotlib.patches import Patch
 
     n = len(data.layer_names)
@@ -183,7 +183,7 @@ def _network_png(data: ReportData, plans: list[Variant]) -> bytes:
     return _png(fig)
 
 
-def _cache_png(data: ReportData, plans: list[Variant]) -> bytes:
+def cache_png(data: ReportData, plans: list[Variant]) -> bytes:
     from matplotlib.patches import Patch
 
     steps = max(len(v.cache) for v in plans)
@@ -211,7 +211,7 @@ def _rect(x, y, w, h, color):
     return Rectangle((x, y), w, h, color=color)
 
 
-def _grid_png(data: ReportData) -> bytes:
+def grid_png(data: ReportData) -> bytes:
 
     names = [v.name for v in data.variants if v.name in data.images]
     labels = {}

@@ -8,7 +8,7 @@ import html
 import math
 
 from mpsearch.apps.report.data import ReportData
-from mpsearch.apps.report.figures import _METRIC_TEXT
+from mpsearch.apps.report.figures import METRIC_TEXT
 from mpsearch.budget import format_bytes
 
 
@@ -58,7 +58,7 @@ def _figure_html(src: str, alt: str, caption: str) -> str:
             "</figure>")
 
 
-def _page(data: ReportData, figures: dict) -> str:
+def render_page(data: ReportData, figures: dict) -> str:
 
     parts = [f"<h1>{html.escape(data.title)}</h1>"]
     meta = [f"created {html.escape(data.created)}"]
@@ -104,7 +104,7 @@ def _page(data: ReportData, figures: dict) -> str:
         parts.append('<h2 id="heatmaps">Sensitivity</h2><p>Measured by the profile (local tier): the error each '
                      "format causes in each layer's output at each step, the model otherwise in full precision.</p>")
         for metric, src in figures["heatmaps"].items():
-            parts.append(_figure_html(src, f"sensitivity {metric}", html.escape(_METRIC_TEXT.get(metric, (metric,))[0])))
+            parts.append(_figure_html(src, f"sensitivity {metric}", html.escape(METRIC_TEXT.get(metric, (metric,))[0])))
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(data.title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'

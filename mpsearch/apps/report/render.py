@@ -13,8 +13,8 @@ from pathlib import Path
 
 from mpsearch.errors import MpsearchError, UsageError
 from mpsearch.apps.report.data import ReportData
-from mpsearch.apps.report.figures import _cache_png, _frontier_png, _grid_png, _heatmap_png, _network_png
-from mpsearch.apps.report.page import _page
+from mpsearch.apps.report.figures import cache_png, frontier_png, grid_png, heatmap_png, network_png
+from mpsearch.apps.report.page import render_page
 from mpsearch.io import atomic_write_bytes, replace_folder, staging_folder
 
 __all__ = ["render_report"]
@@ -23,7 +23,7 @@ __all__ = ["render_report"]
 _REPORT_SUFFIXES = (".png", ".html", ".json")
 
 
-def _check_out(out: Path) -> None:
+def check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         # exit 1 like every other "cannot write --out" (export, solve, profile merge)
         raise MpsearchError(f"cannot write the report to {out}: it is a file; choose a folder for --out")
@@ -40,7 +40,7 @@ def render_report(data: ReportData, out) -> dict:
     Everything is written into a temporary folder beside ``out`` first and renamed into place at the end."""
 
     out = Path(out)
-    _check_out(out)
+    check_out(out)
     tmp = staging_folder(out, MpsearchError, "choose a writable --out")
     try:
         figures: dict = {}
@@ -53,18 +53,18 @@ def render_report(data: ReportData, out) -> dict:
 
         plans = [v for v in data.variants if v.kind == "plan"]
         if data.frontier is not None and any(data.frontier["curves"].values()):
-            figures["frontier"] = write("frontier.png", _frontier_png(data))
+            figures["frontier"] = write("frontier.png", frontier_png(data))
         if plans and data.layer_names:
-            figures["network"] = write("plan_layers.png", _network_png(data, plans))
+            figures["network"] = write("plan_layers.png", network_png(data, plans))
         cached = [v for v in plans if v.cache is not None]
         if cached:
-            figures["cache"] = write("cache_timeline.png", _cache_png(data, cached))
+            figures["cache"] = write("cache_timeline.png", cache_png(data, cached))
         if data.images:
-            figures["images"] = write("images.png", _grid_png(data))
+            figures["images"] = write("images.png", grid_png(data))
         if data.heatmaps:
-            figures["heatmaps"] = {m: write(f"sensitivity_{m}.png", _heatmap_png(data, m)) for m in data.heatmaps}
+            figures["heatmaps"] = {m: write(f"sensitivity_{m}.png", heatmap_png(data, m)) for m in data.heatmaps}
         write("report.json", json.dumps(data.summary(), indent=1, default=str).encode())
-        write("index.html", _page(data, figures).encode("utf-8"))
+        write("index.html", render_page(data, figures).encode("utf-8"))
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -74,7 +74,7 @@ def render_report(data: ReportData, out) -> dict:
 
 def _publish(tmp: Path, out: Path) -> None:
     """Rename the finished folder ``tmp`` to ``out``, replacing an older report there."""
-    _check_out(out)
+    check_out(out)
     try:
         replace_folder(tmp, out)
     except OSError as e:

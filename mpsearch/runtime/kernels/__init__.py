@@ -65,7 +65,7 @@ from mpsearch.runtime.kernels.choice import (
 )
 
 OPS = ("linear", "patches", "conv")
-_KERNELS: dict[tuple[str, str, bool, str], Callable] = {}
+KERNELS: dict[tuple[str, str, bool, str], Callable] = {}
 _STATE = {"enabled": env_kernel_setting("kernels") != "reference", "cache_layouts": True}
 
 
@@ -81,7 +81,7 @@ def register_kernel(device: str, formats, *, activations: bool, op: str = "linea
 
     def register(fn):
         for name in names:
-            _KERNELS[(device, name, bool(activations), op)] = fn
+            KERNELS[(device, name, bool(activations), op)] = fn
         return fn
 
     return register
@@ -89,19 +89,19 @@ def register_kernel(device: str, formats, *, activations: bool, op: str = "linea
 
 def unregister_kernel(device: str, fmt: str, *, activations: bool, op: str = "linear") -> None:
     """Forget the kernel of that key (no error if there is none)."""
-    _KERNELS.pop((device, fmt, bool(activations), op), None)
+    KERNELS.pop((device, fmt, bool(activations), op), None)
 
 
 def registered() -> list[tuple[str, str, bool, str]]:
     """The registered keys ``(device, format, activations, op)``, sorted."""
-    return sorted(_KERNELS)
+    return sorted(KERNELS)
 
 
 def find_kernel(device: str, fmt: str, activations: bool, op: str = "linear") -> Callable | None:
     """The kernel a call on ``device`` would try first, or None (the format's reference runs)."""
     if not _STATE["enabled"]:
         return None
-    return _KERNELS.get((device, fmt, bool(activations), op))
+    return KERNELS.get((device, fmt, bool(activations), op))
 
 
 def reference_only():

@@ -25,7 +25,7 @@ from mpsearch.formats.int4 import Int4
 from mpsearch.formats.nvfp4 import BLOCK, nvfp4_decode_packed, nvfp4_fake_quantize
 from mpsearch.formats.patches import im2col
 from mpsearch.formats.registry import available_formats
-from mpsearch.runtime.kernels import _KERNELS, register_kernel, unregister_kernel
+from mpsearch.runtime.kernels import KERNELS, register_kernel, unregister_kernel
 from mpsearch.runtime.kernels.cpu import loops
 from mpsearch.runtime.kernels.cpu.int8 import linear_int_mm, patches_int_mm, uses_int_mm
 from mpsearch.runtime.kernels.cpu.nvfp4 import nvfp4_linear_bf16, nvfp4_patches_bf16, uses_bf16
@@ -174,7 +174,7 @@ def _set(enable: bool) -> None:
     for name, act, op, fn in _keys():
         key = ("cpu", name, act, op)
         if enable:
-            _REPLACED[key] = _KERNELS.get(key)
+            _REPLACED[key] = KERNELS.get(key)
             if name != "int8":
                 fn = _prefer_jit(fn, _REPLACED[key])
             register_kernel("cpu", name, activations=act, op=op)(fn)

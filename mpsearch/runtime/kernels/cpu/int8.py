@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from mpsearch.formats.base import amin_amax
 from mpsearch.formats.patches import patch_amax
-from mpsearch.formats.int8 import _INT32_SAFE_K, int8_matmul, quantize_with_scales, rescale, row_scales
+from mpsearch.formats.int8 import INT32_SAFE_K, int8_matmul, quantize_with_scales, rescale, row_scales
 from mpsearch.formats.kernel_errors import is_unsupported
 from mpsearch.runtime.kernels import register_kernel
 from mpsearch.runtime.kernels.choice import PathChoice, faster_than
@@ -108,7 +108,7 @@ def linear_int_mm(x2, packed, *, codes=None, resc=rescale):
     Without ``codes``, the codes and the accumulator live in the :mod:`.workspace` where autograd records
     nothing (else the reference's functions run)."""
     qw = packed.tensors["qweight"]
-    if x2.dim() != 2 or x2.shape[1] != qw.shape[1] or not x2.numel() or qw.shape[1] > _INT32_SAFE_K:
+    if x2.dim() != 2 or x2.shape[1] != qw.shape[1] or not x2.numel() or qw.shape[1] > INT32_SAFE_K:
         return None
     xf = x2.to(torch.float32)
     mn, mx = amin_amax(xf, 1)
@@ -125,7 +125,7 @@ def patches_int_mm(x, packed, kernel, dilation, padding, stride, *, codes=None, 
     Without ``codes``, the channels-last copy, the codes, the permuted weight codes and the accumulator live
     in the :mod:`.workspace` where autograd records nothing."""
     qw = packed.tensors["qweight"]
-    if x.dim() != 4 or qw.shape[1] > _INT32_SAFE_K:
+    if x.dim() != 4 or qw.shape[1] > INT32_SAFE_K:
         return None
     kh, kw = kernel
     n, c = x.shape[:2]

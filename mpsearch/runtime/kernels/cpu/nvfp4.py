@@ -25,7 +25,7 @@ import torch
 
 from mpsearch.formats import Packed
 from mpsearch.formats.base import abs_max
-from mpsearch.formats.nvfp4 import BLOCK, E2M1_MAX, E4M3_MAX, _round_e2m1, _scales
+from mpsearch.formats.nvfp4 import BLOCK, E2M1_MAX, E4M3_MAX, round_e2m1, block_scales
 from mpsearch.runtime.kernels import register_kernel
 from mpsearch.runtime.kernels.choice import PathChoice, faster_than
 from mpsearch.runtime.kernels.cpu import decode, loops
@@ -66,16 +66,16 @@ def _activation_into(src: torch.Tensor, dst: torch.Tensor, amax: torch.Tensor) -
     step = rows_per_block(cols)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        x, ax, bs8, _, eff, live = _scales(src[r0:r1], amax)
+        x, ax, bs8, _, eff, live = block_scales(src[r0:r1], amax)
         y = ax.div_(torch.where(live, eff, torch.ones_like(eff))[..., None])
-        v = _round_e2m1(y).copysign_(x)  # a block with scale 0 is zeroed by its scale below
+        v = round_e2m1(y).copysign_(x)  # a block with scale 0 is zeroed by its scale below
         torch.mul(v, bs8.to(torch.float32)[..., None], out=v)
         dst[r0:r1].copy_(v.view(r1 - r0, cols))
 
 
 def _product(a_bf16: torch.Tensor, amax: torch.Tensor, packed: Packed, dtype: torch.dtype) -> torch.Tensor:
     """``(A @ W.T)`` on the bfloat16 GEMM (bfloat16 out), to float32, times both tensor scales (the
-    activation's from its amax, as ``_scales`` computes it)."""
+    activation's from its amax, as ``block_scales`` computes it)."""
     w = packed.tensors["qweight"]
     w_bf16 = decode.decode_into(packed, scratch("nvfp4_weight_bf16", (w.shape[0], w.shape[1] * 2),
                                                     torch.bfloat16, w.device), tensor_scale=False)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from mpsearch.formats import get_format, matrix_shape
-from mpsearch.formats.int8 import _INT32_SAFE_K, quantize_with_scales, rescale, row_scales
+from mpsearch.formats.int8 import INT32_SAFE_K, quantize_with_scales, rescale, row_scales
 from mpsearch.formats.kernel_errors import is_unsupported
 from mpsearch.formats.nvfp4 import nvfp4_encode
 from mpsearch.formats.packing import pack_nibbles
@@ -80,7 +80,7 @@ def _int8_product(qx_int8, packed, sx, cache, dtype):
 @register_kernel("cuda", "int8", activations=True)
 def int8_linear(x2, packed, *, cache=None, dequantized=None):
     qw = packed.tensors["qweight"]
-    if (x2.dim() != 2 or x2.shape[1] != qw.shape[1] or not x2.numel() or qw.shape[1] > _INT32_SAFE_K
+    if (x2.dim() != 2 or x2.shape[1] != qw.shape[1] or not x2.numel() or qw.shape[1] > INT32_SAFE_K
             or ("int_mm", x2.device) in _UNSUPPORTED):
         return None
     xf = x2.to(torch.float32)
@@ -93,7 +93,7 @@ def int8_linear(x2, packed, *, cache=None, dequantized=None):
 def int8_patches(x, packed, kernel, dilation, padding, stride, *, cache=None, dequantized=None):
     """As ``Int8.matmul_patches``: patch amax = max-pool of the per-pixel channel amax, one division pass."""
     qw = packed.tensors["qweight"]
-    if x.dim() != 4 or qw.shape[1] > _INT32_SAFE_K or ("int_mm", x.device) in _UNSUPPORTED:
+    if x.dim() != 4 or qw.shape[1] > INT32_SAFE_K or ("int_mm", x.device) in _UNSUPPORTED:
         return None
     view, xp, oh, ow = patch_view(x.to(torch.float32), kernel, dilation, padding, stride)
     n, _, _, c, kh, kw = view.shape
