@@ -16,7 +16,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchdoc import write_section

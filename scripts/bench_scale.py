@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -74,7 +73,8 @@ def bench_model(name, args, device, options) -> dict:
     conds, guidance, sized = _conditions(name)
     size = args.size if sized else None
     key = "prompts" if isinstance(conds[0], str) else "labels"
-    gen = lambda: generate(pipe, conds, 0, args.steps, guidance, size)  # noqa: E731
+    # F821: pipe is deleted only at the end, after every gen() call
+    gen = lambda: generate(pipe, conds, 0, args.steps, guidance, size)  # noqa: E731, F821
     gen()  # warm-up (allocator, kernels)
     rows = []
     for r in range(args.repeats):

@@ -15,7 +15,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 import numpy as np
 

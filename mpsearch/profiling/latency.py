@@ -120,7 +120,7 @@ class LatencyTable:
                 "meta": dict(self.meta)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LatencyTable":
+    def from_dict(cls, d: dict) -> LatencyTable:
         try:
             nan = lambda rows: np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)  # noqa: E731
             return cls(tuple(d["layers"]), tuple(d["formats"]), nan(d["seconds"]).reshape(len(d["layers"]), -1),

@@ -65,7 +65,7 @@ class CallRecorder(ModelHook):
             self._seen += 1
         return args, kwargs
 
-    def install(self, denoiser: torch.nn.Module) -> "CallRecorder":
+    def install(self, denoiser: torch.nn.Module) -> CallRecorder:
         """Register on ``denoiser`` (one recorder per denoiser at a time); ``remove()`` takes it off."""
         registry = HookRegistry.check_if_exists_or_initialize(denoiser)
         if registry.get_hook(self.HOOK) is not None:
@@ -83,7 +83,7 @@ class CallRecorder(ModelHook):
         unregister_hook(self._denoiser, self.HOOK)
         self._denoiser, self.state = None, None
 
-    def __enter__(self) -> "CallRecorder":
+    def __enter__(self) -> CallRecorder:
         return self
 
     def __exit__(self, *exc) -> None:

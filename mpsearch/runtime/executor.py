@@ -151,7 +151,7 @@ def _unlink(path: str) -> None:
         pass
 
 
-def applied_plan(pipe_or_model) -> "PlanHandle | None":
+def applied_plan(pipe_or_model) -> PlanHandle | None:
     """The handle of the plan applied to the pipeline's denoiser (or module), or None if none is applied."""
     return getattr(get_denoiser(pipe_or_model), _HANDLE_ATTR, None)
 
@@ -196,7 +196,7 @@ class PlanHandle:
             delattr(self._denoiser, _HANDLE_ATTR)
         self.removed = True
 
-    def __enter__(self) -> "PlanHandle":
+    def __enter__(self) -> PlanHandle:
         return self
 
     def __exit__(self, *exc) -> None:

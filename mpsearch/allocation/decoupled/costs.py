@@ -9,7 +9,7 @@ activation overrides (:func:`activation_overrides`). :func:`e2e_costs` is what `
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -12,7 +12,7 @@ import datetime as _dt
 import math
 import os
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
