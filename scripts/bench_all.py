@@ -118,7 +118,7 @@ def allocation_plans(pipe, prof, e2e_prof, meas, budget, args):
     for name, fit in (("AutoQuantize (stated budget)", False), ("AutoQuantize (fit)", True)):
         r, t = _timed(baselines.autoquantize_select, meas["aq"], nominal, base.nbytes, base.fixed_bytes, budget,
                       fit=fit)
-        plan = Plan.from_assignment(info, {n: prof.formats[c] for n, c in zip(base.layer_names, r["choice"])},
+        plan = Plan.from_assignment(info, {n: prof.formats[c] for n, c in zip(base.layer_names, r["choice"], strict=True)},
                                     provenance={"solver": "autoquantize"})
         out[name] = (plan, t, f"{r['status']}, cap {format_bytes(int(r['cap']))} effective")
     hq = baselines.hawq_problem(prof, pipe, meas["hawq"], budget)
@@ -313,7 +313,7 @@ def analyse(results, alpha: float = 0.05) -> dict:
             family.append(("cache", (r["model"], quant, k), compare(d["dp"], d["uniform"])))
     v = verdicts([c for _, _, c in family], alpha=alpha)
     out = {"alloc": {}, "cache": {}}
-    for (kind, key, c), verdict in zip(family, v):
+    for (kind, key, c), verdict in zip(family, v, strict=True):
         c["verdict"] = verdict
         out[kind][key] = c
     ranks = {m: {"mean": [], "median": [], "p90": []} for m in METHODS}
@@ -321,7 +321,7 @@ def analyse(results, alpha: float = 0.05) -> dict:
         for b in r["budgets"].values():
             for stat in ("mean", "median", "p90"):
                 vals = [summary(b["rows"][m]["scores"]["mse_per_image"])[stat] for m in METHODS]
-                for m, rank in zip(METHODS, rankdata(vals, method="average")):
+                for m, rank in zip(METHODS, rankdata(vals, method="average"), strict=True):
                     ranks[m][stat].append(float(rank))
     out["ranks"] = ranks
     return out
@@ -435,8 +435,8 @@ def plot(results) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 5), squeeze=False)
-    markers = dict(zip(METHODS, "os^vxdDP*h"))
-    for ax, r in zip(axes[0], results):
+    markers = dict(zip(METHODS, "os^vxdDP*h", strict=True))
+    for ax, r in zip(axes[0], results, strict=True):
         for f, s in r["uniform"].items():
             ax.scatter(s["bytes"], s["mse"], marker="*", s=160, c="k")
             ax.annotate(f"uniform {f}", (s["bytes"], s["mse"]), fontsize=8, xytext=(4, 4), textcoords="offset points")

@@ -140,7 +140,7 @@ def _plot(results, ks):
     for i, model in enumerate(("default", "default-unet")):
         for j, quant in enumerate(("fp", "int8")):
             ax = axes[i][j]
-            for method, style in zip(METHODS, ("o-", "s--", "^:", "x-.")):
+            for method, style in zip(METHODS, ("o-", "s--", "^:", "x-."), strict=True):
                 ax.plot(ks, [results[(model, quant, k, method)]["mse"] for k in ks], style, label=method)
             ax.set_yscale("log")
             ax.set_title(f"{model}, {quant}")

@@ -106,7 +106,7 @@ def solved_plan(info, fraction: float, seed: int = 0) -> Plan:
     problem = Problem(layer_names=tuple(info.names), formats=FORMATS, cost=cost, nbytes=nbytes,
                       fixed_bytes=info.fixed_bytes, budget_bytes=int(fraction * fp_total), groups=groups)
     sol = get_solver("greedy").solve(problem)
-    assignment = {name: FORMATS[c] for name, c in zip(info.names, sol.choice)}
+    assignment = {name: FORMATS[c] for name, c in zip(info.names, sol.choice, strict=True)}
     return Plan.from_assignment(info, assignment, provenance={
         "solver": "greedy", "profile": f"synthetic: lognormal(0, 1.5) per layer, seed {seed}, x {FACTOR}"})
 

@@ -186,7 +186,7 @@ def train_diffusion(kind: str, data: torch.Tensor, labels: torch.Tensor, steps: 
         sched.step()
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                 pe.lerp_(pm, 1 - decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 20 == 0:

@@ -115,7 +115,7 @@ class ComputeModel:
         """A per-layer choice -> (layer -> format, plan overrides for the fp-activation windows)."""
         names = self.problem.layer_names
         assignment, per_window = {}, {w: {} for w in range(len(self.windows))}
-        for name, c in zip(names, np.asarray(choice)):
+        for name, c in zip(names, np.asarray(choice), strict=True):
             fmt, a16 = self.variants[int(c)]
             assignment[name] = fmt
             for w in sorted(a16):

@@ -341,7 +341,7 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
                 if y is None or not y.requires_grad or not 0 <= step < steps:
                     continue
                 g2 = norms.backward(y, leaves, samples=samples, generator=gen)
-                for i, n, v in zip(norms.layers, norms.sizes, g2):
+                for i, n, v in zip(norms.layers, norms.sizes, g2, strict=True):
                     if not math.isfinite(v):
                         raise ProfileError(
                             f"the output-sensitivity pass got a gradient that is not finite at step {step} "

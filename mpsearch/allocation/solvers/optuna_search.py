@@ -184,7 +184,7 @@ class OptunaSolver(BaseSolver):
 
         def violations(choice: np.ndarray) -> list[float]:
             out = [] if problem.budget_bytes is None else [float(problem.total_bytes(choice) - problem.budget_bytes)]
-            return out + [con.value(choice) - lim for con, lim in zip(problem.extra, limits)]
+            return out + [con.value(choice) - lim for con, lim in zip(problem.extra, limits, strict=True)]
 
         def objective(trial) -> list[float]:
             picks = np.array([trial.suggest_categorical(f"d{d}", options[d]) for d in range(dec.count)],
@@ -242,7 +242,7 @@ class OptunaSolver(BaseSolver):
         ref = [max(abs(v), 1e-30) for v in reference.values[1:]]
 
         def score(t) -> float:
-            return math.fsum(w * v / r for w, v, r in zip(self.weights, t.values[1:], ref))
+            return math.fsum(w * v / r for w, v, r in zip(self.weights, t.values[1:], ref, strict=True))
 
         best = min(feasible, key=lambda t: (score(t), t.number))
         picks = np.array([best.params[f"d{d}"] for d in range(dec.count)], dtype=np.int64)

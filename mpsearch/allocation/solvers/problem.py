@@ -374,7 +374,7 @@ class Problem:
         if choice.shape != (self.n_layers,):
             raise UsageError(f"a choice needs one format index per layer ({self.n_layers}), got shape "
                              f"{choice.shape}; pass the problem it was solved for")
-        return {name: self.formats[int(f)] for name, f in zip(self.layer_names, choice)}
+        return {name: self.formats[int(f)] for name, f in zip(self.layer_names, choice, strict=True)}
 
     def total_bytes(self, choice: np.ndarray) -> int:
         """``fixed_bytes`` + the bytes of every layer in its chosen format (exact)."""

@@ -81,7 +81,7 @@ def cmd_generate(args) -> int:
     paths = []
     import io as _io
 
-    for i, (label, img) in enumerate(zip(conditions, images)):
+    for i, (label, img) in enumerate(zip(conditions, images, strict=True)):
         rgb = img.shape[-1] == 3
         arr = (np.clip(img if rgb else img[..., 0], 0, 1) * 255).round().astype("uint8")
         buf = _io.BytesIO()
