@@ -339,21 +339,21 @@ def write_docs(log: dict, results: dict, best: float, command: str) -> None:
         "| model | denoiser | params | weights | " + " | ".join(f"g={g}" for g in GUIDANCE_SWEEP) + " |",
         "| --- | --- | --- | --- | " + " | ".join("---" for _ in GUIDANCE_SWEEP) + " |",
     ]
-    for kind, r in results.items():
+    for _kind, r in results.items():
         cells = [(f"**{r['sweep'][g][0] * 100:.0f}%**" if g == g0 else f"{r['sweep'][g][0] * 100:.0f}%")
                  for g in GUIDANCE_SWEEP]
         lines.append(f"| `{r['name']}` | {r['cls']} | {r['params'] / 1e6:.2f} M | {r['bytes'] / 1e6:.1f} MB | "
                      + " | ".join(cells) + " |")
     lines += ["", f"Per class, at the default guidance {g0} (hits out of 10 for digits 0..9):", ""]
-    for kind, r in results.items():
+    for _kind, r in results.items():
         lines.append(f"- `{r['name']}`: {r['sweep'][g0][1]}")
     lines += ["", "## Samples", ""]
-    for kind, r in results.items():
+    for _kind, r in results.items():
         rel = r["image"].relative_to(DOCS).as_posix()
         lines += [f"`{r['name']}` ({r['cls']}), rows = digits 0..9, {EVAL_STEPS} DDIM steps, guidance {g0}, "
                   f"seed {GRID_SEED}:", "", f"![{r['name']} samples]({rel})", ""]
     lines += ["## Architectures", ""]
-    for kind, r in results.items():
+    for _kind, r in results.items():
         ly = r["layers"]
         lines.append(f"- `{r['name']}`: {r['cls']}, {r['params']:,} parameters; {ly['n_linear']} Linear + "
                      f"{ly['n_conv']} Conv2d layers, of which {ly['in_mult_16']} have an input dim that is a "

@@ -160,7 +160,7 @@ def _network_png(data: ReportData, plans: list[Variant]) -> bytes:
     width = min(max(7.0, 2.5 + 0.14 * n), 28.0)
     fig = _figure(width, 1.0 + 0.32 * len(rows) + (2.4 if n <= 120 else 0.6))
     ax = fig.add_subplot()
-    for r, (label, v) in enumerate(rows):
+    for r, (_label, v) in enumerate(rows):
         if v is None:
             colors = [role_colors[x] for x in data.roles]
         else:
