@@ -178,8 +178,8 @@ def formulate(profile, budget=None, *, config: SolveConfig | None = None, pipe=N
 
     ``config`` holds the budget, objective and constraints; ``keywords`` (its field names: ``metric``, ``pins``,
     ``role_pins``, ``tie``, ``step_weights``, ``objective_weights``, ``compute``, ...) build one or replace its
-    fields, and ``budget`` (any budget form of docs/design.md or bytes; None: the config's, or none for a sweep) replaces its
-    budget. A compute budget needs the model's layer calls: ``pipe`` (recorded here) or ``layer_calls``
+    fields, and ``budget`` (any budget form of docs/design.md or bytes; None: the config's, or none for a sweep)
+    replaces its budget. A compute budget needs the model's layer calls: ``pipe`` (recorded here) or ``layer_calls``
     (``compute.record_layer_calls``). A profile that lacks some of its units is refused unless
     ``allow_partial``.
     """

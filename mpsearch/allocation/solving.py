@@ -17,7 +17,7 @@ DEFAULT_BUDGET = "60%"
 
 def solve(profile, budget=None, *, config: SolveConfig | None = None, pipe=None, layer_calls=None,
           **keywords) -> Plan:
-    """Allocate a format per layer under ``budget`` (any budget form of docs/design.md; default 60%) and return the Plan.
+    """Allocate a format per layer under ``budget`` (any budget form of docs/design.md; default 60%); return the Plan.
 
     ``config`` is a :class:`~mpsearch.allocation.config.SolveConfig`; ``keywords`` are its field names and
     build one (or replace its fields): ``mpsearch.solve(profile, budget="600KB", tie=True)`` is

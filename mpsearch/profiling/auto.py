@@ -17,8 +17,8 @@ The rule (``choose_profile``):
   probe and a second probe with every block checkpointed, run only when memory needs it).
 * The least approximation whose predicted time is within ``max_time`` generations and whose peak is within the
   memory cap wins, in the order 5 replayed steps x every row, 5 x one row, 4 x every row, ... 1 x one row
-  (checkpointing counts as no approximation, since it changes no number: the least share that fits is taken). If none is within both, the fastest within the memory cap, then the smallest peak that
-  fits in free memory; if nothing fits in free memory, a one-line ResourceError names what would.
+  (checkpointing counts as no approximation, since it changes no number: the least share that fits is taken). If none is
+  within both, the fastest within the memory cap, then the smallest peak that fits in free memory; if nothing fits in free memory, a one-line ResourceError names what would.
 
 Fields the caller set (a ``sample``, ``replay_steps``, ... that is not the default) are kept as given; below
 ``EXACT_PARAMS`` the caller's config is used unchanged. The probe's time is not part of the prediction: it is a

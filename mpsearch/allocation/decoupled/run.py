@@ -22,8 +22,9 @@ __all__ = ["run_end_to_end", "spearman"]
 
 
 def spearman(profile: Profile, res: E2EResults) -> dict:
-    """Rank agreement (scipy.stats.spearmanr) between the local tier's sensitivity (the default local metric, ``gn`` where measured, over steps) and
-    the end-to-end damage of the measured single-layer units, per metric: {metric: {rho, p, n}}."""
+    """Rank agreement (scipy.stats.spearmanr) between the local tier's sensitivity (the default local metric, ``gn``
+    where measured, over steps) and the end-to-end damage of the measured single-layer units, per metric:
+    {metric: {rho, p, n}}."""
     from scipy.stats import spearmanr
 
     local = layer_costs(profile, "auto")
