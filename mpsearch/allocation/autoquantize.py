@@ -160,7 +160,8 @@ def autoquantize_search(scores, costs, max_size: float, *, lower_bounds=(None, 0
             warnings.simplefilter("ignore", DeprecationWarning)
             z = [[pulp.LpVariable(f"z{l}_{f}", lowBound=0, upBound=1, cat=pulp.LpBinary) for f in c]
                   for l, c in enumerate(cand)]
-        prob += pulp.lpSum(v * float(scores[l, f]) for l, c in enumerate(cand) for v, f in zip(z[l], c, strict=True)), "L"
+        prob += pulp.lpSum(v * float(scores[l, f])
+                           for l, c in enumerate(cand) for v, f in zip(z[l], c, strict=True)), "L"
         for vs in z:
             prob += pulp.lpSum(vs) == 1
         total = pulp.lpSum(v * float(costs[l, f]) for l, c in enumerate(cand) for v, f in zip(z[l], c, strict=True))

@@ -28,8 +28,8 @@ from mpsearch.models import DEFAULT_ROLE_PINS, resolve_role_pins
 from mpsearch.plan import Plan
 from mpsearch.profiling.store import Profile
 
-__all__ = ["COMPUTE_COSTS", "Formulation", "SolveConfig", "build_problem", "budget_keywords", "check_compute", "formulate",
-           "layer_costs", "parse_pins", "parse_profile_budget", "resolve_metric", "step_errors"]
+__all__ = ["COMPUTE_COSTS", "Formulation", "SolveConfig", "build_problem", "budget_keywords", "check_compute",
+           "formulate", "layer_costs", "parse_pins", "parse_profile_budget", "resolve_metric", "step_errors"]
 
 
 def budget_keywords(info) -> dict:

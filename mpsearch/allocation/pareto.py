@@ -49,7 +49,8 @@ class ParetoPoint:
                 "reused": self.reused, "on_frontier": self.on_frontier, "plan": self.plan, "extra": dict(self.extra)}
 
 
-def budget_range(spec: str, *, fp_bytes: int, fixed_bytes: int = 0, quantizable_numel: int | None = None) -> list[int] | None:
+def budget_range(spec: str, *, fp_bytes: int, fixed_bytes: int = 0,
+                 quantizable_numel: int | None = None) -> list[int] | None:
     """``"400KB:900KB:50KB"`` (start:stop:step, stop included) -> exact byte budgets; None if ``spec`` has no ':'.
 
     Start and stop take any budget form (``60%``, ``4.5bits``, ``600KB``); the step is a size (or a percent).
@@ -192,7 +193,8 @@ def _plot(points, uniform, title) -> bytes:
     ax.plot([p.total_bytes / 1e3 for p in front], [p.objective for p in front], "-o", color="C0", ms=4,
             label="Pareto frontier")
     for i, (name, u) in enumerate(uniform.items()):
-        ax.plot(u["total_bytes"] / 1e3, u["objective"], marker="s", ls="none", color=f"C{i + 1}", label=f"uniform {name}")
+        ax.plot(u["total_bytes"] / 1e3, u["objective"], marker="s", ls="none", color=f"C{i + 1}",
+                label=f"uniform {name}")
     positive = [p.objective for p in solved if p.objective > 0] + [u["objective"] for u in uniform.values()
                                                                   if u["objective"] > 0]
     if positive and max(positive) / max(min(positive), 1e-300) > 100:

@@ -18,7 +18,8 @@ The rule (``choose_profile``):
 * The least approximation whose predicted time is within ``max_time`` generations and whose peak is within the
   memory cap wins, in the order 5 replayed steps x every row, 5 x one row, 4 x every row, ... 1 x one row
   (checkpointing counts as no approximation, since it changes no number: the least share that fits is taken). If none is
-  within both, the fastest within the memory cap, then the smallest peak that fits in free memory; if nothing fits in free memory, a one-line ResourceError names what would.
+  within both, the fastest within the memory cap, then the smallest peak that fits in free memory; if nothing fits in
+  free memory, a one-line ResourceError names what would.
 
 Fields the caller set (a ``sample``, ``replay_steps``, ... that is not the default) are kept as given; below
 ``EXACT_PARAMS`` the caller's config is used unchanged. The probe's time is not part of the prediction: it is a
@@ -309,7 +310,8 @@ def choose_profile(pipe, config: ProfileConfig, *, max_time: float = MAX_TIME, m
                 every = [predict(k, r, s) for k in ks for r in row_opts for s in (_SHARES if p1 else (0.0,))]
                 ok = [c for c in every if c.peak <= free]
                 hint = (f"these fit: {_flags(ok[0])} ({_gb(ok[0].peak)})" if ok else
-                        "no checked setting fits: free memory, or profile fewer conditions per unit or a smaller --size")
+                        "no checked setting fits: free memory, or profile fewer conditions per unit "
+                        "or a smaller --size")
                 raise ResourceError(f"profile: predicted peak {_gb(min(c.peak for c in ladder))} exceeds the "
                                     f"{_gb(free)} free on {device}; {hint}")
             chosen = min(fits, key=lambda c: (c.peak, c.seconds))

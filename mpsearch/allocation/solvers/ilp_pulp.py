@@ -74,7 +74,8 @@ class PulpCbcSolver(IlpBackend):
         prob.solve(self._cbc(pulp, time_limit))
 
         status, sol_status = prob.status, prob.sol_status
-        raw = f"PuLP status {pulp.LpStatus.get(status, status)!r}, solution {pulp.LpSolution.get(sol_status, sol_status)!r}"
+        raw = (f"PuLP status {pulp.LpStatus.get(status, status)!r}, "
+               f"solution {pulp.LpSolution.get(sol_status, sol_status)!r}")
         if status == pulp.LpStatusInfeasible or sol_status == pulp.LpSolutionInfeasible:
             return RunResult("infeasible", None, raw)
         if sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):

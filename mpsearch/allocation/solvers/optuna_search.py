@@ -98,7 +98,8 @@ class OptunaSolver(BaseSolver):
 
     name = "optuna"
 
-    def __init__(self, *, trials: int = 50, evaluate: Callable | None = None, objectives: Sequence[str] = ("predicted",),
+    def __init__(self, *, trials: int = 50, evaluate: Callable | None = None,
+                 objectives: Sequence[str] = ("predicted",),
                  weights: Sequence[float] | None = None, sampler: str = "nsga2", seed: int = 0,
                  storage: str | None = None, study_name: str | None = None, seed_solver: str | None = DEFAULT_SOLVER,
                  seed_fractions: Sequence[float] = (1.0, 0.99, 0.98, 0.96, 0.93, 0.9), seeds: Sequence = (),
@@ -126,7 +127,8 @@ class OptunaSolver(BaseSolver):
             raise UsageError(f"optuna: seed_fractions must lie in (0, 1], got {seed_fractions!r}")
         self.trials, self.evaluate, self.objectives, self.weights = trials, evaluate, objectives, weights
         self.sampler, self.seed, self.storage, self.study_name = sampler, seed, storage, study_name
-        self.seed_solver, self.seed_fractions, self.seeds, self.callback = seed_solver, fractions, tuple(seeds), callback
+        self.seed_solver, self.seed_fractions = seed_solver, fractions
+        self.seeds, self.callback = tuple(seeds), callback
         self.study = None  #: the Optuna study of the last solve
         self.report: dict = {}  #: what the last solve found: reference and chosen trials, counts
 

@@ -214,7 +214,8 @@ class Problem:
             if not isinstance(con, Constraint):
                 raise UsageError(f"Problem.extra[{k}] must be a Constraint, got {type(con).__name__}")
             if con.coef.shape != expected:
-                raise UsageError(f"Problem.extra[{k}] ({con.name!r}) has coef shape {con.coef.shape}, expected {expected}")
+                raise UsageError(f"Problem.extra[{k}] ({con.name!r}) has coef shape {con.coef.shape}, "
+                                 f"expected {expected}")
             if con.name in seen:
                 raise UsageError(f"Problem.extra has two constraints named {con.name!r}; names must be unique")
             seen.add(con.name)
@@ -252,7 +253,8 @@ class Problem:
         try:
             groups = tuple(tuple(g) for g in value)  # type: ignore[union-attr]
         except TypeError:
-            raise UsageError(f"Problem.groups must be a sequence of sequences of layer indices, got {value!r}") from None
+            raise UsageError(f"Problem.groups must be a sequence of sequences of layer indices, "
+                             f"got {value!r}") from None
         owner: dict[int, int] = {}
         for gi, group in enumerate(groups):
             if not group:

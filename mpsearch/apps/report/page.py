@@ -104,7 +104,8 @@ def _page(data: ReportData, figures: dict) -> str:
         parts.append('<h2 id="heatmaps">Sensitivity</h2><p>Measured by the profile (local tier): the error each '
                      "format causes in each layer's output at each step, the model otherwise in full precision.</p>")
         for metric, src in figures["heatmaps"].items():
-            parts.append(_figure_html(src, f"sensitivity {metric}", html.escape(_METRIC_TEXT.get(metric, (metric,))[0])))
+            parts.append(_figure_html(src, f"sensitivity {metric}",
+                                      html.escape(_METRIC_TEXT.get(metric, (metric,))[0])))
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(data.title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
