@@ -82,7 +82,8 @@ def main(argv=None) -> None:
             print(notes[-1], flush=True)
             images, t_nocache = _run(pipe, base, seeds)
             s = image_scores(reference, images)
-            rows.append(f"| {model} | {quant} | 20 | 1.00 | 1.00 | no cache | {s['mse']:.2e} | {s['ssim']:.4f} | 1.00 | - |")
+            rows.append(f"| {model} | {quant} | 20 | 1.00 | 1.00 | no cache | {s['mse']:.2e} | {s['ssim']:.4f} "
+                        "| 1.00 | - |")
             for k in ks:
                 for method in METHODS:
                     if method == "dp-output":  # DP on the per-step output-error costs (the former default)

@@ -240,7 +240,8 @@ def table(results: list[dict], base: str) -> str:
                 continue
             same = "yes" if m["plan_bytes"] == m["denoiser_bytes"] else "NO"
             mse = "-" if m["rel_mse"] is None else f"{m['rel_mse']:.3g}"
-            lines.append(f"| {r['model']} | {label} | {m['seconds'] * 1e3:.1f} ms | {m['seconds'] / fp['seconds']:.2f}x | "
+            lines.append(f"| {r['model']} | {label} | {m['seconds'] * 1e3:.1f} ms | "
+                         f"{m['seconds'] / fp['seconds']:.2f}x | "
                          f"{_gb(m['plan_bytes'])} ({same}) | {_gb(m['rest_bytes'])} | {_gb(m['layout_bytes'])} | "
                          f"{_gb(m['peak_bytes'])} | {mse} |")
         if "loaded" in r and "load_seconds" in r["loaded"]:

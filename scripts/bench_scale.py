@@ -187,7 +187,8 @@ def main(argv=None) -> None:
         e["machine"] = machine() if args.device == "cpu" else torch.cuda.get_device_name()
         e["command"] = command
     kept = [e for e in results.get(args.label, [])
-            if not any((e["model"], e["size"], e["steps"], e["device"]) == (n["model"], n["size"], n["steps"], n["device"])
+            if not any((e["model"], e["size"], e["steps"], e["device"])
+                       == (n["model"], n["size"], n["steps"], n["device"])
                        and e["options"] == n["options"] for n in entries)]
     results[args.label] = kept + entries
     RESULTS.write_text(json.dumps(results, indent=1))
@@ -195,7 +196,8 @@ def main(argv=None) -> None:
         body = ("One plain generation vs `mpsearch.profile` (formats int8, nvfp4, int4; one prompt, seed 0, guidance "
                 "7.5 except DiT-XL) of the same conditions, in one process, alternating. Peak memory is peak RSS "
                 "reset between phases on the CPU (so it includes the model's own weights and the pipeline), "
-                "torch.cuda.max_memory_allocated on a GPU. Times and time ratio: medians over repeats; memory ratio: the "
+                "torch.cuda.max_memory_allocated on a GPU. Times and time ratio: medians over repeats; "
+                "memory ratio: the "
                 "worst repeat (its two peaks shown). "
                 "Targets: <= 3x time, <= 1.25x memory. `before` = the earlier profiler (a dequantized "
                 "copy of every layer in every format).\n\n" + _table(results) + "\n\n" + _commands(results))

@@ -294,7 +294,8 @@ def evaluate(log: dict):
         gen_s = time.time() - t0
         img = DOCS / "img" / f"default_{kind}_samples.png"
         save_grid(pipe, img, DEFAULT_GUIDANCE_SCALE,
-                  f"{name} ({type(pipe.denoiser).__name__}), {EVAL_STEPS} DDIM steps, guidance {DEFAULT_GUIDANCE_SCALE}")
+                  f"{name} ({type(pipe.denoiser).__name__}), {EVAL_STEPS} DDIM steps, "
+                  f"guidance {DEFAULT_GUIDANCE_SCALE}")
         files = sorted((ASSETS / f"default-{kind}").rglob("*.safetensors"))
         results[kind] = dict(name=name, cls=type(pipe.denoiser).__name__, sweep=sweep, load_s=load_s,
                              deterministic=bool(np.array_equal(a, b)), gen_s=gen_s,
@@ -381,7 +382,8 @@ def write_docs(log: dict, results: dict, best: float, command: str) -> None:
     for kind in ("dit", "unet"):
         t = log.get(kind)
         if t:
-            lines.append(f"- {dict(dit='DiT', unet='UNet')[kind]}: {t['steps']} steps of batch {t['batch_size']} (all 1797 images), AdamW"
+            lines.append(f"- {dict(dit='DiT', unet='UNet')[kind]}: {t['steps']} steps of batch {t['batch_size']}"
+                         f" (all 1797 images), AdamW"
                          f" lr {t['lr']} (warmup, cosine decay), grad clip 1.0, EMA decay {t['ema_decay']} (the"
                          f" EMA weights ship), final smoothed loss {t['final_loss']}, {t['wall_s'] / 60:.1f} min.")
     if clf:
@@ -418,7 +420,8 @@ def write_docs(log: dict, results: dict, best: float, command: str) -> None:
         "  planner offline, not image generators; their numbers say nothing about large models.",
         "- The recognition rate is measured by a classifier trained on the same data, so it checks that the",
         "  requested digit is recognisable, not sample diversity or fidelity.",
-        "- Guidance above 2 hurts at 20 steps: at 3 and more the samples come out smeared with leftover noise and whole",
+        "- Guidance above 2 hurts at 20 steps: at 3 and more the samples come out smeared with leftover noise "
+        "and whole",
         "  classes stop being recognised (see the sweep). Keep guidance in 1.5-2 with these models.",
         "- The DiT's label embedders drop labels on their own in train mode (independently per block); code that",
         "  fine-tunes the shipped DiT should switch that off as `train_default.py` does and drop labels itself.",
