@@ -38,7 +38,8 @@ def validate_cache_section(cache: object) -> None:
         raise PlanError(f"{where} has unknown key {unknown[0]!r}; allowed keys: {', '.join(REQUIRED + OPTIONAL)}")
     missing = [k for k in REQUIRED if k not in cache]
     if missing:
-        raise PlanError(f"{where} lacks the key {missing[0]!r}; regenerate it with `mpsearch solve --full-computations K`")
+        raise PlanError(f"{where} lacks the key {missing[0]!r}; "
+                        "regenerate it with `mpsearch solve --full-computations K`")
     if cache["method"] not in METHODS:
         raise PlanError(f"{where}.method is {cache['method']!r}; expected one of {', '.join(METHODS)}")
     CacheUnit.from_dict(cache["unit"], f"{where}.unit")

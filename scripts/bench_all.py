@@ -118,7 +118,8 @@ def allocation_plans(pipe, prof, e2e_prof, meas, budget, args):
     for name, fit in (("AutoQuantize (stated budget)", False), ("AutoQuantize (fit)", True)):
         r, t = _timed(baselines.autoquantize_select, meas["aq"], nominal, base.nbytes, base.fixed_bytes, budget,
                       fit=fit)
-        plan = Plan.from_assignment(info, {n: prof.formats[c] for n, c in zip(base.layer_names, r["choice"])},
+        plan = Plan.from_assignment(info,
+                                    {n: prof.formats[c] for n, c in zip(base.layer_names, r["choice"], strict=True)},
                                     provenance={"solver": "autoquantize"})
         out[name] = (plan, t, f"{r['status']}, cap {format_bytes(int(r['cap']))} effective")
     hq = baselines.hawq_problem(prof, pipe, meas["hawq"], budget)
@@ -136,7 +137,8 @@ def allocation_plans(pipe, prof, e2e_prof, meas, budget, args):
     (plan, report), t = _timed(refine, prof, pipe, f"{budget}B", trials=args.trials, role_pins={}, labels=args.labels,
                                steps=args.search_steps)
     chosen, check = report.get("chosen") or {}, report.get("validation") or {}
-    verdict = {"search": ", kept after validation", "ilp": ", failed validation: the ILP's plan"}.get(check.get("kept"), "")
+    verdict = {"search": ", kept after validation",
+               "ilp": ", failed validation: the ILP's plan"}.get(check.get("kept"), "")
     out["mpsearch Optuna-refined"] = (plan, t, f"{report.get('trials', 0)} trials, chose "
                                               f"{chosen.get('source', 'the ILP')}{verdict}")
     return out
@@ -313,7 +315,7 @@ def analyse(results, alpha: float = 0.05) -> dict:
             family.append(("cache", (r["model"], quant, k), compare(d["dp"], d["uniform"])))
     v = verdicts([c for _, _, c in family], alpha=alpha)
     out = {"alloc": {}, "cache": {}}
-    for (kind, key, c), verdict in zip(family, v):
+    for (kind, key, c), verdict in zip(family, v, strict=True):
         c["verdict"] = verdict
         out[kind][key] = c
     ranks = {m: {"mean": [], "median": [], "p90": []} for m in METHODS}
@@ -321,7 +323,7 @@ def analyse(results, alpha: float = 0.05) -> dict:
         for b in r["budgets"].values():
             for stat in ("mean", "median", "p90"):
                 vals = [summary(b["rows"][m]["scores"]["mse_per_image"])[stat] for m in METHODS]
-                for m, rank in zip(METHODS, rankdata(vals, method="average")):
+                for m, rank in zip(METHODS, rankdata(vals, method="average"), strict=True):
                     ranks[m][stat].append(float(rank))
     out["ranks"] = ranks
     return out
@@ -351,12 +353,14 @@ def render(results, args, seconds) -> str:
                   f"local profile {r['t_prof']:.1f} s; cheap end-to-end tier {r['t_e2e']:.1f} s; AutoQuantize "
                   f"scores {r['t_meas']['aq']:.1f} s; HAWQ traces {r['t_meas']['hawq']:.1f} s; MixDQ's per-layer "
                   f"generations {r['t_meas']['mixdq']:.1f} s. Smallest feasible plan {r['min_bytes']:,} B.", "",
-                  "| budget | method | bytes | MSE mean | median | p90 | SSIM | class agr. | vs local (ratio [95% CI], p) "
+                  "| budget | method | bytes | MSE mean | median | p90 | SSIM | class agr. | "
+                  "vs local (ratio [95% CI], p) "
                   "| measure s | solve s | time | formats |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
         for f, s in r["uniform"].items():
             lines.append(f"| - | uniform {f} | {s['bytes']:,} | {s['mse']:.2e} | {s['mse_median']:.2e} | "
-                         f"{s['mse_p90']:.2e} | {s['ssim']:.4f} | {s.get('class_agreement', float('nan')):.2f} | | 0 | 0 "
+                         f"{s['mse_p90']:.2e} | {s['ssim']:.4f} | {s.get('class_agreement', float('nan')):.2f} | "
+                         "| 0 | 0 "
                          f"| {s['time_ratio']:.2f} | {f} |")
         for bname, b in r["budgets"].items():
             best = min(b["rows"][m]["scores"]["mse"] for m in METHODS)
@@ -368,7 +372,8 @@ def render(results, args, seconds) -> str:
                 else:
                     c = an["alloc"][(r["model"], bname, m)]
                     counts[m][{"better": 0, "tie": 1, "worse": 2}[c["verdict"]]] += 1
-                    vs = f"{1 / c['ratio']:.2f} [{1 / c['hi']:.2f}, {1 / c['lo']:.2f}], p {c['p_holm']:.2g}: local **{c['verdict']}**"
+                    vs = (f"{1 / c['ratio']:.2f} [{1 / c['hi']:.2f}, {1 / c['lo']:.2f}], p {c['p_holm']:.2g}: "
+                          f"local **{c['verdict']}**")
                 name = f"**{m}**" if s["mse"] == best else m
                 note = f" ({row['note']})" if row["note"] else ""
                 fmts = ", ".join(f"{k} {v}" for k, v in sorted(row["counts"].items()))
@@ -435,13 +440,14 @@ def plot(results) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 5), squeeze=False)
-    markers = dict(zip(METHODS, "os^vxdDP*h"))
-    for ax, r in zip(axes[0], results):
+    markers = dict(zip(METHODS, "os^vxdDP*h", strict=True))
+    for ax, r in zip(axes[0], results, strict=True):
         for f, s in r["uniform"].items():
             ax.scatter(s["bytes"], s["mse"], marker="*", s=160, c="k")
             ax.annotate(f"uniform {f}", (s["bytes"], s["mse"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
         for m in METHODS:
-            pts = sorted((b["rows"][m]["scores"]["bytes"], b["rows"][m]["scores"]["mse"]) for b in r["budgets"].values())
+            pts = sorted((b["rows"][m]["scores"]["bytes"], b["rows"][m]["scores"]["mse"])
+                         for b in r["budgets"].values())
             ax.plot([x for x, _ in pts], [y for _, y in pts], marker=markers[m],
                     linestyle="-" if m.startswith("mpsearch") else ":", label=m)
         for b in r["budgets"].values():

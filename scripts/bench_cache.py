@@ -16,7 +16,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchdoc import write_section
@@ -83,7 +82,8 @@ def main(argv=None) -> None:
             print(notes[-1], flush=True)
             images, t_nocache = _run(pipe, base, seeds)
             s = image_scores(reference, images)
-            rows.append(f"| {model} | {quant} | 20 | 1.00 | 1.00 | no cache | {s['mse']:.2e} | {s['ssim']:.4f} | 1.00 | - |")
+            rows.append(f"| {model} | {quant} | 20 | 1.00 | 1.00 | no cache | {s['mse']:.2e} | {s['ssim']:.4f} "
+                        "| 1.00 | - |")
             for k in ks:
                 for method in METHODS:
                     if method == "dp-output":  # DP on the per-step output-error costs (the former default)
@@ -141,7 +141,7 @@ def _plot(results, ks):
     for i, model in enumerate(("default", "default-unet")):
         for j, quant in enumerate(("fp", "int8")):
             ax = axes[i][j]
-            for method, style in zip(METHODS, ("o-", "s--", "^:", "x-.")):
+            for method, style in zip(METHODS, ("o-", "s--", "^:", "x-."), strict=True):
                 ax.plot(ks, [results[(model, quant, k, method)]["mse"] for k in ks], style, label=method)
             ax.set_yscale("log")
             ax.set_title(f"{model}, {quant}")

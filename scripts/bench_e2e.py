@@ -105,9 +105,11 @@ def run_model(model, args, tmp):
     budget = int(lo + args.budget_frac * (local.info.fp_bytes - lo))
     spec = f"{budget}B"
     plans = {"local-only (rel_mse)": mpsearch.solve(local, spec),
-             "decoupled, cheap (content=1,quality=1)": mpsearch.solve(cheap_prof, spec, objective_weights="content=1,quality=1"),
+             "decoupled, cheap (content=1,quality=1)": mpsearch.solve(cheap_prof, spec,
+                                                                      objective_weights="content=1,quality=1"),
              "decoupled, exhaustive reference": mpsearch.solve(ref_prof, spec, objective_weights="content=1,quality=1"),
-             "decoupled, cheap + fp activations in 1 window": mpsearch.solve(cheap_prof, spec, objective_weights="content=1,quality=1",
+             "decoupled, cheap + fp activations in 1 window": mpsearch.solve(cheap_prof, spec,
+                                                                             objective_weights="content=1,quality=1",
                                                                              fp_act_windows=1)}
     scorer, feats = measured.default_scorers(pipe, labels)
     fp_prof = images(pipe, labels, (0,), args.steps)

@@ -59,7 +59,7 @@ def pixels_equal(a: list[str], b: list[str]) -> bool:
     from PIL import Image
 
     return len(a) == len(b) > 0 and all(np.array_equal(np.asarray(Image.open(x)), np.asarray(Image.open(y)))
-                                        for x, y in zip(a, b))
+                                        for x, y in zip(a, b, strict=True))
 
 
 def run(args) -> dict:

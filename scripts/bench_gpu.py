@@ -106,7 +106,7 @@ def solved_plan(info, fraction: float, seed: int = 0) -> Plan:
     problem = Problem(layer_names=tuple(info.names), formats=FORMATS, cost=cost, nbytes=nbytes,
                       fixed_bytes=info.fixed_bytes, budget_bytes=int(fraction * fp_total), groups=groups)
     sol = get_solver("greedy").solve(problem)
-    assignment = {name: FORMATS[c] for name, c in zip(info.names, sol.choice)}
+    assignment = {name: FORMATS[c] for name, c in zip(info.names, sol.choice, strict=True)}
     return Plan.from_assignment(info, assignment, provenance={
         "solver": "greedy", "profile": f"synthetic: lognormal(0, 1.5) per layer, seed {seed}, x {FACTOR}"})
 
@@ -240,7 +240,8 @@ def table(results: list[dict], base: str) -> str:
                 continue
             same = "yes" if m["plan_bytes"] == m["denoiser_bytes"] else "NO"
             mse = "-" if m["rel_mse"] is None else f"{m['rel_mse']:.3g}"
-            lines.append(f"| {r['model']} | {label} | {m['seconds'] * 1e3:.1f} ms | {m['seconds'] / fp['seconds']:.2f}x | "
+            lines.append(f"| {r['model']} | {label} | {m['seconds'] * 1e3:.1f} ms | "
+                         f"{m['seconds'] / fp['seconds']:.2f}x | "
                          f"{_gb(m['plan_bytes'])} ({same}) | {_gb(m['rest_bytes'])} | {_gb(m['layout_bytes'])} | "
                          f"{_gb(m['peak_bytes'])} | {mse} |")
         if "loaded" in r and "load_seconds" in r["loaded"]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -74,7 +73,8 @@ def bench_model(name, args, device, options) -> dict:
     conds, guidance, sized = _conditions(name)
     size = args.size if sized else None
     key = "prompts" if isinstance(conds[0], str) else "labels"
-    gen = lambda: generate(pipe, conds, 0, args.steps, guidance, size)  # noqa: E731
+    # F821: pipe is deleted only at the end, after every gen() call
+    gen = lambda: generate(pipe, conds, 0, args.steps, guidance, size)  # noqa: E731, F821
     gen()  # warm-up (allocator, kernels)
     rows = []
     for r in range(args.repeats):
@@ -187,7 +187,8 @@ def main(argv=None) -> None:
         e["machine"] = machine() if args.device == "cpu" else torch.cuda.get_device_name()
         e["command"] = command
     kept = [e for e in results.get(args.label, [])
-            if not any((e["model"], e["size"], e["steps"], e["device"]) == (n["model"], n["size"], n["steps"], n["device"])
+            if not any((e["model"], e["size"], e["steps"], e["device"])
+                       == (n["model"], n["size"], n["steps"], n["device"])
                        and e["options"] == n["options"] for n in entries)]
     results[args.label] = kept + entries
     RESULTS.write_text(json.dumps(results, indent=1))
@@ -195,7 +196,8 @@ def main(argv=None) -> None:
         body = ("One plain generation vs `mpsearch.profile` (formats int8, nvfp4, int4; one prompt, seed 0, guidance "
                 "7.5 except DiT-XL) of the same conditions, in one process, alternating. Peak memory is peak RSS "
                 "reset between phases on the CPU (so it includes the model's own weights and the pipeline), "
-                "torch.cuda.max_memory_allocated on a GPU. Times and time ratio: medians over repeats; memory ratio: the "
+                "torch.cuda.max_memory_allocated on a GPU. Times and time ratio: medians over repeats; "
+                "memory ratio: the "
                 "worst repeat (its two peaks shown). "
                 "Targets: <= 3x time, <= 1.25x memory. `before` = the earlier profiler (a dequantized "
                 "copy of every layer in every format).\n\n" + _table(results) + "\n\n" + _commands(results))

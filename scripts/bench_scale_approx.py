@@ -102,10 +102,12 @@ def main(argv=None) -> None:
                         f"{', '.join(per_fmt)} | {bname} | {verdict} | {mse} |")
             print(rows[-1], flush=True)
     first = "The baseline (columns `exact`: sample and replay_steps only)" if base else "Exact"
-    body = (f"{first} vs approximate local profile of each default model (20 steps, seeds 0 and 1, labels 0-9); per-layer "
+    body = (f"{first} vs approximate local profile of each default model (20 steps, seeds 0 and 1, labels 0-9); "
+            "per-layer "
             "cost = the gn metric summed over steps, per (layer, format). Plans solved at the demo's three budgets "
             f"from each profile; where they differ, both are scored on held-out seeds {list(HELD_OUT_SEEDS)} (mean "
-            "MSE against full precision, and a paired Wilcoxon signed-rank test over the images). Profile times were measured on a machine shared with other jobs (indicative).\n\n"
+            "MSE against full precision, and a paired Wilcoxon signed-rank test over the images). Profile times "
+            "were measured on a machine shared with other jobs (indicative).\n\n"
             + "\n".join(rows))
     section, title = ("scale-approx-rows", "Replaying a random row of each guidance batch: effect on decisions "
                       "(default models)") if base else ("scale-approx", "Profiling approximations: effect on "

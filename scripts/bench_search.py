@@ -58,7 +58,7 @@ def main(argv=None) -> None:
             t_prof = time.perf_counter() - t0
         reference = generate_many(pipe, LABELS, seeds, 20)
 
-        def score(plan):
+        def score(plan, pipe=pipe, reference=reference):  # bound: used only for this model
             return evaluate_plan(pipe, plan, labels=LABELS, seeds=seeds, reference=reference, classifier=clf)
 
         uniform = {f: score(Plan.uniform(info, f)) for f in ("int8", "nvfp4", "int4")}

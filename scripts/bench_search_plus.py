@@ -45,7 +45,8 @@ def synthetic(lines: list[str]) -> None:
         sol = get_solver(name).solve(p)
         best = sol.objective if best is None else best
         lines.append(f"| {name} | {sol.seconds:.2f} | {sol.objective:.6g} | {sol.objective / best - 1:+.2%} | "
-                     f"{format_bytes(sol.total_bytes)} | {compute.value(sol.choice) / compute.rhs:.4f} | {sol.status} |")
+                     f"{format_bytes(sol.total_bytes)} | {compute.value(sol.choice) / compute.rhs:.4f} | "
+                     f"{sol.status} |")
     from mpsearch.allocation.pareto import pareto_budgets, sweep
 
     budgets = pareto_budgets(problem, 20)
@@ -163,7 +164,8 @@ def _latency(lines: list[str], *, budget: str = "60%", bops: str = "50%", steps:
     t_table = time.perf_counter() - t0
     lines += [f"### Latency table of the default DiT ({table.device}, torch {table.meta['torch']}, "
               f"{table.meta['threads']} thread(s); {len(labels)} labels per denoiser call, {t_table:.0f} s to measure)",
-              "", "| format | layers | seconds per denoiser call | x fp (same layers) |", "| --- | ---: | ---: | ---: |"]
+              "", "| format | layers | seconds per denoiser call | x fp (same layers) |",
+              "| --- | ---: | ---: | ---: |"]
     for name, t in table.totals().items():
         lines.append(f"| {name} | {t['layers']} | {t['seconds'] * 1e3:.3f} ms | {t['vs_fp']:.2f} |")
     b = mpsearch.budget.parse_budget(budget, fp_bytes=info.fp_bytes, fixed_bytes=info.fixed_bytes,
@@ -203,7 +205,8 @@ def _latency(lines: list[str], *, budget: str = "60%", bops: str = "50%", steps:
 
     fp_seconds, reference = timed(None)
     power = float(np.mean(np.square(reference)))
-    lines += ["", f"Memory budget {budget} ({format_bytes(b)}, default role pins), {steps} steps, {len(labels)} labels; "
+    lines += ["", f"Memory budget {budget} ({format_bytes(b)}, default role pins), {steps} steps, "
+              f"{len(labels)} labels; "
               f"generation wall time = median of {repeats} after a warm-up, {torch.get_num_threads()} thread(s). "
               f"Predicted = the candidate layers' seconds per denoiser call in the table (timed alone), x "
               f"{calls.calls} denoiser calls per generation for the time per generation."
@@ -227,7 +230,8 @@ def _latency(lines: list[str], *, budget: str = "60%", bops: str = "50%", steps:
         mse = float(np.mean(np.square(images - reference))) / power
         lines.append(f"| {name} | {format_bytes(nbytes)} | {objective} | "
                      f"{bops_model.value(choice) / bops_model.full:.2f} | {lat.value(choice) / lat.full:.2f} | "
-                     f"{lat.value(choice) * calls.calls:.3f} s | {seconds:.3f} s | {seconds / fp_seconds:.2f} | {mse:.2e} |")
+                     f"{lat.value(choice) * calls.calls:.3f} s | {seconds:.3f} s | {seconds / fp_seconds:.2f} | "
+                     f"{mse:.2e} |")
 
 
 def main(argv=None) -> int:
@@ -251,7 +255,8 @@ def main(argv=None) -> int:
         from benchdoc import write_section
 
         write_section("bench_search_plus", "Search beyond one ILP: compute budget, Pareto sweep, Optuna refinement",
-                      body, "python scripts/bench_search_plus.py" + (f" --trials {args.trials}" if args.trials != 10 else ""))
+                      body,
+                      "python scripts/bench_search_plus.py" + (f" --trials {args.trials}" if args.trials != 10 else ""))
     return 0
 
 

@@ -15,7 +15,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 import numpy as np
 
@@ -114,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 gap = ""
                 if name == "greedy" and optimum is not None:
-                    gap = f"{(sol.objective - optimum) / optimum:+.3%}" if optimum else f"{sol.objective - optimum:+.3g}"
+                    gap = (f"{(sol.objective - optimum) / optimum:+.3%}" if optimum
+                           else f"{sol.objective - optimum:+.3g}")
                 print(f"| {label} | {limit} | {name} | {seconds:.3f} | {sol.objective:.6g} | {sol.total_bytes:,} | "
                       f"{sol.status} | {gap} |")
     return 0

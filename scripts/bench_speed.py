@@ -148,7 +148,7 @@ def main(argv=None) -> None:
              "UNet output MSE vs fp32 | image MSE vs fp32 |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for name, m in models.items():
-        ratios = [t / f for t, f in zip(times[name], times["fp32"])]
+        ratios = [t / f for t, f in zip(times[name], times["fp32"], strict=True)]
         with kernels(name):
             mse_img = float(((image(pipe, m, args.steps) - ref) ** 2).mean()) if name != "fp32" else 0.0
             mse_out = float(((call(m, inputs) - fp_out) ** 2).mean())

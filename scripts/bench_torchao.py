@@ -119,7 +119,8 @@ def main():
             "int4": lambda: PrototypeInt4WeightOnlyConfig(group_size=128)}
     real = list(default_linears())
     for fmt, cfg in cfgs.items():
-        for name, layers in (("seeded fp32", list(seeded(torch.float32))), ("seeded bf16", list(seeded(torch.bfloat16))),
+        for name, layers in (("seeded fp32", list(seeded(torch.float32))),
+                             ("seeded bf16", list(seeded(torch.bfloat16))),
                              ("default DiT", real)):
             share, worst = weight_gap(fmt, cfg, layers)
             rows.append((fmt, name, f"{share:.2e}", f"{worst:.2e}"))

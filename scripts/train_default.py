@@ -186,7 +186,7 @@ def train_diffusion(kind: str, data: torch.Tensor, labels: torch.Tensor, steps: 
         sched.step()
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                 pe.lerp_(pm, 1 - decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 20 == 0:
@@ -294,7 +294,8 @@ def evaluate(log: dict):
         gen_s = time.time() - t0
         img = DOCS / "img" / f"default_{kind}_samples.png"
         save_grid(pipe, img, DEFAULT_GUIDANCE_SCALE,
-                  f"{name} ({type(pipe.denoiser).__name__}), {EVAL_STEPS} DDIM steps, guidance {DEFAULT_GUIDANCE_SCALE}")
+                  f"{name} ({type(pipe.denoiser).__name__}), {EVAL_STEPS} DDIM steps, "
+                  f"guidance {DEFAULT_GUIDANCE_SCALE}")
         files = sorted((ASSETS / f"default-{kind}").rglob("*.safetensors"))
         results[kind] = dict(name=name, cls=type(pipe.denoiser).__name__, sweep=sweep, load_s=load_s,
                              deterministic=bool(np.array_equal(a, b)), gen_s=gen_s,
@@ -339,21 +340,21 @@ def write_docs(log: dict, results: dict, best: float, command: str) -> None:
         "| model | denoiser | params | weights | " + " | ".join(f"g={g}" for g in GUIDANCE_SWEEP) + " |",
         "| --- | --- | --- | --- | " + " | ".join("---" for _ in GUIDANCE_SWEEP) + " |",
     ]
-    for kind, r in results.items():
+    for _kind, r in results.items():
         cells = [(f"**{r['sweep'][g][0] * 100:.0f}%**" if g == g0 else f"{r['sweep'][g][0] * 100:.0f}%")
                  for g in GUIDANCE_SWEEP]
         lines.append(f"| `{r['name']}` | {r['cls']} | {r['params'] / 1e6:.2f} M | {r['bytes'] / 1e6:.1f} MB | "
                      + " | ".join(cells) + " |")
     lines += ["", f"Per class, at the default guidance {g0} (hits out of 10 for digits 0..9):", ""]
-    for kind, r in results.items():
+    for _kind, r in results.items():
         lines.append(f"- `{r['name']}`: {r['sweep'][g0][1]}")
     lines += ["", "## Samples", ""]
-    for kind, r in results.items():
+    for _kind, r in results.items():
         rel = r["image"].relative_to(DOCS).as_posix()
         lines += [f"`{r['name']}` ({r['cls']}), rows = digits 0..9, {EVAL_STEPS} DDIM steps, guidance {g0}, "
                   f"seed {GRID_SEED}:", "", f"![{r['name']} samples]({rel})", ""]
     lines += ["## Architectures", ""]
-    for kind, r in results.items():
+    for _kind, r in results.items():
         ly = r["layers"]
         lines.append(f"- `{r['name']}`: {r['cls']}, {r['params']:,} parameters; {ly['n_linear']} Linear + "
                      f"{ly['n_conv']} Conv2d layers, of which {ly['in_mult_16']} have an input dim that is a "
@@ -381,7 +382,8 @@ def write_docs(log: dict, results: dict, best: float, command: str) -> None:
     for kind in ("dit", "unet"):
         t = log.get(kind)
         if t:
-            lines.append(f"- {dict(dit='DiT', unet='UNet')[kind]}: {t['steps']} steps of batch {t['batch_size']} (all 1797 images), AdamW"
+            lines.append(f"- {dict(dit='DiT', unet='UNet')[kind]}: {t['steps']} steps of batch {t['batch_size']}"
+                         f" (all 1797 images), AdamW"
                          f" lr {t['lr']} (warmup, cosine decay), grad clip 1.0, EMA decay {t['ema_decay']} (the"
                          f" EMA weights ship), final smoothed loss {t['final_loss']}, {t['wall_s'] / 60:.1f} min.")
     if clf:
@@ -418,7 +420,8 @@ def write_docs(log: dict, results: dict, best: float, command: str) -> None:
         "  planner offline, not image generators; their numbers say nothing about large models.",
         "- The recognition rate is measured by a classifier trained on the same data, so it checks that the",
         "  requested digit is recognisable, not sample diversity or fidelity.",
-        "- Guidance above 2 hurts at 20 steps: at 3 and more the samples come out smeared with leftover noise and whole",
+        "- Guidance above 2 hurts at 20 steps: at 3 and more the samples come out smeared with leftover noise "
+        "and whole",
         "  classes stop being recognised (see the sweep). Keep guidance in 1.5-2 with these models.",
         "- The DiT's label embedders drop labels on their own in train mode (independently per block); code that",
         "  fine-tunes the shipped DiT should switch that off as `train_default.py` does and drop labels itself.",

@@ -172,10 +172,11 @@ def autoquantize_search(scores: np.ndarray, costs: np.ndarray, max_size: float, 
             warnings.simplefilter("ignore", DeprecationWarning)
             z = [[pulp.LpVariable(f"z{l}_{f}", lowBound=0, upBound=1, cat=pulp.LpBinary) for f in c]
                   for l, c in enumerate(cand)]
-        prob += pulp.lpSum(v * float(scores[l, f]) for l, c in enumerate(cand) for v, f in zip(z[l], c)), "L"
+        prob += pulp.lpSum(v * float(scores[l, f])
+                           for l, c in enumerate(cand) for v, f in zip(z[l], c, strict=True)), "L"
         for vs in z:
             prob += pulp.lpSum(vs) == 1
-        total = pulp.lpSum(v * float(costs[l, f]) for l, c in enumerate(cand) for v, f in zip(z[l], c))
+        total = pulp.lpSum(v * float(costs[l, f]) for l, c in enumerate(cand) for v, f in zip(z[l], c, strict=True))
         prob += total <= float(max_size)
         if lower is not None:
             prob += total >= float(lower) * float(max_size)
@@ -183,7 +184,7 @@ def autoquantize_search(scores: np.ndarray, costs: np.ndarray, max_size: float, 
             warnings.simplefilter("ignore", DeprecationWarning)
             prob.solve(pulp.PULP_CBC_CMD(msg=False))
         status = pulp.LpStatus[prob.status]
-        sel = np.array([c[int(np.argmax([v.varValue or 0.0 for v in vs]))] for vs, c in zip(z, cand)])
+        sel = np.array([c[int(np.argmax([v.varValue or 0.0 for v in vs]))] for vs, c in zip(z, cand, strict=True)])
         if status == "Optimal":
             break
     return sel, status

@@ -105,9 +105,9 @@ def output_jacobian_traces(model: torch.nn.Module, calls: Sequence[tuple], param
                                      "its output")
                 sums += hutchinson(y, tensors, samples=samples, generator=gen)
     finally:
-        for t, f in zip(tensors, flags):
+        for t, f in zip(tensors, flags, strict=True):
             t.requires_grad_(f)
-    return {n: s / (len(calls) * samples) for n, s in zip(names, sums)}
+    return {n: s / (len(calls) * samples) for n, s in zip(names, sums, strict=True)}
 
 
 def record_denoiser_calls(pipe: Any, labels: Sequence, seed: int, steps: int, *, every: int = 1,
@@ -225,7 +225,7 @@ def mixdq_measured_plans(profile: Profile, content: np.ndarray, quality: np.ndar
     is_content = mixdq_groups(content, quality)
     groups = [np.flatnonzero(is_content), np.flatnonzero(~is_content)]
     subs = []
-    for idx, metric in zip(groups, (normalize(content), normalize(quality))):
+    for idx, metric in zip(groups, (normalize(content), normalize(quality)), strict=True):
         pos = {int(li): k for k, li in enumerate(idx)}
         cost = np.where(np.isfinite(base.cost[idx]), metric[idx], np.inf)
         subs.append((idx, replace(base, layer_names=tuple(base.layer_names[i] for i in idx), cost=cost,
@@ -241,10 +241,10 @@ def mixdq_measured_plans(profile: Profile, content: np.ndarray, quality: np.ndar
         return plans
     for a in splits:
         choice = np.zeros(len(base.layer_names), dtype=int)
-        for (idx, sub), low, share in zip(subs, lows, (a, 1.0 - a)):
+        for (idx, sub), low, share in zip(subs, lows, (a, 1.0 - a), strict=True):
             if len(idx):
                 choice[idx] = get_solver(solver).solve(sub.with_budget(low + int(spare * share))).choice
-        assignment = {n: base.formats[c] for n, c in zip(base.layer_names, choice)}
+        assignment = {n: base.formats[c] for n, c in zip(base.layer_names, choice, strict=True)}
         plans[a] = Plan.from_assignment(profile.info, assignment, weights=profile.weights,
                                         provenance={"solver": f"mixdq-measured-split-{a}"})
     return plans

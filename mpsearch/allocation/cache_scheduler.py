@@ -231,8 +231,8 @@ def schedule_threshold(problem: ScheduleProblem) -> Schedule:
     stays <= tau; tau calibrated to hit K.
 
     The number of computations falls as tau rises; the smallest tau giving at most K computations is found
-    among the candidate values (every run's accumulated cost), and if that overshoots below K, the missing computations are taken at the steps
-    where the change is largest (the rule's next candidates).
+    among the candidate values (every run's accumulated cost), and if that overshoots below K, the missing computations
+    are taken at the steps where the change is largest (the rule's next candidates).
     """
     S, K = problem.steps, problem.full_computations
     runs = np.cumsum(np.triu(problem.cost, 1), axis=1)  # runs[p, t] = sum_{p<u<=t} C[p, u]

@@ -30,8 +30,8 @@ from mpsearch.plan import Plan
 from mpsearch.profiling.latency import LatencyTable
 from mpsearch.profiling.store import Profile
 
-__all__ = ["COMPUTE_COSTS", "Formulation", "SolveConfig", "build_problem", "budget_keywords", "check_compute", "formulate",
-           "layer_costs", "parse_pins", "parse_profile_budget", "resolve_metric", "step_errors"]
+__all__ = ["COMPUTE_COSTS", "Formulation", "SolveConfig", "build_problem", "budget_keywords", "check_compute",
+           "formulate", "layer_costs", "parse_pins", "parse_profile_budget", "resolve_metric", "step_errors"]
 
 
 def budget_keywords(info: ModelInfo) -> dict:
@@ -181,8 +181,8 @@ def formulate(profile: Any, budget: Any = None, *, config: SolveConfig | None = 
 
     ``config`` holds the budget, objective and constraints; ``keywords`` (its field names: ``metric``, ``pins``,
     ``role_pins``, ``tie``, ``step_weights``, ``objective_weights``, ``compute``, ...) build one or replace its
-    fields, and ``budget`` (any budget form of docs/design.md or bytes; None: the config's, or none for a sweep) replaces its
-    budget. A compute budget needs the model's layer calls: ``pipe`` (recorded here) or ``layer_calls``
+    fields, and ``budget`` (any budget form of docs/design.md or bytes; None: the config's, or none for a sweep)
+    replaces its budget. A compute budget needs the model's layer calls: ``pipe`` (recorded here) or ``layer_calls``
     (``compute.record_layer_calls``). A profile that lacks some of its units is refused unless
     ``allow_partial``.
     """

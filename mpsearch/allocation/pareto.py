@@ -196,7 +196,8 @@ def _plot(points, uniform, title) -> bytes:
     ax.plot([p.total_bytes / 1e3 for p in front], [p.objective for p in front], "-o", color="C0", ms=4,
             label="Pareto frontier")
     for i, (name, u) in enumerate(uniform.items()):
-        ax.plot(u["total_bytes"] / 1e3, u["objective"], marker="s", ls="none", color=f"C{i + 1}", label=f"uniform {name}")
+        ax.plot(u["total_bytes"] / 1e3, u["objective"], marker="s", ls="none", color=f"C{i + 1}",
+                label=f"uniform {name}")
     positive = [p.objective for p in solved if p.objective > 0] + [u["objective"] for u in uniform.values()
                                                                   if u["objective"] > 0]
     if positive and max(positive) / max(min(positive), 1e-300) > 100:

@@ -94,7 +94,8 @@ def _check_search(seeds, validation_seeds, steps) -> None:
                 isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in values):
             raise UsageError(f"{name} must be distinct integers >= 0, got {values}; pass e.g. 500,501")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise UsageError(f"search steps must be an integer >= 1 (denoising steps per trial), got {steps!r}; pass e.g. 8")
+        raise UsageError(f"search steps must be an integer >= 1 (denoising steps per trial), got {steps!r}; "
+                         "pass e.g. 8")
 
 
 def refine(profile: Any, pipe: Any, budget: Any = None, *, trials: int = 30, storage: str | None = None,

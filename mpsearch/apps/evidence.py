@@ -8,7 +8,7 @@
 | ``TEST_SEEDS`` | 7100-7109 | only the final evidence run (`scripts/bench_all.py`, default `--split test`) after the code is frozen; nothing is tuned on them |
 
 No two sets share a seed (tests/applications/test_evidence.py checks it against every seed literal in the code).
-"""
+"""  # noqa: E501 (a markdown table's rows cannot wrap)
 
 from __future__ import annotations
 

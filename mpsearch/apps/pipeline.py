@@ -298,4 +298,5 @@ def _tag(pipe, name_or_path, path: Path, embedded: bool) -> None:
     pipe.mpsearch_source = name_or_path if embedded else str(path.resolve())
 
 
-__all__ = ["DigitsPipeline", "load_pipeline", "load_meta_denoiser", "NUM_CLASSES", "NULL_CLASS", "DEFAULT_GUIDANCE_SCALE"]
+__all__ = ["DigitsPipeline", "load_pipeline", "load_meta_denoiser", "NUM_CLASSES", "NULL_CLASS",
+           "DEFAULT_GUIDANCE_SCALE"]

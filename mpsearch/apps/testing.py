@@ -46,7 +46,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, map(chr, cs)))
+    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 def clip_tokenizer(max_length: int = 77):
@@ -103,7 +103,8 @@ def _vae(latent_channels: int = 4, flow: bool = False, seed: int = 0):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    kw = dict(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False) if flow else {}
+    kw = (dict(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False)
+          if flow else {})
     return AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=latent_channels,
                          down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                          layers_per_block=1, norm_num_groups=4, sample_size=TINY_IMAGE_SIZE, **kw).eval()

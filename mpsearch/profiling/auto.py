@@ -392,7 +392,8 @@ def _choose(pipe, st: _Setup, gen: dict, p0: dict, p1: dict | None, *, spent: fl
                 every = [predict(k, r, s) for k in ks for r in row_opts for s in (_SHARES if p1 else (0.0,))]
                 ok = [c for c in every if c.peak <= free]
                 hint = (f"these fit: {_flags(ok[0])} ({_gb(ok[0].peak)})" if ok else
-                        "no checked setting fits: free memory, or profile fewer conditions per unit or a smaller --size")
+                        "no checked setting fits: free memory, or profile fewer conditions per unit "
+                        "or a smaller --size")
                 raise ResourceError(f"profile: predicted peak {_gb(min(c.peak for c in ladder))} exceeds the "
                                     f"{_gb(free)} free on {device}; {hint}")
             chosen = min(fits, key=lambda c: (c.peak, c.seconds))

@@ -86,7 +86,8 @@ def measure_segment_errors(pipe, unit: CacheUnit, steps: int, *, plan=None, labe
             outs: dict[tuple[int, int], object] = {}
             snaps: dict[tuple[int, int], tuple[dict, dict]] = {}
 
-            def record(st, forward, args, kwargs):
+            # defaults bind this seed's dicts: each closure runs only inside its own iteration (B023)
+            def record(st, forward, args, kwargs, outs=outs, snaps=snaps):
                 out = forward(*args, **kwargs)
                 outs[(st.step, st.slot)] = out
                 snaps[(st.step, st.slot)] = (dict(st.outputs), dict(st.residual))
@@ -98,7 +99,7 @@ def measure_segment_errors(pipe, unit: CacheUnit, steps: int, *, plan=None, labe
                 raise ProfileError(f"the measuring run saw {len({k[0] for k in outs})} of {steps} steps; check "
                                    "that the pipeline calls the denoiser once per step (or once per CFG half)")
             for p in range(max(warmup - 1, 0), steps - 2):
-                def replay(st, forward, args, kwargs, p=p):
+                def replay(st, forward, args, kwargs, p=p, outs=outs, snaps=snaps):
                     key = (st.step, st.slot)
                     if st.step > p or key not in outs:
                         return forward(*args, **kwargs)
@@ -158,7 +159,7 @@ def measure_costs(pipe, unit: CacheUnit, steps: int, *, plan=None, labels=MEASUR
         for seed in seeds:
             feats: dict[int, dict[int, torch.Tensor]] = {}
 
-            def record(step, slot, feature):
+            def record(step, slot, feature, feats=feats):  # bound: runs only in this seed's generation
                 if 0 <= step < steps:
                     feats.setdefault(slot, {})[step] = feature.detach().double().flatten(1).cpu()
 
@@ -190,7 +191,8 @@ def _measure_output_costs(pipe, unit, steps, plan, labels, seeds, guidance_scale
             st = cache.state
             snapshots: dict[tuple[int, int], tuple[dict, dict]] = {}  # (step, slot) -> cached features
 
-            def after(module, args, kwargs, output):
+            # defaults bind this seed's cache state: the hook is removed before the next seed (B023)
+            def after(module, args, kwargs, output, st=st, snapshots=snapshots, cache=cache):
                 if st.probe or not 0 <= st.step < steps:
                     return None
                 step, slot = st.step, st.slot

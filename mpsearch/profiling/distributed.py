@@ -154,7 +154,7 @@ class Session:
     def is_main(self) -> bool:
         return self.launch.rank == 0
 
-    def start(self) -> "Session":
+    def start(self) -> Session:
         dist = torch.distributed
         if not dist.is_available():
             raise UsageError("this torch build has no torch.distributed, so it cannot profile under torchrun; install "

@@ -120,7 +120,7 @@ class LatencyTable:
                 "meta": dict(self.meta)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LatencyTable":
+    def from_dict(cls, d: dict) -> LatencyTable:
         try:
             nan = lambda rows: np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)  # noqa: E731
             return cls(tuple(d["layers"]), tuple(d["formats"]), nan(d["seconds"]).reshape(len(d["layers"]), -1),
@@ -266,7 +266,7 @@ def measure_latency(pipe, info=None, *, formats=None, steps: int = 20, condition
                         value = 0.0
                     else:
                         label = f"{layer.name} {formats[fi]}{' weight-only' if wo_flag else ''}"
-                        value = _median_seconds(lambda m=m: m(x), float(min_time), label) * calls
+                        value = _median_seconds(lambda m=m, x=x: m(x), float(min_time), label) * calls
                     (weight_only if wo_flag else seconds)[li, fi] = value
                     bar.update(1)
                 del variants

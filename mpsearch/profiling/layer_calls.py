@@ -29,7 +29,7 @@ def step_windows(steps: int, n: int) -> list[tuple[int, int]]:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= steps:
         raise UsageError(f"--act-windows must be an integer from 1 to the {steps} profiled steps, got {n!r}")
     edges = np.linspace(0, steps, n + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 @dataclass

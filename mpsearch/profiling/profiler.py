@@ -117,7 +117,8 @@ class ProfileConfig:
         if not isinstance(self.steps, int) or self.steps < 1:
             raise UsageError(f"steps must be a positive integer, got {self.steps!r}; pass e.g. --steps 20")
         g = self.guidance_scale
-        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 0 or g == float("inf")):
+        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 0
+                              or g == float("inf")):
             raise UsageError(f"guidance_scale must be a finite number >= 0, got {g!r}; pass e.g. --guidance 2.0")
         known = [f for f in available_formats() if f != "fp"]
         bad = [f for f in self.formats if f not in known]
@@ -239,7 +240,8 @@ class _LayerProbe:
 
     def _move_subsets(self, device):
         def to(packed):
-            return Packed(packed.format, packed.shape, packed.dtype, {k: t.to(device) for k, t in packed.tensors.items()})
+            return Packed(packed.format, packed.shape, packed.dtype,
+                          {k: t.to(device) for k, t in packed.tensors.items()})
 
         self.subsets = [(fi, fmt, to(packed)) for fi, fmt, packed in self.subsets]
         self.bias = None if self.bias is None else self.bias.to(device)

@@ -65,7 +65,7 @@ class CallRecorder(ModelHook):
             self._seen += 1
         return args, kwargs
 
-    def install(self, denoiser: torch.nn.Module) -> "CallRecorder":
+    def install(self, denoiser: torch.nn.Module) -> CallRecorder:
         """Register on ``denoiser`` (one recorder per denoiser at a time); ``remove()`` takes it off."""
         registry = HookRegistry.check_if_exists_or_initialize(denoiser)
         if registry.get_hook(self.HOOK) is not None:
@@ -83,7 +83,7 @@ class CallRecorder(ModelHook):
         unregister_hook(self._denoiser, self.HOOK)
         self._denoiser, self.state = None, None
 
-    def __enter__(self) -> "CallRecorder":
+    def __enter__(self) -> CallRecorder:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -341,7 +341,7 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
                 if y is None or not y.requires_grad or not 0 <= step < steps:
                     continue
                 g2 = norms.backward(y, leaves, samples=samples, generator=gen)
-                for i, n, v in zip(norms.layers, norms.sizes, g2):
+                for i, n, v in zip(norms.layers, norms.sizes, g2, strict=True):
                     if not math.isfinite(v):
                         raise ProfileError(
                             f"the output-sensitivity pass got a gradient that is not finite at step {step} "

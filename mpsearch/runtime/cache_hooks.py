@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 from torch import nn
 
 from mpsearch.cache_units import CacheUnit
@@ -192,7 +192,7 @@ class FeatureCacheHandle:
         self.state.reset()
         self.removed = True
 
-    def __enter__(self) -> "FeatureCacheHandle":
+    def __enter__(self) -> FeatureCacheHandle:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -81,7 +81,7 @@ def _collect(denoiser, plan: Plan):
             packed_ids.add(id(t))
         layers[name] = LayerRecord(packed.format, tuple(packed.shape), dtype_name(packed.dtype), keys)
     canonical, aliases = {}, {}
-    for kind, named in (("parameter", denoiser.named_parameters(remove_duplicate=False)),
+    for _kind, named in (("parameter", denoiser.named_parameters(remove_duplicate=False)),
                         ("buffer", denoiser.named_buffers(remove_duplicate=False))):
         for name, t in named:
             if id(t) in packed_ids:

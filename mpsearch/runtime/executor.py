@@ -108,7 +108,8 @@ class _Stash:
                                                  dir=folder)
             except OSError as e:
                 raise PlanError(f"cannot create a weight stash in {folder}: {e.strerror or e}; set {STASH_DIR_ENV} "
-                                "to a writable folder with room for the model's weights, or pass stash='memory'") from None
+                                "to a writable folder with room for the model's weights, "
+                                "or pass stash='memory'") from None
             os.close(fd)
             # never leave the file behind: deleted on remove(), or when the stash is collected or Python exits
             self._finalizer = weakref.finalize(self, _unlink, self.path)
@@ -151,7 +152,7 @@ def _unlink(path: str) -> None:
         pass
 
 
-def applied_plan(pipe_or_model) -> "PlanHandle | None":
+def applied_plan(pipe_or_model) -> PlanHandle | None:
     """The handle of the plan applied to the pipeline's denoiser (or module), or None if none is applied."""
     return getattr(get_denoiser(pipe_or_model), _HANDLE_ATTR, None)
 
@@ -196,7 +197,7 @@ class PlanHandle:
             delattr(self._denoiser, _HANDLE_ATTR)
         self.removed = True
 
-    def __enter__(self) -> "PlanHandle":
+    def __enter__(self) -> PlanHandle:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -226,7 +227,8 @@ def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto", ignore_weights
     if has_offloaded_weights(denoiser):
         raise PlanError("the denoiser's weights are offloaded by accelerate (enable_sequential_cpu_offload, or a "
                         "device_map with cpu/disk entries), which apply_plan cannot quantize or restore; apply the "
-                        "plan without it and use pipe.enable_model_cpu_offload() if the planned model must be offloaded")
+                        "plan without it and use pipe.enable_model_cpu_offload() if the planned model must be "
+                        "offloaded")
     info = describe(denoiser)
     plan.check_model(info)
     if not ignore_weights:

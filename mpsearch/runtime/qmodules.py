@@ -94,7 +94,7 @@ class QuantLinear(_QuantMixin, nn.Module):
     """A Linear whose weight lives in a packed low-bit format."""
 
     @classmethod
-    def from_module(cls, module: nn.Linear, packed: Packed, act_windows=()) -> "QuantLinear":
+    def from_module(cls, module: nn.Linear, packed: Packed, act_windows=()) -> QuantLinear:
         return cls(packed, module.bias, act_windows)
 
     def __init__(self, packed: Packed, bias: nn.Parameter | None, act_windows=()):
@@ -118,7 +118,7 @@ class QuantConv2d(_QuantMixin, nn.Module):
     """A Conv2d whose weight lives in a packed low-bit format (activations quantized per pixel via im2col)."""
 
     @classmethod
-    def from_module(cls, module: nn.Conv2d, packed: Packed, act_windows=()) -> "QuantConv2d":
+    def from_module(cls, module: nn.Conv2d, packed: Packed, act_windows=()) -> QuantConv2d:
         return cls(module, packed, module.bias, act_windows)
 
     def __init__(self, conv: nn.Conv2d, packed: Packed, bias: nn.Parameter | None, act_windows=()):

@@ -4,8 +4,8 @@
 until the map goes, so loading N bytes of tensors peaks near 2N on the host, and its CPU tensors are views of
 the map, only 8-byte aligned (which changes the CPU GEMV kernels' rounding). :func:`read_tensors` instead
 reads each tensor with ``readinto`` straight into a new tensor (moved to the target device one at a time) and
-feeds the same bytes to its digest (BLAKE3 or SHA-256), so the file is read once and never held twice. The file format is
-safetensors' own: an 8-byte little-endian header length, a JSON header, then the tensors' bytes.
+feeds the same bytes to its digest (BLAKE3 or SHA-256), so the file is read once and never held twice. The file format
+is safetensors' own: an 8-byte little-endian header length, a JSON header, then the tensors' bytes.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ class TorchaoMapping:
     config does not (layer -> why); ``full_precision``: planned layers the mapping leaves unquantized (layer ->
     why); ``not_carried``: parts of the plan torchao cannot express (e.g. the cache schedule)."""
 
-    configs: "OrderedDict[str, object]"
+    configs: OrderedDict[str, object]
     coinciding: list[str] = field(default_factory=list)
     nearest: dict[str, str] = field(default_factory=dict)
     full_precision: dict[str, str] = field(default_factory=dict)

@@ -8,8 +8,9 @@ allowed format (pinned, or only one eligible format) are constants, not variable
                 sum a_r[d, f] x[d, f] <= b_r              for the byte budget and each extra constraint r
 
 Every row is shifted by its per-decision minimum (``c[d, f] = cost[d, f] - min_f cost[d, f]``, likewise for
-bytes and extra coefficients), so coefficients are >= 0 and small, and the objective is scaled so that its median positive coefficient is 1;
-neither changes which assignments are optimal. A backend only turns a :class:`LinearModel` into 0/1 values.
+bytes and extra coefficients), so coefficients are >= 0 and small, and the objective is scaled so that its median
+positive coefficient is 1; neither changes which assignments are optimal. A backend only turns a :class:`LinearModel`
+into 0/1 values.
 
 Backends round binaries that sit within their integrality tolerance of 0 or 1; with byte coefficients in the
 millions that rounding can move a total by a few bytes. The driver therefore checks the rounded answer

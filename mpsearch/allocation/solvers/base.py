@@ -3,8 +3,8 @@
 :meth:`BaseSolver.solve` is a template method over :meth:`BaseSolver._solve`: it rules out the infeasible
 cases that need no search, returns the all-cheapest answer when it already fits, and checks every answer a
 subclass finds before it leaves. The problem and its answer live in :mod:`mpsearch.allocation.solvers.problem` and
-:mod:`mpsearch.allocation.solvers.solution`, the checks in :mod:`mpsearch.allocation.solvers.feasibility`, the lookup by name in
-:mod:`mpsearch.allocation.solvers.registry`; the names of the first three are importable from here too.
+:mod:`mpsearch.allocation.solvers.solution`, the checks in :mod:`mpsearch.allocation.solvers.feasibility`, the lookup
+by name in :mod:`mpsearch.allocation.solvers.registry`; the names of the first three are importable from here too.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ class BruteForceSolver(BaseSolver):
                 meets_extra &= value <= limit
             if meets_extra.any():
                 smallest = int(nbytes[meets_extra].min()) + problem.fixed_bytes
-                min_bytes_under_extra = smallest if min_bytes_under_extra is None else min(min_bytes_under_extra, smallest)
+                min_bytes_under_extra = (smallest if min_bytes_under_extra is None
+                                         else min(min_bytes_under_extra, smallest))
             feasible = meets_extra if cap is None else meets_extra & (nbytes <= cap)
             if feasible.any():
                 i = int(np.argmin(np.where(feasible, cost, np.inf)))
@@ -82,6 +83,7 @@ class BruteForceSolver(BaseSolver):
                     best = (float(cost[i]), formats[i].copy())
         if best is None:
             if not problem.extra:
-                raise SolverError("bruteforce found no assignment within a budget it was told is feasible; this is a bug")
+                raise SolverError("bruteforce found no assignment within a budget it was told is feasible; "
+                                  "this is a bug")
             raise self._joint_infeasible_error(problem, min_bytes_under_extra)
         return dec.expand(best[1]), True

@@ -1,5 +1,5 @@
-"""Feasibility of a :class:`~mpsearch.allocation.solvers.problem.Problem`, without searching: the smallest reachable size,
-every way an assignment breaks the constraints, and the per-decision resource tables heuristics walk.
+"""Feasibility of a :class:`~mpsearch.allocation.solvers.problem.Problem`, without searching: the smallest reachable
+size, every way an assignment breaks the constraints, and the per-decision resource tables heuristics walk.
 
 :func:`min_feasible_bytes` is what infeasible-budget errors quote; :func:`check_assignment` is the check every
 solver's answer passes before it is returned; :func:`resource_tables` gives heuristics the byte budget and the

@@ -64,7 +64,8 @@ class GreedySolver(BaseSolver):
             removed = ((over - np.maximum(now + d_use - cap, 0.0)) / norm).sum(axis=0)  # (D, F)
             candidate = allowed & (removed > 1e-12)
             if not candidate.any():
-                names = ", ".join(["budget"] * (problem.budget_bytes is not None) + [repr(c.name) for c in problem.extra])
+                names = ", ".join(["budget"] * (problem.budget_bytes is not None)
+                                  + [repr(c.name) for c in problem.extra])
                 raise NoSolutionFoundError(
                     f"greedy found no plan meeting {names} together (it is a heuristic); "
                     "use --solver cbc to find one or prove there is none"

@@ -70,7 +70,8 @@ class HighsSolver(IlpBackend):
             options["time_limit"] = float(time_limit)
         with warnings.catch_warnings(), _native_stdout_silenced():
             warnings.filterwarnings("ignore", message="Unrecognized options detected", category=RuntimeWarning)
-            res = milp(model.c, integrality=np.ones(n), bounds=Bounds(0.0, 1.0), constraints=constraints, options=options)
+            res = milp(model.c, integrality=np.ones(n), bounds=Bounds(0.0, 1.0), constraints=constraints,
+                       options=options)
         raw = f"scipy.optimize.milp status {res.status}: {res.message}"
         if res.status == 0:
             return RunResult("optimal", res.x, raw)

@@ -63,7 +63,7 @@ class PulpCbcSolver(IlpBackend):
                 xs = [add(f"x{i}", 0, 1, cat=pulp.LpBinary) for i in range(model.n_vars)]
             else:  # pragma: no cover - PuLP < 3.3
                 xs = [pulp.LpVariable(f"x{i}", 0, 1, cat=pulp.LpBinary) for i in range(model.n_vars)]
-        prob.setObjective(pulp.LpAffineExpression(list(zip(xs, model.c.tolist()))))
+        prob.setObjective(pulp.LpAffineExpression(list(zip(xs, model.c.tolist(), strict=True))))
         for j in range(len(model.starts) - 1):
             block = xs[model.starts[j] : model.starts[j + 1]]
             prob.addConstraint(pulp.LpAffineExpression([(x, 1.0) for x in block]) == 1, f"one_{j}")
@@ -74,7 +74,8 @@ class PulpCbcSolver(IlpBackend):
         prob.solve(self._cbc(pulp, time_limit))
 
         status, sol_status = prob.status, prob.sol_status
-        raw = f"PuLP status {pulp.LpStatus.get(status, status)!r}, solution {pulp.LpSolution.get(sol_status, sol_status)!r}"
+        raw = (f"PuLP status {pulp.LpStatus.get(status, status)!r}, "
+               f"solution {pulp.LpSolution.get(sol_status, sol_status)!r}")
         if status == pulp.LpStatusInfeasible or sol_status == pulp.LpSolutionInfeasible:
             return RunResult("infeasible", None, raw)
         if sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):

@@ -98,7 +98,8 @@ class OptunaSolver(BaseSolver):
 
     name = "optuna"
 
-    def __init__(self, *, trials: int = 50, evaluate: Callable | None = None, objectives: Sequence[str] = ("predicted",),
+    def __init__(self, *, trials: int = 50, evaluate: Callable | None = None,
+                 objectives: Sequence[str] = ("predicted",),
                  weights: Sequence[float] | None = None, sampler: str = "nsga2", seed: int = 0,
                  storage: str | None = None, study_name: str | None = None, seed_solver: str | None = DEFAULT_SOLVER,
                  seed_fractions: Sequence[float] = (1.0, 0.99, 0.98, 0.96, 0.93, 0.9), seeds: Sequence = (),
@@ -126,7 +127,8 @@ class OptunaSolver(BaseSolver):
             raise UsageError(f"optuna: seed_fractions must lie in (0, 1], got {seed_fractions!r}")
         self.trials, self.evaluate, self.objectives, self.weights = trials, evaluate, objectives, weights
         self.sampler, self.seed, self.storage, self.study_name = sampler, seed, storage, study_name
-        self.seed_solver, self.seed_fractions, self.seeds, self.callback = seed_solver, fractions, tuple(seeds), callback
+        self.seed_solver, self.seed_fractions = seed_solver, fractions
+        self.seeds, self.callback = tuple(seeds), callback
         self.study = None  #: the Optuna study of the last solve
         self.report: dict = {}  #: what the last solve found: reference and chosen trials, counts
 
@@ -184,7 +186,7 @@ class OptunaSolver(BaseSolver):
 
         def violations(choice: np.ndarray) -> list[float]:
             out = [] if problem.budget_bytes is None else [float(problem.total_bytes(choice) - problem.budget_bytes)]
-            return out + [con.value(choice) - lim for con, lim in zip(problem.extra, limits)]
+            return out + [con.value(choice) - lim for con, lim in zip(problem.extra, limits, strict=True)]
 
         def objective(trial) -> list[float]:
             picks = np.array([trial.suggest_categorical(f"d{d}", options[d]) for d in range(dec.count)],
@@ -243,7 +245,7 @@ class OptunaSolver(BaseSolver):
         ref = [max(abs(v), 1e-30) for v in reference.values[1:]]
 
         def score(t) -> float:
-            return math.fsum(w * v / r for w, v, r in zip(self.weights, t.values[1:], ref))
+            return math.fsum(w * v / r for w, v, r in zip(self.weights, t.values[1:], ref, strict=True))
 
         best = min(feasible, key=lambda t: (score(t), t.number))
         picks = np.array([best.params[f"d{d}"] for d in range(dec.count)], dtype=np.int64)

@@ -216,7 +216,8 @@ class Problem:
             if not isinstance(con, Constraint):
                 raise UsageError(f"Problem.extra[{k}] must be a Constraint, got {type(con).__name__}")
             if con.coef.shape != expected:
-                raise UsageError(f"Problem.extra[{k}] ({con.name!r}) has coef shape {con.coef.shape}, expected {expected}")
+                raise UsageError(f"Problem.extra[{k}] ({con.name!r}) has coef shape {con.coef.shape}, "
+                                 f"expected {expected}")
             if con.name in seen:
                 raise UsageError(f"Problem.extra has two constraints named {con.name!r}; names must be unique")
             seen.add(con.name)
@@ -254,7 +255,8 @@ class Problem:
         try:
             groups = tuple(tuple(g) for g in value)
         except TypeError:
-            raise UsageError(f"Problem.groups must be a sequence of sequences of layer indices, got {value!r}") from None
+            raise UsageError(f"Problem.groups must be a sequence of sequences of layer indices, "
+                             f"got {value!r}") from None
         owner: dict[int, int] = {}
         for gi, group in enumerate(groups):
             if not group:
@@ -378,7 +380,7 @@ class Problem:
         if choice.shape != (self.n_layers,):
             raise UsageError(f"a choice needs one format index per layer ({self.n_layers}), got shape "
                              f"{choice.shape}; pass the problem it was solved for")
-        return {name: self.formats[int(f)] for name, f in zip(self.layer_names, choice)}
+        return {name: self.formats[int(f)] for name, f in zip(self.layer_names, choice, strict=True)}
 
     def total_bytes(self, choice: np.ndarray) -> int:
         """``fixed_bytes`` + the bytes of every layer in its chosen format (exact)."""

@@ -8,7 +8,8 @@ names or options when one is wrong.
 from __future__ import annotations
 
 import inspect
-from typing import Callable, TypeVar
+from typing import TypeVar
+from collections.abc import Callable
 
 from mpsearch.allocation.defaults import DEFAULT_SOLVER
 from mpsearch.errors import UsageError
@@ -43,7 +44,7 @@ def available_solvers() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def get_solver(name: "str | BaseSolver", **options: object) -> BaseSolver:
+def get_solver(name: str | BaseSolver, **options: object) -> BaseSolver:
     """A new solver instance by name or alias, e.g. ``get_solver("cbc", time_limit=60)``; a solver instance
     (``CbcSolver(time_limit=5)``) is returned as it is, so every ``solver=`` takes either."""
     if isinstance(name, BaseSolver):

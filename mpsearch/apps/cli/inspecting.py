@@ -35,7 +35,8 @@ def cmd_inspect(args) -> int:
             "tie_groups": [list(g) for g in info.tie_groups], "cacheable_blocks": list(info.blocks)}
     data["cache_units"] = cache_unit_rows(denoiser)
     rows = [[l.name, l.kind, "x".join(map(str, l.shape)), l.role.value, ",".join(l.eligible)] for l in info.layers]
-    lines = [f"{info.denoiser_class} ({args.model}), {len(info.layers)} candidate layers, fingerprint {info.fingerprint}"]
+    lines = [f"{info.denoiser_class} ({args.model}), {len(info.layers)} candidate layers, "
+             f"fingerprint {info.fingerprint}"]
     lines += text_table(rows, ["layer", "kind", "shape", "role", "eligible"])
     lines += ["", f"fixed (never quantized): {format_bytes(info.fixed_bytes)}"]
     lines += [f"uniform {f:6s}: {format_bytes(b)} ({b:,} B)" for f, b in uniform.items()]
@@ -81,7 +82,7 @@ def cmd_generate(args) -> int:
     paths = []
     import io as _io
 
-    for i, (label, img) in enumerate(zip(conditions, images)):
+    for i, (label, img) in enumerate(zip(conditions, images, strict=True)):
         rgb = img.shape[-1] == 3
         arr = (np.clip(img if rgb else img[..., 0], 0, 1) * 255).round().astype("uint8")
         buf = _io.BytesIO()

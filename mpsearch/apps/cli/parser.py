@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("solve", cmd_solve, "allocate a format per layer under a memory budget; writes a plan")
     sp.add_argument("--budget", help="e.g. 600KB, 4GB, 4GiB, 60%%, 4.5bits; START:STOP:STEP sweeps a Pareto frontier")
     sp.add_argument("--profile", help="profile file (default profiles/default.sqlite)")
-    sp.add_argument("--metric", default="auto", help="auto (gn where the profile has it, else rel_mse), gn, rel_mse, sqnr or cosine")
+    sp.add_argument("--metric", default="auto",
+                    help="auto (gn where the profile has it, else rel_mse), gn, rel_mse, sqnr or cosine")
     sp.add_argument("--solver", default=DEFAULT_SOLVER, choices=SOLVER_NAMES,
                     help=f"{DEFAULT_SOLVER} (exact, CBC; the default), highs (exact, HiGHS), greedy, ...")
     sp.add_argument("--pins", action="append", default=None, metavar="REGEX=FORMAT",
@@ -134,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache = sp.add_mutually_exclusive_group()
     cache.add_argument("--full-computations", type=int, metavar="K",
                        help="also schedule a feature cache: K full computations")
-    cache.add_argument("--speedup", type=float, metavar="X", help="also schedule a feature cache for an ideal speedup X")
+    cache.add_argument("--speedup", type=float, metavar="X",
+                       help="also schedule a feature cache for an ideal speedup X")
     sp.add_argument("--cache-method", default="dp", choices=("dp", "uniform", "threshold"), help="cache scheduler")
     sp.add_argument("--cache-unit", help="cacheable unit (default: the largest; see `mpsearch inspect`)")
     sp.add_argument("--model", default=None, help="with a cache, --compute or --search optuna: the pipeline (default: "
@@ -183,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("demo", cmd_demo, "the whole flow on the embedded default: profile, solve, compare with uniform formats")
     sp.add_argument("--model", default="default", help="default or default-unet")
 
-    sp = add("report", cmd_report, "write an HTML page with figures: sensitivity, Pareto frontier, plans, cache, images")
+    sp = add("report", cmd_report,
+             "write an HTML page with figures: sensitivity, Pareto frontier, plans, cache, images")
     sp.add_argument("--profile", help="profile file (default profiles/<model>.sqlite if it exists)")
     sp.add_argument("--plan", action="extend", nargs="+", metavar="PLAN", help="plan YAML files to show")
     sp.add_argument("--model", default=None, help=model_help + "; images are generated with it (default: the "

@@ -128,7 +128,8 @@ def _profile(args, out, config, device, session) -> int:
     if not main:
         return 0  # rank 0 reports for every rank
     seconds = time.perf_counter() - t0
-    data = {"profile": str(out), "model": args.model, "class": prof.info.denoiser_class, "layers": len(prof.info.layers),
+    data = {"profile": str(out), "model": args.model, "class": prof.info.denoiser_class,
+            "layers": len(prof.info.layers),
             "formats": list(prof.formats), "steps": prof.steps, "units_done": len(prof.units),
             "units_total": len(config.seeds), "seconds": seconds, "digest": prof.digest,
             "processes": 1 if session is None else session.world_size}
@@ -159,7 +160,8 @@ def cmd_profile_merge(args) -> int:
     table = prof.latency()
     data = {"profile": str(args.out), "inputs": list(args.shards), "units_done": len(prof.units),
             "units_total": total, "digest": prof.digest, "latency": table.summary() if table is not None else None}
-    lines = [f"profile {args.out}: merged {len(args.shards)} files, {len(prof.units)}/{total} units, digest {prof.digest}"]
+    lines = [f"profile {args.out}: merged {len(args.shards)} files, {len(prof.units)}/{total} units, "
+             f"digest {prof.digest}"]
     if table is not None:
         lines += [f"latency table carried over: measured on {table.device} at {table.meta.get('measured_at')} (the "
                   "latest of the inputs')"]

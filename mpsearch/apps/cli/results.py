@@ -50,7 +50,8 @@ def cmd_report(args) -> int:
         model = model_for(None, profile=prof, plans=plans)
     log = None if args.json else (lambda msg: print(f"report: {msg}", file=sys.stderr))
     r = report(profile, args.plan or [], None if args.no_images else model, out=args.out,
-               labels=None if _default_conditions(args) else condition_list(args), seed=args.seed, steps=args.steps, metric=args.metric, points=args.points,
+               labels=None if _default_conditions(args) else condition_list(args), seed=args.seed, steps=args.steps,
+               metric=args.metric, points=args.points,
                log=log)
     data = {"folder": r["folder"], "index": r["index"], "files": r["files"],
             "profile": str(profile) if profile else None, "variants": [v.to_dict() for v in r["data"].variants]}

@@ -55,7 +55,8 @@ def cmd_solve(args) -> int:
     if args.budget is None and args.pareto is None:
         raise UsageError("solve needs --budget (e.g. 60%, 600KB, or a sweep 400KB:900KB:50KB) or --pareto N")
     if args.compute_cost is not None and not args.compute:
-        raise UsageError(f"--compute-cost {args.compute_cost} prices a compute budget: give one too, e.g. --compute 50%")
+        raise UsageError(f"--compute-cost {args.compute_cost} prices a compute budget: give one too, "
+                         "e.g. --compute 50%")
     sweeping = args.pareto is not None or (args.budget is not None and ":" in args.budget)
     searching = sweeping or args.search != "ilp" or args.compute
     if searching and (args.arch or args.full_computations is not None or args.speedup is not None):
@@ -81,7 +82,8 @@ def cmd_solve(args) -> int:
         pipe = pipeline_for(args.model, profile=prof)
     form = formulate(prof, config=config, pipe=pipe)
     compute_info = form.compute_info()
-    slug = budget_slug(args.budget or f"pareto{args.pareto}") + (f"-c{budget_slug(args.compute)}" if args.compute else "")
+    slug = (budget_slug(args.budget or f"pareto{args.pareto}")
+            + (f"-c{budget_slug(args.compute)}" if args.compute else ""))
     if sweeping:
         out = Path(args.out) if args.out else Path("plans") / f"{prof_path.stem}-{slug}"
         r = pareto(form, None if args.pareto is not None else args.budget, n=args.pareto, solver=config.solver,
@@ -93,8 +95,8 @@ def cmd_solve(args) -> int:
                          "-" if p["total_bytes"] is None else format_bytes(p["total_bytes"]),
                          "-" if p["objective"] is None else f"{p['objective']:.4g}", "*" if p["on_frontier"] else ""]
                         for p in points], ["budget", "status", "bytes", "objective", "frontier"])
-        return emit(args, data, lines + [f"wrote {', '.join(r['files'].values())} and {sum(1 for p in points if p['plan'])} "
-                                          f"plans under {out}/plans"])
+        return emit(args, data, lines + [f"wrote {', '.join(r['files'].values())} and "
+                                          f"{sum(1 for p in points if p['plan'])} plans under {out}/plans"])
     report = None
     if args.search == "optuna":
         pipe = pipe or pipeline_for(args.model, profile=prof)
@@ -154,8 +156,9 @@ def _solve_arch(args) -> int:
              f"unquantized {format_bytes(r['fp_bytes'])})", ""]
     lines += text_table([[f, format_bytes(u["bytes"]), "fits" if u["fits"] else "-"] for f, u in r["uniform"].items()],
                     ["uniform plan", "size", ""])
-    lines += [""] + text_table([[s["step"], format_bytes(s["bytes"]), "fits" if s["fits"] else "-"] for s in r["role_ladder"]],
-                           ["role-based plan", "size", ""])
+    lines += [""] + text_table([[s["step"], format_bytes(s["bytes"]), "fits" if s["fits"] else "-"]
+                                for s in r["role_ladder"]],
+                               ["role-based plan", "size", ""])
     r["plan"] = None
     if assignment is not None:
         plan = Plan.from_assignment(info, assignment, budget=r["budget"],

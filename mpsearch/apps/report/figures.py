@@ -93,7 +93,7 @@ def heatmap_png(data: ReportData, metric: str) -> bytes:
     fig = _figure(min(width, 22.0), height)
     axes = fig.subplots(1, len(fmt_idx), sharey=True, squeeze=False)[0]
     im = None
-    for ax, f in zip(axes, fmt_idx):
+    for ax, f in zip(axes, fmt_idx, strict=True):
         im = ax.imshow(np.ma.masked_invalid(shown[:, fmt_idx.index(f), :]), aspect="auto", cmap=cmap, norm=norm,
                        interpolation="nearest")
         ax.set_title(data.formats[f], fontsize=10)
@@ -121,7 +121,8 @@ def frontier_png(data: ReportData) -> bytes:
     unit, size = _scale([p["total_bytes"] for p in pts] + [u["total_bytes"] for u in fr["uniform"].values()])
     fig = _figure(7.4, 4.6)
     ax = fig.add_subplot()
-    for (label, curve), style, color in zip(fr["curves"].items(), ("-o", "--o"), ("C0", "C9")):
+    # strict=False: a frontier may have fewer curves than the two styles on offer
+    for (label, curve), style, color in zip(fr["curves"].items(), ("-o", "--o"), ("C0", "C9"), strict=False):
         front = sorted((p for p in curve if p["on_frontier"]), key=lambda p: p["total_bytes"])
         ax.plot([p["total_bytes"] / size for p in front], [p["objective"] for p in front], style, color=color,
                 ms=4, label=f"mpsearch frontier ({label})")
@@ -159,7 +160,7 @@ def network_png(data: ReportData, plans: list[Variant]) -> bytes:
     width = min(max(7.0, 2.5 + 0.14 * n), 28.0)
     fig = _figure(width, 1.0 + 0.32 * len(rows) + (2.4 if n <= 120 else 0.6))
     ax = fig.add_subplot()
-    for r, (label, v) in enumerate(rows):
+    for r, (_label, v) in enumerate(rows):
         if v is None:
             colors = [role_colors[x] for x in data.roles]
         else:

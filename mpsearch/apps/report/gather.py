@@ -12,7 +12,7 @@ import datetime as _dt
 import math
 import os
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -62,8 +62,8 @@ def gather_report(profile=None, plans=(), model=None, *, labels=None, seed: int 
     ``profile``: a Profile or its path (None: no heatmaps, no frontier). ``plans``: plan files or Plan objects.
     ``model``: a pipeline object or a name/folder for ``load_pipeline`` (None: no images). Images use
     ``labels`` (class ids or prompts; None: ``mpsearch.runtime.generation.default_conditions``, held-out built-in
-    prompts for a text-to-image pipeline, else 0..9), one ``seed`` and ``steps`` steps (default: the plans' cache schedule
-    length, else 20). ``points``: budgets of the Pareto sweep. ``uniform_formats``: the uniform baselines
+    prompts for a text-to-image pipeline, else 0..9), one ``seed`` and ``steps`` steps (default: the plans' cache
+    schedule length, else 20). ``points``: budgets of the Pareto sweep. ``uniform_formats``: the uniform baselines
     (default: the profile's formats, or every primary format).
     """
 

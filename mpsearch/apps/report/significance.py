@@ -67,7 +67,7 @@ def verdicts(comparisons: list[dict], *, alpha: float = 0.05) -> list[str]:
     ``"worse"`` or ``"tie"``, Holm-corrected over the list; adds ``p_holm`` to each dict."""
     adj = holm([c["p"] for c in comparisons]) if comparisons else []
     out = []
-    for c, p in zip(comparisons, adj):
+    for c, p in zip(comparisons, adj, strict=True):
         c["p_holm"] = float(p)
         if p < alpha and c["hi"] < 1.0:
             out.append("better")

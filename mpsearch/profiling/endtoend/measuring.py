@@ -3,8 +3,8 @@ transaction.
 
 :func:`quantized` runs chosen layers in a format (with the executor's quantized modules) inside a step window
 only, through removable forward hooks; :func:`measure` generates the full-precision reference once, then each
-unit with the profile's seeds and conditions, scores it (:mod:`~mpsearch.profiling.endtoend.scores`) and writes it to the
-profile file (:mod:`~mpsearch.profiling.endtoend.results`), so a killed run resumes where it stopped.
+unit with the profile's seeds and conditions, scores it (:mod:`~mpsearch.profiling.endtoend.scores`) and writes it to
+the profile file (:mod:`~mpsearch.profiling.endtoend.results`), so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations

@@ -77,4 +77,4 @@ def step_windows(steps: int, count: int) -> list[tuple[int, int]]:
     """``count`` contiguous windows covering ``steps`` steps (fewer when there are fewer steps)."""
     count = max(1, min(int(count), steps))
     edges = np.linspace(0, steps, count + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]

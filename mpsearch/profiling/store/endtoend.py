@@ -62,7 +62,7 @@ class EndToEndWriter:
             self.conn = None
             self._lock.release()
 
-    def __enter__(self) -> "EndToEndWriter":
+    def __enter__(self) -> EndToEndWriter:
         return self
 
     def __exit__(self, *exc) -> None:

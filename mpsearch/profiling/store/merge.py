@@ -127,7 +127,7 @@ def _write(sources: list[Path], paths: list[Path], out: Path, first, latest, tem
         with contextlib.closing(sqlite3.connect(tmp)) as conn:
             with conn:
                 create_tables(conn)
-            for n, (src, p) in enumerate(zip(sources, paths)):
+            for n, (src, p) in enumerate(zip(sources, paths, strict=True)):
                 conn.execute("ATTACH DATABASE ? AS src", (src.resolve().as_uri() + "?mode=ro",))
                 try:
                     _merge_one(conn, p, copy_meta=(n == 0))

@@ -101,8 +101,8 @@ class Profile:
         else:
             fix = f"run `mpsearch profile` again with --out {self.path} and the same options to finish it"
         raise ProfileError(f"{self.path} is a partial profile: {len(self.units)} of {len(self.expected_units)} "
-                           f"units measured (missing unit {listed}); {fix}, or solve from this part with --allow-partial "
-                           "(allow_partial=True)")
+                           f"units measured (missing unit {listed}); {fix}, or solve from this part with "
+                           "--allow-partial (allow_partial=True)")
 
     def metric(self, name: str) -> np.ndarray:
         """(layers, formats, steps) array of a profile metric (``mpsearch.metrics``' registry says how each is

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from mpsearch.errors import UsageError
 from mpsearch.formats.kernel_errors import is_unsupported

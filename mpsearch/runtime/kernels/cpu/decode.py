@@ -138,8 +138,8 @@ def patch_rows(view: torch.Tensor):
 
 
 def nvfp4_patches(x, kernel_size, dilation, padding, stride):
-    """``(patch view, padded input, oh, ow, columns per patch, the patches' amax)`` of a conv with NVFP4 activations, the
-    amax without building the patches; None where the kernels do not take it (columns not in blocks of 16,
+    """``(patch view, padded input, oh, ow, columns per patch, the patches' amax)`` of a conv with NVFP4 activations,
+    the amax without building the patches; None where the kernels do not take it (columns not in blocks of 16,
     nothing to compute)."""
     view, xp, oh, ow = patch_view(x, kernel_size, dilation, padding, stride)
     n, _, _, c, kh, kw = view.shape

@@ -6,7 +6,8 @@ without them (AVX2 only) it is many times *slower*, and the formats' reference p
 the float GEMM, ``formats/int8.py``) is the fast one. So the choice is measured, once per process, on the
 first INT8 call: :func:`int_mm_is_faster` times both on one shape (one short measurement).
 ``MPSEARCH_KERNELS=int8=int_mm|float`` (or :func:`mpsearch.runtime.kernels.select_kernels`) fixes it
-instead. Both paths are bit for bit the reference: the integer product is exact either way and the activation codes and the rescale are the same float32 ops.
+instead. Both paths are bit for bit the reference: the integer product is exact either way and the activation codes and
+the rescale are the same float32 ops.
 
 Convolutions quantize their im2col rows from a channels-last copy of the input, so that the division pass
 reads and writes memory in order (the patch's columns ordered (kh, kw, C) instead of the weight's (C, kh,

@@ -15,8 +15,8 @@ against fp32 (``scripts/bench_exactness.py``). The codes and scales, what the pl
 
 The choice is measured once per process (:func:`bf16_is_faster`: both GEMMs on one shape, briefly);
 ``MPSEARCH_KERNELS=nvfp4=bf16|float`` (or :func:`mpsearch.runtime.kernels.select_kernels`) fixes it. On
-the float path, and for calls this kernel does not take (weight-only NVFP4, where activations are not exact in bfloat16; grad-recording calls;
-other dtypes), :mod:`.decode`'s bit-for-bit kernels or the reference run.
+the float path, and for calls this kernel does not take (weight-only NVFP4, where activations are not exact in bfloat16;
+grad-recording calls; other dtypes), :mod:`.decode`'s bit-for-bit kernels or the reference run.
 """
 
 from __future__ import annotations
