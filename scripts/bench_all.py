@@ -70,18 +70,18 @@ from mpsearch.allocation.objective import build_problem  # noqa: E402
 from mpsearch.allocation.refine import refine  # noqa: E402
 from mpsearch.allocation.solvers import get_solver, min_feasible_bytes  # noqa: E402
 from mpsearch.allocation.solving import solve  # noqa: E402
+from mpsearch.apps.evaluate import evaluate_plan  # noqa: E402
+from mpsearch.apps.evidence import BUDGET_NAMES, PROFILE_SEEDS, SEARCH_SEEDS, SPLITS, evidence_budgets  # noqa: E402
+from mpsearch.apps.profile import ProfileConfig, profile  # noqa: E402
+from mpsearch.apps.report.significance import compare, summary, verdicts  # noqa: E402
 from mpsearch.budget import format_bytes  # noqa: E402
 from mpsearch.cache_units import compute_shares, get_unit  # noqa: E402
 from mpsearch.classifier import load_classifier  # noqa: E402
-from mpsearch.apps.evaluate import evaluate_plan  # noqa: E402
-from mpsearch.apps.evidence import BUDGET_NAMES, PROFILE_SEEDS, SEARCH_SEEDS, SPLITS, evidence_budgets  # noqa: E402
 from mpsearch.models import describe, get_denoiser  # noqa: E402
 from mpsearch.plan import Plan  # noqa: E402
 from mpsearch.profiling.cache_costs import measure_costs  # noqa: E402
 from mpsearch.profiling.store import Profile  # noqa: E402
-from mpsearch.apps.report.significance import compare, summary, verdicts  # noqa: E402
 from mpsearch.runtime.generation import generate_many  # noqa: E402
-from mpsearch.apps.profile import ProfileConfig, profile  # noqa: E402
 
 WARMUP = 2
 SPLITS_MIXDQ = (0.2, 0.35, 0.5, 0.65, 0.8)

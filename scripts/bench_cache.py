@@ -17,19 +17,18 @@ import time
 from pathlib import Path
 
 import torch
-
 from benchdoc import write_section
+
 from mpsearch.allocation.cache_scheduler import ideal_speedup, make_schedule
-from mpsearch.cache_units import get_unit
 from mpsearch.allocation.joint import cache_section
-from mpsearch.profiling.cache_costs import measure_costs
 from mpsearch.apps.evaluate import image_scores
+from mpsearch.apps.pipeline import load_pipeline
+from mpsearch.cache_units import compute_shares, get_unit
+from mpsearch.models import get_denoiser
+from mpsearch.plan import Plan
+from mpsearch.profiling.cache_costs import measure_costs
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.generation import generate_many
-from mpsearch.cache_units import compute_shares
-from mpsearch.models import get_denoiser
-from mpsearch.apps.pipeline import load_pipeline
-from mpsearch.plan import Plan
 
 LABELS = tuple(range(10))
 STEPS = 20

@@ -26,13 +26,13 @@ from benchdoc import write_section  # noqa: E402
 
 import mpsearch  # noqa: E402
 from mpsearch.allocation import decoupled as e2e
-from mpsearch.profiling import endtoend as measured  # noqa: E402
 from mpsearch.allocation.baselines import CONTENT_ROLES, mixdq_measured_plans  # noqa: E402
-from mpsearch.runtime.generation import generate  # noqa: E402
-from mpsearch.profiling.store import Profile  # noqa: E402
-from mpsearch.models import DEFAULT_ROLE_PINS  # noqa: E402
-from mpsearch.allocation.solving import build_problem  # noqa: E402
 from mpsearch.allocation.solvers import min_feasible_bytes  # noqa: E402
+from mpsearch.allocation.solving import build_problem  # noqa: E402
+from mpsearch.models import DEFAULT_ROLE_PINS  # noqa: E402
+from mpsearch.profiling import endtoend as measured  # noqa: E402
+from mpsearch.profiling.store import Profile  # noqa: E402
+from mpsearch.runtime.generation import generate  # noqa: E402
 
 HELD_OUT = (1000,)
 METRICS = ("ssim", "condition", "class_agreement", "psnr", "frechet")

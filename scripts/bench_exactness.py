@@ -12,13 +12,13 @@ import argparse
 import copy
 
 import torch
-
 from benchdoc import write_section
+
+from mpsearch.apps.testing import real_size_pipeline
 from mpsearch.models import describe
 from mpsearch.plan import Plan
 from mpsearch.runtime import kernels
 from mpsearch.runtime.executor import apply_plan
-from mpsearch.apps.testing import real_size_pipeline
 
 
 def main(argv=None) -> None:

@@ -14,14 +14,14 @@ import statistics
 import time
 
 import torch
-
 from benchdoc import write_section
+
 from mpsearch.apps.evaluate import HELD_OUT_SEEDS, image_scores
+from mpsearch.apps.pipeline import load_pipeline
+from mpsearch.models import get_denoiser, measured_bytes
+from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.generation import generate_many
-from mpsearch.models import get_denoiser, measured_bytes
-from mpsearch.apps.pipeline import load_pipeline
-from mpsearch.plan import Plan
 
 LABELS = tuple(range(10))
 

@@ -26,9 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from benchdoc import write_section
+from tqdm import tqdm
 
 
 def _peak_bytes() -> int:
@@ -39,10 +38,10 @@ def child_build(workdir: Path, formats: list[str]) -> dict:
     """The fp pipeline folder with a real-size random SD1.5 UNet, and one uniform plan per format."""
     import torch
 
+    from mpsearch.apps.testing import tiny_sd15
     from mpsearch.archs import build_meta_denoiser
     from mpsearch.models import describe
     from mpsearch.plan import Plan
-    from mpsearch.apps.testing import tiny_sd15
 
     unet = build_meta_denoiser("sd15", "float32").to_empty(device="cpu")
     gen = torch.Generator().manual_seed(0)
@@ -61,8 +60,8 @@ def child_build(workdir: Path, formats: list[str]) -> dict:
 def child_base(workdir: Path) -> dict:
     """Imports and the small components only: the constant cost of any process."""
     import mpsearch  # noqa: F401
-    from mpsearch.runtime import checkpoint  # noqa: F401
     from mpsearch.apps.testing import tiny_sd15
+    from mpsearch.runtime import checkpoint  # noqa: F401
 
     tiny_sd15()
     return {"peak": _peak_bytes()}
@@ -70,8 +69,8 @@ def child_base(workdir: Path) -> dict:
 
 def child_apply(workdir: Path, fmt: str) -> dict:
     """(a) fp load + apply_plan; then, after its peak is read, the export of the same plan."""
-    from mpsearch.models import measured_bytes
     from mpsearch.apps.pipeline import load_pipeline
+    from mpsearch.models import measured_bytes
     from mpsearch.plan import Plan
     from mpsearch.runtime.checkpoint import export
     from mpsearch.runtime.executor import apply_plan
@@ -92,8 +91,8 @@ def child_apply(workdir: Path, fmt: str) -> dict:
 
 def child_load(workdir: Path, fmt: str) -> dict:
     """(b) the exported folder, loaded without full-precision weights."""
-    from mpsearch.models import measured_bytes
     from mpsearch.apps.pipeline import load_pipeline
+    from mpsearch.models import measured_bytes
 
     t0 = time.perf_counter()
     pipe = load_pipeline(workdir / f"q-{fmt}")

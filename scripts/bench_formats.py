@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 import numpy as np
-
 from benchdoc import write_section
+
+from mpsearch.apps.pipeline import load_pipeline
 from mpsearch.formats import get_format
 from mpsearch.metrics import sqnr
 from mpsearch.models import describe, get_denoiser
-from mpsearch.apps.pipeline import load_pipeline
 
 FORMATS = ("int8", "nvfp4", "int4")
 

@@ -35,16 +35,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from benchdoc import write_section
+
 from mpsearch.allocation.solvers import Problem, get_solver
-from mpsearch.models import describe, measured_bytes
 from mpsearch.apps.pipeline import load_pipeline
+from mpsearch.apps.testing import build_tiny_pipeline, real_size_pipeline
+from mpsearch.models import describe, measured_bytes
 from mpsearch.plan import Plan
 from mpsearch.runtime.checkpoint import export
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.kernels import cuda as cuda_kernels
-from mpsearch.apps.testing import build_tiny_pipeline, real_size_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "bench_gpu_results.json"

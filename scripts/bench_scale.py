@@ -27,13 +27,13 @@ import time
 from pathlib import Path
 
 import torch
-
 from benchdoc import machine, write_section
+
+from mpsearch.apps.profile import profile
+from mpsearch.apps.testing import real_size_pipeline
 from mpsearch.models import get_denoiser
 from mpsearch.profiling.profiler import ProfileConfig
 from mpsearch.runtime.generation import generate
-from mpsearch.apps.testing import real_size_pipeline
-from mpsearch.apps.profile import profile
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "bench_scale_results.json"
 FORMATS = ("int8", "nvfp4", "int4")

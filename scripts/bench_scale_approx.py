@@ -19,17 +19,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchdoc import write_section
 from scipy.stats import spearmanr, wilcoxon
 
-from benchdoc import write_section
 from mpsearch.allocation.solving import solve
 from mpsearch.apps.demo import comparison_budgets
 from mpsearch.apps.evaluate import HELD_OUT_SEEDS
-from mpsearch.models import describe
 from mpsearch.apps.pipeline import load_pipeline
+from mpsearch.apps.profile import ProfileConfig, profile
+from mpsearch.models import describe
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.generation import generate_many
-from mpsearch.apps.profile import ProfileConfig, profile
 
 
 def _per_image_mse(pipe, plan, reference) -> np.ndarray:

@@ -18,17 +18,18 @@ from pathlib import Path
 
 from bench_solver import synthetic_problem
 from benchdoc import write_section
-from mpsearch.budget import format_bytes
-from mpsearch.classifier import load_classifier
+
+from mpsearch.allocation.solvers import get_solver
+from mpsearch.allocation.solving import solve
 from mpsearch.apps.demo import comparison_budgets
 from mpsearch.apps.evaluate import evaluate_plan
-from mpsearch.runtime.generation import generate_many
-from mpsearch.models import describe
 from mpsearch.apps.pipeline import load_pipeline
-from mpsearch.plan import Plan
 from mpsearch.apps.profile import ProfileConfig, profile
-from mpsearch.allocation.solving import solve
-from mpsearch.allocation.solvers import get_solver
+from mpsearch.budget import format_bytes
+from mpsearch.classifier import load_classifier
+from mpsearch.models import describe
+from mpsearch.plan import Plan
+from mpsearch.runtime.generation import generate_many
 
 LABELS = tuple(range(10))
 

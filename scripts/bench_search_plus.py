@@ -61,13 +61,13 @@ def synthetic(lines: list[str]) -> None:
 
 def default_dit(lines: list[str], trials: int, budget: str) -> None:
     import mpsearch
-    from mpsearch.classifier import load_classifier
-    from mpsearch.apps.evaluate import evaluate_plan
-    from mpsearch.runtime.generation import generate_many
-    from mpsearch.plan import Plan
-    from mpsearch.apps.profile import profile
     from mpsearch.allocation.refine import refine
     from mpsearch.allocation.solving import build_problem
+    from mpsearch.apps.evaluate import evaluate_plan
+    from mpsearch.apps.profile import profile
+    from mpsearch.classifier import load_classifier
+    from mpsearch.plan import Plan
+    from mpsearch.runtime.generation import generate_many
 
     steps, labels, held_out = 8, tuple(range(10)), (1000, 1001)
     pipe = mpsearch.load_pipeline("default")
@@ -145,13 +145,13 @@ def _latency(lines: list[str], *, budget: str = "60%", bops: str = "50%", steps:
 
     import mpsearch
     from mpsearch.allocation.compute import compute_problem, record_layer_calls
+    from mpsearch.allocation.solving import build_problem
+    from mpsearch.apps.profile import profile
     from mpsearch.errors import InfeasibleError
+    from mpsearch.plan import Plan
+    from mpsearch.profiling.latency import measure_latency
     from mpsearch.runtime.executor import apply_plan
     from mpsearch.runtime.generation import generate
-    from mpsearch.profiling.latency import measure_latency
-    from mpsearch.plan import Plan
-    from mpsearch.apps.profile import profile
-    from mpsearch.allocation.solving import build_problem
 
     labels = tuple(labels)
     pipe = mpsearch.load_pipeline("default")

@@ -17,15 +17,15 @@ median over rounds; each ratio is to fp32 timed in the same rounds). Also: the d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
 
-import contextlib
-
 import torch
-
 from benchdoc import cpu_model, write_section
+
+from mpsearch.apps.testing import real_size_pipeline
 from mpsearch.archs import plan_without_weights
 from mpsearch.models import describe, measured_bytes
 from mpsearch.plan import Plan
@@ -36,7 +36,6 @@ from mpsearch.runtime.kernels.cpu.int8 import int_mm_is_faster
 from mpsearch.runtime.kernels.cpu.loops import jit_enabled
 from mpsearch.runtime.kernels.cpu.nvfp4 import bf16_is_faster
 from mpsearch.runtime.kernels.cpu.workspace import workspace_bytes
-from mpsearch.apps.testing import real_size_pipeline
 
 PROMPT = "a photograph of an astronaut riding a horse"
 SEED = 1234

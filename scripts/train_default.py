@@ -44,8 +44,8 @@ sys.path.insert(0, str(REPO))
 
 from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel, UNet2DModel  # noqa: E402
 
-from mpsearch.classifier import DigitClassifier, load_classifier  # noqa: E402
 from mpsearch.apps.pipeline import DEFAULT_GUIDANCE_SCALE, NULL_CLASS, DigitsPipeline, load_pipeline  # noqa: E402
+from mpsearch.classifier import DigitClassifier, load_classifier  # noqa: E402
 
 ASSETS = REPO / "mpsearch" / "assets"
 DOCS = REPO / "docs"

@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from mpsearch.errors import ModelError, UsageError
 from mpsearch.formats import get_format
 from mpsearch.models import ModelInfo, describe, get_denoiser
+from mpsearch.profiling.sensitivity import CallRecorder
 from mpsearch.runtime.generation import generate
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import first_tensor
-from mpsearch.profiling.sensitivity import CallRecorder
 
 __all__ = ["aq_score", "gradient_scores", "denoising_batches", "autoquantize_scores", "autoquantize_search",
            "autoquantize_select"]
@@ -103,7 +103,7 @@ def gradient_scores(model: torch.nn.Module, batches: Sequence[tuple], modules: S
     finally:
         for h in handles:
             h.remove()
-        for p, flag in zip(params, flags):
+        for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
             p.grad = None
     return scores

@@ -23,16 +23,24 @@ plans; what differs is what each method measures and how it counts bytes:
 
 from __future__ import annotations
 
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from mpsearch.errors import UsageError
+from mpsearch.allocation.autoquantize import (  # noqa: F401
+    aq_score,
+    autoquantize_scores,
+    autoquantize_search,
+    autoquantize_select,
+    denoising_batches,
+    gradient_scores,
+)
 from mpsearch.allocation.formulation import build_problem
 from mpsearch.allocation.solvers import DEFAULT_SOLVER, Problem, get_solver, min_feasible_bytes
+from mpsearch.errors import UsageError
 from mpsearch.formats import get_format
 from mpsearch.metrics import normalize, ssim
 from mpsearch.models import ModelInfo, describe, get_denoiser
@@ -40,10 +48,8 @@ from mpsearch.plan import Plan
 from mpsearch.profiling.sensitivity import CallRecorder, hutchinson
 from mpsearch.profiling.store import Profile
 from mpsearch.runtime.executor import apply_plan
-from mpsearch.runtime.steps import first_tensor
 from mpsearch.runtime.generation import generate, generate_many
-from mpsearch.allocation.autoquantize import (aq_score, autoquantize_scores, autoquantize_search,  # noqa: F401
-                                              autoquantize_select, denoising_batches, gradient_scores)
+from mpsearch.runtime.steps import first_tensor
 
 __all__ = ["NOMINAL_BITS", "nominal_bytes", "output_jacobian_traces", "hawq_traces",
            "hawq_problem", "CONTENT_ROLES", "choose_split", "mixdq_sensitivity", "mixdq_groups",

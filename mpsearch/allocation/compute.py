@@ -22,22 +22,22 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from mpsearch.errors import UsageError
-# measured by the profiling stage; re-exported here, where compute budgets are decided
-from mpsearch.profiling.layer_calls import LayerCalls, record_layer_calls, step_windows
 from mpsearch.allocation.objective import resolve_metric, step_errors
 from mpsearch.allocation.solvers import Constraint, Problem
-from mpsearch.errors import InfeasibleError
+from mpsearch.errors import InfeasibleError, UsageError
 from mpsearch.formats import get_format
-from mpsearch.profiling.latency import LatencyTable
 from mpsearch.models import ModelInfo
+from mpsearch.profiling.latency import LatencyTable
+
+# measured by the profiling stage; re-exported here, where compute budgets are decided
+from mpsearch.profiling.layer_calls import LayerCalls, record_layer_calls, step_windows
 from mpsearch.profiling.store import Profile
 
 __all__ = ["LayerCalls", "ComputeModel", "record_layer_calls", "bit_ops", "compute_problem", "parse_compute",
@@ -123,7 +123,7 @@ class ComputeModel:
         names = self.problem.layer_names
         assignment: dict[str, str] = {}
         per_window: dict[int, dict[str, str]] = {w: {} for w in range(len(self.windows))}
-        for name, c in zip(names, np.asarray(choice)):
+        for name, c in zip(names, np.asarray(choice), strict=True):
             fmt, a16 = self.variants[int(c)]
             assignment[name] = fmt
             for w in sorted(a16):

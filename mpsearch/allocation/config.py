@@ -114,7 +114,7 @@ class SolveConfig:
         """Whether the objective is the decoupled end-to-end one (``profile --end-to-end``)."""
         return self.objective_weights is not None or self.max_damage is not None or bool(self.fp_act_windows)
 
-    def replace(self, **changes: Any) -> "SolveConfig":
+    def replace(self, **changes: Any) -> SolveConfig:
         """A copy with ``changes`` (validated again)."""
         return make_config(self, **changes)
 

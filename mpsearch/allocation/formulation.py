@@ -86,7 +86,7 @@ class Formulation:
     latency: LatencyTable | None = None
     config: SolveConfig | None = None
 
-    def with_budget(self, budget: Budget | str | float | None) -> "Formulation":
+    def with_budget(self, budget: Budget | str | float | None) -> Formulation:
         """The same formulation under another budget (any budget form, bytes, or None for none)."""
         b = None if budget is None else parse_profile_budget(self.profile, budget)
         config = None if self.config is None else self.config.replace(budget=b)

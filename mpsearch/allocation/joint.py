@@ -14,16 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from mpsearch.allocation.cache_scheduler import Schedule, full_computations_for_speedup, ideal_speedup, make_schedule
+from mpsearch.allocation.config import SolveConfig, make_config
+from mpsearch.allocation.defaults import DEFAULT_ROUNDS
+from mpsearch.allocation.formulation import formulate
+from mpsearch.cache_section import validate_cache_section
+from mpsearch.cache_units import CacheUnit, compute_shares, get_unit
 from mpsearch.errors import UsageError
 from mpsearch.models import ModelInfo, get_denoiser
 from mpsearch.plan import Plan
-from mpsearch.allocation.cache_scheduler import Schedule, full_computations_for_speedup, ideal_speedup, make_schedule
-from mpsearch.cache_units import CacheUnit, compute_shares, get_unit
-from mpsearch.allocation.config import SolveConfig, make_config
-from mpsearch.allocation.formulation import formulate
-from mpsearch.cache_section import validate_cache_section
 from mpsearch.profiling.cache_costs import measure_costs
-from mpsearch.allocation.defaults import DEFAULT_ROUNDS
 
 #: SolveConfig fields the joint solve sets itself or does not combine with
 _NOT_JOINT = ("step_weights", "objective_weights", "max_damage", "fp_act_windows", "compute")

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from mpsearch.allocation.solvers import Problem
 from mpsearch.errors import UsageError
 from mpsearch.metrics import get_metric
-from mpsearch.profiling.store import LOCAL_METRICS, Profile
-from mpsearch.allocation.solvers import Problem
 from mpsearch.models import resolve_role_pins
+from mpsearch.profiling.store import LOCAL_METRICS, Profile
 
 __all__ = ["build_problem", "layer_costs", "parse_pins", "resolve_metric", "step_errors"]
 

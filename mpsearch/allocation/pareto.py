@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from mpsearch.errors import InfeasibleError, UsageError
+from mpsearch.allocation.config import SolveConfig
 from mpsearch.allocation.formulation import as_formulation, budget_keywords
 from mpsearch.allocation.solvers import DEFAULT_SOLVER, BaseSolver, Problem, Solution, get_solver, min_feasible_bytes
-from mpsearch.allocation.config import SolveConfig
 from mpsearch.budget import format_bytes, parse_budget
+from mpsearch.errors import InfeasibleError, UsageError
 from mpsearch.io import atomic_write_bytes
 
 __all__ = ["ParetoPoint", "budget_range", "frontier_flags", "pareto", "pareto_budgets", "sweep", "uniform_points",

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mpsearch.allocation.formulation import Formulation, as_formulation
+
 from mpsearch.allocation.config import SolveConfig
+from mpsearch.allocation.formulation import Formulation, as_formulation
 from mpsearch.allocation.solvers import DEFAULT_SOLVER, Problem, get_solver
 from mpsearch.allocation.solvers.optuna_search import OptunaSolver, problem_digest
 from mpsearch.errors import UsageError

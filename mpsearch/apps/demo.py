@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import time
 
-from mpsearch.budget import format_bytes
-from mpsearch.apps.evaluate import HELD_OUT_SEEDS, evaluate_plan
-from mpsearch.runtime.generation import generate_many
-from mpsearch.plan import Plan
-from mpsearch.apps.profile import ProfileConfig, default_profile_path, profile
 from mpsearch.allocation.solving import solve
+from mpsearch.apps.evaluate import HELD_OUT_SEEDS, evaluate_plan
+from mpsearch.apps.pipeline import load_pipeline
+from mpsearch.apps.profile import ProfileConfig, default_profile_path, profile
+from mpsearch.budget import format_bytes
 from mpsearch.classifier import load_classifier
 from mpsearch.models import describe
-from mpsearch.apps.pipeline import load_pipeline
+from mpsearch.plan import Plan
+from mpsearch.runtime.generation import generate_many
 
 
 def comparison_budgets(info) -> dict[str, int]:

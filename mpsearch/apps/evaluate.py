@@ -8,12 +8,12 @@ import time
 import numpy as np
 import torch
 
-from mpsearch.runtime.generation import default_conditions, generate_many
+from mpsearch.apps.evidence import DEV_SEEDS
+from mpsearch.classifier import IMAGE_SIZE, to_tensor
 from mpsearch.metrics import class_agreement, frechet_distance, mse, psnr, ssim
 from mpsearch.models import measured_bytes
-from mpsearch.classifier import IMAGE_SIZE, to_tensor
 from mpsearch.runtime.executor import apply_plan
-from mpsearch.apps.evidence import DEV_SEEDS
+from mpsearch.runtime.generation import default_conditions, generate_many
 
 #: seeds never used for profiling by default (profiling uses 0, 1, ...): development seeds (mpsearch.apps.evidence)
 HELD_OUT_SEEDS = DEV_SEEDS[:2]

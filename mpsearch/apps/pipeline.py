@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 
+from mpsearch.apps.meta_load import meta_denoiser_from_folder
 from mpsearch.errors import ModelError, UsageError
 from mpsearch.formats.kernel_errors import is_out_of_memory
-from mpsearch.apps.meta_load import meta_denoiser_from_folder
 from mpsearch.runtime.checkpoint import (
     is_checkpoint,
     load_quantized,

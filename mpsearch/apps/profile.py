@@ -13,8 +13,7 @@ from mpsearch.allocation.decoupled import run_end_to_end
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.profiling.auto import MAX_TIME, choose_profile, profile_auto, resume_choice, would_probe
 from mpsearch.profiling.distributed import detect_launch, distributed_session, pipeline_device, profile_sharded
-from mpsearch.profiling.profiler import (ProfileConfig, default_profile_path, make_config, model_name,
-                                         profile_local)
+from mpsearch.profiling.profiler import ProfileConfig, default_profile_path, make_config, model_name, profile_local
 from mpsearch.profiling.prompting import calibration_config
 from mpsearch.profiling.store import Profile, stored_config
 

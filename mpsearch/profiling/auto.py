@@ -45,7 +45,7 @@ import torch
 
 from mpsearch.errors import ResourceError, UsageError
 from mpsearch.models import get_denoiser
-from mpsearch.profiling.estimate import PeakRSS, rss_bytes, estimate_profile
+from mpsearch.profiling.estimate import PeakRSS, estimate_profile, rss_bytes
 from mpsearch.profiling.profiler import ProfileConfig, UnitProbe, profile_local
 from mpsearch.profiling.sensitivity import replayed_steps
 from mpsearch.profiling.store import Profile

@@ -41,14 +41,14 @@ import contextlib
 import numpy as np
 import torch
 
-from mpsearch.errors import ProfileError, UsageError
-from mpsearch.prompts import builtin_prompts
-from mpsearch.runtime.generation import generate, takes_prompts
-from mpsearch.models import get_denoiser
-from mpsearch.runtime.cache_hooks import FeatureCacheConfig, apply_feature_cache
 from mpsearch.cache_units import CacheUnit
+from mpsearch.errors import ProfileError, UsageError
+from mpsearch.models import get_denoiser
 from mpsearch.plan import Plan
+from mpsearch.prompts import builtin_prompts
+from mpsearch.runtime.cache_hooks import FeatureCacheConfig, apply_feature_cache
 from mpsearch.runtime.executor import apply_plan
+from mpsearch.runtime.generation import generate, takes_prompts
 from mpsearch.runtime.steps import first_tensor
 
 #: a short measuring run: a few conditions, one seed (profiling seeds, never the held-out 1000+)

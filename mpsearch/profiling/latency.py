@@ -30,8 +30,8 @@ import torch
 
 from mpsearch.errors import MpsearchError, UsageError
 from mpsearch.formats import available_formats, get_format
-from mpsearch.offload import has_offloaded_weights, model_offload_hook
 from mpsearch.models import describe, get_denoiser
+from mpsearch.offload import has_offloaded_weights, model_offload_hook
 from mpsearch.runtime.executor import applied_plan
 from mpsearch.runtime.generation import generate, takes_prompts
 from mpsearch.runtime.qmodules import quantized_module

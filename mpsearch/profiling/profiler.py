@@ -23,14 +23,14 @@ from tqdm.auto import tqdm
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.formats import Format, Packed, available_formats, get_format
 from mpsearch.formats.base import abs_max, all_finite
-from mpsearch.runtime.generation import generate
 from mpsearch.models import check_finite_weights, describe, get_denoiser, weights_digest
 from mpsearch.offload import loaded_tensors, materialized, offload_aware_replay
 from mpsearch.plan import versions
+from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
 from mpsearch.profiling.store import Profile, ProfileWriter, resumable_units, stored_weights, writer_lock
+from mpsearch.runtime.generation import generate
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import first_tensor
-from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
 
 #: the largest seed a profile takes (32-bit, as the command line's --seeds)
 MAX_SEED = 2**32 - 1

@@ -25,8 +25,7 @@ import torch.utils.checkpoint
 from diffusers.hooks import HookRegistry, ModelHook
 
 from mpsearch.errors import ProfileError, UsageError
-from mpsearch.runtime.steps import (acquire_step_state, first_tensor, register_hook, release_step_state,
-                                   unregister_hook)
+from mpsearch.runtime.steps import acquire_step_state, first_tensor, register_hook, release_step_state, unregister_hook
 
 __all__ = ["CallRecorder", "block_checkpointing", "hutchinson", "output_sensitivity"]
 

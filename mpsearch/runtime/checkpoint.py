@@ -40,9 +40,20 @@ from mpsearch.models import describe, get_denoiser, measured_bytes
 from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.install import install
-from mpsearch.runtime.manifest import (FORMAT_VERSION, MANIFEST, REEXPORT, CheckpointError, LayerRecord, Manifest,
-                                       check_files, inside, read_manifest, read_verified, record_files,
-                                       verify_files)
+from mpsearch.runtime.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    REEXPORT,
+    CheckpointError,
+    LayerRecord,
+    Manifest,
+    check_files,
+    inside,
+    read_manifest,
+    read_verified,
+    record_files,
+    verify_files,
+)
 from mpsearch.runtime.tensorfile import dtype_name, read_tensors
 
 TENSORS = "mpsearch-packed.safetensors"

@@ -7,8 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mpsearch.allocation.autoquantize import (aq_score, autoquantize_search, autoquantize_select,
-                                              gradient_scores)
+from mpsearch.allocation.autoquantize import aq_score, autoquantize_search, autoquantize_select, gradient_scores
 from mpsearch.allocation.baselines import mixdq_groups
 from mpsearch.formats import get_format
 from mpsearch.runtime.qmodules import quantized_module
@@ -34,7 +33,7 @@ def _brute(model, batches):
         for li, name in enumerate(("a", "b")):
             mod = getattr(model, name)
             keep = {}
-            h = mod.register_forward_hook(lambda m, i, o: keep.update(x=i[0].detach(), y=o))
+            h = mod.register_forward_hook(lambda m, i, o: keep.update(x=i[0].detach(), y=o))  # noqa: B023 (used in this iteration)
             with torch.enable_grad():
                 xx = x.clone().requires_grad_(True)  # puts every layer's output on the graph
                 loss = F.mse_loss(model(xx), target)
@@ -70,7 +69,7 @@ def test_aq_score_clamps_like_modelopt():
 
 def test_search_matches_enumeration():
     rng = np.random.default_rng(0)
-    for trial in range(5):
+    for _trial in range(5):
         scores = rng.random((4, 3)) * np.array([0.0, 1.0, 3.0])
         scores[rng.integers(0, 4), 2] = np.inf  # one ineligible format
         costs = np.tile([16.0, 8.0, 4.0], (4, 1)) * rng.integers(1, 4, size=(4, 1))

@@ -3,15 +3,22 @@
 import numpy as np
 import pytest
 import torch
-
-from mpsearch.allocation.baselines import (CONTENT_ROLES, choose_split, hawq_problem, hawq_traces, mixdq_measured_plans,
-                                nominal_bytes, output_jacobian_traces, record_denoiser_calls)
-from mpsearch.errors import UsageError
-from mpsearch.formats import get_format
-from mpsearch.apps.profile import profile
-from mpsearch.allocation.objective import build_problem
 from conftest import Tiny  # a two-layer MLP whose Jacobians are worked out by hand
 
+from mpsearch.allocation.baselines import (
+    CONTENT_ROLES,
+    choose_split,
+    hawq_problem,
+    hawq_traces,
+    mixdq_measured_plans,
+    nominal_bytes,
+    output_jacobian_traces,
+    record_denoiser_calls,
+)
+from mpsearch.allocation.objective import build_problem
+from mpsearch.apps.profile import profile
+from mpsearch.errors import UsageError
+from mpsearch.formats import get_format
 
 
 def _exact_traces(model, x):

@@ -5,9 +5,18 @@ import itertools
 import numpy as np
 import pytest
 
-from mpsearch.allocation.cache_scheduler import (ScheduleProblem, full_computations_for_speedup, ideal_speedup,
-                                                 is_feasible, make_schedule, schedule_bruteforce, schedule_dp,
-                                                 schedule_error, schedule_threshold, schedule_uniform)
+from mpsearch.allocation.cache_scheduler import (
+    ScheduleProblem,
+    full_computations_for_speedup,
+    ideal_speedup,
+    is_feasible,
+    make_schedule,
+    schedule_bruteforce,
+    schedule_dp,
+    schedule_error,
+    schedule_threshold,
+    schedule_uniform,
+)
 from mpsearch.errors import InfeasibleError, UsageError
 
 

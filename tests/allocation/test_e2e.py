@@ -9,9 +9,9 @@ import pytest
 
 import mpsearch
 from mpsearch.allocation import decoupled as e2e
-from mpsearch.profiling import endtoend as measured
 from mpsearch.apps.cli import main
 from mpsearch.errors import ProfileError, UsageError
+from mpsearch.profiling import endtoend as measured
 from mpsearch.profiling.store import Profile
 
 SMALL = dict(labels=(0, 1, 2), seeds=(0,), steps=4, progress=False)

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 import mpsearch
-from mpsearch.apps import cli
 from mpsearch.allocation import formulation as formulation_mod
 from mpsearch.allocation.formulation import Formulation, formulate
 from mpsearch.allocation.joint import solve_joint
 from mpsearch.allocation.pareto import pareto
 from mpsearch.allocation.solvers import CbcSolver, HighsSolver, get_solver
+from mpsearch.apps import cli
 from mpsearch.apps.cli.parser import build_parser
-from mpsearch.errors import ProfileError, UsageError
-from mpsearch.plan import Plan
 from mpsearch.apps.profile import profile
+from mpsearch.errors import UsageError
+from mpsearch.plan import Plan
 
 SAME = ("solver", "metric", "tie", "pins", "role_pins", "step_weights", "profile_digest", "profile_config")
 

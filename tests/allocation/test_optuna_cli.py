@@ -36,8 +36,8 @@ def _refine_with_scores(dit_pipe, tmp_path, monkeypatch, validation_favours_pick
 
     import mpsearch.allocation.refine as refine_mod
     from mpsearch.allocation.formulation import build_problem
-    from mpsearch.apps.profile import profile
     from mpsearch.allocation.solvers import get_solver
+    from mpsearch.apps.profile import profile
 
     prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=2, seeds=(0,), labels=(1,), progress=False)
     problem = build_problem(prof, int(0.45 * prof.info.fp_bytes), role_pins={})
@@ -107,10 +107,10 @@ def test_evaluation_objective_per_image_scores_average_to_the_totals(dit_pipe, t
     from mpsearch.allocation.formulation import build_problem
     from mpsearch.allocation.refine import evaluation_objective
     from mpsearch.allocation.solvers import get_solver
+    from mpsearch.apps.profile import profile
     from mpsearch.metrics import ssim
     from mpsearch.runtime.executor import apply_plan
     from mpsearch.runtime.generation import generate
-    from mpsearch.apps.profile import profile
 
     prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=2, seeds=(0,), labels=(1,), progress=False)
     problem = build_problem(prof, int(0.45 * prof.info.fp_bytes), role_pins={})

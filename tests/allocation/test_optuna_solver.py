@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpsearch.errors import UsageError
 from mpsearch.allocation.solvers import NoSolutionFoundError, Problem, get_solver, min_feasible_bytes
+from mpsearch.errors import UsageError
 
 
 def _problem(n=6, budget_share=0.5):

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from mpsearch.errors import UsageError
 from mpsearch.allocation.pareto import budget_range, pareto_budgets, sweep, uniform_points
 from mpsearch.allocation.solvers import Problem, get_solver, min_feasible_bytes
+from mpsearch.errors import UsageError
 
 
 def _problem():
@@ -47,13 +47,13 @@ def test_sweep_matches_solving_each_budget_and_marks_the_frontier():
 
 
 def test_cli_sweep_and_compute_on_a_tiny_profile(dit_pipe, tmp_path, monkeypatch, capsys):
-    from mpsearch.apps import cli
     from mpsearch.allocation.compute import compute_problem, record_layer_calls
+    from mpsearch.allocation.solving import build_problem
+    from mpsearch.apps import cli
+    from mpsearch.apps.profile import profile
+    from mpsearch.plan import Plan
     from mpsearch.runtime.executor import apply_plan
     from mpsearch.runtime.generation import generate
-    from mpsearch.plan import Plan
-    from mpsearch.apps.profile import profile
-    from mpsearch.allocation.solving import build_problem
 
     prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=4, seeds=(0,), labels=(1, 2), progress=False)
     calls = record_layer_calls(dit_pipe, prof.info, steps=4, windows=2, formats=prof.formats[1:])

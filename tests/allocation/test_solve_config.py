@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 import mpsearch
-from mpsearch.apps import cli
 from mpsearch.allocation.formulation import formulate
 from mpsearch.allocation.joint import solve_joint
 from mpsearch.allocation.pareto import pareto
+from mpsearch.apps import cli
+from mpsearch.apps.profile import profile
 from mpsearch.errors import BudgetError, MpsearchError, ProfileError, UsageError
 from mpsearch.plan import Plan
-from mpsearch.apps.profile import profile
 
 
 @pytest.fixture

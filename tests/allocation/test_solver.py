@@ -8,7 +8,6 @@ independently of ``check_assignment``, so that a bug there cannot hide a bug in 
 from __future__ import annotations
 
 import functools
-import math
 import time
 
 import numpy as np
@@ -16,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mpsearch.errors import InfeasibleError, UsageError
 from mpsearch.allocation.solvers import (
     BaseSolver,
     Constraint,
@@ -30,6 +28,7 @@ from mpsearch.allocation.solvers import (
     get_solver,
     min_feasible_bytes,
 )
+from mpsearch.errors import InfeasibleError, UsageError
 
 INF = np.inf
 REL = 1e-9
@@ -128,7 +127,7 @@ def _max_bytes(problem: Problem) -> int:
     return problem.fixed_bytes + int(hi)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def oracle(seed: int, budget: str = "random", extra: str = "random") -> tuple[float | None, int | None]:
     """(objective, None) from brute force, or (None, min_bytes) when it proves the problem infeasible."""
     try:

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from mpsearch.archs import arch_report, available_archs, build_meta_denoiser, describe_arch, plan_without_weights
 from mpsearch.apps.cli import main
+from mpsearch.archs import arch_report, available_archs, build_meta_denoiser, describe_arch, plan_without_weights
 from mpsearch.models import DEFAULT_ROLE_PINS, Role, describe, resolve_role_pins
 
 pytest.importorskip("transformers")

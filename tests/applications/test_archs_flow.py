@@ -71,10 +71,10 @@ def test_profile_solve_generate(arch, tiny_dirs, capsys, tmp_path, monkeypatch):
 
 def test_apply_and_remove_bit_for_bit_on_flux(tiny_dirs):
     from mpsearch import apply_plan
-    from mpsearch.runtime.generation import generate
-    from mpsearch.models import describe
     from mpsearch.apps.pipeline import load_pipeline
+    from mpsearch.models import describe
     from mpsearch.plan import Plan
+    from mpsearch.runtime.generation import generate
 
     pipe = load_pipeline(tiny_dirs["flux"])
     before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
@@ -91,8 +91,8 @@ def test_apply_and_remove_bit_for_bit_on_flux(tiny_dirs):
 @pytest.mark.parametrize("guidance,batch", [(1.0, 2), (2.0, 4)])
 def test_classifier_free_guidance_reaches_the_denoiser(tiny_dirs, guidance, batch):
     """With guidance > 1 the denoiser sees one batch [uncond, cond]: the profiler's hooks measure both halves."""
-    from mpsearch.runtime.generation import generate
     from mpsearch.apps.pipeline import load_pipeline
+    from mpsearch.runtime.generation import generate
 
     pipe = load_pipeline(tiny_dirs["pixart-sigma"])
     seen = []

@@ -10,23 +10,21 @@ import math
 import re
 import shutil
 import sqlite3
-import sys
 
 import pytest
 import torch
 import yaml
+from conftest import _scheduler, tiny_dit
 
 import mpsearch
 from mpsearch.apps.cli import main
-from mpsearch.errors import MpsearchError, UsageError
-from mpsearch.runtime.executor import apply_plan
-from mpsearch.models import describe, get_denoiser
 from mpsearch.apps.pipeline import load_pipeline
+from mpsearch.apps.profile import ProfileConfig, profile
+from mpsearch.errors import MpsearchError, UsageError
+from mpsearch.models import get_denoiser
 from mpsearch.plan import Plan
 from mpsearch.profiling.store import Profile
-from mpsearch.apps.profile import ProfileConfig, profile
-
-from conftest import tiny_dit, _scheduler
+from mpsearch.runtime.executor import apply_plan
 
 # a fix is an instruction: each message must contain one of these after naming the problem
 # (or lists the valid choices)

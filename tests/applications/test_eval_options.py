@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from cli_helpers import run
 
-from mpsearch.classifier import load_classifier
 from mpsearch.apps.evaluate import image_scores
+from mpsearch.classifier import load_classifier
 
 
 def test_eval_passes_size_to_generation(capsys, tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpsearch.apps.evidence import DEV_SEEDS, PROFILE_SEEDS, SEARCH_SEEDS, SPLITS, TEST_SEEDS
+from mpsearch.apps.evidence import SPLITS, TEST_SEEDS
 from mpsearch.apps.report.significance import compare, holm, summary, verdicts
 
 ROOT = Path(__file__).resolve().parents[2]

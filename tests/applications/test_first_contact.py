@@ -59,8 +59,8 @@ def test_first_contact_from_the_cli(capsys, tmp_path, monkeypatch):
 
 def test_exported_images_equal_apply_plan_bit_for_bit(tmp_path):
     """The float images (before PNG rounding) of the export and of apply_plan, for a plan with every format."""
-    from mpsearch.models import describe
     from mpsearch.apps.pipeline import load_pipeline
+    from mpsearch.models import describe
     from mpsearch.plan import Plan
     from mpsearch.runtime.checkpoint import export
     from mpsearch.runtime.executor import apply_plan

@@ -25,9 +25,9 @@ from conftest import _scheduler, tiny_dit
 
 import mpsearch
 from mpsearch.apps.pipeline import load_pipeline
+from mpsearch.apps.profile import profile
 from mpsearch.plan import Plan
 from mpsearch.runtime.checkpoint import MANIFEST, export
-from mpsearch.apps.profile import profile
 
 ASSETS = Path(mpsearch.__file__).parent / "assets"
 GEN = ["--labels", "0", "--steps", "1", "--seed", "0"]

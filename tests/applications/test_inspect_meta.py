@@ -6,11 +6,11 @@ import json
 import pytest
 
 from mpsearch.apps.cli import main
-from mpsearch.models import describe
 from mpsearch.apps.pipeline import load_meta_denoiser, load_pipeline
+from mpsearch.apps.testing import build_tiny_pipeline
+from mpsearch.models import describe
 from mpsearch.plan import Plan
 from mpsearch.runtime.checkpoint import export
-from mpsearch.apps.testing import build_tiny_pipeline
 
 
 def inspect_json(capsys, model) -> dict:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from mpsearch.apps.pipeline import NULL_CLASS, DigitsPipeline, load_pipeline
 from mpsearch.classifier import DigitClassifier, load_classifier, to_tensor
 from mpsearch.errors import ModelError, UsageError
-from mpsearch.apps.pipeline import NULL_CLASS, DigitsPipeline, load_pipeline
 
 LABELS = [0, 3, 7, 9]
 

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sqlite3
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-
-from mpsearch.errors import MpsearchError, PlanError, ProfileError
-from mpsearch.apps.pipeline import DigitsPipeline, load_pipeline
-from mpsearch.plan import Plan
-from mpsearch.profiling.store import Profile, ProfileWriter
-from mpsearch.apps.profile import profile
-
 from conftest import _scheduler, tiny_dit
+
+from mpsearch.apps.pipeline import DigitsPipeline, load_pipeline
+from mpsearch.apps.profile import profile
+from mpsearch.errors import MpsearchError, PlanError, ProfileError
+from mpsearch.plan import Plan
+from mpsearch.profiling.store import Profile
 
 ROOT = Path(__file__).resolve().parents[2]
 SENTINEL = "mpsearch_sentinel_never_import"

@@ -20,11 +20,11 @@ def tiny(tmp_path_factory):
     from conftest import _scheduler, tiny_dit
 
     import mpsearch
+    from mpsearch.apps.pipeline import DigitsPipeline
+    from mpsearch.apps.profile import profile
     from mpsearch.cache_units import cache_units
     from mpsearch.models import get_denoiser
-    from mpsearch.apps.pipeline import DigitsPipeline
     from mpsearch.plan import Plan
-    from mpsearch.apps.profile import profile
 
     root = tmp_path_factory.mktemp("report")
     pipe = DigitsPipeline(scheduler=_scheduler(), transformer=tiny_dit())

@@ -870,7 +870,7 @@ def test_nvfp4_fake_quantize_is_encode_then_decode(seed, amax):
 def test_e2m1_rounding_by_magic_constant_is_the_code_grid():
     # every 97th float32 bit pattern in [0, 8], the ties, and magnitudes far above the grid: the same values
     # as encoding to the nearest code (ties to the even code) and decoding
-    from mpsearch.formats.nvfp4 import E2M1_GRID, round_e2m1, e2m1_codes
+    from mpsearch.formats.nvfp4 import E2M1_GRID, e2m1_codes, round_e2m1
 
     y = torch.cat((torch.arange(0, 0x41000000, 97, dtype=torch.int32).view(torch.float32),
                    torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, 7.0, 8.0, 1e30, 3.4e38, 1e-45])))

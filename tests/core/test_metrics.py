@@ -5,8 +5,18 @@ import pytest
 import torch
 
 from mpsearch.errors import UsageError
-from mpsearch.metrics import (available_metrics, class_agreement, cosine, frechet_distance, get_metric, mse, psnr,
-                              rel_mse, sqnr, ssim)
+from mpsearch.metrics import (
+    available_metrics,
+    class_agreement,
+    cosine,
+    frechet_distance,
+    get_metric,
+    mse,
+    psnr,
+    rel_mse,
+    sqnr,
+    ssim,
+)
 
 
 def test_layer_metrics_by_hand():

@@ -1,8 +1,7 @@
+from conftest import tiny_dit, tiny_unet
 from torch import nn
 
 from mpsearch.models import Role, classify_role, describe, measured_bytes
-
-from conftest import tiny_dit, tiny_unet
 
 
 class Hand(nn.Module):

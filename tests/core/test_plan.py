@@ -1,11 +1,10 @@
 import pytest
 import yaml
+from conftest import tiny_dit, tiny_unet
 
 from mpsearch.errors import PlanError
 from mpsearch.models import describe
 from mpsearch.plan import Plan
-
-from conftest import tiny_dit, tiny_unet
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import pytest
 import yaml
+from conftest import tiny_dit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,8 +18,6 @@ from mpsearch.formats import available_formats
 from mpsearch.io import dump_yaml
 from mpsearch.models import describe
 from mpsearch.plan import Plan
-
-from conftest import tiny_dit
 
 UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
          "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}

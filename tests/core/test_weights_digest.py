@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import mpsearch
+from mpsearch.apps.profile import profile
 from mpsearch.errors import ModelError
 from mpsearch.models import describe, get_denoiser, same_weights, weights_digest
 from mpsearch.profiling.store import stored_weights
-from mpsearch.apps.profile import profile
 
 
 def _single_stream(pipe, h=None, prefix: str = "sha256") -> str:
@@ -83,7 +83,7 @@ def test_a_profile_and_plan_recorded_in_a_retired_scheme_are_one_error(dit_pipe,
 
     out = tmp_path / "p.sqlite"
     kw = dict(steps=1, seeds=(0, 1), labels=(1,), progress=False)
-    prof = profile(dit_pipe, out=out, shard=(0, 2), **kw)  # one of two units
+    profile(dit_pipe, out=out, shard=(0, 2), **kw)  # one of two units
     old = _single_stream(dit_pipe)  # as an earlier development version recorded it
     with sqlite3.connect(out) as conn:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'weights'", (json.dumps(old),))

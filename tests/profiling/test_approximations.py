@@ -10,9 +10,9 @@ import torch
 from scipy.stats import spearmanr
 
 from mpsearch.apps.cli import main
+from mpsearch.apps.profile import ProfileConfig, profile
 from mpsearch.errors import UsageError
 from mpsearch.profiling.sensitivity import output_sensitivity, replayed_steps
-from mpsearch.apps.profile import ProfileConfig, profile
 
 BASE = dict(labels=(0, 1, 2), seeds=(0,), steps=3, formats=("int8", "nvfp4"))
 
@@ -142,7 +142,7 @@ def test_a_share_checkpoints_that_share_of_the_block_calls_evenly_spread():
         hit = []
         real = torch.utils.checkpoint.checkpoint
         try:
-            torch.utils.checkpoint.checkpoint = lambda f, *a, **k: hit.append(len(calls)) or f(*a)
+            torch.utils.checkpoint.checkpoint = lambda f, *a, **k: hit.append(len(calls)) or f(*a)  # noqa: B023 (this iteration)
             calls = []
             for _ in range(8):
                 calls.append(fn(lambda v: v + 1, 1))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from mpsearch.apps.cli import main
+from mpsearch.apps.profile import ProfileConfig, profile
 from mpsearch.errors import ResourceError, UsageError
 from mpsearch.profiling import auto
 from mpsearch.profiling.store import stored_config
-from mpsearch.apps.profile import ProfileConfig, profile
 
 BASE = {"labels": (0, 1), "seeds": (0,), "steps": 3, "formats": ("int8", "nvfp4")}
 GB = 10**9

@@ -7,11 +7,11 @@ from scipy.stats import spearmanr
 
 from mpsearch.allocation.cache_scheduler import make_schedule, schedule_error
 from mpsearch.cache_units import get_unit
-from mpsearch.runtime.cache_hooks import FeatureCacheConfig, apply_feature_cache
-from mpsearch.profiling.cache_costs import measure_costs, measure_segment_errors, segment_increments
 from mpsearch.errors import UsageError
-from mpsearch.runtime.generation import generate
 from mpsearch.models import get_denoiser
+from mpsearch.profiling.cache_costs import measure_costs, measure_segment_errors, segment_increments
+from mpsearch.runtime.cache_hooks import FeatureCacheConfig, apply_feature_cache
+from mpsearch.runtime.generation import generate
 
 S = 8
 LABELS = (1, 4)

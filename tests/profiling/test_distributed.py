@@ -162,7 +162,7 @@ def test_two_processes_equal_one_then_fail_and_resume(reference, tmp_path):
     # 2. rank 1 fails while measuring: both ranks stop with a one-line error, rank 0 naming rank 1; no merged
     # file; rank 0's finished unit stays in its shard file
     failed = tmp_path / "b" / "p.sqlite"
-    for r, res in ((0, rank0[1]), (1, rank1[1])):
+    for _r, res in ((0, rank0[1]), (1, rank1[1])):
         assert res["code"] == 1 and res["out"] == "" and res["err"].count("\n") == 1, res
         assert "injected failure while measuring" in res["err"]
     assert "rank 1 of 2 failed: injected failure" in rank0[1]["err"]

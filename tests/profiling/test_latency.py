@@ -14,14 +14,14 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
-
 from conftest import _scheduler, tiny_dit
+
+from mpsearch.apps.pipeline import DigitsPipeline
+from mpsearch.apps.profile import profile
 from mpsearch.errors import InfeasibleError, ProfileError, UsageError
 from mpsearch.formats import get_format
 from mpsearch.profiling.latency import LatencyTable, measure_latency
-from mpsearch.apps.pipeline import DigitsPipeline
 from mpsearch.profiling.store import Profile, merge_profiles, write_latency
-from mpsearch.apps.profile import profile
 
 MIN_TIME = 1e-4  # seconds per timing: the structure is under test, not the numbers
 

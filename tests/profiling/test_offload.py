@@ -12,18 +12,24 @@ import pytest
 import torch
 from accelerate import cpu_offload, cpu_offload_with_hook
 from accelerate.hooks import remove_hook_from_module
-
 from conftest import _scheduler, tiny_dit, tiny_unet  # noqa: F401 (tiny_unet: the gpu device-map test)
+
+from mpsearch.allocation.solving import solve
+from mpsearch.apps.pipeline import DigitsPipeline
+from mpsearch.apps.profile import profile
 from mpsearch.errors import PlanError, UsageError
 from mpsearch.models import get_denoiser, weights_digest
-from mpsearch.offload import (execution_device, has_offloaded_weights, loaded_tensors, materialized,
-                              model_offload_hook, offloads_weights)
-from mpsearch.apps.pipeline import DigitsPipeline
+from mpsearch.offload import (
+    execution_device,
+    has_offloaded_weights,
+    loaded_tensors,
+    materialized,
+    model_offload_hook,
+    offloads_weights,
+)
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.generation import generate
 from mpsearch.runtime.steps import acquire_step_state, release_step_state
-from mpsearch.allocation.solving import solve
-from mpsearch.apps.profile import profile
 
 # two units: under model offload diffusers re-installs its hooks between them
 OPTIONS = dict(labels=(1,), seeds=(0, 1), steps=2, progress=False)

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from mpsearch.apps.profile import ProfileConfig, profile
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.formats import get_format
 from mpsearch.profiling.store import Profile
-from mpsearch.apps.profile import ProfileConfig, profile
 
 
 class HandDenoiser(nn.Module):

@@ -17,13 +17,12 @@ import time
 
 import numpy as np
 import pytest
+from conftest import _scheduler, tiny_dit, tiny_unet
 
 from mpsearch.apps.cli import main
 from mpsearch.apps.pipeline import DigitsPipeline
-from mpsearch.profiling.store import Profile, merge_profiles
 from mpsearch.apps.profile import profile
-
-from conftest import _scheduler, tiny_dit, tiny_unet
+from mpsearch.profiling.store import Profile, merge_profiles
 
 SEEDS = "0,1,2,3,4,5"
 ARGS = ["--steps", "3", "--seeds", SEEDS, "--labels", "0,1", "--formats", "int8,nvfp4,int4"]

@@ -6,15 +6,14 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
-
-import mpsearch
-from mpsearch.errors import ProfileError
-from mpsearch.allocation.formulation import layer_costs, resolve_metric
-from mpsearch.profiling.store import Profile, merge_profiles
-from mpsearch.apps.profile import profile
-from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
 from conftest import Tiny  # a two-layer MLP whose Jacobians are worked out by hand
 
+import mpsearch
+from mpsearch.allocation.formulation import layer_costs, resolve_metric
+from mpsearch.apps.profile import profile
+from mpsearch.errors import ProfileError
+from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
+from mpsearch.profiling.store import Profile, merge_profiles
 
 
 def test_scalar_output_is_exact():

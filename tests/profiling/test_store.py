@@ -21,8 +21,17 @@ import pytest
 
 from mpsearch.errors import ProfileError
 from mpsearch.models import LayerInfo, ModelInfo, Role
-from mpsearch.profiling.store import (SCHEMA, Profile, ProfileBusyError, ProfileWriter, lock_path, merge_profiles,
-                                      migrate_v1, resumable_units, writer_lock)
+from mpsearch.profiling.store import (
+    SCHEMA,
+    Profile,
+    ProfileBusyError,
+    ProfileWriter,
+    lock_path,
+    merge_profiles,
+    migrate_v1,
+    resumable_units,
+    writer_lock,
+)
 from mpsearch.profiling.store import files as store_files
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from mpsearch.cache_units import cache_units, compute_shares, get_unit
-from mpsearch.runtime.cache_hooks import HOOK_STEP, FeatureCacheConfig, apply_feature_cache
 from mpsearch.allocation.joint import schedule_cache
-from mpsearch.profiling.cache_costs import measure_costs
+from mpsearch.cache_units import cache_units, compute_shares, get_unit
 from mpsearch.errors import PlanError
-from mpsearch.runtime.executor import apply_plan
-from mpsearch.runtime.generation import generate
 from mpsearch.models import get_denoiser
 from mpsearch.plan import Plan
+from mpsearch.profiling.cache_costs import measure_costs
+from mpsearch.runtime.cache_hooks import HOOK_STEP, FeatureCacheConfig, apply_feature_cache
+from mpsearch.runtime.executor import apply_plan
+from mpsearch.runtime.generation import generate
 
 STEPS = 4
 

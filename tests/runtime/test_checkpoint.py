@@ -12,11 +12,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import mpsearch
-from mpsearch.cache_units import get_unit
 from mpsearch.apps.cli import main
+from mpsearch.apps.pipeline import load_pipeline
+from mpsearch.cache_units import get_unit
 from mpsearch.errors import PlanError
 from mpsearch.models import describe, get_denoiser, measured_bytes
-from mpsearch.apps.pipeline import load_pipeline
 from mpsearch.plan import Plan
 from mpsearch.runtime import checkpoint
 from mpsearch.runtime.checkpoint import MANIFEST, CheckpointError, export, load_denoiser

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from mpsearch.apps.cli import main
-from mpsearch.io import atomic_write_bytes, staging_folder
 from mpsearch.apps.pipeline import load_pipeline
+from mpsearch.io import atomic_write_bytes, staging_folder
 from mpsearch.plan import Plan
 from mpsearch.runtime import checkpoint
 from mpsearch.runtime.checkpoint import MANIFEST, CheckpointError, export
@@ -252,8 +252,8 @@ def test_exported_folders_plans_and_files_get_the_umask(umask, tmp_path):
 
 
 def test_merged_profiles_get_the_umask(umask, dit_pipe, tmp_path):
-    from mpsearch.profiling.store import merge_profiles
     from mpsearch.apps.profile import profile
+    from mpsearch.profiling.store import merge_profiles
 
     shards = [tmp_path / f"s{i}.sqlite" for i in range(2)]
     for i, s in enumerate(shards):

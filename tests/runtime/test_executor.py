@@ -4,11 +4,11 @@ import torch
 from torch import nn
 
 from mpsearch.errors import PlanError
-from mpsearch.runtime.executor import apply_plan
 from mpsearch.formats import get_format
-from mpsearch.runtime.generation import generate
 from mpsearch.models import describe, get_denoiser, measured_bytes
 from mpsearch.plan import Plan
+from mpsearch.runtime.executor import apply_plan
+from mpsearch.runtime.generation import generate
 from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 
 

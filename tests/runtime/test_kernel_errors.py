@@ -149,7 +149,8 @@ def test_cuda_int4_and_nvfp4_kernels_propagate_real_failures(monkeypatch, failur
 
 
 def test_speed_probe_propagates_real_failures_and_rates_a_missing_kernel_slower():
-    ref = lambda: None
+    def ref():
+        return None
     with pytest.raises(torch.OutOfMemoryError):
         choice.faster_than(_raising(_oom), ref)
     with pytest.raises(RuntimeError, match="illegal memory access"):
@@ -206,8 +207,8 @@ def test_apply_plan_lets_out_of_memory_through(dit_pipe, monkeypatch, failure):
 def test_load_pipeline_lets_out_of_memory_through(monkeypatch):
     import diffusers
 
-    from mpsearch.errors import ModelError
     from mpsearch.apps.pipeline import DigitsPipeline, load_pipeline
+    from mpsearch.errors import ModelError
 
     for cls in (DigitsPipeline, diffusers.DiffusionPipeline):
         monkeypatch.setattr(cls, "from_pretrained", classmethod(lambda cls, *a, **k: (_ for _ in ()).throw(_oom())))

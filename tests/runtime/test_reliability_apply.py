@@ -9,19 +9,18 @@ import tempfile
 import pytest
 import torch
 import yaml
+from conftest import _scheduler, tiny_dit
 
 import mpsearch
+from mpsearch.apps.cli import main
+from mpsearch.apps.pipeline import DigitsPipeline
+from mpsearch.apps.profile import profile
+from mpsearch.errors import PlanError
+from mpsearch.models import describe, get_denoiser, weights_digest
+from mpsearch.plan import Plan
 from mpsearch.runtime import executor
 from mpsearch.runtime import install as install_mod
-from mpsearch.apps.cli import main
-from mpsearch.errors import PlanError
 from mpsearch.runtime.executor import apply_plan
-from mpsearch.models import describe, get_denoiser, weights_digest
-from mpsearch.apps.pipeline import DigitsPipeline
-from mpsearch.plan import Plan
-from mpsearch.apps.profile import profile
-
-from conftest import _scheduler, tiny_dit
 
 
 def _snapshot(pipe):

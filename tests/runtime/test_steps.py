@@ -15,8 +15,14 @@ from mpsearch.runtime.cache_hooks import HOOK_STEP, FeatureCacheConfig, apply_fe
 from mpsearch.runtime.executor import applied_plan, apply_plan
 from mpsearch.runtime.generation import generate
 from mpsearch.runtime.qmodules import _QuantMixin, quantized_module, register_qmodule, unregister_qmodule
-from mpsearch.runtime.steps import (HOOK_NAME, FixedStep, acquire_step_state, current_step_state, first_tensor,
-                                    release_step_state)
+from mpsearch.runtime.steps import (
+    HOOK_NAME,
+    FixedStep,
+    acquire_step_state,
+    current_step_state,
+    first_tensor,
+    release_step_state,
+)
 
 
 class Den(nn.Module):

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
 import torchao  # noqa: F401  (a test dependency: fail, never skip, when it is missing)
+from conftest import tiny_dit
 from torchao.prototype.mx_formats.inference_workflow import NVFP4WeightOnlyConfig
 from torchao.prototype.mx_formats.nvfp4_tensor import NVFP4Tensor, per_tensor_amax_to_scale
 from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
@@ -25,7 +25,6 @@ from mpsearch.formats.nvfp4 import E2M1_GRID, nvfp4_encode
 from mpsearch.plan import Plan
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.torchao_interop import TORCHAO_FORMATS, to_torchao
-from conftest import tiny_dit
 
 
 def _linear(out=64, inp=256, seed=0, scale=1.0, dtype=torch.float32):

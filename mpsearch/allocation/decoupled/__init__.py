@@ -28,8 +28,14 @@ with it: ``selection`` (the shortlist and window units), ``run`` (the cheap tier
 agreement), ``costs`` (the decoupled objective).
 """
 
-from mpsearch.allocation.decoupled.costs import (activation_overrides, calibrate, combine, e2e_costs, parse_weights,
-                                                 window_step_weights)
+from mpsearch.allocation.decoupled.costs import (
+                                                 activation_overrides,
+                                                 calibrate,
+                                                 combine,
+                                                 e2e_costs,
+                                                 parse_weights,
+                                                 window_step_weights,
+)
 from mpsearch.allocation.decoupled.run import run_end_to_end, spearman
 from mpsearch.allocation.decoupled.selection import budget_sweep, shortlist, window_units
 

@@ -9,17 +9,18 @@ activation overrides (:func:`activation_overrides`). :func:`e2e_costs` is what `
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from mpsearch.allocation.objective import layer_costs, resolve_metric
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.formats import get_format
 from mpsearch.metrics import get_metric
-from mpsearch.allocation.objective import layer_costs, resolve_metric
-from mpsearch.profiling.store import Profile
 from mpsearch.profiling.endtoend.results import E2EResults, load_results
 from mpsearch.profiling.endtoend.scores import METRIC_KIND, OBJECTIVE_METRICS
+from mpsearch.profiling.store import Profile
 
 __all__ = ["activation_overrides", "calibrate", "e2e_costs", "parse_weights", "window_step_weights"]
 

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from mpsearch.errors import ProfileError, UsageError
+from mpsearch.allocation.decoupled.selection import shortlist, window_units
 from mpsearch.allocation.objective import layer_costs
-from mpsearch.profiling.store import Profile
+from mpsearch.errors import ProfileError, UsageError
 from mpsearch.profiling.endtoend.measuring import measure
 from mpsearch.profiling.endtoend.results import E2EResults, load_results
-from mpsearch.allocation.decoupled.selection import shortlist, window_units
 from mpsearch.profiling.endtoend.units import exhaustive_units, layer_units, step_windows
+from mpsearch.profiling.store import Profile
 
 __all__ = ["run_end_to_end", "spearman"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from mpsearch.allocation.objective import build_problem
-from mpsearch.profiling.store import Profile
-from mpsearch.profiling.endtoend.units import Unit, step_windows
 from mpsearch.allocation.solvers import get_solver, min_feasible_bytes
+from mpsearch.profiling.endtoend.units import Unit, step_windows
+from mpsearch.profiling.store import Profile
 
 __all__ = ["budget_sweep", "shortlist", "window_units"]
 

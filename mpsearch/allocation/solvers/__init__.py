@@ -20,20 +20,20 @@ resource_tables), ``solution`` (Solution), ``base`` (BaseSolver and the solver e
 the two ILP backends share).
 """
 
-from mpsearch.budget import format_bytes
 from mpsearch.allocation.solvers.base import BaseSolver, NoSolutionFoundError, SolverError
-from mpsearch.allocation.solvers.feasibility import check_assignment, min_feasible_bytes
-from mpsearch.allocation.solvers.problem import Constraint, Decisions, Problem
-from mpsearch.allocation.solvers.registry import DEFAULT_SOLVER, available_solvers, get_solver, register_solver
-from mpsearch.allocation.solvers.solution import Solution
 
 # Importing the solver modules registers them.
 from mpsearch.allocation.solvers.bruteforce import BruteForceSolver
+from mpsearch.allocation.solvers.feasibility import check_assignment, min_feasible_bytes
 from mpsearch.allocation.solvers.greedy import GreedySolver
 from mpsearch.allocation.solvers.ilp_highs import HighsSolver
 from mpsearch.allocation.solvers.ilp_pulp import PulpCbcSolver
 from mpsearch.allocation.solvers.optuna_search import OptunaSolver
+from mpsearch.allocation.solvers.problem import Constraint, Decisions, Problem
 from mpsearch.allocation.solvers.randomized import RandomSolver
+from mpsearch.allocation.solvers.registry import DEFAULT_SOLVER, available_solvers, get_solver, register_solver
+from mpsearch.allocation.solvers.solution import Solution
+from mpsearch.budget import format_bytes
 
 #: the ``"cbc"`` solver (CBC through PuLP): ``solve(..., solver=CbcSolver(time_limit=5))``
 CbcSolver = PulpCbcSolver

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpsearch.errors import UsageError
 from mpsearch.allocation.solvers.base import BaseSolver, SolverError
 from mpsearch.allocation.solvers.feasibility import extra_tolerance, min_feasible_bytes
 from mpsearch.allocation.solvers.problem import Problem
+from mpsearch.errors import UsageError
 
 _MAX_TIGHTENINGS = 4
 

@@ -15,16 +15,16 @@ import time
 
 import numpy as np
 
-from mpsearch.budget import format_bytes  # one formatter for every size message
-from mpsearch.errors import InfeasibleError, MpsearchError, UsageError
 from mpsearch.allocation.solvers.feasibility import (  # noqa: F401  (re-exported for callers of mpsearch.allocation.solvers.base)
-    extra_tolerance,
     check_assignment,
+    extra_tolerance,
     min_feasible_bytes,
     resource_tables,
 )
 from mpsearch.allocation.solvers.problem import Constraint, Decisions, Problem  # noqa: F401  (re-exported)
 from mpsearch.allocation.solvers.solution import Solution
+from mpsearch.budget import format_bytes  # one formatter for every size message
+from mpsearch.errors import InfeasibleError, MpsearchError, UsageError
 
 __all__ = [
     "BaseSolver",

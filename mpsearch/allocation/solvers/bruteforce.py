@@ -11,11 +11,11 @@ import math
 
 import numpy as np
 
-from mpsearch.errors import UsageError
 from mpsearch.allocation.solvers.base import BaseSolver, SolverError
 from mpsearch.allocation.solvers.feasibility import extra_tolerance
 from mpsearch.allocation.solvers.problem import Problem
 from mpsearch.allocation.solvers.registry import register_solver
+from mpsearch.errors import UsageError
 
 _CHUNK = 1 << 16
 

@@ -10,10 +10,10 @@ import warnings
 
 import numpy as np
 
-from mpsearch.errors import OptionalDependencyError
 from mpsearch.allocation.solvers._ilp import IlpBackend, LinearModel, RunResult
 from mpsearch.allocation.solvers.base import SolverError
 from mpsearch.allocation.solvers.registry import register_solver
+from mpsearch.errors import OptionalDependencyError
 
 # HiGHS options that scipy.optimize.milp does not list but passes through verbatim (with a warning):
 # without mip_abs_gap=0, HiGHS stops 1e-6 short of proven optimality in absolute objective terms.

@@ -11,10 +11,10 @@ import warnings
 
 import numpy as np
 
-from mpsearch.errors import OptionalDependencyError
 from mpsearch.allocation.solvers._ilp import IlpBackend, LinearModel, RunResult
 from mpsearch.allocation.solvers.base import SolverError
 from mpsearch.allocation.solvers.registry import register_solver
+from mpsearch.errors import OptionalDependencyError
 
 
 def _import_pulp():

@@ -30,21 +30,20 @@ Status "feasible" (no optimality proof). Deterministic for a given ``seed`` when
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import contextlib
 import hashlib
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
-from mpsearch.errors import InfeasibleError, OptionalDependencyError, UsageError
 from mpsearch.allocation.solvers.base import BaseSolver, NoSolutionFoundError
 from mpsearch.allocation.solvers.feasibility import extra_tolerance, min_feasible_bytes
 from mpsearch.allocation.solvers.problem import Problem
 from mpsearch.allocation.solvers.registry import DEFAULT_SOLVER, get_solver, register_solver
+from mpsearch.errors import InfeasibleError, OptionalDependencyError, UsageError
 
 SAMPLERS = ("nsga2", "tpe")
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpsearch.errors import UsageError
 from mpsearch.allocation.solvers.base import BaseSolver, NoSolutionFoundError
 from mpsearch.allocation.solvers.feasibility import resource_tables
 from mpsearch.allocation.solvers.problem import Problem
 from mpsearch.allocation.solvers.registry import register_solver
+from mpsearch.errors import UsageError
 
 
 @register_solver

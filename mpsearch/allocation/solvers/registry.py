@@ -8,12 +8,12 @@ names or options when one is wrong.
 from __future__ import annotations
 
 import inspect
-from typing import TypeVar
 from collections.abc import Callable
+from typing import TypeVar
 
 from mpsearch.allocation.defaults import DEFAULT_SOLVER
-from mpsearch.errors import UsageError
 from mpsearch.allocation.solvers.base import BaseSolver
+from mpsearch.errors import UsageError
 
 __all__ = ["DEFAULT_SOLVER", "available_solvers", "get_solver", "register_solver"]
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpsearch.errors import UsageError
 from mpsearch.allocation.solvers.problem import Problem, frozen
+from mpsearch.errors import UsageError
 
 __all__ = ["Solution"]
 

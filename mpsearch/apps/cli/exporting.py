@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from mpsearch.apps import pipeline
-from mpsearch.budget import format_bytes
 from mpsearch.apps.cli.common import emit
+from mpsearch.budget import format_bytes
 from mpsearch.plan import Plan
 from mpsearch.runtime.checkpoint import export, read_manifest
 

@@ -6,16 +6,15 @@ import contextlib
 import time
 from pathlib import Path
 
+from mpsearch.apps import pipeline
 from mpsearch.apps.cli.common import condition_list, emit, text_table
-from mpsearch.apps.cli.solving import cache_unit_rows
 from mpsearch.apps.cli.model_source import pipeline_for
+from mpsearch.apps.cli.solving import cache_unit_rows
 from mpsearch.archs import arch_report
 from mpsearch.budget import format_bytes
 from mpsearch.formats import available_formats
 from mpsearch.io import atomic_write_bytes
 from mpsearch.models import describe, measured_bytes
-from mpsearch.apps import pipeline
-
 from mpsearch.plan import Plan
 from mpsearch.runtime.executor import apply_plan
 from mpsearch.runtime.generation import generate

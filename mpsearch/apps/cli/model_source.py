@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mpsearch.apps import pipeline
 from mpsearch.errors import ModelError
 from mpsearch.models import describe
-from mpsearch.apps import pipeline
 
 __all__ = ["model_for", "pipeline_for"]
 

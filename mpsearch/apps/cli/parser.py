@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from mpsearch.allocation.defaults import DEFAULT_ROUNDS, DEFAULT_SOLVER, SOLVER_NAMES
+from mpsearch.apps.cli.arguments import Parser, generations, int_list, prompts_arg, seed_list, shard, share, str_list
+from mpsearch.apps.cli.commands import (
+    cmd_demo,
+    cmd_eval,
+    cmd_export,
+    cmd_generate,
+    cmd_inspect,
+    cmd_profile,
+    cmd_profile_merge,
+    cmd_report,
+    cmd_solve,
+)
 from mpsearch.version import __version__
-from mpsearch.apps.cli.arguments import Parser, int_list, prompts_arg, generations, seed_list, shard, share, str_list
-from mpsearch.apps.cli.commands import (cmd_demo, cmd_eval, cmd_export, cmd_generate, cmd_inspect, cmd_profile,
-                                   cmd_profile_merge, cmd_report, cmd_solve)
-from mpsearch.allocation.defaults import DEFAULT_ROUNDS
-
-from mpsearch.allocation.defaults import DEFAULT_SOLVER, SOLVER_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:

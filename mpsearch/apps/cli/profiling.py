@@ -6,11 +6,10 @@ import sys
 import time
 from pathlib import Path
 
-from mpsearch.errors import UsageError
-from mpsearch.apps.cli.common import emit
-from mpsearch.prompts import choose_prompts
 from mpsearch.apps import pipeline
-
+from mpsearch.apps.cli.common import emit
+from mpsearch.apps.profile import default_profile_path, profile
+from mpsearch.errors import UsageError
 from mpsearch.profiling.auto import parse_max_memory
 from mpsearch.profiling.distributed import detect_launch, distributed_session, launch_device
 from mpsearch.profiling.estimate import estimate_profile
@@ -18,8 +17,7 @@ from mpsearch.profiling.latency import measure_latency
 from mpsearch.profiling.profiler import ProfileConfig
 from mpsearch.profiling.prompting import calibration_config
 from mpsearch.profiling.store import merge_profiles, stored_config, write_latency
-from mpsearch.apps.profile import default_profile_path, profile
-
+from mpsearch.prompts import choose_prompts
 
 _PROFILE_DEFAULTS = {"formats": ["int8", "nvfp4", "int4"], "steps": 20, "labels": list(range(10)), "seeds": [0, 1]}
 

@@ -6,13 +6,13 @@ import sys
 
 from mpsearch.apps.cli.common import condition_list, emit
 from mpsearch.apps.cli.model_source import model_for, pipeline_for
-from mpsearch.classifier import load_classifier
 from mpsearch.apps.demo import run_demo
 from mpsearch.apps.evaluate import evaluate_plan
+from mpsearch.apps.report import report
+from mpsearch.classifier import load_classifier
 from mpsearch.plan import Plan
 from mpsearch.profiling.profiler import default_profile_path
 from mpsearch.profiling.store import Profile
-from mpsearch.apps.report import report
 
 
 def cmd_eval(args) -> int:

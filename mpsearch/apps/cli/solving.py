@@ -5,22 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mpsearch.errors import UsageError
-from mpsearch.apps.cli.common import budget_slug, emit, text_table
 from mpsearch.allocation.config import SolveConfig
 from mpsearch.allocation.formulation import check_compute, formulate
 from mpsearch.allocation.joint import solve_joint
 from mpsearch.allocation.pareto import pareto
 from mpsearch.allocation.refine import default_storage, refine
+from mpsearch.apps.cli.common import budget_slug, emit, text_table
+from mpsearch.apps.cli.model_source import pipeline_for
 from mpsearch.archs import plan_without_weights
 from mpsearch.budget import format_bytes, parse_budget
 from mpsearch.cache_units import cache_units, compute_shares
+from mpsearch.errors import UsageError
 from mpsearch.models import Role, get_denoiser
-
 from mpsearch.plan import Plan
 from mpsearch.profiling.profiler import default_profile_path
 from mpsearch.profiling.store import Profile
-from mpsearch.apps.cli.model_source import pipeline_for
 
 
 def parse_role_pins(spec):

@@ -11,19 +11,19 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
-from mpsearch.errors import PlanError, ProfileError, UsageError
-from mpsearch.apps.report.data import ReportData, Variant
 from mpsearch.allocation.formulation import build_problem, resolve_metric
 from mpsearch.allocation.pareto import pareto
 from mpsearch.apps.evaluate import image_scores
+from mpsearch.apps.pipeline import load_pipeline
+from mpsearch.apps.report.data import ReportData, Variant
+from mpsearch.errors import PlanError, ProfileError, UsageError
 from mpsearch.formats import available_formats
 from mpsearch.models import describe, measured_bytes
-from mpsearch.apps.pipeline import load_pipeline
 from mpsearch.plan import Plan
 from mpsearch.profiling.store import LOCAL_METRICS, Profile
 from mpsearch.prompts import builtin_prompts

@@ -11,10 +11,10 @@ import json
 import shutil
 from pathlib import Path
 
-from mpsearch.errors import MpsearchError, UsageError
 from mpsearch.apps.report.data import ReportData
 from mpsearch.apps.report.figures import cache_png, frontier_png, grid_png, heatmap_png, network_png
 from mpsearch.apps.report.page import render_page
+from mpsearch.errors import MpsearchError, UsageError
 from mpsearch.io import atomic_write_bytes, replace_folder, staging_folder
 
 __all__ = ["render_report"]

@@ -19,13 +19,13 @@ import torch
 
 from mpsearch.errors import UsageError
 from mpsearch.formats import get_format
-from mpsearch.runtime.generation import generate
 from mpsearch.models import get_denoiser
-from mpsearch.profiling.store import EndToEndWriter, Profile
-from mpsearch.runtime.qmodules import quantized_module
-from mpsearch.runtime.steps import step_state
 from mpsearch.profiling.endtoend.scores import default_scorers, score_images
 from mpsearch.profiling.endtoend.units import FP_UNIT
+from mpsearch.profiling.store import EndToEndWriter, Profile
+from mpsearch.runtime.generation import generate
+from mpsearch.runtime.qmodules import quantized_module
+from mpsearch.runtime.steps import step_state
 
 __all__ = ["measure", "quantized"]
 

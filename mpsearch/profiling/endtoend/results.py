@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from mpsearch.errors import ProfileError
-from mpsearch.profiling.store import read_end_to_end
 from mpsearch.profiling.endtoend.scores import METRIC_KIND, damage
+from mpsearch.profiling.store import read_end_to_end
 
 __all__ = ["E2EResults", "load_results"]
 

@@ -14,9 +14,9 @@ import warnings
 import numpy as np
 import torch
 
+from mpsearch.classifier import load_classifier, to_tensor
 from mpsearch.errors import UsageError
 from mpsearch.metrics import end_to_end_metrics, frechet_distance, get_metric, psnr, sqnr, ssim
-from mpsearch.classifier import load_classifier, to_tensor
 
 __all__ = ["METRIC_KIND", "OBJECTIVE_METRICS", "damage", "default_scorers", "score_images"]
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from mpsearch.formats import Packed, get_format
-from mpsearch.formats.int4 import Int4
 from mpsearch.formats.base import abs_max
+from mpsearch.formats.int4 import Int4
 from mpsearch.formats.nvfp4 import BLOCK, SIGNED_GRID, nvfp4_fake_quantize
 from mpsearch.formats.packing import decode_words_into
 from mpsearch.formats.patches import patch_amax, patch_view

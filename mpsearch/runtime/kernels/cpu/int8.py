@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from mpsearch.formats.base import amin_amax
-from mpsearch.formats.patches import patch_amax
 from mpsearch.formats.int8 import INT32_SAFE_K, int8_matmul, quantize_with_scales, rescale, row_scales
 from mpsearch.formats.kernel_errors import is_unsupported
+from mpsearch.formats.patches import patch_amax
 from mpsearch.runtime.kernels import register_kernel
 from mpsearch.runtime.kernels.choice import PathChoice, faster_than
 from mpsearch.runtime.kernels.cpu.workspace import reusable, rows_per_block, scratch
+
 
 def _measure() -> bool:
     g = torch.Generator().manual_seed(0)

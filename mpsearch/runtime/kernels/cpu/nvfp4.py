@@ -25,7 +25,7 @@ import torch
 
 from mpsearch.formats import Packed
 from mpsearch.formats.base import abs_max
-from mpsearch.formats.nvfp4 import BLOCK, E2M1_MAX, E4M3_MAX, round_e2m1, block_scales
+from mpsearch.formats.nvfp4 import BLOCK, E2M1_MAX, E4M3_MAX, block_scales, round_e2m1
 from mpsearch.runtime.kernels import register_kernel
 from mpsearch.runtime.kernels.choice import PathChoice, faster_than
 from mpsearch.runtime.kernels.cpu import decode, loops

@@ -37,8 +37,14 @@ from mpsearch.formats.nvfp4 import nvfp4_encode
 from mpsearch.formats.packing import pack_nibbles
 from mpsearch.formats.patches import patch_amax, patch_view
 from mpsearch.runtime.kernels import LayoutCache, register_kernel
-from mpsearch.runtime.kernels.cuda.layouts import (TINYGEMM_GROUPS, as_fp4x2, inner_k_tiles, swap_nibbles,
-                                              tinygemm_scales_and_zeros, to_blocked)
+from mpsearch.runtime.kernels.cuda.layouts import (
+    TINYGEMM_GROUPS,
+    as_fp4x2,
+    inner_k_tiles,
+    swap_nibbles,
+    tinygemm_scales_and_zeros,
+    to_blocked,
+)
 
 # (kernel name, device) pairs whose op said once that it has no kernel there (formats.kernel_errors.is_unsupported):
 # the reference runs from then on. Any other error (out of memory included) propagates and turns nothing off.
