@@ -40,7 +40,9 @@ import mpsearch.apps.cli.exporting, mpsearch.apps.cli.inspecting, mpsearch.apps.
 import mpsearch.apps.cli.results, mpsearch.apps.cli.solving  # noqa: E401
 if {deadline}:
     signal.alarm({deadline})  # SIGALRM ends the process (exit -14) when the command runs past the deadline
-sys.exit(main(sys.argv[1:]))
+code = main(sys.argv[1:])
+signal.alarm(0)  # the command is done: the interpreter's shutdown (torch, numba threads) is not timed
+sys.exit(code)
 """
 
 
