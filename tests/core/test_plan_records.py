@@ -72,6 +72,16 @@ def test_the_cache_section_is_a_record(info):
 _LAYER = describe(tiny_dit()).names[0]
 
 
+def _refused_in_one_line(data: dict, match: str, tmp_path) -> None:
+    """``data`` is refused, in one line matching ``match``, from Python and from a file."""
+    with pytest.raises(PlanError, match=match) as e:
+        Plan.from_dict(data)
+    assert "\n" not in str(e.value)
+    (tmp_path / "p.yaml").write_text(dump_yaml(data))
+    with pytest.raises(PlanError, match=match):
+        Plan.load(tmp_path / "p.yaml")
+
+
 @pytest.mark.parametrize("edit,match", [
     (lambda d: d["predictions"].update(bytes=-1), "predictions.bytes"),
     (lambda d: d["predictions"].update(bytes=10**40), "predictions.bytes"),
@@ -89,16 +99,6 @@ _LAYER = describe(tiny_dit()).names[0]
                                "unit": {"name": "r", "kind": "transformer-residual",
                                         "modules": ["transformer_blocks.0"]}}), "predicted_error"),
 ])
-def _refused_in_one_line(data: dict, match: str, tmp_path) -> None:
-    """``data`` is refused, in one line matching ``match``, from Python and from a file."""
-    with pytest.raises(PlanError, match=match) as e:
-        Plan.from_dict(data)
-    assert "\n" not in str(e.value)
-    (tmp_path / "p.yaml").write_text(dump_yaml(data))
-    with pytest.raises(PlanError, match=match):
-        Plan.load(tmp_path / "p.yaml")
-
-
 def test_absurd_numbers_are_one_line_errors(info, tmp_path, edit, match):
     data = _plan(info).to_dict()
     edit(data)
