@@ -40,8 +40,8 @@ from mpsearch.profiling.profiler import ProfileConfig
 from mpsearch.profiling.sensitivity import replayed_steps
 from mpsearch.runtime.generation import generate
 
-__all__ = ["APPROXIMATIONS", "EXACT_PARAMS", "MAX_TIME", "MEMORY_FACTOR", "AutoChoice", "choose_profile",
-           "parse_max_memory", "resume_choice", "would_probe"]
+__all__ = ["APPROXIMATIONS", "EXACT_PARAMS", "MAX_TIME", "MEMORY_FACTOR", "AutoChoice", "checked_settings",
+           "choose_profile", "parse_max_memory", "resume_choice", "would_probe"]
 
 #: below this many denoiser parameters the auto mode profiles exactly, without probing
 EXACT_PARAMS = 100_000_000
@@ -52,6 +52,13 @@ MEMORY_FACTOR = 1.25
 #: the settings the auto mode chooses (the others are the caller's)
 APPROXIMATIONS = ("sample", "replay_steps", "replay_batch", "replay_rows", "replay_checkpoint")
 _SAMPLE, _REPLAY_STEPS, _SHARES = 64, (5, 4, 3, 2, 1), (0.0, 0.5, 1.0)
+
+
+def checked_settings() -> list[dict]:
+    """The approximations the auto mode may choose on a probed model, least first, as ProfileConfig fields
+    (``replay_checkpoint`` left out: it changes no number). scripts/bench_scale_approx.py --auto checks each."""
+    return [{"sample": _SAMPLE, "replay_batch": 1, "replay_steps": k, "replay_rows": r}
+            for k in _REPLAY_STEPS for r in (None, 1)]
 
 
 @dataclass(frozen=True)
