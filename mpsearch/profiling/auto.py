@@ -51,14 +51,17 @@ MAX_TIME = 3.0
 MEMORY_FACTOR = 1.25
 #: the settings the auto mode chooses (the others are the caller's)
 APPROXIMATIONS = ("sample", "replay_steps", "replay_batch", "replay_rows", "replay_checkpoint")
-_SAMPLE, _REPLAY_STEPS, _SHARES = 64, (5, 4, 3, 2, 1), (0.0, 0.5, 1.0)
+_SAMPLE, _SHARES = 64, (0.0, 0.5, 1.0)
+#: the replays the auto mode may choose on a probed model, least approximation first: (replayed steps, replayed
+#: rows, None = every row), each with sample=64 and replay_batch=1 -- only those whose decisions were checked
+#: (docs/benchmarks.md, section auto-mode-decisions: scripts/bench_scale_approx.py --auto)
+_CHECKED = ((5, None), (5, 1), (4, None), (4, 1), (3, None), (3, 1), (2, None), (2, 1), (1, None), (1, 1))
 
 
 def checked_settings() -> list[dict]:
     """The approximations the auto mode may choose on a probed model, least first, as ProfileConfig fields
     (``replay_checkpoint`` left out: it changes no number). scripts/bench_scale_approx.py --auto checks each."""
-    return [{"sample": _SAMPLE, "replay_batch": 1, "replay_steps": k, "replay_rows": r}
-            for k in _REPLAY_STEPS for r in (None, 1)]
+    return [{"sample": _SAMPLE, "replay_batch": 1, "replay_steps": k, "replay_rows": r} for k, r in _CHECKED]
 
 
 @dataclass(frozen=True)
@@ -297,10 +300,14 @@ def choose_profile(pipe, config: ProfileConfig, *, max_time: float = MAX_TIME, m
         return _Candidate(k, rows, share, seconds, int(peak), n * replay)
 
     ks: list[int] = [int(config.replay_steps or steps)] if "replay_steps" in fixed else \
-        sorted({min(k, steps) for k in _REPLAY_STEPS}, reverse=True)
+        sorted({min(k, steps) for k, _ in _CHECKED}, reverse=True)
     row_opts = [config.replay_rows] if "replay_rows" in fixed else [None, 1]
+    if "replay_steps" in fixed or "replay_rows" in fixed:  # the caller's setting x the other field's options
+        pairs = [(k, r) for k in ks for r in row_opts]
+    else:  # only the checked settings, least approximation first (a step count above ``steps`` replays them all)
+        pairs = list(dict.fromkeys((min(s["replay_steps"], steps), s["replay_rows"]) for s in checked_settings()))
     shares = [fixed_share] if fixed_share is not None else ([s for s in _SHARES] if p1 else [0.0])
-    ladder = [predict(k, r, s) for k in ks for r in row_opts for s in shares]
+    ladder = [predict(k, r, s) for k, r in pairs for s in shares]
     t_cap = max_time * gen["seconds"]
     targets = f"within {max_time:g}x a generation and {cap_text}"
     chosen = next((c for c in ladder if c.seconds <= t_cap and c.peak <= cap_eff), None)
@@ -313,7 +320,7 @@ def choose_profile(pipe, config: ProfileConfig, *, max_time: float = MAX_TIME, m
             fits = [c for c in ladder if c.peak <= free]
             if not fits:
                 # the least approximation that would fit, the given replay settings kept where they can be
-                every = [predict(k, r, s) for k in ks for r in row_opts for s in (_SHARES if p1 else (0.0,))]
+                every = [predict(k, r, s) for k, r in pairs for s in (_SHARES if p1 else (0.0,))]
                 ok = [c for c in every if c.peak <= free]
                 hint = (f"these fit: {_flags(ok[0])} ({_gb(ok[0].peak)})" if ok else
                         "no checked setting fits: free memory, or profile fewer conditions per unit or a smaller --size")

@@ -228,3 +228,29 @@ def test_a_foreign_out_file_is_still_the_writers_one_line_error(dit_pipe, tmp_pa
     with pytest.raises(ProfileError, match="p.sqlite"):
         profile(dit_pipe, out=out, progress=False, **BASE)
     assert out.read_bytes() == b"not a database" * 100
+
+
+def test_every_choice_is_a_checked_setting(dit_pipe, monkeypatch):
+    # the ladder is auto.checked_settings() (what scripts/bench_scale_approx.py --auto checks against exact),
+    # least approximation first: the loosest target takes the first, nothing within the target the fastest
+    _simulate(monkeypatch, gen=20.0)
+    cfg = ProfileConfig(**dict(BASE, steps=20))
+    checked = auto.checked_settings()
+    assert checked[0] == {"sample": 64, "replay_batch": 1, "replay_steps": 5, "replay_rows": None}
+    chosen = []
+    for t in (100, 3, 1.5, 1.4, 1.3, 1.25, 1.2, 1.15, 1.1, 1.08, 0.5):
+        c = auto.choose_profile(dit_pipe, cfg, max_time=t).config
+        chosen.append({k: getattr(c, k) for k in checked[0]})
+    assert all(c in checked for c in chosen), chosen
+    assert chosen[0] == checked[0] and chosen[-1] == checked[-1]
+
+
+def test_a_setting_taken_off_the_checked_list_is_never_chosen(dit_pipe, monkeypatch):
+    # a setting that failed the check (docs/benchmarks.md, auto-mode-decisions) leaves the list, and the ladder
+    _simulate(monkeypatch, gen=20.0)
+    cfg = ProfileConfig(**dict(BASE, steps=20))
+    assert auto.choose_profile(dit_pipe, cfg, max_time=1.08).config.replay_rows == 1
+    monkeypatch.setattr(auto, "_CHECKED", tuple(s for s in auto._CHECKED if s[1] is None))
+    assert all(s["replay_rows"] is None for s in auto.checked_settings())
+    c = auto.choose_profile(dit_pipe, cfg, max_time=1.08).config
+    assert (c.replay_steps, c.replay_rows) == (1, None)
