@@ -301,8 +301,8 @@ def choose_profile(pipe, config: ProfileConfig, *, max_time: float = MAX_TIME, m
 
     ks: list[int] = [int(config.replay_steps or steps)] if "replay_steps" in fixed else \
         sorted({min(k, steps) for k, _ in _CHECKED}, reverse=True)
-    row_opts = [config.replay_rows] if "replay_rows" in fixed else [None, 1]
-    if "replay_steps" in fixed or "replay_rows" in fixed:  # the caller's setting x the other field's options
+    row_opts = [config.replay_rows] if "replay_rows" in fixed else list(dict.fromkeys(r for _, r in _CHECKED))
+    if "replay_steps" in fixed or "replay_rows" in fixed:  # the caller's setting x the other's checked values
         pairs = [(k, r) for k in ks for r in row_opts]
     else:  # only the checked settings, least approximation first (a step count above ``steps`` replays them all)
         pairs = list(dict.fromkeys((min(s["replay_steps"], steps), s["replay_rows"]) for s in checked_settings()))

@@ -249,8 +249,12 @@ def test_a_setting_taken_off_the_checked_list_is_never_chosen(dit_pipe, monkeypa
     # a setting that failed the check (docs/benchmarks.md, auto-mode-decisions) leaves the list, and the ladder
     _simulate(monkeypatch, gen=20.0)
     cfg = ProfileConfig(**dict(BASE, steps=20))
+    monkeypatch.setattr(auto, "_CHECKED", ((5, None), (5, 1), (1, None), (1, 1)))
     assert auto.choose_profile(dit_pipe, cfg, max_time=1.08).config.replay_rows == 1
     monkeypatch.setattr(auto, "_CHECKED", tuple(s for s in auto._CHECKED if s[1] is None))
     assert all(s["replay_rows"] is None for s in auto.checked_settings())
     c = auto.choose_profile(dit_pipe, cfg, max_time=1.08).config
     assert (c.replay_steps, c.replay_rows) == (1, None)
+    # nor offered beside a field the caller set
+    c = auto.choose_profile(dit_pipe, ProfileConfig(**dict(BASE, steps=20, replay_steps=2)), max_time=1.08).config
+    assert (c.replay_steps, c.replay_rows) == (2, None)
