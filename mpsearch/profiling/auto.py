@@ -9,16 +9,19 @@ The rule (``choose_profile``):
 * A larger denoiser is probed: one plain one-step generation (its time per denoising step, its peak memory)
   and a one-step, one-unit profile with the cheapest checked statistics (``sample=64``, ``replay_batch=1``, one
   replayed row: :func:`mpsearch.profiling.estimate.estimate_profile`). Exact is not a candidate there (its
-  probe alone would cost several generations; docs/benchmarks.md, section ``scale``). The candidates are the
-  settings whose decisions were checked (docs/benchmarks.md, ``scale-approx`` and ``scale-approx-rows``):
-  ``sample=64``, ``replay_batch=1``, ``replay_steps`` 5 down to 1, every row or ``replay_rows=1``, and a
-  checkpointed share of the blocks of 0, 0.5 or 1. Their times and peaks follow linearly from the probe (the
-  replay scales with replayed steps and rows; checkpointing's time and memory are interpolated between the
-  probe and a second probe with every block checkpointed, run only when memory needs it).
+  probe alone would cost several generations; docs/benchmarks.md, section ``scale``). The candidates are only
+  the settings whose decisions passed the check against exact on the default and tiny models
+  (docs/benchmarks.md, section ``auto-mode-decisions``; ``checked_settings()``): ``sample=64``,
+  ``replay_batch=1``, 5 or 4 replayed steps of every row, and a checkpointed share of the blocks of 0, 0.5 or
+  1. Fewer replayed steps and ``replay_rows=1`` failed that check and are not chosen (the caller may still set
+  them). Their times and peaks follow linearly from the probe (the replay scales with replayed steps and
+  rows; checkpointing's time and memory are interpolated between the probe and a second probe with every block
+  checkpointed, run only when memory needs it).
 * The least approximation whose predicted time is within ``max_time`` generations and whose peak is within the
-  memory cap wins, in the order 5 replayed steps x every row, 5 x one row, 4 x every row, ... 1 x one row
-  (checkpointing counts as no approximation, since it changes no number: the least share that fits is taken). If none is within both, the fastest within the memory cap, then the smallest peak that
-  fits in free memory; if nothing fits in free memory, a one-line ResourceError names what would.
+  memory cap wins, in the order of ``checked_settings()`` (5 replayed steps, then 4; checkpointing counts as
+  no approximation, since it changes no number: the least share that fits is taken). If none is within both,
+  the fastest within the memory cap, then the smallest peak that fits in free memory; if nothing fits in free
+  memory, a one-line ResourceError names what would.
 
 Fields the caller set (a ``sample``, ``replay_steps``, ... that is not the default) are kept as given; below
 ``EXACT_PARAMS`` the caller's config is used unchanged. The probe's time is not part of the prediction: it is a
@@ -53,9 +56,10 @@ MEMORY_FACTOR = 1.25
 APPROXIMATIONS = ("sample", "replay_steps", "replay_batch", "replay_rows", "replay_checkpoint")
 _SAMPLE, _SHARES = 64, (0.0, 0.5, 1.0)
 #: the replays the auto mode may choose on a probed model, least approximation first: (replayed steps, replayed
-#: rows, None = every row), each with sample=64 and replay_batch=1 -- only those whose decisions were checked
-#: (docs/benchmarks.md, section auto-mode-decisions: scripts/bench_scale_approx.py --auto)
-_CHECKED = ((5, None), (5, 1), (4, None), (4, 1), (3, None), (3, 1), (2, None), (2, 1), (1, None), (1, 1))
+#: rows, None = every row), each with sample=64 and replay_batch=1 -- only those that passed the check against
+#: exact (docs/benchmarks.md, section auto-mode-decisions: scripts/bench_scale_approx.py --auto). Taken off
+#: there: 3, 2 and 1 replayed steps, and replay_rows=1 at any step count
+_CHECKED: tuple[tuple[int, int | None], ...] = ((5, None), (4, None))
 
 
 def checked_settings() -> list[dict]:
