@@ -144,6 +144,15 @@ def _profile(pipe, model: str, base: dict, args, setting: dict, checkpointed: bo
     return p, time.perf_counter() - t0
 
 
+def _setting(spec: str, checked: list[dict]) -> dict:
+    """``--settings`` item: an index of ``checked_settings()``, or ``K:R`` (K replayed steps of R rows, ``all``
+    for every row; sample 64 and micro-batch 1, as the auto mode's) for a setting off the list."""
+    if ":" not in spec:
+        return checked[int(spec)]
+    k, r = spec.split(":")
+    return {"sample": 64, "replay_batch": 1, "replay_steps": int(k), "replay_rows": None if r == "all" else int(r)}
+
+
 def _write_json(args, results: list[dict], checkpoint: dict) -> dict:
     out = {"models": args.models.split(","), "steps": args.steps, "seeds": list(args.seeds),
            "held_out_seeds": list(HELD_OUT_SEEDS), "min_spearman": MIN_SPEARMAN, "max_p": MAX_P,
@@ -156,7 +165,7 @@ def run_auto(args) -> None:
     """Check every setting the auto mode may choose against the exact profile on each model (see the docstring)."""
     settings = checked_settings()
     if args.settings:
-        settings = [settings[int(i)] for i in args.settings.split(",")]
+        settings = [_setting(x, settings) for x in args.settings.split(",")]
     results: list[dict] = []
     checkpoint: dict[str, str] = {}
     for model in args.models.split(","):
@@ -198,9 +207,10 @@ def render_auto(out: dict) -> str:
     rows = [("| model | setting | profile time (exact / approx.) | Spearman, all formats | Spearman per format | "
              "plans at the three budgets (held-out MSE exact / approx., paired Wilcoxon) | pass |"),
             "| --- | --- | ---: | ---: | --- | --- | --- |"]
-    order = [_label(x) for x in checked_settings()]
-    out = dict(out, results=sorted(out["results"], key=lambda r: (order.index(_label(r["setting"]))
-                                                                  if _label(r["setting"]) in order else len(order))))
+    models = list(dict.fromkeys(r["model"] for r in out["results"]))
+    out = dict(out, results=sorted(out["results"], key=lambda r: (models.index(r["model"]),
+                                                                  -r["setting"]["replay_steps"],
+                                                                  r["setting"]["replay_rows"] or 0)))
     exact_s: dict[str, float] = {}  # a run that reused the exact profile timed its loading: the longest is its run
     for r in out["results"]:
         exact_s[r["model"]] = max(exact_s.get(r["model"], 0.0), r["seconds_exact"])
@@ -251,7 +261,8 @@ def main(argv=None) -> None:
                     "loading, not profiling)")
     ap.add_argument("--auto", action="store_true", help="check every setting the automatic profile mode may "
                     "choose (section auto-mode-decisions); --sample, --replay-steps, --replay-rows are not used")
-    ap.add_argument("--settings", default=None, help="with --auto: only these indices of checked_settings()")
+    ap.add_argument("--settings", default=None, help="with --auto: only these (indices of checked_settings(), or "
+                    "K:R for K replayed steps of R rows, R=all for every row: e.g. 1:1,5:all)")
     ap.add_argument("--steps", type=int, default=20, help="with --auto: denoising steps of every profile")
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1],
                     help="with --auto: profiling seeds (default 0,1)")
