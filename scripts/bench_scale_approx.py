@@ -222,8 +222,8 @@ def render_auto(out: dict) -> str:
     by_setting: dict[str, list[dict]] = {}
     for r in out["results"]:
         by_setting.setdefault(_label(r["setting"]), []).append(r)
-    summary = ["| setting | models | lowest Spearman (model, format) | plans that differ / significantly worse | "
-               "verdict |", "| --- | --- | --- | --- | --- |"]
+    summary = [("| setting | models | lowest Spearman (model, format) | plans that differ / significantly worse | "
+                "verdict |"), "| --- | --- | --- | --- | --- |"]
     for label, rs in by_setting.items():
         low = min(((v, r["model"], f) for r in rs for f, (v, _) in r["spearman_per_format"].items()),
                   default=(1.0, "", ""))
