@@ -224,7 +224,8 @@ def render_auto(out: dict) -> str:
         by_setting.setdefault(_label(r["setting"]), []).append(r)
     summary = [("| setting | models | lowest Spearman (model, format) | plans that differ / significantly worse | "
                 "verdict |"), "| --- | --- | --- | --- | --- |"]
-    for label, rs in by_setting.items():
+    for label, rs in sorted(by_setting.items(), key=lambda kv: (-kv[1][0]["setting"]["replay_steps"],
+                                                                kv[1][0]["setting"]["replay_rows"] or 0)):
         low = min(((v, r["model"], f) for r in rs for f, (v, _) in r["spearman_per_format"].items()),
                   default=(1.0, "", ""))
         low = min(low, *((r["spearman"], r["model"], "all") for r in rs))
@@ -234,8 +235,9 @@ def render_auto(out: dict) -> str:
                        f"{sum(bool(p.get('significantly_worse')) for p in plans)} | "
                        f"{'pass' if all(r['pass'] for r in rs) else 'FAIL'} |")
     ck = ", ".join(f"{m}: {v}" for m, v in out["checkpoint"].items())
-    return (f"Every setting `mpsearch.profiling.auto.checked_settings()` lists, against the exact profile of each "
-            f"model ({out['steps']} steps, seeds {out['seeds']}; the default models on labels 0-9, the tiny "
+    return (f"Every setting the automatic profile mode could choose before this check (sample 64, micro-batch 1, "
+            f"5 down to 1 replayed steps, every row or one row; `mpsearch.profiling.auto.checked_settings()` now "
+            f"lists those that pass), against the exact profile of each model ({out['steps']} steps, seeds {out['seeds']}; the default models on labels 0-9, the tiny "
             f"architectures (random weights, `mpsearch.testing`) on {TINY_PROMPTS} built-in calibration prompts at "
             f"16 px). Per-layer cost = the gn metric summed over steps, per (layer, format). Plans solved at the "
             f"demo's three budgets from each profile; where they differ, both are scored on the held-out seeds "
