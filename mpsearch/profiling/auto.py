@@ -14,8 +14,8 @@ The rule (``choose_profile``):
   generation is kept, and so is that replay when the choice replays as it did (1 step x 1 row): no work is
   thrown away but the one-step generation and, otherwise, one row's replay. Exact is not a candidate there (its
   probe alone would cost several generations; docs/benchmarks.md, section ``scale``). The candidates are the
-  settings whose decisions were checked (docs/benchmarks.md, ``scale-approx`` and ``scale-approx-rows``):
-  ``sample=64``, ``replay_batch=1``, ``replay_steps`` 5 down to 1, every row or ``replay_rows=1``, and a
+  settings whose decisions were checked (docs/benchmarks.md, ``auto-mode-decisions``):
+  ``sample=64``, ``replay_batch=1``, ``replay_steps`` 5 or 4 of every row (``checked_settings()``), and a
   checkpointed share of the blocks of 0, 0.5 or 1. Their times and peaks follow linearly from the probe (the
   replay scales with replayed steps and rows; checkpointing's time and memory are interpolated between the
   probe's replay and a second replay with every block checkpointed, run only when memory needs it); a peak is
@@ -51,7 +51,8 @@ from mpsearch.profiling.sensitivity import replayed_steps
 from mpsearch.profiling.store import Profile
 from mpsearch.runtime.generation import generate
 
-__all__ = ["APPROXIMATIONS", "EXACT_PARAMS", "MAX_TIME", "MEMORY_FACTOR", "AutoChoice", "choose_profile",
+__all__ = ["APPROXIMATIONS", "EXACT_PARAMS", "MAX_TIME", "MEMORY_FACTOR", "AutoChoice", "checked_settings",
+           "choose_profile",
            "parse_max_memory", "profile_auto", "resume_choice", "would_probe"]
 
 #: below this many denoiser parameters the auto mode profiles exactly, without probing
@@ -62,7 +63,17 @@ MAX_TIME = 3.0
 MEMORY_FACTOR = 1.25
 #: the settings the auto mode chooses (the others are the caller's)
 APPROXIMATIONS = ("sample", "replay_steps", "replay_batch", "replay_rows", "replay_checkpoint")
-_SAMPLE, _REPLAY_STEPS, _SHARES = 64, (5, 4, 3, 2, 1), (0.0, 0.5, 1.0)
+_SAMPLE, _SHARES = 64, (0.0, 0.5, 1.0)
+#: the (replayed steps, replayed rows; None: every row) the auto mode may choose, least approximation first: only
+#: those whose decisions matched the exact profile's on the default models and the tiny architectures
+#: (docs/benchmarks.md, ``auto-mode-decisions``: 3, 2 and 1 replayed steps and one replayed row failed there)
+_CHECKED: tuple[tuple[int, int | None], ...] = ((5, None), (4, None))
+
+
+def checked_settings() -> list[dict]:
+    """The approximations the auto mode may choose on a probed model, least first, as ProfileConfig fields
+    (``replay_checkpoint`` left out: it changes no number). scripts/bench_scale_approx.py --auto checks each."""
+    return [{"sample": _SAMPLE, "replay_batch": 1, "replay_steps": k, "replay_rows": r} for k, r in _CHECKED]
 
 
 @dataclass(frozen=True)
@@ -373,10 +384,14 @@ def _choose(pipe, st: _Setup, gen: dict, p0: dict, p1: dict | None, *, spent: fl
         return _Candidate(k, rows, share, seconds, int(max(peak, base_peak)), n * replay)
 
     ks: list[int] = [int(config.replay_steps or steps)] if "replay_steps" in fixed else \
-        sorted({min(k, steps) for k in _REPLAY_STEPS}, reverse=True)
-    row_opts = [config.replay_rows] if "replay_rows" in fixed else [None, 1]
+        sorted({min(k, steps) for k, _ in _CHECKED}, reverse=True)
+    row_opts = [config.replay_rows] if "replay_rows" in fixed else list(dict.fromkeys(r for _, r in _CHECKED))
+    if "replay_steps" in fixed or "replay_rows" in fixed:  # the caller's setting x the other's checked values
+        pairs = [(k, r) for k in ks for r in row_opts]
+    else:  # only the checked settings, least approximation first (a step count above ``steps`` replays them all)
+        pairs = list(dict.fromkeys((min(s["replay_steps"], steps), s["replay_rows"]) for s in checked_settings()))
     shares = [fixed_share] if fixed_share is not None else ([s for s in _SHARES] if p1 else [0.0])
-    ladder = [predict(k, r, s) for k in ks for r in row_opts for s in shares]
+    ladder = [predict(k, r, s) for k, r in pairs for s in shares]
     t_cap = max_time * gen["seconds"]
     targets = f"within {max_time:g}x a generation and {cap_text}"
     chosen = next((c for c in ladder if c.seconds <= t_cap and c.peak <= cap_eff), None)

@@ -93,16 +93,20 @@ def test_a_large_model_gets_the_least_approximation_within_the_targets(dit_pipe,
 
 
 def test_a_tighter_time_target_approximates_more(dit_pipe, tmp_path, monkeypatch):
-    # 16 steps, a generation of 16 s (48 s allowed): 5 steps x every row 0.5 + 16 + 5 x 2 = 26.5 s fits; within
-    # 1.1x (17.6 s) only 1 step x 1 row (17.5 s) does
+    # 16 steps, a generation of 16 s (48 s allowed): 5 steps x every row (about 28 s, the probe included) fits;
+    # within 1.7x (27.2 s) only 4 steps x every row (26 s) does; within 1.1x (17.6 s) none: the fastest checked
+    # (docs/benchmarks.md, auto-mode-decisions: fewer steps and one replayed row failed, and are not chosen)
     _simulate(monkeypatch, gen=16.0)
     cfg = dict(BASE, steps=16)
     p = profile(dit_pipe, out=tmp_path / "a.sqlite", progress=False, say=lambda _: None, **cfg)
     assert (p.config["replay_steps"], p.config.get("replay_rows")) == (5, None)
     lines = []
-    q = profile(dit_pipe, out=tmp_path / "b.sqlite", progress=False, say=lines.append, max_time=1.1, **cfg)
-    assert (q.config["replay_steps"], q.config.get("replay_rows")) == (1, 1)
-    assert "replay 1 step x 1 row" in lines[0]
+    q = profile(dit_pipe, out=tmp_path / "b.sqlite", progress=False, say=lines.append, max_time=1.7, **cfg)
+    assert (q.config["replay_steps"], q.config.get("replay_rows")) == (4, None)
+    assert "replay 4 steps x every row" in lines[0] and "the least checked approximation within" in lines[0]
+    r = profile(dit_pipe, out=tmp_path / "c.sqlite", progress=False, say=lines.append, max_time=1.1, **cfg)
+    assert (r.config["replay_steps"], r.config.get("replay_rows")) == (4, None)
+    assert "nothing checked is within 1.1x a generation: the fastest" in lines[1]
 
 
 def test_memory_over_the_cap_checkpoints_the_replay(dit_pipe, tmp_path, monkeypatch):
@@ -259,13 +263,14 @@ def _count_work(monkeypatch):
 
 
 def test_the_probe_is_the_profiles_first_unit_and_its_work_is_kept(dit_pipe, tmp_path, monkeypatch):
-    # the real probe on the tiny model taken for a large one; a time target nothing meets: the fastest setting,
-    # which replays as the probe did (1 step x 1 row), so the probe's replay is the first unit's
+    # the real probe on the tiny model taken for a large one, with the caller's replay of 1 step x 1 row (the
+    # probe's own replay, no longer one the auto mode picks by itself): the probe's replay is the first unit's
     monkeypatch.setattr(auto, "EXACT_PARAMS", 0)
     seen = _count_work(monkeypatch)
     lines = []
     cfg = dict(BASE, seeds=(0, 1), guidance_scale=2.0)
-    p = profile(dit_pipe, out=tmp_path / "a.sqlite", progress=False, say=lines.append, max_time=1e-6, **cfg)
+    p = profile(dit_pipe, out=tmp_path / "a.sqlite", progress=False, say=lines.append, max_time=1e-6,
+                replay_steps=1, replay_rows=1, **cfg)
     assert (p.config["replay_steps"], p.config["replay_rows"], p.config["sample"]) == (1, 1, 64)
     # one plain one-step generation, then the profile's two units: no separate probe's generation; one replay
     # per unit: the probe's replay was the first unit's
@@ -323,3 +328,33 @@ def test_a_decision_may_change_only_the_replay(dit_pipe, tmp_path):
     p = profile_local(dit_pipe, cfg, out=tmp_path / "q.sqlite", progress=False,
                       decide=lambda probe: (replace(probe.config, replay_steps=1), None, None))
     assert p.config["replay_steps"] == 1
+
+
+def test_every_choice_is_a_checked_setting(dit_pipe, monkeypatch):
+    # the ladder is auto.checked_settings() (what scripts/bench_scale_approx.py --auto checks against exact),
+    # least approximation first: the loosest target takes the first, nothing within the target the fastest
+    _simulate(monkeypatch, gen=20.0)
+    cfg = ProfileConfig(**dict(BASE, steps=20))
+    checked = auto.checked_settings()
+    assert checked[0] == {"sample": 64, "replay_batch": 1, "replay_steps": 5, "replay_rows": None}
+    chosen = []
+    for t in (100, 3, 1.5, 1.4, 1.3, 1.25, 1.2, 1.15, 1.1, 1.08, 0.5):
+        c = auto.choose_profile(dit_pipe, cfg, max_time=t).config
+        chosen.append({k: getattr(c, k) for k in checked[0]})
+    assert all(c in checked for c in chosen), chosen
+    assert chosen[0] == checked[0] and chosen[-1] == checked[-1]
+
+
+def test_a_setting_taken_off_the_checked_list_is_never_chosen(dit_pipe, monkeypatch):
+    # a setting that failed the check (docs/benchmarks.md, auto-mode-decisions) leaves the list, and the ladder
+    _simulate(monkeypatch, gen=20.0)
+    cfg = ProfileConfig(**dict(BASE, steps=20))
+    monkeypatch.setattr(auto, "_CHECKED", ((5, None), (5, 1), (1, None), (1, 1)))
+    assert auto.choose_profile(dit_pipe, cfg, max_time=1.08).config.replay_rows == 1
+    monkeypatch.setattr(auto, "_CHECKED", tuple(s for s in auto._CHECKED if s[1] is None))
+    assert all(s["replay_rows"] is None for s in auto.checked_settings())
+    c = auto.choose_profile(dit_pipe, cfg, max_time=1.08).config
+    assert (c.replay_steps, c.replay_rows) == (1, None)
+    # nor offered beside a field the caller set
+    c = auto.choose_profile(dit_pipe, ProfileConfig(**dict(BASE, steps=20, replay_steps=2)), max_time=1.08).config
+    assert (c.replay_steps, c.replay_rows) == (2, None)
