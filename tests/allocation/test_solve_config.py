@@ -51,10 +51,10 @@ def test_config_and_keywords_make_the_same_plan(prof):
 
 
 @pytest.mark.parametrize("keywords, needle", [
-    (dict(budget=math.nan), "is not a finite number"),
+    (dict(budget=math.nan), "is not a finite positive number"),
     (dict(budget="nanGB"), "does not parse"),
     (dict(budget="-5%"), "must be a positive size"),
-    (dict(budget="1e400B"), "is not a finite number"),
+    (dict(budget="1e400B"), "is not a finite positive number"),
     (dict(objective_weights="content=nan"), "must be a finite number"),
     (dict(objective_weights={"content": math.inf}), "must be a finite number"),
     (dict(step_weights=[1, math.nan, 1, 1]), "step_weights must be"),
