@@ -27,8 +27,8 @@ from benchdoc import write_section  # noqa: E402
 import mpsearch  # noqa: E402
 from mpsearch.allocation import decoupled as e2e
 from mpsearch.allocation.baselines import CONTENT_ROLES, mixdq_measured_plans  # noqa: E402
+from mpsearch.allocation.objective import build_problem  # noqa: E402
 from mpsearch.allocation.solvers import min_feasible_bytes  # noqa: E402
-from mpsearch.allocation.solving import build_problem  # noqa: E402
 from mpsearch.models import DEFAULT_ROLE_PINS  # noqa: E402
 from mpsearch.profiling import endtoend as measured  # noqa: E402
 from mpsearch.profiling.store import Profile  # noqa: E402
@@ -91,7 +91,7 @@ def run_model(model, args, tmp):
              for res in [ref.damages(u)]]
     from scipy.stats import spearmanr
 
-    from mpsearch.allocation.solving import layer_costs
+    from mpsearch.allocation.objective import layer_costs
 
     loc = layer_costs(local, "rel_mse")
     rho_local, rho_cheap = {}, {}

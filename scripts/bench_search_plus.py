@@ -61,8 +61,8 @@ def synthetic(lines: list[str]) -> None:
 
 def default_dit(lines: list[str], trials: int, budget: str) -> None:
     import mpsearch
+    from mpsearch.allocation.objective import build_problem
     from mpsearch.allocation.refine import refine
-    from mpsearch.allocation.solving import build_problem
     from mpsearch.apps.evaluate import evaluate_plan
     from mpsearch.apps.profile import profile
     from mpsearch.classifier import load_classifier
@@ -145,7 +145,7 @@ def _latency(lines: list[str], *, budget: str = "60%", bops: str = "50%", steps:
 
     import mpsearch
     from mpsearch.allocation.compute import compute_problem, record_layer_calls
-    from mpsearch.allocation.solving import build_problem
+    from mpsearch.allocation.objective import build_problem
     from mpsearch.apps.profile import profile
     from mpsearch.errors import InfeasibleError
     from mpsearch.plan import Plan

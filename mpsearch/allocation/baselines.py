@@ -38,7 +38,7 @@ from mpsearch.allocation.autoquantize import (  # noqa: F401
     denoising_batches,
     gradient_scores,
 )
-from mpsearch.allocation.formulation import build_problem
+from mpsearch.allocation.objective import build_problem
 from mpsearch.allocation.solvers import DEFAULT_SOLVER, Problem, get_solver, min_feasible_bytes
 from mpsearch.errors import UsageError
 from mpsearch.formats import get_format

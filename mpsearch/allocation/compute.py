@@ -192,7 +192,7 @@ def _cost_columns(info, calls: LayerCalls, formats, cost) -> dict[str, tuple[np.
 
 def compute_problem(profile: Profile, base: Problem, calls: LayerCalls, compute: object, *, metric: str = "auto",
                     variants: bool = True, cost: str | LatencyTable = "bops") -> ComputeModel:
-    """``base`` (from ``formulation.build_problem``) with a compute budget ``compute`` (``"50%"`` of full precision,
+    """``base`` (from ``objective.build_problem``) with a compute budget ``compute`` (``"50%"`` of full precision,
     or an absolute figure) and, with ``variants``, a column per (format, set of windows whose activations stay
     fp). ``cost``: ``"bops"`` (bit operations, from ``calls``) or a measured ``latency.LatencyTable`` (seconds
     per denoiser call; ``"12ms"`` is then an absolute budget). A column's cost is the format's cost with

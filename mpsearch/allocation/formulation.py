@@ -21,7 +21,7 @@ import numpy as np
 from mpsearch.allocation.compute import ComputeModel, LayerCalls, compute_problem, parse_compute, record_layer_calls
 from mpsearch.allocation.config import COMPUTE_COSTS, SolveConfig, make_config
 from mpsearch.allocation.decoupled import activation_overrides, e2e_costs
-from mpsearch.allocation.objective import build_problem, layer_costs, parse_pins, resolve_metric, step_errors
+from mpsearch.allocation.objective import build_problem, parse_pins, resolve_metric
 from mpsearch.allocation.solvers import DEFAULT_SOLVER, BaseSolver, Problem, Solution, get_solver, min_feasible_bytes
 from mpsearch.budget import Budget, format_bytes, parse_budget
 from mpsearch.errors import InfeasibleError, UsageError
@@ -30,8 +30,8 @@ from mpsearch.plan import Plan
 from mpsearch.profiling.latency import LatencyTable
 from mpsearch.profiling.store import Profile
 
-__all__ = ["COMPUTE_COSTS", "Formulation", "SolveConfig", "build_problem", "budget_keywords", "check_compute",
-           "formulate", "layer_costs", "parse_pins", "parse_profile_budget", "resolve_metric", "step_errors"]
+__all__ = ["COMPUTE_COSTS", "Formulation", "SolveConfig", "budget_keywords", "check_compute", "formulate",
+           "parse_profile_budget"]
 
 
 def budget_keywords(info: ModelInfo) -> dict:

@@ -1,6 +1,5 @@
 """``solve()``, what ``mpsearch.solve`` is: :func:`~mpsearch.allocation.formulation.formulate`, a solver, the Plan.
 
-``build_problem``, ``layer_costs`` and ``parse_pins`` are importable from here too.
 """
 
 from __future__ import annotations
@@ -9,10 +8,10 @@ from typing import Any
 
 from mpsearch.allocation.compute import LayerCalls
 from mpsearch.allocation.config import SolveConfig, make_config
-from mpsearch.allocation.formulation import build_problem, formulate, layer_costs, parse_pins
+from mpsearch.allocation.formulation import formulate
 from mpsearch.plan import Plan
 
-__all__ = ["SolveConfig", "build_problem", "layer_costs", "parse_pins", "solve"]
+__all__ = ["SolveConfig", "solve"]
 
 #: the budget of ``solve(profile)`` when neither ``budget`` nor a config's budget is given
 DEFAULT_BUDGET = "60%"

@@ -35,7 +35,7 @@ def _refine_with_scores(dit_pipe, tmp_path, monkeypatch, validation_favours_pick
     import numpy as np
 
     import mpsearch.allocation.refine as refine_mod
-    from mpsearch.allocation.formulation import build_problem
+    from mpsearch.allocation.objective import build_problem
     from mpsearch.allocation.solvers import get_solver
     from mpsearch.apps.profile import profile
 
@@ -104,7 +104,7 @@ def test_evaluation_objective_per_image_scores_average_to_the_totals(dit_pipe, t
     generated apart from the objective; their means are the totals the whole-batch objective reports."""
     import numpy as np
 
-    from mpsearch.allocation.formulation import build_problem
+    from mpsearch.allocation.objective import build_problem
     from mpsearch.allocation.refine import evaluation_objective
     from mpsearch.allocation.solvers import get_solver
     from mpsearch.apps.profile import profile

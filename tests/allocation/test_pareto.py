@@ -48,7 +48,7 @@ def test_sweep_matches_solving_each_budget_and_marks_the_frontier():
 
 def test_cli_sweep_and_compute_on_a_tiny_profile(dit_pipe, tmp_path, monkeypatch, capsys):
     from mpsearch.allocation.compute import compute_problem, record_layer_calls
-    from mpsearch.allocation.solving import build_problem
+    from mpsearch.allocation.objective import build_problem
     from mpsearch.apps import cli
     from mpsearch.apps.profile import profile
     from mpsearch.plan import Plan

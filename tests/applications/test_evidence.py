@@ -45,7 +45,7 @@ def test_significance_on_known_data():
 
 def test_budgets_between_formats():
     import mpsearch
-    from mpsearch.allocation.formulation import build_problem  # noqa: F401
+    from mpsearch.allocation.objective import build_problem  # noqa: F401
     from mpsearch.apps.evidence import evidence_budgets
     from mpsearch.models import describe
     from mpsearch.plan import Plan

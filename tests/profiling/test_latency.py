@@ -191,7 +191,7 @@ def test_merge_carries_the_latest_table_whole(pipe, tmp_path):
 
 def _compute_setup(pipe, prof_path, pins=None):
     from mpsearch.allocation.compute import record_layer_calls
-    from mpsearch.allocation.solving import build_problem
+    from mpsearch.allocation.objective import build_problem
 
     prof = Profile.load(prof_path)
     calls = record_layer_calls(pipe, prof.info, steps=prof.steps, windows=2, formats=prof.formats[1:])

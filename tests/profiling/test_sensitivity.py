@@ -9,7 +9,7 @@ import torch
 from conftest import Tiny  # a two-layer MLP whose Jacobians are worked out by hand
 
 import mpsearch
-from mpsearch.allocation.formulation import layer_costs, resolve_metric
+from mpsearch.allocation.objective import layer_costs, resolve_metric
 from mpsearch.apps.profile import profile
 from mpsearch.errors import ProfileError
 from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpsearch.allocation.formulation import build_problem, resolve_metric
+from mpsearch.allocation.objective import build_problem, resolve_metric
 from mpsearch.allocation.pareto import pareto
 from mpsearch.apps.evaluate import image_scores
 from mpsearch.apps.pipeline import load_pipeline
