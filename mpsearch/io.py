@@ -273,6 +273,16 @@ def read_regular_text(path: StrPath, what: str = "file", error: type[MpsearchErr
         raise error(f"{what} {path} is not UTF-8 text (byte {e.start:,}); {fix}") from None
 
 
+def _safe_data(text: str) -> Any:
+    """The one document of ``text``, parsed by :class:`_Loader` (a SafeLoader that refuses anchors, aliases and
+    duplicate keys)."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: StrPath, what: str = "file", error: type[MpsearchError] = MpsearchError, *,
               max_bytes: int = MAX_YAML_BYTES) -> Any:
     """Read YAML with safe loading only, refusing anchors, aliases and duplicate keys, and anything but a regular
@@ -280,7 +290,7 @@ def load_yaml(path: StrPath, what: str = "file", error: type[MpsearchError] = Mp
     path = Path(path)
     text = read_regular_text(path, what, error, max_bytes=max_bytes, fix=f"give the path of a {what} (YAML)")
     try:
-        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+        return _safe_data(text)
     except _Refused as e:
         raise error(f"{what} {path} {e.problem} (line {e.mark.line + 1})") from None
     except yaml.YAMLError as e:

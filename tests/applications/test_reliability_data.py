@@ -191,5 +191,5 @@ def test_yaml_is_read_only_through_safe_loading():
 
 
 def test_models_are_read_from_safetensors_only():
-    text = (ROOT / "mpsearch" / "pipeline.py").read_text()
+    text = (ROOT / "mpsearch" / "apps" / "pipeline.py").read_text()
     assert "use_safetensors=True" in text and "local_files_only=True" in text
