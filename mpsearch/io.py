@@ -98,13 +98,18 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64]
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: object) -> bool:
+    """Whether process ``pid`` (as read from a file name or a lock file: anything) may be running on this machine:
+    False for no valid pid or no such process; True when it runs, or when that cannot be told (another user's
+    process), so a caller never removes what a live process may own."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, ValueError):
-        return True  # someone else's process (or not a pid we can test): keep its folder
+    except (OSError, OverflowError):
+        return True  # another user's process (PermissionError), or one that cannot be tested: keep what it owns
     return True
 
 
@@ -119,7 +124,7 @@ def remove_stale_staging(parent: StrPath) -> list[Path]:
     host = _host()
     for entry in entries:
         m = _STAGING.match(entry.name)
-        if m is None or m["host"] != host or not entry.is_dir(follow_symlinks=False) or _alive(int(m["pid"])):
+        if m is None or m["host"] != host or not entry.is_dir(follow_symlinks=False) or process_alive(int(m["pid"])):
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(Path(entry.path))

@@ -21,6 +21,7 @@ import torch
 from mpsearch.errors import PlanError
 from mpsearch.formats import get_format
 from mpsearch.formats.kernel_errors import is_out_of_memory
+from mpsearch.io import process_alive
 from mpsearch.models import describe, get_denoiser, measured_bytes
 from mpsearch.offload import has_offloaded_weights
 from mpsearch.plan import Plan
@@ -52,18 +53,6 @@ def stash_dir() -> Path:
     return Path(cache).expanduser() / "mpsearch" / "stash"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    except OSError:
-        return False
-    return True
-
-
 def remove_stale_stashes(folder: Path) -> list[Path]:
     """Delete the stash files in ``folder`` whose owning process (the pid in the name) is gone; returns them."""
     removed: list[Path] = []
@@ -73,7 +62,7 @@ def remove_stale_stashes(folder: Path) -> list[Path]:
         return removed
     for path in entries:
         m = _STASH_NAME.match(path.name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not process_alive(int(m.group(1))):
             try:
                 path.unlink()
                 removed.append(path)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from mpsearch.errors import ProfileError
+from mpsearch.io import process_alive
 
 try:
     import fcntl
@@ -47,21 +48,6 @@ def remove_profile_file(path) -> None:
                 p.unlink()
         except OSError:
             pass
-
-
-def _alive(pid) -> bool:
-    """Whether the process ``pid`` (as read from a lock file: anything) is running on this host."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    except OSError:
-        return True
-    return True
 
 
 class WriterLock:
@@ -174,7 +160,7 @@ def _take(fd: int, profile: Path) -> bool:
         return False
     owner = _owner(fd)
     if not locked and owner.get("pid") not in (None, os.getpid()) and \
-            (owner.get("host") != socket.gethostname() or _alive(owner["pid"])):
+            (owner.get("host") != socket.gethostname() or process_alive(owner["pid"])):
         raise _busy(profile, owner)
     record = {"pid": os.getpid(), "host": socket.gethostname(),
               "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
