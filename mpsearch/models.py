@@ -117,6 +117,16 @@ class LayerInfo:
             n *= s
         return n
 
+    def why_not(self, fmt: str) -> str | None:
+        """None if the layer may take ``fmt`` (a format or calibrated variant), else the reason. A variant is
+        eligible where its base format is and its own shape rule holds (gptq: at most 2304 input columns)."""
+        if fmt in self.eligible:
+            return None
+        base, _, variant = fmt.partition(":")
+        if variant and base in self.eligible:
+            return get_format(fmt).why_ineligible(self.shape)
+        return self.ineligible.get(fmt) or self.ineligible.get(base) or "not eligible"
+
     def nbytes(self, fmt: str) -> int:
         """Exact bytes of this layer's weight in ``fmt`` (scales included)."""
         return get_format(fmt).weight_bytes(self.shape, getattr(torch, self.dtype))

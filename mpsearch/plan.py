@@ -22,12 +22,15 @@ from mpsearch.cache_section import validate_cache_section
 from mpsearch.cache_units import CacheUnit
 from mpsearch.errors import ModelError, PlanError
 from mpsearch.formats import available_formats
+from mpsearch.formats.variant import split_candidate
 from mpsearch.io import StrPath, atomic_write_text, dump_yaml, load_yaml
 from mpsearch.models import ModelInfo, describe, same_weights, weights_digest
+from mpsearch.quantizers.calibration_file import calibration_path, load_calibration, save_calibration
 from mpsearch.version import __version__
 
 SCHEMA_VERSION = 1
-_TOP_KEYS = ("schema_version", "model", "budget", "layers", "overrides", "cache", "predictions", "provenance")
+_TOP_KEYS = ("schema_version", "model", "budget", "layers", "overrides", "cache", "predictions", "provenance",
+             "calibration")
 _MODEL_KEYS = ("class", "fingerprint")
 _MODEL_OPTIONAL_KEYS = ("weights",)  # added within schema 1: plans without it still load
 _REGEN = "fix the file or regenerate it with `mpsearch solve`"
@@ -102,7 +105,7 @@ class LayerAssignment:
         if not isinstance(self.name, str) or not isinstance(self.format, str):
             raise PlanError(f"plan layer entry {self.name!r}: {self.format!r} must map a module name to a format "
                             f"name; {_REGEN}")
-        known = available_formats()
+        known = available_formats(calibrated=True)
         if self.format not in known:
             raise PlanError(f"plan layer {self.name!r} has unknown format {self.format!r}; expected one of "
                             f"{', '.join(sorted(known))}")
@@ -314,6 +317,9 @@ class Plan:
     schema_version: int = SCHEMA_VERSION
     #: digest of the weights the plan was made from (``models.weights_digest``); None: not recorded
     weights: str | None = None
+    #: layer name -> :class:`mpsearch.quantizers.Calibration` of the layers in a calibrated variant
+    #: (``nvfp4:clip``): what their codes are made from. Saved beside the plan file (its ``calibration`` key)
+    calibration: dict = field(default_factory=dict, repr=False, compare=False)
 
     _parsed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -327,6 +333,22 @@ class Plan:
             check_plain_data(getattr(self, key), f"plan {key}")
         if self.weights is not None and not isinstance(self.weights, str):
             raise PlanError(f"plan model.weights must be a digest string, got {self.weights!r}; {_REGEN}")
+        if not isinstance(self.calibration, dict):
+            raise PlanError(f"plan calibration must map layer names to calibrations, got "
+                            f"{type(self.calibration).__name__}")
+
+    def calibrated_layers(self) -> list[str]:
+        """The layers the plan puts in a calibrated quantizer variant (``nvfp4:clip``, ...)."""
+        return [a.name for a in self.assignments if split_candidate(a.format)[1] is not None]
+
+    def check_calibration(self) -> None:
+        """PlanError unless every layer in a calibrated variant has its calibration."""
+        missing = [n for n in self.calibrated_layers() if n not in self.calibration]
+        if missing:
+            raise PlanError(f"the plan puts {len(missing)} layer(s) in calibrated variants (e.g. {missing[0]!r}: "
+                            f"{self.layers[missing[0]]}) but holds no calibration for them; load it with "
+                            "mpsearch.Plan.load from its file (with its .calibration.safetensors beside it), or "
+                            "solve again")
 
     def _record(self, key: str) -> Any:
         """The typed record of section ``key``: parsed once, and again only if the section was edited since."""
@@ -390,7 +412,8 @@ class Plan:
     @classmethod
     def from_assignment(cls, info: ModelInfo, assignment: dict[str, str], *, budget: dict | None = None,
                         predictions: dict | None = None, provenance: dict | None = None,
-                        overrides: list | None = None, weights: str | None = None) -> Plan:
+                        overrides: list | None = None, weights: str | None = None,
+                        calibration: dict | None = None) -> Plan:
         """A plan for ``info`` with every candidate layer named (unlisted layers stay ``fp``).
 
         ``weights`` is the digest of the weights the plan was made from; ``apply_plan`` checks it."""
@@ -399,15 +422,17 @@ class Plan:
             raise PlanError(f"assignment names layers the model does not have: {', '.join(unknown[:5])}")
         layers = {name: assignment.get(name, "fp") for name in info.names}
         for name, fmt in layers.items():
-            if fmt not in info.layer(name).eligible:
-                why = info.layer(name).ineligible.get(fmt, "not eligible")
+            why = info.layer(name).why_not(fmt)
+            if why is not None:
                 raise PlanError(f"layer {name!r} cannot take {fmt!r}: {why}")
         preds = {"bytes": info.bytes_for(layers), "fixed_bytes": info.fixed_bytes, "fp_bytes": info.fp_bytes}
         preds.update(predictions or {})
         prov = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **versions()}
         prov.update(provenance or {})
+        used = {n: c for n, c in (calibration or {}).items() if split_candidate(layers.get(n, "fp"))[1] is not None}
         return cls(model_class=info.denoiser_class, fingerprint=info.fingerprint, layers=layers, budget=budget,
-                   overrides=list(overrides or []), predictions=preds, provenance=prov, weights=weights)
+                   overrides=list(overrides or []), predictions=preds, provenance=prov, weights=weights,
+                   calibration=used)
 
     @classmethod
     def uniform(cls, pipe_or_model: object, fmt: str) -> Plan:
@@ -439,9 +464,10 @@ class Plan:
                             f"{unlisted[0]!r}), so the file is truncated or edited; {_REGEN} (list fp layers too)")
         for name, fmt in self.layers.items():
             layer = info.layer(name)
-            if fmt not in layer.eligible:
+            why = layer.why_not(fmt)
+            if why is not None:
                 raise PlanError(f"plan puts layer {name!r} in {fmt!r}, which cannot take shape "
-                                f"{layer.shape}: {layer.ineligible.get(fmt, 'not eligible')}; {_REGEN}")
+                                f"{layer.shape}: {why}; {_REGEN}")
 
     def check_weights(self, pipe_or_model: object, info: ModelInfo | None = None) -> None:
         """Raise PlanError if the model's weights are not those the plan was made from (when it records them)."""
@@ -504,16 +530,32 @@ class Plan:
                    schema_version=data["schema_version"], weights=model.get("weights"))
 
     def save(self, path: StrPath) -> Path:
-        """Write the plan as YAML, atomically."""
-        return atomic_write_text(path, dump_yaml(self.to_dict()))
+        """Write the plan as YAML, atomically; a plan with calibrated variants also writes their calibration
+        beside it (``<stem>.calibration.safetensors``, its name and digest in the YAML's ``calibration``)."""
+        data = self.to_dict()
+        used = {n: self.calibration[n] for n in self.calibrated_layers() if n in self.calibration}
+        if used:
+            self.check_calibration()
+            side = calibration_path(path)
+            data["calibration"] = {"file": side.name, "digest": save_calibration(side, used)}
+        return atomic_write_text(path, dump_yaml(data))
 
     @classmethod
     def load(cls, path: StrPath) -> Plan:
         """Read a plan strictly (safe YAML; unknown keys, formats and versions are errors)."""
         data = load_yaml(path, what="plan", error=PlanError)
         try:
-            return cls.from_dict(data, source=f"plan {path}")
+            plan = cls.from_dict(data, source=f"plan {path}")
         except PlanError as e:
             msg = str(e)
             raise PlanError(msg if str(path) in msg else f"plan {path}: {msg}") from None
+        ref = data.get("calibration")
+        if ref is not None:
+            if not (isinstance(ref, dict) and set(ref) == {"file", "digest"} and isinstance(ref["file"], str)
+                    and isinstance(ref["digest"], str) and ref["file"] == Path(ref["file"]).name):
+                raise PlanError(f"plan {path} 'calibration' must be {{file: <name beside the plan>, digest: ...}}, "
+                                f"got {ref!r}; {_REGEN}")
+            plan.calibration = load_calibration(Path(path).with_name(ref["file"]), ref["digest"],
+                                                where=f"plan {path}")
+        return plan
 

@@ -42,6 +42,7 @@ from mpsearch.allocation.objective import build_problem
 from mpsearch.allocation.solvers import DEFAULT_SOLVER, Problem, get_solver, min_feasible_bytes
 from mpsearch.errors import UsageError
 from mpsearch.formats import get_format
+from mpsearch.formats.variant import variant_layers
 from mpsearch.metrics import normalize, ssim
 from mpsearch.models import ModelInfo, describe, get_denoiser
 from mpsearch.plan import Plan
@@ -252,5 +253,6 @@ def mixdq_measured_plans(profile: Profile, content: np.ndarray, quality: np.ndar
                 choice[idx] = get_solver(solver).solve(sub.with_budget(low + int(spare * share))).choice
         assignment = {n: base.formats[c] for n, c in zip(base.layer_names, choice, strict=True)}
         plans[a] = Plan.from_assignment(profile.info, assignment, weights=profile.weights,
-                                        provenance={"solver": f"mixdq-measured-split-{a}"})
+                                        provenance={"solver": f"mixdq-measured-split-{a}"},
+                                        calibration=profile.calibration(variant_layers(assignment)))
     return plans

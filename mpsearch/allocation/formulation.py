@@ -25,6 +25,7 @@ from mpsearch.allocation.objective import build_problem, parse_pins, resolve_met
 from mpsearch.allocation.solvers import DEFAULT_SOLVER, BaseSolver, Problem, Solution, get_solver, min_feasible_bytes
 from mpsearch.budget import Budget, format_bytes, parse_budget
 from mpsearch.errors import InfeasibleError, UsageError
+from mpsearch.formats.variant import variant_layers
 from mpsearch.models import DEFAULT_ROLE_PINS, ModelInfo, resolve_role_pins
 from mpsearch.plan import Plan
 from mpsearch.profiling.latency import LatencyTable
@@ -143,7 +144,8 @@ class Formulation:
         plan = Plan.from_assignment(
             self.profile.info, assignment, budget=None if self.budget is None else self.budget.to_dict(),
             weights=self.profile.weights, overrides=overrides, predictions={**preds, **(predictions or {})},
-            provenance={**self.provenance(solution), **(provenance or {})})
+            provenance={**self.provenance(solution), **(provenance or {})},
+            calibration=self.profile.calibration(variant_layers(assignment)))
         if plan.predicted_bytes != solution.total_bytes:
             raise AssertionError(f"plan bytes {plan.predicted_bytes} != solver bytes {solution.total_bytes}")
         return plan

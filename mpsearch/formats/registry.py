@@ -35,17 +35,30 @@ def register_format(cls: _F) -> _F:
     return cls
 
 
-def available_formats(variants: bool = False) -> list[str]:
+def register_instance(fmt: Format) -> Format:
+    """Register an already built format (a calibrated variant, :mod:`mpsearch.formats.variant`) under its name."""
+    old = _REGISTRY.get(fmt.name)
+    if old is not None and type(old) is not type(fmt):
+        raise FormatError(f"format name {fmt.name!r} is already taken by {type(old).__qualname__}")
+    _REGISTRY[fmt.name] = fmt
+    return fmt
+
+
+def available_formats(variants: bool = False, calibrated: bool = False) -> list[str]:
     """The registered format names in preference order (fp, int8, nvfp4, int4).
 
-    With ``variants=True`` the int4 group variants (``int4-g64``, ``int4-g32``) follow.
+    With ``variants=True`` the int4 group variants (``int4-g64``, ``int4-g32``) follow; with
+    ``calibrated=True`` the calibrated quantizer variants (``int8:clip``, ``nvfp4:smooth``, ...) follow.
     """
-    primary = [n for n, f in _REGISTRY.items() if not getattr(f, "variant", False)]
+    primary = [n for n, f in _REGISTRY.items()
+               if not getattr(f, "variant", False) and not getattr(f, "calibrated", False)]
     order = {n: i for i, n in enumerate(("fp", "int8", "nvfp4", "int4"))}
     primary.sort(key=lambda n: order.get(n, len(order)))
-    if not variants:
-        return primary
-    return primary + [n for n, f in _REGISTRY.items() if getattr(f, "variant", False)]
+    if variants:
+        primary += [n for n, f in _REGISTRY.items() if getattr(f, "variant", False)]
+    if calibrated:
+        primary += [n for n, f in _REGISTRY.items() if getattr(f, "calibrated", False)]
+    return primary
 
 
 def get_format(name: str | Format, group: int | None = None) -> Format:

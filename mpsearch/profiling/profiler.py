@@ -23,11 +23,14 @@ from tqdm.auto import tqdm
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.formats import Format, Packed, available_formats, get_format
 from mpsearch.formats.base import abs_max, all_finite
+from mpsearch.formats.variant import divide_input
 from mpsearch.models import check_finite_weights, describe, get_denoiser, weights_digest
 from mpsearch.offload import loaded_tensors, materialized, offload_aware_replay
 from mpsearch.plan import versions
+from mpsearch.profiling.calibrate import calibrate, calibrated_layers
 from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
 from mpsearch.profiling.store import Profile, ProfileWriter, resumable_units, stored_weights, writer_lock
+from mpsearch.quantizers import packed_rows, quantize_candidate
 from mpsearch.runtime.generation import generate
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import first_tensor
@@ -120,11 +123,12 @@ class ProfileConfig:
         if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 0
                               or g == float("inf")):
             raise UsageError(f"guidance_scale must be a finite number >= 0, got {g!r}; pass e.g. --guidance 2.0")
-        known = [f for f in available_formats() if f != "fp"]
+        plain = [f for f in available_formats() if f != "fp"]
+        known = plain + [f for f in available_formats(calibrated=True) if f not in plain and f != "fp"]
         bad = [f for f in self.formats if f not in known]
         if bad or not self.formats:
             raise UsageError(f"formats {list(self.formats)} must be a non-empty subset of {', '.join(known)}; "
-                             f"pass e.g. --formats {','.join(known)}")
+                             f"pass e.g. --formats {','.join(plain)}")
         if len(set(self.formats)) != len(self.formats):
             raise UsageError(f"formats {list(self.formats)} repeat a format; list each once")
 
@@ -178,8 +182,13 @@ class _LayerProbe:
     through it; the four sums are scaled up to the whole output's element count.
     """
 
-    def __init__(self, index, module, candidates, steps, acc_ref, name="", sample=None):
+    def __init__(self, index, module, candidates, steps, acc_ref, name="", sample=None, calibration=None):
         self.index = index
+        #: the layer's input statistics (the calibrated variants' codes are made with them), or None
+        self.calibration = calibration
+        #: exact mode: each calibrated candidate's packed weight, made at the first call and kept (a variant's
+        #: search costs more than a call's measurement)
+        self._calibrated: dict[int, Packed] = {}
         self.name = name
         self.steps = steps
         self.acc_ref = acc_ref
@@ -202,7 +211,10 @@ class _LayerProbe:
             #: whether a candidate's arithmetic needs the whole activation's amax (a per-tensor scale)
             self.needs_amax = any(type(fmt).matmul_rows is not Format.matmul_rows for _, fmt in self.formats)
             for fi, fmt in self.formats:
-                packed = fmt.quantize_rows(w, self.channels)
+                if getattr(fmt, "calibrated", False):
+                    packed = packed_rows(quantize_candidate(fmt.name, w, calibration), self.channels)
+                else:
+                    packed = fmt.quantize_rows(w, self.channels)
                 self.subsets.append((fi, fmt, packed))  # packed only: dequantized per call (64 rows: cheap)
             self.bias = None if own.get("bias") is None else own["bias"][self.channels.to(w.device)]
 
@@ -232,7 +244,13 @@ class _LayerProbe:
         with materialized(module):  # sequential offload: the weights are back on meta after the forward
             w = module.weight.detach()
             for fi, fmt in self.formats:
-                q = quantized_module(module, fmt.quantize(w))
+                if getattr(fmt, "calibrated", False):
+                    if fi not in self._calibrated:
+                        self._calibrated[fi] = quantize_candidate(fmt.name, w, self.calibration)
+                    packed = self._calibrated[fi]
+                else:
+                    packed = fmt.quantize(w)
+                q = quantized_module(module, packed)
                 q.cache_dequantized = True  # dequantized once for this call, released with q
                 sums = _sums(q(x).float().flatten(), y)
                 del q
@@ -283,7 +301,11 @@ class _LayerProbe:
         ref2 = float(y.square().sum(dtype=torch.float64)) * scale
         res = []
         for fi, fmt, packed in self.subsets:
-            yq = fmt.matmul_rows(xs, packed, tensor_amax=amax).to(output.dtype)
+            smooth = packed.tensors.get("smooth")
+            # a smoothed activation's amax is that of the divided activation
+            tensor_amax = amax if smooth is None or amax is None else \
+                abs_max(divide_input(whole, smooth, channel_dim=1 if self.conv else -1))
+            yq = fmt.matmul_rows(xs, packed, tensor_amax=tensor_amax).to(output.dtype)
             if self.bias is not None:
                 yq = yq + self.bias.to(yq.dtype)
             sums = _sums(yq.float(), y)
@@ -412,6 +434,8 @@ def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (
     folder_created = not out.parent.exists()
     opened: list[ProfileWriter] = []
 
+    calibrations: dict = {}  # layer index -> Calibration, for the calibrated variants
+
     def open_writer(cfg: ProfileConfig) -> ProfileWriter:
         # a file another process writes is refused before its contents are read (the lock is re-entrant: the
         # writer takes it again)
@@ -422,18 +446,29 @@ def record_units(pipe, config: ProfileConfig, out, *, shard: tuple[int, int] = (
         finally:
             if lock is not None:
                 lock.release()
+        if calibrations and not opened[0].has_calibration():
+            opened[0].write_calibration(calibrations)  # before any unit: every unit's variants use it
         return opened[0]
 
     try:
         skip = set(skip)
+        needed = calibrated_layers(info, config.formats)
         if decide is None:
             done = open_writer(config).done_units()
         else:
             done = set()  # the file is opened once the settings are decided
         todo = [u for u in range(len(config.seeds)) if u % n == i and u not in done and u not in skip]
+        if todo and needed:
+            if opened and opened[0].has_calibration():  # a resumed file: its units were measured with this
+                index = {layer.name: li for li, layer in enumerate(info.layers)}
+                calibrations.update({index[name]: c for name, c in opened[0].read_calibration(info).items()})
+            else:
+                calibrations.update(calibrate(pipe, info, config, needed, progress=progress))
+                if opened:
+                    opened[0].write_calibration(calibrations)
         if todo:
             _run_units(pipe, denoiser, info, config, opened[0] if decide is None else open_writer, todo, progress,
-                       timings, forecast, decide)
+                       timings, forecast, decide, calibrations)
         writer = opened[0] if opened else open_writer(config)
         return writer.done_units()
     except BaseException:
@@ -497,7 +532,8 @@ def _progress_bar(units: int, steps: int, progress: bool, forecast: dict | None)
     return bar, step, replay
 
 
-def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=None, forecast=None, decide=None):
+def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=None, forecast=None, decide=None,
+               calibrations=None):
     """Measure ``todo``'s units into ``writer`` (with ``decide``: a function opening the writer for the config
     ``decide`` returns, see :func:`record_units`)."""
     timings = {} if timings is None else timings
@@ -515,7 +551,8 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
         for li, layer in enumerate(info.layers):
             cands = [(fi, f) for fi, f in enumerate(formats) if fi > 0 and f in layer.eligible]
             if cands:
-                probe = _LayerProbe(li, modules[layer.name], cands, step_state, acc_ref, layer.name, config.sample)
+                probe = _LayerProbe(li, modules[layer.name], cands, step_state, acc_ref, layer.name, config.sample,
+                                    (calibrations or {}).get(li))
                 handles.append(modules[layer.name].register_forward_hook(probe))
         for bi, block in enumerate(info.blocks):
             handles.append(modules[block].register_forward_hook(_BlockProbe(bi, step_state, acc_ref)))

@@ -24,6 +24,7 @@ them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -163,7 +164,8 @@ def export(pipe, plan: Plan, out, *, ignore_weights: bool = False) -> Path:
         sub.mkdir(exist_ok=True)
         denoiser.save_config(sub)
         save_file(tensors, str(sub / TENSORS), metadata={"format": _KIND})
-        plan.save(sub / PLAN)
+        # the calibrated variants' codes are packed already: the folder's plan needs no calibration file
+        dataclasses.replace(plan, calibration={}).save(sub / PLAN)
         apply_umask_tree(tmp)  # what every writer above made gets the user's umask (safetensors writes 0600)
         manifest = Manifest(
             component=component, denoiser_class=type(denoiser).__name__, fingerprint=plan.fingerprint,

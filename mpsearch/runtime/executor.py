@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from mpsearch.errors import PlanError
-from mpsearch.formats import get_format
 from mpsearch.formats.kernel_errors import is_out_of_memory
 from mpsearch.io import process_alive
 from mpsearch.models import describe, get_denoiser, measured_bytes
 from mpsearch.offload import has_offloaded_weights
 from mpsearch.plan import Plan
+from mpsearch.quantizers import quantize_candidate
 from mpsearch.runtime.install import Installed, cache_config, install
 from mpsearch.runtime.qmodules import QuantConv2d, QuantLinear
 
@@ -220,6 +220,7 @@ def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto", ignore_weights
                         "offloaded")
     info = describe(denoiser)
     plan.check_model(info)
+    plan.check_calibration()
     if not ignore_weights:
         plan.check_weights(denoiser, info)
     config = cache_config(plan)
@@ -238,7 +239,7 @@ def apply_plan(pipe_or_model, plan: Plan, *, stash: str = "auto", ignore_weights
             report.append(LayerReport(a.name, "fp", before, before))
             continue
         try:
-            packed[a.name] = get_format(a.format).quantize(module.weight.detach())
+            packed[a.name] = quantize_candidate(a.format, module.weight.detach(), plan.calibration.get(a.name))
         except Exception as e:  # noqa: BLE001 - re-raised with the layer's name
             if is_out_of_memory(e):  # not a problem of the plan: the caller may free memory and retry
                 raise

@@ -156,7 +156,7 @@ def test_design_profile_section_names_every_table_and_the_schema():
 
     section = _section(5)
     assert set(TABLES) <= _ticked(section), sorted(set(TABLES) - _ticked(section))
-    assert f"schema {SCHEMA}" in section.lower() and "migrate_v1" in section
+    assert f"schema {SCHEMA}" in section.lower() and "migrate" in section
     assert lock_path("x").name == "x.lock" and "`<file>.lock`" in section
     for name in ("missing_units()", "check_complete()"):
         assert f"Profile.{name}" in section

@@ -28,7 +28,7 @@ from mpsearch.profiling.store import (
     ProfileWriter,
     lock_path,
     merge_profiles,
-    migrate_v1,
+    migrate,
     resumable_units,
     writer_lock,
 )
@@ -101,7 +101,7 @@ def tables_of(path) -> set[str]:
 def as_version_1(path) -> Path:
     """What mpsearch before schema 2 wrote: the optional tables absent, meta saying schema 1."""
     with sqlite3.connect(path) as conn:
-        for table in ("shards", "latency", "e2e_runs", "e2e_units", "e2e"):
+        for table in ("shards", "latency", "e2e_runs", "e2e_units", "e2e", "calibration"):
             conn.execute(f"DROP TABLE {table}")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
     return Path(path)
@@ -109,11 +109,11 @@ def as_version_1(path) -> Path:
 
 # -- schema ------------------------------------------------------------------------------------------------------
 
-def test_a_new_file_has_every_table_and_schema_2(tmp_path):
+def test_a_new_file_has_every_table_and_the_current_schema(tmp_path):
     path = made(tmp_path / "p.sqlite")
-    assert SCHEMA == 2 and schema_of(path) == 2
+    assert SCHEMA == 3 and schema_of(path) == 3
     assert tables_of(path) == {"meta", "units", "shards", "local", "block_change", "sensitivity", "latency",
-                               "e2e_runs", "e2e_units", "e2e"}
+                               "e2e_runs", "e2e_units", "e2e", "calibration"}
 
 
 def test_a_version_1_file_is_read_unchanged_and_migrated_by_a_writer(tmp_path):
@@ -127,15 +127,15 @@ def test_a_version_1_file_is_read_unchanged_and_migrated_by_a_writer(tmp_path):
     assert path.read_bytes() == before
     w = writer(path)  # a writer migrates it in place
     w.close()
-    assert schema_of(path) == 2 and "e2e_runs" in tables_of(path) and Profile.load(path).digest == digest
+    assert schema_of(path) == SCHEMA and "e2e_runs" in tables_of(path) and Profile.load(path).digest == digest
 
 
-def test_migrate_v1_creates_the_missing_tables(tmp_path):
+def test_migrate_creates_the_missing_tables(tmp_path):
     path = as_version_1(made(tmp_path / "p.sqlite"))
     conn = sqlite3.connect(path)
-    migrate_v1(conn)
+    migrate(conn)
     conn.close()
-    assert schema_of(path) == 2 and {"shards", "latency", "e2e"} <= tables_of(path)
+    assert schema_of(path) == SCHEMA and {"shards", "latency", "e2e"} <= tables_of(path)
 
 
 def test_a_version_1_shard_merges_with_a_version_2_one(tmp_path):
@@ -143,18 +143,18 @@ def test_a_version_1_shard_merges_with_a_version_2_one(tmp_path):
     a = as_version_1(made(tmp_path / "a.sqlite", units=(0, 2), shard=(0, 2)))
     b = made(tmp_path / "b.sqlite", units=(1, 3), shard=(1, 2))
     merged = merge_profiles([a, b], tmp_path / "m.sqlite")
-    assert merged.digest == Profile.load(whole).digest and schema_of(tmp_path / "m.sqlite") == 2
+    assert merged.digest == Profile.load(whole).digest and schema_of(tmp_path / "m.sqlite") == SCHEMA
     assert schema_of(a) == 1  # the input is left as it was
 
 
 def test_another_schema_version_is_refused_naming_its_writer(tmp_path):
     path = made(tmp_path / "p.sqlite")
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
     for attempt in (lambda: Profile.load(path), lambda: writer(path)):
-        with pytest.raises(ProfileError, match=r"schema 3 \(written by mpsearch test\).*profile again"):
+        with pytest.raises(ProfileError, match=r"schema 4 \(written by mpsearch test\).*profile again"):
             attempt()
-    assert schema_of(path) == 3
+    assert schema_of(path) == 4
 
 
 # -- one writer per file -----------------------------------------------------------------------------------------
@@ -389,3 +389,22 @@ def test_a_corrupt_model_source_is_a_profile_error(tmp_path):
     conn.close()
     with pytest.raises(ProfileError, match="corrupt model_source"):
         Profile.load(path)
+
+
+def as_version_2(path) -> Path:
+    """What mpsearch before the calibrated variants wrote: no calibration table, meta saying schema 2."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE calibration")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    return Path(path)
+
+
+def test_a_version_2_file_is_read_and_upgraded_without_losing_anything(tmp_path):
+    path = made(tmp_path / "p.sqlite")
+    digest = Profile.load(path).digest
+    as_version_2(path)
+    assert schema_of(path) == 2
+    loaded = Profile.load(path)  # read-only: an in-memory upgrade, the file unchanged
+    assert loaded.digest == digest and loaded.calibration() == {} and schema_of(path) == 2
+    writer(path).close()  # a writer upgrades in place
+    assert schema_of(path) == SCHEMA and "calibration" in tables_of(path)

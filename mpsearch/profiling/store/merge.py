@@ -168,3 +168,5 @@ def _merge_one(conn, path, copy_meta: bool) -> None:
         conn.execute("INSERT INTO main.units (unit, seconds) SELECT unit, seconds FROM src.units "
                      "WHERE unit NOT IN (SELECT unit FROM main.units)")
         conn.execute("INSERT OR IGNORE INTO main.shards SELECT i, n FROM src.shards")
+        conn.execute("INSERT OR IGNORE INTO main.calibration "
+                     "SELECT layer, key, dtype, shape, data FROM src.calibration")

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from mpsearch.errors import ProfileError
 from mpsearch.metrics import get_metric, profile_metrics
 from mpsearch.models import ModelInfo
 from mpsearch.profiling.latency import LatencyTable
+from mpsearch.profiling.store.calibration import read_calibration
 from mpsearch.profiling.store.latency import LATENCY_KEY, read_latency
 from mpsearch.profiling.store.schema import MODEL_SOURCE_KEY, open_current, read_meta
 
@@ -50,6 +51,7 @@ class Profile:
     sensitivity: np.ndarray | None = None  # (L, S, 2): g2, n of the output sensitivity; None: not measured
     shards: tuple[tuple[int, int], ...] = ()  # the (i, n) of the shard runs that wrote the file; () if unknown
     model_source: str | None = None  # the embedded name or folder path the model was loaded from; None: unrecorded
+    _calibration: dict | None = field(default=None, init=False, repr=False, compare=False)  # read on first use
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -136,6 +138,21 @@ class Profile:
         """(blocks, steps) relative change ||o_t - o_{t-1}||^2 / ||o_t||^2 of each cacheable block; NaN at step 0."""
         with np.errstate(divide="ignore", invalid="ignore"):
             return self.block_stats[..., 0] / np.maximum(self.block_stats[..., 1], 1e-30)
+
+    def calibration(self, names=None) -> dict:
+        """Layer name -> :class:`mpsearch.quantizers.Calibration` (the calibrated variants' input statistics) of
+        the layers in ``names`` (all when None) that have one, read from the file now; {} when none was recorded."""
+        if self.path is None:
+            return {}
+        if self._calibration is None:
+            try:
+                with contextlib.closing(open_current(self.path, readonly=True)) as conn:
+                    self._calibration = read_calibration(conn, self.path, self.info)
+            except sqlite3.DatabaseError as e:
+                raise ProfileError(f"{self.path} is not a readable mpsearch profile ({e}); profile again") from None
+        if names is None:
+            return dict(self._calibration)
+        return {n: self._calibration[n] for n in names if n in self._calibration}
 
     @classmethod
     def load(cls, path) -> Profile:

@@ -1,6 +1,6 @@
-"""The profile file's tables, its schema version and the one migration (1 -> 2); opening a file safely.
+"""The profile file's tables, its schema version and the one migration (1 or 2 -> 3); opening a file safely.
 
-Schema 2 (every table is created with the file, so no reader asks whether a table exists)::
+Schema 3 (every table is created with the file, so no reader asks whether a table exists)::
 
   meta(key, value)                       JSON values: model info, configuration, versions, weights, schema,
                                          and model_source (where the model was loaded from; not in the digest)
@@ -17,10 +17,14 @@ Schema 2 (every table is created with the file, so no reader asks whether a tabl
   latency(layer, format, act, seconds)   seconds per denoiser call of each layer in each format on one machine
                                          (:mod:`~mpsearch.profiling.store.latency`)
   e2e_runs, e2e_units, e2e               the end-to-end tier's runs (:mod:`~mpsearch.profiling.store.endtoend`)
+  calibration(layer, key, dtype, shape, data)
+                                         the calibrated quantizer variants' input statistics of each layer
+                                         (:class:`mpsearch.quantizers.Calibration`: x2, xmax, hessian), raw
+                                         little-endian float32 bytes with their shape (JSON); written once
 
-Schema 1 (mpsearch before the store package) had the same tables, but created the optional ones (shards,
-sensitivity, latency, e2e_*) only when first written. :func:`migrate_v1` creates the missing ones and records
-schema 2; nothing else differs, so a version-1 file loses nothing.
+Schema 2 lacked only the calibration table; schema 1 (mpsearch before the store package) had the same tables as 2,
+but created the optional ones (shards, sensitivity, latency, e2e_*) only when first written. :func:`migrate`
+creates the missing ones and records schema 3; nothing else differs, so an older file loses nothing.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ from pathlib import Path
 from mpsearch.errors import ProfileError
 from mpsearch.models import LayerInfo, ModelInfo, Role
 
-__all__ = ["SCHEMA", "TABLES", "connect", "table_names", "migrate_v1", "open_current", "create_tables",
+__all__ = ["SCHEMA", "TABLES", "connect", "table_names", "migrate", "open_current", "create_tables",
            "read_meta", "file_version", "info_to_dict", "info_from_dict", "REQUIRED_TABLES", "MODEL_SOURCE_KEY"]
 
-#: the schema version this mpsearch writes; version 1 is migrated (:func:`migrate_v1`), others are refused
-SCHEMA = 2
+#: the schema version this mpsearch writes; versions 1 and 2 are migrated (:func:`migrate`), others are refused
+SCHEMA = 3
+#: the older versions :func:`migrate` brings to :data:`SCHEMA` (they lack only tables)
+MIGRATED = (1, 2)
 #: every table of a schema-2 file, by name: its CREATE statement
 TABLES = {
     "meta": "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -55,6 +61,8 @@ TABLES = {
                  "start INTEGER, stop INTEGER, kind TEXT, seconds REAL, PRIMARY KEY (run, unit))",
     "e2e": "CREATE TABLE IF NOT EXISTS e2e (run TEXT, unit TEXT, metric TEXT, value REAL, "
            "PRIMARY KEY (run, unit, metric))",
+    "calibration": "CREATE TABLE IF NOT EXISTS calibration (layer INTEGER, key TEXT, dtype TEXT NOT NULL, "
+                   "shape TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (layer, key))",
 }
 #: meta key: the embedded model's name or the pipeline folder's absolute path the profiled model was loaded from.
 #: Where the file's model can be found again, not what was measured: it is no part of the configuration, of the
@@ -105,9 +113,9 @@ def file_version(conn: sqlite3.Connection, path) -> tuple[object, dict]:
         raise ProfileError(f"{path} has a corrupt meta table ({type(e).__name__}: {e}); profile again") from None
 
 
-def migrate_v1(conn: sqlite3.Connection) -> None:
-    """Bring an open schema-1 profile to the current schema, in place and in one transaction: version 1 lacks at
-    most the optional tables, which are created empty, and its meta then says schema 2."""
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring an open schema-1 or schema-2 profile to the current schema, in place and in one transaction: they
+    lack at most some tables, which are created empty, and the meta then says the current schema."""
     with conn:
         conn.execute("BEGIN IMMEDIATE")
         create_tables(conn)
@@ -125,17 +133,18 @@ def open_current(path, readonly: bool = False) -> sqlite3.Connection:
         version, versions = file_version(conn, path)
         if version == SCHEMA:
             return conn
-        if version != 1:
+        if version not in MIGRATED:
             made = f"mpsearch {versions.get('mpsearch')}" if isinstance(versions, dict) else "another mpsearch"
             raise ProfileError(f"{path} has profile schema {version!r} (written by {made}); this mpsearch reads "
-                               f"schema {SCHEMA} (and upgrades 1): profile again into a new --out with this mpsearch")
+                               f"schema {SCHEMA} (and upgrades 1 and 2): profile again into a new --out with this "
+                               "mpsearch")
         if readonly:
             memory = sqlite3.connect(":memory:")
             conn.backup(memory)
             conn.close()
             conn = memory
             conn.execute("PRAGMA trusted_schema = OFF")
-        migrate_v1(conn)
+        migrate(conn)
         return conn
     except BaseException:
         conn.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 from mpsearch.errors import ProfileError
 from mpsearch.io import apply_umask
 from mpsearch.models import ModelInfo
+from mpsearch.profiling.store.calibration import has_calibration, read_calibration, write_calibration
 from mpsearch.profiling.store.files import remove_profile_file, writer_lock
 from mpsearch.profiling.store.schema import (
     MODEL_SOURCE_KEY,
@@ -113,6 +114,23 @@ class ProfileWriter:
 
     def done_units(self) -> set[int]:
         return {u for (u,) in self.conn.execute("SELECT unit FROM units")}
+
+    def has_calibration(self) -> bool:
+        """Whether the file already holds the calibrated variants' input statistics."""
+        return has_calibration(self.conn)
+
+    def read_calibration(self, info: ModelInfo) -> dict:
+        """Layer name -> Calibration recorded in the file."""
+        return read_calibration(self.conn, self.path, info)
+
+    def write_calibration(self, calibrations: dict) -> None:
+        """Record every layer's calibration (layer index -> Calibration) in one transaction."""
+        try:
+            with self.conn:
+                write_calibration(self.conn, calibrations)
+        except sqlite3.OperationalError as e:
+            raise ProfileError(f"cannot record the calibration in {self.path} ({e}); fix that and run the same "
+                               "command again") from None
 
     def write_unit(self, unit: int, seconds: float, local_rows, block_rows, sensitivity_rows=()) -> None:
         """Record one unit's measurements in one transaction: all of it, or nothing."""

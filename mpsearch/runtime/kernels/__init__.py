@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from mpsearch.errors import FormatError
 from mpsearch.formats import Packed, get_format
 from mpsearch.formats.base import records_grad
+from mpsearch.formats.variant import SEPARATOR, divide_input
 from mpsearch.runtime.kernels.choice import (
     env_kernel_setting,
     parse_kernel_spec,
@@ -171,9 +172,22 @@ def _cache_or_new(cache):
     return cache if cache is not None else LayoutCache()
 
 
+def _unwrap(x: torch.Tensor, packed: Packed, channel_dim: int) -> tuple[torch.Tensor, Packed]:
+    """A calibrated variant's call as its base format's: ``x`` divided by the smoothing factors (if any) and the
+    base format's packed weight, so the base format's kernels run it."""
+    if SEPARATOR not in packed.format:
+        return x, packed
+    fmt = get_format(packed.format)
+    s = fmt.smoothing(packed)  # type: ignore[attr-defined]
+    if s is not None:
+        x = divide_input(x, s, channel_dim=channel_dim)
+    return x, fmt.base_packed(packed)  # type: ignore[attr-defined]
+
+
 def linear(x2: torch.Tensor, packed: Packed, *, activations: bool, dequantized: torch.Tensor | None = None,
            cache: LayoutCache | None = None) -> torch.Tensor:
     """``x2 @ W.T`` (x2 2-D) through the kernel for x2's device, else the format's ``matmul``."""
+    x2, packed = _unwrap(x2, packed, -1)
     kernel = None if records_grad(x2) else find_kernel(x2.device.type, packed.format, activations, "linear")
     if kernel is not None:
         y = kernel(x2, packed, cache=_cache_or_new(cache), dequantized=dequantized)
@@ -186,6 +200,7 @@ def patches(x: torch.Tensor, packed: Packed, kernel_size, dilation, padding, str
             dequantized: torch.Tensor | None = None, cache: LayoutCache | None = None):
     """The conv of NCHW ``x`` as patch rows: ``(y (N*oh*ow, out), oh, ow)``, else the format's
     ``matmul_patches``."""
+    x, packed = _unwrap(x, packed, 1)
     kernel = None if records_grad(x) else find_kernel(x.device.type, packed.format, activations, "patches")
     if kernel is not None:
         out = kernel(x, packed, kernel_size, dilation, padding, stride, cache=_cache_or_new(cache),
@@ -200,6 +215,7 @@ def conv(x: torch.Tensor, packed: Packed, bias, stride, padding, dilation, *,
          dequantized: torch.Tensor | None = None, cache: LayoutCache | None = None) -> torch.Tensor:
     """The weight-only conv (activations as they come): the kernel for x's device, else the dequantized
     weight (or ``dequantized``) in x's dtype through ``F.conv2d``."""
+    x, packed = _unwrap(x, packed, 1)
     kernel = None if records_grad(x) else find_kernel(x.device.type, packed.format, False, "conv")
     if kernel is not None:
         y = kernel(x, packed, bias, stride, padding, dilation, cache=_cache_or_new(cache), dequantized=dequantized)

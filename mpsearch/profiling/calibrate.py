@@ -1,0 +1,87 @@
+"""The calibration pass: each candidate layer's input statistics, for the calibrated quantizer variants.
+
+Before a profile measures a variant (``nvfp4:clip``, ``int8:smooth``, ``int4:gptq``), one full-precision
+generation of the profile's first :data:`CALIBRATION_CONDITIONS` conditions with its first seed, at its steps,
+guidance and size, records per layer: the mean square of each input column, the largest magnitude per input
+channel and, for the layers a ``gptq`` candidate needs it for, the input second-moment matrix. Rows (tokens,
+or a conv's im2col rows) are a seeded random subset of at most :data:`CALIBRATION_ROWS` per call, so the pass
+costs one generation plus a small fraction. The statistics are stored in the profile once; every unit's
+variants are quantized with them, and so are the plan's (:mod:`mpsearch.quantizers`).
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from mpsearch.formats import get_format
+from mpsearch.formats.variant import needs_hessian
+from mpsearch.models import ModelInfo, get_denoiser
+from mpsearch.offload import loaded_tensors
+from mpsearch.quantizers import Calibration, CalibrationAccumulator
+from mpsearch.runtime.generation import generate
+
+#: conditions (prompts or labels) the calibration generation runs, from the start of the profile's
+CALIBRATION_CONDITIONS = 4
+#: at most this many input rows per layer call go into the statistics (seeded random subset)
+CALIBRATION_ROWS = 256
+
+
+def calibrated_layers(info: ModelInfo, formats) -> dict[int, bool]:
+    """Layer index -> whether its hessian is needed, for the layers with an eligible calibrated candidate."""
+    out: dict[int, bool] = {}
+    for li, layer in enumerate(info.layers):
+        cands = [f for f in formats if f in layer.eligible and getattr(get_format(f), "calibrated", False)]
+        if cands:
+            out[li] = any(needs_hessian(get_format(f)) for f in cands)
+    return out
+
+
+class _Recorder:
+    def __init__(self, index: int, module: torch.nn.Module, hessian: bool):
+        self.module = module
+        self.conv = isinstance(module, torch.nn.Conv2d)
+        w = loaded_tensors(module)["weight"]
+        in_cols = int(w[0].numel())
+        channels = int(w.shape[1])
+        self.acc = CalibrationAccumulator(in_cols, channels, in_cols // channels, hessian=hessian)
+        self.gen = torch.Generator().manual_seed(2_000_029 * (index + 1))
+
+    def _pick(self, n: int) -> torch.Tensor | None:
+        if n <= CALIBRATION_ROWS:
+            return None
+        return torch.randperm(n, generator=self.gen)[:CALIBRATION_ROWS]
+
+    @torch.no_grad()
+    def __call__(self, module, inputs, output):
+        x = inputs[0].detach()
+        if self.conv:
+            m = self.module
+            cols = torch.nn.functional.unfold(x.float(), m.kernel_size, m.dilation, m.padding, m.stride)
+            rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (N*L, C*kh*kw), the weight's column order
+        else:
+            rows = x.reshape(-1, x.shape[-1])
+        pick = self._pick(rows.shape[0])
+        if pick is not None:
+            rows = rows[pick.to(rows.device)]
+        self.acc.add(rows.float().cpu())
+
+
+def calibrate(pipe, info: ModelInfo, config, layers: dict[int, bool], *, progress: bool = True
+              ) -> dict[int, Calibration]:
+    """Run the calibration generation (see the module) and return layer index -> Calibration for ``layers``
+    (index -> whether to record the hessian, :func:`calibrated_layers`)."""
+    denoiser = get_denoiser(pipe)
+    modules = dict(denoiser.named_modules())
+    recorders = {li: _Recorder(li, modules[info.layers[li].name], hess) for li, hess in layers.items()}
+    handles = [recorders[li].module.register_forward_hook(r) for li, r in recorders.items()]
+    bar = tqdm(total=config.steps, desc="calibrate", unit="step", disable=not progress)
+    handles.append(denoiser.register_forward_hook(lambda *_: bar.update(0)))
+    try:
+        generate(pipe, config.conditions[:CALIBRATION_CONDITIONS], config.seeds[0], config.steps,
+                 config.guidance_scale, config.size)
+    finally:
+        bar.close()
+        for h in handles:
+            h.remove()
+    return {li: r.acc.result() for li, r in recorders.items()}
