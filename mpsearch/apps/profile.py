@@ -12,6 +12,7 @@ from pathlib import Path
 from mpsearch.allocation.decoupled import run_end_to_end
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.profiling.auto import MAX_TIME, choose_profile, profile_auto, resume_choice, would_probe
+from mpsearch.profiling.calibrate import choose_variants
 from mpsearch.profiling.distributed import detect_launch, distributed_session, pipeline_device, profile_sharded
 from mpsearch.profiling.profiler import ProfileConfig, default_profile_path, make_config, model_name, profile_local
 from mpsearch.profiling.prompting import calibration_config
@@ -23,7 +24,7 @@ __all__ = ["profile", "ProfileConfig", "default_profile_path"]
 def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple[int, int] = (0, 1),
             progress: bool = True, end_to_end: bool | None = None, shortlist: int = 8, windows: int = 4,
             content_scorer=None, features=None, distributed: bool | None = None, mode: str | None = None,
-            max_time: float = MAX_TIME, max_memory=None, say=None, **options) -> Profile:
+            max_time: float = MAX_TIME, max_memory=None, say=None, variants=None, **options) -> Profile:
     """Profile ``pipe``'s denoiser (local tier) into the SQLite file ``out`` and return the loaded Profile.
 
     ``options`` override fields of the default ProfileConfig (labels, seeds, steps, guidance_scale, formats).
@@ -53,6 +54,11 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
     (``say``, default: stderr when ``progress``; said after the probe, before the rest of the work; a small
     model's exact profile is chosen silently); a file made by the auto mode resumes with its own choice.
     ``"exact"`` profiles with the settings as given (every element, every step, unless set).
+
+    ``variants`` (``"none"``, ``"default"``, ``"all"`` or variant names): the calibrated quantizer variants measured
+    besides each format's round-to-nearest (``nvfp4:clip``, ``int8:smooth``, ``int4:gptq``;
+    :mod:`mpsearch.profiling.calibrate`). Left unset: all of them where the model is profiled exactly, none for a
+    large model in the automatic mode (said in a line). Formats that already name variants are kept.
     """
     launch = detect_launch() if distributed is not False else None
     config, said = calibration_config(pipe, config, options)
@@ -75,6 +81,9 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
     out = Path(out) if out is not None else default_profile_path(model_name(pipe))
     if say is None:
         say = _stderr if progress and (launch is None or launch.rank == 0) else (lambda line: None)
+    config, line = choose_variants(config, variants, large=mode == "auto" and would_probe(pipe))
+    if line:
+        say(line)
 
     def auto(probe_here=False):
         """(config, line, forecast) of the auto mode's choice; with ``probe_here``, a large model's choice is

@@ -11,11 +11,14 @@ variants are quantized with them, and so are the plan's (:mod:`mpsearch.quantize
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from tqdm.auto import tqdm
 
+from mpsearch.errors import UsageError
 from mpsearch.formats import get_format
-from mpsearch.formats.variant import needs_hessian
+from mpsearch.formats.variant import VARIANTS, candidate_names, needs_hessian
 from mpsearch.models import ModelInfo, get_denoiser
 from mpsearch.offload import loaded_tensors
 from mpsearch.quantizers import Calibration, CalibrationAccumulator
@@ -85,3 +88,44 @@ def calibrate(pipe, info: ModelInfo, config, layers: dict[int, bool], *, progres
         for h in handles:
             h.remove()
     return {li: r.acc.result() for li, r in recorders.items()}
+
+
+#: the variant sets ``--variants`` names; ``default`` is what a profile measures when not told
+VARIANT_SETS = {"none": (), "default": VARIANTS, "all": VARIANTS}
+
+
+def parse_variants(spec) -> tuple[str, ...]:
+    """``none``, ``default``, ``all`` or variant names (a comma-separated string or a sequence) -> variant names."""
+    if isinstance(spec, str) and spec in VARIANT_SETS:
+        return VARIANT_SETS[spec]
+    names = [v.strip() for v in spec.split(",")] if isinstance(spec, str) else [str(v) for v in spec]
+    bad = [v for v in names if v not in VARIANTS]
+    if bad or not names:
+        raise UsageError(f"variants must be none, default, all or names from {', '.join(VARIANTS)}; got {spec!r}; "
+                         "pass e.g. --variants clip,smooth")
+    return tuple(dict.fromkeys(names))
+
+
+def choose_variants(config, variants=None, *, large: bool = False):
+    """(config with the calibrated candidates added to its formats, a line saying what was chosen or None).
+
+    ``variants=None`` (the default): every variant for a model profiled exactly; none for a large model
+    profiled by the automatic mode (the calibration pass is one more generation and every variant one more
+    candidate per call, beyond the time target), said in the line. A config whose formats already name
+    variants is kept as it is."""
+    if any(":" in f for f in config.formats):
+        return config, None
+    line = None
+    if variants is None:
+        if large:
+            variants = "none"
+            line = ("variants: none at this size (the calibration pass and the extra candidates would exceed the "
+                    "profile's time target); pass --variants default (variants='default') to measure "
+                    f"{', '.join(VARIANTS)}")
+        else:
+            variants = "default"
+    names = parse_variants(variants)
+    if not names:
+        return config, line
+    formats = tuple(candidate_names(config.formats, names))
+    return replace(config, formats=formats), line

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(0, 1]: checkpoint that share of the blocks (default 1: all)")
     sp.add_argument("--exact", action="store_true",
                     help="measure every element at every step (no automatic approximations; flags still apply)")
+    sp.add_argument("--variants", default=None, metavar="none|default|all|LIST",
+                    help="calibrated quantizer variants measured besides round-to-nearest (clip, smooth, gptq); "
+                    "default: all of them where the model is profiled exactly, none for a large model")
     sp.add_argument("--max-time", type=generations, default=None, metavar="X",
                     help="automatic mode: keep the profile within X generations' time (default 3)")
     sp.add_argument("--max-memory", default=None, metavar="SIZE|Xx",

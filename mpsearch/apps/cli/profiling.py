@@ -11,6 +11,7 @@ from mpsearch.apps.cli.common import emit
 from mpsearch.apps.profile import default_profile_path, profile
 from mpsearch.errors import UsageError
 from mpsearch.profiling.auto import parse_max_memory
+from mpsearch.profiling.calibrate import parse_variants
 from mpsearch.profiling.distributed import detect_launch, distributed_session, launch_device
 from mpsearch.profiling.estimate import estimate_profile
 from mpsearch.profiling.latency import measure_latency
@@ -82,6 +83,8 @@ def cmd_profile(args) -> int:
         raise UsageError("--max-time and --max-memory steer the automatic mode; leave them out with --exact")
     if args.max_memory is not None:
         parse_max_memory(args.max_memory)  # a bad value fails before the model is loaded
+    if args.variants is not None:
+        parse_variants(args.variants)
     config = _profile_config(args, out)
     if args.estimate and (args.end_to_end or args.latency or args.shard != (0, 1)):
         raise UsageError("--estimate predicts the local profile alone: leave out --end-to-end, --latency and --shard")
@@ -107,7 +110,7 @@ def _profile(args, out, config, device, session) -> int:
     t0 = time.perf_counter()
     prof = profile(pipe, config, out=out, shard=args.shard, progress=not args.json and main,
                    end_to_end=args.end_to_end, shortlist=args.shortlist, windows=args.windows,
-                   mode="exact" if args.exact else "auto", max_memory=args.max_memory,
+                   mode="exact" if args.exact else "auto", max_memory=args.max_memory, variants=args.variants,
                    **({"max_time": args.max_time} if args.max_time is not None else {}),
                    say=lambda line: print(line, file=sys.stderr, flush=True) if main else None)
     if args.latency:
