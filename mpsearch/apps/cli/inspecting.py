@@ -33,6 +33,7 @@ def cmd_inspect(args) -> int:
             "fp_bytes": info.fp_bytes, "uniform_bytes": uniform, "min_bytes": lo, "max_bytes": hi,
             "tie_groups": [list(g) for g in info.tie_groups], "cacheable_blocks": list(info.blocks)}
     data["cache_units"] = cache_unit_rows(denoiser)
+    data["variants"] = _variant_rows(info)
     rows = [[l.name, l.kind, "x".join(map(str, l.shape)), l.role.value, ",".join(l.eligible)] for l in info.layers]
     lines = [f"{info.denoiser_class} ({args.model}), {len(info.layers)} candidate layers, "
              f"fingerprint {info.fingerprint}"]
@@ -40,6 +41,10 @@ def cmd_inspect(args) -> int:
     lines += ["", f"fixed (never quantized): {format_bytes(info.fixed_bytes)}"]
     lines += [f"uniform {f:6s}: {format_bytes(b)} ({b:,} B)" for f, b in uniform.items()]
     lines += [f"smallest possible: {format_bytes(lo)} ({lo:,} B); largest: {format_bytes(hi)} ({hi:,} B)"]
+    lines += ["", "quantizer variants (profiled with --variants; the same codes as their format, plus the bytes "
+              "shown):"]
+    lines += text_table([[v["name"], v["layers"], format_bytes(v["bytes"]), f"+{v['extra_bytes']:,} B"]
+                         for v in data["variants"]], ["variant", "layers", "uniform size", "extra over format"])
     lines += [f"cache unit {u['name']} ({u['kind']}: {', '.join(u['modules'])}): "
               + (f"{u['share']:.0%} of a step's FLOPs" if u["share"] is not None else "share of compute unknown")
               for u in data["cache_units"]]
@@ -62,6 +67,21 @@ def _inspect_arch(args) -> int:
                             for role, v in sorted(r["roles"].items(), key=lambda kv: -kv[1]["params"])],
                            ["role", "layers", "params", "size"])
     return emit(args, r, lines)
+
+
+def _variant_rows(info) -> list[dict]:
+    """Each calibrated variant: the layers that may take it, the denoiser's bytes with every such layer in it
+    and what it stores beyond its base format (smooth's factors)."""
+    rows = []
+    for name in available_formats(calibrated=True):
+        base, _, variant = name.partition(":")
+        if not variant:
+            continue
+        layers = [l for l in info.layers if l.why_not(name) is None]
+        extra = sum(l.nbytes(name) - l.nbytes(base) for l in layers)
+        rows.append({"name": name, "layers": len(layers), "bytes": info.bytes_for({l.name: name for l in layers}),
+                     "extra_bytes": extra})
+    return rows
 
 
 def cmd_generate(args) -> int:

@@ -1,0 +1,151 @@
+"""Calibrated variants through the whole flow: profiled (calibration stored once, reused on resume), solved into
+a plan that carries its calibration file, applied and exported bit for bit, bytes as predicted."""
+
+import numpy as np
+import pytest
+import torch
+
+import mpsearch
+from mpsearch.errors import FormatError, PlanError
+from mpsearch.formats import Packed, available_formats, get_format
+from mpsearch.formats.variant import candidate_names
+from mpsearch.models import measured_bytes
+from mpsearch.plan import Plan
+from mpsearch.profiling.profiler import profile_local
+from mpsearch.profiling.store import Profile
+from mpsearch.quantizers import quantize_candidate
+from mpsearch.runtime import kernels
+from mpsearch.runtime.generation import generate
+
+FORMATS = tuple(candidate_names(("int8", "nvfp4", "int4"), ("clip", "smooth", "gptq")))
+
+
+
+
+def _profile(pipe, path, **kw):
+    return profile_local(pipe, out=path, formats=FORMATS, steps=3, labels=(0, 1), seeds=(0,), progress=False, **kw)
+
+
+def test_every_variant_is_a_named_candidate_with_its_base_bytes():
+    names = available_formats(calibrated=True)
+    assert {"int8:clip", "int8:smooth", "int8:gptq", "nvfp4:clip", "nvfp4:smooth", "nvfp4:gptq", "int4:clip",
+            "int4:gptq"} <= set(names)
+    assert "int4:smooth" not in names  # int4 is weight-only: nothing to smooth
+    shape = (64, 256)
+    for name in names:
+        base, _, variant = name.partition(":")
+        if variant:
+            extra = 4 * 256 if variant == "smooth" else 0
+            assert get_format(name).weight_bytes(shape) == get_format(base).weight_bytes(shape) + extra
+    with pytest.raises(FormatError, match="calibrat"):
+        get_format("nvfp4:clip").quantize(torch.randn(16, 32))
+    with pytest.raises(FormatError, match="calibrat"):
+        quantize_candidate("int4:gptq", torch.randn(16, 128))
+
+
+def test_gptq_is_ineligible_where_no_hessian_is_recorded():
+    assert get_format("int4:gptq").why_ineligible((8, 4096)) is not None
+    assert get_format("int4:clip").why_ineligible((8, 4096)) is None
+
+
+def test_profile_solve_apply_export_with_variants(dit_pipe, tmp_path):
+    pipe = dit_pipe
+    path = tmp_path / "p.sqlite"
+    prof = _profile(pipe, path)
+    assert set(FORMATS) <= set(prof.formats)
+    cal = prof.calibration()
+    assert cal and set(cal) <= set(prof.info.names)
+    # the plan: every layer in a variant where it may take one (a forced assignment, so the flow is exercised)
+    assignment = {}
+    cands = ("int8:smooth", "nvfp4:clip", "int4:gptq", "nvfp4:smooth", "int8:gptq", "int4:clip")
+    for i, l in enumerate(prof.info.layers):
+        for k in range(len(cands)):
+            cand = cands[(i + k) % len(cands)]
+            if l.why_not(cand) is None:
+                assignment[l.name] = cand
+                break
+    assert {f.partition(":")[2] for f in assignment.values()} == {"smooth", "clip", "gptq"}
+    plan = Plan.from_assignment(prof.info, assignment, calibration=prof.calibration())
+    assert set(plan.calibration) == set(assignment)
+    saved = plan.save(tmp_path / "plans" / "v.yaml")
+    side = tmp_path / "plans" / "v.calibration.safetensors"
+    assert side.is_file()
+    loaded = Plan.load(saved)
+    assert set(loaded.calibration) == set(assignment)
+    for n in assignment:
+        assert torch.equal(loaded.calibration[n].x2, plan.calibration[n].x2)
+
+    labels, seed = [0, 1], 7
+    with mpsearch.apply_plan(pipe, loaded, stash="memory"):
+        applied = generate(pipe, labels, seed, 3)
+        assert measured_bytes(pipe) == loaded.predicted_bytes
+    ref = generate(pipe, labels, seed, 3)
+    assert not np.array_equal(applied, ref)
+    out = tmp_path / "exported"
+    mpsearch.export(pipe, loaded, out)
+    q = mpsearch.load_pipeline(out)
+    assert np.array_equal(generate(q, labels, seed, 3), applied)  # bit for bit
+    assert measured_bytes(q) == loaded.predicted_bytes
+
+
+def test_a_plan_without_its_calibration_file_or_with_another_is_refused(dit_pipe, tmp_path):
+    prof = _profile(dit_pipe, tmp_path / "p.sqlite")
+    name = next(l.name for l in prof.info.layers if l.why_not("int8:clip") is None)
+    plan = Plan.from_assignment(prof.info, {name: "int8:clip"}, calibration=prof.calibration())
+    saved = plan.save(tmp_path / "a.yaml")
+    side = tmp_path / "a.calibration.safetensors"
+    data = side.read_bytes()
+    side.write_bytes(data[:-4] + b"\0\0\0\0")
+    with pytest.raises(PlanError, match="not the one it was made with"):
+        Plan.load(saved)
+    side.unlink()
+    with pytest.raises(PlanError, match="not beside it"):
+        Plan.load(saved)
+    bare = Plan.from_assignment(prof.info, {name: "int8:clip"})  # no calibration given
+    with pytest.raises(PlanError, match="holds no calibration"):
+        mpsearch.apply_plan(dit_pipe, bare)
+
+
+def test_resuming_a_profile_reuses_its_stored_calibration(dit_pipe, tmp_path):
+    path = tmp_path / "p.sqlite"
+    one = profile_local(dit_pipe, out=path, formats=FORMATS, steps=3, labels=(0, 1), seeds=(0, 1), progress=False,
+                        shard=(0, 2))
+    first = {n: c.x2.clone() for n, c in one.calibration().items()}
+    import mpsearch.profiling.profiler as profiler
+
+    def refuse(*a, **k):
+        raise AssertionError("the calibration pass ran again on a file that holds one")
+
+    real, profiler.calibrate = profiler.calibrate, refuse
+    try:
+        two = profile_local(dit_pipe, out=path, formats=FORMATS, steps=3, labels=(0, 1), seeds=(0, 1),
+                            progress=False)
+    finally:
+        profiler.calibrate = real
+    assert len(two.units) == 2
+    assert all(torch.equal(first[n], c.x2) for n, c in two.calibration().items())
+
+
+def test_smoothed_kernels_compute_the_reference_product():
+    torch.manual_seed(0)
+    w = torch.randn(32, 64)
+    x = torch.randn(10, 64) * torch.linspace(0.1, 8, 64)
+    from mpsearch.quantizers import Calibration
+
+    cal = Calibration(x2=x.square().mean(0), xmax=x.abs().amax(0), hessian=(x.t() @ x) / len(x), rows=len(x))
+    for name in ("int8:smooth", "nvfp4:smooth"):
+        packed = quantize_candidate(name, w, cal)
+        assert isinstance(packed, Packed) and "smooth" in packed.tensors
+        ref = get_format(name).matmul(x, packed)
+        with kernels.reference_only():
+            y0 = kernels.linear(x, packed, activations=True)
+        y1 = kernels.linear(x, packed, activations=True)
+        assert torch.equal(y0, ref)
+        assert torch.allclose(y1, ref, rtol=1e-2, atol=1e-2)
+
+
+def test_migrated_profile_without_calibration_reads_as_none(dit_pipe, tmp_path):
+    prof = profile_local(dit_pipe, out=tmp_path / "p.sqlite", formats=("int8",), steps=2, labels=(0,), seeds=(0,),
+                         progress=False)
+    assert prof.calibration() == {}
+    assert Profile.load(tmp_path / "p.sqlite").calibration() == {}
