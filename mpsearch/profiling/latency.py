@@ -32,6 +32,7 @@ from mpsearch.errors import MpsearchError, UsageError
 from mpsearch.formats import available_formats, get_format
 from mpsearch.models import describe, get_denoiser
 from mpsearch.offload import has_offloaded_weights, model_offload_hook
+from mpsearch.quantizers.candidate import timing_stand_in
 from mpsearch.runtime.executor import applied_plan
 from mpsearch.runtime.generation import generate, takes_prompts
 from mpsearch.runtime.qmodules import quantized_module
@@ -255,7 +256,7 @@ def measure_latency(pipe, info=None, *, formats=None, steps: int = 20, condition
                 for fi, f in enumerate(formats[1:], start=1):
                     if f not in layer.eligible:
                         continue
-                    packed = get_format(f).quantize(module.weight.detach())
+                    packed = timing_stand_in(f, module.weight.detach())
                     variants.append((fi, False, quantized_module(module, packed)))  # as the executor runs it
                     if get_format(f).quantizes_activations:
                         wo = quantized_module(module, packed, act_windows=[(0, 1, False)])

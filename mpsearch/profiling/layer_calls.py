@@ -17,6 +17,7 @@ from mpsearch.formats import available_formats, get_format
 from mpsearch.layer_types import layer_type_of
 from mpsearch.models import describe, get_denoiser
 from mpsearch.offload import has_offloaded_weights, model_offload_hook
+from mpsearch.quantizers.candidate import timing_stand_in
 from mpsearch.runtime.generation import generate, takes_prompts
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import FixedStep, acquire_step_state, release_step_state
@@ -101,7 +102,7 @@ def record_layer_calls(pipe, info=None, *, steps: int = 20, windows: int = 2, co
                 if f not in layer.eligible:
                     sums[li, ai] = np.nan
                     continue
-                packed = get_format(f).quantize(module.weight.detach())
+                packed = timing_stand_in(f, module.weight.detach())
                 wo = quantized_module(module, packed, act_windows=[(0, 1, False)])
                 wo.step_state = fixed
                 act = quantized_module(module, packed)

@@ -49,3 +49,16 @@ def packed_rows(packed: Packed, rows: torch.Tensor) -> Packed:
         else:
             raise FormatError(f"packed tensor {k!r} of shape {tuple(t.shape)} is not per output row; cannot take rows")
     return Packed(packed.format, (len(rows), inp), packed.dtype, tensors)
+
+
+def timing_stand_in(name: str, w: torch.Tensor) -> Packed:
+    """A packed weight that runs exactly the arithmetic of candidate ``name`` (for timing, not for its error):
+    the base format's round-to-nearest codes, and for ``smooth`` factors of 1 (the division still runs)."""
+    base, variant = split_candidate(name)
+    packed = get_format(base).quantize(w)
+    if variant is None:
+        return packed
+    tensors = dict(packed.tensors)
+    if variant == "smooth":
+        tensors["smooth"] = torch.ones(int(w.shape[1]), dtype=torch.float32, device=w.device)
+    return Packed(name, packed.shape, packed.dtype, tensors)

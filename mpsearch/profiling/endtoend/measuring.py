@@ -23,6 +23,7 @@ from mpsearch.models import get_denoiser
 from mpsearch.profiling.endtoend.scores import default_scorers, score_images
 from mpsearch.profiling.endtoend.units import FP_UNIT
 from mpsearch.profiling.store import EndToEndWriter, Profile
+from mpsearch.quantizers import quantize_candidate
 from mpsearch.runtime.generation import generate
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import step_state
@@ -44,9 +45,10 @@ class _Swap:
 
 
 @contextlib.contextmanager
-def quantized(pipe, layers, fmt: str, window=None):
+def quantized(pipe, layers, fmt: str, window=None, calibration=None):
     """Run ``layers`` of ``pipe``'s denoiser in ``fmt`` (with the executor's quantized modules) inside the
-    step window only; layers that cannot take ``fmt`` stay fp. Hooks are removed on exit."""
+    step window only; layers that cannot take ``fmt`` stay fp. Hooks are removed on exit. A calibrated variant
+    (``nvfp4:clip``) is quantized with ``calibration`` (layer name -> Calibration, the profile's)."""
     den = get_denoiser(pipe)
     modules = dict(den.named_modules())
     handles = []
@@ -59,7 +61,8 @@ def quantized(pipe, layers, fmt: str, window=None):
                 f = get_format(fmt)
                 if not f.eligible(tuple(module.weight.shape)):
                     continue
-                q = quantized_module(module, f.quantize(module.weight.detach()))
+                q = quantized_module(module, quantize_candidate(fmt, module.weight.detach(),
+                                                                (calibration or {}).get(name)))
                 q.cache_dequantized = True
                 handles.append(module.register_forward_hook(_Swap(q, steps, window)))
             if layers and not handles:
@@ -103,6 +106,7 @@ def measure(pipe, profile: Profile, units, *, content_scorer=None, features=None
               "profile_weights": profile.weights}
     run = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     labels = [c for _ in seeds for c in conditions]
+    calibration = profile.calibration() if any(":" in u.format for u in units if u.format) else {}
     gen = lambda: np.concatenate([generate(pipe, conditions, s, steps, guidance, size) for s in seeds])  # noqa: E731
     units = [FP_UNIT] + [u for u in units if u.key != FP_UNIT.key]
     t_all = time.perf_counter()
@@ -124,7 +128,7 @@ def measure(pipe, profile: Profile, units, *, content_scorer=None, features=None
                 if u.kind == "fp":
                     images = ref
                 else:
-                    with quantized(pipe, u.layers, u.format, u.window):
+                    with quantized(pipe, u.layers, u.format, u.window, calibration):
                         images = gen()
                     out["generations"] += len(seeds)
                 scores = score_images(ref, images, labels, content_scorer, features, ref_features)
