@@ -43,10 +43,9 @@ def kind_of(fmt: Format) -> str:
 
 def group_of(fmt: Format, in_cols: int) -> int:
     """Inputs per scale group: a whole row for int8, 16 for nvfp4, the group size for int4."""
-    kind = kind_of(fmt)
-    if kind == "int8":
-        return in_cols
-    return BLOCK if kind == "nvfp4" else int(getattr(fmt, "group"))
+    if isinstance(fmt, Int4):
+        return int(fmt.group)
+    return BLOCK if kind_of(fmt) == "nvfp4" else in_cols
 
 
 @dataclass(frozen=True, eq=False)
