@@ -112,6 +112,7 @@ class CalibrationAccumulator:
                               "floating point): calibrate on a run that produces finite activations")
         if rows.shape[0] == 0:
             return
+        rows = rows.detach()  # statistics, never part of an autograd graph
         dev = rows.device
         if self._x2 is None:
             self._x2 = torch.zeros(self.in_cols, dtype=torch.float64, device=dev)

@@ -43,6 +43,14 @@ def test_conv_channel_max_is_taken_over_each_channels_kernel_columns():
     torch.testing.assert_close(c.x2, (both**2).mean(0).float(), rtol=1e-6, atol=0)
 
 
+def test_rows_that_require_grad_are_accumulated_without_a_graph():
+    x = torch.randn(5, 4, requires_grad=True)
+    acc = CalibrationAccumulator(4, 4)
+    acc.add(x * 2)
+    c = acc.result()
+    assert not (c.x2.requires_grad or c.xmax.requires_grad or c.hessian.requires_grad)
+
+
 def test_hessian_is_recorded_only_up_to_the_limit_or_when_asked():
     assert not CalibrationAccumulator(MAX_HESSIAN_COLS + 16, MAX_HESSIAN_COLS + 16).records_hessian
     assert CalibrationAccumulator(MAX_HESSIAN_COLS, MAX_HESSIAN_COLS).records_hessian

@@ -279,6 +279,8 @@ def _calib(in_cols: int, in_channels: int | None = None, hessian: bool = True) -
     (lambda w: quantize_variant("int4", "clip", w * float("nan"), _calib(256)), "NaN/inf"),
     (lambda w: extra_bytes("int4", "smooth", (8, 128)), "'smooth' does not apply"),
     (lambda w: needs_hessian("GPTQ"), "unknown quantizer variant 'GPTQ'"),
+    (lambda w: quantize_variant("int8", "gptq", w, Calibration(torch.ones(256), torch.ones(256), -torch.eye(256), 1)),
+     "not positive definite even after damping"),
 ])
 def test_errors_are_one_line_format_errors(call, match):
     w, _, _ = linear_layer()
