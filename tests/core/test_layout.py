@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2] / "mpsearch"
 # the core every stage may use; ``classifier`` is the shipped digit classifier, the default feature space of the
 # content and quality metrics (model weights like a metric's, importing nothing but errors)
 CORE = {"formats", "models", "offload", "layer_types", "plan", "budget", "metrics", "errors", "io", "version", "cache_units",
-        "cache_section", "classifier", "prompts"}
+        "cache_section", "classifier", "prompts", "quantizers"}
 STAGES = {"runtime": 1, "profiling": 2, "allocation": 3}
 APPLICATION = 4
 
@@ -81,6 +81,8 @@ def violations() -> list[str]:
 
 def test_levels_of_known_modules():
     assert level("mpsearch.plan") == level("mpsearch.formats.nvfp4") == 0
+    # the quantizer variants are pure algorithms over formats: the runtime and the profiler both use them
+    assert level("mpsearch.quantizers.gptq") == level("mpsearch.quantizers") == 0
     assert level("mpsearch.runtime.executor") == 1
     assert level("mpsearch.profiling.store") == 2
     assert level("mpsearch.allocation.solvers.ilp_pulp") == 3

@@ -1,0 +1,106 @@
+"""The quantizer variants' catalogue: the only place that knows their names.
+
+A variant writes valid codes of its base format (the same ``Packed`` tensors, dtypes and bytes as
+``fmt.quantize(w)``), chosen with calibration statistics of the layer's inputs; plain round-to-nearest is the
+empty variant ``""``. The variants (definitions in their modules):
+
+- ``clip`` (:mod:`.clip`): a clip ratio per scale group minimizing the activation-weighted error; int8, nvfp4,
+  int4 (any group size).
+- ``smooth`` (:mod:`.smooth`): SmoothQuant factors s per input channel, codes of W*s, run as Qact(x/s) @ Q(Ws)^T;
+  only formats that quantize activations (int8, nvfp4); s costs 4 bytes per input channel.
+- ``gptq`` (:mod:`.gptq`): GPTQ error-compensating rounding on RTN's scales; int8, nvfp4, int4; needs the hessian.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mpsearch.errors import FormatError
+from mpsearch.formats import Packed, get_format, matrix_shape
+from mpsearch.quantizers.calibration import Calibration
+from mpsearch.quantizers.clip import clip_quantize
+from mpsearch.quantizers.codes import kind_of
+from mpsearch.quantizers.gptq import gptq_quantize
+from mpsearch.quantizers.smooth import smooth_quantize
+
+VARIANTS = ("clip", "smooth", "gptq")
+
+
+def _check_variant(variant: str) -> None:
+    if variant != "" and variant not in VARIANTS:
+        raise FormatError(f"unknown quantizer variant {variant!r}; expected one of {', '.join(VARIANTS)} "
+                          f"(or none, for round-to-nearest)")
+
+
+def variant_applies(fmt_name: str, variant: str) -> bool:
+    """Whether ``variant`` can quantize weights of format ``fmt_name`` ("" = RTN applies to every format).
+    FormatError for an unknown format or variant name."""
+    _check_variant(variant)
+    fmt = get_format(fmt_name)
+    if variant == "":
+        return True
+    try:
+        kind_of(fmt)
+    except FormatError:
+        return False  # fp and other formats without codes
+    return variant != "smooth" or fmt.quantizes_activations
+
+
+def needs_hessian(variant: str) -> bool:
+    """Whether ``variant`` needs ``Calibration.hessian`` (gptq)."""
+    _check_variant(variant)
+    return variant == "gptq"
+
+
+def _check_applies(fmt_name: str, variant: str) -> None:
+    if not variant_applies(fmt_name, variant):
+        need = "a format that quantizes activations (int8, nvfp4)" if variant == "smooth" else "int8, nvfp4 or int4"
+        raise FormatError(f"quantizer variant {variant!r} does not apply to format {fmt_name!r}; it needs {need}: "
+                          f"pick another variant or format")
+
+
+def extra_bytes(fmt_name: str, variant: str, shape: Sequence[int]) -> int:
+    """Bytes the variant stores beside the format's ``weight_bytes(shape)``: smooth's float32 factor per input
+    channel (``shape[1]``), 0 for the others."""
+    _check_applies(fmt_name, variant)
+    matrix_shape(shape)
+    return 4 * int(shape[1]) if variant == "smooth" else 0
+
+
+def _check_calibration(w: torch.Tensor, calib: Calibration, variant: str) -> None:
+    if not isinstance(calib, Calibration):
+        raise FormatError(f"quantizer variant {variant!r} needs a Calibration of the layer's inputs, got "
+                          f"{type(calib).__name__}; build one with CalibrationAccumulator")
+    _, in_cols = matrix_shape(w.shape)
+    in_channels = int(w.shape[1])
+    if calib.in_cols != in_cols or calib.in_channels != in_channels:
+        raise FormatError(f"calibration of {calib.in_cols} input columns / {calib.in_channels} channels does not fit "
+                          f"a weight of shape {tuple(w.shape)} (expected {in_cols} / {in_channels}); calibrate "
+                          f"this layer's own inputs")
+    if variant == "gptq" and calib.hessian is None:
+        raise FormatError(f"quantizer variant 'gptq' needs the input hessian, which was not recorded for this "
+                          f"layer ({in_cols} input columns); use clip, or record it (in_cols <= MAX_HESSIAN_COLS)")
+
+
+def quantize_variant(fmt_name: str, variant: str, w: torch.Tensor,
+                     calib: Calibration) -> tuple[Packed, torch.Tensor | None]:
+    """(packed codes of the base format ``fmt_name`` for ``w``, smoothing factors float32 (in_channels,) for
+    ``smooth`` else None). The packed weight has exactly ``fmt.quantize(w)``'s tensors, dtypes and shapes;
+    the same inputs give bit-identical outputs. FormatError (one line) for a variant that does not apply to the
+    format, a calibration of the wrong size, gptq without a hessian, or what ``fmt.quantize`` refuses."""
+    _check_applies(fmt_name, variant)
+    fmt = get_format(fmt_name)
+    fmt.check_eligible(w.shape)
+    if variant == "":
+        return fmt.quantize(w), None
+    _check_calibration(w, calib, variant)
+    if variant == "smooth":
+        fmt.quantize(w)  # w itself must be quantizable (finite, in range): the same errors as RTN
+        return smooth_quantize(fmt, w, calib.xmax)
+    if variant == "gptq":
+        assert calib.hessian is not None
+        return gptq_quantize(fmt, w, calib.hessian), None
+    fmt.quantize(w)  # refuses what RTN refuses (NaN/inf, float16 overflow of int4's scales) with its message
+    return clip_quantize(fmt, w, calib.x2), None
