@@ -88,6 +88,27 @@ def parse_pins(pins: Any) -> dict[str, str]:
     return out
 
 
+def _without_duplicate_variants(profile: Profile, cost: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+    """A calibrated variant that measured exactly as its base format at the same bytes (its search kept the
+    round-to-nearest codes) is no other candidate: it is left out (cost inf), so plans name the plain format."""
+    formats = list(profile.formats)
+    stats = getattr(profile, "stats", None)
+    if stats is None or stats.shape[1] != len(formats):
+        return cost
+    out = cost
+    for fi, f in enumerate(formats):
+        base, _, variant = f.partition(":")
+        if not variant or base not in formats:
+            continue
+        bi = formats.index(base)
+        same = np.isfinite(cost[:, fi]) & (nbytes[:, fi] == nbytes[:, bi]) & \
+            np.all(stats[:, fi] == stats[:, bi], axis=(1, 2))
+        if same.any():
+            out = out.copy() if out is cost else out
+            out[same, fi] = np.inf
+    return out
+
+
 def build_problem(profile: Profile, budget_bytes: int | None, *, metric: str = "auto", step_weights: Any = None,
                   pins: Any = None, tie: bool = False, role_pins: dict | None = None,
                   cost: np.ndarray | None = None) -> Problem:
@@ -106,6 +127,7 @@ def build_problem(profile: Profile, budget_bytes: int | None, *, metric: str = "
         for fi, f in enumerate(formats):
             if f in layer.eligible:
                 nbytes[li, fi] = layer.nbytes(f)
+    cost = _without_duplicate_variants(profile, cost, nbytes)
     names = list(info.names)
     index_of = {n: i for i, n in enumerate(names)}
     pinned: dict[int, int] = {index_of[n]: formats.index(f)

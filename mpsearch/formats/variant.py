@@ -23,6 +23,7 @@ import torch
 
 from mpsearch.errors import FormatError
 from mpsearch.formats.base import Format, Packed, matrix_shape
+from mpsearch.formats.registry import get_format, register_instance
 
 #: the calibrated variants besides plain round-to-nearest (no suffix)
 VARIANTS = ("clip", "smooth", "gptq")
@@ -164,8 +165,6 @@ def divide_input(x: torch.Tensor, s: torch.Tensor, *, channel_dim: int) -> torch
 
 def register_variants() -> None:
     """Register every applicable (base format, variant) pair as a format named ``base:variant``."""
-    from mpsearch.formats.registry import get_format, register_instance
-
     for base_name in BASES:
         base = get_format(base_name)
         for variant in VARIANTS:
@@ -175,8 +174,6 @@ def register_variants() -> None:
 
 def candidate_names(formats: Sequence[str], variants: Sequence[str]) -> list[str]:
     """``formats`` followed by each applicable ``format:variant`` (in ``variants`` order, per format)."""
-    from mpsearch.formats.registry import get_format
-
     out = list(formats)
     for f in formats:
         base = get_format(f)

@@ -1,10 +1,13 @@
 """Calibrated quantizer variants: valid codes of a base format chosen with statistics of the layer's inputs.
 
 Pure functions over a weight and a :class:`Calibration`; the profiler, plan and executor use them by the names
-of :data:`VARIANTS` (``"nvfp4:clip"`` in a plan). Definitions: :mod:`.clip`, :mod:`.smooth`, :mod:`.gptq`.
+of :data:`VARIANTS` (``"nvfp4:clip"`` in a plan). Definitions: :mod:`.clip`, :mod:`.smooth`, :mod:`.gptq`;
+:func:`quantize_candidate` is the one entry point for a candidate's codes (a format or a variant);
+:mod:`.calibration_file` the plan's calibration file.
 """
 
 from mpsearch.quantizers.calibration import MAX_HESSIAN_COLS, Calibration, CalibrationAccumulator
+from mpsearch.quantizers.candidate import packed_rows, quantize_candidate, timing_stand_in
 from mpsearch.quantizers.clip import CLIP_GRID, clip_quantize
 from mpsearch.quantizers.codes import reencode
 from mpsearch.quantizers.gptq import gptq_quantize
@@ -28,4 +31,7 @@ __all__ = [
     "smooth_quantize",
     "gptq_quantize",
     "reencode",
+    "quantize_candidate",
+    "packed_rows",
+    "timing_stand_in",
 ]

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from mpsearch.errors import FormatError
+from mpsearch.formats.variant import MAX_HESSIAN_COLS as _MAX_HESSIAN_COLS
 
-#: the largest in_cols whose hessian is recorded. Memory: the accumulator holds an (in_cols, in_cols) float64 sum
-#: and the result a float32 copy, 12 bytes per entry: 64 MB at 2304 columns per layer being calibrated, while a
-#: 5120-column layer (an SD 1.5 feed-forward output) would take 315 MB and FLUX's 12288 columns 1.8 GB each.
-MAX_HESSIAN_COLS = 2304
+#: the largest in_cols whose hessian is recorded (defined with the variants' eligibility, gptq's shape rule).
+#: Memory: the accumulator holds an (in_cols, in_cols) float64 sum and the result a float32 copy, 12 bytes per
+#: entry: 64 MB at 2304 columns per layer being calibrated, while a 5120-column layer (an SD 1.5 feed-forward
+#: output) would take 315 MB and FLUX's 12288 columns 1.8 GB each.
+MAX_HESSIAN_COLS = _MAX_HESSIAN_COLS
 
 #: rows converted to float64 at a time (bounds the temporary of one ``add``)
 _CHUNK_ROWS = 8192

@@ -19,13 +19,14 @@ import torch
 
 from mpsearch.errors import FormatError
 from mpsearch.formats import Packed, get_format, matrix_shape
+from mpsearch.formats.variant import VARIANTS as _VARIANTS
 from mpsearch.quantizers.calibration import Calibration
 from mpsearch.quantizers.clip import clip_quantize
 from mpsearch.quantizers.codes import kind_of
 from mpsearch.quantizers.gptq import gptq_quantize
 from mpsearch.quantizers.smooth import smooth_quantize
 
-VARIANTS = ("clip", "smooth", "gptq")
+VARIANTS = _VARIANTS  # named once, with the formats' registry of ``base:variant`` names
 
 
 def _check_variant(variant: str) -> None:

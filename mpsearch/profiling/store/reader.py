@@ -10,6 +10,7 @@ from), so migrating a file keeps its digest, and so does profiling one model fro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -153,6 +154,21 @@ class Profile:
         if names is None:
             return dict(self._calibration)
         return {n: self._calibration[n] for n in names if n in self._calibration}
+
+    def select_formats(self, formats) -> Profile:
+        """This profile with only ``formats`` as candidates (fp is always kept), e.g. the round-to-nearest formats
+        of a profile that measured variants too; its digest names the selection."""
+        keep = ["fp"] + [f for f in formats if f != "fp"]
+        missing = [f for f in keep if f not in self.formats]
+        if missing:
+            raise ProfileError(f"the profile did not measure {', '.join(missing)} (it has {', '.join(self.formats)}); "
+                               "profile again with them")
+        idx = [self.formats.index(f) for f in keep]
+        config = {**self.config, "formats": keep[1:]}
+        digest = self.digest + "/" + hashlib.sha256(",".join(keep).encode()).hexdigest()[:8]
+        out = dataclasses.replace(self, formats=tuple(keep), stats=self.stats[:, idx], config=config, digest=digest)
+        out._calibration = self._calibration
+        return out
 
     @classmethod
     def load(cls, path) -> Profile:
