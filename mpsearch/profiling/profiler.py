@@ -28,6 +28,7 @@ from mpsearch.offload import loaded_tensors, materialized, offload_aware_replay
 from mpsearch.plan import versions
 from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
 from mpsearch.profiling.store import Profile, ProfileWriter, resumable_units, stored_weights, writer_lock
+from mpsearch.profiling.store.files import default_profile_path
 from mpsearch.runtime.generation import generate
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import first_tensor
@@ -320,11 +321,6 @@ def model_name(pipe) -> str:
     if source and Path(str(source)).name:
         return Path(str(source)).name
     return type(get_denoiser(pipe)).__name__
-
-
-def default_profile_path(model: str = "default") -> Path:
-    slug = Path(str(model)).name or "model"
-    return Path("profiles") / f"{slug}.sqlite"
 
 
 def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple[int, int] = (0, 1),

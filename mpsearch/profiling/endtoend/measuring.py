@@ -24,8 +24,9 @@ from mpsearch.profiling.endtoend.scores import default_scorers, score_images
 from mpsearch.profiling.endtoend.units import FP_UNIT
 from mpsearch.profiling.store import EndToEndWriter, Profile
 from mpsearch.runtime.generation import generate
-from mpsearch.runtime.qmodules import quantized_module
-from mpsearch.runtime.steps import step_state
+
+# the rest of the runtime (its kernels import numba, its hooks diffusers) is imported by :func:`quantized`, not
+# with this module: solving from a profile reads the e2e tables through this package and needs none of it
 
 __all__ = ["measure", "quantized"]
 
@@ -47,6 +48,9 @@ class _Swap:
 def quantized(pipe, layers, fmt: str, window=None):
     """Run ``layers`` of ``pipe``'s denoiser in ``fmt`` (with the executor's quantized modules) inside the
     step window only; layers that cannot take ``fmt`` stay fp. Hooks are removed on exit."""
+    from mpsearch.runtime.qmodules import quantized_module
+    from mpsearch.runtime.steps import step_state
+
     den = get_denoiser(pipe)
     modules = dict(den.named_modules())
     handles = []
