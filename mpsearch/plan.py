@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import importlib
+import importlib.metadata
 import math
 import platform
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -45,14 +48,22 @@ MAX_DEPTH = 16
 MAX_NODES = 100_000
 
 
+def _library_version(name: str) -> str:
+    """``name.__version__``; read from the installed distribution when ``name`` is not imported yet (importing
+    diffusers takes seconds, and a plan solved from a profile needs no pipeline)."""
+    module = sys.modules.get(name)
+    if module is None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:  # not installed as a distribution: ask the module
+            module = importlib.import_module(name)
+    return str(module.__version__)
+
+
 def versions() -> dict:
     """Versions of mpsearch and of the libraries that decide its numbers."""
-    import diffusers
-    import torch
-
-
-    return {"mpsearch": str(__version__), "torch": str(torch.__version__), "diffusers": str(diffusers.__version__),
-            "python": platform.python_version()}
+    return {"mpsearch": str(__version__), "torch": _library_version("torch"),
+            "diffusers": _library_version("diffusers"), "python": platform.python_version()}
 
 
 # ---- typed records: the plan's sections, parsed and validated once (Plan.__post_init__)

@@ -33,10 +33,10 @@ from mpsearch.formats import available_formats, get_format
 from mpsearch.models import describe, get_denoiser
 from mpsearch.offload import has_offloaded_weights, model_offload_hook
 from mpsearch.quantizers.candidate import timing_stand_in
-from mpsearch.runtime.executor import applied_plan
 from mpsearch.runtime.generation import generate, takes_prompts
-from mpsearch.runtime.qmodules import quantized_module
-from mpsearch.runtime.steps import FixedStep
+
+# the rest of the runtime (its kernels import numba, its hooks diffusers) is imported by the measurement, not with
+# the table: reading a profile's LatencyTable needs none of it
 
 __all__ = ["LatencyTable", "measure_latency", "device_name"]
 
@@ -210,6 +210,9 @@ def measure_latency(pipe, info=None, *, formats=None, steps: int = 20, condition
     """
     from tqdm.auto import tqdm
 
+    from mpsearch.runtime.executor import applied_plan
+    from mpsearch.runtime.qmodules import quantized_module
+    from mpsearch.runtime.steps import FixedStep
 
     if isinstance(min_time, bool) or not isinstance(min_time, (int, float)) or not 0 < min_time < math.inf:
         raise UsageError(f"min_time must be a positive number of seconds, got {min_time!r}")

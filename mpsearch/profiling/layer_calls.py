@@ -19,8 +19,9 @@ from mpsearch.models import describe, get_denoiser
 from mpsearch.offload import has_offloaded_weights, model_offload_hook
 from mpsearch.quantizers.candidate import timing_stand_in
 from mpsearch.runtime.generation import generate, takes_prompts
-from mpsearch.runtime.qmodules import quantized_module
-from mpsearch.runtime.steps import FixedStep, acquire_step_state, release_step_state
+
+# the rest of the runtime (its kernels import numba, its hooks diffusers) is imported by the recording, not with
+# LayerCalls: solving from a profile needs none of it
 
 __all__ = ["LayerCalls", "record_layer_calls", "step_windows"]
 
@@ -57,6 +58,9 @@ def record_layer_calls(pipe, info=None, *, steps: int = 20, windows: int = 2, co
     quantizes activations (``formats``: default all such formats the layer may take), the ratio of the
     weight-only error to the weight-and-activation error in each of ``windows`` windows of ``steps`` steps.
     """
+    from mpsearch.runtime.qmodules import quantized_module
+    from mpsearch.runtime.steps import FixedStep, acquire_step_state, release_step_state
+
     den = get_denoiser(pipe)
     if has_offloaded_weights(den) or model_offload_hook(den) is not None:
         raise UsageError("the denoiser is offloaded (enable_model_cpu_offload / enable_sequential_cpu_offload / a "

@@ -30,6 +30,7 @@ from mpsearch.plan import versions
 from mpsearch.profiling.calibrate import calibrate, calibrated_layers
 from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
 from mpsearch.profiling.store import Profile, ProfileWriter, resumable_units, stored_weights, writer_lock
+from mpsearch.profiling.store.files import default_profile_path
 from mpsearch.quantizers import packed_rows, quantize_candidate
 from mpsearch.runtime.generation import generate
 from mpsearch.runtime.qmodules import quantized_module
@@ -342,11 +343,6 @@ def model_name(pipe) -> str:
     if source and Path(str(source)).name:
         return Path(str(source)).name
     return type(get_denoiser(pipe)).__name__
-
-
-def default_profile_path(model: str = "default") -> Path:
-    slug = Path(str(model)).name or "model"
-    return Path("profiles") / f"{slug}.sqlite"
 
 
 def profile_local(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple[int, int] = (0, 1),

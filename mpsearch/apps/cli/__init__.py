@@ -6,44 +6,18 @@ Errors print one line on stderr: exit code 2 for usage errors, 1 for failures; `
 
 The package: ``common`` (shared helpers), ``parser`` (every command and flag), ``commands`` (the command
 functions, imported on first use so that ``--help`` and ``--version`` import no torch), ``noise`` (other
-libraries' import-time messages, dropped), one module per group of commands (``inspecting``, ``profiling``,
-``solving``, ``results``, ``exporting``); :func:`main` runs one command.
+libraries' messages: import-time ones dropped, progress bars and warnings off while a command runs), one module
+per group of commands (``inspecting``, ``profiling``, ``solving``, ``results``, ``exporting``); :func:`main` runs
+one command.
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
 
-from mpsearch.apps.cli.noise import silence_library_noise
+from mpsearch.apps.cli.noise import quiet_libraries, silence_library_noise
 from mpsearch.apps.cli.parser import build_parser
 from mpsearch.errors import MpsearchError
-
-
-@contextlib.contextmanager
-def _quiet_libraries():
-    """diffusers' own progress bars and warnings ("Loading pipeline components...") would break the
-    one-line error and clutter --json runs; mpsearch reports its own progress. Restored afterwards."""
-    from diffusers.utils import logging as dlogging
-
-    loggers = [dlogging]
-    try:  # text pipelines: transformers prints "Loading weights" bars for the text encoders
-        from transformers.utils import logging as tlogging
-
-        loggers.append(tlogging)
-    except ImportError:
-        pass
-    saved = [(lg, lg.is_progress_bar_enabled(), lg.get_verbosity()) for lg in loggers]
-    for lg in loggers:
-        lg.disable_progress_bar()
-        lg.set_verbosity_error()
-    try:
-        yield
-    finally:
-        for lg, bars, level in saved:
-            lg.set_verbosity(level)
-            if bars:
-                lg.enable_progress_bar()
 
 
 def main(argv=None) -> int:
@@ -57,7 +31,7 @@ def main(argv=None) -> int:
             return 2
         if not debug:  # before the command's module imports diffusers
             silence_library_noise()
-        with _quiet_libraries():
+        with quiet_libraries():
             return args.fn(args)
     except MpsearchError as e:
         if debug:

@@ -1,5 +1,9 @@
 """`mpsearch solve`: one budget, budget sweeps and Pareto fronts, compute budgets, the Optuna search, cache
-schedules, and role-based plans for named architectures."""
+schedules, and role-based plans for named architectures.
+
+Solving a profile needs no pipeline: what loads one (diffusers, the runtime's kernels, numba), the Optuna search
+and the cache schedule's solver are imported by the paths that use them, so that `solve` on a profile starts in
+well under the seconds those imports take (tests/applications/test_cli_solve_imports.py)."""
 
 from __future__ import annotations
 
@@ -7,19 +11,23 @@ from pathlib import Path
 
 from mpsearch.allocation.config import SolveConfig
 from mpsearch.allocation.formulation import check_compute, formulate
-from mpsearch.allocation.joint import solve_joint
 from mpsearch.allocation.pareto import pareto
-from mpsearch.allocation.refine import default_storage, refine
 from mpsearch.apps.cli.common import budget_slug, emit, text_table
-from mpsearch.apps.cli.model_source import pipeline_for
 from mpsearch.archs import plan_without_weights
 from mpsearch.budget import format_bytes, parse_budget
 from mpsearch.cache_units import cache_units, compute_shares
 from mpsearch.errors import UsageError
 from mpsearch.models import Role, get_denoiser
 from mpsearch.plan import Plan
-from mpsearch.profiling.profiler import default_profile_path
 from mpsearch.profiling.store import Profile
+from mpsearch.profiling.store.files import default_profile_path
+
+
+def pipeline_for(model, *, profile=None):
+    """:func:`mpsearch.apps.cli.model_source.pipeline_for`, imported on the first pipeline a solve needs."""
+    from mpsearch.apps.cli.model_source import pipeline_for as load
+
+    return load(model, profile=profile)
 
 
 def parse_role_pins(spec):
@@ -98,6 +106,8 @@ def cmd_solve(args) -> int:
                                           f"{sum(1 for p in points if p['plan'])} plans under {out}/plans"])
     report = None
     if args.search == "optuna":
+        from mpsearch.allocation.refine import default_storage, refine
+
         pipe = pipe or pipeline_for(args.model, profile=prof)
         plan, report = refine(form, pipe, args.budget, trials=args.trials,
                               storage=args.storage or default_storage(prof_path), sampler=args.sampler,
@@ -193,6 +203,8 @@ def _solve_with_cache(args, prof, prof_path, config: SolveConfig) -> int:
     if args.full_computations is not None and not 1 <= args.full_computations <= prof.steps:
         raise UsageError(f"--full-computations must be an integer in 1..{prof.steps} (the profile's steps), got "
                          f"{args.full_computations}; pass e.g. --full-computations {max(1, prof.steps // 2)}")
+    from mpsearch.allocation.joint import solve_joint
+
     pipe = pipeline_for(args.model, profile=prof)
     plan = solve_joint(prof, pipe, full_computations=args.full_computations, speedup=args.speedup,
                        method=args.cache_method, unit=args.cache_unit, warmup=args.warmup,

@@ -25,8 +25,9 @@ from mpsearch.profiling.endtoend.units import FP_UNIT
 from mpsearch.profiling.store import EndToEndWriter, Profile
 from mpsearch.quantizers import quantize_candidate
 from mpsearch.runtime.generation import generate
-from mpsearch.runtime.qmodules import quantized_module
-from mpsearch.runtime.steps import step_state
+
+# the rest of the runtime (its kernels import numba, its hooks diffusers) is imported by :func:`quantized`, not
+# with this module: solving from a profile reads the e2e tables through this package and needs none of it
 
 __all__ = ["measure", "quantized"]
 
@@ -49,6 +50,9 @@ def quantized(pipe, layers, fmt: str, window=None, calibration=None):
     """Run ``layers`` of ``pipe``'s denoiser in ``fmt`` (with the executor's quantized modules) inside the
     step window only; layers that cannot take ``fmt`` stay fp. Hooks are removed on exit. A calibrated variant
     (``nvfp4:clip``) is quantized with ``calibration`` (layer name -> Calibration, the profile's)."""
+    from mpsearch.runtime.qmodules import quantized_module
+    from mpsearch.runtime.steps import step_state
+
     den = get_denoiser(pipe)
     modules = dict(den.named_modules())
     handles = []

@@ -27,11 +27,17 @@ try:
 except ImportError:  # not POSIX: the pid in the lock file is all there is
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ProfileBusyError", "WriterLock", "lock_path", "remove_profile_file", "writer_lock"]
+__all__ = ["ProfileBusyError", "WriterLock", "default_profile_path", "lock_path", "remove_profile_file", "writer_lock"]
 
 
 class ProfileBusyError(ProfileError):
     """Another process is writing the profile file (the message names its pid and host)."""
+
+
+def default_profile_path(model: str = "default") -> Path:
+    """Where a profile of ``model`` (a name or a folder) goes when no file is named: ``profiles/<name>.sqlite``."""
+    slug = Path(str(model)).name or "model"
+    return Path("profiles") / f"{slug}.sqlite"
 
 
 def lock_path(path) -> Path:
