@@ -210,9 +210,9 @@ def measure_latency(pipe, info=None, *, formats=None, steps: int = 20, condition
     """
     from tqdm.auto import tqdm
 
-    from mpsearch.runtime.executor import applied_plan
-    from mpsearch.runtime.qmodules import quantized_module
-    from mpsearch.runtime.steps import FixedStep
+    from mpsearch.runtime.executor import applied_plan  # lazy: not needed to read a profile or solve
+    from mpsearch.runtime.qmodules import quantized_module  # lazy: not needed to read a profile or solve
+    from mpsearch.runtime.steps import FixedStep  # lazy: not needed to read a profile or solve
 
     if isinstance(min_time, bool) or not isinstance(min_time, (int, float)) or not 0 < min_time < math.inf:
         raise UsageError(f"min_time must be a positive number of seconds, got {min_time!r}")

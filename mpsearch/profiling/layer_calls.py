@@ -58,8 +58,8 @@ def record_layer_calls(pipe, info=None, *, steps: int = 20, windows: int = 2, co
     quantizes activations (``formats``: default all such formats the layer may take), the ratio of the
     weight-only error to the weight-and-activation error in each of ``windows`` windows of ``steps`` steps.
     """
-    from mpsearch.runtime.qmodules import quantized_module
-    from mpsearch.runtime.steps import FixedStep, acquire_step_state, release_step_state
+    from mpsearch.runtime.qmodules import quantized_module  # lazy: not needed to read a profile or solve
+    from mpsearch.runtime.steps import FixedStep, acquire_step_state, release_step_state  # lazy
 
     den = get_denoiser(pipe)
     if has_offloaded_weights(den) or model_offload_hook(den) is not None:

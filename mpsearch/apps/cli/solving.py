@@ -25,7 +25,7 @@ from mpsearch.profiling.store.files import default_profile_path
 
 def pipeline_for(model, *, profile=None):
     """:func:`mpsearch.apps.cli.model_source.pipeline_for`, imported on the first pipeline a solve needs."""
-    from mpsearch.apps.cli.model_source import pipeline_for as load
+    from mpsearch.apps.cli.model_source import pipeline_for as load  # lazy: not needed to read a profile or solve
 
     return load(model, profile=profile)
 
@@ -106,7 +106,7 @@ def cmd_solve(args) -> int:
                                           f"{sum(1 for p in points if p['plan'])} plans under {out}/plans"])
     report = None
     if args.search == "optuna":
-        from mpsearch.allocation.refine import default_storage, refine
+        from mpsearch.allocation.refine import default_storage, refine  # lazy: not needed to read a profile or solve
 
         pipe = pipe or pipeline_for(args.model, profile=prof)
         plan, report = refine(form, pipe, args.budget, trials=args.trials,
@@ -203,7 +203,7 @@ def _solve_with_cache(args, prof, prof_path, config: SolveConfig) -> int:
     if args.full_computations is not None and not 1 <= args.full_computations <= prof.steps:
         raise UsageError(f"--full-computations must be an integer in 1..{prof.steps} (the profile's steps), got "
                          f"{args.full_computations}; pass e.g. --full-computations {max(1, prof.steps // 2)}")
-    from mpsearch.allocation.joint import solve_joint
+    from mpsearch.allocation.joint import solve_joint  # lazy: not needed to read a profile or solve
 
     pipe = pipeline_for(args.model, profile=prof)
     plan = solve_joint(prof, pipe, full_computations=args.full_computations, speedup=args.speedup,

@@ -50,8 +50,8 @@ def quantized(pipe, layers, fmt: str, window=None, calibration=None):
     """Run ``layers`` of ``pipe``'s denoiser in ``fmt`` (with the executor's quantized modules) inside the
     step window only; layers that cannot take ``fmt`` stay fp. Hooks are removed on exit. A calibrated variant
     (``nvfp4:clip``) is quantized with ``calibration`` (layer name -> Calibration, the profile's)."""
-    from mpsearch.runtime.qmodules import quantized_module
-    from mpsearch.runtime.steps import step_state
+    from mpsearch.runtime.qmodules import quantized_module  # lazy: not needed to read a profile or solve
+    from mpsearch.runtime.steps import step_state  # lazy: not needed to read a profile or solve
 
     den = get_denoiser(pipe)
     modules = dict(den.named_modules())
