@@ -80,10 +80,10 @@ def run_model(model: str, stored: dict, args, tmp: Path) -> dict:
     config = ProfileConfig(labels=tuple(sargs["labels"]), seeds=tuple(sargs["profile_seeds"]), steps=sargs["steps"])
     generate_many(pipe, config.labels[:2], (0,), 2)  # warm-up
     times = {}
-    for _ in range(args.repeats):  # alternating, so load on the machine hits both alike
-        _, t = _timed(profile, pipe, config, out=tmp / f"{model}-rtn-{_}.sqlite", progress=False, variants="none")
+    for i in range(args.repeats):  # alternating, so load on the machine hits both alike
+        _, t = _timed(profile, pipe, config, out=tmp / f"{model}-rtn-{i}.sqlite", progress=False, variants="none")
         times.setdefault("rtn", []).append(t)
-        prof, t = _timed(profile, pipe, config, out=tmp / f"{model}-var-{_}.sqlite", progress=False,
+        prof, t = _timed(profile, pipe, config, out=tmp / f"{model}-var-{i}.sqlite", progress=False,
                          variants="default")
         times.setdefault("variants", []).append(t)
     t_rtn, t_var = float(np.median(times["rtn"])), float(np.median(times["variants"]))
