@@ -31,7 +31,7 @@ from mpsearch.profiling.calibrate import calibrate, calibrated_layers
 from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
 from mpsearch.profiling.store import Profile, ProfileWriter, resumable_units, stored_weights, writer_lock
 from mpsearch.profiling.store.files import default_profile_path
-from mpsearch.quantizers import packed_rows, quantize_candidate
+from mpsearch.quantizers import quantize_candidate
 from mpsearch.runtime.generation import generate
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import first_tensor
@@ -213,7 +213,7 @@ class _LayerProbe:
             self.needs_amax = any(type(fmt).matmul_rows is not Format.matmul_rows for _, fmt in self.formats)
             for fi, fmt in self.formats:
                 if getattr(fmt, "calibrated", False):
-                    packed = packed_rows(quantize_candidate(fmt.name, w, calibration), self.channels)
+                    packed = quantize_candidate(fmt.name, w, calibration, rows=self.channels)
                 else:
                     packed = fmt.quantize_rows(w, self.channels)
                 self.subsets.append((fi, fmt, packed))  # packed only: dequantized per call (64 rows: cheap)

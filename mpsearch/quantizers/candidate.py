@@ -14,23 +14,25 @@ from mpsearch.quantizers.variants import quantize_variant
 _WHOLE = ("tensor_scale", "smooth")
 
 
-def quantize_candidate(name: str, w: torch.Tensor, calibration: Calibration | None = None) -> Packed:
+def quantize_candidate(name: str, w: torch.Tensor, calibration: Calibration | None = None,
+                       rows: torch.Tensor | None = None) -> Packed:
     """``w`` packed as the candidate ``name``: a format (``nvfp4``) or a calibrated variant (``nvfp4:clip``,
     which needs the layer's ``calibration``). A variant's packed weight is named after the variant and holds
-    the base format's tensors (plus ``smooth``, the factors of ``smooth``)."""
+    the base format's tensors (plus ``smooth``, the factors of ``smooth``). ``rows``: only those output channels,
+    as the whole weight packs them (``quantize_rows``; the profiler's sampled statistics)."""
     base, variant = split_candidate(name)
     fmt = get_format(name)
     if variant is None:
-        return fmt.quantize(w)
+        return fmt.quantize(w) if rows is None else fmt.quantize_rows(w, rows)
     if calibration is None:
         raise FormatError(f"format {name!r} is a calibrated variant and needs the layer's input statistics, which "
                           "were not given; profile with variants (the default) and solve from that profile")
     fmt.check_eligible(w.shape)
-    packed, s = quantize_variant(base, variant, w, calibration)
+    packed, s = quantize_variant(base, variant, w, calibration, rows=rows)
     tensors = dict(packed.tensors)
     if s is not None:
         tensors["smooth"] = s.to(torch.float32).contiguous()
-    return Packed(name, tuple(w.shape), w.dtype, tensors)
+    return Packed(name, packed.shape, w.dtype, tensors)
 
 
 def packed_rows(packed: Packed, rows: torch.Tensor) -> Packed:

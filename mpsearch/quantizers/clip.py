@@ -70,18 +70,22 @@ def _int4(x3: torch.Tensor, r: float) -> tuple[torch.Tensor, torch.Tensor, dict[
     return codes, decode("int4", codes, step, off), {"scale": scale16, "zero": zero16}
 
 
-def clip_quantize(fmt: Format, w: torch.Tensor, h: torch.Tensor) -> Packed:
+def clip_quantize(fmt: Format, w: torch.Tensor, h: torch.Tensor, rows: torch.Tensor | None = None) -> Packed:
     """Packed codes of ``fmt`` for ``w`` with each scale group's clip ratio chosen on ``h`` (see the module).
-    ``w`` must already be eligible and finite (``fmt.quantize(w)`` succeeded); ``h`` float32 (in_cols,)."""
+    ``w`` must already be eligible and finite (``fmt.quantize(w)`` succeeded); ``h`` float32 (in_cols,). With
+    ``rows``: only those rows (each group is decided on its own; NVFP4's tensor scale is the whole weight's)."""
     kind = kind_of(fmt)
     out, inp = matrix_shape(w.shape)
     g = group_of(fmt, inp)
-    x3 = w.detach().reshape(out, inp // g, g).to(torch.float32)
+    whole = w.detach().reshape(out, inp)
+    x3 = (whole if rows is None else whole[rows]).reshape(-1, inp // g, g).to(torch.float32)
     h3 = h.to(device=x3.device, dtype=torch.float32).reshape(inp // g, g)
     s_t = None
     if kind == "nvfp4":
-        amax_t = x3.abs().amax() if x3.numel() else torch.zeros((), device=x3.device)
+        amax_t = whole.abs().amax().to(torch.float32) if whole.numel() else torch.zeros((), device=x3.device)
         s_t = (amax_t / (E2M1_MAX * E4M3_MAX)).reshape(1)
+    shape = tuple(w.shape) if rows is None else (len(rows), inp)
+    out = x3.shape[0]
 
     best_err: torch.Tensor | None = None
     best_codes = torch.empty(0)
@@ -111,4 +115,4 @@ def clip_quantize(fmt: Format, w: torch.Tensor, h: torch.Tensor) -> Packed:
         tensors = {"block_scale": best_scales["block_scale"].to(torch.float8_e4m3fn), "tensor_scale": s_t}
     else:
         tensors = best_scales
-    return pack_codes(fmt, codes2, tensors, tuple(w.shape), w.dtype)
+    return pack_codes(fmt, codes2, tensors, shape, w.dtype)

@@ -49,12 +49,16 @@ def inverse_hessian_factor(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return upper, dead
 
 
-def gptq_quantize(fmt: Format, w: torch.Tensor, hessian: torch.Tensor) -> Packed:
+def gptq_quantize(fmt: Format, w: torch.Tensor, hessian: torch.Tensor, rows: torch.Tensor | None = None) -> Packed:
     """Packed codes of ``fmt`` for ``w`` on RTN's scales, rounded column by column with GPTQ's error feedback
-    (see the module); ``hessian`` (in_cols, in_cols)."""
+    (see the module); ``hessian`` (in_cols, in_cols). With ``rows``: only those rows (each row is rounded on its
+    own), on the scales ``fmt.quantize_rows`` gives them."""
     kind = kind_of(fmt)
-    rtn = fmt.quantize(w)
+    rtn = fmt.quantize(w) if rows is None else fmt.quantize_rows(w, rows)
     out, inp = matrix_shape(w.shape)
+    if rows is not None:
+        w = w.detach().reshape(out, inp)[rows]
+        out = w.shape[0]
     grid = grid_of(rtn)
     step32, off32 = grid.expanded(torch.float32)
     step64, off64 = step32.to(torch.float64), None if off32 is None else off32.to(torch.float64)
@@ -78,4 +82,4 @@ def gptq_quantize(fmt: Format, w: torch.Tensor, hessian: torch.Tensor) -> Packed
             err1[:, k] = e
         if i2 < inp:
             W[:, i2:] -= err1 @ upper[i1:i2, i2:]
-    return pack_codes(fmt, codes, scale_tensors(rtn), tuple(w.shape), w.dtype)
+    return pack_codes(fmt, codes, scale_tensors(rtn), tuple(rtn.shape), rtn.dtype)

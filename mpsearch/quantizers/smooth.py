@@ -47,15 +47,17 @@ def expand_factors(s: torch.Tensor, in_cols: int) -> torch.Tensor:
     return s if k == 1 else s.repeat_interleave(k)
 
 
-def smooth_quantize(fmt: Format, w: torch.Tensor, xmax: torch.Tensor) -> tuple[Packed, torch.Tensor]:
-    """(``fmt.quantize`` of W * s in ``w``'s shape and dtype, s float32 (in_channels,)); see the module."""
+def smooth_quantize(fmt: Format, w: torch.Tensor, xmax: torch.Tensor,
+                    rows: torch.Tensor | None = None) -> tuple[Packed, torch.Tensor]:
+    """(``fmt.quantize`` of W * s in ``w``'s shape and dtype, s float32 (in_channels,)); see the module. With
+    ``rows``: ``fmt.quantize_rows`` of W * s (those rows as the whole weight packs them)."""
     s = smoothing_factors(w, xmax)
     out, inp = matrix_shape(w.shape)
     ws = w.detach().to(torch.float32).reshape(out, inp) * expand_factors(s, inp)[None, :]
     if not all_finite(ws):
         raise FormatError(f"the smoothed weight W*s overflows float32 (largest factor {float(s.max()):.3g}); "
                           f"use the clip variant or plain round-to-nearest for this layer")
-    packed = fmt.quantize(ws.reshape(w.shape))
+    packed = fmt.quantize(ws.reshape(w.shape)) if rows is None else fmt.quantize_rows(ws.reshape(w.shape), rows)
     return dataclasses.replace(packed, dtype=w.dtype), s
 
 

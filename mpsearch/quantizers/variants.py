@@ -85,23 +85,28 @@ def _check_calibration(w: torch.Tensor, calib: Calibration, variant: str) -> Non
                           f"layer ({in_cols} input columns); use clip, or record it (in_cols <= MAX_HESSIAN_COLS)")
 
 
-def quantize_variant(fmt_name: str, variant: str, w: torch.Tensor,
-                     calib: Calibration) -> tuple[Packed, torch.Tensor | None]:
+def quantize_variant(fmt_name: str, variant: str, w: torch.Tensor, calib: Calibration,
+                     rows: torch.Tensor | None = None) -> tuple[Packed, torch.Tensor | None]:
     """(packed codes of the base format ``fmt_name`` for ``w``, smoothing factors float32 (in_channels,) for
     ``smooth`` else None). The packed weight has exactly ``fmt.quantize(w)``'s tensors, dtypes and shapes;
     the same inputs give bit-identical outputs. FormatError (one line) for a variant that does not apply to the
-    format, a calibration of the wrong size, gptq without a hessian, or what ``fmt.quantize`` refuses."""
+    format, a calibration of the wrong size, gptq without a hessian, or what ``fmt.quantize`` refuses.
+
+    ``rows`` (output channels): only those rows, packed as ``fmt.quantize_rows`` packs them (the whole weight's
+    tensor scale, smoothing factors from the whole weight), for the profiler's sampled statistics at a fraction
+    of the cost; every variant decides each row on its own, so they are the whole weight's rows (gptq's up to
+    the float rounding of a smaller matrix product)."""
     _check_applies(fmt_name, variant)
     fmt = get_format(fmt_name)
     fmt.check_eligible(w.shape)
     if variant == "":
-        return fmt.quantize(w), None
+        return (fmt.quantize(w) if rows is None else fmt.quantize_rows(w, rows)), None
     _check_calibration(w, calib, variant)
     if variant == "smooth":
         fmt.quantize(w)  # w itself must be quantizable (finite, in range): the same errors as RTN
-        return smooth_quantize(fmt, w, calib.xmax)
+        return smooth_quantize(fmt, w, calib.xmax, rows=rows)
     if variant == "gptq":
         assert calib.hessian is not None
-        return gptq_quantize(fmt, w, calib.hessian), None
+        return gptq_quantize(fmt, w, calib.hessian, rows=rows), None
     fmt.quantize(w)  # refuses what RTN refuses (NaN/inf, float16 overflow of int4's scales) with its message
-    return clip_quantize(fmt, w, calib.x2), None
+    return clip_quantize(fmt, w, calib.x2, rows=rows), None

@@ -149,3 +149,24 @@ def test_migrated_profile_without_calibration_reads_as_none(dit_pipe, tmp_path):
                          progress=False)
     assert prof.calibration() == {}
     assert Profile.load(tmp_path / "p.sqlite").calibration() == {}
+
+
+@pytest.mark.parametrize("name", ["int8:clip", "nvfp4:clip", "int4:clip", "int8:smooth", "nvfp4:smooth",
+                                  "int8:gptq", "nvfp4:gptq", "int4:gptq", "nvfp4", "int4"])
+def test_rows_of_a_candidate_are_the_whole_weights_rows(name):
+    from mpsearch.quantizers import Calibration, packed_rows
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.distributions.StudentT(3.0).sample((48, 256)) * 0.05
+    x = torch.randn(300, 256, generator=g) * torch.linspace(0.2, 6.0, 256)
+    cal = Calibration(x2=x.square().mean(0), xmax=x.abs().amax(0), hessian=(x.t() @ x) / len(x), rows=len(x))
+    rows = torch.tensor([1, 7, 30, 47])
+    part = quantize_candidate(name, w, cal, rows=rows)
+    whole = packed_rows(quantize_candidate(name, w, cal), rows)
+    assert part.shape == whole.shape == (4, 256) and set(part.tensors) == set(whole.tensors)
+    for k in part.tensors:
+        a, b = part.tensors[k], whole.tensors[k]
+        if name.endswith("gptq") and k == "qweight":  # the same rounding up to a smaller product's float order
+            assert (a != b).float().mean() < 0.01
+        else:
+            assert torch.equal(a, b), k
