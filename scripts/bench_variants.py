@@ -46,7 +46,7 @@ from mpsearch.allocation.solvers import get_solver  # noqa: E402
 from mpsearch.allocation.solving import solve  # noqa: E402
 from mpsearch.apps.evaluate import evaluate_plan  # noqa: E402
 from mpsearch.apps.profile import ProfileConfig, profile  # noqa: E402
-from mpsearch.apps.report.significance import compare, summary, verdicts  # noqa: E402
+from mpsearch.apps.report.significance import compare, verdicts  # noqa: E402
 from mpsearch.budget import format_bytes  # noqa: E402
 from mpsearch.classifier import load_classifier  # noqa: E402
 from mpsearch.formats.variant import split_candidate  # noqa: E402
@@ -131,7 +131,7 @@ def analyse(results: list[dict], alpha: float = 0.05) -> dict:
             ours = b["rows"][OURS]["scores"]["mse_per_image"]
             for m in (*FRESH, *RIVALS):
                 family.append(((r["model"], bname, m), compare(ours, b["rows"][m]["scores"]["mse_per_image"])))
-    for (key, c), v in zip(family, verdicts([c for _, c in family], alpha=alpha), strict=True):
+    for (_key, c), v in zip(family, verdicts([c for _, c in family], alpha=alpha), strict=True):
         c["verdict"] = v
     return {key: c for key, c in family}
 
