@@ -26,20 +26,20 @@ from mpsearch.errors import FormatError
 from mpsearch.formats import Format, Packed, matrix_shape
 from mpsearch.formats.base import amin_amax
 from mpsearch.formats.int8 import row_scales
-from mpsearch.formats.nvfp4 import E2M1_MAX, E4M3_MAX
+from mpsearch.formats.nvfp4 import E2M1_MAX, E4M3_MAX, round_e2m1
 from mpsearch.quantizers.codes import decode, encode, group_of, kind_of, pack_codes
 
 CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
 
 
-def _int8(x3: torch.Tensor, r: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+def _int8(x3: torch.Tensor, r: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     mn, mx = amin_amax(x3, -1)
     scale = row_scales(torch.maximum(mx, -mn).abs_() * r)  # (out, 1)
     codes = encode("int8", x3, scale[..., None], None)
     return codes, decode("int8", codes, scale[..., None], None), {"scale": scale}
 
 
-def _nvfp4(x3: torch.Tensor, r: float, s_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+def _nvfp4(x3: torch.Tensor, r: float | torch.Tensor, s_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
                                                                      dict[str, torch.Tensor]]:
     # the ops of nvfp4.block_scales with amax_block scaled by r (r = 1: the same bits)
     amax_b = x3.abs().amax(dim=-1) * r
@@ -53,7 +53,7 @@ def _nvfp4(x3: torch.Tensor, r: float, s_t: torch.Tensor) -> tuple[torch.Tensor,
     return codes, decode("nvfp4", codes, eff, None), {"block_scale": bs}
 
 
-def _int4(x3: torch.Tensor, r: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+def _int4(x3: torch.Tensor, r: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     # the ops of Int4.quantize on (r * mn, r * mx) (r = 1: the same bits)
     mn, mx = torch.aminmax(x3, dim=-1)
     mn, mx = mn * r, mx * r
@@ -68,6 +68,20 @@ def _int4(x3: torch.Tensor, r: float) -> tuple[torch.Tensor, torch.Tensor, dict[
     codes = torch.where(live[..., None], q, torch.full_like(q, 8)).to(torch.uint8)
     step, off = scale16.to(torch.float32)[..., None], zero16.to(torch.float32)[..., None]
     return codes, decode("int4", codes, step, off), {"scale": scale16, "zero": zero16}
+
+
+def _nvfp4_error(ax: torch.Tensor, amax_b: torch.Tensor, s_t: torch.Tensor, h3: torch.Tensor) -> torch.Tensor:
+    """(out, blocks) activation-weighted error of NVFP4 with block amaxes ``amax_b`` (already clipped): the
+    magnitudes ``round_e2m1(|x| / eff) * eff`` (the decoded values' magnitudes; the sign is x's), without codes."""
+    denom = E2M1_MAX * s_t
+    live_t = denom > 0
+    bs32 = amax_b / torch.where(live_t, denom, torch.ones_like(denom))
+    bs32 = torch.where(live_t, bs32, torch.zeros_like(bs32)).clamp_(max=E4M3_MAX)
+    eff = bs32.to(torch.float8_e4m3fn).to(torch.float32) * s_t
+    live = eff > 0
+    v = round_e2m1(ax / torch.where(live, eff, torch.ones_like(eff))[..., None]).mul_(eff[..., None])
+    v = torch.where(live[..., None], v, torch.zeros_like(v))
+    return (ax - v).square_().mul_(h3).sum(dim=-1, dtype=torch.float64)
 
 
 def clip_quantize(fmt: Format, w: torch.Tensor, h: torch.Tensor, rows: torch.Tensor | None = None) -> Packed:
@@ -87,25 +101,33 @@ def clip_quantize(fmt: Format, w: torch.Tensor, h: torch.Tensor, rows: torch.Ten
     shape = tuple(w.shape) if rows is None else (len(rows), inp)
     out = x3.shape[0]
 
+    # the search compares errors only; the chosen ratios' codes and scales are made once at the end, by the same
+    # float32 arithmetic (r a float32 value in both), so they are those the search scored
+    ax = x3.abs() if kind == "nvfp4" else None
+    amax0 = ax.amax(dim=-1) if ax is not None else None
     best_err: torch.Tensor | None = None
-    best_codes = torch.empty(0)
-    best_scales: dict[str, torch.Tensor] = {}
+    best_r = torch.ones(x3.shape[:2], dtype=torch.float32, device=x3.device)
     for r in CLIP_GRID:
-        if kind == "int8":
-            codes, deq, scales = _int8(x3, r)
-        elif kind == "nvfp4":
-            assert s_t is not None
-            codes, deq, scales = _nvfp4(x3, r, s_t)
+        rt = torch.tensor(r, dtype=torch.float32, device=x3.device)
+        if kind == "nvfp4":
+            assert s_t is not None and ax is not None and amax0 is not None
+            err = _nvfp4_error(ax, amax0 * rt, s_t, h3)
         else:
-            codes, deq, scales = _int4(x3, r)
-        err = ((x3 - deq).square_().mul_(h3)).sum(dim=-1, dtype=torch.float64)  # (out, groups)
+            _, deq, _ = _int8(x3, rt) if kind == "int8" else _int4(x3, rt)
+            err = ((x3 - deq).square_().mul_(h3)).sum(dim=-1, dtype=torch.float64)  # (out, groups)
         if best_err is None:
-            best_err, best_codes, best_scales = err, codes, scales
+            best_err = err
             continue
         better = err < best_err  # strict: ties keep the larger ratio
         best_err = torch.where(better, err, best_err)
-        best_codes = torch.where(better[..., None], codes, best_codes)
-        best_scales = {k: torch.where(better, v, best_scales[k]) for k, v in scales.items()}
+        best_r = torch.where(better, rt, best_r)
+    if kind == "int8":
+        best_codes, _, best_scales = _int8(x3, best_r)
+    elif kind == "nvfp4":
+        assert s_t is not None
+        best_codes, _, best_scales = _nvfp4(x3, best_r, s_t)
+    else:
+        best_codes, _, best_scales = _int4(x3, best_r)
 
     codes2 = best_codes.reshape(out, inp)
     if kind == "int8":
