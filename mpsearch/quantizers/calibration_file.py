@@ -7,6 +7,7 @@ name and BLAKE3 digest, and loading checks both. safetensors holds raw tensors o
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from mpsearch.quantizers.calibration import Calibration
 SUFFIX = ".calibration.safetensors"
 
 
-def calibration_path(plan_path: str | Path) -> Path:
+def calibration_path(plan_path: str | os.PathLike[str]) -> Path:
     """Where a plan's calibration file goes: beside it, ``<stem>.calibration.safetensors``."""
     p = Path(plan_path)
     return p.with_name(p.stem + SUFFIX)
