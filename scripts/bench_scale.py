@@ -33,6 +33,7 @@ from mpsearch.apps.profile import profile
 from mpsearch.apps.testing import real_size_pipeline
 from mpsearch.models import get_denoiser
 from mpsearch.profiling.profiler import ProfileConfig
+from mpsearch.prompts import builtin_prompts
 from mpsearch.runtime.generation import generate
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "bench_scale_results.json"
@@ -60,9 +61,14 @@ def _peak(device) -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _conditions(name):
+def _conditions(name, prompts=None):
+    """(conditions, guidance, whether the size applies): one prompt, or ``prompts`` of the built-in calibration
+    set (the profile's default set for a text-to-image pipeline)."""
     if name == "dit-xl":
-        return (207,), None, None  # class label; DiT has a fixed image size
+        labels = (207, 360, 387, 974, 88, 979, 417, 279)
+        return labels[: prompts or 1], None, None  # class labels; DiT has a fixed image size
+    if prompts:
+        return tuple(builtin_prompts(int(prompts)).prompts), 7.5, "size"
     return (PROMPT,), 7.5, "size"
 
 
@@ -70,7 +76,7 @@ def bench_model(name, args, device, options) -> dict:
     pipe = real_size_pipeline(name).to(device)
     den = get_denoiser(pipe)
     params = sum(p.numel() for p in den.parameters())
-    conds, guidance, sized = _conditions(name)
+    conds, guidance, sized = _conditions(name, args.prompts)
     size = args.size if sized else None
     key = "prompts" if isinstance(conds[0], str) else "labels"
     # F821: pipe is deleted only at the end, after every gen() call
@@ -88,7 +94,8 @@ def bench_model(name, args, device, options) -> dict:
             t0 = time.perf_counter()
             prof = profile(pipe, out=Path(d) / "p.sqlite", progress=False, formats=FORMATS, steps=args.steps,
                            guidance_scale=guidance, seeds=(0,), size=size, **{key: conds}, **options,
-                           mode="exact" if options or args.exact else "auto", say=print)
+                           mode="exact" if options or args.exact else "auto", say=print,
+                           **({"variants": args.variants} if args.variants else {}))
             t_prof, m_prof = time.perf_counter() - t0, _peak(device)
             chosen = {k: prof.config[k] for k in ("sample", "replay_steps", "replay_batch", "replay_rows",
                                                   "replay_checkpoint") if k in prof.config}
@@ -101,6 +108,8 @@ def bench_model(name, args, device, options) -> dict:
     time_ratio = sorted(r["profile_s"] / r["gen_s"] for r in rows)[len(rows) // 2]
     mem_ratio = max(r["profile_peak_gb"] / r["gen_peak_gb"] for r in rows)
     shown = options if options or args.exact else {"auto": rows[-1]["auto"]}
+    shown = {**shown, **({"prompts": len(conds)} if args.prompts else {}),
+             **({"variants": args.variants} if args.variants else {})}
     out = {"model": name, "params_m": params / 1e6, "device": device, "size": size, "steps": args.steps,
            "guidance": guidance, "options": shown, "repeats": rows, "time_ratio": time_ratio,
            "memory_ratio": mem_ratio}
@@ -170,6 +179,9 @@ def main(argv=None) -> None:
     ap.add_argument("--replay-checkpoint", nargs="?", type=float, const=1.0, default=None, metavar="SHARE",
                     help="ProfileConfig.replay_checkpoint (a share of the blocks; default 1: all)")
     ap.add_argument("--exact", action="store_true", help="the exact profile (default with no option: the auto mode)")
+    ap.add_argument("--prompts", type=int, default=None, metavar="N",
+                    help="N prompts of the built-in calibration set (N class labels for DiT-XL); default one")
+    ap.add_argument("--variants", default=None, help="the profile's quantizer variants (default: the auto mode's)")
     ap.add_argument("--estimate", action="store_true", help="also run --estimate and show it beside the run")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-doc", action="store_true")
