@@ -170,3 +170,24 @@ def test_rows_of_a_candidate_are_the_whole_weights_rows(name):
             assert (a != b).float().mean() < 0.01
         else:
             assert torch.equal(a, b), k
+
+
+def test_a_variant_profile_solves_round_to_nearest_only_when_restricted(dit_pipe, tmp_path):
+    prof = _profile(dit_pipe, tmp_path / "p.sqlite")
+    rtn = prof.select_formats(("int8", "nvfp4", "int4"))
+    assert rtn.formats == ("fp", "int8", "nvfp4", "int4") and rtn.digest != prof.digest
+    assert np.array_equal(rtn.stats, prof.stats[:, :4], equal_nan=True)
+    plan = mpsearch.solve(rtn, budget="30%")
+    assert all(":" not in f for f in plan.layers.values()) and not plan.calibration
+    with pytest.raises(Exception, match="did not measure"):
+        rtn.select_formats(("int8:clip",))
+    # a variant that kept round-to-nearest's codes everywhere is no candidate of its own
+    from mpsearch.allocation.objective import build_problem
+
+    problem = build_problem(prof, None, role_pins={})
+    for fi, f in enumerate(prof.formats):
+        base, _, variant = f.partition(":")
+        if variant:
+            bi = prof.formats.index(base)
+            same = np.all(prof.stats[:, fi] == prof.stats[:, bi], axis=(1, 2))
+            assert not np.isfinite(problem.cost[same, fi]).any()
