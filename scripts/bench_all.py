@@ -225,7 +225,8 @@ def run_model(model, args, tmp: Path) -> dict:
     _, t_gen = _timed(generate_many, pipe, config.labels, config.seeds, config.steps)
     saved = _load_measured(args.measured, model, tmp) if args.measured else None
     if saved is None:
-        prof, t_prof = _timed(profile, pipe, config, out=tmp / f"{model}.sqlite", progress=False)
+        # round-to-nearest formats: the rivals run them as their authors do (variants: scripts/bench_variants.py)
+        prof, t_prof = _timed(profile, pipe, config, out=tmp / f"{model}.sqlite", progress=False, variants="none")
         shutil.copy(prof.path, tmp / f"{model}-e2e.sqlite")
         e2e_prof = Profile.load(tmp / f"{model}-e2e.sqlite")
         e2e_report, t_e2e = _timed(e2e.run_end_to_end, pipe, e2e_prof, shortlist_n=8, windows=2, role_pins={})

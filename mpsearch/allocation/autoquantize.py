@@ -140,6 +140,9 @@ def autoquantize_scores(pipe: Any, info: ModelInfo | None = None,
                         labels: Sequence = tuple(range(10)), seeds: Sequence[int] = (0, 1), steps: int = 20,
                         guidance_scale: float | None = None) -> np.ndarray:
     """(L, F) ModelOpt gradient scores of every candidate layer on the profile's calls (see the module doc)."""
+    if any(":" in f for f in formats):
+        raise UsageError(f"AutoQuantize runs round-to-nearest formats, as ModelOpt does; got {list(formats)}: pass "
+                         "the plain formats (a profile made with variants='none', or profile.select_formats)")
     den = get_denoiser(pipe)
     info = info or describe(den)
     modules = dict(den.named_modules())

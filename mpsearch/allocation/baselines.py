@@ -42,7 +42,7 @@ from mpsearch.allocation.objective import build_problem
 from mpsearch.allocation.solvers import DEFAULT_SOLVER, Problem, get_solver, min_feasible_bytes
 from mpsearch.errors import UsageError
 from mpsearch.formats import get_format
-from mpsearch.formats.variant import variant_layers
+from mpsearch.formats.variant import split_candidate, variant_layers
 from mpsearch.metrics import normalize, ssim
 from mpsearch.models import ModelInfo, describe, get_denoiser
 from mpsearch.plan import Plan
@@ -65,8 +65,17 @@ NOMINAL_BITS = {f: float(get_format(f).bits) for f in ("int8", "nvfp4", "int4", 
 CONTENT_ROLES = frozenset({"self_attn", "cross_attn", "time_embed", "modulation"})
 
 
+def round_to_nearest_only(formats: Sequence[str], who: str) -> None:
+    """UsageError if ``formats`` name a calibrated variant: the rivals run round-to-nearest, as their authors do."""
+    named = [f for f in formats if split_candidate(f)[1] is not None]
+    if named:
+        raise UsageError(f"{who} runs round-to-nearest formats, as its authors do; got {named[0]!r}: pass "
+                         "profile.select_formats(('int8', 'nvfp4', 'int4')) or a profile made with variants='none'")
+
+
 def nominal_bytes(info: ModelInfo, formats: Sequence[str]) -> np.ndarray:
     """(L, F) bytes at nominal bits per element (AutoQuantize's accounting): fp at the dtype's size."""
+    round_to_nearest_only(formats, "AutoQuantize-style costing")
     out = np.zeros((len(info.layers), len(formats)), dtype=np.int64)
     for li, layer in enumerate(info.layers):
         for fi, f in enumerate(formats):
@@ -144,6 +153,7 @@ def hawq_traces(pipe: Any, info: ModelInfo | None = None, *, labels: Sequence = 
 
 def hawq_problem(profile: Profile, pipe: Any, traces: np.ndarray, budget_bytes: int | None) -> Problem:
     """HAWQ-style problem: ``Tr(H_i) / n_i * ||Q_f(W_i) - W_i||^2`` per layer and format, real bytes."""
+    round_to_nearest_only(profile.formats, "HAWQ-style allocation")
 
     base = build_problem(profile, budget_bytes, role_pins={})
     modules = dict(get_denoiser(pipe).named_modules())
@@ -185,7 +195,7 @@ def mixdq_sensitivity(pipe: Any, info: ModelInfo | None = None,
     """MixDQ's own measurement: every layer x format quantized alone, generated, scored against full precision.
     Returns ``{"content": (L, F) 1 - SSIM, "quality": (L, F) relative image MSE, "generations": int}``
     (fp: 0; ineligible: inf)."""
-
+    round_to_nearest_only(formats, "MixDQ-style measurement")
     den = get_denoiser(pipe)
     info = info or describe(den)
     reference = generate_many(pipe, labels, seeds, steps, guidance_scale)
@@ -227,6 +237,7 @@ def mixdq_measured_plans(profile: Profile, content: np.ndarray, quality: np.ndar
     bytes left above both groups' smallest sizes, the quality group the rest. Returns ``{a: Plan}``; empty when
     the budget is below the smallest size. ``role_pins`` as in :func:`mpsearch.solve` (default here: none,
     like the compared methods)."""
+    round_to_nearest_only(profile.formats, "MixDQ-style allocation")
 
     base = build_problem(profile, None, role_pins={} if role_pins is None else role_pins)
     is_content = mixdq_groups(content, quality)

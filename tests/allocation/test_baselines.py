@@ -76,7 +76,8 @@ def test_trace_leaves_model_untouched():
 
 @pytest.fixture
 def small_profile(dit_pipe, tmp_path):
-    return profile(dit_pipe, out=tmp_path / "p.sqlite", labels=(0, 1), seeds=(0,), steps=3, progress=False)
+    return profile(dit_pipe, out=tmp_path / "p.sqlite", labels=(0, 1), seeds=(0,), steps=3, progress=False,
+                   variants="none")  # the rivals run round-to-nearest
 
 
 def test_record_calls_every(dit_pipe):
@@ -192,3 +193,12 @@ def test_choose_split_scores_real_generations(dit_pipe, small_profile):
     assert scores[0.3]["content"] == pytest.approx(1.0 - ssim(ref, img), rel=1e-5, abs=1e-7)
     with pytest.raises(UsageError, match="no MixDQ-style split"):
         choose_split(dit_pipe, {})
+
+
+def test_the_rivals_refuse_calibrated_variants(small_profile):
+    with pytest.raises(UsageError, match="round-to-nearest"):
+        nominal_bytes(small_profile.info, ("fp", "int8", "int8:clip"))
+    from mpsearch.allocation.baselines import mixdq_sensitivity
+
+    with pytest.raises(UsageError, match="round-to-nearest"):
+        mixdq_sensitivity(None, small_profile.info, ("fp", "nvfp4:gptq"))
