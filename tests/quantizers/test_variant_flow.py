@@ -191,3 +191,34 @@ def test_a_variant_profile_solves_round_to_nearest_only_when_restricted(dit_pipe
             bi = prof.formats.index(base)
             same = np.all(prof.stats[:, fi] == prof.stats[:, bi], axis=(1, 2))
             assert not np.isfinite(problem.cost[same, fi]).any()
+
+
+def test_the_default_variant_set_and_what_it_says():
+    from mpsearch.errors import UsageError
+    from mpsearch.profiling.calibrate import choose_variants, parse_variants
+    from mpsearch.profiling.profiler import ProfileConfig
+
+    config = ProfileConfig()
+    small, line = choose_variants(config)
+    assert line is None and set(FORMATS) <= set(small.formats)  # exact: every variant
+    large, line = choose_variants(config, large=True)
+    assert large.formats == config.formats and "variants: none" in line and "--variants default" in line
+    chosen, _ = choose_variants(config, "clip,smooth", large=True)
+    assert chosen.formats == ("int8", "nvfp4", "int4", "int8:clip", "int8:smooth", "nvfp4:clip", "nvfp4:smooth",
+                              "int4:clip")
+    assert choose_variants(config, "none")[0].formats == config.formats
+    given = ProfileConfig(formats=("int8", "int4:gptq"))
+    assert choose_variants(given)[0].formats == given.formats  # formats that name variants are kept
+    assert parse_variants("all") == parse_variants("default") == ("clip", "smooth", "gptq")
+    with pytest.raises(UsageError, match="--variants clip,smooth"):
+        parse_variants("clip,sharpen")
+
+
+def test_cli_profile_refuses_an_unknown_variant_before_loading_anything(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "mpsearch", "profile", "--variants", "fast", "--out",
+                        str(tmp_path / "p.sqlite")], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "variants must be none, default, all" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "p.sqlite").exists()
