@@ -14,6 +14,8 @@ profile seeds 0 and 1, 20 steps):
 - every plan scored on the test seeds (10 seeds x 10 labels = 100 images per cell) against full precision;
   mpsearch with variants against each by a paired per-image Wilcoxon test (Holm over the whole family) and a
   bootstrap interval of the mean-MSE ratio: better / worse only when both say so, else a tie;
+- plans run on the CPU kernels' bit-exact paths (``--kernels nvfp4=float``): NVFP4's ``auto`` path is chosen per
+  process by timing and may be bfloat16, whose images differ from the float32 path's;
 - the rivals (MixDQ-style, AutoQuantize, HAWQ-style, greedy, random, and mpsearch's own other modes) are the
   evidence suite's runs as stored in docs/bench_all.json (per-image MSE on the same test images; rivals run as
   their authors run them, round-to-nearest); the script re-scores mpsearch RTN-only and says whether it
@@ -52,6 +54,7 @@ from mpsearch.classifier import load_classifier  # noqa: E402
 from mpsearch.formats.variant import split_candidate  # noqa: E402
 from mpsearch.plan import Plan  # noqa: E402
 from mpsearch.runtime.generation import generate_many  # noqa: E402
+from mpsearch.runtime.kernels import select_kernels  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STORED = ROOT / "docs" / "bench_all.json"
@@ -230,8 +233,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-doc", action="store_true")
     ap.add_argument("--save-results", default=None)
     ap.add_argument("--from-results", default=None)
+    ap.add_argument("--kernels", default="nvfp4=float",
+                    help="MPSEARCH_KERNELS settings for the run (default: NVFP4 on its bit-exact float32 CPU path, as "
+                    "the stored evidence ran it; 'auto' measures per process and may pick bfloat16)")
     args = ap.parse_args(argv)
     args.budgets = None if args.budgets is None else args.budgets.split(",")
+    if args.kernels != "auto":
+        select_kernels(args.kernels)
     command = "python scripts/bench_variants.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.from_results:
         results = [r for p in args.from_results.split(",") for r in json.loads(Path(p).read_text())["results"]]

@@ -42,7 +42,8 @@ VALIDATION_ALPHA = 0.05
 
 def evaluation_objective(pipe: Any, info: ModelInfo, problem: Problem, *, decode: Callable | None = None,
                          labels: Sequence = tuple(range(10)), seeds: Sequence[int] = SEARCH_SEEDS, steps: int = 8,
-                         guidance_scale: float | None = None, per_image: bool = False) -> Callable[[Any], dict]:
+                         guidance_scale: float | None = None, per_image: bool = False,
+                         calibration: dict | None = None) -> Callable[[Any], dict]:
     """A callable ``choice -> {"content": 1 - SSIM, "quality": relative MSE}`` against full precision.
 
     With ``per_image``, the mapping also holds ``"per_image": {"content": (N,), "quality": (N,)}``, each image's
@@ -53,7 +54,7 @@ def evaluation_objective(pipe: Any, info: ModelInfo, problem: Problem, *, decode
 
     def evaluate(choice) -> dict:
         assignment, overrides = (problem.assignment(choice), []) if decode is None else decode(choice)
-        plan = Plan.from_assignment(info, assignment, overrides=overrides)
+        plan = Plan.from_assignment(info, assignment, overrides=overrides, calibration=calibration)
         with apply_plan(pipe, plan, stash="memory", ignore_weights=True):
             images = generate_many(pipe, labels, seeds, steps, guidance_scale)
         if not per_image:
@@ -131,7 +132,9 @@ def refine(profile: Any, pipe: Any, budget: Any = None, *, trials: int = 30, sto
     if study_name is None:
         tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         study_name = f"mpsearch-{problem_digest(problem, ('content', 'quality'))}-{tag}"
-    evaluate = evaluation_objective(pipe, info, problem, decode=decode, labels=labels, seeds=seeds, steps=steps)
+    calibration = form.profile.calibration()  # the variants' input statistics (a profile with variants)
+    evaluate = evaluation_objective(pipe, info, problem, decode=decode, labels=labels, seeds=seeds, steps=steps,
+                                    calibration=calibration)
     bar = tqdm(total=trials, desc="optuna", unit="trial", disable=not progress)
     solver = get_solver("optuna", trials=trials, evaluate=evaluate, objectives=("content", "quality"),
                         sampler=sampler, seed=seed, storage=storage, study_name=study_name,
@@ -148,7 +151,7 @@ def refine(profile: Any, pipe: Any, budget: Any = None, *, trials: int = 30, sto
     if validation_seeds and chosen and reference and chosen["trial"] != reference["trial"]:
         ilp = get_solver(DEFAULT_SOLVER).solve(problem)
         check = evaluation_objective(pipe, info, problem, decode=decode, labels=labels, seeds=validation_seeds,
-                                     steps=steps, per_image=True)
+                                     steps=steps, per_image=True, calibration=calibration)
         verdict = validate_pick(check(sol.choice), check(ilp.choice))
         report["validation"] = {"seeds": list(validation_seeds), **verdict}
         if report["validation"]["kept"] == "ilp":

@@ -11,6 +11,7 @@ import mpsearch
 from mpsearch.allocation import decoupled as e2e
 from mpsearch.apps.cli import main
 from mpsearch.errors import ProfileError, UsageError
+from mpsearch.formats import get_format
 from mpsearch.profiling import endtoend as measured
 from mpsearch.profiling.store import Profile
 
@@ -163,7 +164,7 @@ def test_activation_overrides_from_windows(e2e_profile, dit_pipe):
         per_window[(u["start"], u["stop"])] = per_window.get((u["start"], u["stop"]), 0.0) + d
     assert sorted(per_window) == [(0, 2), (2, 4)] and len(set(per_window.values())) == 2
     worst = max(per_window, key=per_window.get)
-    act_layers = {n for n, f in plan.layers.items() if f in ("int8", "nvfp4")}
+    act_layers = {n for n, f in plan.layers.items() if f != "fp" and get_format(f).quantizes_activations}
     assert act_layers, "the 60% plan should run some layer with quantized activations"
     assert plan.overrides == [{"steps": list(worst), "activations": {n: "fp" for n in act_layers}}]
 
@@ -171,9 +172,9 @@ def test_activation_overrides_from_windows(e2e_profile, dit_pipe):
         with mpsearch.apply_plan(dit_pipe, p, ignore_weights=True):
             return generate(dit_pipe, [1, 2], 0, 4)
 
-    bare = mpsearch.Plan.from_assignment(prof.info, dict(plan.layers))
+    bare = mpsearch.Plan.from_assignment(prof.info, dict(plan.layers), calibration=plan.calibration)
     assert not np.array_equal(images(plan), images(bare))  # the override installed and took effect
-    all_fp = mpsearch.Plan.from_assignment(prof.info, dict(plan.layers), overrides=[
+    all_fp = mpsearch.Plan.from_assignment(prof.info, dict(plan.layers), calibration=plan.calibration, overrides=[
         {"steps": [0, 4], "activations": {n: "fp" for n in act_layers}}])
     assert not np.array_equal(images(plan), images(all_fp))  # ... only inside its window
 

@@ -115,12 +115,13 @@ def test_evaluation_objective_per_image_scores_average_to_the_totals(dit_pipe, t
     prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=2, seeds=(0,), labels=(1,), progress=False)
     problem = build_problem(prof, int(0.45 * prof.info.fp_bytes), role_pins={})
     choice = get_solver("cbc").solve(problem).choice
-    kw = dict(labels=(1, 2), seeds=(7, 8), steps=2)
+    kw = dict(labels=(1, 2), seeds=(7, 8), steps=2, calibration=prof.calibration())
     out = evaluation_objective(dit_pipe, prof.info, problem, per_image=True, **kw)(choice)
     whole = evaluation_objective(dit_pipe, prof.info, problem, **kw)(choice)
 
     ref = np.concatenate([generate(dit_pipe, [1, 2], s, 2) for s in (7, 8)]).astype(np.float64)
-    plan = Plan.from_assignment(prof.info, {n: problem.formats[c] for n, c in zip(problem.layer_names, choice)})
+    plan = Plan.from_assignment(prof.info, {n: problem.formats[c] for n, c in zip(problem.layer_names, choice)},
+                                calibration=prof.calibration())
     with apply_plan(dit_pipe, plan, stash="memory", ignore_weights=True):
         img = np.concatenate([generate(dit_pipe, [1, 2], s, 2) for s in (7, 8)]).astype(np.float64)
     power = np.mean(ref ** 2)

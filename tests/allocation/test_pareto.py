@@ -78,7 +78,7 @@ def test_cli_sweep_and_compute_on_a_tiny_profile(dit_pipe, tmp_path, monkeypatch
     assert assignment == expected_fmt and expected_fp_acts, "the 30% compute budget needs fp-activation windows"
     assert {tuple(o["steps"]): set(o["activations"]) for o in overrides} == expected_fp_acts
     assert all(v == "fp" for o in overrides for v in o["activations"].values())
-    plan = Plan.from_assignment(prof.info, assignment, overrides=overrides)
+    plan = Plan.from_assignment(prof.info, assignment, overrides=overrides, calibration=prof.calibration())
 
     def images(p):
         handle = apply_plan(dit_pipe, p, stash="memory")
@@ -88,7 +88,8 @@ def test_cli_sweep_and_compute_on_a_tiny_profile(dit_pipe, tmp_path, monkeypatch
             handle.remove()
 
     # the executor takes the overrides: the same formats without them give other images
-    assert not np.array_equal(images(plan), images(Plan.from_assignment(prof.info, assignment)))
+    assert not np.array_equal(images(plan), images(Plan.from_assignment(prof.info, assignment,
+                                                                        calibration=prof.calibration())))
 
     monkeypatch.setattr("mpsearch.apps.pipeline.load_pipeline", lambda *a, **k: dit_pipe)
     monkeypatch.chdir(tmp_path)
