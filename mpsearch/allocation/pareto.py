@@ -244,7 +244,8 @@ def pareto(profile: Any, budgets: Any = None, *, n: int | None = None, solver: s
         solver = DEFAULT_SOLVER if form.config is None else form.config.solver
     engine = get_solver(solver)
     points = sweep(problem, byte_budgets, solver=engine, progress=progress)
-    uniform = {k: v for k, v in uniform_points(problem).items() if k in profile.formats}  # not the variants
+    # the plain formats' uniform plans: not the compute windows' columns, not the calibrated variants
+    uniform = {k: v for k, v in uniform_points(problem).items() if k in profile.formats and ":" not in k}
     result = {"points": points, "uniform": uniform, "files": {}}
     if out is None:
         return result
