@@ -221,8 +221,9 @@ def render(results: list[dict], command: str) -> str:
     n = len(cells)
     lines += ["", f"Targets: mean MSE <= 0.5x RTN-only's in at least half the cells: **{half} of {n}**; never "
               "significantly worse than RTN-only or a rival at equal bytes: "
-              f"**{'yes' if never_worse else 'no'}**; better than every rival (MixDQ-style, AutoQuantize, HAWQ-style, greedy, random) at equal bytes in at least 8 "
-              f"of 12 cells: **{beat_all} of {n}**. Greedy given the same variants is the search's share: where it "
+              f"**{'yes' if never_worse else 'no'}**; better than every rival (MixDQ-style, AutoQuantize, "
+              f"HAWQ-style, greedy, random) at equal bytes in at least 8 of 12 cells: **{beat_all} of {n}**. "
+              "Greedy given the same variants is the search's share: where it "
               "ties, the gain is the variants'."]
     lines += ["", "Per rival (cells where mpsearch with variants is better / tie / worse):", "",
               "| rival | better | tie | worse | median ratio of mean MSE |", "| --- | ---: | ---: | ---: | ---: |"]
