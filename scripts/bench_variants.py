@@ -166,10 +166,11 @@ def figure(results: list[dict]) -> None:
         ax.set_xticks([])
         ax.set_xlabel(f"{r['model']}: its {len(names)} candidate layers, in model order", fontsize=8)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors]
-    fig.legend(handles, ["fp", "round to nearest", "clip", "smooth", "gptq"], loc="upper center", ncol=5, fontsize=8)
+    fig.legend(handles, ["fp", "round to nearest", "clip", "smooth", "gptq"], loc="upper center", ncol=5, fontsize=8,
+               bbox_to_anchor=(0.5, 0.955))
     fig.suptitle("the quantizer the ILP chose for each layer at each budget (mpsearch with variants)", y=0.995,
                  fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     IMG.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(IMG, dpi=110)
 
