@@ -81,9 +81,12 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
     out = Path(out) if out is not None else default_profile_path(model_name(pipe))
     if say is None:
         say = _stderr if progress and (launch is None or launch.rank == 0) else (lambda line: None)
-    config, line = choose_variants(config, variants, large=mode == "auto" and would_probe(pipe))
-    if line:
-        say(line)
+    config, note = choose_variants(config, variants, large=mode == "auto" and would_probe(pipe))
+    if note:  # said with the automatic mode's one line
+        said_by, pending = say, [note]
+
+        def say(text: str) -> None:
+            said_by(f"{text}; {pending.pop()}" if pending else text)
 
     def auto(probe_here=False):
         """(config, line, forecast) of the auto mode's choice; with ``probe_here``, a large model's choice is

@@ -119,9 +119,8 @@ def choose_variants(config, variants=None, *, large: bool = False):
     if variants is None:
         if large:
             variants = "none"
-            line = ("variants: none at this size (the calibration pass and the extra candidates would exceed the "
-                    "profile's time target); pass --variants default (variants='default') to measure "
-                    f"{', '.join(VARIANTS)}")
+            line = ("no quantizer variants at this size (their calibration pass and candidates would exceed the time "
+                    f"target; --variants default measures {', '.join(VARIANTS)})")
         else:
             variants = "default"
     names = parse_variants(variants)

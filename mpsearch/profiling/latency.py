@@ -231,7 +231,7 @@ def measure_latency(pipe, info=None, *, formats=None, steps: int = 20, condition
         if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != tuple(layer.shape):
             raise UsageError(f"layer {layer.name} of the profile is not in this model (or has another shape); "
                              "measure the latency table on the model that was profiled")
-    known = available_formats()
+    known = available_formats(calibrated=True)  # a variant is timed with its base format's arithmetic
     if formats is None:
         formats = [f for f in known if any(f in l.eligible for l in info.layers)]
     formats = ("fp", *[f for f in formats if f != "fp"])

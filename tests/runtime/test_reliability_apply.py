@@ -79,7 +79,7 @@ def test_changed_weights_are_refused_unless_asked(planned):
 
 def test_a_plan_without_a_weights_digest_still_loads_and_applies(planned, tmp_path):
     pipe, plan, _ = planned
-    data = plan.to_dict()
+    data = yaml.safe_load(plan.save(tmp_path / "old.yaml").read_text())  # with its calibration file beside it
     del data["model"]["weights"]  # a schema-1 plan written before the digest existed
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     old = Plan.load(tmp_path / "old.yaml")
