@@ -288,7 +288,8 @@ class _OneRank:
 def test_a_shard_file_of_another_rank_is_refused(tmp_path, dit_pipe):
     config = ProfileConfig(steps=1, seeds=(0, 1), labels=(1,))
     out = tmp_path / "p.sqlite"
-    mpsearch.profile(dit_pipe, config, out=shard_file(out, 1, 2), shard=(0, 2), progress=False)  # unit 0, misnamed
+    mpsearch.profile(dit_pipe, config, out=shard_file(out, 1, 2), shard=(0, 2), progress=False,
+                     variants="none")  # unit 0, misnamed
     with pytest.raises(ProfileError, match="holds unit 0, which belongs to rank 0 of 2, not to rank 1"):
         profile_sharded(dit_pipe, config, out, _OneRank(1, 2), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.sqlite.shard1-of-2"]  # nothing else touched
@@ -300,7 +301,7 @@ def test_a_shard_file_left_by_a_killed_writer_is_resumed(tmp_path, dit_pipe):
     config = ProfileConfig(steps=1, seeds=(0, 1), labels=(1,))
     out = tmp_path / "p.sqlite"
     mine = shard_file(out, 0, 2)
-    mpsearch.profile(dit_pipe, config, out=mine, shard=(0, 2), progress=False)
+    mpsearch.profile(dit_pipe, config, out=mine, shard=(0, 2), progress=False, variants="none")
     kill = ("import os, sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('PRAGMA "
             "cache_size=1')\nc.execute('BEGIN')\nc.execute('UPDATE local SET err2 = -1')\nc.execute('INSERT INTO units "
             "VALUES (2, 1.0)')\nos._exit(9)\n")
@@ -309,4 +310,4 @@ def test_a_shard_file_left_by_a_killed_writer_is_resumed(tmp_path, dit_pipe):
     merged = profile_sharded(dit_pipe, config, out, _OneRank(0, 2), progress=False)  # rank 0's part of a resume
     assert merged.units == (0,) and sorted(p.name for p in tmp_path.iterdir()) == ["p.sqlite"]
     assert merged.digest == mpsearch.profile(dit_pipe, config, out=tmp_path / "one.sqlite", shard=(0, 2),
-                                             progress=False).digest
+                                             progress=False, variants="none").digest
