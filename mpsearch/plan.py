@@ -333,6 +333,8 @@ class Plan:
     calibration: dict = field(default_factory=dict, repr=False, compare=False)
 
     _parsed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: why the calibration file named by a loaded plan could not be read (raised by :meth:`check_calibration`)
+    _calibration_error: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _is_schema_version(self.schema_version):
@@ -355,6 +357,8 @@ class Plan:
     def check_calibration(self) -> None:
         """PlanError unless every layer in a calibrated variant has its calibration."""
         missing = [n for n in self.calibrated_layers() if n not in self.calibration]
+        if missing and self._calibration_error:
+            raise PlanError(self._calibration_error)
         if missing:
             raise PlanError(f"the plan puts {len(missing)} layer(s) in calibrated variants (e.g. {missing[0]!r}: "
                             f"{self.layers[missing[0]]}) but holds no calibration for them; load it with "
@@ -566,7 +570,10 @@ class Plan:
                     and isinstance(ref["digest"], str) and ref["file"] == Path(ref["file"]).name):
                 raise PlanError(f"plan {path} 'calibration' must be {{file: <name beside the plan>, digest: ...}}, "
                                 f"got {ref!r}; {_REGEN}")
-            plan.calibration = load_calibration(Path(path).with_name(ref["file"]), ref["digest"],
-                                                where=f"plan {path}")
+            try:
+                plan.calibration = load_calibration(Path(path).with_name(ref["file"]), ref["digest"],
+                                                    where=f"plan {path}")
+            except PlanError as e:  # said when the plan is applied, after the checks against the model
+                plan._calibration_error = str(e)
         return plan
 

@@ -16,7 +16,8 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
-from mpsearch.errors import UsageError
+from mpsearch.errors import ProfileError, UsageError
+from mpsearch.formats.base import all_finite
 from mpsearch.formats import get_format
 from mpsearch.formats.variant import VARIANTS, candidate_names, needs_hessian
 from mpsearch.models import ModelInfo, get_denoiser
@@ -41,7 +42,8 @@ def calibrated_layers(info: ModelInfo, formats) -> dict[int, bool]:
 
 
 class _Recorder:
-    def __init__(self, index: int, module: torch.nn.Module, hessian: bool):
+    def __init__(self, index: int, module: torch.nn.Module, hessian: bool, name: str = ""):
+        self.name = name
         self.module = module
         self.conv = isinstance(module, torch.nn.Conv2d)
         w = loaded_tensors(module)["weight"]
@@ -58,6 +60,10 @@ class _Recorder:
     @torch.no_grad()
     def __call__(self, module, inputs, output):
         x = inputs[0].detach()
+        if not all_finite(x):
+            raise ProfileError(f"layer {self.name}'s input is not finite (NaN/inf) in the calibration run, so its "
+                               "variants cannot be calibrated; check the model in full precision (weights, dtype, "
+                               "conditions) before profiling")
         if self.conv:
             m = self.module
             cols = torch.nn.functional.unfold(x.float(), m.kernel_size, m.dilation, m.padding, m.stride)
@@ -76,7 +82,8 @@ def calibrate(pipe, info: ModelInfo, config, layers: dict[int, bool], *, progres
     (index -> whether to record the hessian, :func:`calibrated_layers`)."""
     denoiser = get_denoiser(pipe)
     modules = dict(denoiser.named_modules())
-    recorders = {li: _Recorder(li, modules[info.layers[li].name], hess) for li, hess in layers.items()}
+    recorders = {li: _Recorder(li, modules[info.layers[li].name], hess, info.layers[li].name)
+                 for li, hess in layers.items()}
     handles = [recorders[li].module.register_forward_hook(r) for li, r in recorders.items()]
     bar = tqdm(total=config.steps, desc="calibrate", unit="step", disable=not progress)
     handles.append(denoiser.register_forward_hook(lambda *_: bar.update(0)))
