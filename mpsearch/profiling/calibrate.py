@@ -17,8 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from mpsearch.errors import ProfileError, UsageError
-from mpsearch.formats.base import all_finite
 from mpsearch.formats import get_format
+from mpsearch.formats.base import all_finite
 from mpsearch.formats.variant import VARIANTS, candidate_names, needs_hessian
 from mpsearch.models import ModelInfo, get_denoiser
 from mpsearch.offload import loaded_tensors
