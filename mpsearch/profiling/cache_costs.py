@@ -36,6 +36,8 @@ Without a pipeline, :func:`costs_from_profile` bounds the costs from the profile
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 
 import numpy as np
@@ -69,7 +71,7 @@ def _apply_layers(pipe, plan):
     """The plan's layer formats without its cache section, as a context (nothing without a plan)."""
     if plan is None:
         return contextlib.nullcontext()
-    return apply_plan(pipe, Plan.from_dict({**plan.to_dict(), "cache": None}))
+    return apply_plan(pipe, dataclasses.replace(plan, cache=None))  # keeps the variants' calibration
 
 
 def measure_segment_errors(pipe, unit: CacheUnit, steps: int, *, plan=None, labels=MEASURE_LABELS,
