@@ -36,9 +36,8 @@ Without a pipeline, :func:`costs_from_profile` bounds the costs from the profile
 
 from __future__ import annotations
 
-import dataclasses
-
 import contextlib
+import dataclasses
 
 import numpy as np
 import torch
@@ -46,7 +45,6 @@ import torch
 from mpsearch.cache_units import CacheUnit
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.models import get_denoiser
-from mpsearch.plan import Plan
 from mpsearch.prompts import builtin_prompts
 from mpsearch.runtime.cache_hooks import FeatureCacheConfig, apply_feature_cache
 from mpsearch.runtime.executor import apply_plan
