@@ -205,7 +205,8 @@ def main(argv=None) -> None:
     results[args.label] = kept + entries
     RESULTS.write_text(json.dumps(results, indent=1))
     if not args.no_doc:
-        body = ("One plain generation vs `mpsearch.profile` (formats int8, nvfp4, int4; one prompt, seed 0, guidance "
+        body = ("One plain generation vs `mpsearch.profile` (formats int8, nvfp4, int4; one prompt unless the options "
+                "say `prompts: N`, N of the built-in calibration set (N class labels for DiT-XL), seed 0, guidance "
                 "7.5 except DiT-XL) of the same conditions, in one process, alternating. Peak memory is peak RSS "
                 "reset between phases on the CPU (so it includes the model's own weights and the pipeline), "
                 "torch.cuda.max_memory_allocated on a GPU. Times and time ratio: medians over repeats; "
