@@ -55,8 +55,8 @@ def _library_version(name: str) -> str:
     if module is None:
         try:
             return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:  # not installed as a distribution: ask the module
-            module = importlib.import_module(name)
+        except importlib.metadata.PackageNotFoundError:  # not installed as a distribution, and not imported
+            return "unknown"
     return str(module.__version__)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,7 +25,6 @@ def tiny(tmp_path_factory):
     from mpsearch.apps.profile import profile
     from mpsearch.cache_units import cache_units
     from mpsearch.models import get_denoiser
-    from mpsearch.plan import Plan
 
     root = tmp_path_factory.mktemp("report")
     pipe = DigitsPipeline(scheduler=_scheduler(), transformer=tiny_dit())
@@ -32,10 +32,8 @@ def tiny(tmp_path_factory):
     prof = profile(pipe, out=root / "p.sqlite", labels=(1, 2), seeds=(0,), steps=3, progress=False)
     plan = mpsearch.solve(prof, budget="60%")
     plan.save(root / "half.yaml")
-    d = plan.to_dict()
-    d["cache"] = {"method": "uniform", "unit": cache_units(get_denoiser(pipe))[0].to_dict(),
-                  "compute": [True, False, True]}
-    Plan.from_dict(d).save(root / "cached.yaml")
+    cache = {"method": "uniform", "unit": cache_units(get_denoiser(pipe))[0].to_dict(), "compute": [True, False, True]}
+    dataclasses.replace(plan, cache=cache).save(root / "cached.yaml")  # with the variants' calibration file
     return {"root": root, "pipe": pipe, "profile": prof, "plans": [root / "half.yaml", root / "cached.yaml"]}
 
 

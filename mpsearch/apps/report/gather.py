@@ -144,7 +144,8 @@ def gather_report(profile=None, plans=(), model=None, *, labels=None, seed: int 
         plan_objects[name] = plan
     if info is not None:
         fmts = list(uniform_formats) if uniform_formats is not None else \
-            [f for f in (prof.formats if prof is not None else available_formats()) if f != full]
+            [f for f in (prof.formats if prof is not None else available_formats())
+             if f != full and ":" not in f]  # uniform plans of the plain formats (a variant needs calibration)
         for fmt in fmts:
             plan = Plan.uniform(pipe if pipe is not None else info, fmt)
             v = _variant_from_plan(f"uniform {fmt}", "uniform", plan)
