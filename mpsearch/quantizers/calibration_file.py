@@ -15,7 +15,7 @@ from blake3 import blake3
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from mpsearch.errors import PlanError
+from mpsearch.errors import MpsearchError, PlanError
 from mpsearch.io import atomic_write_bytes
 from mpsearch.quantizers.calibration import Calibration
 
@@ -74,5 +74,5 @@ def load_calibration(path: str | Path, expected: str, where: str = "plan") -> di
     try:
         return {name: Calibration(x2=p["x2"], xmax=p["xmax"], hessian=p.get("hessian"), rows=int(p["rows"][0]))
                 for name, p in parts.items()}
-    except (KeyError, ValueError, TypeError, IndexError) as e:
-        raise PlanError(f"{where}'s calibration file {path} is incomplete ({e}); solve again") from None
+    except (KeyError, ValueError, TypeError, IndexError, MpsearchError) as e:
+        raise PlanError(f"{where}'s calibration file {path} is incomplete or invalid ({e}); solve again") from None

@@ -226,3 +226,20 @@ def test_cli_profile_refuses_an_unknown_variant_before_loading_anything(tmp_path
                         str(tmp_path / "p.sqlite")], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "variants must be none, default, all" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "p.sqlite").exists()
+
+
+def test_a_profile_with_a_corrupt_calibration_row_is_one_profile_error(dit_pipe, tmp_path):
+    import sqlite3
+
+    from mpsearch.errors import ProfileError
+
+    path = tmp_path / "p.sqlite"
+    _profile(dit_pipe, path)
+    with sqlite3.connect(path) as conn:  # a negative mean square: no statistics of real inputs
+        data = np.frombuffer(conn.execute("SELECT data FROM calibration WHERE key = 'x2' LIMIT 1").fetchone()[0],
+                             dtype="<f4").copy()
+        data[0] = -1.0
+        conn.execute("UPDATE calibration SET data = ? WHERE rowid = (SELECT rowid FROM calibration WHERE key = 'x2' "
+                     "LIMIT 1)", (data.tobytes(),))
+    with pytest.raises(ProfileError, match="invalid calibration"):
+        Profile.load(path).calibration()

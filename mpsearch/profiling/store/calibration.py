@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from blake3 import blake3
 
-from mpsearch.errors import ProfileError
+from mpsearch.errors import MpsearchError, ProfileError
 from mpsearch.models import ModelInfo
 from mpsearch.quantizers import Calibration
 
@@ -87,7 +87,7 @@ def read_calibration(conn: sqlite3.Connection, path, info: ModelInfo,
                 x2=torch.from_numpy(parts["x2"]), xmax=torch.from_numpy(parts["xmax"]),
                 hessian=torch.from_numpy(parts["hessian"]) if "hessian" in parts else None,
                 rows=int(parts["rows"]))
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, MpsearchError) as e:
             raise ProfileError(f"{path} has an incomplete or invalid calibration for layer "
                                f"{info.layers[li].name!r} ({e}); delete it and profile again") from None
     return out
