@@ -86,7 +86,10 @@ def calibrate(pipe, info: ModelInfo, config, layers: dict[int, bool], *, progres
                  for li, hess in layers.items()}
     handles = [recorders[li].module.register_forward_hook(r) for li, r in recorders.items()]
     bar = tqdm(total=config.steps, desc="calibrate", unit="step", disable=not progress)
-    handles.append(denoiser.register_forward_hook(lambda *_: bar.update(0)))
+    def tick(*_) -> None:  # returns None: a forward hook that returns a value replaces the output
+        bar.update(1)
+
+    handles.append(denoiser.register_forward_hook(tick))
     try:
         generate(pipe, config.conditions[:CALIBRATION_CONDITIONS], config.seeds[0], config.steps,
                  config.guidance_scale, config.size)

@@ -243,3 +243,11 @@ def test_a_profile_with_a_corrupt_calibration_row_is_one_profile_error(dit_pipe,
                      "LIMIT 1)", (data.tobytes(),))
     with pytest.raises(ProfileError, match="invalid calibration"):
         Profile.load(path).calibration()
+
+
+def test_the_calibration_pass_with_its_progress_bar_leaves_the_outputs_alone(dit_pipe, tmp_path):
+    """Its progress hook on the denoiser returned the bar's update value, which replaced the denoiser's output:
+    every profile with progress shown (the CLI's, the demo's) failed."""
+    prof = profile_local(dit_pipe, out=tmp_path / "p.sqlite", formats=FORMATS, steps=2, labels=(0,), seeds=(0,),
+                         progress=True)
+    assert prof.calibration()
