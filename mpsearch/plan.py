@@ -549,11 +549,18 @@ class Plan:
         beside it (``<stem>.calibration.safetensors``, its name and digest in the YAML's ``calibration``)."""
         data = self.to_dict()
         used = {n: self.calibration[n] for n in self.calibrated_layers() if n in self.calibration}
-        if used:
-            self.check_calibration()
-            side = calibration_path(path)
-            data["calibration"] = {"file": side.name, "digest": save_calibration(side, used)}
-        return atomic_write_text(path, dump_yaml(data))
+        if not used:
+            return atomic_write_text(path, dump_yaml(data))
+        self.check_calibration()
+        side = calibration_path(path)
+        fresh = not side.exists()
+        data["calibration"] = {"file": side.name, "digest": save_calibration(side, used)}
+        try:
+            return atomic_write_text(path, dump_yaml(data))
+        except BaseException:  # the plan was not written: neither is its calibration file
+            if fresh:
+                side.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: StrPath) -> Plan:
