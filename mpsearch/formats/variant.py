@@ -186,12 +186,19 @@ def candidate_names(formats: Sequence[str], variants: Sequence[str]) -> list[str
     return out
 
 
+def expand_factors(s: torch.Tensor, in_cols: int) -> torch.Tensor:
+    """s per matrix column: each channel's factor repeated over its ``in_cols // len(s)`` im2col columns."""
+    if in_cols % s.shape[0]:
+        raise FormatError(f"{s.shape[0]} smoothing factors cannot cover {in_cols} input columns; expected a "
+                          f"divisor (channels x kernel area)")
+    k = in_cols // s.shape[0]
+    return s if k == 1 else s.repeat_interleave(k)
+
+
 def divide_columns(x2: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """A 2-D ``x2`` (rows, in_cols) divided per input channel by ``s``: for a conv's im2col rows (``in_cols`` =
     channels * kernel area, channel-major) each channel's factor covers its kernel area."""
-    area = x2.shape[-1] // max(s.numel(), 1)
-    cols = s if area == 1 else s.repeat_interleave(area)
-    return x2 / cols.to(x2.dtype)
+    return x2 / expand_factors(s, x2.shape[-1]).to(x2.dtype)
 
 
 def variant_layers(assignment: dict[str, str]) -> list[str]:

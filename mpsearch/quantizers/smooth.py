@@ -21,6 +21,7 @@ import torch
 from mpsearch.errors import FormatError
 from mpsearch.formats import Format, Packed, matrix_shape
 from mpsearch.formats.base import all_finite
+from mpsearch.formats.variant import expand_factors  # noqa: F401  (the smoothing factors per matrix column)
 
 ALPHA = 0.5
 S_MIN, S_MAX = 1e-5, 1e5
@@ -36,15 +37,6 @@ def smoothing_factors(w: torch.Tensor, xmax: torch.Tensor) -> torch.Tensor:
     ok = (xm > 0) & (wmax > 0) & torch.isfinite(s)
     s = torch.where(ok, s, torch.ones_like(s))
     return s.clamp_(S_MIN, S_MAX)
-
-
-def expand_factors(s: torch.Tensor, in_cols: int) -> torch.Tensor:
-    """s per matrix column: each channel's factor repeated over its ``in_cols // len(s)`` im2col columns."""
-    if in_cols % s.shape[0]:
-        raise FormatError(f"{s.shape[0]} smoothing factors cannot cover {in_cols} input columns; expected a "
-                          f"divisor (channels x kernel area)")
-    k = in_cols // s.shape[0]
-    return s if k == 1 else s.repeat_interleave(k)
 
 
 def smooth_quantize(fmt: Format, w: torch.Tensor, xmax: torch.Tensor,

@@ -19,6 +19,7 @@ import torch
 
 from mpsearch.errors import FormatError
 from mpsearch.formats import Packed, get_format, matrix_shape
+from mpsearch.formats.variant import SEPARATOR
 from mpsearch.formats.variant import VARIANTS as _VARIANTS
 from mpsearch.quantizers.calibration import Calibration
 from mpsearch.quantizers.clip import clip_quantize
@@ -67,7 +68,10 @@ def extra_bytes(fmt_name: str, variant: str, shape: Sequence[int]) -> int:
     channel (``shape[1]``), 0 for the others."""
     _check_applies(fmt_name, variant)
     matrix_shape(shape)
-    return 4 * int(shape[1]) if variant == "smooth" else 0
+    if variant != "smooth":  # the other variants store exactly their base format's tensors
+        return 0
+    variant_format = get_format(f"{fmt_name}{SEPARATOR}{variant}")
+    return int(variant_format.extra_bytes(shape))  # type: ignore[attr-defined]  # counted where the bits are
 
 
 def _check_calibration(w: torch.Tensor, calib: Calibration, variant: str) -> None:
