@@ -10,6 +10,8 @@ counted extra:
 * ``smooth`` (formats that quantize activations: W8A8 ``int8``, W4A4 ``nvfp4``): a float32 factor per input
   channel ``s``, folded into the weight (codes of ``W * s``) and divided out of the activation before it is
   quantized; ``4 * in_channels`` extra bytes, stored beside the codes as ``smooth``.
+* ``awq`` (the 4-bit weight formats ``int4``, ``nvfp4``): activation-aware factors per input channel (ModelOpt's
+  AWQ-lite search), applied and stored exactly as ``smooth``'s.
 
 This module only names the variants and counts their bytes (formats are the only place that knows bits); a
 variant's ``quantize`` needs calibration, so it goes through ``mpsearch.quantizers.quantize_candidate``.
@@ -26,7 +28,9 @@ from mpsearch.formats.base import Format, Packed, matrix_shape
 from mpsearch.formats.registry import get_format, register_instance
 
 #: the calibrated variants besides plain round-to-nearest (no suffix)
-VARIANTS = ("clip", "smooth", "gptq")
+VARIANTS = ("clip", "smooth", "gptq", "awq")
+#: the variants that store a float32 factor per input channel (``smooth``) and divide the activation by it
+FACTOR_VARIANTS = ("smooth", "awq")
 #: gptq needs the layer's input second-moment matrix (in_cols x in_cols), recorded only up to this many input
 #: columns: 2304 columns are 21 MB in float32, and a real-size model has hundreds of layers
 MAX_HESSIAN_COLS = 2304
@@ -43,10 +47,14 @@ def split_candidate(name: str) -> tuple[str, str | None]:
 
 def variant_applies(base: Format, variant: str) -> bool:
     """Whether ``variant`` is defined for ``base``: clip and gptq for every format with low-bit weights,
-    smooth only for the formats that quantize activations."""
+    smooth only for the formats that quantize activations, awq only for 4-bit weights."""
     if variant not in VARIANTS or base.name == "fp":
         return False
-    return base.quantizes_activations if variant == "smooth" else True
+    if variant == "smooth":
+        return bool(base.quantizes_activations)
+    if variant == "awq":
+        return 0 < base.bits <= 4
+    return True
 
 
 def needs_hessian(fmt: Format) -> bool:
@@ -54,10 +62,21 @@ def needs_hessian(fmt: Format) -> bool:
     return getattr(fmt, "variant_name", None) == "gptq"
 
 
+def uses_hessian(fmt: Format) -> bool:
+    """Whether ``fmt`` (a format or variant) is quantized with the input second-moment matrix where it was
+    recorded: gptq needs it, awq scores its search with it (else with its diagonal)."""
+    return getattr(fmt, "variant_name", None) in ("gptq", "awq")
+
+
 def in_channels(shape: Sequence[int]) -> int:
     """The input channels of a Linear (in_features) or Conv (in_channels) weight of ``shape``."""
     matrix_shape(shape)
     return int(shape[1])
+
+
+def factor_bytes(shape: Sequence[int]) -> int:
+    """Bytes of a variant's float32 factor per input channel (smooth, awq): ``4 * in_channels``."""
+    return 4 * in_channels(shape)
 
 
 class VariantFormat(Format):
@@ -77,8 +96,8 @@ class VariantFormat(Format):
 
     @property
     def smooths(self) -> bool:
-        """Whether the activation is divided by a stored factor per input channel."""
-        return self.variant_name == "smooth"
+        """Whether the activation is divided by a stored factor per input channel (smooth, awq)."""
+        return self.variant_name in FACTOR_VARIANTS
 
     def why_ineligible(self, shape: Sequence[int]) -> str | None:
         """The base format's reason, if any; gptq also needs at most :data:`MAX_HESSIAN_COLS` input columns."""
@@ -89,8 +108,8 @@ class VariantFormat(Format):
         return reason
 
     def extra_bytes(self, shape: Sequence[int]) -> int:
-        """Bytes stored besides the base format's codes: ``4 * in_channels`` for smooth, else 0."""
-        return 4 * in_channels(shape) if self.smooths else 0
+        """Bytes stored besides the base format's codes: ``4 * in_channels`` for smooth and awq, else 0."""
+        return factor_bytes(shape) if self.smooths else 0
 
     def weight_bytes(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> int:
         """The base format's bytes plus :meth:`extra_bytes`."""

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.formats import get_format
 from mpsearch.formats.base import all_finite
-from mpsearch.formats.variant import VARIANTS, candidate_names, needs_hessian
+from mpsearch.formats.variant import VARIANTS, candidate_names, uses_hessian
 from mpsearch.models import ModelInfo, get_denoiser
 from mpsearch.offload import loaded_tensors
 from mpsearch.quantizers import Calibration, CalibrationAccumulator
@@ -37,7 +37,7 @@ def calibrated_layers(info: ModelInfo, formats) -> dict[int, bool]:
     for li, layer in enumerate(info.layers):
         cands = [f for f in formats if f in layer.eligible and getattr(get_format(f), "calibrated", False)]
         if cands:
-            out[li] = any(needs_hessian(get_format(f)) for f in cands)
+            out[li] = any(uses_hessian(get_format(f)) for f in cands)
     return out
 
 

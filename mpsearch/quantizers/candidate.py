@@ -6,7 +6,7 @@ import torch
 
 from mpsearch.errors import FormatError
 from mpsearch.formats import Packed, get_format
-from mpsearch.formats.variant import split_candidate
+from mpsearch.formats.variant import FACTOR_VARIANTS, split_candidate
 from mpsearch.quantizers.calibration import Calibration
 from mpsearch.quantizers.variants import quantize_variant
 
@@ -18,8 +18,8 @@ def quantize_candidate(name: str, w: torch.Tensor, calibration: Calibration | No
                        rows: torch.Tensor | None = None) -> Packed:
     """``w`` packed as the candidate ``name``: a format (``nvfp4``) or a calibrated variant (``nvfp4:clip``,
     which needs the layer's ``calibration``). A variant's packed weight is named after the variant and holds
-    the base format's tensors (plus ``smooth``, the factors of ``smooth``). ``rows``: only those output channels,
-    as the whole weight packs them (``quantize_rows``; the profiler's sampled statistics)."""
+    the base format's tensors (plus ``smooth``, the input factors of ``smooth`` and ``awq``). ``rows``: only
+    those output channels, as the whole weight packs them (``quantize_rows``; the profiler's sampled statistics)."""
     base, variant = split_candidate(name)
     fmt = get_format(name)
     if variant is None:
@@ -55,12 +55,12 @@ def packed_rows(packed: Packed, rows: torch.Tensor) -> Packed:
 
 def timing_stand_in(name: str, w: torch.Tensor) -> Packed:
     """A packed weight that runs exactly the arithmetic of candidate ``name`` (for timing, not for its error):
-    the base format's round-to-nearest codes, and for ``smooth`` factors of 1 (the division still runs)."""
+    the base format's round-to-nearest codes, and for ``smooth`` and ``awq`` factors of 1 (the division still runs)."""
     base, variant = split_candidate(name)
     packed = get_format(base).quantize(w)
     if variant is None:
         return packed
     tensors = dict(packed.tensors)
-    if variant == "smooth":
+    if variant in FACTOR_VARIANTS:
         tensors["smooth"] = torch.ones(int(w.shape[1]), dtype=torch.float32, device=w.device)
     return Packed(name, packed.shape, packed.dtype, tensors)

@@ -9,6 +9,8 @@ empty variant ``""``. The variants (definitions in their modules):
 - ``smooth`` (:mod:`.smooth`): SmoothQuant factors s per input channel, codes of W*s, run as Qact(x/s) @ Q(Ws)^T;
   only formats that quantize activations (int8, nvfp4); s costs 4 bytes per input channel.
 - ``gptq`` (:mod:`.gptq`): GPTQ error-compensating rounding on RTN's scales; int8, nvfp4, int4; needs the hessian.
+- ``awq`` (:mod:`.awq`): AWQ-lite factors s per input channel (alpha searched on the weight-only output error),
+  run as ``smooth`` is; the 4-bit weight formats (nvfp4, int4); s costs 4 bytes per input channel.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import torch
 
 from mpsearch.errors import FormatError
 from mpsearch.formats import Packed, get_format, matrix_shape
-from mpsearch.formats.variant import SEPARATOR
+from mpsearch.formats.variant import FACTOR_VARIANTS, factor_bytes
 from mpsearch.formats.variant import VARIANTS as _VARIANTS
+from mpsearch.quantizers.awq import awq_quantize
 from mpsearch.quantizers.calibration import Calibration
 from mpsearch.quantizers.clip import clip_quantize
 from mpsearch.quantizers.codes import kind_of
@@ -47,6 +50,8 @@ def variant_applies(fmt_name: str, variant: str) -> bool:
         kind_of(fmt)
     except FormatError:
         return False  # fp and other formats without codes
+    if variant == "awq":
+        return 0 < fmt.bits <= 4
     return variant != "smooth" or fmt.quantizes_activations
 
 
@@ -58,20 +63,20 @@ def needs_hessian(variant: str) -> bool:
 
 def _check_applies(fmt_name: str, variant: str) -> None:
     if not variant_applies(fmt_name, variant):
-        need = "a format that quantizes activations (int8, nvfp4)" if variant == "smooth" else "int8, nvfp4 or int4"
+        need = {"smooth": "a format that quantizes activations (int8, nvfp4)",
+                "awq": "a 4-bit weight format (nvfp4, int4)"}.get(variant, "int8, nvfp4 or int4")
         raise FormatError(f"quantizer variant {variant!r} does not apply to format {fmt_name!r}; it needs {need}: "
                           f"pick another variant or format")
 
 
 def extra_bytes(fmt_name: str, variant: str, shape: Sequence[int]) -> int:
-    """Bytes the variant stores beside the format's ``weight_bytes(shape)``: smooth's float32 factor per input
-    channel (``shape[1]``), 0 for the others."""
+    """Bytes the variant stores beside the format's ``weight_bytes(shape)``: smooth's and awq's float32 factor per
+    input channel (``shape[1]``), 0 for the others."""
     _check_applies(fmt_name, variant)
     matrix_shape(shape)
-    if variant != "smooth":  # the other variants store exactly their base format's tensors
+    if variant not in FACTOR_VARIANTS:  # the other variants store exactly their base format's tensors
         return 0
-    variant_format = get_format(f"{fmt_name}{SEPARATOR}{variant}")
-    return int(variant_format.extra_bytes(shape))  # type: ignore[attr-defined]  # counted where the bits are
+    return factor_bytes(shape)  # counted where the bits are (any group size of the base format)
 
 
 def _check_calibration(w: torch.Tensor, calib: Calibration, variant: str) -> None:
@@ -91,8 +96,8 @@ def _check_calibration(w: torch.Tensor, calib: Calibration, variant: str) -> Non
 
 def quantize_variant(fmt_name: str, variant: str, w: torch.Tensor, calib: Calibration,
                      rows: torch.Tensor | None = None) -> tuple[Packed, torch.Tensor | None]:
-    """(packed codes of the base format ``fmt_name`` for ``w``, smoothing factors float32 (in_channels,) for
-    ``smooth`` else None). The packed weight has exactly ``fmt.quantize(w)``'s tensors, dtypes and shapes;
+    """(packed codes of the base format ``fmt_name`` for ``w``, input factors float32 (in_channels,) for
+    ``smooth`` and ``awq``, else None). The packed weight has exactly ``fmt.quantize(w)``'s tensors, dtypes and shapes;
     the same inputs give bit-identical outputs. FormatError (one line) for a variant that does not apply to the
     format, a calibration of the wrong size, gptq without a hessian, or what ``fmt.quantize`` refuses.
 
@@ -109,6 +114,9 @@ def quantize_variant(fmt_name: str, variant: str, w: torch.Tensor, calib: Calibr
     if variant == "smooth":
         fmt.quantize(w)  # w itself must be quantizable (finite, in range): the same errors as RTN
         return smooth_quantize(fmt, w, calib.xmax, rows=rows)
+    if variant == "awq":
+        fmt.quantize(w)
+        return awq_quantize(fmt, w, calib, rows=rows)
     if variant == "gptq":
         assert calib.hessian is not None
         return gptq_quantize(fmt, w, calib.hessian, rows=rows), None

@@ -27,7 +27,7 @@ from mpsearch.quantizers import (
 from mpsearch.quantizers.codes import encode_grid, grid_of, unpack_codes
 
 FORMATS = ("int8", "nvfp4", "int4", "int4-g64")
-CASES = [(f, v) for f in FORMATS for v in VARIANTS if v != "smooth" or f in ("int8", "nvfp4")]
+CASES = [(f, v) for f in FORMATS for v in VARIANTS if variant_applies(f, v)]
 OUT, INP, ROWS = 64, 256, 1024
 
 
@@ -74,7 +74,7 @@ def _check_valid(fmt_name: str, variant: str, w: torch.Tensor, calib: Calibratio
     assert layout(packed) == layout(rtn)
     assert same_bits(reencode(packed), packed), "a code does not decode and re-encode to itself"
     assert fmt.weight_bytes(w.shape) == packed.nbytes
-    if variant == "smooth":
+    if variant in ("smooth", "awq"):
         assert s is not None and s.dtype == torch.float32 and s.shape == (w.shape[1],)
         assert extra_bytes(fmt_name, variant, w.shape) == 4 * w.shape[1] == s.numel() * s.element_size()
     else:
@@ -247,16 +247,82 @@ def test_smooth_on_a_conv_divides_each_input_channel_and_multiplies_its_weights(
 
 
 # --------------------------------------------------------------------------------------------------
+# awq
+# --------------------------------------------------------------------------------------------------
+
+def _weight_only_error(w: torch.Tensor, deq_over_s: torch.Tensor, h: torch.Tensor) -> float:
+    d = (deq_over_s.reshape(w.shape[0], -1) - w.reshape(w.shape[0], -1)).double()
+    return float(((d @ h.double()) * d).sum())
+
+
+@pytest.mark.parametrize("fmt_name", ["int4", "int4-g64", "nvfp4"])
+def test_awq_lowers_the_weight_only_output_error_it_searches(fmt_name):
+    w, x, calib = linear_layer()
+    fmt = get_format(fmt_name)
+    packed, s = quantize_variant(fmt_name, "awq", w, calib)
+    deq = fmt.dequantize(packed) / expand_factors(s, w.shape[1])[None, :]
+    e_awq = _weight_only_error(w, deq, calib.hessian)
+    e_rtn = _weight_only_error(w, fmt.dequantize(fmt.quantize(w)), calib.hessian)
+    assert e_awq < 0.9 * e_rtn
+    # the output error on the calibration rows themselves, through the format's own product of x / s
+    ref = x.double() @ w.double().t()
+    e_out = float(((smoothed_matmul(fmt, x, packed, s).double() - ref) ** 2).sum())
+    e_out_rtn = float(((fmt.matmul(x, fmt.quantize(w)).double() - ref) ** 2).sum())
+    assert e_out < e_out_rtn
+
+
+def test_awq_chooses_the_grid_alpha_with_the_least_error_and_follows_the_formula():
+    from mpsearch.quantizers.awq import (
+        ALPHAS,
+        _error,
+        activation_magnitude,
+        awq_factors,
+        awq_scale,
+        weight_magnitude,
+    )
+    w, _, calib = linear_layer()
+    fmt = get_format("int4")
+    s, alpha = awq_scale(fmt, w, calib)
+    a, m = activation_magnitude(calib), weight_magnitude(fmt, w)
+    errors = [_error(fmt, w, awq_factors(a, m, al), calib, w.shape) for al in ALPHAS]
+    assert alpha == ALPHAS[min(range(len(ALPHAS)), key=errors.__getitem__)]
+    assert torch.equal(s, awq_factors(a, m, alpha))
+    assert ALPHAS == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    # the formula on a hand-made case: a ** alpha / m ** (1 - alpha), clamped, over sqrt(max * min)
+    f = awq_factors(torch.tensor([4.0, 1.0]), torch.tensor([1.0, 1.0]), 0.5)
+    assert f.tolist() == [pytest.approx(2.0 / 2 ** 0.5), pytest.approx(1.0 / 2 ** 0.5)]
+    # the RMS of each channel, the mean relative magnitude per group
+    assert torch.allclose(activation_magnitude(calib), calib.x2.sqrt())
+    wm = weight_magnitude(get_format("nvfp4"), torch.tensor([[1.0, -2.0] + [0.0] * 14, [4.0, 4.0] + [0.0] * 14]))
+    assert wm[:2].tolist() == [pytest.approx(0.75), pytest.approx(1.0)]
+
+
+def test_awq_on_a_conv_uses_one_factor_per_input_channel():
+    w, img, rows, calib = conv_layer()
+    fmt = get_format("nvfp4")
+    packed, s = quantize_variant("nvfp4", "awq", w, calib)
+    assert s.shape == (16,)
+    assert same_bits(packed, fmt.quantize(w * s[None, :, None, None]))
+    y = smoothed_matmul(fmt, rows, packed, s)
+    assert torch.equal(y, fmt.matmul(conv_rows(img / s[None, :, None, None]), packed))
+
+
+# --------------------------------------------------------------------------------------------------
 # the catalogue and its errors
 # --------------------------------------------------------------------------------------------------
 
 def test_which_variant_applies_to_which_format():
     table = {f: tuple(v for v in VARIANTS if variant_applies(f, v))
              for f in ("fp", "int8", "nvfp4", "int4", "int4-g64", "int4-g32")}
-    assert table == {"fp": (), "int8": ("clip", "smooth", "gptq"), "nvfp4": ("clip", "smooth", "gptq"),
-                     "int4": ("clip", "gptq"), "int4-g64": ("clip", "gptq"), "int4-g32": ("clip", "gptq")}
-    assert [needs_hessian(v) for v in VARIANTS] == [False, False, True]
+    assert table == {"fp": (), "int8": ("clip", "smooth", "gptq"), "nvfp4": ("clip", "smooth", "gptq", "awq"),
+                     "int4": ("clip", "gptq", "awq"), "int4-g64": ("clip", "gptq", "awq"),
+                     "int4-g32": ("clip", "gptq", "awq")}
+    assert [needs_hessian(v) for v in VARIANTS] == [False, False, True, False]
     assert extra_bytes("nvfp4", "smooth", (8, 16, 3, 3)) == 64 and extra_bytes("int4", "gptq", (8, 128)) == 0
+    assert extra_bytes("int4", "awq", (8, 128)) == 512
+    from mpsearch.formats.variant import uses_hessian  # gptq needs it; awq scores its search with it where recorded
+
+    assert [uses_hessian(get_format(f"nvfp4:{v}")) for v in VARIANTS] == [False, False, True, True]
     assert variant_applies("fp", "") and extra_bytes("int8", "", (4, 16)) == 0 and not needs_hessian("")
 
 
@@ -269,7 +335,8 @@ def _calib(in_cols: int, in_channels: int | None = None, hessian: bool = True) -
 @pytest.mark.parametrize("call, match", [
     (lambda w: quantize_variant("int4", "smooth", w, _calib(256)), "'smooth' does not apply to format 'int4'"),
     (lambda w: quantize_variant("fp", "clip", w, _calib(256)), "'clip' does not apply to format 'fp'"),
-    (lambda w: quantize_variant("int8", "awq", w, _calib(256)), "unknown quantizer variant 'awq'; expected one of clip"),
+    (lambda w: quantize_variant("int8", "awq", w, _calib(256)), "'awq' does not apply to format 'int8'; it needs a 4-bit"),
+    (lambda w: quantize_variant("int8", "AWQ", w, _calib(256)), "unknown quantizer variant 'AWQ'; expected one of clip"),
     (lambda w: quantize_variant("int5", "clip", w, _calib(256)), "unknown format 'int5'"),
     (lambda w: quantize_variant("int8", "clip", w, _calib(128)), "calibration of 128 input columns / 128 channels does not fit"),
     (lambda w: quantize_variant("nvfp4", "gptq", w, _calib(256, hessian=False)), "'gptq' needs the input hessian"),

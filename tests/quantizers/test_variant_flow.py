@@ -28,14 +28,15 @@ def _profile(pipe, path, **kw):
 
 def test_every_variant_is_a_named_candidate_with_its_base_bytes():
     names = available_formats(calibrated=True)
-    assert {"int8:clip", "int8:smooth", "int8:gptq", "nvfp4:clip", "nvfp4:smooth", "nvfp4:gptq", "int4:clip",
-            "int4:gptq"} <= set(names)
+    assert {"int8:clip", "int8:smooth", "int8:gptq", "nvfp4:clip", "nvfp4:smooth", "nvfp4:gptq", "nvfp4:awq",
+            "int4:clip", "int4:gptq", "int4:awq"} <= set(names)
     assert "int4:smooth" not in names  # int4 is weight-only: nothing to smooth
+    assert "int8:awq" not in names  # awq is for 4-bit weights
     shape = (64, 256)
     for name in names:
         base, _, variant = name.partition(":")
         if variant:
-            extra = 4 * 256 if variant == "smooth" else 0
+            extra = 4 * 256 if variant in ("smooth", "awq") else 0
             assert get_format(name).weight_bytes(shape) == get_format(base).weight_bytes(shape) + extra
     with pytest.raises(FormatError, match="calibrat"):
         get_format("nvfp4:clip").quantize(torch.randn(16, 32))
@@ -213,7 +214,7 @@ def test_the_default_variant_set_and_what_it_says():
     assert choose_variants(config, "none")[0].formats == config.formats
     given = ProfileConfig(formats=("int8", "int4:gptq"))
     assert choose_variants(given)[0].formats == given.formats  # formats that name variants are kept
-    assert parse_variants("all") == parse_variants("default") == ("clip", "smooth", "gptq")
+    assert parse_variants("all") == parse_variants("default") == ("clip", "smooth", "gptq", "awq")
     with pytest.raises(UsageError, match="--variants clip,smooth"):
         parse_variants("clip,sharpen")
 
