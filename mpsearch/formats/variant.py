@@ -12,6 +12,8 @@ counted extra:
   quantized; ``4 * in_channels`` extra bytes, stored beside the codes as ``smooth``.
 * ``awq`` (the 4-bit weight formats ``int4``, ``nvfp4``): activation-aware factors per input channel (ModelOpt's
   AWQ-lite search), applied and stored exactly as ``smooth``'s.
+* ``smooth-gptq`` (``int8``, ``nvfp4``): ``smooth``'s factors with GPTQ's rounding of ``W * s`` (the activation
+  error moved into the weight, then the weight's error compensated); ``smooth``'s bytes, ``gptq``'s shape rule.
 
 This module only names the variants and counts their bytes (formats are the only place that knows bits); a
 variant's ``quantize`` needs calibration, so it goes through ``mpsearch.quantizers.quantize_candidate``.
@@ -28,9 +30,11 @@ from mpsearch.formats.base import Format, Packed, matrix_shape
 from mpsearch.formats.registry import get_format, register_instance
 
 #: the calibrated variants besides plain round-to-nearest (no suffix)
-VARIANTS = ("clip", "smooth", "gptq", "awq")
+VARIANTS = ("clip", "smooth", "gptq", "awq", "smooth-gptq")
 #: the variants that store a float32 factor per input channel (``smooth``) and divide the activation by it
-FACTOR_VARIANTS = ("smooth", "awq")
+FACTOR_VARIANTS = ("smooth", "awq", "smooth-gptq")
+#: the variants that need the input second-moment matrix (so at most MAX_HESSIAN_COLS input columns)
+HESSIAN_VARIANTS = ("gptq", "smooth-gptq")
 #: gptq needs the layer's input second-moment matrix (in_cols x in_cols), recorded only up to this many input
 #: columns: 2304 columns are 21 MB in float32, and a real-size model has hundreds of layers
 MAX_HESSIAN_COLS = 2304
@@ -50,7 +54,7 @@ def variant_applies(base: Format, variant: str) -> bool:
     smooth only for the formats that quantize activations, awq only for 4-bit weights."""
     if variant not in VARIANTS or base.name == "fp":
         return False
-    if variant == "smooth":
+    if variant in ("smooth", "smooth-gptq"):
         return bool(base.quantizes_activations)
     if variant == "awq":
         return 0 < base.bits <= 4
@@ -58,14 +62,15 @@ def variant_applies(base: Format, variant: str) -> bool:
 
 
 def needs_hessian(fmt: Format) -> bool:
-    """Whether ``fmt`` (a format or variant) is quantized with the input second-moment matrix (gptq)."""
-    return getattr(fmt, "variant_name", None) == "gptq"
+    """Whether ``fmt`` (a format or variant) is quantized with the input second-moment matrix (gptq,
+    smooth-gptq)."""
+    return getattr(fmt, "variant_name", None) in HESSIAN_VARIANTS
 
 
 def uses_hessian(fmt: Format) -> bool:
     """Whether ``fmt`` (a format or variant) is quantized with the input second-moment matrix where it was
-    recorded: gptq needs it, awq scores its search with it (else with its diagonal)."""
-    return getattr(fmt, "variant_name", None) in ("gptq", "awq")
+    recorded: gptq and smooth-gptq need it, awq scores its search with it (else with its diagonal)."""
+    return getattr(fmt, "variant_name", None) in (*HESSIAN_VARIANTS, "awq")
 
 
 def in_channels(shape: Sequence[int]) -> int:
@@ -100,10 +105,11 @@ class VariantFormat(Format):
         return self.variant_name in FACTOR_VARIANTS
 
     def why_ineligible(self, shape: Sequence[int]) -> str | None:
-        """The base format's reason, if any; gptq also needs at most :data:`MAX_HESSIAN_COLS` input columns."""
+        """The base format's reason, if any; gptq and smooth-gptq also need at most :data:`MAX_HESSIAN_COLS` input
+        columns."""
         reason = self.base.why_ineligible(shape)
         if reason is None and needs_hessian(self) and matrix_shape(shape)[1] > MAX_HESSIAN_COLS:
-            reason = (f"gptq needs the input second moments, recorded for at most {MAX_HESSIAN_COLS} input columns "
+            reason = (f"{self.variant_name} needs the input second moments, recorded for at most {MAX_HESSIAN_COLS} input columns "
                       f"(this layer has {matrix_shape(shape)[1]})")
         return reason
 

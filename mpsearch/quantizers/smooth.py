@@ -10,6 +10,11 @@ format's round-to-nearest ``fmt.quantize`` of W * s (each input channel c's weig
 and the layer runs ``y = Qact(x / s) @ Q(W s)^T``: the activation divided by s (per input channel; per im2col
 column for a conv, s repeated kh*kw times) before the format's activation quantization. The factors are stored
 as float32, 4 bytes per input channel (:func:`smoothed_matmul` is that product for 2-D inputs).
+
+``smooth-gptq`` is the same factors and product with GPTQ's rounding (:mod:`.gptq`, on the RTN scales of W * s)
+in place of round-to-nearest, against the second moments of the divided input: ``H_s = H / (s_i s_j)`` (per
+column, float64), so the rounding compensates the error of the product the layer runs. Like gptq it needs the
+hessian (at most MAX_HESSIAN_COLS input columns).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from mpsearch.errors import FormatError
 from mpsearch.formats import Format, Packed, matrix_shape
 from mpsearch.formats.base import all_finite
 from mpsearch.formats.variant import expand_factors  # noqa: F401  (the smoothing factors per matrix column)
+from mpsearch.quantizers.gptq import gptq_quantize
 
 ALPHA = 0.5
 S_MIN, S_MAX = 1e-5, 1e5
@@ -50,6 +56,23 @@ def smooth_quantize(fmt: Format, w: torch.Tensor, xmax: torch.Tensor,
         raise FormatError(f"the smoothed weight W*s overflows float32 (largest factor {float(s.max()):.3g}); "
                           f"use the clip variant or plain round-to-nearest for this layer")
     packed = fmt.quantize(ws.reshape(w.shape)) if rows is None else fmt.quantize_rows(ws.reshape(w.shape), rows)
+    return dataclasses.replace(packed, dtype=w.dtype), s
+
+
+def smooth_gptq_quantize(fmt: Format, w: torch.Tensor, xmax: torch.Tensor, hessian: torch.Tensor,
+                         rows: torch.Tensor | None = None) -> tuple[Packed, torch.Tensor]:
+    """(GPTQ's codes of W * s against the divided input's hessian, in ``w``'s shape and dtype; s float32
+    (in_channels,)); see the module. With ``rows``: those rows, as :func:`gptq_quantize` takes them."""
+    s = smoothing_factors(w, xmax)
+    out, inp = matrix_shape(w.shape)
+    cols = expand_factors(s, inp)
+    ws = w.detach().to(torch.float32).reshape(out, inp) * cols[None, :]
+    if not all_finite(ws):
+        raise FormatError(f"the smoothed weight W*s overflows float32 (largest factor {float(s.max()):.3g}); "
+                          f"use the gptq variant or plain round-to-nearest for this layer")
+    c64 = cols.to(device=hessian.device, dtype=torch.float64)
+    h = hessian.to(torch.float64) / c64[:, None] / c64[None, :]
+    packed = gptq_quantize(fmt, ws.reshape(w.shape), h, rows=rows)
     return dataclasses.replace(packed, dtype=w.dtype), s
 
 

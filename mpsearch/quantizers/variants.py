@@ -9,6 +9,8 @@ empty variant ``""``. The variants (definitions in their modules):
 - ``smooth`` (:mod:`.smooth`): SmoothQuant factors s per input channel, codes of W*s, run as Qact(x/s) @ Q(Ws)^T;
   only formats that quantize activations (int8, nvfp4); s costs 4 bytes per input channel.
 - ``gptq`` (:mod:`.gptq`): GPTQ error-compensating rounding on RTN's scales; int8, nvfp4, int4; needs the hessian.
+- ``smooth-gptq`` (:mod:`.smooth`): smooth's factors, GPTQ's rounding of W*s against the divided input's
+  hessian; int8, nvfp4; s costs 4 bytes per input channel; needs the hessian.
 - ``awq`` (:mod:`.awq`): AWQ-lite factors s per input channel (alpha searched on the weight-only output error),
   run as ``smooth`` is; the 4-bit weight formats (nvfp4, int4); s costs 4 bytes per input channel.
 """
@@ -21,14 +23,14 @@ import torch
 
 from mpsearch.errors import FormatError
 from mpsearch.formats import Packed, get_format, matrix_shape
-from mpsearch.formats.variant import FACTOR_VARIANTS, factor_bytes
+from mpsearch.formats.variant import FACTOR_VARIANTS, HESSIAN_VARIANTS, factor_bytes
 from mpsearch.formats.variant import VARIANTS as _VARIANTS
 from mpsearch.quantizers.awq import awq_quantize
 from mpsearch.quantizers.calibration import Calibration
 from mpsearch.quantizers.clip import clip_quantize
 from mpsearch.quantizers.codes import kind_of
 from mpsearch.quantizers.gptq import gptq_quantize
-from mpsearch.quantizers.smooth import smooth_quantize
+from mpsearch.quantizers.smooth import smooth_gptq_quantize, smooth_quantize
 
 VARIANTS = _VARIANTS  # named once, with the formats' registry of ``base:variant`` names
 
@@ -52,18 +54,19 @@ def variant_applies(fmt_name: str, variant: str) -> bool:
         return False  # fp and other formats without codes
     if variant == "awq":
         return 0 < fmt.bits <= 4
-    return variant != "smooth" or fmt.quantizes_activations
+    return variant not in ("smooth", "smooth-gptq") or fmt.quantizes_activations
 
 
 def needs_hessian(variant: str) -> bool:
-    """Whether ``variant`` needs ``Calibration.hessian`` (gptq)."""
+    """Whether ``variant`` needs ``Calibration.hessian`` (gptq, smooth-gptq)."""
     _check_variant(variant)
-    return variant == "gptq"
+    return variant in HESSIAN_VARIANTS
 
 
 def _check_applies(fmt_name: str, variant: str) -> None:
     if not variant_applies(fmt_name, variant):
         need = {"smooth": "a format that quantizes activations (int8, nvfp4)",
+                "smooth-gptq": "a format that quantizes activations (int8, nvfp4)",
                 "awq": "a 4-bit weight format (nvfp4, int4)"}.get(variant, "int8, nvfp4 or int4")
         raise FormatError(f"quantizer variant {variant!r} does not apply to format {fmt_name!r}; it needs {need}: "
                           f"pick another variant or format")
@@ -89,8 +92,8 @@ def _check_calibration(w: torch.Tensor, calib: Calibration, variant: str) -> Non
         raise FormatError(f"calibration of {calib.in_cols} input columns / {calib.in_channels} channels does not fit "
                           f"a weight of shape {tuple(w.shape)} (expected {in_cols} / {in_channels}); calibrate "
                           f"this layer's own inputs")
-    if variant == "gptq" and calib.hessian is None:
-        raise FormatError(f"quantizer variant 'gptq' needs the input hessian, which was not recorded for this "
+    if variant in HESSIAN_VARIANTS and calib.hessian is None:
+        raise FormatError(f"quantizer variant {variant!r} needs the input hessian, which was not recorded for this "
                           f"layer ({in_cols} input columns); use clip, or record it (in_cols <= MAX_HESSIAN_COLS)")
 
 
@@ -117,6 +120,10 @@ def quantize_variant(fmt_name: str, variant: str, w: torch.Tensor, calib: Calibr
     if variant == "awq":
         fmt.quantize(w)
         return awq_quantize(fmt, w, calib, rows=rows)
+    if variant == "smooth-gptq":
+        fmt.quantize(w)
+        assert calib.hessian is not None
+        return smooth_gptq_quantize(fmt, w, calib.xmax, calib.hessian, rows=rows)
     if variant == "gptq":
         assert calib.hessian is not None
         return gptq_quantize(fmt, w, calib.hessian, rows=rows), None

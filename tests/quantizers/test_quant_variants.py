@@ -74,7 +74,7 @@ def _check_valid(fmt_name: str, variant: str, w: torch.Tensor, calib: Calibratio
     assert layout(packed) == layout(rtn)
     assert same_bits(reencode(packed), packed), "a code does not decode and re-encode to itself"
     assert fmt.weight_bytes(w.shape) == packed.nbytes
-    if variant in ("smooth", "awq"):
+    if variant in ("smooth", "awq", "smooth-gptq"):
         assert s is not None and s.dtype == torch.float32 and s.shape == (w.shape[1],)
         assert extra_bytes(fmt_name, variant, w.shape) == 4 * w.shape[1] == s.numel() * s.element_size()
     else:
@@ -219,6 +219,25 @@ def test_smooth_lowers_the_w_a_quantized_output_error_on_outlier_channels(fmt_na
     assert e_smooth < e_rtn
 
 
+@pytest.mark.parametrize("fmt_name", ["int8", "nvfp4"])
+def test_smooth_gptq_is_gptq_of_the_smoothed_weight_and_beats_both_on_outlier_channels(fmt_name):
+    from mpsearch.quantizers import gptq_quantize
+
+    w, x, calib = linear_layer()
+    fmt = get_format(fmt_name)
+    packed, s = quantize_variant(fmt_name, "smooth-gptq", w, calib)
+    assert torch.equal(s, smoothing_factors(w, calib.xmax))
+    h = calib.hessian.double() / s.double()[:, None] / s.double()[None, :]
+    assert same_bits(packed, gptq_quantize(fmt, w * s[None, :], h))
+    ref = x.double() @ w.double().t()
+    e_both = float(((smoothed_matmul(fmt, x, packed, s).double() - ref) ** 2).sum())
+    sm, s1 = quantize_variant(fmt_name, "smooth", w, calib)
+    e_smooth = float(((smoothed_matmul(fmt, x, sm, s1).double() - ref) ** 2).sum())
+    gp, _ = quantize_variant(fmt_name, "gptq", w, calib)
+    e_gptq = float(((fmt.matmul(x, gp).double() - ref) ** 2).sum())
+    assert e_both < min(e_smooth, e_gptq)
+
+
 def test_smoothing_factors_follow_the_formula():
     w = torch.tensor([[1.0, -4.0, 0.0, 2.0], [0.25, 1.0, 0.0, -8.0]])
     xmax = torch.tensor([4.0, 1.0, 3.0, 0.0])
@@ -314,15 +333,16 @@ def test_awq_on_a_conv_uses_one_factor_per_input_channel():
 def test_which_variant_applies_to_which_format():
     table = {f: tuple(v for v in VARIANTS if variant_applies(f, v))
              for f in ("fp", "int8", "nvfp4", "int4", "int4-g64", "int4-g32")}
-    assert table == {"fp": (), "int8": ("clip", "smooth", "gptq"), "nvfp4": ("clip", "smooth", "gptq", "awq"),
+    assert table == {"fp": (), "int8": ("clip", "smooth", "gptq", "smooth-gptq"),
+                     "nvfp4": ("clip", "smooth", "gptq", "awq", "smooth-gptq"),
                      "int4": ("clip", "gptq", "awq"), "int4-g64": ("clip", "gptq", "awq"),
                      "int4-g32": ("clip", "gptq", "awq")}
-    assert [needs_hessian(v) for v in VARIANTS] == [False, False, True, False]
+    assert [needs_hessian(v) for v in VARIANTS] == [False, False, True, False, True]
     assert extra_bytes("nvfp4", "smooth", (8, 16, 3, 3)) == 64 and extra_bytes("int4", "gptq", (8, 128)) == 0
     assert extra_bytes("int4", "awq", (8, 128)) == 512
     from mpsearch.formats.variant import uses_hessian  # gptq needs it; awq scores its search with it where recorded
 
-    assert [uses_hessian(get_format(f"nvfp4:{v}")) for v in VARIANTS] == [False, False, True, True]
+    assert [uses_hessian(get_format(f"nvfp4:{v}")) for v in VARIANTS] == [False, False, True, True, True]
     assert variant_applies("fp", "") and extra_bytes("int8", "", (4, 16)) == 0 and not needs_hessian("")
 
 

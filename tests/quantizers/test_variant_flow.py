@@ -32,11 +32,12 @@ def test_every_variant_is_a_named_candidate_with_its_base_bytes():
             "int4:clip", "int4:gptq", "int4:awq"} <= set(names)
     assert "int4:smooth" not in names  # int4 is weight-only: nothing to smooth
     assert "int8:awq" not in names  # awq is for 4-bit weights
+    assert {"int8:smooth-gptq", "nvfp4:smooth-gptq"} <= set(names) and "int4:smooth-gptq" not in names
     shape = (64, 256)
     for name in names:
         base, _, variant = name.partition(":")
         if variant:
-            extra = 4 * 256 if variant in ("smooth", "awq") else 0
+            extra = 4 * 256 if variant in ("smooth", "awq", "smooth-gptq") else 0
             assert get_format(name).weight_bytes(shape) == get_format(base).weight_bytes(shape) + extra
     with pytest.raises(FormatError, match="calibrat"):
         get_format("nvfp4:clip").quantize(torch.randn(16, 32))
@@ -214,7 +215,7 @@ def test_the_default_variant_set_and_what_it_says():
     assert choose_variants(config, "none")[0].formats == config.formats
     given = ProfileConfig(formats=("int8", "int4:gptq"))
     assert choose_variants(given)[0].formats == given.formats  # formats that name variants are kept
-    assert parse_variants("all") == parse_variants("default") == ("clip", "smooth", "gptq", "awq")
+    assert parse_variants("all") == parse_variants("default") == ("clip", "smooth", "gptq", "awq", "smooth-gptq")
     with pytest.raises(UsageError, match="--variants clip,smooth"):
         parse_variants("clip,sharpen")
 
