@@ -43,6 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mpsearch  # noqa: E402
+from mpsearch.allocation.autoquantize import autoquantize_select  # noqa: E402
 from mpsearch.allocation.objective import build_problem  # noqa: E402
 from mpsearch.allocation.solvers import get_solver  # noqa: E402
 from mpsearch.allocation.solving import solve  # noqa: E402
@@ -63,12 +64,17 @@ IMG = ROOT / "docs" / "img" / "bench_variants.png"
 OURS = "mpsearch (variants)"
 RTN = "mpsearch, RTN only"
 GREEDY_V = "greedy (variants)"
-FRESH = (RTN, GREEDY_V)
+#: AutoQuantize with ModelOpt's calibrated recipes (AWQ-lite for NVFP4 and INT4 on Linear layers), run here on
+#: the variants' profile (its calibration statistics), at the stated budget and refitted to it
+AQ_RECIPES = ("AutoQuantize, ModelOpt recipes (stated budget)", "AutoQuantize, ModelOpt recipes (fit)")
+FRESH = (RTN, GREEDY_V, *AQ_RECIPES)
 #: the evidence suite's rows compared with (stored): the rivals, then mpsearch's own round-to-nearest modes
 #: ("mpsearch local" is the RTN-only ILP as bench_all ran it)
 EXTERNAL = ("MixDQ-style", "AutoQuantize (stated budget)", "AutoQuantize (fit)", "HAWQ-style", "greedy", "random")
 OWN = ("mpsearch local (rel_mse)", "mpsearch local", "mpsearch decoupled", "mpsearch Optuna-refined")
 RIVALS = EXTERNAL + OWN
+#: every rival of another method (the stored ones and the recipes' AutoQuantize run here)
+ALL_EXTERNAL = EXTERNAL + AQ_RECIPES
 PLAIN = ("int8", "nvfp4", "int4")
 
 
@@ -76,6 +82,25 @@ def _timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - t0
+
+
+def recipe_rival(pipe, prof, rtn, config) -> tuple:
+    """(scores, nominal, real bytes, fixed bytes, candidates per layer and slot) of AutoQuantize with ModelOpt's
+    calibrated recipes on the variants' profile ``prof`` (``rtn``: its round-to-nearest selection)."""
+    from mpsearch.allocation import baselines
+    from mpsearch.allocation.autoquantize import recipe_candidates
+    from mpsearch.models import get_denoiser
+
+    info, formats = prof.info, rtn.formats
+    named = dict(get_denoiser(pipe).named_modules())
+    cands = recipe_candidates(info, formats, [named[layer.name] for layer in info.layers])
+    scores = baselines.autoquantize_scores(pipe, info, formats, labels=config.labels, seeds=config.seeds,
+                                           steps=config.steps, recipes=True, calibration=prof.calibration())
+    nominal = baselines.nominal_bytes(info, formats)
+    base = build_problem(prof, None, role_pins={})
+    assert list(base.layer_names) == [layer.name for layer in info.layers]
+    real = np.array([[base.nbytes[li, prof.formats.index(c)] for c in row] for li, row in enumerate(cands)])
+    return scores, nominal, real, base.fixed_bytes, cands
 
 
 def run_model(model: str, stored: dict, args, tmp: Path) -> dict:
@@ -94,6 +119,8 @@ def run_model(model: str, stored: dict, args, tmp: Path) -> dict:
     t_rtn, t_var = float(np.median(times["rtn"])), float(np.median(times["variants"]))
     print(f"{model}: profile {t_rtn:.1f} s without variants, {t_var:.1f} s with ({t_var / t_rtn:.2f}x)", flush=True)
     rtn = prof.select_formats(PLAIN)
+    (aq_scores, aq_nominal, aq_real, aq_fixed, aq_cands), t_aq = _timed(recipe_rival, pipe, prof, rtn, config)
+    print(f"{model}: AutoQuantize with ModelOpt's recipes scored in {t_aq:.1f} s", flush=True)
     seeds = tuple(sargs["seeds"])
     reference = generate_many(pipe, config.labels, seeds, config.steps)
 
@@ -114,6 +141,14 @@ def run_model(model: str, stored: dict, args, tmp: Path) -> dict:
         plans[GREEDY_V] = Plan.from_assignment(prof.info, assignment, weights=prof.weights,
                                                provenance={"solver": "greedy"},
                                                calibration=prof.calibration(list(assignment)))
+        for method, fit in zip(AQ_RECIPES, (False, True), strict=True):
+            r = autoquantize_select(aq_scores, aq_nominal, aq_real, aq_fixed, nbytes, fit=fit)
+            chosen = {layer.name: aq_cands[li][int(c)] for li, (layer, c) in enumerate(zip(prof.info.layers,
+                                                                                           r["choice"], strict=True))}
+            plans[method] = Plan.from_assignment(prof.info, chosen, weights=prof.weights,
+                                                 provenance={"solver": "autoquantize", "recipes": "modelopt"},
+                                                 calibration=prof.calibration([n for n, c in chosen.items()
+                                                                               if ":" in c]))
         for method, plan in plans.items():
             s = score(plan)
             rows[method] = {"scores": s, "counts": plan.format_counts(), "layers": dict(plan.layers)}
@@ -126,6 +161,7 @@ def run_model(model: str, stored: dict, args, tmp: Path) -> dict:
         rows[RTN]["reproduces_stored"] = float(np.max(np.abs(mine - theirs) / np.maximum(np.abs(theirs), 1e-30)))
         budgets[bname] = {"bytes": nbytes, "rows": rows}
     return {"model": model, "t_profile_rtn": t_rtn, "t_profile_variants": t_var, "profile_times": times,
+            "t_autoquantize_recipes": t_aq,
             "layers": list(prof.info.names), "budgets": budgets}
 
 
@@ -135,6 +171,8 @@ def analyse(results: list[dict], alpha: float = 0.05) -> dict:
         for bname, b in r["budgets"].items():
             ours = b["rows"][OURS]["scores"]["mse_per_image"]
             for m in (*FRESH, *RIVALS):
+                if m not in b["rows"]:
+                    continue
                 family.append(((r["model"], bname, m), compare(ours, b["rows"][m]["scores"]["mse_per_image"])))
     for (_key, c), v in zip(family, verdicts([c for _, c in family], alpha=alpha), strict=True):
         c["verdict"] = v
@@ -152,8 +190,8 @@ def figure(results: list[dict]) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    kinds = ["fp", "rtn", "clip", "smooth", "gptq"]
-    colors = ["#dddddd", "#4c72b0", "#dd8452", "#55a868", "#c44e52"]
+    kinds = ["fp", "rtn", "clip", "smooth", "gptq", "awq"]
+    colors = ["#dddddd", "#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"]
     fig, axes = plt.subplots(len(results), 1, figsize=(12, 2.2 * len(results) + 0.6), squeeze=False)
     for ax, r in zip(axes[:, 0], results, strict=True):
         names = r["layers"]
@@ -166,7 +204,8 @@ def figure(results: list[dict]) -> None:
         ax.set_xticks([])
         ax.set_xlabel(f"{r['model']}: its {len(names)} candidate layers, in model order", fontsize=8)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors]
-    fig.legend(handles, ["fp", "round to nearest", "clip", "smooth", "gptq"], loc="upper center", ncol=5, fontsize=8,
+    fig.legend(handles, ["fp", "round to nearest", "clip", "smooth", "gptq", "awq"], loc="upper center", ncol=6,
+               fontsize=8,
                bbox_to_anchor=(0.5, 0.955))
     fig.suptitle("the quantizer the ILP chose for each layer at each budget (mpsearch with variants)", y=0.995,
                  fontsize=9)
@@ -199,7 +238,7 @@ def render(results: list[dict], command: str) -> str:
             c_gv = comp[(r["model"], bname, GREEDY_V)]
             # at equal bytes: a rival whose plan's real bytes exceed the budget (AutoQuantize at the stated
             # budget) is shown but not counted
-            fair = [m for m in EXTERNAL if rows[m]["scores"]["bytes"] <= b["bytes"]]
+            fair = [m for m in ALL_EXTERNAL if m in rows and rows[m]["scores"]["bytes"] <= b["bytes"]]
             vs = [comp[(r["model"], bname, m)]["verdict"] for m in fair]
             own = [comp[(r["model"], bname, m)]["verdict"] for m in OWN]
             if c_rtn["ratio"] <= 0.5:
@@ -222,13 +261,16 @@ def render(results: list[dict], command: str) -> str:
     n = len(cells)
     lines += ["", f"Targets: mean MSE <= 0.5x RTN-only's in at least half the cells: **{half} of {n}**; never "
               "significantly worse than RTN-only or a rival at equal bytes: "
-              f"**{'yes' if never_worse else 'no'}**; better than every rival (MixDQ-style, AutoQuantize, "
-              f"HAWQ-style, greedy, random) at equal bytes in at least 8 of 12 cells: **{beat_all} of {n}**. "
+              f"**{'yes' if never_worse else 'no'}**; better than every rival (MixDQ-style, AutoQuantize with "
+              "round-to-nearest and with ModelOpt's recipes, HAWQ-style, greedy, random) at equal bytes in at least "
+              f"8 of 12 cells: **{beat_all} of {n}**. "
               "Greedy given the same variants is the search's share: where it "
               "ties, the gain is the variants'."]
     lines += ["", "Per rival (cells where mpsearch with variants is better / tie / worse):", "",
               "| rival | better | tie | worse | median ratio of mean MSE |", "| --- | ---: | ---: | ---: | ---: |"]
     for m in (*FRESH, *RIVALS):
+        if any((mo, bn, m) not in comp for mo, bn in cells):
+            continue  # results saved before this row existed
         vs = [comp[(mo, bn, m)] for mo, bn in cells]
         over = sum(rows_of(mo, bn, m)["scores"]["bytes"] > bytes_of(mo, bn) for mo, bn in cells)
         note = f" ({over} cells over budget)" if over else ""

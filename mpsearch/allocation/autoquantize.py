@@ -22,6 +22,12 @@ Followed: ModelOpt ``modelopt/torch/quantization/algorithms.py`` (``AutoQuantize
   minimize the sum of raw scores, ``sum cost <= max_weight_size``; if not Optimal it retries with a lower
   bound of 0.99 and 0.90 x the cap. :func:`autoquantize_search` is that program (the scores divided by their
   largest first: same optimum, but CBC's absolute tolerances no longer read a denoiser's 1e-9-sized scores as 0).
+- **Recipes** (``recipes=True``): ModelOpt's calibrated configs for the formats that have one, each candidate
+  calibrated before it is scored, as ``auto_quantize`` does with ``quantization_formats=[NVFP4_AWQ_LITE_CFG,
+  INT4_AWQ_CFG, INT8_DEFAULT_CFG]`` (:data:`MODELOPT_RECIPES`): NVFP4 and INT4 with AWQ-lite (``nvfp4:awq``,
+  ``int4:awq``, on the profile's calibration statistics) on Linear layers only (ModelOpt's ``awq_lite``
+  patches quantized linear layers; convolutions keep max calibration, i.e. round to nearest), INT8 with max
+  calibration. Its real bytes count AWQ's stored factor; its effective bits, as ModelOpt's, do not.
 """
 
 from __future__ import annotations
@@ -41,8 +47,12 @@ from mpsearch.runtime.generation import generate
 from mpsearch.runtime.qmodules import quantized_module
 from mpsearch.runtime.steps import first_tensor
 
-__all__ = ["aq_score", "gradient_scores", "denoising_batches", "autoquantize_scores", "autoquantize_search",
-           "autoquantize_select"]
+__all__ = ["MODELOPT_RECIPES", "aq_score", "gradient_scores", "denoising_batches", "autoquantize_scores",
+           "autoquantize_search", "autoquantize_select", "recipe_candidates"]
+
+#: ModelOpt's calibrated quantization config per format, as the variant that implements it (formats left out
+#: keep max calibration: INT8_DEFAULT_CFG is round to nearest on amax scales)
+MODELOPT_RECIPES = {"nvfp4": "nvfp4:awq", "int4": "int4:awq"}
 
 
 def aq_score(grad_output: torch.Tensor, output_diff: torch.Tensor) -> float:
@@ -53,11 +63,13 @@ def aq_score(grad_output: torch.Tensor, output_diff: torch.Tensor) -> float:
 
 def gradient_scores(model: torch.nn.Module, batches: Sequence[tuple], modules: Sequence[torch.nn.Module],
                     formats: Sequence[str], eligible: Sequence[Any] | None = None, *,
-                    loss_fn: Callable | None = None) -> np.ndarray:
+                    loss_fn: Callable | None = None, packed: Callable | None = None) -> np.ndarray:
     """(L, F) AutoQuantize scores of ``modules`` (in order) under ``formats`` over ``batches`` (a list of
     ``(args, kwargs, target)``; ``loss_fn(output, target)``, default the MSE of the output's first
     ``target.shape[1]`` channels). ``eligible[l]`` is the set of formats layer ``l`` may take (others: inf);
-    the ``"fp"`` format scores 0. The model is left as it was (``requires_grad`` restored, no grads kept)."""
+    the ``"fp"`` format scores 0. ``packed(l, f, weight)`` makes layer ``l``'s candidate for format slot ``f``
+    (default ``get_format(f).quantize(weight)``; the recipes' calibrated candidates). The model is left as it
+    was (``requires_grad`` restored, no grads kept)."""
     loss_fn = loss_fn or (lambda out, target: F.mse_loss(out[:, : target.shape[1]].float(), target.float()))
     L, Fn = len(modules), len(formats)
     scores = np.zeros((L, Fn))
@@ -78,7 +90,7 @@ def gradient_scores(model: torch.nn.Module, batches: Sequence[tuple], modules: S
                 for fi, f in enumerate(formats):
                     if f == "fp" or not np.isfinite(scores[li, fi]):
                         continue
-                    q = quantized_module(module, get_format(f).quantize(w))
+                    q = quantized_module(module, packed(li, f, w) if packed else get_format(f).quantize(w))
                     diffs.append((fi, (q(inputs[0]) - output).detach()))
                     del q
             if output.requires_grad:
@@ -135,20 +147,51 @@ def denoising_batches(pipe: Any, labels: Sequence, seeds: Sequence[int], steps: 
     return out
 
 
+def recipe_candidates(info: ModelInfo, formats: Sequence[str], modules: Sequence[torch.nn.Module]) -> list[list[str]]:
+    """Per layer, per format slot: the candidate ModelOpt's recipes quantize it as (:data:`MODELOPT_RECIPES` on
+    Linear layers where the layer takes the variant; the plain format otherwise)."""
+    out = []
+    for layer, module in zip(info.layers, modules, strict=True):
+        linear = isinstance(module, torch.nn.Linear)
+        out.append([MODELOPT_RECIPES[f] if linear and f in MODELOPT_RECIPES and MODELOPT_RECIPES[f] in layer.eligible
+                     else f for f in formats])
+    return out
+
+
 def autoquantize_scores(pipe: Any, info: ModelInfo | None = None,
                         formats: Sequence[str] = ("fp", "int8", "nvfp4", "int4"), *,
                         labels: Sequence = tuple(range(10)), seeds: Sequence[int] = (0, 1), steps: int = 20,
-                        guidance_scale: float | None = None) -> np.ndarray:
-    """(L, F) ModelOpt gradient scores of every candidate layer on the profile's calls (see the module doc)."""
+                        guidance_scale: float | None = None, recipes: bool = False,
+                        calibration: dict | None = None) -> np.ndarray:
+    """(L, F) ModelOpt gradient scores of every candidate layer on the profile's calls (see the module doc).
+    ``recipes``: each format slot scored with its ModelOpt recipe's candidate (:func:`recipe_candidates`),
+    quantized with ``calibration`` (layer name -> Calibration, e.g. ``Profile.calibration(names)``)."""
     if any(":" in f for f in formats):
-        raise UsageError(f"AutoQuantize runs round-to-nearest formats, as ModelOpt does; got {list(formats)}: pass "
-                         "the plain formats (a profile made with variants='none', or profile.select_formats)")
+        raise UsageError(f"AutoQuantize runs ModelOpt's formats, not mpsearch's variants; got {list(formats)}: pass "
+                         "the plain formats (a profile made with variants='none', or profile.select_formats), and "
+                         "recipes=True for ModelOpt's calibrated recipes")
     den = get_denoiser(pipe)
     info = info or describe(den)
-    modules = dict(den.named_modules())
+    named = dict(den.named_modules())
+    modules = [named[l.name] for l in info.layers]
+    make = None
+    if recipes:
+        from mpsearch.quantizers import quantize_candidate  # lazy: the round-to-nearest rival needs no quantizers
+        cands = recipe_candidates(info, formats, modules)
+        calibration = calibration or {}
+        missing = sorted({info.layers[li].name for li, row in enumerate(cands) if any(":" in c for c in row)}
+                         - set(calibration))
+        if missing:
+            raise UsageError(f"AutoQuantize's recipes need the calibration of {len(missing)} layers (e.g. "
+                             f"{missing[0]}); pass calibration=profile.calibration(...) from a profile made with "
+                             "variants")
+        slot = {f: i for i, f in enumerate(formats)}
+
+        def make(li, f, w):
+            return quantize_candidate(cands[li][slot[f]], w, calibration.get(info.layers[li].name))
+
     batches = denoising_batches(pipe, labels, seeds, steps, guidance_scale)
-    return gradient_scores(den, batches, [modules[l.name] for l in info.layers], formats,
-                           [set(l.eligible) for l in info.layers])
+    return gradient_scores(den, batches, modules, formats, [set(l.eligible) for l in info.layers], packed=make)
 
 
 def autoquantize_search(scores: np.ndarray, costs: np.ndarray, max_size: float, *,

@@ -202,3 +202,36 @@ def test_the_rivals_refuse_calibrated_variants(small_profile):
 
     with pytest.raises(UsageError, match="round-to-nearest"):
         mixdq_sensitivity(None, small_profile.info, ("fp", "nvfp4:gptq"))
+
+
+def test_autoquantize_recipes_score_modelopts_calibrated_candidates(dit_pipe):
+    """recipes=True: the nvfp4 / int4 slots of Linear layers are AWQ-lite candidates (quantized with the
+    calibration given), int8 stays max-calibrated; without the calibration it is a one-line error."""
+    from mpsearch.allocation.autoquantize import MODELOPT_RECIPES, autoquantize_scores, recipe_candidates
+    from mpsearch.models import describe, get_denoiser
+    from mpsearch.profiling.calibrate import calibrate, calibrated_layers
+    from mpsearch.profiling.profiler import ProfileConfig
+
+    formats = ("fp", "int8", "nvfp4", "int4")
+    info = describe(dit_pipe, formats=[*formats, "nvfp4:awq", "int4:awq"])
+    named = dict(get_denoiser(dit_pipe).named_modules())
+    modules = [named[layer.name] for layer in info.layers]
+    cands = recipe_candidates(info, formats, modules)
+    for layer, module, row in zip(info.layers, modules, cands, strict=True):
+        for f, c in zip(formats, row, strict=True):
+            linear = isinstance(module, torch.nn.Linear) and MODELOPT_RECIPES.get(f, "") in layer.eligible
+            assert c == (MODELOPT_RECIPES[f] if linear and f in MODELOPT_RECIPES else f)
+    assert any(":awq" in c for row in cands for c in row)
+    with pytest.raises(UsageError, match="need the calibration of") as e:
+        autoquantize_scores(dit_pipe, info, formats, labels=(0,), seeds=(0,), steps=2, recipes=True)
+    assert "\n" not in str(e.value)
+    config = ProfileConfig(labels=(0, 1), seeds=(0,), steps=2, formats=("nvfp4:awq", "int4:awq"))
+    calibration = calibrate(dit_pipe, info, config, calibrated_layers(info, config.formats), progress=False)
+    calib = {info.layers[li].name: c for li, c in calibration.items()}
+    plain = autoquantize_scores(dit_pipe, info, formats, labels=(0,), seeds=(0,), steps=2)
+    recipe = autoquantize_scores(dit_pipe, info, formats, labels=(0,), seeds=(0,), steps=2, recipes=True,
+                                 calibration=calib)
+    np.testing.assert_array_equal(recipe[:, :2], plain[:, :2])  # fp and int8: the same candidates
+    awq = np.array([[":awq" in c for c in row] for row in cands])
+    np.testing.assert_array_equal(recipe[~awq], plain[~awq])
+    assert (recipe[awq] != plain[awq]).any()
