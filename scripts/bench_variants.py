@@ -5,12 +5,14 @@ For each default model (the DiT and the UNet), with the evidence suite's profile
 profile seeds 0 and 1, 20 steps):
 
 - one profile with every variant (`mpsearch.profile(..., variants="default")`: the calibration pass, then
-  int8/nvfp4/int4 and their clip/smooth/gptq variants) and, timed side by side, the same profile without
-  variants (`variants="none"`): the variants' extra profiling cost;
+  int8/nvfp4/int4 and their clip/smooth/gptq/awq/smooth-gptq variants) and, timed side by side, the same
+  profile without variants (`variants="none"`): the variants' extra profiling cost;
 - at each of the evidence suite's byte budgets (the same bytes as `bench_all`): the plans of mpsearch with
   variants (the ILP over (format, variant)), mpsearch RTN only (the same profile restricted to the plain formats,
   `Profile.select_formats`), and greedy given the same variants (so the table shows how much of the gain is the
-  variants and how much the search);
+  variants and how much the search); and AutoQuantize with ModelOpt's calibrated recipes (AWQ-lite for NVFP4
+  and INT4 on Linear layers, `mpsearch.allocation.autoquantize`, `recipes=True`) scored on the same calls as the
+  stored AutoQuantize, at the stated budget and refitted to it;
 - every plan scored on the test seeds (10 seeds x 10 labels = 100 images per cell) against full precision;
   mpsearch with variants against each by a paired per-image Wilcoxon test (Holm over the whole family) and a
   bootstrap interval of the mean-MSE ratio: better / worse only when both say so, else a tie;
@@ -190,8 +192,8 @@ def figure(results: list[dict]) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    kinds = ["fp", "rtn", "clip", "smooth", "gptq", "awq"]
-    colors = ["#dddddd", "#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"]
+    kinds = ["fp", "rtn", "clip", "smooth", "gptq", "awq", "smooth-gptq"]
+    colors = ["#dddddd", "#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
     fig, axes = plt.subplots(len(results), 1, figsize=(12, 2.2 * len(results) + 0.6), squeeze=False)
     for ax, r in zip(axes[:, 0], results, strict=True):
         names = r["layers"]
@@ -204,8 +206,7 @@ def figure(results: list[dict]) -> None:
         ax.set_xticks([])
         ax.set_xlabel(f"{r['model']}: its {len(names)} candidate layers, in model order", fontsize=8)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors]
-    fig.legend(handles, ["fp", "round to nearest", "clip", "smooth", "gptq", "awq"], loc="upper center", ncol=6,
-               fontsize=8,
+    fig.legend(handles, ["fp", "round to nearest", *kinds[2:]], loc="upper center", ncol=len(kinds), fontsize=8,
                bbox_to_anchor=(0.5, 0.955))
     fig.suptitle("the quantizer the ILP chose for each layer at each budget (mpsearch with variants)", y=0.995,
                  fontsize=9)

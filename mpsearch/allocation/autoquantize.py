@@ -186,9 +186,13 @@ def autoquantize_scores(pipe: Any, info: ModelInfo | None = None,
                              f"{missing[0]}); pass calibration=profile.calibration(...) from a profile made with "
                              "variants")
         slot = {f: i for i, f in enumerate(formats)}
+        made: dict = {}  # the weights do not change between calls: each candidate is calibrated once
 
         def make(li, f, w):
-            return quantize_candidate(cands[li][slot[f]], w, calibration.get(info.layers[li].name))
+            key = (li, f)
+            if key not in made:
+                made[key] = quantize_candidate(cands[li][slot[f]], w, calibration.get(info.layers[li].name))
+            return made[key]
 
     batches = denoising_batches(pipe, labels, seeds, steps, guidance_scale)
     return gradient_scores(den, batches, modules, formats, [set(l.eligible) for l in info.layers], packed=make)
