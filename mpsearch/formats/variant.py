@@ -109,8 +109,8 @@ class VariantFormat(Format):
         columns."""
         reason = self.base.why_ineligible(shape)
         if reason is None and needs_hessian(self) and matrix_shape(shape)[1] > MAX_HESSIAN_COLS:
-            reason = (f"{self.variant_name} needs the input second moments, recorded for at most {MAX_HESSIAN_COLS} input columns "
-                      f"(this layer has {matrix_shape(shape)[1]})")
+            reason = (f"{self.variant_name} needs the input second moments, recorded for at most "
+                      f"{MAX_HESSIAN_COLS} input columns (this layer has {matrix_shape(shape)[1]})")
         return reason
 
     def extra_bytes(self, shape: Sequence[int]) -> int:
