@@ -50,8 +50,8 @@ def split_candidate(name: str) -> tuple[str, str | None]:
 
 
 def variant_applies(base: Format, variant: str) -> bool:
-    """Whether ``variant`` is defined for ``base``: clip and gptq for every format with low-bit weights,
-    smooth only for the formats that quantize activations, awq only for 4-bit weights."""
+    """Whether ``variant`` is defined for ``base``: clip and gptq for every format with low-bit weights, smooth
+    and smooth-gptq only for the formats that quantize activations, awq only for 4-bit weights."""
     if variant not in VARIANTS or base.name == "fp":
         return False
     if variant in ("smooth", "smooth-gptq"):
@@ -80,7 +80,7 @@ def in_channels(shape: Sequence[int]) -> int:
 
 
 def factor_bytes(shape: Sequence[int]) -> int:
-    """Bytes of a variant's float32 factor per input channel (smooth, awq): ``4 * in_channels``."""
+    """Bytes of a variant's float32 factor per input channel (:data:`FACTOR_VARIANTS`): ``4 * in_channels``."""
     return 4 * in_channels(shape)
 
 
@@ -101,7 +101,7 @@ class VariantFormat(Format):
 
     @property
     def smooths(self) -> bool:
-        """Whether the activation is divided by a stored factor per input channel (smooth, awq)."""
+        """Whether the activation is divided by a stored factor per input channel (smooth, awq, smooth-gptq)."""
         return self.variant_name in FACTOR_VARIANTS
 
     def why_ineligible(self, shape: Sequence[int]) -> str | None:
@@ -114,7 +114,7 @@ class VariantFormat(Format):
         return reason
 
     def extra_bytes(self, shape: Sequence[int]) -> int:
-        """Bytes stored besides the base format's codes: ``4 * in_channels`` for smooth and awq, else 0."""
+        """Bytes stored besides the base format's codes: ``4 * in_channels`` for the factor variants, else 0."""
         return factor_bytes(shape) if self.smooths else 0
 
     def weight_bytes(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> int:

@@ -25,6 +25,7 @@ from mpsearch.errors import FormatError
 from mpsearch.formats import Packed, get_format, matrix_shape
 from mpsearch.formats.variant import FACTOR_VARIANTS, HESSIAN_VARIANTS, factor_bytes
 from mpsearch.formats.variant import VARIANTS as _VARIANTS
+from mpsearch.formats.variant import variant_applies as format_takes_variant
 from mpsearch.quantizers.awq import awq_quantize
 from mpsearch.quantizers.calibration import Calibration
 from mpsearch.quantizers.clip import clip_quantize
@@ -52,9 +53,7 @@ def variant_applies(fmt_name: str, variant: str) -> bool:
         kind_of(fmt)
     except FormatError:
         return False  # fp and other formats without codes
-    if variant == "awq":
-        return 0 < fmt.bits <= 4
-    return variant not in ("smooth", "smooth-gptq") or fmt.quantizes_activations
+    return format_takes_variant(fmt, variant)  # the rule, stated once with the formats' registry
 
 
 def needs_hessian(variant: str) -> bool:
