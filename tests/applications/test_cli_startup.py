@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from mpsearch.apps.cli.noise import NOISE, silence_library_noise
+from mpsearch.apps.cli.parser import build_parser
+from mpsearch.formats.variant import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,3 +52,11 @@ def test_noise_filters_drop_only_their_messages(caplog):
         logging.getLogger(name).warning("something torchao wants the user to know")
     assert [r.getMessage() for r in caplog.records] == ["something torchao wants the user to know"]
     assert set(NOISE) >= {"torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"}
+
+
+def test_profile_help_names_every_variant():
+    """The --variants help lists the variants by hand (the parser imports no torch); it must name them all."""
+    profile = build_parser()._subparsers._group_actions[0].choices["profile"]
+    help_text = next(a.help for a in profile._actions if "--variants" in a.option_strings)
+    listed = help_text.split("(")[1].split(")")[0].split(", ")
+    assert listed == list(VARIANTS)

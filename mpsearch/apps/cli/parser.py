@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--exact", action="store_true",
                     help="measure every element at every step (no automatic approximations; flags still apply)")
     sp.add_argument("--variants", default=None, metavar="none|default|all|LIST",
-                    help="calibrated quantizer variants measured besides round-to-nearest (clip, smooth, gptq); "
+                    help="calibrated quantizer variants measured besides round-to-nearest (clip, smooth, gptq, awq, "
+                    "smooth-gptq); "
                     "default: all of them where the model is profiled exactly, none for a large model")
     sp.add_argument("--max-time", type=generations, default=None, metavar="X",
                     help="automatic mode: keep the profile within X generations' time (default 3)")
