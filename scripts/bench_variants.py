@@ -4,7 +4,7 @@ mpsearch with round-to-nearest only and against every rival of the evidence suit
 For each default model (the DiT and the UNet), with the evidence suite's profile configuration (labels 0-9,
 profile seeds 0 and 1, 20 steps):
 
-- one profile with every variant (`mpsearch.profile(..., variants="default")`: the calibration pass, then
+- one profile with every variant (`mpsearch.profile(..., variants="all")`: the calibration pass, then
   int8/nvfp4/int4 and their clip/smooth/gptq/awq/smooth-gptq variants) and, timed side by side, the same
   profile without variants (`variants="none"`): the variants' extra profiling cost;
 - at each of the evidence suite's byte budgets (the same bytes as `bench_all`): the plans of mpsearch with
@@ -26,7 +26,7 @@ profile seeds 0 and 1, 20 steps):
 Writes the `bench_variants` section of docs/benchmarks.md, docs/bench_variants.json and
 docs/img/bench_variants.png (which variant the ILP chose for each layer at each budget).
 
-    python scripts/bench_variants.py                         # both models (about 40 minutes on 2 CPUs)
+    python scripts/bench_variants.py                         # both models (about 1.5 hours on 2 CPUs)
     python scripts/bench_variants.py --models default --no-doc --save-results /tmp/v_dit.json
     python scripts/bench_variants.py --from-results /tmp/v_dit.json,/tmp/v_unet.json
 """
@@ -116,7 +116,7 @@ def run_model(model: str, stored: dict, args, tmp: Path) -> dict:
         _, t = _timed(profile, pipe, config, out=tmp / f"{model}-rtn-{i}.sqlite", progress=False, variants="none")
         times.setdefault("rtn", []).append(t)
         prof, t = _timed(profile, pipe, config, out=tmp / f"{model}-var-{i}.sqlite", progress=False,
-                         variants="default")
+                         variants="all")
         times.setdefault("variants", []).append(t)
     t_rtn, t_var = float(np.median(times["rtn"])), float(np.median(times["variants"]))
     print(f"{model}: profile {t_rtn:.1f} s without variants, {t_var:.1f} s with ({t_var / t_rtn:.2f}x)", flush=True)

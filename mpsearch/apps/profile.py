@@ -57,8 +57,9 @@ def profile(pipe, config: ProfileConfig | None = None, *, out=None, shard: tuple
 
     ``variants`` (``"none"``, ``"default"``, ``"all"`` or variant names): the calibrated quantizer variants measured
     besides each format's round-to-nearest (``nvfp4:clip``, ``int8:smooth``, ``int4:gptq``;
-    :mod:`mpsearch.profiling.calibrate`). Left unset: all of them where the model is profiled exactly, none for a
-    large model in the automatic mode (said in a line). Formats that already name variants are kept.
+    :mod:`mpsearch.profiling.calibrate`). Left unset: ``"default"`` (``gptq`` and ``smooth-gptq``) where the
+    model is profiled exactly, none for a large model in the automatic mode (said in a line). Formats that
+    already name variants are kept.
     """
     launch = detect_launch() if distributed is not False else None
     config, said = calibration_config(pipe, config, options)

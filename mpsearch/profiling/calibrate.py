@@ -100,8 +100,13 @@ def calibrate(pipe, info: ModelInfo, config, layers: dict[int, bool], *, progres
     return {li: r.acc.result() for li, r in recorders.items()}
 
 
+#: the variants a profile measures when not told: on both default models' profiles the ILP chose only these at
+#: every evidence budget, and its plans with every variant were the same (docs/benchmarks.md, "Quantizer
+#: variants"); clip, smooth and awq (``all``) cost profile time there and won no layer. They remain the only
+#: variants of a layer with more than MAX_HESSIAN_COLS input columns, so ``all`` is the set for such layers.
+DEFAULT_VARIANTS = ("gptq", "smooth-gptq")
 #: the variant sets ``--variants`` names; ``default`` is what a profile measures when not told
-VARIANT_SETS = {"none": (), "default": VARIANTS, "all": VARIANTS}
+VARIANT_SETS = {"none": (), "default": DEFAULT_VARIANTS, "all": VARIANTS}
 
 
 def parse_variants(spec) -> tuple[str, ...]:
@@ -119,7 +124,7 @@ def parse_variants(spec) -> tuple[str, ...]:
 def choose_variants(config, variants=None, *, large: bool = False):
     """(config with the calibrated candidates added to its formats, a line saying what was chosen or None).
 
-    ``variants=None`` (the default): every variant for a model profiled exactly; none for a large model
+    ``variants=None`` (the default): :data:`DEFAULT_VARIANTS` for a model profiled exactly; none for a large model
     profiled by the automatic mode (the calibration pass is one more generation and every variant one more
     candidate per call, beyond the time target), said in the line. A config whose formats already name
     variants is kept as it is."""
@@ -130,7 +135,8 @@ def choose_variants(config, variants=None, *, large: bool = False):
         if large:
             variants = "none"
             line = ("no quantizer variants at this size (their calibration pass and candidates would exceed the time "
-                    f"target; --variants default measures {', '.join(VARIANTS)})")
+                    f"target; --variants default measures {', '.join(DEFAULT_VARIANTS)}, --variants all "
+                    f"{', '.join(VARIANTS)})")
         else:
             variants = "default"
     names = parse_variants(variants)

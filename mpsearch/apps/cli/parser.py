@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="measure every element at every step (no automatic approximations; flags still apply)")
     sp.add_argument("--variants", default=None, metavar="none|default|all|LIST",
                     help="calibrated quantizer variants measured besides round-to-nearest (clip, smooth, gptq, awq, "
-                    "smooth-gptq); "
-                    "default: all of them where the model is profiled exactly, none for a large model")
+                    "smooth-gptq); default: gptq and smooth-gptq where the model is profiled exactly, none for a large "
+                    "model; all: every one")
     sp.add_argument("--max-time", type=generations, default=None, metavar="X",
                     help="automatic mode: keep the profile within X generations' time (default 3)")
     sp.add_argument("--max-memory", default=None, metavar="SIZE|Xx",
