@@ -22,6 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchdoc import publish  # noqa: E402
+
 import mpsearch  # noqa: E402
 from mpsearch.apps.profile import ProfileConfig  # noqa: E402
 from mpsearch.formats import get_format, matrix_shape  # noqa: E402
@@ -90,13 +92,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     stored = json.loads(STORED.read_text())["args"]
     results = [run_model(m, stored) for m in args.models.split(",")]
-    body = render(results)
-    command = "python scripts/bench_gptq_order.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if not args.no_doc:
-        from benchdoc import write_section
-
-        write_section("bench_gptq_order", "GPTQ's column order: act-order against natural order", body, command)
-    print(body)
+    publish("bench_gptq_order", "GPTQ's column order: act-order against natural order", render(results),
+            "bench_gptq_order.py", argv, doc=not args.no_doc)
     return 0
 
 

@@ -28,6 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchdoc import publish
+
 import mpsearch
 from mpsearch.allocation.objective import layer_costs
 from mpsearch.allocation.solving import solve
@@ -185,12 +187,8 @@ def main(argv=None) -> int:
         if args.save_results:
             Path(args.save_results).write_text(json.dumps({"results": results, "command": command, "subset": subset},
                                                           indent=1, default=float))
-    body = render(results, subset)
-    if not args.no_doc:
-        from benchdoc import write_section
-
-        write_section("bench_variant_set", "Which quantizer variants a profile measures by default", body, command)
-    print(body)
+    publish("bench_variant_set", "Which quantizer variants a profile measures by default", render(results, subset),
+            "bench_variant_set.py", argv, doc=not args.no_doc)
     return 0
 
 

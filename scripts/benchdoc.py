@@ -51,3 +51,14 @@ def write_section(name: str, title: str, body: str, command: str) -> Path:
     tmp.write_text(text)
     tmp.replace(DOC)
     return DOC
+
+
+def publish(name: str, title: str, body: str, script: str, argv, *, doc: bool = True) -> None:
+    """Print ``body`` and, unless ``doc`` is False, write it as section ``name`` with the command that made it
+    (``python scripts/<script> <argv>``; ``argv`` None: this process's arguments)."""
+    import sys
+
+    command = f"python scripts/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    if doc:
+        write_section(name, title, body, command)
+    print(body)
