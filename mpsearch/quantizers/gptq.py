@@ -7,11 +7,9 @@ Notation: W (out, in_cols) = w.reshape(out, -1), H = calib.hessian (mean of x x^
 2. Columns j with H_jj = 0 (inputs never active) get H_jj = 1; their weights are left as they are (they are
    rounded, and their error is not propagated since their row of H is 0). Then lambda = 0.01 * mean(diag H) (after
    that fix) is added to the diagonal.
-3. Act-order: columns are processed by descending H_jj (the original diagonal, before step 2; ties in column
-   order, a stable sort), so the most active inputs are rounded first and the rest compensate their error
-   (GPTQ's ``act_order``; with the scales fixed beforehand this is its "static groups" form, so every column
-   keeps its own scale). W's columns and H's rows and columns are permuted alike, and the codes are put back
-   in the weight's order. U = the upper Cholesky factor of the permuted H^-1. In blocks of 128 permuted
+3. Columns are processed in natural order (the paper's), or in the ``order`` given (W's columns and H's rows
+   and columns permuted alike, the codes put back in the weight's order; with the scales fixed beforehand every
+   column keeps its own scale). U = the upper Cholesky factor of the (permuted) H^-1. In blocks of 128
    columns with lazy batch updates: column j is rounded to q_j = decode(encode(w_j)) with the format's own rounding
    on its fixed scale (see ``codes``: int8 round half to even clamped to +-127; int4 round((w - zero16) / scale16)
    half to even clamped to -8..7, plus 8; nvfp4 nearest E2M1, ties to even, saturating), e_j = (w_j - q_j) / U_jj,
@@ -19,9 +17,11 @@ Notation: W (out, in_cols) = w.reshape(out, -1), H = calib.hessian (mean of x x^
    ``-= E U[block, rest]``. q_j is the float32 value the format decodes the code to, so the compensation is for
    exactly the weight the executor uses.
 
-Deterministic: a stable order, float64 throughout the loop. On the default DiT's calibration statistics
-act-order halves natural order's output error (sum of tr(dW H dW^T) over layers: 0.53x int8, 0.41x nvfp4, 0.52x
-int4; docs/benchmarks.md, "Quantizer variants").
+Deterministic: a fixed order, float64 throughout the loop.
+
+Why natural order and not act-order (descending H_jj, :func:`act_order`): on the default models act-order halves
+the layers' output error on the calibration rows and lowers it on held-out ones, but the same plan's test-seed
+images got worse with it (docs/benchmarks.md, "GPTQ's column order"), so it is kept for comparison only.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def inverse_hessian_factor(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 def act_order(hessian: torch.Tensor) -> torch.Tensor:
-    """The order GPTQ rounds the columns in: by descending ``H_jj``, ties in column order (stable)."""
+    """GPTQ's act-order: the columns by descending ``H_jj``, ties in column order (stable). Not the default (see
+    the module)."""
     return torch.sort(hessian.diagonal().to(torch.float64), descending=True, stable=True).indices
 
 
@@ -64,8 +65,8 @@ def gptq_quantize(fmt: Format, w: torch.Tensor, hessian: torch.Tensor, rows: tor
                   order: torch.Tensor | None = None) -> Packed:
     """Packed codes of ``fmt`` for ``w`` on RTN's scales, rounded column by column with GPTQ's error feedback
     (see the module); ``hessian`` (in_cols, in_cols). With ``rows``: only those rows (each row is rounded on its
-    own), on the scales ``fmt.quantize_rows`` gives them. ``order``: the column order (default
-    :func:`act_order`; ``torch.arange(in_cols)`` is the original paper's natural order, for comparison)."""
+    own), on the scales ``fmt.quantize_rows`` gives them. ``order``: the column order (default: natural;
+    :func:`act_order` for GPTQ's act-order, for comparison)."""
     kind = kind_of(fmt)
     rtn = fmt.quantize(w) if rows is None else fmt.quantize_rows(w, rows)
     out, inp = matrix_shape(w.shape)
@@ -75,7 +76,8 @@ def gptq_quantize(fmt: Format, w: torch.Tensor, hessian: torch.Tensor, rows: tor
     grid = grid_of(rtn)
     step32, off32 = grid.expanded(torch.float32)
     h = hessian.to(w.device)
-    order = act_order(h) if order is None else torch.as_tensor(order, dtype=torch.long, device=w.device)
+    order = (torch.arange(inp, device=w.device) if order is None
+             else torch.as_tensor(order, dtype=torch.long, device=w.device))
     if sorted(order.tolist()) != list(range(inp)):
         raise FormatError(f"gptq's column order must be a permutation of the {inp} input columns")
     upper, _ = inverse_hessian_factor(h[order][:, order])

@@ -205,9 +205,10 @@ def test_gptq_keeps_rtn_scales_and_leaves_never_active_columns_at_rtn(fmt_name):
 
 
 @pytest.mark.parametrize("fmt_name", ["int4", "nvfp4", "int8"])
-def test_gptq_rounds_in_act_order_which_beats_the_natural_order(fmt_name):
-    """Act-order (columns by descending H_jj, stable) is the default; the codes stay valid codes on RTN's scales,
-    and on inputs whose channels differ in size it lowers the output error against the paper's natural order."""
+def test_gptq_rounds_in_natural_order_and_takes_act_order_for_comparison(fmt_name):
+    """The default order is natural (bit for bit ``order=arange``); act-order (descending H_jj, stable) is a
+    permutation whose codes are valid codes on RTN's scales and lower the output error on the calibration rows
+    (what it optimizes; it is not the default because held-out images got worse, docs/benchmarks.md)."""
     from mpsearch.quantizers.gptq import act_order, gptq_quantize
 
     w, x, calib = linear_layer()
@@ -217,12 +218,11 @@ def test_gptq_rounds_in_act_order_which_beats_the_natural_order(fmt_name):
     assert sorted(order.tolist()) == list(range(INP)) and bool((diag[order][:-1] >= diag[order][1:]).all())
     assert act_order(torch.eye(4)).tolist() == [0, 1, 2, 3]  # ties keep the column order
     default = gptq_quantize(fmt, w, calib.hessian)
-    natural = gptq_quantize(fmt, w, calib.hessian, order=torch.arange(INP))
-    assert same_bits(default, quantize_variant(fmt_name, "gptq", w, calib)[0])  # the variant, deterministic
-    assert same_bits(reencode(default), default)  # valid codes of the format
-    e_act = output_error(x, w, fmt.dequantize(default))
-    e_nat = output_error(x, w, fmt.dequantize(natural))
-    assert e_act < 0.9 * e_nat
+    assert same_bits(default, gptq_quantize(fmt, w, calib.hessian, order=torch.arange(INP)))
+    assert same_bits(default, quantize_variant(fmt_name, "gptq", w, calib)[0])
+    act = gptq_quantize(fmt, w, calib.hessian, order=order)
+    assert same_bits(reencode(act), act)  # valid codes of the format
+    assert output_error(x, w, fmt.dequantize(act)) < 0.9 * output_error(x, w, fmt.dequantize(default))
     with pytest.raises(FormatError, match="permutation"):
         gptq_quantize(fmt, w, calib.hessian, order=torch.zeros(INP, dtype=torch.long))
 
