@@ -59,6 +59,7 @@ def publish(name: str, title: str, body: str, script: str, argv, *, doc: bool = 
     import sys
 
     command = f"python scripts/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command.rstrip()
     if doc:
         write_section(name, title, body, command)
     print(body)
