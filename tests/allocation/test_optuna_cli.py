@@ -39,7 +39,9 @@ def _refine_with_scores(dit_pipe, tmp_path, monkeypatch, validation_favours_pick
     from mpsearch.allocation.solvers import get_solver
     from mpsearch.apps.profile import profile
 
-    prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=2, seeds=(0,), labels=(1,), progress=False)
+    # plain formats: the stand-in scores count int4 layers, and refine's validation is what is under test
+    prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=2, seeds=(0,), labels=(1,), progress=False,
+                   variants="none")
     problem = build_problem(prof, int(0.45 * prof.info.fp_bytes), role_pins={})
     ilp = get_solver("cbc").solve(problem).choice
     int4 = problem.formats.index("int4")
@@ -112,7 +114,9 @@ def test_evaluation_objective_per_image_scores_average_to_the_totals(dit_pipe, t
     from mpsearch.runtime.executor import apply_plan
     from mpsearch.runtime.generation import generate
 
-    prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=2, seeds=(0,), labels=(1,), progress=False)
+    # plain formats: the stand-in scores count int4 layers, and refine's validation is what is under test
+    prof = profile(dit_pipe, out=tmp_path / "p.sqlite", steps=2, seeds=(0,), labels=(1,), progress=False,
+                   variants="none")
     problem = build_problem(prof, int(0.45 * prof.info.fp_bytes), role_pins={})
     choice = get_solver("cbc").solve(problem).choice
     kw = dict(labels=(1, 2), seeds=(7, 8), steps=2, calibration=prof.calibration())

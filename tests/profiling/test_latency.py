@@ -300,7 +300,7 @@ def test_cli_profile_latency_then_solve_with_latency_cost(pipe, tmp_path, monkey
     lat = data["latency"]
     assert lat["device"] == "cpu" and lat["layers"] == data["layers"] and lat["threads"] == torch.get_num_threads()
     assert {"fp", "int8", "int8 weight-only", "nvfp4", "nvfp4 weight-only", "int4"} <= set(lat["totals"])
-    assert {"int4:gptq", "nvfp4:smooth", "nvfp4:smooth weight-only"} <= set(lat["totals"])  # variants timed too
+    assert {"int4:gptq", "nvfp4:smooth-gptq", "nvfp4:smooth-gptq weight-only"} <= set(lat["totals"])  # variants too
     # options that differ from the file's are still refused (resume semantics)
     code, _, err = _run(capsys, "profile", "--out", "p.sqlite", "--steps", "5", "--latency")
     assert code == 1 and "another configuration" in err
