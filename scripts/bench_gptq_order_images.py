@@ -1,11 +1,14 @@
-"""GPTQ's column order in the images: the evidence's own ILP plan (docs/bench_variants.json, natural order) with
-its gptq and smooth-gptq codes made in natural order and in act-order, scored on the test seeds, paired.
+"""The same plan's codes made two ways, in the images: the evidence's own ILP plan (docs/bench_variants.json) with
+its gptq and smooth-gptq codes made by GPTQ in natural order or act-order (``--compare order``), or from a
+calibration pass over the profile's first 4 conditions or all 10 (``--compare coverage``), scored on the test
+seeds, paired.
 
-The plan, the calibration pass (as the profile makes it) and the kernels (NVFP4's float32 path) are the
-evidence's; only the column order differs, so the comparison isolates the codes. Per (model, budget): both mean
-MSEs, the ratio act-order / natural with its bootstrap interval and the raw Wilcoxon p (act-order lower).
+The plan and the kernels (NVFP4's float32 path) are the evidence's; only the way the codes are made differs, so
+the comparison isolates the codes. Per (model, budget): both mean MSEs, the ratio alternative / baseline with its
+bootstrap interval and the raw Wilcoxon p (alternative lower).
 
     python scripts/bench_gptq_order_images.py --cells "default:min+25% to nvfp4,default:nvfp4+33% to int8"
+    python scripts/bench_gptq_order_images.py --compare coverage --cells "default:min+25% to nvfp4,default:=nvfp4"
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from unittest import mock
 
 import mpsearch
+import mpsearch.profiling.calibrate as calibration_pass
 import mpsearch.quantizers.smooth as smooth
 import mpsearch.quantizers.variants as variants
 from mpsearch.apps.evaluate import evaluate_plan
@@ -24,7 +28,6 @@ from mpsearch.apps.profile import ProfileConfig
 from mpsearch.apps.report.significance import compare
 from mpsearch.models import describe
 from mpsearch.plan import Plan
-from mpsearch.profiling.calibrate import calibrate
 from mpsearch.quantizers.gptq import act_order, gptq_quantize
 from mpsearch.runtime.generation import generate_many
 from mpsearch.runtime.kernels import select_kernels
@@ -45,15 +48,29 @@ def act_ordered():
         yield
 
 
-ORDERS = {"natural": contextlib.nullcontext, "act-order": act_ordered}
+@contextlib.contextmanager
+def calibrated_on(conditions: int):
+    """The calibration pass inside records the profile's first ``conditions`` conditions (default 4)."""
+    with mock.patch.object(calibration_pass, "CALIBRATION_CONDITIONS", conditions):
+        yield
+
+
+#: comparison -> (baseline name, its context, alternative name, its context): the same plan, codes made two ways
+COMPARISONS = {
+    "order": ("natural", contextlib.nullcontext, "act-order", act_ordered),
+    "coverage": ("4 conditions", lambda: calibrated_on(4), "10 conditions", lambda: calibrated_on(10)),
+}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cells", default="default:min+25% to nvfp4,default:nvfp4+33% to int8,default-unet:=nvfp4,"
                     "default-unet:nvfp4+33% to int8", help="comma-separated model:budget of docs/bench_variants.json")
+    ap.add_argument("--compare", choices=sorted(COMPARISONS), default="order",
+                    help="order: GPTQ's column order; coverage: the calibration pass over 4 or all 10 conditions")
     args = ap.parse_args(argv)
-    print("| model | budget | natural MSE | act-order MSE | act-order / natural (95% CI) | Wilcoxon p (act lower) |")
+    base, base_ctx, alt, alt_ctx = COMPARISONS[args.compare]
+    print(f"| model | budget | {base} MSE | {alt} MSE | {alt} / {base} (95% CI) | Wilcoxon p ({alt} lower) |")
     print("| --- | --- | ---: | ---: | --- | ---: |")
     select_kernels("nvfp4=float")
     stored = json.loads((DOCS / "bench_all.json").read_text())["args"]
@@ -66,16 +83,17 @@ def main(argv=None) -> int:
         info = describe(pipe)
         layers = evidence[model]["budgets"][budget]["rows"]["mpsearch (variants)"]["layers"]
         need = {i: True for i, layer in enumerate(info.layers) if ":" in layers.get(layer.name, "fp")}
-        calib = {info.layers[i].name: c for i, c in calibrate(pipe, info, config, need, progress=False).items()}
         reference = generate_many(pipe, config.labels, seeds, config.steps)
         scores = {}
-        for name, ordered in ORDERS.items():
-            with ordered():
+        for name, context in ((base, base_ctx), (alt, alt_ctx)):
+            with context():
+                calib = {info.layers[i].name: c
+                         for i, c in calibration_pass.calibrate(pipe, info, config, need, progress=False).items()}
                 plan = Plan.from_assignment(info, layers, calibration=calib)
                 scores[name] = evaluate_plan(pipe, plan, labels=config.labels, seeds=seeds, steps=config.steps,
                                              reference=reference)
-        c = compare(scores["act-order"]["mse_per_image"], scores["natural"]["mse_per_image"])
-        print(f"| {model} | {budget} | {scores['natural']['mse']:.3g} | {scores['act-order']['mse']:.3g} | "
+        c = compare(scores[alt]["mse_per_image"], scores[base]["mse_per_image"])
+        print(f"| {model} | {budget} | {scores[base]['mse']:.3g} | {scores[alt]['mse']:.3g} | "
               f"{c['ratio']:.2f} ({c['lo']:.2f}-{c['hi']:.2f}) | {c['p']:.2g} |", flush=True)
     return 0
 
