@@ -45,7 +45,7 @@ import torch
 
 from mpsearch.errors import ResourceError, UsageError
 from mpsearch.models import get_denoiser
-from mpsearch.profiling.estimate import PeakRSS, estimate_profile, rss_bytes
+from mpsearch.profiling.estimate import PeakRSS, estimate_profile, release_free_memory, rss_bytes
 from mpsearch.profiling.profiler import ProfileConfig, UnitProbe, profile_local
 from mpsearch.profiling.sensitivity import replayed_steps
 from mpsearch.profiling.store import Profile
@@ -225,6 +225,12 @@ class _Watch:
             return int(torch.cuda.max_memory_allocated(self.device))
         return int(self.rss.peak)
 
+    def memory_now(self) -> int:
+        """The memory in use now: allocated on a GPU, the resident set on the CPU."""
+        if self.cuda:
+            return int(torch.cuda.memory_allocated(self.device))
+        return rss_bytes()
+
     def replay(self, run) -> tuple[object, float, int]:
         """``run()``'s result, seconds and own peak (the whole process's memory while it ran)."""
         if self.base_peak is None:
@@ -233,6 +239,8 @@ class _Watch:
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            release_free_memory()  # what an earlier replay freed is not counted in this one's peak
         t0 = time.perf_counter()
         with PeakRSS() as rss:
             result = run()
@@ -255,6 +263,38 @@ def _measure_unit(probe: UnitProbe, config: ProfileConfig, checkpoint, watch: _W
     return {"setup_seconds": probe.setup_seconds, "step_seconds": probe.generate_seconds / probe.steps,
             "overhead_seconds": max(0.0, elapsed - probe.setup_seconds - probe.generate_seconds),
             "replay_seconds": seconds, "peak_bytes": peak, "base_peak_bytes": watch.base_peak, "sens": sens}
+
+
+#: a replay's peak above the memory before it, as a factor of the activations it holds for its backward pass
+#: (``held_activations``): the backward pass's gradients and the allocator's slack come on top. Measured on the
+#: real-size SD1.5, PixArt-Sigma and DiT-XL (one row, 64 px): 1.10x, 1.58x and 1.60x
+HELD_FACTOR = 1.7
+
+
+def _measure_held(probe: UnitProbe, config: ProfileConfig, watch: _Watch) -> dict:
+    """The activations a replay of ``config``'s rows and micro-batches would hold (measured without holding
+    them), the seconds of that forward pass, and the replay's predicted peak: the memory now plus
+    ``HELD_FACTOR`` times them."""
+    elapsed = time.perf_counter() - watch.start
+    (held, forward), seconds, _ = watch.replay(lambda: probe.held(
+        replay_steps=1, replay_rows=config.replay_rows, replay_batch=config.replay_batch))
+    now = watch.memory_now()
+    return {"bytes": held, "forward_seconds": forward, "seconds": seconds,
+            "predicted_peak_bytes": int(now + HELD_FACTOR * held), "setup_seconds": probe.setup_seconds,
+            "step_seconds": probe.generate_seconds / probe.steps,
+            "overhead_seconds": max(0.0, elapsed - probe.setup_seconds - probe.generate_seconds) + seconds}
+
+
+def _predicted_unit(held: dict, p1: dict | None) -> dict:
+    """The probe's parts for a replay without checkpointing that was not run (its peak predicted by
+    :func:`_measure_held`): the checkpointed replay's (``p1``) less the forward pass checkpointing adds; without
+    ``p1``, a forward and a backward pass of twice its cost."""
+    if p1 is None:
+        return {"replay_seconds": 3 * held["forward_seconds"], "peak_bytes": held["predicted_peak_bytes"],
+                "setup_seconds": held["setup_seconds"], "step_seconds": held["step_seconds"],
+                "overhead_seconds": held["overhead_seconds"], "sens": None, "ran": False}
+    return {**p1, "replay_seconds": max(p1["replay_seconds"] - held["forward_seconds"], 0.0),
+            "peak_bytes": max(held["predicted_peak_bytes"], p1["peak_bytes"]), "sens": None, "ran": False}
 
 
 @dataclass(frozen=True)
@@ -482,15 +522,25 @@ def profile_auto(pipe, config: ProfileConfig, *, out, progress: bool = True, max
     device = gen["device"]
 
     def decide(probe: UnitProbe):
-        p0 = _measure_unit(probe, st.probe, False, watch)
         cap, free, _ = _cap(st, gen, device)
+        # the replay without checkpointing is run only where its predicted peak fits: else its probe alone
+        # would be the profile's peak (and a peak over free memory would not be survived)
+        held = _measure_held(probe, st.probe, watch)
+        cap_eff = min(cap, free)
+        fits = held["predicted_peak_bytes"] <= cap_eff
+        p0 = _measure_unit(probe, st.probe, False, watch) if fits else None
         p1 = None
-        if p0["peak_bytes"] > min(cap, free) or st.fixed_share:
+        if p0 is None or p0["peak_bytes"] > cap_eff or st.fixed_share:
             try:
                 p1 = _measure_unit(probe, st.probe, True, watch)
             except UsageError:
                 p1 = None  # the denoiser has no activation checkpointing
-        probe_replays = p0["replay_seconds"] + (p1["replay_seconds"] if p1 else 0.0)
+        if p0 is None:
+            if p1 is not None or held["predicted_peak_bytes"] > free:
+                p0 = _predicted_unit(held, p1)  # not run: it would not fit (the choice refuses without p1)
+            else:
+                p0 = _measure_unit(probe, st.probe, False, watch)  # nothing else to run; it fits in free memory
+        probe_replays = sum(p["replay_seconds"] for p in (p0, p1) if p is not None and p.get("ran", True))
         spent = (gen["one_step_seconds"] + p0["overhead_seconds"] + p0["setup_seconds"]
                  + config.steps * p0["step_seconds"] + probe_replays)
         choice = _choose(pipe, st, gen, p0, p1, spent=spent, gen_units=len(config.seeds) - 1, reused=True,

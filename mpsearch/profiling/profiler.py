@@ -28,7 +28,7 @@ from mpsearch.models import check_finite_weights, describe, get_denoiser, weight
 from mpsearch.offload import loaded_tensors, materialized, offload_aware_replay
 from mpsearch.plan import versions
 from mpsearch.profiling.calibrate import calibrate, calibrated_layers
-from mpsearch.profiling.sensitivity import CallRecorder, output_sensitivity
+from mpsearch.profiling.sensitivity import CallRecorder, held_activations, output_sensitivity
 from mpsearch.profiling.store import Profile, ProfileWriter, resumable_units, stored_weights, writer_lock
 from mpsearch.profiling.store.files import default_profile_path
 from mpsearch.quantizers import quantize_candidate
@@ -493,13 +493,17 @@ class UnitProbe:
     the seconds spent building the probes (``setup_seconds``) and in the probed generation
     (``generate_seconds``, ``steps`` denoising steps), and ``replay(**settings)``, which replays the unit's
     recorded calls with the given replay settings (``replay_steps``, ``replay_rows``, ``replay_batch``,
-    ``replay_checkpoint``; the others as configured) and returns the sensitivity."""
+    ``replay_checkpoint``; the others as configured) and returns the sensitivity; ``held(**settings)`` (the same
+    settings but ``replay_checkpoint``) measures, without holding them, the bytes such a replay without
+    checkpointing would hold for one backward pass, and the seconds of that forward pass
+    (:func:`mpsearch.profiling.sensitivity.held_activations`)."""
 
     config: ProfileConfig
     steps: int
     setup_seconds: float
     generate_seconds: float
     replay: Callable[..., np.ndarray]
+    held: Callable[..., tuple[int, float]]
 
 
 _REPLAY_FIELDS = ("replay_steps", "replay_rows", "replay_batch", "replay_checkpoint", "mode", "reason")
@@ -574,6 +578,16 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
             finally:
                 recorder.paused = False
 
+        def held(cfg, unit):
+            recorder.paused = True
+            try:
+                with offload_aware_replay(denoiser):
+                    return held_activations(denoiser, recorder.calls, candidates, S, seed=config.seeds[unit],
+                                            replay_steps=cfg.replay_steps, batch=cfg.replay_batch,
+                                            rows=cfg.replay_rows)
+            finally:
+                recorder.paused = False
+
         for unit in todo:
             acc_ref[0] = _Accumulator(np.zeros((L, F, S, 4)), np.zeros((B, S, 2)), seed=config.seeds[unit])
             step_state.reset()
@@ -582,11 +596,13 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
             generate(pipe, config.conditions, config.seeds[unit], config.steps, config.guidance_scale, config.size)
             t1 = time.perf_counter()
             acc, acc_ref[0] = acc_ref[0], None  # pause the probes while the calls are replayed with gradients
+            acc.prev.clear()  # the blocks' last outputs (a generation's worth of activations): not for the replay
             sens = None
             try:
                 if decide is not None:
                     probe = UnitProbe(config, S, timings["setup"], t1 - t0,
-                                      lambda _u=unit, _c=config, **kw: replay(replace(_c, **kw), _u))
+                                      lambda _u=unit, _c=config, **kw: replay(replace(_c, **kw), _u),
+                                      lambda _u=unit, _c=config, **kw: held(replace(_c, **kw), _u))
                     decided, forecast, sens = decide(probe)
                     _check_decided(config, decided)
                     config, decide = decided, None

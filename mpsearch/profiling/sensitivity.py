@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
+import weakref
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from mpsearch.errors import ProfileError, UsageError
 from mpsearch.runtime.steps import acquire_step_state, first_tensor, register_hook, release_step_state, unregister_hook
 
-__all__ = ["CallRecorder", "block_checkpointing", "hutchinson", "output_sensitivity"]
+__all__ = ["CallRecorder", "block_checkpointing", "held_activations", "hutchinson", "output_sensitivity"]
 
 
 def _clone(v):
@@ -278,6 +280,109 @@ def _replays(calls, rows, generator, batch):
             yield step, a, k, weight
 
 
+def _kept_calls(calls, steps: int, replay_steps: int | None):
+    """(the replayed steps, the calls of those steps): :func:`replayed_steps` of those the calls cover."""
+    kept = replayed_steps(steps, replay_steps)
+    if len(kept) < steps:
+        seen = {int(step) for step, _, _ in calls}
+        kept = [s for s in kept if s in seen] or sorted(seen)[:1]
+        keep = set(kept)
+        calls = [c for c in calls if c[0] in keep]
+    return kept, calls
+
+
+class _Graph:
+    """The replay's view of a forward pass: the candidate outputs' gradient sums (``norms``) and the leaves
+    made for candidate inputs that were not on the graph (``leaves``); ``restart()`` before each call."""
+
+    def __init__(self):
+        self.norms = _GradNorms()
+        self.leaves: list[torch.Tensor] = []
+
+    def restart(self) -> None:
+        self.norms = _GradNorms()
+        self.leaves.clear()
+
+
+@contextlib.contextmanager
+def _gradient_graph(denoiser: torch.nn.Module, modules):
+    """Inside: a forward pass of ``denoiser`` with gradients enabled puts every candidate layer's (``modules``)
+    output on the graph and registers it with the yielded :class:`_Graph`, and no parameter takes part in the
+    graph (so autograd keeps no layer inputs for weight gradients, about half of a backward pass's memory); a
+    candidate whose input is not on the graph yet gets it as a leaf. Gradients with respect to the outputs are
+    unchanged. On exit the hooks are removed and the ``requires_grad`` flags restored."""
+    flags = {name: p.requires_grad for name, p in denoiser.named_parameters()}
+    graph = _Graph()
+
+    def on_graph(module, args):
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not x.requires_grad:
+            leaf = x.detach().requires_grad_(True)  # also when recomputing: the same graph as the forward's
+            if graph.norms.recording:
+                graph.leaves.append(leaf)
+            return (leaf, *args[1:])
+        return None
+
+    def keep(i):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                graph.norms.add(i, output)
+        return hook
+
+    handles = [m.register_forward_pre_hook(on_graph) for m in modules]
+    handles += [m.register_forward_hook(keep(i)) for i, m in enumerate(modules)]
+    try:
+        for p in denoiser.parameters():
+            p.requires_grad_(False)
+        yield graph
+    finally:
+        for h in handles:
+            h.remove()
+        # by name on the parameters the model holds now: accelerate's offload hooks replace Parameter objects
+        for name, p in denoiser.named_parameters():
+            if name in flags:
+                p.requires_grad_(flags[name])
+
+
+def held_activations(denoiser: torch.nn.Module, calls, modules, steps: int, *, seed: int = 0,
+                     replay_steps: int | None = None, batch: int | None = None, rows: int | None = None
+                     ) -> tuple[int, float]:
+    """``(bytes, seconds)``: what the first micro-batch :func:`output_sensitivity` would replay (same
+    arguments; without checkpointing) holds for its backward pass, and the seconds of its forward pass,
+    measured by running that forward pass with gradients while the storages of the tensors autograd saves are
+    counted (each once), not kept: the measurement allocates no more than a forward pass without gradients.
+    The auto mode predicts a replay's peak with it before running one that might not fit."""
+    calls = _kept_calls(calls, steps, replay_steps)[1]
+    row_gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + 17)
+    first = next(_replays(calls, rows, row_gen, batch), None)
+    if first is None:
+        return 0, 0.0
+    _, args, kwargs, _ = first
+    params = {p.untyped_storage().data_ptr() for p in denoiser.parameters()}
+    seen: dict[int, weakref.ref] = {}
+    total = [0]
+
+    def pack(t):
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in params:  # a weight is held anyway
+            ref = seen.get(ptr)
+            if ref is None or ref() is None:  # a storage not counted yet (its address may be a freed one's)
+                seen[ptr] = weakref.ref(storage)  # alive as long as any tensor holds the storage
+                total[0] += storage.nbytes()
+        return None  # not kept: no backward pass follows
+
+    def unpack(_):
+        raise ProfileError("held_activations measures a forward pass only; nothing may be unpacked")
+
+    t0 = time.perf_counter()
+    with _gradient_graph(denoiser, modules), torch.enable_grad(), \
+            torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        y = first_tensor(denoiser(*args, **kwargs))
+        del y
+    return int(total[0]), time.perf_counter() - t0
+
+
 def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *, samples: int = 1,
                        seed: int = 0, replay_steps: int | None = None, batch: int | None = None,
                        checkpoint: bool | float = False, rows: int | None = None) -> np.ndarray:
@@ -297,65 +402,27 @@ def output_sensitivity(denoiser: torch.nn.Module, calls, modules, steps: int, *,
     out = np.zeros((len(modules), steps, 2))
     if not calls:
         return out
-    kept = replayed_steps(steps, replay_steps)
-    if len(kept) < steps:
-        seen = {int(step) for step, _, _ in calls}
-        kept = [s for s in kept if s in seen] or sorted(seen)[:1]
-        keep = set(kept)
-        calls = [c for c in calls if c[0] in keep]
-    # No parameter takes part in the graph (so autograd keeps no layer inputs for weight gradients, about
-    # half of a backward pass's memory); a candidate layer whose input is not on the graph yet gets it as a
-    # leaf, so that every candidate's output is. Gradients with respect to the outputs are unchanged.
-    flags = {name: p.requires_grad for name, p in denoiser.named_parameters()}
+    kept, calls = _kept_calls(calls, steps, replay_steps)
     gen = torch.Generator().manual_seed(int(seed))
     row_gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + 17)  # the row draws, apart from u's
-    norms = _GradNorms()
-    leaves: list[torch.Tensor] = []
-
-    def on_graph(module, args):
-        x = args[0] if args else None
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and not x.requires_grad:
-            leaf = x.detach().requires_grad_(True)  # also when recomputing: the same graph as the forward's
-            if norms.recording:
-                leaves.append(leaf)
-            return (leaf, *args[1:])
-        return None
-
-    def keep(i):
-        def hook(module, inputs, output):
-            if isinstance(output, torch.Tensor) and output.requires_grad:
-                norms.add(i, output)
-        return hook
-
-    handles = [m.register_forward_pre_hook(on_graph) for m in modules]
-    handles += [m.register_forward_hook(keep(i)) for i, m in enumerate(modules)]
-    try:
-        for p in denoiser.parameters():
-            p.requires_grad_(False)
-        with torch.enable_grad(), block_checkpointing(denoiser, checkpoint):
-            for step, args, kwargs, weight in _replays(calls, rows, row_gen, batch):
-                norms = _GradNorms()
-                leaves.clear()
-                y = first_tensor(denoiser(*args, **kwargs))
-                if y is None or not y.requires_grad or not 0 <= step < steps:
-                    continue
-                g2 = norms.backward(y, leaves, samples=samples, generator=gen)
-                for i, n, v in zip(norms.layers, norms.sizes, g2, strict=True):
-                    if not math.isfinite(v):
-                        raise ProfileError(
-                            f"the output-sensitivity pass got a gradient that is not finite at step {step} "
-                            f"(layer {i}, {y.dtype}); profile the model in float32 or bfloat16")
-                    out[i, step, 0] += v * weight
-                    out[i, step, 1] += n * samples * weight
-                leaves.clear()
-                del y
-    finally:
-        for h in handles:
-            h.remove()
-        # by name on the parameters the model holds now: accelerate's offload hooks replace Parameter objects
-        for name, p in denoiser.named_parameters():
-            if name in flags:
-                p.requires_grad_(flags[name])
+    with _gradient_graph(denoiser, modules) as graph, torch.enable_grad(), \
+            block_checkpointing(denoiser, checkpoint):
+        for step, args, kwargs, weight in _replays(calls, rows, row_gen, batch):
+            graph.restart()
+            y = first_tensor(denoiser(*args, **kwargs))
+            if y is None or not y.requires_grad or not 0 <= step < steps:
+                continue
+            norms = graph.norms
+            g2 = norms.backward(y, graph.leaves, samples=samples, generator=gen)
+            for i, n, v in zip(norms.layers, norms.sizes, g2, strict=True):
+                if not math.isfinite(v):
+                    raise ProfileError(
+                        f"the output-sensitivity pass got a gradient that is not finite at step {step} "
+                        f"(layer {i}, {y.dtype}); profile the model in float32 or bfloat16")
+                out[i, step, 0] += v * weight
+                out[i, step, 1] += n * samples * weight
+            graph.leaves.clear()
+            del y
     out[..., 0] /= samples
     out[..., 1] /= samples
     if replay_steps is not None and len(kept) < steps:

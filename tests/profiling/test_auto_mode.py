@@ -23,7 +23,7 @@ def _no_probe(*_a, **_k):
 
 
 def _simulate(monkeypatch, *, step=1.0, replay_row=1.0, peak=4 * GB, peak_ck=None, free=100 * GB, gen=10.0,
-              gen_peak=4 * GB, rows=2):
+              gen_peak=4 * GB, rows=2, held_peak=None):
     """A 'large' model: every denoiser probed, with canned measurements (seconds, bytes); returns the probes run."""
     probes = []
     monkeypatch.setattr(auto, "EXACT_PARAMS", 0)
@@ -45,8 +45,14 @@ def _simulate(monkeypatch, *, step=1.0, replay_row=1.0, peak=4 * GB, peak_ck=Non
         p = probe(None, config, checkpoint)
         return {**p, "overhead_seconds": 0.0, "sens": None}
 
+    def held(unit, config, watch):  # the replay's held activations: its peak predicted as the replay's own
+        return {"bytes": peak - gen_peak, "forward_seconds": replay_row / 3, "seconds": replay_row / 3,
+                "predicted_peak_bytes": peak if held_peak is None else held_peak, "setup_seconds": 0.5,
+                "step_seconds": step, "overhead_seconds": 0.0}
+
     monkeypatch.setattr(auto, "_probe", probe)
     monkeypatch.setattr(auto, "_measure_unit", probe_unit)
+    monkeypatch.setattr(auto, "_measure_held", held)
     return probes
 
 
@@ -114,13 +120,26 @@ def test_memory_over_the_cap_checkpoints_the_replay(dit_pipe, tmp_path, monkeypa
     probes = _simulate(monkeypatch, peak=int(5.5 * GB), peak_ck=int(4.4 * GB))
     lines = []
     p = profile(dit_pipe, out=tmp_path / "p.sqlite", progress=False, say=lines.append, **BASE)
-    assert [c for _, c in probes] == [False, True]
+    # the replay without checkpointing is not run: its peak, predicted from the activations it would hold, is
+    # over the cap, so only the checkpointed one is probed
+    assert [c for _, c in probes] == [True]
     assert p.config["replay_checkpoint"] == 0.5 and "checkpoint 0.5 of blocks" in lines[0]
     # --max-memory as a factor or a size moves the cap
     q = profile(dit_pipe, out=tmp_path / "q.sqlite", progress=False, say=lines.append, max_memory="1.4x", **BASE)
     assert "replay_checkpoint" not in q.config and "1.4x its peak" in q.config["reason"]
     r = profile(dit_pipe, out=tmp_path / "r.sqlite", progress=False, say=lines.append, max_memory="4.5GB", **BASE)
     assert r.config["replay_checkpoint"] is True
+
+
+def test_a_replay_predicted_to_fit_is_probed_and_its_measured_peak_decides(dit_pipe, tmp_path, monkeypatch):
+    # predicted to fit (4.8 GB <= 5 GB), measured over the cap (5.5 GB): the checkpointed replay is probed too
+    probes = _simulate(monkeypatch, peak=int(5.5 * GB), peak_ck=int(4.4 * GB), held_peak=int(4.8 * GB))
+    p = profile(dit_pipe, out=tmp_path / "p.sqlite", progress=False, say=lambda _: None, **BASE)
+    assert [c for _, c in probes] == [False, True] and p.config["replay_checkpoint"] == 0.5
+    # within the cap as predicted and measured: no checkpointed probe, no checkpointing
+    probes = _simulate(monkeypatch, peak=int(4.5 * GB), peak_ck=int(4.4 * GB))
+    q = profile(dit_pipe, out=tmp_path / "q.sqlite", progress=False, say=lambda _: None, **BASE)
+    assert [c for _, c in probes] == [False] and "replay_checkpoint" not in q.config
 
 
 def test_no_setting_fits_free_memory_is_a_one_line_refusal(dit_pipe, tmp_path, capsys, monkeypatch):

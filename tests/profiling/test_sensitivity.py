@@ -209,3 +209,31 @@ def test_a_row_subset_is_an_unbiased_estimate_of_the_whole_calls_sums():
     assert w == 2.0 and a[0].shape == (2, 3) and a[1].dim() == 0 and k["t"].shape == (2,)
     assert torch.equal(k["c"]["e"], a[0][:, :1])
     assert all(any(torch.equal(r, xr) for xr in x) for r in a[0])
+
+
+def test_held_activations_count_what_a_replay_holds_without_holding_it(dit_pipe):
+    # the bytes autograd would keep for one replayed micro-batch's backward pass: the same count as a forward
+    # pass that really keeps them (every storage alive, so each counted once), proportional to the rows, and
+    # the model left as it was
+    from mpsearch.profiling.sensitivity import _gradient_graph, held_activations, micro_batches
+    from mpsearch.runtime.generation import generate
+
+    den = dit_pipe.transformer
+    modules = [m for m in den.modules() if isinstance(m, torch.nn.Linear)]
+    with CallRecorder().install(den) as rec:
+        generate(dit_pipe, (0, 1, 2, 3), 0, 2)
+    calls = rec.calls
+    flags = {n: p.requires_grad for n, p in den.named_parameters()}
+    one, seconds = held_activations(den, calls, modules, 2, batch=1)
+    two, _ = held_activations(den, calls, modules, 2, batch=2)
+    assert one > 0 and seconds > 0 and 1.8 < two / one < 2.2
+    assert {n: p.requires_grad for n, p in den.named_parameters()} == flags and not den._forward_hooks
+
+    kept, params = [], {p.untyped_storage().data_ptr() for p in den.parameters()}
+    with _gradient_graph(den, modules), torch.enable_grad(), \
+            torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        args, kwargs = micro_batches(calls[0][1], calls[0][2], 1)[0]  # the first row of the first call
+        y = den(*args, **kwargs)
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in kept}
+        del y
+    assert one == sum(n for ptr, n in storages.items() if ptr not in params)
