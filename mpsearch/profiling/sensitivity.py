@@ -32,8 +32,32 @@ from mpsearch.runtime.steps import acquire_step_state, first_tensor, register_ho
 __all__ = ["CallRecorder", "block_checkpointing", "held_activations", "hutchinson", "output_sensitivity"]
 
 
-def _clone(v):
-    return v.detach().clone() if isinstance(v, torch.Tensor) else v
+class _Copies:
+    """Copies of the tensors of recorded calls, one per tensor object and version: the conditioning that a
+    pipeline passes unchanged at every step (a text encoder's states: 39 MB per call for PixArt-Sigma with 4
+    prompts) is copied once, not once per step. A copy is reused only while its source is alive and unmodified
+    (a weak reference and its version counter, so an id taken by a new tensor is never mistaken) and while a
+    recorded call still holds the copy (also a weak reference: clearing the calls frees it)."""
+
+    def __init__(self):
+        self._memo: dict[int, tuple[weakref.ref, int, weakref.ref]] = {}
+
+    def __call__(self, v):
+        if not isinstance(v, torch.Tensor):
+            return v
+        hit = self._memo.get(id(v))
+        if hit is not None and hit[0]() is v and hit[1] == v._version:
+            copy = hit[2]()
+            if copy is not None:
+                return copy
+        copy = v.detach().clone()
+        try:
+            self._memo[id(v)] = (weakref.ref(v), v._version, weakref.ref(copy))
+        except TypeError:  # a tensor without weak references: copied every time
+            pass
+        if len(self._memo) > 64:  # drop the entries of dead sources or copies
+            self._memo = {k: e for k, e in self._memo.items() if e[0]() is not None and e[2]() is not None}
+        return copy
 
 
 class CallRecorder(ModelHook):
@@ -54,6 +78,7 @@ class CallRecorder(ModelHook):
         self.calls: list[tuple[int, tuple, dict]] = []
         self.paused = False
         self.state = None  # the denoiser's StepState while installed
+        self._copies = _Copies()  # one copy of an input passed unchanged at several calls
         self._seen = 0
         self._denoiser = None
 
@@ -61,8 +86,8 @@ class CallRecorder(ModelHook):
         if not self.paused:
             if self._seen % self.every == 0:
                 step = self.state.step if self.state is not None else len(self.calls)
-                self.calls.append((int(step), tuple(_clone(a) for a in args),
-                                   {k: _clone(v) for k, v in kwargs.items()}))
+                copy = self._copies
+                self.calls.append((int(step), tuple(copy(a) for a in args), {k: copy(v) for k, v in kwargs.items()}))
             self._seen += 1
         return args, kwargs
 

@@ -237,3 +237,27 @@ def test_held_activations_count_what_a_replay_holds_without_holding_it(dit_pipe)
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in kept}
         del y
     assert one == sum(n for ptr, n in storages.items() if ptr not in params)
+
+
+def test_the_recorder_copies_an_input_passed_unchanged_once():
+    # the conditioning a pipeline passes at every step is copied once; a changed or new tensor gets its own copy
+    m = Tiny(out=2)
+    cond, x = torch.randn(2, 3), torch.randn(2, 3)
+    with CallRecorder().install(m) as rec:
+        for _ in range(3):
+            m(x + 1)  # a new input tensor each call
+        x.add_(1)  # the same tensor, changed in place: a new copy
+        m(x)
+        m(x)
+    copies = [args[0] for _, args, _ in rec.calls]
+    assert [c.data_ptr() for c in copies[:3]] != [copies[0].data_ptr()] * 3  # new tensors: new copies
+    assert copies[3] is copies[4] and torch.equal(copies[3], x)
+    assert all(not c.requires_grad for c in copies)
+    rec.calls.clear()
+    with CallRecorder().install(m) as rec2:
+        m(cond)
+        m(cond)
+        rec2.calls.pop(0), rec2.calls.pop(0)
+        cond.mul_(2)
+        m(cond)
+    assert torch.equal(rec2.calls[0][1][0], cond)  # copied after the change, not the old copy
