@@ -231,16 +231,18 @@ class _Watch:
             return int(torch.cuda.memory_allocated(self.device))
         return rss_bytes()
 
-    def replay(self, run) -> tuple[object, float, int]:
-        """``run()``'s result, seconds and own peak (the whole process's memory while it ran)."""
+    def replay(self, run, *, trim: bool = False) -> tuple[object, float, int]:
+        """``run()``'s result, seconds and own peak (the whole process's memory while it ran); ``trim``: first
+        give the allocator's free memory back (on the CPU), so that what an earlier replay freed is not counted
+        in this one's peak (it costs the replay's time the pages it faults in again)."""
         if self.base_peak is None:
             self.base_peak = self.peak_so_far()  # the generation's: probes, recorded calls, the pipeline
             self.rss.__exit__(None, None, None)  # no more sampling for the rest of the profile
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            release_free_memory()  # what an earlier replay freed is not counted in this one's peak
+        elif trim:
+            release_free_memory()
         t0 = time.perf_counter()
         with PeakRSS() as rss:
             result = run()
@@ -259,7 +261,7 @@ def _measure_unit(probe: UnitProbe, config: ProfileConfig, checkpoint, watch: _W
     elapsed = time.perf_counter() - watch.start
     sens, seconds, peak = watch.replay(lambda: probe.replay(
         replay_steps=1, replay_rows=config.replay_rows, replay_batch=config.replay_batch,
-        replay_checkpoint=checkpoint))
+        replay_checkpoint=checkpoint), trim=bool(checkpoint))  # after a replay without checkpointing
     return {"setup_seconds": probe.setup_seconds, "step_seconds": probe.generate_seconds / probe.steps,
             "overhead_seconds": max(0.0, elapsed - probe.setup_seconds - probe.generate_seconds),
             "replay_seconds": seconds, "peak_bytes": peak, "base_peak_bytes": watch.base_peak, "sens": sens}

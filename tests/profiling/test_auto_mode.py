@@ -142,6 +142,15 @@ def test_a_replay_predicted_to_fit_is_probed_and_its_measured_peak_decides(dit_p
     assert [c for _, c in probes] == [False] and "replay_checkpoint" not in q.config
 
 
+def test_a_replay_predicted_over_free_memory_is_refused_before_it_runs(dit_pipe, tmp_path, monkeypatch):
+    # no activation checkpointing to fall back on, and the replay's predicted peak (6 GB) is over the 5 GB free:
+    # a one-line refusal before any replay runs (a replay that does not fit would not be survived)
+    probes = _simulate(monkeypatch, peak=6 * GB, free=5 * GB)
+    with pytest.raises(ResourceError, match="exceeds the 5.00 GB free"):
+        profile(dit_pipe, out=tmp_path / "p.sqlite", progress=False, **BASE)
+    assert probes == [] and not (tmp_path / "p.sqlite").exists()
+
+
 def test_no_setting_fits_free_memory_is_a_one_line_refusal(dit_pipe, tmp_path, capsys, monkeypatch):
     # the given share (0.25) peaks at 5.75 GB, over the 5.5 GB free; half the blocks checkpointed would fit
     _simulate(monkeypatch, peak=6 * GB, peak_ck=5 * GB, free=int(5.5 * GB))
