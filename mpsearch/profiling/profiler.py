@@ -568,25 +568,23 @@ def _run_units(pipe, denoiser, info, config, writer, todo, progress, timings=Non
 
         handles.append(denoiser.register_forward_hook(tick))
 
-        def replay(cfg, unit):
-            recorder.paused = True  # the probes are paused (acc_ref[0] is None) while the calls run with gradients
-            try:
-                with offload_aware_replay(denoiser):
-                    return output_sensitivity(denoiser, recorder.calls, candidates, S, seed=config.seeds[unit],
-                                              replay_steps=cfg.replay_steps, batch=cfg.replay_batch,
-                                              checkpoint=cfg.replay_checkpoint, rows=cfg.replay_rows)
-            finally:
-                recorder.paused = False
-
-        def held(cfg, unit):
+        def with_gradients(measure, cfg, unit, **extra):
+            # the recorded calls run again with gradients: the recorder is paused (and the probes, acc_ref[0]
+            # being None), offloaded weights are loaded as the replay needs them
             recorder.paused = True
             try:
                 with offload_aware_replay(denoiser):
-                    return held_activations(denoiser, recorder.calls, candidates, S, seed=config.seeds[unit],
-                                            replay_steps=cfg.replay_steps, batch=cfg.replay_batch,
-                                            rows=cfg.replay_rows)
+                    return measure(denoiser, recorder.calls, candidates, S, seed=config.seeds[unit],
+                                   replay_steps=cfg.replay_steps, batch=cfg.replay_batch, rows=cfg.replay_rows,
+                                   **extra)
             finally:
                 recorder.paused = False
+
+        def replay(cfg, unit):
+            return with_gradients(output_sensitivity, cfg, unit, checkpoint=cfg.replay_checkpoint)
+
+        def held(cfg, unit):
+            return with_gradients(held_activations, cfg, unit)
 
         for unit in todo:
             acc_ref[0] = _Accumulator(np.zeros((L, F, S, 4)), np.zeros((B, S, 2)), seed=config.seeds[unit])
